@@ -1,0 +1,30 @@
+"""``UsageEstimate``: what a step is expected to cost before it runs, as the quota reserves it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from paymaster._money import ZERO, to_decimal, to_tokens
+
+__all__ = ["UsageEstimate"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UsageEstimate:
+    """Expected usage of one step: reserved before the step runs, reconciled after."""
+
+    cost_usd: Decimal = ZERO
+    """Expected cost in USD (exact; floats are converted through ``str``)."""
+    tokens: int = 0
+    """Expected total tokens."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cost_usd", to_decimal(self.cost_usd, what="estimated cost_usd"))
+        object.__setattr__(self, "tokens", to_tokens(self.tokens, what="estimated tokens"))
+
+    def __add__(self, other: UsageEstimate) -> UsageEstimate:
+        return UsageEstimate(cost_usd=self.cost_usd + other.cost_usd, tokens=self.tokens + other.tokens)
+
+
+ZERO_ESTIMATE = UsageEstimate()
