@@ -1,0 +1,314 @@
+"""The governed executor: walks a pipeline, and around every agent call estimates, reserves, runs,
+prices and reconciles.
+
+Every step's ``StepResult`` is appended to its parent's history *before* the step runs, so when a
+limit halts the run deep inside a loop or a branch, the history up to the halt is already in place
+for the error's ``result``. Composite results (loops, parallels, branches) total their children in
+``finally`` blocks for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from paymaster._composite import run_loop, run_parallel
+from paymaster._estimate import ZERO_ESTIMATE, UsageEstimate
+from paymaster._metering import MeasuredUsage, UsageMeter
+from paymaster._money import ZERO
+from paymaster.exceptions import PaymasterError, UsageLimitExceededError
+from paymaster.quota import Quota
+from paymaster.result import StepResult
+from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
+from paymaster.telemetry import Telemetry, usage_attributes
+
+__all__ = ["ExecutorCore", "RunContext"]
+
+log = logging.getLogger("paymaster")
+_ERROR = Status(StatusCode.ERROR)
+
+
+class RunContext:
+    """Passed to exit conditions, iteration mappers and estimators: the run's identity and a scratchpad."""
+
+    __slots__ = ("run_id", "scratchpad")
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        """A unique id of this run."""
+        self.scratchpad: dict[str, Any] = {}
+        """Free space for user code to share state between steps of one run."""
+
+
+class ExecutorCore:
+    """How agent steps are estimated; shared by runs (it holds no per-run state).
+
+    ``usage_estimator`` overrides every other estimate; ``estimator_factory`` chooses one by rules;
+    without either the default heuristic applies (see ``paymaster.estimation``).
+    """
+
+    def __init__(
+        self,
+        *,
+        usage_estimator: Any = None,
+        estimator_factory: Any = None,
+        learned: Any = None,
+    ) -> None:
+        self.usage_estimator = usage_estimator
+        self.estimator_factory = estimator_factory
+        self.learned = learned
+
+    def estimate(self, step: Step, data: Any, context: RunContext) -> tuple[UsageEstimate, str]:
+        """The estimate to reserve for ``step`` and the strategy that produced it."""
+        if self.usage_estimator is not None:
+            return self.usage_estimator.estimate(step, data, context), "injected"
+        cfg = step.config
+        if cfg.expected_cost_usd is not None or cfg.expected_tokens is not None:
+            return UsageEstimate(cost_usd=cfg.expected_cost_usd or ZERO, tokens=cfg.expected_tokens or 0), "heuristic"
+        return ZERO_ESTIMATE, "minimal"
+
+    def observe(self, step: Step, usage: MeasuredUsage) -> None:
+        """Feed a finished call's actual usage to a learning estimator, if there is one."""
+        if self.learned is not None:
+            self.learned.observe(step, usage)
+
+
+class _Run:
+    """The state of one run: shared by all its steps, never by two runs."""
+
+    __slots__ = ("core", "ctx", "meter", "spans", "tel", "tracer", "warned_models")
+
+    def __init__(self, core: ExecutorCore, meter: UsageMeter, tel: Telemetry, ctx: RunContext, spans: bool) -> None:
+        self.core = core
+        self.meter = meter
+        self.tel = tel
+        self.tracer = tel.tracer
+        self.ctx = ctx
+        self.spans = spans
+        self.warned_models: set[str] = set()
+
+    # ----------------------------------------------------------------- sequencing
+    async def run_pipeline(
+        self, pipeline: Pipeline, data: Any, quota: Quota, history: list[StepResult], octx: Any
+    ) -> tuple[Any, bool]:
+        for step in pipeline.steps:
+            record = StepResult(name=step.name, kind=step.kind)
+            history.append(record)
+            q = quota.child(step.usage_limits, label=step.name) if step.usage_limits is not None else quota
+            kind = step.kind
+            if kind == "agent":
+                await self.run_agent(step, data, q, record, octx)
+            elif isinstance(step, LoopStep):
+                await run_loop(self, step, data, q, record, octx)
+            elif isinstance(step, ParallelStep):
+                await run_parallel(self, step, data, q, record, octx)
+            else:
+                await self.run_adapter(step, data, record)
+            if not record.success:
+                return None, False
+            data = record.output
+        return data, True
+
+    async def run_adapter(self, step: Step, data: Any, record: StepResult) -> None:
+        started = perf_counter()
+        try:
+            out = step.agent(data)
+            record.output = (await out) if inspect.isawaitable(out) else out
+            record.success = True
+        except Exception as exc:
+            record.feedback = f"{type(exc).__name__}: {exc}"
+        finally:
+            record.latency_s = perf_counter() - started
+
+    # --------------------------------------------------------------- agent steps
+    async def run_agent(self, step: Step, data: Any, quota: Quota, record: StepResult, octx: Any) -> None:
+        started = perf_counter()
+        tel = self.tel
+        agent = step.agent
+        span: Span | None = None
+        sctx = octx
+        self.meter.preflight(agent)
+        estimate, strategy = self.core.estimate(step, data, self.ctx)
+        record.estimate, record.estimate_strategy = estimate, strategy
+        tel.record_estimate(strategy)
+        if self.spans:
+            span, sctx = self._open_agent_span(step, estimate, strategy, octx)
+        decision = quota.reserve(estimate)
+        if self.spans:
+            self._child_span("quota.reserve.attempt", sctx, _reserve_attrs(estimate, quota, decision.granted))
+        if not decision:
+            record.denied, record.denial_code = True, decision.reason_code
+            record.feedback = f"denied before it ran: {decision.message}"
+            record.latency_s = perf_counter() - started
+            tel.record_denial(decision.reason_code or "unknown")
+            tel.record_outcome("denied")
+            if span is not None:
+                self._child_span(
+                    "quota.reserve.denied", sctx, {"reason_code": decision.reason_code or "", "message": decision.message or ""}
+                )
+                _end_error(span, record.feedback)
+            raise UsageLimitExceededError(decision.message or "usage limit exceeded", code=decision.reason_code or "limit")
+        try:
+            output = await self._call(step, agent, data, record, sctx)
+            usage = self.meter.measure(agent, output)
+        except BaseException as exc:
+            quota.release(estimate)
+            record.latency_s = perf_counter() - started
+            self._agent_failed(record, exc, span)
+            if isinstance(exc, Exception) and not _is_paymaster_error(exc):
+                return
+            raise
+        actual = UsageEstimate(cost_usd=usage.cost_usd or ZERO, tokens=usage.total_tokens)
+        verdict = quota.reconcile(estimate, actual)
+        self._fill(record, output, usage, started)
+        self.core.observe(step, usage)
+        tel.record_usage(step.name, estimate, usage)
+        if usage.cost_source == "unknown":
+            self._warn_unpriced(record, usage, quota)
+        if span is not None:
+            self._child_span("quota.reconcile", sctx, _reconcile_attrs(estimate, actual))
+            span.set_attributes(usage_attributes(usage))
+        if not verdict:
+            record.success = False
+            record.feedback = f"halted: {verdict.message}"
+            tel.record_outcome("halted")
+            if span is not None:
+                _end_error(span, record.feedback)
+            raise UsageLimitExceededError(verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit")
+        tel.record_outcome("ok")
+        if span is not None:
+            span.end()
+
+    async def _call(self, step: Step, agent: Any, data: Any, record: StepResult, sctx: Any) -> Any:
+        """Call the agent, retrying on exceptions up to ``max_retries``; the span is current meanwhile."""
+        cfg = step.config
+        token = otel_context.attach(sctx) if self.spans else None
+        try:
+            while True:
+                record.attempts += 1
+                try:
+                    out = agent.run(data)
+                    if inspect.isawaitable(out):
+                        out = await (_with_timeout(out, cfg.timeout_s) if cfg.timeout_s else out)
+                    return out
+                except Exception:
+                    if record.attempts > cfg.max_retries:
+                        raise
+                    log.info("step %r attempt %d failed; retrying", step.name, record.attempts, exc_info=True)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    def _fill(self, record: StepResult, output: Any, usage: MeasuredUsage, started: float) -> None:
+        record.output = output
+        record.success = True
+        record.cost_usd = usage.cost_usd
+        record.cost_source = usage.cost_source
+        record.token_counts = usage.total_tokens
+        record.input_tokens = usage.input_tokens
+        record.output_tokens = usage.output_tokens
+        record.provider = usage.provider
+        record.model = usage.model
+        record.latency_s = perf_counter() - started
+
+    def _agent_failed(self, record: StepResult, exc: BaseException, span: Span | None) -> None:
+        record.success = False
+        if isinstance(exc, asyncio.CancelledError):
+            record.cancelled = True
+            record.feedback = "cancelled: a sibling branch halted the run"
+            outcome = "cancelled"
+        else:
+            record.feedback = f"{type(exc).__name__}: {exc}"
+            outcome = "failed"
+        self.tel.record_outcome(outcome)
+        if span is not None:
+            if not isinstance(exc, asyncio.CancelledError):
+                span.record_exception(exc)
+            _end_error(span, record.feedback)
+
+    def _warn_unpriced(self, record: StepResult, usage: MeasuredUsage, quota: Quota) -> None:
+        model = f"{usage.provider or '?'}:{usage.model or '?'}"
+        message = f"no price is known for model {model}; its spend is not counted against cost limits"
+        record.warnings.append(message)
+        if quota.remaining_cost is not None and model not in self.warned_models:
+            self.warned_models.add(model)
+            log.warning("step %r: %s. Configure it in paymaster.toml.", record.name, message)
+
+    # ---------------------------------------------------------------- spans
+    def _open_agent_span(
+        self, step: Step, estimate: UsageEstimate, strategy: str, octx: Any
+    ) -> tuple[Span, Any]:
+        span = self.tracer.start_span(
+            f"invoke_agent {step.name}",
+            context=octx,
+            kind=trace.SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": step.name,
+                "paymaster.step.name": step.name,
+                "paymaster.step.kind": step.kind,
+            },
+        )
+        sctx = trace.set_span_in_context(span, octx)
+        self._child_span(
+            "cost.estimator.selected",
+            sctx,
+            {"strategy": strategy, "expected_tokens": estimate.tokens, "expected_cost_usd": str(estimate.cost_usd)},
+        )
+        return span, sctx
+
+    def _child_span(self, name: str, sctx: Any, attributes: dict[str, Any]) -> None:
+        self.tracer.start_span(name, context=sctx, attributes=attributes).end()
+
+    def open_span(self, name: str, octx: Any, attributes: dict[str, Any]) -> tuple[Span | None, Any]:
+        """A span for a composite step, or nothing when this run is not traced."""
+        if not self.spans:
+            return None, octx
+        span = self.tracer.start_span(name, context=octx, attributes=attributes)
+        return span, trace.set_span_in_context(span, octx)
+
+
+
+def _is_paymaster_error(exc: BaseException) -> bool:
+    return isinstance(exc, PaymasterError)
+
+
+async def _with_timeout(awaitable: Awaitable[Any], timeout: float) -> Any:
+    async with asyncio.timeout(timeout):
+        return await awaitable
+
+
+def _reserve_attrs(estimate: UsageEstimate, quota: Quota, granted: bool) -> dict[str, Any]:
+    cost, tokens = quota.remaining_cost, quota.remaining_tokens
+    attrs: dict[str, Any] = {
+        "estimate_tokens": estimate.tokens,
+        "estimate_cost_usd": str(estimate.cost_usd),
+        "granted": granted,
+    }
+    if cost is not None:
+        attrs["remaining_cost_usd"] = str(cost)
+    if tokens is not None:
+        attrs["remaining_tokens"] = tokens
+    return attrs
+
+
+def _reconcile_attrs(estimate: UsageEstimate, actual: UsageEstimate) -> dict[str, Any]:
+    return {
+        "actual_tokens": actual.tokens,
+        "actual_cost_usd": str(actual.cost_usd),
+        "delta_tokens": actual.tokens - estimate.tokens,
+        "delta_cost_usd": str(actual.cost_usd - estimate.cost_usd),
+    }
+
+
+def _end_error(span: Span, message: str | None) -> None:
+    span.set_status(Status(StatusCode.ERROR, message))
+    span.end()

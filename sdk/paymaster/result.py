@@ -1,0 +1,106 @@
+"""What a run leaves behind: a ``StepResult`` per step (nested for loops and parallels) and totals.
+
+Costs are exact ``Decimal``. A step whose cost could not be determined has ``cost_usd=None`` and
+``cost_source="unknown"``; totals add up every known cost and ``unpriced_steps`` counts the rest,
+so an unknown cost is never silently a zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from paymaster._estimate import UsageEstimate
+from paymaster._money import ZERO
+
+__all__ = ["PipelineResult", "StepResult"]
+
+
+@dataclass(kw_only=True, slots=True)
+class StepResult:
+    """The outcome of one step (an agent call, a loop, a parallel step, or one branch of it)."""
+
+    name: str
+    """The step's name (for a parallel branch, the branch key)."""
+    output: Any = None
+    """What the step produced; ``None`` if it did not finish."""
+    success: bool = False
+    """True when the step finished without error or halt."""
+    attempts: int = 0
+    """Agent calls made (retries included); for a loop, iterations entered; 0 when denied."""
+    cost_usd: Decimal | None = ZERO
+    """Exact USD spent by this step and everything nested in it; ``None`` when unknown."""
+    token_counts: int = 0
+    """Tokens used by this step and everything nested in it."""
+    latency_s: float = 0.0
+    """Wall-clock seconds the step took."""
+    feedback: str | None = None
+    """Why it failed, was denied or cancelled, in words; ``None`` on success."""
+    step_history: list[StepResult] = field(default_factory=list)
+    """Nested results: loop iterations' steps, parallel branches, a branch pipeline's steps."""
+    kind: str = "agent"
+    """``agent``, ``loop``, ``parallel``, ``branch`` or ``adapter``."""
+    denied: bool = False
+    """True when the quota refused the step before its agent ran."""
+    denial_code: str | None = None
+    """``cost_limit``, ``token_limit`` or a sidecar budget code, when denied."""
+    cancelled: bool = False
+    """True when a sibling branch's breach cancelled this step."""
+    cost_source: str = "none"
+    """``explicit``, ``configured``, ``library``, ``unknown`` or ``none`` (no model call)."""
+    estimate: UsageEstimate | None = None
+    """What was reserved before the step ran."""
+    estimate_strategy: str | None = None
+    """Which estimator produced ``estimate`` (``heuristic``, ``config_hint``, ``learned`` ...)."""
+    provider: str | None = None
+    """Provider of the priced model, when known."""
+    model: str | None = None
+    """Model that was priced, when known."""
+    input_tokens: int = 0
+    """Input tokens of this agent call."""
+    output_tokens: int = 0
+    """Output tokens of this agent call."""
+    warnings: list[str] = field(default_factory=list)
+    """Non-fatal conditions worth a look (an unpriced model under a cost limit, a budget warning)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Extra facts recorded by extensions (budget decisions, downgrades)."""
+
+    def walk(self) -> Iterator[StepResult]:
+        """This result and every nested one, depth first."""
+        yield self
+        for child in self.step_history:
+            yield from child.walk()
+
+
+@dataclass(kw_only=True, slots=True)
+class PipelineResult:
+    """The outcome of a run: the history and its totals."""
+
+    step_history: list[StepResult] = field(default_factory=list)
+    """One result per top-level step that ran (or was denied)."""
+    success: bool = False
+    """True when every step finished."""
+    output: Any = None
+    """The last step's output."""
+
+    @property
+    def total_cost_usd(self) -> Decimal:
+        """Exact USD of everything that ran and reported a cost (see ``unpriced_steps``)."""
+        return sum((s.cost_usd for s in self.step_history if s.cost_usd is not None), ZERO)
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens of everything that ran."""
+        return sum(s.token_counts for s in self.step_history)
+
+    @property
+    def unpriced_steps(self) -> int:
+        """Agent calls whose cost could not be determined; their spend is not in ``total_cost_usd``."""
+        return sum(1 for s in self.walk() if s.kind == "agent" and s.cost_source == "unknown")
+
+    def walk(self) -> Iterator[StepResult]:
+        """Every step result, nested ones included, depth first."""
+        for s in self.step_history:
+            yield from s.walk()
