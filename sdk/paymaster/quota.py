@@ -159,7 +159,7 @@ class Quota:
         """Replace the reservation ``estimate`` with the ``actual`` usage, at every level.
 
         The actual is always recorded, even when it overruns: the returned decision is then falsy
-        and names the first (innermost) limit that was passed.
+        and names the first (innermost) limit whose spent + reserved it pushed past the limit.
         """
         with self._lock:
             return self._settle(estimate, actual.cost_usd, actual.tokens)
@@ -186,10 +186,12 @@ class Quota:
                 raise ValueError(f"quota '{node.label}': settled more than was reserved ({estimate})")
             node.spent_cost += cost
             node.spent_tokens += tokens
-            if breach.granted:
-                if node.cost_limit is not None and node.spent_cost > node.cost_limit:
+            # An actual above its estimate can push spent + reserved past the limit while siblings
+            # still hold reservations: that is a breach too, so they are cancelled before they spend.
+            if breach.granted and (cost or tokens):
+                if node.cost_limit is not None and node.spent_cost + node.reserved_cost > node.cost_limit:
                     breach = QuotaDecision(False, COST_LIMIT, node._message(COST_LIMIT))
-                elif node.token_limit is not None and node.spent_tokens > node.token_limit:
+                elif node.token_limit is not None and node.spent_tokens + node.reserved_tokens > node.token_limit:
                     breach = QuotaDecision(False, TOKEN_LIMIT, node._message(TOKEN_LIMIT))
             node = node.parent
         return breach
