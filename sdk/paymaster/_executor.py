@@ -28,7 +28,7 @@ from paymaster.exceptions import PaymasterError, UsageLimitExceededError
 from paymaster.quota import Quota
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
-from paymaster.telemetry import Telemetry, usage_attributes
+from paymaster.telemetry import RunMetrics, Telemetry, usage_attributes
 
 __all__ = ["ExecutorCore", "RunContext"]
 
@@ -86,10 +86,12 @@ class _Run:
 
     __slots__ = ("core", "ctx", "meter", "spans", "tel", "tracer", "warned_models")
 
+    tel: RunMetrics
+
     def __init__(self, core: ExecutorCore, meter: UsageMeter, tel: Telemetry, ctx: RunContext, spans: bool) -> None:
         self.core = core
         self.meter = meter
-        self.tel = tel
+        self.tel = tel.run_metrics()
         self.tracer = tel.tracer
         self.ctx = ctx
         self.spans = spans

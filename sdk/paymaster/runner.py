@@ -51,8 +51,18 @@ class Runner:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.run_async(data))
-        raise RuntimeError("Runner.run() was called inside a running event loop; use 'await runner.run_async(data)'")
+            pass
+        else:
+            raise RuntimeError("Runner.run() was called inside a running event loop; use 'await runner.run_async(data)'")
+        holder: list[PipelineResult] = []
+
+        async def main() -> None:
+            # The task returns nothing: asyncio builds the repr of a finished task's result on the
+            # way out, which for a long history costs more than the run itself.
+            holder.append(await self.run_async(data))
+
+        asyncio.run(main())
+        return holder[0]
 
     async def run_async(self, data: Any = None) -> PipelineResult:
         """Run the pipeline; raises ``UsageLimitExceededError`` (with ``.result``) when a limit halts it."""
@@ -85,6 +95,7 @@ class Runner:
                 }
             )
             span.end()
+            run.tel.flush()
         return result
 
 

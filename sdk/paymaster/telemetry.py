@@ -13,6 +13,7 @@ Metric instruments are listed in ``INSTRUMENTS``.
 from __future__ import annotations
 
 from decimal import Decimal
+from time import perf_counter
 from typing import Any, Final
 
 from opentelemetry import metrics, trace
@@ -20,7 +21,7 @@ from opentelemetry import metrics, trace
 from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage
 
-__all__ = ["INSTRUMENTS", "Telemetry", "variance_bucket"]
+__all__ = ["INSTRUMENTS", "RunMetrics", "Telemetry", "usage_attributes", "variance_bucket"]
 
 SCOPE: Final = "paymaster"
 
@@ -80,46 +81,74 @@ class Telemetry:
             found = cls._cache[key] = cls(tracer_provider, meter_provider)
         return found
 
-    # ----------------------------------------------------------------- counters
-    def count(self, name: str, value: float, attributes: dict[str, str]) -> None:
-        """Add ``value`` to the counter ``name`` (one of ``INSTRUMENTS``)."""
-        self._instruments[name].add(value, attributes)
+    def run_metrics(self) -> RunMetrics:
+        """A counter batch for one run."""
+        return RunMetrics(self._instruments)
+
+
+class RunMetrics:
+    """Counter updates of one run, summed in memory and flushed to the instruments.
+
+    An OpenTelemetry SDK counter ``add`` costs about as much as a span; a governed step makes half a
+    dozen. Summing them here and flushing at the end of the run (and at least every
+    ``FLUSH_INTERVAL_S`` during a long one) keeps the per-step cost to a dict update, while a
+    scrape never sees figures more than a second stale.
+    """
+
+    FLUSH_INTERVAL_S: Final = 1.0
+
+    __slots__ = ("_instruments", "_last_flush", "_pending")
+
+    def __init__(self, instruments: dict[str, Any]) -> None:
+        self._instruments = instruments
+        self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._last_flush = perf_counter()
+
+    def add(self, name: str, value: float, attributes: tuple[tuple[str, str], ...]) -> None:
+        """Add ``value`` to counter ``name`` (one of ``INSTRUMENTS``) with these attributes."""
+        key = (name, attributes)
+        self._pending[key] = self._pending.get(key, 0) + value
+
+    def flush(self) -> None:
+        """Hand everything summed so far to the OpenTelemetry instruments."""
+        pending, self._pending = self._pending, {}
+        self._last_flush = perf_counter()
+        for (name, attributes), value in pending.items():
+            self._instruments[name].add(value, dict(attributes))
 
     def record_estimate(self, strategy: str) -> None:
         """Count which estimator strategy a step used."""
-        self._instruments["estimator.usage"].add(1, {"strategy": strategy})
+        self.add("estimator.usage", 1, (("strategy", strategy),))
 
     def record_denial(self, code: str) -> None:
         """Count a step denied before it ran."""
-        self._instruments["quota.denials.total"].add(1, {"code": code})
+        self.add("quota.denials.total", 1, (("code", code),))
 
     def record_usage(self, step: str, estimate: UsageEstimate, usage: MeasuredUsage) -> None:
         """Count spend, tokens and the estimate's variance of one finished agent call."""
-        inst = self._instruments
         model = usage.model or "unknown"
-        provider = usage.provider or "unknown"
         if usage.cost_usd is not None:
             if usage.cost_usd:
-                inst["paymaster.cost_usd"].add(
-                    float(usage.cost_usd),
-                    {"step": step, "provider": provider, "model": model, "cost_source": usage.cost_source},
-                )
+                key = (("cost_source", usage.cost_source), ("model", model), ("provider", usage.provider or "unknown"), ("step", step))
+                self.add("paymaster.cost_usd", float(usage.cost_usd), key)
             cents = (usage.cost_usd - estimate.cost_usd) * _CENT
-            inst["estimation.variance.count"].add(1, {"type": "cost", "bucket": variance_bucket(cents)})
+            self.add("estimation.variance.count", 1, (("bucket", variance_bucket(cents)), ("type", "cost")))
         elif usage.cost_source == "unknown":
-            inst["paymaster.unpriced_calls"].add(1, {"step": step, "model": model})
+            self.add("paymaster.unpriced_calls", 1, (("model", model), ("step", step)))
         if usage.total_tokens:
             if usage.input_tokens or usage.output_tokens:
-                inst["paymaster.tokens"].add(usage.input_tokens, {"step": step, "model": model, "type": "input"})
-                inst["paymaster.tokens"].add(usage.output_tokens, {"step": step, "model": model, "type": "output"})
+                self.add("paymaster.tokens", usage.input_tokens, (("model", model), ("step", step), ("type", "input")))
+                self.add("paymaster.tokens", usage.output_tokens, (("model", model), ("step", step), ("type", "output")))
             else:
-                inst["paymaster.tokens"].add(usage.total_tokens, {"step": step, "model": model, "type": "total"})
-        tokens_delta = usage.total_tokens - estimate.tokens
-        inst["estimation.variance.count"].add(1, {"type": "tokens", "bucket": variance_bucket(tokens_delta)})
+                self.add("paymaster.tokens", usage.total_tokens, (("model", model), ("step", step), ("type", "total")))
+        tokens_bucket = variance_bucket(usage.total_tokens - estimate.tokens)
+        self.add("estimation.variance.count", 1, (("bucket", tokens_bucket), ("type", "tokens")))
+        if perf_counter() - self._last_flush > self.FLUSH_INTERVAL_S:
+            self.flush()
 
     def record_outcome(self, outcome: str) -> None:
         """Count an agent step's outcome."""
-        self._instruments["paymaster.steps"].add(1, {"outcome": outcome})
+        self.add("paymaster.steps", 1, (("outcome", outcome),))
 
 
 def usage_attributes(usage: MeasuredUsage) -> dict[str, Any]:
