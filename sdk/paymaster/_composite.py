@@ -9,6 +9,7 @@ cancels its in-flight siblings at once; each cancelled step releases its reserva
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,9 @@ def total_children(record: StepResult, started: float) -> None:
 
 async def run_loop(run: _Run, step: LoopStep, data: Any, quota: Quota, record: StepResult, octx: Any) -> None:
     started = perf_counter()
-    span, lctx = run.open_span(f"paymaster.loop {step.name}", octx, {"paymaster.step.name": step.name, "paymaster.step.kind": "loop"})
+    span, lctx = run.open_span(
+        f"paymaster.loop {step.name}", octx, {"paymaster.step.name": step.name, "paymaster.step.kind": "loop"}
+    )
     current = data
     out: Any = None
     try:
@@ -67,11 +70,18 @@ async def run_loop(run: _Run, step: LoopStep, data: Any, quota: Quota, record: S
                 record.feedback = f"iteration {i}: the loop's callable raised {type(exc).__name__}: {exc}"
                 return
         record.output = out
-        record.feedback = f"Loop {step.name!r} reached max_loops={step.max_loops} without meeting its exit condition"
+        record.feedback = (
+            f"Loop {step.name!r} reached max_loops={step.max_loops} without meeting its exit condition"
+        )
     finally:
         total_children(record, started)
         if span is not None:
-            span.set_attributes({"paymaster.loop.iterations": record.attempts, "gen_ai.usage.cost": float(record.cost_usd or 0)})
+            span.set_attributes(
+                {
+                    "paymaster.loop.iterations": record.attempts,
+                    "gen_ai.usage.cost": float(record.cost_usd or 0),
+                }
+            )
             span.end()
 
 
@@ -83,7 +93,11 @@ async def run_parallel(
     span, pctx = run.open_span(
         f"paymaster.parallel {step.name}",
         octx,
-        {"paymaster.step.name": step.name, "paymaster.step.kind": "parallel", "paymaster.parallel.quota": step.strategy},
+        {
+            "paymaster.step.name": step.name,
+            "paymaster.step.kind": "parallel",
+            "paymaster.parallel.quota": step.strategy,
+        },
     )
     branches = [StepResult(name=k, kind="branch") for k in keys]
     record.step_history.extend(branches)
@@ -93,7 +107,9 @@ async def run_parallel(
         parts = quota.split(len(keys), weights=weights, labels=keys)
     tasks = [
         asyncio.ensure_future(
-            _run_branch(run, step.branches[k], data, parts[i] if parts is not None else quota, branches[i], pctx)
+            _run_branch(
+                run, step.branches[k], data, parts[i] if parts is not None else quota, branches[i], pctx
+            )
         )
         for i, k in enumerate(keys)
     ]
@@ -106,7 +122,9 @@ async def run_parallel(
         if parts is not None:
             verdict = quota.merge(parts)
             if error is None and not verdict:
-                error = UsageLimitExceededError(verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit")
+                error = UsageLimitExceededError(
+                    verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit"
+                )
         total_children(record, started)
         record.attempts = 1
         if span is not None:
@@ -122,10 +140,10 @@ async def run_parallel(
         record.feedback = f"branch(es) {failed} failed"
 
 
-async def _wait_first_error(tasks: list[asyncio.Future[None]]) -> BaseException | None:
+async def _wait_first_error(tasks: Sequence[asyncio.Future[None]]) -> BaseException | None:
     """Wait for every branch; on the first that raises, cancel the rest at once and return its error."""
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except asyncio.CancelledError:
         for t in tasks:
             t.cancel()
@@ -143,7 +161,9 @@ async def _wait_first_error(tasks: list[asyncio.Future[None]]) -> BaseException 
     return errors[0] if errors else None
 
 
-async def _run_branch(run: _Run, pipeline: Pipeline, data: Any, quota: Quota, record: StepResult, octx: Any) -> None:
+async def _run_branch(
+    run: _Run, pipeline: Pipeline, data: Any, quota: Quota, record: StepResult, octx: Any
+) -> None:
     started = perf_counter()
     try:
         out, ok = await run.run_pipeline(pipeline, data, quota, record.step_history, octx)

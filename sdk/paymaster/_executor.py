@@ -72,7 +72,9 @@ class ExecutorCore:
             return self.usage_estimator.estimate(step, data, context), "injected"
         cfg = step.config
         if cfg.expected_cost_usd is not None or cfg.expected_tokens is not None:
-            return UsageEstimate(cost_usd=cfg.expected_cost_usd or ZERO, tokens=cfg.expected_tokens or 0), "heuristic"
+            return UsageEstimate(
+                cost_usd=cfg.expected_cost_usd or ZERO, tokens=cfg.expected_tokens or 0
+            ), "heuristic"
         return ZERO_ESTIMATE, "minimal"
 
     def observe(self, step: Step, usage: MeasuredUsage) -> None:
@@ -88,7 +90,9 @@ class _Run:
 
     tel: RunMetrics
 
-    def __init__(self, core: ExecutorCore, meter: UsageMeter, tel: Telemetry, ctx: RunContext, spans: bool) -> None:
+    def __init__(
+        self, core: ExecutorCore, meter: UsageMeter, tel: Telemetry, ctx: RunContext, spans: bool
+    ) -> None:
         self.core = core
         self.meter = meter
         self.tel = tel.run_metrics()
@@ -154,10 +158,14 @@ class _Run:
             tel.record_outcome("denied")
             if span is not None:
                 self._child_span(
-                    "quota.reserve.denied", sctx, {"reason_code": decision.reason_code or "", "message": decision.message or ""}
+                    "quota.reserve.denied",
+                    sctx,
+                    {"reason_code": decision.reason_code or "", "message": decision.message or ""},
                 )
                 _end_error(span, record.feedback)
-            raise UsageLimitExceededError(decision.message or "usage limit exceeded", code=decision.reason_code or "limit")
+            raise UsageLimitExceededError(
+                decision.message or "usage limit exceeded", code=decision.reason_code or "limit"
+            )
         try:
             output = await self._call(step, agent, data, record, sctx)
             usage = self.meter.measure(agent, output)
@@ -184,7 +192,9 @@ class _Run:
             tel.record_outcome("halted")
             if span is not None:
                 _end_error(span, record.feedback)
-            raise UsageLimitExceededError(verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit")
+            raise UsageLimitExceededError(
+                verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit"
+            )
         tel.record_outcome("ok")
         if span is not None:
             span.end()
@@ -263,7 +273,11 @@ class _Run:
         self._child_span(
             "cost.estimator.selected",
             sctx,
-            {"strategy": strategy, "expected_tokens": estimate.tokens, "expected_cost_usd": str(estimate.cost_usd)},
+            {
+                "strategy": strategy,
+                "expected_tokens": estimate.tokens,
+                "expected_cost_usd": str(estimate.cost_usd),
+            },
         )
         return span, sctx
 
@@ -278,13 +292,12 @@ class _Run:
         return span, trace.set_span_in_context(span, octx)
 
 
-
 def _is_paymaster_error(exc: BaseException) -> bool:
     return isinstance(exc, PaymasterError)
 
 
-async def _with_timeout(awaitable: Awaitable[Any], timeout: float) -> Any:
-    async with asyncio.timeout(timeout):
+async def _with_timeout(awaitable: Awaitable[Any], seconds: float) -> Any:
+    async with asyncio.timeout(seconds):
         return await awaitable
 
 

@@ -47,9 +47,9 @@ def to_tokens(value: object, *, what: str = "token count") -> int:
         raise ValueError(f"{what} must be a whole number, got {value!r}")
     if isinstance(value, int):
         result = value
-    elif isinstance(value, float) and value.is_integer():
-        result = int(value)
-    elif isinstance(value, Decimal) and value == value.to_integral_value():
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, Decimal) and value == value.to_integral_value()
+    ):
         result = int(value)
     else:
         raise ValueError(f"{what} must be a whole number, got {value!r}")

@@ -92,7 +92,7 @@ class Quota:
         self.share_of: str | None = None
         """For a part made by ``split``: the parent's label, so refusals say a share ran out."""
         # One lock per tree: a reservation touches every ancestor and must be atomic across them.
-        self._lock = _lock or (parent._lock if parent is not None else threading.Lock())
+        self._lock: threading.Lock = _lock or (parent._lock if parent is not None else threading.Lock())
 
     # ------------------------------------------------------------------ views
     @property
@@ -140,7 +140,10 @@ class Quota:
         with self._lock:
             node: Quota | None = self
             while node is not None:
-                if node.cost_limit is not None and node.spent_cost + node.reserved_cost + cost > node.cost_limit:
+                if (
+                    node.cost_limit is not None
+                    and node.spent_cost + node.reserved_cost + cost > node.cost_limit
+                ):
                     return QuotaDecision(False, COST_LIMIT, node._message(COST_LIMIT))
                 if (
                     node.token_limit is not None
@@ -191,7 +194,10 @@ class Quota:
             if breach.granted and (cost or tokens):
                 if node.cost_limit is not None and node.spent_cost + node.reserved_cost > node.cost_limit:
                     breach = QuotaDecision(False, COST_LIMIT, node._message(COST_LIMIT))
-                elif node.token_limit is not None and node.spent_tokens + node.reserved_tokens > node.token_limit:
+                elif (
+                    node.token_limit is not None
+                    and node.spent_tokens + node.reserved_tokens > node.token_limit
+                ):
                     breach = QuotaDecision(False, TOKEN_LIMIT, node._message(TOKEN_LIMIT))
             node = node.parent
         return breach
@@ -224,7 +230,9 @@ class Quota:
             parts = []
             for i, (c, t) in enumerate(zip(costs, tokens, strict=True)):
                 label = labels[i] if labels is not None else f"{self.label}[{i}]"
-                part = Quota(UsageLimits(total_cost_usd_limit=c, total_tokens_limit=t), label=label, _lock=self._lock)
+                part = Quota(
+                    UsageLimits(total_cost_usd_limit=c, total_tokens_limit=t), label=label, _lock=self._lock
+                )
                 part.share_of = self.label
                 parts.append(part)
             return parts

@@ -53,7 +53,9 @@ class Runner:
         except RuntimeError:
             pass
         else:
-            raise RuntimeError("Runner.run() was called inside a running event loop; use 'await runner.run_async(data)'")
+            raise RuntimeError(
+                "Runner.run() was called inside a running event loop; use 'await runner.run_async(data)'"
+            )
         holder: list[PipelineResult] = []
 
         async def main() -> None:
@@ -72,14 +74,20 @@ class Runner:
         ctx = RunContext(uuid.uuid4().hex)
         span = tel.tracer.start_span(
             f"paymaster.run {self.name}",
-            attributes={"paymaster.run.id": ctx.run_id, "paymaster.pipeline": self.name, **_limit_attrs(self.usage_limits)},
+            attributes={
+                "paymaster.run.id": ctx.run_id,
+                "paymaster.pipeline": self.name,
+                **_limit_attrs(self.usage_limits),
+            },
         )
         from opentelemetry import trace
 
         run = _Run(self.executor, self.meter, tel, ctx, span.is_recording())
         octx = trace.set_span_in_context(span) if run.spans else None
         try:
-            result.output, result.success = await run.run_pipeline(self.pipeline, data, quota, result.step_history, octx)
+            result.output, result.success = await run.run_pipeline(
+                self.pipeline, data, quota, result.step_history, octx
+            )
         except UsageLimitExceededError as exc:
             exc.result = result
             span.set_attribute("paymaster.halted", True)

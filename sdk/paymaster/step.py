@@ -74,7 +74,9 @@ class Step:
                 f"Step '{name}': agent must be an object with a run(data) method, got {type(agent).__name__}"
             )
         if usage_limits is not None and not isinstance(usage_limits, UsageLimits):
-            raise ConfigError(f"Step '{name}': usage_limits must be UsageLimits, got {type(usage_limits).__name__}")
+            raise ConfigError(
+                f"Step '{name}': usage_limits must be UsageLimits, got {type(usage_limits).__name__}"
+            )
         self.name = name
         self.agent = agent
         self.usage_limits = None if usage_limits is None or usage_limits.is_unlimited else usage_limits
@@ -93,7 +95,9 @@ class Step:
         allowed = {"name", "agent", "usage_limits", "config", "scopes", "downgrade"}
         unknown = sorted(set(obj) - allowed)
         if unknown:
-            raise ConfigError(f"Step.model_validate: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
+            raise ConfigError(
+                f"Step.model_validate: unknown key(s) {unknown}; expected some of {sorted(allowed)}"
+            )
         if "name" not in obj:
             raise ConfigError("Step.model_validate: 'name' is required")
         kwargs = dict(obj)
@@ -250,6 +254,10 @@ def _coerce(value: Any, cls: type[Any], what: str) -> Any:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - names)
         if unknown:
-            raise ConfigError(f"Step.model_validate: unknown key(s) {unknown} in '{what}'; expected some of {sorted(names)}")
+            raise ConfigError(
+                f"Step.model_validate: unknown key(s) {unknown} in '{what}'; expected some of {sorted(names)}"
+            )
         return cls(**value)
-    raise ConfigError(f"Step.model_validate: '{what}' must be a {cls.__name__} or a mapping, got {type(value).__name__}")
+    raise ConfigError(
+        f"Step.model_validate: '{what}' must be a {cls.__name__} or a mapping, got {type(value).__name__}"
+    )

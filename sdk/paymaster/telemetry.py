@@ -37,18 +37,21 @@ INSTRUMENTS: Final[dict[str, tuple[str, str]]] = {
     "paymaster.cost_usd": ("{USD}", "USD spent by agent steps, by step, provider, model and cost source."),
     "paymaster.tokens": ("{token}", "Tokens used by agent steps, by step, model and direction."),
     "paymaster.unpriced_calls": ("{call}", "Agent calls whose cost could not be determined, by model."),
-    "paymaster.steps": ("{step}", "Agent steps finished, by outcome (ok, failed, denied, cancelled, halted)."),
+    "paymaster.steps": (
+        "{step}",
+        "Agent steps finished, by outcome (ok, failed, denied, cancelled, halted).",
+    ),
 }
 
-_BUCKETS: Final = ((0, "0"), (1, "<=1"), (10, "<=10"), (100, "<=100"))
+_BUCKETS: Final[tuple[tuple[int, str], ...]] = ((0, "0"), (1, "<=1"), (10, "<=10"), (100, "<=100"))
 _CENT: Final = Decimal(100)
 
 
 def variance_bucket(delta: Decimal | int) -> str:
     """The ``estimation.variance.count`` bucket of an absolute delta."""
-    delta = abs(delta)
+    size = abs(delta)
     for bound, label in _BUCKETS:
-        if delta <= bound:
+        if size <= bound:
             return label
     return ">100"
 
@@ -129,7 +132,12 @@ class RunMetrics:
         model = usage.model or "unknown"
         if usage.cost_usd is not None:
             if usage.cost_usd:
-                key = (("cost_source", usage.cost_source), ("model", model), ("provider", usage.provider or "unknown"), ("step", step))
+                key = (
+                    ("cost_source", usage.cost_source),
+                    ("model", model),
+                    ("provider", usage.provider or "unknown"),
+                    ("step", step),
+                )
                 self.add("paymaster.cost_usd", float(usage.cost_usd), key)
             cents = (usage.cost_usd - estimate.cost_usd) * _CENT
             self.add("estimation.variance.count", 1, (("bucket", variance_bucket(cents)), ("type", "cost")))
@@ -137,10 +145,22 @@ class RunMetrics:
             self.add("paymaster.unpriced_calls", 1, (("model", model), ("step", step)))
         if usage.total_tokens:
             if usage.input_tokens or usage.output_tokens:
-                self.add("paymaster.tokens", usage.input_tokens, (("model", model), ("step", step), ("type", "input")))
-                self.add("paymaster.tokens", usage.output_tokens, (("model", model), ("step", step), ("type", "output")))
+                self.add(
+                    "paymaster.tokens",
+                    usage.input_tokens,
+                    (("model", model), ("step", step), ("type", "input")),
+                )
+                self.add(
+                    "paymaster.tokens",
+                    usage.output_tokens,
+                    (("model", model), ("step", step), ("type", "output")),
+                )
             else:
-                self.add("paymaster.tokens", usage.total_tokens, (("model", model), ("step", step), ("type", "total")))
+                self.add(
+                    "paymaster.tokens",
+                    usage.total_tokens,
+                    (("model", model), ("step", step), ("type", "total")),
+                )
         tokens_bucket = variance_bucket(usage.total_tokens - estimate.tokens)
         self.add("estimation.variance.count", 1, (("bucket", tokens_bucket), ("type", "tokens")))
         if perf_counter() - self._last_flush > self.FLUSH_INTERVAL_S:

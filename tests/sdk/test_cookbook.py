@@ -14,7 +14,9 @@ from .agents import CostlyAgent, FixedMetricAgent
 
 
 def governed_loop(config: StepConfig | None = None) -> Step:
-    body = Pipeline.from_step(Step.model_validate({"name": "metric_step", "agent": FixedMetricAgent(), "config": config}))
+    body = Pipeline.from_step(
+        Step.model_validate({"name": "metric_step", "agent": FixedMetricAgent(), "config": config})
+    )
     return Step.loop_until(
         name="governed_loop",
         loop_body_pipeline=body,
@@ -24,7 +26,9 @@ def governed_loop(config: StepConfig | None = None) -> Step:
 
 
 def test_runaway_loop_halts_after_three_iterations_at_thirty_cents() -> None:
-    runner = Runner(governed_loop(), usage_limits=UsageLimits(total_cost_usd_limit=0.25, total_tokens_limit=None))
+    runner = Runner(
+        governed_loop(), usage_limits=UsageLimits(total_cost_usd_limit=0.25, total_tokens_limit=None)
+    )
     with pytest.raises(UsageLimitExceededError) as info:
         runner.run(0)
     err = info.value
@@ -54,10 +58,14 @@ def test_declared_estimate_denies_the_third_iteration_before_it_runs() -> None:
 def test_parallel_breach_cancels_the_slow_branch_at_once() -> None:
     slow = CostlyAgent(cost=0.01, delay=0.5)
     branches = {
-        "fast_expensive": Step.model_validate({"name": "fast_expensive", "agent": CostlyAgent(cost=0.15, delay=0.05)}),
+        "fast_expensive": Step.model_validate(
+            {"name": "fast_expensive", "agent": CostlyAgent(cost=0.15, delay=0.05)}
+        ),
         "slow_cheap": Step.model_validate({"name": "slow_cheap", "agent": slow}),
     }
-    runner = Runner(Step.parallel("parallel_cancellation", branches), usage_limits=UsageLimits(total_cost_usd_limit=0.10))
+    runner = Runner(
+        Step.parallel("parallel_cancellation", branches), usage_limits=UsageLimits(total_cost_usd_limit=0.10)
+    )
     started = time.monotonic()
     with pytest.raises(UsageLimitExceededError) as info:
         runner.run("input")

@@ -8,7 +8,7 @@ import pytest
 
 from paymaster import Pipeline, Runner, Step, StepConfig, UsageLimitExceededError, UsageLimits
 
-from .agents import CostlyAgent, FixedMetricAgent
+from .agents import CostlyAgent
 
 
 def branches(a_cost: float, b_cost: float, **config: StepConfig) -> dict[str, Step]:
@@ -19,7 +19,9 @@ def branches(a_cost: float, b_cost: float, **config: StepConfig) -> dict[str, St
 
 
 def test_shared_quota_lets_uneven_branches_both_succeed() -> None:
-    result = Runner(Step.parallel("p", branches(0.06, 0.01)), usage_limits=UsageLimits(total_cost_usd_limit=0.10)).run(0)
+    result = Runner(
+        Step.parallel("p", branches(0.06, 0.01)), usage_limits=UsageLimits(total_cost_usd_limit=0.10)
+    ).run(0)
     assert result.success
     assert result.total_cost_usd == Decimal("0.07")
     assert set(result.output) == {"a", "b"}
@@ -64,7 +66,8 @@ def test_breach_reports_what_every_branch_spent() -> None:
     par = Step.parallel(
         "p",
         {
-            "quick": Pipeline.from_step(Step("q1", CostlyAgent(cost=0.02, delay=0.0))) >> Step("q2", CostlyAgent(cost=0.2, delay=0.01)),
+            "quick": Pipeline.from_step(Step("q1", CostlyAgent(cost=0.02, delay=0.0)))
+            >> Step("q2", CostlyAgent(cost=0.2, delay=0.01)),
             "slow": Step("slow", CostlyAgent(cost=0.01, delay=1.0)),
             "cheap": Step("cheap", CostlyAgent(cost=0.01, delay=0.0)),
         },

@@ -163,7 +163,9 @@ def test_split_twice_without_merge_is_refused() -> None:
 # ------------------------------------------------------------------ properties
 amounts = st.decimals(min_value=0, max_value=Decimal("0.2"), places=3)
 ops = st.lists(
-    st.tuples(st.sampled_from(["reserve", "reconcile", "release", "split"]), amounts, amounts, st.integers(0, 50)),
+    st.tuples(
+        st.sampled_from(["reserve", "reconcile", "release", "split"]), amounts, amounts, st.integers(0, 50)
+    ),
     max_size=40,
 )
 

@@ -25,8 +25,10 @@ from .agents import FixedMetricAgent, FlakyAgent, MetricOutput, SyncAgent
 
 
 def test_steps_compose_with_rshift_and_pass_outputs_along() -> None:
-    pipe = Pipeline.from_step(Step("one", FixedMetricAgent())) >> Step("two", FixedMetricAgent()) >> (
-        Step("three", FixedMetricAgent()) >> Step("four", FixedMetricAgent())
+    pipe = (
+        Pipeline.from_step(Step("one", FixedMetricAgent()))
+        >> Step("two", FixedMetricAgent())
+        >> (Step("three", FixedMetricAgent()) >> Step("four", FixedMetricAgent()))
     )
     result = Runner(pipe).run(0)
     assert result.success
@@ -60,12 +62,14 @@ def test_sync_agents_work_too() -> None:
 
 def test_negative_cost_reported_by_an_agent_is_rejected_not_subtracted() -> None:
     runner = Runner(Step("a", FixedMetricAgent(cost=0.5)) >> Step("refund", FixedMetricAgent(cost=-0.4)))
-    with pytest.raises(UsageReportError, match=r"cost_usd reported by the agent must not be negative, got -0.4"):
+    with pytest.raises(
+        UsageReportError, match=r"cost_usd reported by the agent must not be negative, got -0.4"
+    ):
         runner.run(0)
 
 
 def test_negative_tokens_are_rejected() -> None:
-    with pytest.raises(UsageReportError, match="token_counts reported by the agent must not be negative"):
+    with pytest.raises(UsageReportError, match=r"token_counts reported by the agent must not be negative"):
         Runner(Step("a", FixedMetricAgent(tokens=-5))).run(0)
 
 
@@ -78,7 +82,9 @@ def test_token_limit_halts_with_its_message() -> None:
 
 
 def test_step_level_limits_are_enforced_as_a_child_quota() -> None:
-    expensive = Step("expensive", FixedMetricAgent(cost=0.2), usage_limits=UsageLimits(total_cost_usd_limit=0.1))
+    expensive = Step(
+        "expensive", FixedMetricAgent(cost=0.2), usage_limits=UsageLimits(total_cost_usd_limit=0.1)
+    )
     pipe = Step("cheap", FixedMetricAgent(cost=0.01)) >> expensive
     with pytest.raises(UsageLimitExceededError) as info:
         Runner(pipe, usage_limits=UsageLimits(total_cost_usd_limit=1)).run(0)
@@ -101,7 +107,9 @@ def test_step_level_estimate_is_denied_by_the_step_limit_before_the_agent_runs()
 
 def test_denied_step_costs_nothing_and_the_agent_is_never_called() -> None:
     agent = FixedMetricAgent()
-    pipe = Step("first", FixedMetricAgent(cost=0.4)) >> Step("second", agent, config=StepConfig(expected_cost_usd=0.2))
+    pipe = Step("first", FixedMetricAgent(cost=0.4)) >> Step(
+        "second", agent, config=StepConfig(expected_cost_usd=0.2)
+    )
     with pytest.raises(UsageLimitExceededError) as info:
         Runner(pipe, usage_limits=UsageLimits(total_cost_usd_limit=0.5)).run(0)
     denied = info.value.result.step_history[1]
@@ -131,8 +139,14 @@ def test_failed_step_releases_its_reservation() -> None:
         def estimate(self, step: Any, data: Any, context: Any) -> UsageEstimate:
             return UsageEstimate(cost_usd=Decimal("0.3"))
 
-    par = Step.parallel("p", {"a": Step("a", FlakyAgent(failures=9)), "b": Step("b", FixedMetricAgent(cost=0.3))})
-    runner = Runner(par, usage_limits=UsageLimits(total_cost_usd_limit=0.5), executor=ExecutorCore(usage_estimator=ThirtyCents()))
+    par = Step.parallel(
+        "p", {"a": Step("a", FlakyAgent(failures=9)), "b": Step("b", FixedMetricAgent(cost=0.3))}
+    )
+    runner = Runner(
+        par,
+        usage_limits=UsageLimits(total_cost_usd_limit=0.5),
+        executor=ExecutorCore(usage_estimator=ThirtyCents()),
+    )
     result = runner.run(0)
     a, b = result.step_history[0].step_history
     assert not a.success and a.step_history[0].feedback == "RuntimeError: transient failure 1"
@@ -152,12 +166,17 @@ def test_timeout_counts_as_a_failed_attempt() -> None:
 
 def test_loop_that_reaches_max_loops_fails_with_feedback() -> None:
     loop = Step.loop_until(
-        name="l", loop_body_pipeline=Step("s", FixedMetricAgent(cost=0)), exit_condition_callable=lambda o, c: False, max_loops=3
+        name="l",
+        loop_body_pipeline=Step("s", FixedMetricAgent(cost=0)),
+        exit_condition_callable=lambda o, c: False,
+        max_loops=3,
     )
     result = Runner(loop).run(0)
     assert not result.success
     assert result.step_history[0].attempts == 3
-    assert result.step_history[0].feedback == "Loop 'l' reached max_loops=3 without meeting its exit condition"
+    assert (
+        result.step_history[0].feedback == "Loop 'l' reached max_loops=3 without meeting its exit condition"
+    )
 
 
 def test_loop_exits_when_its_condition_holds_and_uses_the_mapper() -> None:
@@ -176,7 +195,11 @@ def test_loop_exits_when_its_condition_holds_and_uses_the_mapper() -> None:
 
 
 def test_adapter_steps_are_free_and_ungoverned() -> None:
-    pipe = Step("a", FixedMetricAgent()) >> Step.adapter("unwrap", lambda out: out.value) >> Step("b", FixedMetricAgent())
+    pipe = (
+        Step("a", FixedMetricAgent())
+        >> Step.adapter("unwrap", lambda out: out.value)
+        >> Step("b", FixedMetricAgent())
+    )
     result = Runner(pipe, usage_limits=UsageLimits(total_cost_usd_limit=0.2)).run(0)
     assert result.step_history[1].kind == "adapter" and result.step_history[1].output == 1
     assert result.total_cost_usd == Decimal("0.2")
@@ -187,7 +210,9 @@ def test_model_validate_refuses_unknown_keys_and_bad_agents() -> None:
         Step.model_validate({"name": "x", "agnet": FixedMetricAgent()})
     with pytest.raises(ConfigError, match="agent must be an object with a run"):
         Step.model_validate({"name": "x", "agent": "gpt-4o"})
-    step = Step.model_validate({"name": "x", "agent": FixedMetricAgent(), "config": {"expected_cost_usd": 0.1}})
+    step = Step.model_validate(
+        {"name": "x", "agent": FixedMetricAgent(), "config": {"expected_cost_usd": 0.1}}
+    )
     assert step.config.expected_cost_usd == Decimal("0.1")
 
 
@@ -197,12 +222,17 @@ def test_bad_limits_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="total_tokens_limit must be a whole number"):
         UsageLimits(total_tokens_limit=1.5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_loops must be a positive integer"):
-        Step.loop_until(name="l", loop_body_pipeline=Step("s", FixedMetricAgent()), exit_condition_callable=lambda o, c: True, max_loops=0)
+        Step.loop_until(
+            name="l",
+            loop_body_pipeline=Step("s", FixedMetricAgent()),
+            exit_condition_callable=lambda o, c: True,
+            max_loops=0,
+        )
 
 
 def test_run_inside_an_event_loop_points_to_run_async() -> None:
     async def main() -> None:
         Runner(Step("a", FixedMetricAgent())).run(0)
 
-    with pytest.raises(RuntimeError, match="use 'await runner.run_async"):
+    with pytest.raises(RuntimeError, match=r"use 'await runner\.run_async"):
         asyncio.run(main())

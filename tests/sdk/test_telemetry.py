@@ -29,7 +29,9 @@ class Providers:
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
 
     def runner(self, pipeline: Any, **kwargs: Any) -> Runner:
-        return Runner(pipeline, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **kwargs)
+        return Runner(
+            pipeline, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **kwargs
+        )
 
     def finished(self, name: str) -> list[ReadableSpan]:
         return [s for s in self.spans.get_finished_spans() if s.name == name]
@@ -67,10 +69,18 @@ def test_a_run_is_a_span_with_one_child_span_per_step(otel: Providers) -> None:
 
 
 def test_agent_step_has_estimator_reserve_and_reconcile_child_spans(otel: Providers) -> None:
-    step = Step("draft", FixedMetricAgent(cost=0.3, tokens=40), config=StepConfig(expected_cost_usd=0.25, expected_tokens=50))
+    step = Step(
+        "draft",
+        FixedMetricAgent(cost=0.3, tokens=40),
+        config=StepConfig(expected_cost_usd=0.25, expected_tokens=50),
+    )
     otel.runner(step, usage_limits=UsageLimits(total_cost_usd_limit=1, total_tokens_limit=500)).run(0)
     (agent,) = otel.finished("invoke_agent draft")
-    children = {s.name: s for s in otel.spans.get_finished_spans() if s.parent and s.parent.span_id == agent.context.span_id}
+    children = {
+        s.name: s
+        for s in otel.spans.get_finished_spans()
+        if s.parent and s.parent.span_id == agent.context.span_id
+    }
     assert set(children) == {"cost.estimator.selected", "quota.reserve.attempt", "quota.reconcile"}
     assert children["cost.estimator.selected"].attributes == {
         "strategy": "heuristic",
@@ -97,9 +107,11 @@ def test_denial_is_a_span_and_a_counter(otel: Providers) -> None:
 
 
 def test_counters_track_strategy_spend_and_variance(otel: Providers) -> None:
-    pipe = Step("a", FixedMetricAgent(cost=0.1, tokens=100), config=StepConfig(expected_cost_usd=0.1, expected_tokens=100)) >> Step(
-        "b", FixedMetricAgent(cost=0.5, tokens=250)
-    )
+    pipe = Step(
+        "a",
+        FixedMetricAgent(cost=0.1, tokens=100),
+        config=StepConfig(expected_cost_usd=0.1, expected_tokens=100),
+    ) >> Step("b", FixedMetricAgent(cost=0.5, tokens=250))
     otel.runner(pipe).run(0)
     assert otel.points("estimator.usage") == {(("strategy", "heuristic"),): 1, (("strategy", "minimal"),): 1}
     variance = otel.points("estimation.variance.count")
@@ -127,7 +139,9 @@ def test_the_step_span_is_current_while_the_agent_runs(otel: Providers) -> None:
 
 def test_loops_and_parallels_nest_their_spans(otel: Providers) -> None:
     par = Step.parallel("fan", {"x": Step("x", FixedMetricAgent()), "y": Step("y", FixedMetricAgent())})
-    loop = Step.loop_until(name="l", loop_body_pipeline=par, exit_condition_callable=lambda o, c: True, max_loops=2)
+    loop = Step.loop_until(
+        name="l", loop_body_pipeline=par, exit_condition_callable=lambda o, c: True, max_loops=2
+    )
     otel.runner(loop).run(0)
     (loop_span,) = otel.finished("paymaster.loop l")
     (par_span,) = otel.finished("paymaster.parallel fan")
@@ -142,7 +156,8 @@ def test_without_providers_nothing_is_recorded_and_runs_still_work() -> None:
 
 
 @pytest.mark.parametrize(
-    ("delta", "bucket"), [(0, "0"), (Decimal("0.5"), "<=1"), (-1, "<=1"), (10, "<=10"), (99, "<=100"), (101, ">100")]
+    ("delta", "bucket"),
+    [(0, "0"), (Decimal("0.5"), "<=1"), (-1, "<=1"), (10, "<=10"), (99, "<=100"), (101, ">100")],
 )
 def test_variance_buckets(delta: Decimal, bucket: str) -> None:
     assert variance_bucket(delta) == bucket
