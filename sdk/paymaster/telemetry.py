@@ -49,7 +49,7 @@ _CENT: Final = Decimal(100)
 
 def variance_bucket(delta: Decimal | int) -> str:
     """The ``estimation.variance.count`` bucket of an absolute delta."""
-    size = abs(delta)
+    size = delta if delta >= 0 else -delta
     for bound, label in _BUCKETS:
         if size <= bound:
             return label
