@@ -1,0 +1,7 @@
+"""``python -m collector_processor --config sidecar.toml``: run the budget sidecar (same as ``paymaster sidecar``)."""
+
+from __future__ import annotations
+
+from collector_processor.server import main
+
+raise SystemExit(main())

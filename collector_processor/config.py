@@ -1,0 +1,267 @@
+"""The sidecar's configuration: a TOML file validated with pydantic at the edge, then checked as a whole.
+
+``load_config(path)`` fails fast with a ``ConfigError`` that names the file and the key
+(``sidecar.toml: budgets[1].limit_usd: must not be negative``); unknown keys are refused so a typo
+never silently falls back to a default. ``create_default_config()`` is what runs without a file.
+Floats in the file are read as exact decimals, so ``limit_usd = 10.1`` means ten dollars ten cents.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from collector_processor.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.errors import InvalidRequestError
+from collector_processor.ledger import LedgerSettings
+from collector_processor.periods import zone
+from paymaster.exceptions import ConfigError
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_METRICS_LISTEN",
+    "DEFAULT_OTLP_GRPC_LISTEN",
+    "DEFAULT_OTLP_HTTP_LISTEN",
+    "SidecarConfig",
+    "create_default_config",
+    "load_config",
+]
+
+# Ports chosen clear of an OpenTelemetry Collector (4317/4318, 8888, 13133, 55679), Prometheus (9090),
+# Alertmanager (9093), Grafana (3000), Loki (3100) and Tempo (3200) on the same host; the OTLP ports
+# mirror 4317/4318 so they are easy to remember.
+DEFAULT_LISTEN = "127.0.0.1:7310"
+DEFAULT_OTLP_GRPC_LISTEN = "127.0.0.1:7317"
+DEFAULT_OTLP_HTTP_LISTEN = "127.0.0.1:7318"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:7319"
+
+_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSection(_Section):
+    listen: str = DEFAULT_LISTEN
+    max_workers: int = Field(default=32, ge=4, le=1024)
+    max_watchers: int = Field(default=16, ge=0, le=1000)
+    grace_seconds: float = Field(default=5.0, ge=0, le=300)
+
+
+class StoreSection(_Section):
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = "paymaster-sidecar.db"
+    synchronous: Literal["normal", "full"] = "normal"
+    busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
+
+
+class LedgerSection(_Section):
+    time_zone: str = "UTC"
+    default_ttl_seconds: float = Field(default=300, gt=0)
+    max_ttl_seconds: float = Field(default=3600, gt=0)
+    sweep_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    default_alert_thresholds: list[int] = Field(default_factory=lambda: [80, 100])
+    reservation_retention_hours: float = Field(default=168, gt=0)
+    usage_retention_days: float = Field(default=400, gt=0)
+    alert_retention_days: float = Field(default=30, gt=0)
+
+
+class WebhookSection(_Section):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+
+
+class AlertsSection(_Section):
+    poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    otel_logs: bool = True
+    webhook: WebhookSection | None = None
+
+
+class TelemetrySection(_Section):
+    otlp_endpoint: str = ""
+    service_name: str = "paymaster-sidecar"
+
+
+class OtlpReceiverSection(_Section):
+    enabled: bool = False
+    grpc_listen: str = DEFAULT_OTLP_GRPC_LISTEN
+    http_listen: str = DEFAULT_OTLP_HTTP_LISTEN
+
+
+class ReceiversSection(_Section):
+    otlp: OtlpReceiverSection = OtlpReceiverSection()
+
+
+class MetricsSection(_Section):
+    enabled: bool = False
+    listen: str = DEFAULT_METRICS_LISTEN
+
+
+class BudgetEntry(_Section):
+    id: str
+    name: str = ""
+    scope: Literal["organization", "team", "agent", "workflow", "user"]
+    scope_id: str | None = None
+    limit_usd: Decimal
+    period: str
+    time_zone: str = ""
+    on_exceed: Literal["warn", "block", "downgrade"]
+    alert_thresholds: list[int] | None = None
+    enabled: bool = True
+
+    def draft(self) -> BudgetDraft:
+        return BudgetDraft(
+            id=self.id,
+            name=self.name,
+            scope=Scope(self.scope),
+            scope_id=self.scope_id,
+            limit_usd=self.limit_usd,
+            period=self.period,
+            time_zone=self.time_zone,
+            on_exceed=OnExceed(self.on_exceed),
+            alert_thresholds=None if self.alert_thresholds is None else tuple(self.alert_thresholds),
+            enabled=self.enabled,
+            declared_in_config=True,
+        )
+
+
+class SidecarConfig(_Section):
+    """The whole configuration. ``source`` names the file it came from, for messages."""
+
+    source: str = Field(default="<defaults>", exclude=True)
+    server: ServerSection = ServerSection()
+    store: StoreSection = StoreSection()
+    ledger: LedgerSection = LedgerSection()
+    alerts: AlertsSection = AlertsSection()
+    telemetry: TelemetrySection = TelemetrySection()
+    receivers: ReceiversSection = ReceiversSection()
+    metrics: MetricsSection = MetricsSection()
+    budgets: list[BudgetEntry] = Field(default_factory=list)
+
+    def validate_all(self) -> SidecarConfig:
+        """Checks that span keys (addresses, zones, budgets); raises ``ConfigError`` naming file and key."""
+        try:
+            self._check_addresses()
+            self._check_ledger()
+            self._check_alerts()
+            self._check_budgets()
+        except InvalidRequestError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+        return self
+
+    def ledger_settings(self) -> LedgerSettings:
+        lg = self.ledger
+        return LedgerSettings(
+            time_zone=lg.time_zone,
+            default_ttl_ms=int(lg.default_ttl_seconds * 1000),
+            max_ttl_ms=int(lg.max_ttl_seconds * 1000),
+            default_alert_thresholds=tuple(sorted(lg.default_alert_thresholds)),
+        )
+
+    def _check_addresses(self) -> None:
+        ports: dict[int, str] = {}
+        for key, address in (
+            ("server.listen", self.server.listen),
+            ("receivers.otlp.grpc_listen", self.receivers.otlp.grpc_listen),
+            ("receivers.otlp.http_listen", self.receivers.otlp.http_listen),
+            ("metrics.listen", self.metrics.listen),
+        ):
+            port = parse_address(address, key)
+            if port and port in ports:
+                raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
+            ports[port] = key
+        for key, enabled in (("receivers.otlp.enabled", self.receivers.otlp.enabled), ("metrics.enabled", self.metrics.enabled)):
+            if enabled:
+                raise InvalidRequestError(key, "this component is not part of this version of the sidecar; leave it false")
+
+    def _check_ledger(self) -> None:
+        lg = self.ledger
+        try:
+            zone(lg.time_zone)
+        except ValueError as exc:
+            raise InvalidRequestError("ledger.time_zone", str(exc)) from None
+        if lg.default_ttl_seconds > lg.max_ttl_seconds:
+            raise InvalidRequestError(
+                "ledger.default_ttl_seconds", f"{lg.default_ttl_seconds:g} is above ledger.max_ttl_seconds ({lg.max_ttl_seconds:g})"
+            )
+        check_thresholds(lg.default_alert_thresholds, "ledger.default_alert_thresholds")
+
+    def _check_alerts(self) -> None:
+        hook = self.alerts.webhook
+        if hook is not None and not re.match(r"https?://[^/\s]+", hook.url):
+            raise InvalidRequestError("alerts.webhook.url", f"must be an http:// or https:// URL, got {hook.url!r}")
+        endpoint = self.telemetry.otlp_endpoint
+        if endpoint and not re.match(r"https?://[^/\s]+", endpoint):
+            raise InvalidRequestError("telemetry.otlp_endpoint", f"must be an http:// or https:// URL, got {endpoint!r}")
+
+    def _check_budgets(self) -> None:
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.budgets):
+            build_budget(
+                entry.draft(),
+                default_time_zone=self.ledger.time_zone,
+                default_thresholds=tuple(self.ledger.default_alert_thresholds),
+                generated_id="",
+                now_ms=0,
+                field_prefix=f"budgets[{i}].",
+            )
+            if entry.id in seen:
+                raise InvalidRequestError(f"budgets[{i}].id", f"{entry.id!r} is declared already at budgets[{seen[entry.id]}]")
+            seen[entry.id] = i
+
+
+def parse_address(address: str, key: str) -> int:
+    """The port of ``host:port``; ``InvalidRequestError`` naming ``key`` otherwise."""
+    match = _ADDRESS.fullmatch(address)
+    if match is None or int(match.group("port")) > 65535:
+        raise InvalidRequestError(key, f"must be host:port (e.g. {DEFAULT_LISTEN} or [::1]:7310), got {address!r}")
+    return int(match.group("port"))
+
+
+def create_default_config() -> SidecarConfig:
+    """The configuration used without a file: loopback on port 7310, SQLite in the working directory."""
+    return SidecarConfig()
+
+
+def load_config(path: str | Path) -> SidecarConfig:
+    """Read, parse and validate a TOML file; every failure is a ``ConfigError`` naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<string>") -> SidecarConfig:
+    try:
+        raw = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        config = SidecarConfig.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+    return config.validate_all()
+
+
+def _describe(error: Any) -> str:
+    where = ""
+    for part in error["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key (check the spelling; see deploy/sidecar.example.toml)"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+    return f"{where}: {error['msg']}{shown}"

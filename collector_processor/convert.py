@@ -1,0 +1,322 @@
+"""Translation between the ``paymaster.v1`` protobuf messages and the ledger's domain types.
+
+This is the only sidecar module besides the servicer that imports generated code. Parsing names the
+offending field in every error (``InvalidRequestError('budget.limit_usd', ...)``) so the servicer can
+answer ``INVALID_ARGUMENT`` with a message a client can act on; formatting turns ``Decimal`` into the
+six-place decimal strings of the wire format.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from collector_processor.budgets import Budget, BudgetDraft, BudgetPatch, OnExceed, Scope, ScopeSet
+from collector_processor.errors import InvalidRequestError
+from collector_processor.ledger_types import (
+    Alert,
+    BudgetInfo,
+    BudgetStatus,
+    CheckOutcome,
+    CommitCommand,
+    CommitOutcome,
+    Decision,
+    RecordUsageCommand,
+    RecordUsageOutcome,
+    ReleaseOutcome,
+    ReservationState,
+    ReserveCommand,
+    ReserveOutcome,
+    UsageFacts,
+)
+from collector_processor.money import format_percentage, format_usd, parse_usd
+from collector_processor.usage import Dimension, UsageQuery, UsageReport, UsageTotals
+from paymaster.v1 import budget_pb2 as pb
+
+SCOPE_TO_PB = {
+    Scope.ORGANIZATION: pb.SCOPE_ORGANIZATION,
+    Scope.TEAM: pb.SCOPE_TEAM,
+    Scope.AGENT: pb.SCOPE_AGENT,
+    Scope.WORKFLOW: pb.SCOPE_WORKFLOW,
+    Scope.USER: pb.SCOPE_USER,
+}
+SCOPE_FROM_PB = {v: k for k, v in SCOPE_TO_PB.items()}
+ACTION_TO_PB = {OnExceed.WARN: pb.ON_EXCEED_WARN, OnExceed.BLOCK: pb.ON_EXCEED_BLOCK, OnExceed.DOWNGRADE: pb.ON_EXCEED_DOWNGRADE}
+ACTION_FROM_PB = {v: k for k, v in ACTION_TO_PB.items()}
+DECISION_TO_PB = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY, Decision.DOWNGRADE: pb.DECISION_DOWNGRADE}
+STATE_TO_PB = {
+    ReservationState.HELD: pb.RESERVATION_STATE_HELD,
+    ReservationState.COMMITTED: pb.RESERVATION_STATE_COMMITTED,
+    ReservationState.RELEASED: pb.RESERVATION_STATE_RELEASED,
+    ReservationState.EXPIRED: pb.RESERVATION_STATE_EXPIRED,
+}
+DIMENSION_FROM_PB = {getattr(pb, f"DIMENSION_{d.name}"): d for d in Dimension}
+
+
+# -- small pieces ------------------------------------------------------------------------------------
+def scope_from_pb(value: int, field: str, *, allow_unspecified: bool = False) -> Scope | None:
+    if value == pb.SCOPE_UNSPECIFIED and allow_unspecified:
+        return None
+    try:
+        return SCOPE_FROM_PB[value]
+    except KeyError:
+        raise InvalidRequestError(field, f"unknown scope {value}: expected organization, team, agent, workflow or user") from None
+
+
+def action_from_pb(value: int, field: str) -> OnExceed:
+    try:
+        return ACTION_FROM_PB[value]
+    except KeyError:
+        raise InvalidRequestError(field, f"unknown action {value}: expected warn, block or downgrade") from None
+
+
+def scopes_from_pb(msg: pb.ScopeIds) -> ScopeSet:
+    return ScopeSet(organization=msg.organization, team=msg.team, agent=msg.agent, workflow=msg.workflow, user=msg.user)
+
+
+def facts_from_pb(msg: pb.UsageFacts) -> UsageFacts:
+    return UsageFacts(
+        provider=msg.provider,
+        model=msg.model,
+        input_tokens=msg.input_tokens,
+        output_tokens=msg.output_tokens,
+        cache_read_tokens=msg.cache_read_tokens,
+        cache_creation_tokens=msg.cache_creation_tokens,
+        reasoning_tokens=msg.reasoning_tokens,
+    )
+
+
+def ts(ms: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def ts_to_ms(msg: timestamp_pb2.Timestamp) -> int:
+    return msg.seconds * 1000 + msg.nanos // 1_000_000
+
+
+def ttl_ms(msg: duration_pb2.Duration, field: str) -> int:
+    ms = msg.seconds * 1000 + msg.nanos // 1_000_000
+    if ms <= 0:
+        raise InvalidRequestError(field, f"must be positive, got {msg.seconds}s {msg.nanos}ns")
+    return ms
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+def draft_from_pb(msg: pb.Budget) -> BudgetDraft:
+    return BudgetDraft(
+        id=msg.id,
+        name=msg.name,
+        scope=scope_from_pb(msg.scope, "budget.scope"),
+        scope_id=msg.scope_id if msg.HasField("scope_id") else None,
+        limit_usd=parse_usd(msg.limit_usd, "budget.limit_usd"),
+        period=msg.period,
+        time_zone=msg.time_zone,
+        on_exceed=action_from_pb(msg.on_exceed, "budget.on_exceed"),
+        alert_thresholds=tuple(msg.alert_thresholds) or None,
+        enabled=msg.enabled if msg.HasField("enabled") else True,
+    )
+
+
+def patch_from_pb(msg: pb.UpdateBudgetRequest) -> BudgetPatch:
+    return BudgetPatch(
+        name=msg.name if msg.HasField("name") else None,
+        limit_usd=parse_usd(msg.limit_usd, "limit_usd") if msg.HasField("limit_usd") else None,
+        on_exceed=action_from_pb(msg.on_exceed, "on_exceed") if msg.HasField("on_exceed") else None,
+        alert_thresholds=tuple(msg.alert_thresholds.percent) if msg.HasField("alert_thresholds") else None,
+        enabled=msg.enabled if msg.HasField("enabled") else None,
+    )
+
+
+def budget_to_pb(b: Budget) -> pb.Budget:
+    msg = pb.Budget(
+        id=b.id,
+        name=b.name,
+        scope=SCOPE_TO_PB[b.scope],
+        limit_usd=str(b.limit_usd),
+        period=b.period.spec,
+        time_zone=b.time_zone,
+        on_exceed=ACTION_TO_PB[b.on_exceed],
+        alert_thresholds=b.alert_thresholds,
+        enabled=b.enabled,
+        declared_in_config=b.declared_in_config,
+        created_at=ts(b.created_ms),
+        updated_at=ts(b.updated_ms),
+    )
+    if b.scope_id is not None:
+        msg.scope_id = b.scope_id
+    return msg
+
+
+# -- decisions and spend ---------------------------------------------------------------------------
+def info_to_pb(i: BudgetInfo) -> pb.BudgetInfo:
+    return pb.BudgetInfo(
+        budget_id=i.budget_id,
+        budget_name=i.budget_name,
+        scope=SCOPE_TO_PB[i.scope],
+        scope_id=i.scope_id,
+        used_usd=format_usd(i.used_usd),
+        reserved_usd=format_usd(i.reserved_usd),
+        limit_usd=format_usd(i.limit_usd),
+        remaining_usd=format_usd(i.remaining_usd),
+        percentage=format_percentage(i.percentage),
+        exceeded=i.exceeded,
+        action=ACTION_TO_PB[i.action],
+        period_start=ts(i.period_start_ms),
+        period_end=ts(i.period_end_ms),
+    )
+
+
+def check_to_pb(o: CheckOutcome) -> pb.CheckBudgetResponse:
+    return pb.CheckBudgetResponse(
+        decision=DECISION_TO_PB[o.decision],
+        budget_info=[info_to_pb(i) for i in o.budget_info],
+        deciding_budget_id=o.deciding_budget_id,
+        reason=o.reason,
+        warn=bool(o.warnings),
+        warnings=o.warnings,
+    )
+
+
+def reserve_from_pb(msg: pb.ReserveRequest) -> ReserveCommand:
+    return ReserveCommand(
+        scopes=scopes_from_pb(msg.scopes),
+        estimate_usd=parse_usd(msg.estimate_usd, "estimate_usd"),
+        estimate_tokens=msg.estimate_tokens,
+        ttl_ms=ttl_ms(msg.ttl, "ttl") if msg.HasField("ttl") else None,
+        idempotency_key=msg.idempotency_key,
+        downgrade_estimate_usd=(
+            parse_usd(msg.downgrade_estimate_usd, "downgrade_estimate_usd") if msg.downgrade_estimate_usd else None
+        ),
+        downgrade_of=msg.downgrade_of,
+        model=facts_from_pb(msg.model) if msg.HasField("model") else None,
+    )
+
+
+def reserve_to_pb(o: ReserveOutcome) -> pb.ReserveResponse:
+    msg = pb.ReserveResponse(
+        decision=DECISION_TO_PB[o.decision],
+        reservation_id=o.reservation_id,
+        reserved_usd=format_usd(o.reserved_usd),
+        budget_info=[info_to_pb(i) for i in o.budget_info],
+        deciding_budget_id=o.deciding_budget_id,
+        reason=o.reason,
+        warn=bool(o.warnings),
+        warnings=o.warnings,
+        awaiting_downgrade_estimate=o.awaiting_downgrade_estimate,
+        replayed=o.replayed,
+    )
+    if o.expires_ms:
+        msg.expires_at.CopyFrom(ts(o.expires_ms))
+    return msg
+
+
+def commit_from_pb(msg: pb.CommitRequest) -> CommitCommand:
+    return CommitCommand(
+        reservation_id=msg.reservation_id,
+        actual_usd=parse_usd(msg.actual_usd, "actual_usd"),
+        actual_tokens=msg.actual_tokens,
+        usage=facts_from_pb(msg.usage),
+    )
+
+
+def commit_to_pb(o: CommitOutcome) -> pb.CommitResponse:
+    return pb.CommitResponse(
+        charged_usd=format_usd(o.charged_usd),
+        released_usd=format_usd(o.released_usd),
+        duplicate=o.duplicate,
+        late=o.late,
+        budget_info=[info_to_pb(i) for i in o.budget_info],
+    )
+
+
+def release_to_pb(o: ReleaseOutcome) -> pb.ReleaseResponse:
+    return pb.ReleaseResponse(released_usd=format_usd(o.released_usd), state=STATE_TO_PB[o.state])
+
+
+def record_from_pb(msg: pb.RecordUsageRequest) -> RecordUsageCommand:
+    return RecordUsageCommand(
+        usage_id=msg.usage_id,
+        scopes=scopes_from_pb(msg.scopes),
+        cost_usd=parse_usd(msg.cost_usd, "cost_usd"),
+        total_tokens=msg.total_tokens,
+        usage=facts_from_pb(msg.usage),
+        occurred_ms=ts_to_ms(msg.occurred_at) if msg.HasField("occurred_at") else None,
+        reservation_id=msg.reservation_id,
+    )
+
+
+def record_to_pb(o: RecordUsageOutcome) -> pb.RecordUsageResponse:
+    return pb.RecordUsageResponse(
+        charged_usd=format_usd(o.charged_usd), duplicate=o.duplicate, budget_info=[info_to_pb(i) for i in o.budget_info]
+    )
+
+
+# -- reports and alerts ----------------------------------------------------------------------------
+def status_to_pb(s: BudgetStatus) -> pb.BudgetStatus:
+    return pb.BudgetStatus(
+        budget=budget_to_pb(s.budget),
+        scope_id=s.scope_id,
+        used_usd=format_usd(s.used_usd),
+        reserved_usd=format_usd(s.reserved_usd),
+        remaining_usd=format_usd(s.remaining_usd),
+        percentage=format_percentage(s.percentage),
+        exceeded=s.exceeded,
+        period_start=ts(s.period_start_ms),
+        period_end=ts(s.period_end_ms),
+        burn_rate_usd_per_hour=format_usd(s.burn_rate_usd_per_hour),
+        projected_usd=format_usd(s.projected_usd),
+        alerts_fired=s.alerts_fired,
+    )
+
+
+def usage_query_from_pb(msg: pb.GetUsageRequest) -> UsageQuery:
+    group_by = []
+    for i, value in enumerate(msg.group_by):
+        if value not in DIMENSION_FROM_PB:
+            raise InvalidRequestError(f"group_by[{i}]", f"unknown dimension {value}")
+        group_by.append(DIMENSION_FROM_PB[value])
+    return UsageQuery(
+        start_ms=ts_to_ms(msg.start) if msg.HasField("start") else None,
+        end_ms=ts_to_ms(msg.end) if msg.HasField("end") else None,
+        scopes=scopes_from_pb(msg.scopes),
+        provider=msg.provider,
+        model=msg.model,
+        group_by=tuple(group_by),
+        time_zone=msg.time_zone,
+    )
+
+
+def _totals_to_pb(t: UsageTotals) -> pb.UsageTotals:
+    return pb.UsageTotals(
+        cost_usd=format_usd(t.cost_usd),
+        input_tokens=t.input_tokens,
+        output_tokens=t.output_tokens,
+        total_tokens=t.total_tokens,
+        records=t.records,
+    )
+
+
+def usage_to_pb(r: UsageReport) -> pb.GetUsageResponse:
+    return pb.GetUsageResponse(
+        total=_totals_to_pb(r.total), rows=[pb.UsageRow(key=row.key, totals=_totals_to_pb(row.totals)) for row in r.rows]
+    )
+
+
+def alert_to_pb(a: Alert) -> pb.Alert:
+    return pb.Alert(
+        sequence=a.sequence,
+        alert_id=a.alert_id,
+        kind=pb.ALERT_KIND_THRESHOLD,
+        budget_id=a.budget_id,
+        budget_name=a.budget_name,
+        scope=SCOPE_TO_PB[a.scope],
+        scope_id=a.scope_id,
+        threshold_percent=a.threshold_percent,
+        used_usd=format_usd(a.used_usd),
+        limit_usd=format_usd(a.limit_usd),
+        percentage=format_percentage(a.percentage),
+        action=ACTION_TO_PB[a.action],
+        period_start=ts(a.period_start_ms),
+        period_end=ts(a.period_end_ms),
+        fired_at=ts(a.fired_ms),
+        message=a.message,
+    )

@@ -1,0 +1,278 @@
+"""The ledger: live spend per scope and period, reservations with TTLs, and threshold alerts.
+
+``Ledger`` is the one entry point for everything that reads or changes budgets and spend: the gRPC
+servicer, the CLI's embedded mode and later receivers call it with domain commands. It validates
+what a store should never see (negative amounts, TTLs out of range, unknown scopes), fills the
+defaults, reads the clock, and hands each operation to the store as one atomic call. It holds no
+state of its own, so any number of ledgers in any number of processes can share one store.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from collector_processor.budgets import (
+    Budget,
+    BudgetDraft,
+    BudgetPatch,
+    Scope,
+    ScopeSet,
+    build_budget,
+    check_budget_id,
+    check_scope_id,
+    check_thresholds,
+)
+from collector_processor.clock import Clock, SystemClock
+from collector_processor.errors import InvalidRequestError
+from collector_processor.ledger_types import (
+    BudgetStatus,
+    CheckOutcome,
+    CommitCommand,
+    CommitOutcome,
+    RecordUsageCommand,
+    RecordUsageOutcome,
+    ReleaseOutcome,
+    ReserveCommand,
+    ReserveOutcome,
+    UsageFacts,
+)
+from collector_processor.money import usd_to_micros
+from collector_processor.periods import zone
+from collector_processor.store.base import LedgerStore, UsageFilter
+from collector_processor.usage import UsageQuery, UsageReport, build_report, check_group_by, columns_for
+
+__all__ = ["Ledger", "LedgerSettings"]
+
+_MAX_KEY = 256
+_FUTURE_SKEW_MS = 60_000
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class LedgerSettings:
+    """Defaults and bounds the ledger applies to requests."""
+
+    time_zone: str = "UTC"
+    """Zone for budgets that name none, and for usage reports."""
+    default_ttl_ms: int = 300_000
+    """TTL of a reservation that asks for none."""
+    max_ttl_ms: int = 3_600_000
+    """Longest TTL a reservation may ask for."""
+    default_alert_thresholds: tuple[int, ...] = (80, 100)
+    """Thresholds of a budget created without any."""
+
+    def validate(self) -> LedgerSettings:
+        zone(self.time_zone)
+        if not 0 < self.default_ttl_ms <= self.max_ttl_ms:
+            raise ValueError("default_ttl must be positive and at most max_ttl")
+        check_thresholds(self.default_alert_thresholds, "default_alert_thresholds")
+        return self
+
+
+class Ledger:
+    """Budgets and spend over a ``LedgerStore``. ``on_alert`` is called after an operation fired alerts."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        clock: Clock | None = None,
+        settings: LedgerSettings | None = None,
+        on_alert: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.settings = (settings or LedgerSettings()).validate()
+        self._on_alert = on_alert
+
+    def set_alert_listener(self, on_alert: Callable[[], None] | None) -> None:
+        self._on_alert = on_alert
+
+    # -- budgets ---------------------------------------------------------------------------------
+    def create_budget(self, draft: BudgetDraft) -> Budget:
+        budget = self._build(draft, field_prefix="budget.")
+        return self.store.create_budget(budget)
+
+    def get_budget(self, budget_id: str) -> Budget:
+        return self.store.get_budget(check_budget_id(budget_id))
+
+    def list_budgets(
+        self, *, scope: Scope | None = None, scope_id: str | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Budget], str]:
+        """One page of budgets ordered by id, and the token of the next page ('' on the last)."""
+        if not 0 <= page_size <= 500:
+            raise InvalidRequestError("page_size", f"must be between 1 and 500 (0 means 50), got {page_size}")
+        if scope_id is not None:
+            check_scope_id(scope_id)
+        size = page_size or 50
+        budgets = self.store.list_budgets(scope=scope, scope_id=scope_id, after_id=_decode_token(page_token), limit=size + 1)
+        if len(budgets) > size:
+            return budgets[:size], _encode_token(budgets[size - 1].id)
+        return budgets, ""
+
+    def update_budget(self, budget_id: str, patch: BudgetPatch) -> Budget:
+        if patch.is_empty():
+            raise InvalidRequestError("update", "names no field to change (name, limit_usd, on_exceed, alert_thresholds, enabled)")
+        return self.store.update_budget(check_budget_id(budget_id), patch, now_ms=self.clock.now_ms())
+
+    def delete_budget(self, budget_id: str) -> None:
+        self.store.delete_budget(check_budget_id(budget_id))
+
+    def load_config_budgets(self, drafts: Sequence[BudgetDraft], *, field_prefix: str = "budgets") -> list[Budget]:
+        """Validate the budgets a config file declares and make the store's config budgets exactly these."""
+        budgets = []
+        seen: set[str] = set()
+        for i, draft in enumerate(drafts):
+            budget = self._build(replace(draft, declared_in_config=True), field_prefix=f"{field_prefix}[{i}].")
+            if budget.id in seen:
+                raise InvalidRequestError(f"{field_prefix}[{i}].id", f"{budget.id!r} is declared twice")
+            seen.add(budget.id)
+            budgets.append(budget)
+        self.store.sync_config_budgets(budgets, now_ms=self.clock.now_ms())
+        return budgets
+
+    def _build(self, draft: BudgetDraft, *, field_prefix: str) -> Budget:
+        return build_budget(
+            draft,
+            default_time_zone=self.settings.time_zone,
+            default_thresholds=self.settings.default_alert_thresholds,
+            generated_id=f"b-{secrets.token_hex(6)}",
+            now_ms=self.clock.now_ms(),
+            field_prefix=field_prefix,
+        )
+
+    # -- decisions and spend ---------------------------------------------------------------------
+    def check(self, scopes: ScopeSet, estimate_usd: Decimal = Decimal(0)) -> CheckOutcome:
+        scopes.validate()
+        _non_negative(estimate_usd, "estimate_usd")
+        return self.store.check(scopes, usd_to_micros(estimate_usd), now_ms=self.clock.now_ms())
+
+    def reserve(self, command: ReserveCommand) -> ReserveOutcome:
+        command = self._validate_reserve(command)
+        return self.store.reserve(command, reservation_id=secrets.token_hex(16), now_ms=self.clock.now_ms())
+
+    def _validate_reserve(self, c: ReserveCommand) -> ReserveCommand:
+        c.scopes.validate(required=not c.downgrade_of)
+        _non_negative(c.estimate_usd, "estimate_usd")
+        _tokens(c.estimate_tokens, "estimate_tokens")
+        if c.downgrade_estimate_usd is not None:
+            _non_negative(c.downgrade_estimate_usd, "downgrade_estimate_usd")
+            if c.downgrade_of:
+                raise InvalidRequestError("downgrade_estimate_usd", "must not be set together with downgrade_of")
+        _key(c.idempotency_key, "idempotency_key")
+        _key(c.downgrade_of, "downgrade_of")
+        if c.model is not None:
+            _facts(c.model, "model")
+        ttl = self.settings.default_ttl_ms if c.ttl_ms is None else c.ttl_ms
+        if not 0 < ttl <= self.settings.max_ttl_ms:
+            raise InvalidRequestError(
+                "ttl", f"must be positive and at most {self.settings.max_ttl_ms / 1000:g}s, got {ttl / 1000:g}s"
+            )
+        return replace(c, ttl_ms=ttl)
+
+    def commit(self, command: CommitCommand) -> CommitOutcome:
+        _required_key(command.reservation_id, "reservation_id")
+        _non_negative(command.actual_usd, "actual_usd")
+        _tokens(command.actual_tokens, "actual_tokens")
+        _facts(command.usage, "usage")
+        outcome = self.store.commit(command, now_ms=self.clock.now_ms())
+        self._alerted(outcome.alerts_fired)
+        return outcome
+
+    def release(self, reservation_id: str) -> ReleaseOutcome:
+        _required_key(reservation_id, "reservation_id")
+        return self.store.release(reservation_id, now_ms=self.clock.now_ms())
+
+    def record_usage(self, command: RecordUsageCommand) -> RecordUsageOutcome:
+        _required_key(command.usage_id, "usage_id")
+        _key(command.reservation_id, "reservation_id")
+        command.scopes.validate()
+        _non_negative(command.cost_usd, "cost_usd")
+        _tokens(command.total_tokens, "total_tokens")
+        _facts(command.usage, "usage")
+        now = self.clock.now_ms()
+        occurred = now if command.occurred_ms is None else command.occurred_ms
+        if occurred > now + _FUTURE_SKEW_MS:
+            raise InvalidRequestError("occurred_at", "is in the future")
+        outcome = self.store.record_usage(replace(command, occurred_ms=min(occurred, now)), now_ms=now)
+        self._alerted(outcome.alerts_fired)
+        return outcome
+
+    def _alerted(self, fired: Sequence[int]) -> None:
+        if fired and self._on_alert is not None:
+            self._on_alert()
+
+    # -- reading and housekeeping ----------------------------------------------------------------
+    def budget_status(self, budget_id: str, scope_id: str = "") -> BudgetStatus:
+        check_budget_id(budget_id, "budget_id")
+        if scope_id:
+            check_scope_id(scope_id)
+        return self.store.budget_status(budget_id, scope_id, now_ms=self.clock.now_ms())
+
+    def usage(self, query: UsageQuery) -> UsageReport:
+        group_by = check_group_by(query.group_by)
+        query.scopes.validate(required=False)
+        try:
+            tz = zone(query.time_zone or self.settings.time_zone)
+        except ValueError as exc:
+            raise InvalidRequestError("time_zone", str(exc)) from None
+        end = self.clock.now_ms() if query.end_ms is None else query.end_ms
+        if query.start_ms is not None and query.start_ms >= end:
+            raise InvalidRequestError("start", "must be before end")
+        flt = UsageFilter(start_ms=query.start_ms, end_ms=end, scopes=query.scopes, provider=query.provider, model=query.model)
+        by_slot = len(columns_for(group_by)) != len(group_by)
+        rows = self.store.usage_rows(flt, columns_for(group_by), by_slot=by_slot)
+        return build_report(rows, group_by, tz)
+
+    def expire_due(self) -> int:
+        """Release every reservation whose TTL has passed; the sweeper calls this between requests."""
+        total = 0
+        while (n := self.store.expire_due(now_ms=self.clock.now_ms())) > 0:
+            total += n
+        return total
+
+
+def _non_negative(value: Decimal, field: str) -> None:
+    if not value.is_finite() or value < 0:
+        raise InvalidRequestError(field, f"must be a finite amount >= 0, got '{value}'")
+
+
+def _tokens(value: int, field: str) -> None:
+    if value < 0:
+        raise InvalidRequestError(field, f"must not be negative, got {value}")
+
+
+def _facts(f: UsageFacts, field: str) -> None:
+    for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens"):
+        _tokens(getattr(f, name), f"{field}.{name}")
+    for name in ("provider", "model"):
+        value = getattr(f, name)
+        if len(value) > _MAX_KEY or not value.isprintable():
+            raise InvalidRequestError(f"{field}.{name}", f"must be at most {_MAX_KEY} printable characters")
+
+
+def _key(value: str, field: str) -> None:
+    if value and (len(value) > _MAX_KEY or not value.isprintable()):
+        raise InvalidRequestError(field, f"must be at most {_MAX_KEY} printable characters")
+
+
+def _required_key(value: str, field: str) -> None:
+    if not value:
+        raise InvalidRequestError(field, "is required")
+    _key(value, field)
+
+
+def _encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError("page_token", "is not a token this service issued") from None

@@ -1,0 +1,70 @@
+"""Exact money for the sidecar: decimal strings on the wire, ``Decimal`` in the domain, micro-dollars in storage.
+
+The store keeps whole micro-dollars (integers add exactly and atomically inside a database); the
+domain and the API speak ``Decimal`` and exact decimal strings. Amounts finer than a micro-dollar
+round *up*, so a budget is never charged less than was spent and a reservation never shrinks to fit.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_FLOOR, Decimal
+
+from collector_processor.errors import InvalidRequestError
+from paymaster._money import to_decimal, to_micros
+
+__all__ = [
+    "MICROS_PER_USD",
+    "format_percentage",
+    "format_usd",
+    "micros_to_usd",
+    "parse_usd",
+    "percentage",
+    "usd_to_micros",
+]
+
+MICROS_PER_USD = 1_000_000
+# A billion dollars per amount: sums of many such amounts in micro-dollars still fit a signed 64-bit
+# integer, which is what SQLite and Redis add atomically.
+_MAX_USD = Decimal(10) ** 9
+_HUNDREDTH = Decimal("0.01")
+
+
+def parse_usd(text: str, field: str, *, required: bool = True) -> Decimal:
+    """Parse an exact decimal dollar string; an empty optional field is zero. Errors name ``field``."""
+    if not text.strip():
+        if required:
+            raise InvalidRequestError(field, "is required (an exact decimal string such as '0.25')")
+        return Decimal(0)
+    try:
+        value = to_decimal(text, what="amount")
+    except ValueError as exc:
+        raise InvalidRequestError(field, f"{exc}".replace("amount ", "")) from None
+    if value > _MAX_USD:
+        raise InvalidRequestError(field, f"must be at most {_MAX_USD:,} dollars, got {text!r}")
+    return value
+
+
+def usd_to_micros(value: Decimal) -> int:
+    """Whole micro-dollars, rounding up."""
+    return to_micros(value)
+
+
+def micros_to_usd(micros: int) -> Decimal:
+    """The exact ``Decimal`` for a count of micro-dollars, with six places."""
+    return Decimal(micros).scaleb(-6)
+
+
+def format_usd(value: Decimal) -> str:
+    """The wire form: plain notation, six places (``'12.500000'``)."""
+    return f"{value:.6f}"
+
+
+def percentage(used_micros: int, limit_micros: int) -> Decimal:
+    """Committed spend as a percentage of the limit, two places rounded down; a zero limit reads 100."""
+    if limit_micros <= 0:
+        return Decimal(100).quantize(_HUNDREDTH)
+    return (Decimal(used_micros * 100) / Decimal(limit_micros)).quantize(_HUNDREDTH, rounding=ROUND_FLOOR)
+
+
+def format_percentage(value: Decimal) -> str:
+    return f"{value:.2f}"

@@ -1,0 +1,8 @@
+"""Stores behind the ledger: the ``LedgerStore`` interface and the embedded SQLite store."""
+
+from __future__ import annotations
+
+from collector_processor.store.base import USAGE_COLUMNS, LedgerStore, UsageFilter, UsageRow
+from collector_processor.store.sqlite import SqliteStore
+
+__all__ = ["USAGE_COLUMNS", "LedgerStore", "SqliteStore", "UsageFilter", "UsageRow"]

@@ -1,0 +1,172 @@
+"""Reads and housekeeping of the SQLite store: budget status, usage reports, the alert log, pruning.
+
+Like ``_sqlite_ops`` these run on a connection the caller holds; claims and pruning inside a write
+transaction, log and report reads on the store's reader connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from collector_processor.budgets import OnExceed, Scope
+from collector_processor.decisions import BudgetState
+from collector_processor.ledger_types import Alert, BudgetStatus
+from collector_processor.money import micros_to_usd, percentage
+from collector_processor.store._index import LiveBudget
+from collector_processor.store._sqlite_ops import read_states
+from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
+
+_HOUR_MS = 3_600_000
+_SLOT_MS = 900_000
+_ALERT_COLS = (
+    "seq, alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros, action,"
+    " period_start_ms, period_end_ms, fired_ms, message"
+)
+
+
+def budget_status(conn: sqlite3.Connection, live: LiveBudget, entity: str, now_ms: int) -> BudgetStatus:
+    (state,) = read_states(conn, [(live, entity)], now_ms)
+    budget = live.budget
+    period_key = 0 if budget.period.is_rolling else state.window.start_ms
+    fired = conn.execute(
+        "SELECT threshold FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = ? ORDER BY threshold",
+        (budget.id, entity, period_key),
+    ).fetchall()
+    burn, projected = _projection(state, now_ms)
+    return BudgetStatus(
+        budget=budget,
+        scope_id=entity,
+        used_usd=micros_to_usd(state.used),
+        reserved_usd=micros_to_usd(state.reserved),
+        remaining_usd=micros_to_usd(max(state.limit - state.used - state.reserved, 0)),
+        percentage=percentage(state.used, state.limit),
+        exceeded=state.used >= state.limit,
+        period_start_ms=state.window.start_ms,
+        period_end_ms=state.window.end_ms,
+        burn_rate_usd_per_hour=burn,
+        projected_usd=projected,
+        alerts_fired=tuple(t for (t,) in fired),
+    )
+
+
+def _projection(state: BudgetState, now_ms: int) -> tuple[Decimal, Decimal]:
+    """Burn rate per hour and spend at period end if it holds; exact decimals rounded up to micro-dollars."""
+    used = Decimal(state.used)
+    micro = Decimal(1)
+    if state.budget.period.is_rolling:
+        window = state.window.end_ms - state.window.start_ms
+        burn = (used * _HOUR_MS / window).quantize(micro, rounding=ROUND_CEILING)
+        return micros_to_usd(int(burn)), micros_to_usd(state.used)
+    elapsed = max(now_ms - state.window.start_ms, 1000)  # a second in, not a division by zero
+    length = state.window.end_ms - state.window.start_ms
+    burn = (used * _HOUR_MS / elapsed).quantize(micro, rounding=ROUND_CEILING)
+    projected = (used * length / elapsed).quantize(micro, rounding=ROUND_CEILING)
+    return micros_to_usd(int(burn)), micros_to_usd(int(projected))
+
+
+def usage_rows(conn: sqlite3.Connection, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
+    for column in columns:
+        if column not in USAGE_COLUMNS:
+            raise ValueError(f"unknown usage column {column!r}")
+    where = ["ts_ms < ?"]
+    args: list[Any] = [flt.end_ms]
+    if flt.start_ms is not None:
+        where.append("ts_ms >= ?")
+        args.append(flt.start_ms)
+    for scope, value in flt.scopes.pairs():
+        where.append(f"{scope.value} = ?")
+        args.append(value)
+    for column, value in (("provider", flt.provider), ("model", flt.model)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    groups = list(columns) + ([f"ts_ms - ts_ms % {_SLOT_MS}"] if by_slot else [])
+    select = ", ".join(groups + ["SUM(cost_micros)", "SUM(input_tokens)", "SUM(output_tokens)", "SUM(total_tokens)", "COUNT(*)"])
+    sql = f"SELECT {select} FROM usage_events WHERE {' AND '.join(where)}"
+    if groups:
+        sql += f" GROUP BY {', '.join(groups)}"
+    rows = conn.execute(sql, args).fetchall()
+    width = len(columns)
+    out = []
+    for row in rows:
+        if row[-1] == 0:
+            continue  # an aggregate over no rows
+        out.append(
+            UsageRow(
+                keys=tuple(row[:width]),
+                slot_ms=row[width] if by_slot else None,
+                cost_micros=row[-5],
+                input_tokens=row[-4],
+                output_tokens=row[-3],
+                total_tokens=row[-2],
+                records=row[-1],
+            )
+        )
+    return out
+
+
+def _alert(r: tuple[Any, ...]) -> Alert:
+    return Alert(
+        sequence=r[0],
+        alert_id=r[1],
+        budget_id=r[2],
+        budget_name=r[3],
+        scope=Scope(r[4]),
+        scope_id=r[5],
+        threshold_percent=r[6],
+        used_usd=micros_to_usd(r[7]),
+        limit_usd=micros_to_usd(r[8]),
+        percentage=percentage(r[7], r[8]),
+        action=OnExceed(r[9]),
+        period_start_ms=r[10],
+        period_end_ms=r[11],
+        fired_ms=r[12],
+        message=r[13],
+    )
+
+
+def alerts_after(conn: sqlite3.Connection, sequence: int, *, limit: int, budget_ids: Sequence[str]) -> list[Alert]:
+    sql = f"SELECT {_ALERT_COLS} FROM alerts WHERE seq > ?"
+    args: list[Any] = [sequence]
+    if budget_ids:
+        sql += f" AND budget_id IN ({', '.join('?' * len(budget_ids))})"
+        args.extend(budget_ids)
+    return [_alert(r) for r in conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()]
+
+
+def claim_alerts(conn: sqlite3.Connection, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
+    rows = conn.execute(
+        f"UPDATE alerts SET claimed_by = ?, claim_until_ms = ? WHERE seq IN ("
+        " SELECT seq FROM alerts WHERE delivered_ms IS NULL AND (claim_until_ms IS NULL OR claim_until_ms <= ?)"
+        f" ORDER BY seq LIMIT ?) RETURNING {_ALERT_COLS}",
+        (owner, now_ms + lease_ms, now_ms, limit),
+    ).fetchall()
+    return sorted((_alert(r) for r in rows), key=lambda a: a.sequence)
+
+
+def prune(
+    conn: sqlite3.Connection,
+    budgets: Sequence[LiveBudget],
+    *,
+    now_ms: int,
+    reservation_retention_ms: int,
+    usage_retention_ms: int,
+    alert_retention_ms: int,
+) -> None:
+    conn.execute("DELETE FROM reservations WHERE state <> 1 AND settled_ms < ?", (now_ms - reservation_retention_ms,))
+    conn.execute("DELETE FROM usage_events WHERE ts_ms < ?", (now_ms - usage_retention_ms,))
+    # The alert log is bounded by age alone: an alert nobody could deliver in that long is history.
+    conn.execute("DELETE FROM alerts WHERE fired_ms < ?", (now_ms - alert_retention_ms,))
+    conn.execute("DELETE FROM holds WHERE reserved_micros = 0")
+    for live in budgets:
+        budget = live.budget
+        # Buckets before the current period or window are read by nothing (reports read usage_events).
+        lowest = budget.period.lowest_bucket(now_ms, live.tz)
+        conn.execute("DELETE FROM spend WHERE budget_id = ? AND bucket_ms < ?", (budget.id, lowest))
+        if not budget.period.is_rolling:
+            conn.execute(
+                "DELETE FROM alert_marks WHERE budget_id = ? AND period_key < ?", (budget.id, lowest)
+            )

@@ -1,0 +1,158 @@
+"""The store interface: the few coarse, atomic operations the ledger needs, and nothing that assumes one process.
+
+Every operation that changes money or alert state is *one* call here and must be atomic in the
+implementation: reserving across every matching budget, committing, releasing, expiring due
+reservations, recording usage (with its idempotency check), and firing alerts (with their
+once-per-period de-duplication). Period roll-over needs no operation at all: spend is kept per period
+bucket, so a new period is simply a new bucket. Several sidecars may share one store (a SQLite file
+on one host, or a cluster store); implementations decide with ``collector_processor.decisions`` so
+that every store answers alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.ledger_types import (
+    Alert,
+    BudgetStatus,
+    CheckOutcome,
+    CommitCommand,
+    CommitOutcome,
+    RecordUsageCommand,
+    RecordUsageOutcome,
+    ReleaseOutcome,
+    ReserveCommand,
+    ReserveOutcome,
+)
+
+__all__ = ["USAGE_COLUMNS", "LedgerStore", "UsageFilter", "UsageRow"]
+
+USAGE_COLUMNS = ("organization", "team", "agent", "workflow", "user", "provider", "model")
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class UsageFilter:
+    """Which recorded spend a usage report covers."""
+
+    start_ms: int | None
+    """Inclusive start; ``None``: all retained history."""
+    end_ms: int
+    """Exclusive end."""
+    scopes: ScopeSet
+    """Only spend attributed to every id given."""
+    provider: str = ""
+    """Only this provider, when given."""
+    model: str = ""
+    """Only this model, when given."""
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class UsageRow:
+    """Totals of recorded spend for one combination of grouping columns (and 15-minute slot, if asked)."""
+
+    keys: tuple[str, ...]
+    """Values of the grouping columns, in the order asked."""
+    slot_ms: int | None
+    """Start of the 15-minute slot, when grouping by time; every real time zone offset is a multiple."""
+    cost_micros: int
+    """Spend, micro-dollars."""
+    input_tokens: int
+    """Input tokens."""
+    output_tokens: int
+    """Output tokens."""
+    total_tokens: int
+    """Total tokens."""
+    records: int
+    """Commits and recorded usages counted."""
+
+
+class LedgerStore(Protocol):
+    """Durable budgets, spend, reservations and alerts. Implementations must be safe to call from many threads."""
+
+    # -- budgets ---------------------------------------------------------------------------------
+    def create_budget(self, budget: Budget) -> Budget:
+        """Insert; ``AlreadyExistsError`` if the id is taken. Returns it with its generation set."""
+        ...
+
+    def get_budget(self, budget_id: str) -> Budget:
+        """``NotFoundError`` if unknown."""
+        ...
+
+    def list_budgets(self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int) -> list[Budget]:
+        """Budgets ordered by id, after ``after_id``."""
+        ...
+
+    def update_budget(self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False) -> Budget:
+        """Apply ``patch`` atomically; ``FailedPreconditionError`` for a config budget unless ``allow_config``."""
+        ...
+
+    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
+        """Delete the budget with its spend, holds and alert marks, atomically."""
+        ...
+
+    def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
+        """Make the config-declared budgets exactly ``budgets``: create, update, delete, atomically."""
+        ...
+
+    # -- money -----------------------------------------------------------------------------------
+    def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
+        """The decision a reservation would get, reserving nothing."""
+        ...
+
+    def reserve(self, command: ReserveCommand, *, reservation_id: str, now_ms: int) -> ReserveOutcome:
+        """Decide and hold on every matching budget, or on none, atomically (including the downgrade re-send)."""
+        ...
+
+    def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
+        """Replace the hold with the actual spend, charge, fire alerts; idempotent."""
+        ...
+
+    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
+        """Give the hold back; idempotent."""
+        ...
+
+    def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
+        """Charge spend without a reservation, idempotent by usage id; fire alerts."""
+        ...
+
+    def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
+        """Release held reservations whose TTL has passed; return how many."""
+        ...
+
+    # -- reading ---------------------------------------------------------------------------------
+    def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
+        """The budget's standing for ``entity`` now."""
+        ...
+
+    def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
+        """Recorded spend grouped by ``columns`` (a subset of ``USAGE_COLUMNS``) and optionally 15-minute slot."""
+        ...
+
+    # -- alerts ----------------------------------------------------------------------------------
+    def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:
+        """Alerts in the log with a larger sequence, ascending."""
+        ...
+
+    def last_alert_sequence(self) -> int:
+        """The largest sequence in the log (0 when empty)."""
+        ...
+
+    def claim_alerts(self, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
+        """Lease undelivered alerts to ``owner`` for notification; an expired lease may be claimed again."""
+        ...
+
+    def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
+        """Mark alerts as notified."""
+        ...
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def prune(self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int) -> None:
+        """Forget settled reservations, aged usage records, delivered alerts and spend buckets no window reads."""
+        ...
+
+    def close(self) -> None:
+        ...
