@@ -3,7 +3,7 @@
 Alerts are *fired* by the store, inside the operation that moved spend past a threshold, into a durable
 log; that is what makes them exactly-once per period. Delivery reads the log:
 
-* ``AlertHub`` serves WatchAlerts. Each stream reads the log after its cursor and sleeps until this
+* ``AlertHub`` serves WatchAlerts. Each stream reads the log after its cursor and waits until this
   process fires an alert or the poll interval passes (alerts fired by another sidecar sharing the
   store arrive within one interval). A watcher that reconnects with its last sequence misses nothing.
 * ``AlertDispatcher`` leases undelivered alerts from the store and gives each to every sink (an
@@ -14,9 +14,10 @@ log; that is what makes them exactly-once per period. Delivery reads the log:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from collector_processor.clock import Clock
@@ -42,45 +43,61 @@ class AlertSink(Protocol):
 
 
 class AlertHub:
-    """Wakes WatchAlerts streams; one per server."""
+    """Feeds WatchAlerts streams on the server's event loop; ``notify`` may be called from any thread."""
 
     def __init__(self, store: LedgerStore, *, poll_interval_s: float = 0.5) -> None:
         self._store = store
         self._poll = poll_interval_s
-        self._cond = threading.Condition()
-        self._generation = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
         self._closed = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the loop the streams run on; called once the server's loop is running."""
+        self._loop = loop
+        self._event = asyncio.Event()
 
     def notify(self) -> None:
         """Alerts were fired in this process: wake every stream now rather than at its next poll."""
-        with self._cond:
-            self._generation += 1
-            self._cond.notify_all()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake()
+        else:
+            loop.call_soon_threadsafe(self._wake)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self.notify()
 
-    def watch(
-        self, *, after_sequence: int | None, budget_ids: Sequence[str] = (), is_active: Callable[[], bool]
-    ) -> Iterator[Alert]:
-        """Alerts after ``after_sequence`` (``None``: from now on), until ``is_active()`` turns false."""
+    def _wake(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        if event is not None:
+            event.set()
+
+    async def watch(self, *, after_sequence: int | None, budget_ids: Sequence[str] = ()) -> AsyncIterator[Alert]:
+        """Alerts after ``after_sequence`` (``None``: from now on), until the hub closes or the stream is cancelled."""
         cursor = self._store.last_alert_sequence() if after_sequence is None else after_sequence
-        while is_active():
-            with self._cond:
-                if self._closed:
-                    return
-                seen = self._generation
+        while not self._closed:
+            event = self._event
             batch = self._store.alerts_after(cursor, limit=100, budget_ids=budget_ids)
             if batch:
                 for alert in batch:
                     cursor = alert.sequence
                     yield alert
                 continue
-            with self._cond:
-                if self._generation == seen and not self._closed:
-                    self._cond.wait(self._poll)
+            if event is None:
+                await asyncio.sleep(self._poll)
+                continue
+            try:
+                await asyncio.wait_for(event.wait(), self._poll)
+            except TimeoutError:
+                pass
 
 
 class AlertDispatcher:

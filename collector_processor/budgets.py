@@ -9,7 +9,7 @@ config and the CLI all report the same precise message.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
@@ -47,6 +47,7 @@ class Scope(StrEnum):
 
 
 SCOPE_ORDER: tuple[Scope, ...] = tuple(Scope)
+_ORGANIZATION, _TEAM, _AGENT, _WORKFLOW, _USER = SCOPE_ORDER
 
 
 class OnExceed(StrEnum):
@@ -72,22 +73,31 @@ class ScopeSet:
     user: str = ""
     """``paymaster.user``"""
 
-    def pairs(self) -> Iterator[tuple[Scope, str]]:
+    def pairs(self) -> list[tuple[Scope, str]]:
         """The given ids in scope order."""
-        for scope in SCOPE_ORDER:
-            value = getattr(self, scope.value)
-            if value:
-                yield scope, value
+        # Spelled out: this runs on every reservation, and enum lookups by name are slow.
+        out = []
+        if self.organization:
+            out.append((_ORGANIZATION, self.organization))
+        if self.team:
+            out.append((_TEAM, self.team))
+        if self.agent:
+            out.append((_AGENT, self.agent))
+        if self.workflow:
+            out.append((_WORKFLOW, self.workflow))
+        if self.user:
+            out.append((_USER, self.user))
+        return out
 
     def get(self, scope: Scope) -> str:
         return str(getattr(self, scope.value))
 
     def validate(self, field_name: str = "scopes", *, required: bool = True) -> ScopeSet:
-        for scope in SCOPE_ORDER:
-            value = getattr(self, scope.value)
-            if value:
+        given = self.pairs()
+        for scope, value in given:
+            if len(value) > MAX_SCOPE_ID or not value.isprintable():
                 check_scope_id(value, f"{field_name}.{scope.value}")
-        if required and not any(getattr(self, s.value) for s in SCOPE_ORDER):
+        if required and not given:
             raise InvalidRequestError(
                 field_name, "at least one of organization, team, agent, workflow, user is required"
             )

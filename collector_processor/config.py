@@ -49,7 +49,7 @@ class _Section(BaseModel):
 
 class ServerSection(_Section):
     listen: str = DEFAULT_LISTEN
-    max_workers: int = Field(default=32, ge=4, le=1024)
+    max_concurrent_rpcs: int = Field(default=0, ge=0, le=1_000_000)
     max_watchers: int = Field(default=16, ge=0, le=1000)
     grace_seconds: float = Field(default=5.0, ge=0, le=300)
 

@@ -8,6 +8,9 @@ six-place decimal strings of the wire format.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from collector_processor.budgets import Budget, BudgetDraft, BudgetPatch, OnExceed, Scope, ScopeSet
@@ -147,33 +150,42 @@ def budget_to_pb(b: Budget) -> pb.Budget:
 
 
 # -- decisions and spend ---------------------------------------------------------------------------
-def info_to_pb(i: BudgetInfo) -> pb.BudgetInfo:
-    return pb.BudgetInfo(
-        budget_id=i.budget_id,
-        budget_name=i.budget_name,
-        scope=SCOPE_TO_PB[i.scope],
-        scope_id=i.scope_id,
-        used_usd=format_usd(i.used_usd),
-        reserved_usd=format_usd(i.reserved_usd),
-        limit_usd=format_usd(i.limit_usd),
-        remaining_usd=format_usd(i.remaining_usd),
-        percentage=format_percentage(i.percentage),
-        exceeded=i.exceeded,
-        action=ACTION_TO_PB[i.action],
-        period_start=ts(i.period_start_ms),
-        period_end=ts(i.period_end_ms),
-    )
+def add_infos(target: Any, infos: Iterable[BudgetInfo]) -> None:
+    """Append ``infos`` to a repeated ``BudgetInfo`` field (filling in place: this is on every call's path)."""
+    for i in infos:
+        msg = target.add(
+            budget_id=i.budget_id,
+            budget_name=i.budget_name,
+            scope=SCOPE_TO_PB[i.scope],
+            scope_id=i.scope_id,
+            used_usd=format_usd(i.used_usd),
+            reserved_usd=format_usd(i.reserved_usd),
+            limit_usd=format_usd(i.limit_usd),
+            remaining_usd=format_usd(i.remaining_usd),
+            percentage=format_percentage(i.percentage),
+            exceeded=i.exceeded,
+            action=ACTION_TO_PB[i.action],
+        )
+        _set_ts(msg.period_start, i.period_start_ms)
+        _set_ts(msg.period_end, i.period_end_ms)
+
+
+def _set_ts(msg: timestamp_pb2.Timestamp, ms: int) -> None:
+    msg.seconds = ms // 1000
+    if ms % 1000:
+        msg.nanos = (ms % 1000) * 1_000_000
 
 
 def check_to_pb(o: CheckOutcome) -> pb.CheckBudgetResponse:
-    return pb.CheckBudgetResponse(
+    msg = pb.CheckBudgetResponse(
         decision=DECISION_TO_PB[o.decision],
-        budget_info=[info_to_pb(i) for i in o.budget_info],
         deciding_budget_id=o.deciding_budget_id,
         reason=o.reason,
         warn=bool(o.warnings),
         warnings=o.warnings,
     )
+    add_infos(msg.budget_info, o.budget_info)
+    return msg
 
 
 def reserve_from_pb(msg: pb.ReserveRequest) -> ReserveCommand:
@@ -196,7 +208,6 @@ def reserve_to_pb(o: ReserveOutcome) -> pb.ReserveResponse:
         decision=DECISION_TO_PB[o.decision],
         reservation_id=o.reservation_id,
         reserved_usd=format_usd(o.reserved_usd),
-        budget_info=[info_to_pb(i) for i in o.budget_info],
         deciding_budget_id=o.deciding_budget_id,
         reason=o.reason,
         warn=bool(o.warnings),
@@ -205,7 +216,8 @@ def reserve_to_pb(o: ReserveOutcome) -> pb.ReserveResponse:
         replayed=o.replayed,
     )
     if o.expires_ms:
-        msg.expires_at.CopyFrom(ts(o.expires_ms))
+        _set_ts(msg.expires_at, o.expires_ms)
+    add_infos(msg.budget_info, o.budget_info)
     return msg
 
 
@@ -219,13 +231,14 @@ def commit_from_pb(msg: pb.CommitRequest) -> CommitCommand:
 
 
 def commit_to_pb(o: CommitOutcome) -> pb.CommitResponse:
-    return pb.CommitResponse(
+    msg = pb.CommitResponse(
         charged_usd=format_usd(o.charged_usd),
         released_usd=format_usd(o.released_usd),
         duplicate=o.duplicate,
         late=o.late,
-        budget_info=[info_to_pb(i) for i in o.budget_info],
     )
+    add_infos(msg.budget_info, o.budget_info)
+    return msg
 
 
 def release_to_pb(o: ReleaseOutcome) -> pb.ReleaseResponse:
@@ -245,9 +258,9 @@ def record_from_pb(msg: pb.RecordUsageRequest) -> RecordUsageCommand:
 
 
 def record_to_pb(o: RecordUsageOutcome) -> pb.RecordUsageResponse:
-    return pb.RecordUsageResponse(
-        charged_usd=format_usd(o.charged_usd), duplicate=o.duplicate, budget_info=[info_to_pb(i) for i in o.budget_info]
-    )
+    msg = pb.RecordUsageResponse(charged_usd=format_usd(o.charged_usd), duplicate=o.duplicate)
+    add_infos(msg.budget_info, o.budget_info)
+    return msg
 
 
 # -- reports and alerts ----------------------------------------------------------------------------

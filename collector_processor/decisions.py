@@ -22,6 +22,9 @@ from collector_processor.ledger_types import BudgetInfo, Decision
 from collector_processor.money import micros_to_usd, percentage
 from collector_processor.periods import Window
 
+_BLOCK, _WARN, _DOWNGRADE = OnExceed.BLOCK, OnExceed.WARN, OnExceed.DOWNGRADE
+_ALLOW, _DENY, _DOWNGRADE_DECISION = Decision.ALLOW, Decision.DENY, Decision.DOWNGRADE
+
 __all__ = [
     "BudgetState",
     "Plan",
@@ -91,33 +94,43 @@ def exceeds(state: BudgetState, estimate: int) -> bool:
 def evaluate(states: Sequence[BudgetState], estimate: int, *, on_cheaper_path: bool = False) -> Verdict:
     """Apply the decision rules to ``estimate``. ``on_cheaper_path``: the caller already downgraded."""
     flags = tuple(exceeds(s, estimate) for s in states)
+    if not any(flags):
+        return _allowed(states, flags, estimate, on_cheaper_path)
     over = [s for s, flag in zip(states, flags, strict=True) if flag]
-    blockers = [s for s in over if s.budget.on_exceed is OnExceed.BLOCK]
-    warnings = tuple(_warning(s, estimate) for s in over if s.budget.on_exceed is OnExceed.WARN)
+    blockers = [s for s in over if s.budget.on_exceed is _BLOCK]
+    warnings = tuple(_warning(s, estimate) for s in over if s.budget.on_exceed is _WARN)
     if blockers:
         return Verdict(
-            decision=Decision.DENY,
+            decision=_DENY,
             exceeded=flags,
             deciding=blockers[0],
             reason=_deny_reason(blockers[0], estimate, len(blockers) - 1),
             warnings=warnings,
         )
-    downgraders = [s for s in over if s.budget.on_exceed is OnExceed.DOWNGRADE]
+    downgraders = [s for s in over if s.budget.on_exceed is _DOWNGRADE]
     if downgraders:
         return Verdict(
-            decision=Decision.DOWNGRADE,
+            decision=_DOWNGRADE_DECISION,
             exceeded=flags,
             deciding=downgraders[0],
             reason=_downgrade_reason(downgraders[0], estimate, on_cheaper_path),
             warnings=warnings,
         )
+    return _allowed(states, flags, estimate, on_cheaper_path, warnings)
+
+
+def _allowed(
+    states: Sequence[BudgetState],
+    flags: tuple[bool, ...],
+    estimate: int,
+    on_cheaper_path: bool,
+    warnings: tuple[str, ...] = (),
+) -> Verdict:
     if on_cheaper_path:
         reason = f"Running the cheaper path at {_usd(estimate)}; it fits every matching budget."
-        return Verdict(decision=Decision.DOWNGRADE, exceeded=flags, deciding=None, reason=reason, warnings=warnings)
-    reason = (
-        f"Within all {len(states)} matching budget(s)." if states else "No enabled budget matches these scopes."
-    )
-    return Verdict(decision=Decision.ALLOW, exceeded=flags, deciding=None, reason=reason, warnings=warnings)
+        return Verdict(decision=_DOWNGRADE_DECISION, exceeded=flags, deciding=None, reason=reason, warnings=warnings)
+    reason = f"Within all {len(states)} matching budget(s)." if states else "No enabled budget matches these scopes."
+    return Verdict(decision=_ALLOW, exceeded=flags, deciding=None, reason=reason, warnings=warnings)
 
 
 def plan_reservation(
@@ -126,24 +139,24 @@ def plan_reservation(
     """Decide a reservation, including both halves of the downgrade exchange (see the proto)."""
     if resend:
         verdict = evaluate(states, estimate, on_cheaper_path=True)
-        hold = 0 if verdict.decision is Decision.DENY else estimate
+        hold = 0 if verdict.decision is _DENY else estimate
         return Plan(decision=verdict.decision, hold=hold, verdict=verdict)
     verdict = evaluate(states, estimate)
-    if verdict.decision is Decision.DENY:
-        return Plan(decision=Decision.DENY, hold=0, verdict=verdict)
-    if verdict.decision is Decision.ALLOW:
-        return Plan(decision=Decision.ALLOW, hold=estimate, verdict=verdict)
+    if verdict.decision is _DENY:
+        return Plan(decision=_DENY, hold=0, verdict=verdict)
+    if verdict.decision is _ALLOW:
+        return Plan(decision=_ALLOW, hold=estimate, verdict=verdict)
     if downgrade_estimate is None:
-        return Plan(decision=Decision.DOWNGRADE, hold=estimate, verdict=verdict, awaiting_downgrade_estimate=True)
+        return Plan(decision=_DOWNGRADE_DECISION, hold=estimate, verdict=verdict, awaiting_downgrade_estimate=True)
     cheaper = evaluate(states, downgrade_estimate, on_cheaper_path=True)
-    if cheaper.decision is Decision.DENY:
-        return Plan(decision=Decision.DENY, hold=0, verdict=cheaper)
+    if cheaper.decision is _DENY:
+        return Plan(decision=_DENY, hold=0, verdict=cheaper)
     reason = f"{verdict.reason} Holding the cheaper path's estimate {_usd(downgrade_estimate)}."
     return Plan(
-        decision=Decision.DOWNGRADE,
+        decision=_DOWNGRADE_DECISION,
         hold=downgrade_estimate,
         verdict=Verdict(
-            decision=Decision.DOWNGRADE,
+            decision=_DOWNGRADE_DECISION,
             exceeded=cheaper.exceeded,
             deciding=verdict.deciding,
             reason=reason,

@@ -151,10 +151,12 @@ class Ledger:
         return self.store.check(scopes, usd_to_micros(estimate_usd), now_ms=self.clock.now_ms())
 
     def reserve(self, command: ReserveCommand) -> ReserveOutcome:
-        command = self._validate_reserve(command)
-        return self.store.reserve(command, reservation_id=secrets.token_hex(16), now_ms=self.clock.now_ms())
+        ttl = self._validate_reserve(command)
+        now = self.clock.now_ms()
+        return self.store.reserve(command, reservation_id=secrets.token_hex(16), expires_ms=now + ttl, now_ms=now)
 
-    def _validate_reserve(self, c: ReserveCommand) -> ReserveCommand:
+    def _validate_reserve(self, c: ReserveCommand) -> int:
+        """Refuse a malformed reservation; return its TTL in milliseconds."""
         c.scopes.validate(required=not c.downgrade_of)
         _non_negative(c.estimate_usd, "estimate_usd")
         _tokens(c.estimate_tokens, "estimate_tokens")
@@ -171,7 +173,7 @@ class Ledger:
             raise InvalidRequestError(
                 "ttl", f"must be positive and at most {self.settings.max_ttl_ms / 1000:g}s, got {ttl / 1000:g}s"
             )
-        return replace(c, ttl_ms=ttl)
+        return ttl
 
     def commit(self, command: CommitCommand) -> CommitOutcome:
         _required_key(command.reservation_id, "reservation_id")
@@ -245,11 +247,14 @@ def _tokens(value: int, field: str) -> None:
         raise InvalidRequestError(field, f"must not be negative, got {value}")
 
 
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens")
+
+
 def _facts(f: UsageFacts, field: str) -> None:
-    for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens"):
-        _tokens(getattr(f, name), f"{field}.{name}")
-    for name in ("provider", "model"):
-        value = getattr(f, name)
+    if min(f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_creation_tokens, f.reasoning_tokens) < 0:
+        for name in _TOKEN_FIELDS:
+            _tokens(getattr(f, name), f"{field}.{name}")
+    for name, value in (("provider", f.provider), ("model", f.model)):
         if len(value) > _MAX_KEY or not value.isprintable():
             raise InvalidRequestError(f"{field}.{name}", f"must be at most {_MAX_KEY} printable characters")
 

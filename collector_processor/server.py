@@ -9,20 +9,22 @@ configuration fails here, before the port opens, as a ``ConfigError`` naming the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 import sys
 import threading
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from collector_processor.alerts import AlertDispatcher, AlertHub, AlertSink
+from collector_processor.batching import Batcher
 from collector_processor.clock import Clock, SystemClock
 from collector_processor.config import SidecarConfig, create_default_config, load_config
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
@@ -41,7 +43,8 @@ log = logging.getLogger("paymaster.sidecar")
 
 
 class Sidecar:
-    """A built sidecar; ``start()`` opens the port, ``stop()`` drains and closes everything."""
+    """A built sidecar. ``start()`` runs the gRPC server on an event loop in its own thread and returns
+    once the port is open; ``stop()`` drains requests and closes everything."""
 
     def __init__(
         self,
@@ -49,9 +52,6 @@ class Sidecar:
         config: SidecarConfig,
         store: LedgerStore,
         ledger: Ledger,
-        server: grpc.Server,
-        port: int,
-        health: health.HealthServicer,
         hub: AlertHub,
         dispatcher: AlertDispatcher | None,
         sweeper: Sweeper,
@@ -60,14 +60,18 @@ class Sidecar:
         self.config = config
         self.store = store
         self.ledger = ledger
-        self.port = port
         self.hub = hub
         self.dispatcher = dispatcher
-        self._server = server
-        self._health = health
+        self.port = 0
         self._sweeper = sweeper
         self._on_close = on_close
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
         self._stopped = threading.Event()
+        self._grace_s = config.server.grace_seconds
 
     @property
     def address(self) -> str:
@@ -75,21 +79,35 @@ class Sidecar:
         return f"{host}:{self.port}"
 
     def start(self) -> Sidecar:
-        self._server.start()
+        self._thread = threading.Thread(target=self._serve_thread, name="paymaster-grpc", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._close_resources()
+            error = self._startup_error
+            raise ConfigError(
+                f"{self.config.source}: server.listen: cannot serve on {self.config.server.listen}: {error}"
+            ) from None
         if self.dispatcher is not None:
             self.dispatcher.start()
         self._sweeper.start()
-        for service in ("", SERVICE_NAME):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self
 
     def stop(self, grace_s: float | None = None) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._health.enter_graceful_shutdown()
-        self.hub.close()  # ends WatchAlerts streams so the grace period is not spent waiting on them
-        self._server.stop(self.config.server.grace_seconds if grace_s is None else grace_s).wait()
+        if grace_s is not None:
+            self._grace_s = grace_s
+        if self._loop is not None and self._stop_requested is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop_requested.set)
+            self._thread.join()
+        self._close_resources()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def _close_resources(self) -> None:
         self._sweeper.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
@@ -97,8 +115,44 @@ class Sidecar:
         for close in self._on_close:
             close()
 
-    def wait(self) -> None:
-        self._stopped.wait()
+    def _serve_thread(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        try:
+            server, health_servicer = self._build_server()
+            self.port = server.add_insecure_port(self.config.server.listen)
+            await server.start()
+        except Exception as exc:  # a port in use, an address that does not resolve
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self.hub.attach(self._loop)
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._ready.set()
+        await self._stop_requested.wait()
+        await health_servicer.enter_graceful_shutdown()
+        self.hub.close()  # ends WatchAlerts streams so the grace period is not spent waiting on them
+        await server.stop(self._grace_s)
+
+    def _build_server(self) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+        limit = self.config.server.max_concurrent_rpcs
+        server = grpc.aio.server(
+            # Without this, a second sidecar could bind the same port and silently split the traffic.
+            options=[("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=limit or None,
+        )
+        budget_pb2_grpc.add_BudgetServiceServicer_to_server(
+            BudgetServicer(self.ledger, self.hub, Batcher(self.store), max_watchers=self.config.server.max_watchers),
+            server,
+        )
+        health_servicer = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        return server, health_servicer
 
 
 def create_sidecar(
@@ -127,22 +181,6 @@ def create_sidecar(
     on_close: list[Any] = []
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
     ledger.set_alert_listener(_listener(hub, dispatcher))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="paymaster-rpc"),
-        # Without this, a second sidecar could bind the same port and silently split the traffic.
-        options=[("grpc.so_reuseport", 0)],
-    )
-    budget_pb2_grpc.add_BudgetServiceServicer_to_server(
-        BudgetServicer(ledger, hub, max_watchers=config.server.max_watchers), server
-    )
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    try:
-        port = server.add_insecure_port(config.server.listen)
-    except RuntimeError as exc:
-        store.close()
-        raise ConfigError(f"{config.source}: server.listen: cannot listen on {config.server.listen}: {exc}") from None
     lg = config.ledger
     sweeper = Sweeper(
         ledger,
@@ -152,9 +190,8 @@ def create_sidecar(
         alert_retention_ms=int(lg.alert_retention_days * 86_400_000),
     )
     return Sidecar(
-        config=config, store=store, ledger=ledger, server=server, port=port, health=health_servicer, hub=hub,
-        dispatcher=dispatcher, sweeper=sweeper, on_close=on_close,
-    )  # fmt: skip
+        config=config, store=store, ledger=ledger, hub=hub, dispatcher=dispatcher, sweeper=sweeper, on_close=on_close
+    )
 
 
 def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:

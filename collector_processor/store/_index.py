@@ -17,6 +17,8 @@ from collector_processor.periods import zone
 
 __all__ = ["BudgetIndex", "LiveBudget", "limit_micros"]
 
+_NONE: list[LiveBudget] = []
+
 
 def limit_micros(limit_usd: Decimal) -> int:
     """A limit in whole micro-dollars, rounded down: rounding never admits more than the limit."""
@@ -56,10 +58,15 @@ class BudgetIndex:
         out: list[tuple[LiveBudget, str]] = []
         by_key = self._by_key
         for scope, entity in scopes.pairs():
-            found = by_key.get((scope, entity), []) + by_key.get((scope, None), [])
-            if len(found) > 1:
-                found.sort(key=lambda live: live.budget.id)
-            out.extend((live, entity) for live in found if live.budget.enabled or not enabled_only)
+            specific = by_key.get((scope, entity))
+            wildcard = by_key.get((scope, None))
+            if specific and wildcard:
+                found = sorted(specific + wildcard, key=_by_id)
+            else:
+                found = specific or wildcard or _NONE
+            for live in found:
+                if live.budget.enabled or not enabled_only:
+                    out.append((live, entity))
         return out
 
     def get(self, budget_id: str) -> LiveBudget | None:
@@ -67,3 +74,7 @@ class BudgetIndex:
 
     def __iter__(self) -> Iterator[LiveBudget]:
         return iter(self._all.values())
+
+
+def _by_id(live: LiveBudget) -> str:
+    return live.budget.id

@@ -16,7 +16,7 @@ from collector_processor.decisions import BudgetState
 from collector_processor.ledger_types import Alert, BudgetStatus
 from collector_processor.money import micros_to_usd, percentage
 from collector_processor.store._index import LiveBudget
-from collector_processor.store._sqlite_ops import read_states
+from collector_processor.store._sqlite_reservations import read_states
 from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
 
 _HOUR_MS = 3_600_000

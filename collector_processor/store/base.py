@@ -12,6 +12,7 @@ that every store answers alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -103,8 +104,9 @@ class LedgerStore(Protocol):
         """The decision a reservation would get, reserving nothing."""
         ...
 
-    def reserve(self, command: ReserveCommand, *, reservation_id: str, now_ms: int) -> ReserveOutcome:
-        """Decide and hold on every matching budget, or on none, atomically (including the downgrade re-send)."""
+    def reserve(self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int) -> ReserveOutcome:
+        """Decide and hold on every matching budget, or on none, atomically (including the downgrade re-send);
+        a reservation made or renewed holds until ``expires_ms``."""
         ...
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
@@ -147,6 +149,12 @@ class LedgerStore(Protocol):
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
         """Mark alerts as notified."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """A block in which the calling thread's operations commit together at its end (group commit);
+        each stays atomic on its own. Results must not be released before the block exits cleanly.
+        A store without batching may return a context that does nothing."""
         ...
 
     # -- housekeeping ----------------------------------------------------------------------------

@@ -9,12 +9,13 @@ expiry (budget listings, usage reports, the alert log) use a second connection a
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
 from collector_processor.decisions import BudgetState, budget_infos, evaluate
@@ -40,48 +41,81 @@ from collector_processor.ledger_types import (
     ReserveOutcome,
 )
 from collector_processor.money import micros_to_usd
-from collector_processor.store import _sqlite_ops as ops
+from collector_processor.store import _sqlite_budgets as budgets_sql
 from collector_processor.store import _sqlite_reports as reports
+from collector_processor.store import _sqlite_reservations as holds_sql
+from collector_processor.store import _sqlite_spend as spend_sql
+from collector_processor.store._group_commit import GroupCommitter
 from collector_processor.store._index import BudgetIndex, LiveBudget
-from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, budget_to_row, connect
+from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, connect
 from collector_processor.store.base import UsageFilter, UsageRow
 
 __all__ = ["SqliteStore"]
+
+log = logging.getLogger("paymaster.sidecar.store")
+T = TypeVar("T")
+
+_BEGIN_SQL = (
+    "SELECT (SELECT value FROM counters WHERE name = 'budgets'),"
+    " EXISTS (SELECT 1 FROM reservations WHERE state = 1 AND expires_ms <= ?)"
+)
 
 
 class SqliteStore:
     """``LedgerStore`` on one SQLite file (WAL). ``synchronous``: ``'normal'`` (survives a crash of the
     process) or ``'full'`` (also survives power loss)."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "normal", busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "normal",
+        busy_timeout_ms: int = 5000,
+        checkpoint_interval_s: float = 0.5,
+    ) -> None:
         self.path = Path(path)
+        settings = {"synchronous": synchronous, "busy_timeout_ms": busy_timeout_ms}
         try:
-            self._conn = connect(self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, create=True)
-            self._reader = connect(self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, create=False)
+            self._conn = connect(self.path, create=True, **settings)  # type: ignore[arg-type]
+            self._reader = connect(self.path, create=False, **settings)  # type: ignore[arg-type]
+            checkpointer = connect(self.path, create=False, **settings)  # type: ignore[arg-type]
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
-        self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._index = BudgetIndex((), version=-1)
+        self._checked = None
+        self._committer = GroupCommitter(self._conn, describe=str(self.path), on_rollback=self._forget_index)
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(checkpointer, checkpoint_interval_s), name="paymaster-sqlite-checkpoint",
+            daemon=True,
+        )  # fmt: skip
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self, conn: sqlite3.Connection, interval_s: float) -> None:
+        """Copy the write-ahead log into the database off the request path; PASSIVE never blocks writers."""
+        try:
+            while not self._closing.wait(interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    log.warning("WAL checkpoint failed; retrying", exc_info=True)
+        finally:
+            conn.close()
 
     # -- plumbing --------------------------------------------------------------------------------
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, with the budget index refreshed and due reservations expired."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailableError(f"the store at {self.path} is busy: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                    raise StoreUnavailableError(f"the store at {self.path} is busy: {exc}") from exc
-                raise
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` atomically in a write transaction (possibly shared with concurrent operations)."""
+        result: T = self._committer.run(fn)
+        return result
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Operations this thread runs inside the block share one transaction (see ``GroupCommitter.batch``)."""
+        return self._committer.batch()
+
+    def _forget_index(self) -> None:
+        self._index = BudgetIndex((), version=-1)
+        self._checked: tuple[int, int] | None = None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -91,25 +125,31 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailableError(f"the store at {self.path} could not be read: {exc}") from exc
 
-    def _budgets(self, conn: sqlite3.Connection) -> BudgetIndex:
-        version = conn.execute("SELECT value FROM counters WHERE name = 'budgets'").fetchone()[0]
+    def _begin_op(self, conn: sqlite3.Connection, now_ms: int) -> BudgetIndex:
+        """Refresh the budget index if any process changed a budget, and expire due reservations; one
+        query answers both questions, asked once per transaction and millisecond (operations that change
+        budgets drop the cache)."""
+        key = (self._committer.transaction, now_ms)
+        if key == self._checked:
+            return self._index
+        version, due = conn.execute(_BEGIN_SQL, (now_ms,)).fetchone()
         if version != self._index.version:
             rows = conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets").fetchall()
             self._index = BudgetIndex((budget_from_row(r) for r in rows), version=version)
+        if due:
+            holds_sql.expire_due(conn, now_ms, limit=256)
+        self._checked = key
         return self._index
-
-    def _begin_op(self, conn: sqlite3.Connection, now_ms: int) -> BudgetIndex:
-        index = self._budgets(conn)
-        ops.expire_due(conn, now_ms, limit=256)
-        return index
 
     # -- budgets ---------------------------------------------------------------------------------
     def create_budget(self, budget: Budget) -> Budget:
-        with self._tx() as conn:
+        def op(conn: sqlite3.Connection) -> Budget:
             if conn.execute("SELECT 1 FROM budgets WHERE id = ?", (budget.id,)).fetchone():
                 raise AlreadyExistsError(f"budget {budget.id!r} exists already")
-            created = ops.insert_budget(conn, budget)
-        return created
+            self._forget_index()
+            return budgets_sql.insert_budget(conn, budget)
+
+        return self._write(op)
 
     def get_budget(self, budget_id: str) -> Budget:
         with self._read() as conn:
@@ -132,30 +172,38 @@ class SqliteStore:
         return [budget_from_row(r) for r in rows]
 
     def update_budget(self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False) -> Budget:
-        with self._tx() as conn:
-            current = ops.load_budget(conn, budget_id)
+        def op(conn: sqlite3.Connection) -> Budget:
+            current = budgets_sql.load_budget(conn, budget_id)
             _refuse_config(current, allow_config, "changed")
             updated = apply_patch(current, patch, now_ms=now_ms)
-            conn.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
-            conn.execute(f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(updated))
-            ops.bump_budgets_version(conn)
-        return updated
+            self._forget_index()
+            budgets_sql.replace_budget(conn, updated)
+            return updated
+
+        return self._write(op)
 
     def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
-        with self._tx() as conn:
-            current = ops.load_budget(conn, budget_id)
-            _refuse_config(current, allow_config, "deleted")
-            ops.delete_budget(conn, budget_id)
+        def op(conn: sqlite3.Connection) -> None:
+            _refuse_config(budgets_sql.load_budget(conn, budget_id), allow_config, "deleted")
+            self._forget_index()
+            budgets_sql.delete_budget(conn, budget_id)
+
+        self._write(op)
 
     def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
-        with self._tx() as conn:
-            ops.sync_config_budgets(conn, budgets, now_ms=now_ms)
+        def op(conn: sqlite3.Connection) -> None:
+            self._forget_index()
+            budgets_sql.sync_config_budgets(conn, budgets, now_ms=now_ms)
+
+        self._write(op)
 
     # -- money -----------------------------------------------------------------------------------
     def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
-        with self._tx() as conn:
+        def op(conn: sqlite3.Connection) -> list[BudgetState]:
             index = self._begin_op(conn, now_ms)
-            states = ops.read_states(conn, index.match(scopes, enabled_only=True), now_ms)
+            return holds_sql.read_states(conn, index.match(scopes, enabled_only=True), now_ms)
+
+        states = self._write(op)
         verdict = evaluate(states, estimate_micros)
         return CheckOutcome(
             decision=verdict.decision,
@@ -165,32 +213,30 @@ class SqliteStore:
             warnings=verdict.warnings,
         )
 
-    def reserve(self, command: ReserveCommand, *, reservation_id: str, now_ms: int) -> ReserveOutcome:
-        with self._tx() as conn:
+    def reserve(self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int) -> ReserveOutcome:
+        def op(conn: sqlite3.Connection) -> ReserveOutcome:
             index = self._begin_op(conn, now_ms)
             if command.downgrade_of:
-                return ops.resend_downgrade(conn, index, command, now_ms)
+                return holds_sql.resend_downgrade(conn, index, command, expires_ms, now_ms)
             if command.idempotency_key:
-                replay = ops.replay_reservation(conn, index, command.idempotency_key, now_ms)
+                replay = holds_sql.replay_reservation(conn, index, command.idempotency_key, now_ms)
                 if replay is not None:
                     return replay
-            return ops.reserve(conn, index, command, reservation_id, now_ms)
+            return holds_sql.reserve(conn, index, command, reservation_id, expires_ms, now_ms)
+
+        return self._write(op)
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
-        with self._tx() as conn:
+        def op(conn: sqlite3.Connection) -> CommitOutcome:
             index = self._begin_op(conn, now_ms)
-            row = ops.load_reservation(conn, command.reservation_id)
-            if row is None:
-                raise NotFoundError(
-                    f"reservation {command.reservation_id!r} is unknown (never made, or settled longer ago "
-                    "than the retention period)"
-                )
-            return ops.commit(conn, index, row, command, now_ms)
+            return spend_sql.commit(conn, index, command, now_ms)
+
+        return self._write(op)
 
     def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
-        with self._tx() as conn:
+        def op(conn: sqlite3.Connection) -> ReleaseOutcome:
             self._begin_op(conn, now_ms)
-            row = ops.load_reservation(conn, reservation_id)
+            row = holds_sql.load_reservation(conn, reservation_id)
             if row is None:
                 raise NotFoundError(f"reservation {reservation_id!r} is unknown")
             state = ReservationState(row.state)
@@ -198,41 +244,38 @@ class SqliteStore:
                 raise FailedPreconditionError(f"reservation {reservation_id!r} is committed already; it cannot be released")
             if state is not ReservationState.HELD:
                 return ReleaseOutcome(released_usd=micros_to_usd(0), state=state)
-            ops.settle_hold(conn, row, ReservationState.RELEASED, now_ms)
+            holds_sql.settle_hold(conn, row, ReservationState.RELEASED, now_ms)
             return ReleaseOutcome(released_usd=micros_to_usd(row.held), state=ReservationState.RELEASED)
 
+        return self._write(op)
+
     def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
-        with self._tx() as conn:
+        def op(conn: sqlite3.Connection) -> RecordUsageOutcome:
             index = self._begin_op(conn, now_ms)
             if command.reservation_id:
-                row = ops.load_reservation(conn, command.reservation_id)
-                if row is not None:
-                    return ops.record_against_reservation(conn, index, row, command, now_ms)
-            return ops.record_usage(conn, index, command, now_ms)
+                outcome = spend_sql.record_against_reservation(conn, index, command, now_ms)
+                if outcome is not None:
+                    return outcome
+            return spend_sql.record_usage(conn, index, command, now_ms)
+
+        return self._write(op)
 
     def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
-        with self._tx() as conn:
-            return ops.expire_due(conn, now_ms, limit=limit)
+        return self._write(lambda conn: holds_sql.expire_due(conn, now_ms, limit=limit))
 
     # -- reading ---------------------------------------------------------------------------------
     def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
-        with self._tx() as conn:
-            index = self._begin_op(conn, now_ms)
-            live = index.get(budget_id)
+        def op(conn: sqlite3.Connection) -> BudgetStatus:
+            live = self._begin_op(conn, now_ms).get(budget_id)
             if live is None:
                 raise NotFoundError(f"budget {budget_id!r} does not exist")
             return reports.budget_status(conn, live, _entity_for(live, entity), now_ms)
 
+        return self._write(op)
+
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         with self._read() as conn:
             return reports.usage_rows(conn, flt, columns, by_slot=by_slot)
-
-    def budget_infos_for(self, scopes: ScopeSet, *, now_ms: int) -> tuple[BudgetInfo, ...]:
-        """The standing of every enabled budget matching ``scopes`` (a read for tools and tests)."""
-        with self._tx() as conn:
-            index = self._begin_op(conn, now_ms)
-            states: list[BudgetState] = ops.read_states(conn, index.match(scopes, enabled_only=True), now_ms)
-        return budget_infos(states, [False] * len(states))
 
     # -- alerts ----------------------------------------------------------------------------------
     def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:
@@ -244,28 +287,32 @@ class SqliteStore:
             return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM alerts").fetchone()[0])
 
     def claim_alerts(self, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
-        with self._tx() as conn:
-            return reports.claim_alerts(conn, owner=owner, now_ms=now_ms, lease_ms=lease_ms, limit=limit)
+        return self._write(
+            lambda conn: reports.claim_alerts(conn, owner=owner, now_ms=now_ms, lease_ms=lease_ms, limit=limit)
+        )
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
-        with self._tx() as conn:
-            conn.executemany("UPDATE alerts SET delivered_ms = ? WHERE seq = ?", [(now_ms, s) for s in sequences])
+        rows = [(now_ms, s) for s in sequences]
+        self._write(lambda conn: conn.executemany("UPDATE alerts SET delivered_ms = ? WHERE seq = ?", rows))
 
     # -- housekeeping ----------------------------------------------------------------------------
     def prune(self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int) -> None:
-        with self._tx() as conn:
-            index = self._begin_op(conn, now_ms)
+        def op(conn: sqlite3.Connection) -> None:
             reports.prune(
                 conn,
-                list(index),
+                list(self._begin_op(conn, now_ms)),
                 now_ms=now_ms,
                 reservation_retention_ms=reservation_retention_ms,
                 usage_retention_ms=usage_retention_ms,
                 alert_retention_ms=alert_retention_ms,
             )
 
+        self._write(op)
+
     def close(self) -> None:
-        with self._lock, self._read_lock:
+        self._closing.set()
+        self._checkpointer.join(10)
+        with self._committer.lock, self._read_lock:
             self._conn.close()
             self._reader.close()
 

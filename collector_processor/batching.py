@@ -1,0 +1,75 @@
+"""Group commit for the asyncio server: ledger calls that arrive together share one store transaction.
+
+The gRPC server runs on one event loop. Every request handler hands its ledger call to ``Batcher.run``
+and awaits the answer; the calls queued during one turn of the loop run together inside
+``store.batch()`` (one transaction, each call in its own savepoint) and their answers are released
+only after that transaction has committed, so durability is exactly what it would be one call at a
+time. A call that is alone in its turn runs in its own transaction without the batch wrapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from collector_processor.store.base import LedgerStore
+
+__all__ = ["Batcher"]
+
+T = TypeVar("T")
+
+
+class Batcher:
+    """Queue ledger calls from the event loop and run each turn's calls in one transaction."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self._store = store
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._scheduled = False
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Schedule ``fn()``; the future resolves once its effects are durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, future))
+        if not self._scheduled:
+            self._scheduled = True
+            # Two hops: the loop polls the network once more before the flush, so requests that
+            # arrive while this one is being parsed join its transaction.
+            loop.call_soon(loop.call_soon, self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if len(batch) == 1:
+            fn, future = batch[0]
+            try:
+                _settle(future, fn(), None)
+            except Exception as exc:
+                _settle(future, None, exc)
+            return
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            with self._store.batch():
+                for fn, future in batch:
+                    try:
+                        outcomes.append((future, fn(), None))
+                    except Exception as exc:
+                        outcomes.append((future, None, exc))
+        except Exception as exc:  # the shared commit failed: nothing in the batch is durable
+            for _, future in batch:
+                _settle(future, None, exc)
+            return
+        for future, result, error in outcomes:
+            _settle(future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the client went away and its handler was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,77 @@
+"""Budget rows of the SQLite store: create, replace, delete and reconcile with the config, in a caller's transaction.
+
+Every change bumps the ``budgets`` counter, which is how every process sharing the file notices that
+its in-memory budget index is stale.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import replace
+
+from collector_processor.budgets import Budget
+from collector_processor.errors import FailedPreconditionError, NotFoundError
+from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, budget_to_row
+
+__all__ = ["bump_budgets_version", "delete_budget", "insert_budget", "load_budget", "replace_budget", "sync_config_budgets"]
+
+
+def bump_budgets_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'budgets' RETURNING value").fetchone()[0])
+
+
+def load_budget(conn: sqlite3.Connection, budget_id: str) -> Budget:
+    row = conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets WHERE id = ?", (budget_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"budget {budget_id!r} does not exist")
+    return budget_from_row(row)
+
+
+def insert_budget(conn: sqlite3.Connection, budget: Budget) -> Budget:
+    created = replace(budget, generation=bump_budgets_version(conn))
+    conn.execute(f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(created))
+    return created
+
+
+def replace_budget(conn: sqlite3.Connection, budget: Budget) -> None:
+    conn.execute("DELETE FROM budgets WHERE id = ?", (budget.id,))
+    conn.execute(f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(budget))
+    bump_budgets_version(conn)
+
+
+def delete_budget(conn: sqlite3.Connection, budget_id: str) -> None:
+    for table in ("budgets", "spend", "holds", "alert_marks"):
+        column = "id" if table == "budgets" else "budget_id"
+        conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (budget_id,))
+    bump_budgets_version(conn)
+
+
+def sync_config_budgets(conn: sqlite3.Connection, budgets: Sequence[Budget], *, now_ms: int) -> None:
+    existing = {b.id: b for b in (budget_from_row(r) for r in conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets"))}
+    declared = {b.id for b in budgets}
+    for budget in budgets:
+        old = existing.get(budget.id)
+        if old is None:
+            insert_budget(conn, budget)
+        elif not old.declared_in_config:
+            raise FailedPreconditionError(
+                f"budget {budget.id!r} exists already, created through the API; delete it or declare another id"
+            )
+        elif _meaning(old) != _meaning(budget):
+            # A different scope, entity, period or zone is a different budget: its spend starts from zero.
+            delete_budget(conn, budget.id)
+            insert_budget(conn, budget)
+        elif _definition(old) != _definition(budget):
+            replace_budget(conn, replace(budget, generation=old.generation, created_ms=old.created_ms, updated_ms=now_ms))
+    for old in existing.values():
+        if old.declared_in_config and old.id not in declared:
+            delete_budget(conn, old.id)
+
+
+def _meaning(b: Budget) -> tuple[object, ...]:
+    return (b.scope, b.scope_id, b.period.spec, b.time_zone)
+
+
+def _definition(b: Budget) -> tuple[object, ...]:
+    return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.enabled)

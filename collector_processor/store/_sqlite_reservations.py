@@ -1,0 +1,287 @@
+"""Reservations in the SQLite store: read the standing of budgets, hold, re-send, replay, release, expire.
+
+Each function runs inside a transaction the caller (``SqliteStore``) holds, so a reservation is held on
+every matching budget or on none, and an expiry can never half-release one. The decision itself is
+``collector_processor.decisions``; this module only reads what it needs and writes what it decided.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from collector_processor.budgets import ScopeSet
+from collector_processor.decisions import BudgetState, Plan, budget_infos, exceeds, plan_reservation
+from collector_processor.errors import FailedPreconditionError, InvalidRequestError, NotFoundError
+from collector_processor.ledger_types import (
+    BudgetInfo,
+    Decision,
+    ReservationState,
+    ReserveCommand,
+    ReserveOutcome,
+    UsageFacts,
+)
+from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.store._sqlite_schema import decode_holds, encode_holds
+
+__all__ = [
+    "RES_COLS",
+    "ReservationRow",
+    "add_holds",
+    "drop_holds",
+    "expire_due",
+    "load_reservation",
+    "read_states",
+    "replay_reservation",
+    "resend_downgrade",
+    "reservation_from_row",
+    "reserve",
+    "settle_hold",
+    "standing",
+]
+
+_STATE_SQL = (
+    "SELECT (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
+    " WHERE budget_id = ?1 AND entity = ?2 AND bucket_ms >= ?3),"
+    " (SELECT COALESCE(SUM(reserved_micros), 0) FROM holds"
+    " WHERE budget_id = ?1 AND entity = ?2 AND generation = ?4)"
+)
+_ADD_HOLD_SQL = (
+    "INSERT INTO holds (budget_id, entity, generation, reserved_micros) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros"
+)
+_DROP_HOLD_SQL = (
+    "UPDATE holds SET reserved_micros = reserved_micros - ? WHERE budget_id = ? AND entity = ? AND generation = ?"
+)
+RES_COLS = (
+    "id, state, organization, team, agent, workflow, user, held_micros, holds, decision, awaiting, "
+    "deciding_budget_id, reason, warnings, expires_ms, charged_micros, released_micros, late, provider, model"
+)
+_INSERT_RESERVATION_SQL = (
+    "INSERT INTO reservations (id, idempotency_key, state, organization, team, agent, workflow, user,"
+    " held_micros, holds, decision, awaiting, deciding_budget_id, reason, warnings, estimate_tokens,"
+    " provider, model, created_ms, expires_ms) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+class ReservationRow(NamedTuple):
+    """A reservation as stored."""
+
+    id: str
+    state: int
+    scopes: ScopeSet
+    held: int
+    holds: str
+    decision: str
+    awaiting: int
+    deciding: str
+    reason: str
+    warnings: str
+    expires_ms: int
+    charged: int | None
+    released: int | None
+    late: int | None
+    provider: str
+    model: str
+
+
+def reservation_from_row(r: tuple[object, ...]) -> ReservationRow:
+    scopes = ScopeSet(organization=r[2], team=r[3], agent=r[4], workflow=r[5], user=r[6])  # type: ignore[arg-type]
+    return ReservationRow(r[0], r[1], scopes, *r[7:])  # type: ignore[arg-type]
+
+
+def load_reservation(conn: sqlite3.Connection, reservation_id: str) -> ReservationRow | None:
+    row = conn.execute(f"SELECT {RES_COLS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+    return None if row is None else reservation_from_row(row)
+
+
+# -- standing --------------------------------------------------------------------------------------
+def read_states(conn: sqlite3.Connection, matched: Sequence[tuple[LiveBudget, str]], now_ms: int) -> list[BudgetState]:
+    states = []
+    for live, entity in matched:
+        budget = live.budget
+        lowest = budget.period.lowest_bucket(now_ms, live.tz)
+        used, reserved = conn.execute(_STATE_SQL, (budget.id, entity, lowest, budget.generation)).fetchone()
+        states.append(
+            BudgetState(
+                budget=budget,
+                entity=entity,
+                limit=live.limit,
+                used=used,
+                reserved=reserved,
+                window=budget.period.window(now_ms, live.tz),
+            )
+        )
+    return states
+
+
+def standing(conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, now_ms: int) -> tuple[BudgetInfo, ...]:
+    states = read_states(conn, index.match(scopes, enabled_only=True), now_ms)
+    return budget_infos(states, [s.used > s.limit for s in states])
+
+
+def _hold_keys(states: Sequence[BudgetState]) -> list[tuple[str, int, str]]:
+    return [(s.budget.id, s.budget.generation, s.entity) for s in states]
+
+
+def add_holds(conn: sqlite3.Connection, holds: Sequence[tuple[str, int, str]], amount: int) -> None:
+    if amount:
+        conn.executemany(_ADD_HOLD_SQL, [(bid, entity, gen, amount) for bid, gen, entity in holds])
+
+
+def drop_holds(conn: sqlite3.Connection, holds: str, amount: int) -> None:
+    if amount and holds:
+        conn.executemany(_DROP_HOLD_SQL, [(amount, bid, entity, gen) for bid, gen, entity in decode_holds(holds)])
+
+
+# -- reservations ----------------------------------------------------------------------------------
+def reserve(
+    conn: sqlite3.Connection,
+    index: BudgetIndex,
+    command: ReserveCommand,
+    reservation_id: str,
+    expires_ms: int,
+    now_ms: int,
+) -> ReserveOutcome:
+    states = read_states(conn, index.match(command.scopes, enabled_only=True), now_ms)
+    downgrade = command.downgrade_estimate_usd
+    plan = plan_reservation(
+        states,
+        usd_to_micros(command.estimate_usd),
+        downgrade_estimate=None if downgrade is None else usd_to_micros(downgrade),
+        resend=False,
+    )
+    if plan.decision is Decision.DENY:
+        return _outcome(plan, states, "", 0)
+    expires = expires_ms
+    holds = _hold_keys(states)
+    s, model = command.scopes, command.model or UsageFacts()
+    conn.execute(
+        _INSERT_RESERVATION_SQL,
+        (
+            reservation_id, command.idempotency_key or None, s.organization, s.team, s.agent, s.workflow, s.user,
+            plan.hold, encode_holds(holds), plan.decision.value, int(plan.awaiting_downgrade_estimate),
+            _deciding(plan), plan.verdict.reason, "\n".join(plan.verdict.warnings), command.estimate_tokens,
+            model.provider, model.model, now_ms, expires,
+        ),
+    )  # fmt: skip
+    add_holds(conn, holds, plan.hold)
+    return _outcome(plan, states, reservation_id, expires)
+
+
+def _deciding(plan: Plan) -> str:
+    return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
+
+
+def _outcome(plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int) -> ReserveOutcome:
+    verdict = plan.verdict
+    return ReserveOutcome(
+        decision=plan.decision,
+        reservation_id=reservation_id,
+        reserved_usd=micros_to_usd(plan.hold),
+        expires_ms=expires_ms,
+        budget_info=budget_infos(states, verdict.exceeded),
+        deciding_budget_id=_deciding(plan),
+        reason=verdict.reason,
+        warnings=verdict.warnings,
+        awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
+    )
+
+
+def replay_reservation(conn: sqlite3.Connection, index: BudgetIndex, key: str, now_ms: int) -> ReserveOutcome | None:
+    row = conn.execute(f"SELECT {RES_COLS} FROM reservations WHERE idempotency_key = ?", (key,)).fetchone()
+    return None if row is None else _replay(conn, index, reservation_from_row(row), now_ms)
+
+
+def _replay(conn: sqlite3.Connection, index: BudgetIndex, row: ReservationRow, now_ms: int) -> ReserveOutcome:
+    states = _states_without_own_hold(conn, index, row, now_ms)
+    return ReserveOutcome(
+        decision=Decision(row.decision),
+        reservation_id=row.id,
+        reserved_usd=micros_to_usd(row.held),
+        expires_ms=row.expires_ms,
+        budget_info=budget_infos(states, [exceeds(s, row.held) for s in states]),
+        deciding_budget_id=row.deciding,
+        reason=row.reason,
+        warnings=tuple(w for w in row.warnings.split("\n") if w),
+        awaiting_downgrade_estimate=bool(row.awaiting),
+        replayed=True,
+    )
+
+
+def _states_without_own_hold(
+    conn: sqlite3.Connection, index: BudgetIndex, row: ReservationRow, now_ms: int
+) -> list[BudgetState]:
+    states = read_states(conn, index.match(row.scopes, enabled_only=True), now_ms)
+    if row.state == ReservationState.HELD:
+        own = set(decode_holds(row.holds))
+        for s in states:
+            if (s.budget.id, s.budget.generation, s.entity) in own:
+                s.reserved -= row.held
+    return states
+
+
+def resend_downgrade(
+    conn: sqlite3.Connection, index: BudgetIndex, command: ReserveCommand, expires_ms: int, now_ms: int
+) -> ReserveOutcome:
+    """The second half of the downgrade exchange: swap the held estimate for the cheaper path's."""
+    row = load_reservation(conn, command.downgrade_of)
+    if row is None:
+        raise NotFoundError(f"reservation {command.downgrade_of!r} (downgrade_of) is unknown")
+    state = ReservationState(row.state)
+    if state is not ReservationState.HELD:
+        raise FailedPreconditionError(
+            f"reservation {row.id!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+        )
+    if command.scopes.pairs() and command.scopes != row.scopes:
+        raise InvalidRequestError("scopes", f"must be omitted or equal to the scopes of reservation {row.id!r}")
+    estimate = usd_to_micros(command.estimate_usd)
+    if not row.awaiting:
+        if row.decision == Decision.DOWNGRADE.value and row.held == estimate:
+            return _replay(conn, index, row, now_ms)
+        raise FailedPreconditionError(f"reservation {row.id!r} is not awaiting a downgrade estimate")
+    states = _states_without_own_hold(conn, index, row, now_ms)
+    plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
+    drop_holds(conn, row.holds, row.held)
+    if plan.decision is Decision.DENY:
+        conn.execute(
+            "UPDATE reservations SET state = 3, settled_ms = ?, released_micros = held_micros WHERE id = ?",
+            (now_ms, row.id),
+        )
+        return _outcome(plan, states, "", 0)
+    holds = _hold_keys(states)
+    add_holds(conn, holds, plan.hold)
+    expires = expires_ms
+    conn.execute(
+        "UPDATE reservations SET held_micros = ?, holds = ?, decision = ?, awaiting = 0, deciding_budget_id = ?,"
+        " reason = ?, warnings = ?, expires_ms = ? WHERE id = ?",
+        (plan.hold, encode_holds(holds), plan.decision.value, _deciding(plan), plan.verdict.reason,
+         "\n".join(plan.verdict.warnings), expires, row.id),
+    )  # fmt: skip
+    return _outcome(plan, states, row.id, expires)
+
+
+def settle_hold(conn: sqlite3.Connection, row: ReservationRow, state: ReservationState, now_ms: int) -> None:
+    drop_holds(conn, row.holds, row.held)
+    conn.execute(
+        "UPDATE reservations SET state = ?, settled_ms = ?, released_micros = held_micros WHERE id = ?",
+        (int(state), now_ms, row.id),
+    )
+
+
+def expire_due(conn: sqlite3.Connection, now_ms: int, *, limit: int) -> int:
+    rows = conn.execute(
+        "SELECT id, held_micros, holds FROM reservations WHERE state = 1 AND expires_ms <= ? LIMIT ?", (now_ms, limit)
+    ).fetchall()
+    if rows:
+        for _, held, holds in rows:
+            drop_holds(conn, holds, held)
+        conn.executemany(
+            "UPDATE reservations SET state = 4, settled_ms = ?, released_micros = held_micros WHERE id = ?",
+            [(now_ms, r[0]) for r in rows],
+        )
+    return len(rows)
+
+
+# -- spend -----------------------------------------------------------------------------------------

@@ -1,0 +1,240 @@
+"""Spend in the SQLite store: commit a reservation, record usage, charge budgets and fire their alerts.
+
+Each function runs inside a transaction the caller holds: the hold is swapped for the actual spend,
+every matching budget is charged, and each threshold the charge reached is marked and logged as an
+alert, all or nothing. The mark row is what makes an alert fire exactly once per period.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+
+from collector_processor.budgets import ScopeSet
+from collector_processor.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
+from collector_processor.ledger_types import (
+    BudgetInfo,
+    CommitCommand,
+    CommitOutcome,
+    RecordUsageCommand,
+    RecordUsageOutcome,
+    UsageFacts,
+)
+from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.errors import NotFoundError
+from collector_processor.store._sqlite_reservations import (
+    RES_COLS,
+    ReservationRow,
+    drop_holds,
+    load_reservation,
+    reservation_from_row,
+    standing,
+)
+
+__all__ = ["charge", "commit", "insert_usage", "record_against_reservation", "record_usage"]
+
+_STANDING_SQL = (
+    "SELECT (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
+    " WHERE budget_id = ?1 AND entity = ?2 AND bucket_ms >= ?3),"
+    " (SELECT reserved_micros FROM holds WHERE budget_id = ?1 AND entity = ?2 AND generation = ?4)"
+)
+_UPSERT_SPEND_SQL = (
+    "INSERT INTO spend (budget_id, entity, bucket_ms, used_micros) VALUES (?1, ?2, ?3, ?4)"
+    " ON CONFLICT DO UPDATE SET used_micros = used_micros + excluded.used_micros"
+)
+# A calendar bucket is the whole period, so the upsert itself returns the period's spend, and the
+# budget's holds come back in the same statement.
+_CHARGE_CALENDAR_SQL = (
+    _UPSERT_SPEND_SQL + " RETURNING used_micros,"
+    " (SELECT reserved_micros FROM holds WHERE budget_id = ?1 AND entity = ?2 AND generation = ?5)"
+)
+# Settle a reservation as committed and read it back in one statement; no row means it is unknown or
+# was committed already.
+_COMMIT_SQL = (
+    "UPDATE reservations SET state = 2, settled_ms = ?, charged_micros = ?,"
+    " released_micros = CASE WHEN state = 1 THEN held_micros ELSE 0 END, late = (state <> 1)"
+    f" WHERE id = ? AND state <> 2 RETURNING {RES_COLS}"
+)
+_INSERT_USAGE_SQL = (
+    "INSERT OR IGNORE INTO usage_events (usage_id, ts_ms, organization, team, agent, workflow, user, provider,"
+    " model, cost_micros, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,"
+    " reasoning_tokens, total_tokens, reservation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ALERT_SQL = (
+    "INSERT INTO alerts (alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros,"
+    " action, period_start_ms, period_end_ms, fired_ms, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " RETURNING seq"
+)
+
+def commit(conn: sqlite3.Connection, index: BudgetIndex, command: CommitCommand, now_ms: int) -> CommitOutcome:
+    """Replace the reservation's hold with the actual spend; a second commit changes nothing."""
+    actual = usd_to_micros(command.actual_usd)
+    found = conn.execute(_COMMIT_SQL, (now_ms, actual, command.reservation_id)).fetchone()
+    if found is None:
+        return _already_committed(conn, index, command.reservation_id, now_ms)
+    row = reservation_from_row(found)
+    return _charge_reservation(conn, index, row, actual, command.actual_tokens, command.usage, now_ms)
+
+
+def _already_committed(conn: sqlite3.Connection, index: BudgetIndex, reservation_id: str, now_ms: int) -> CommitOutcome:
+    row = load_reservation(conn, reservation_id)
+    if row is None:
+        raise NotFoundError(
+            f"reservation {reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+        )
+    return CommitOutcome(
+        charged_usd=micros_to_usd(row.charged or 0),
+        released_usd=micros_to_usd(row.released or 0),
+        duplicate=True,
+        late=bool(row.late),
+        budget_info=standing(conn, index, row.scopes, now_ms),
+    )
+
+
+def _charge_reservation(
+    conn: sqlite3.Connection,
+    index: BudgetIndex,
+    row: ReservationRow,
+    actual: int,
+    total_tokens: int,
+    facts: UsageFacts,
+    now_ms: int,
+) -> CommitOutcome:
+    """The rest of a commit, once ``row`` has been settled as committed (``row.released`` is what it held)."""
+    released = row.released or 0
+    drop_holds(conn, row.holds, released)
+    if (row.provider and not facts.provider) or (row.model and not facts.model):
+        facts = replace(facts, provider=facts.provider or row.provider, model=facts.model or row.model)
+    insert_usage(conn, f"reservation:{row.id}", now_ms, row.scopes, actual, total_tokens, facts, row.id)
+    infos, fired = charge(conn, index, row.scopes, actual, at_ms=now_ms, now_ms=now_ms)
+    return CommitOutcome(
+        charged_usd=micros_to_usd(actual),
+        released_usd=micros_to_usd(released),
+        duplicate=False,
+        late=bool(row.late),
+        budget_info=infos,
+        alerts_fired=tuple(fired),
+    )
+
+
+def record_usage(
+    conn: sqlite3.Connection, index: BudgetIndex, command: RecordUsageCommand, now_ms: int
+) -> RecordUsageOutcome:
+    cost = usd_to_micros(command.cost_usd)
+    occurred = now_ms if command.occurred_ms is None else command.occurred_ms
+    inserted = insert_usage(
+        conn, command.usage_id, occurred, command.scopes, cost, command.total_tokens, command.usage,
+        command.reservation_id,
+    )  # fmt: skip
+    if not inserted:
+        return RecordUsageOutcome(
+            charged_usd=micros_to_usd(0), duplicate=True, budget_info=standing(conn, index, command.scopes, now_ms)
+        )
+    infos, fired = charge(conn, index, command.scopes, cost, at_ms=occurred, now_ms=now_ms)
+    return RecordUsageOutcome(charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=tuple(fired))
+
+
+def record_against_reservation(
+    conn: sqlite3.Connection, index: BudgetIndex, command: RecordUsageCommand, now_ms: int
+) -> RecordUsageOutcome | None:
+    """Usage naming a known reservation commits it (or is a duplicate of its commit); ``None`` if unknown."""
+    cost = usd_to_micros(command.cost_usd)
+    found = conn.execute(_COMMIT_SQL, (now_ms, cost, command.reservation_id)).fetchone()
+    if found is None:
+        row = load_reservation(conn, command.reservation_id)
+        if row is None:
+            return None
+        return RecordUsageOutcome(
+            charged_usd=micros_to_usd(0), duplicate=True, budget_info=standing(conn, index, row.scopes, now_ms)
+        )
+    out = _charge_reservation(
+        conn, index, reservation_from_row(found), cost, command.total_tokens, command.usage, now_ms
+    )
+    return RecordUsageOutcome(
+        charged_usd=out.charged_usd, duplicate=False, budget_info=out.budget_info, alerts_fired=out.alerts_fired
+    )
+
+
+def insert_usage(
+    conn: sqlite3.Connection,
+    usage_id: str,
+    ts_ms: int,
+    s: ScopeSet,
+    cost: int,
+    total_tokens: int,
+    f: UsageFacts,
+    reservation_id: str,
+) -> bool:
+    """Record one unit of spend for reports; False when ``usage_id`` was recorded before."""
+    total = total_tokens or f.input_tokens + f.output_tokens
+    cur = conn.execute(
+        _INSERT_USAGE_SQL,
+        (usage_id, ts_ms, s.organization, s.team, s.agent, s.workflow, s.user, f.provider, f.model, cost,
+         f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_creation_tokens, f.reasoning_tokens, total,
+         reservation_id),
+    )  # fmt: skip
+    return cur.rowcount == 1
+
+
+def charge(
+    conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, amount: int, *, at_ms: int, now_ms: int
+) -> tuple[tuple[BudgetInfo, ...], list[int]]:
+    """Add ``amount`` spent at ``at_ms`` to every matching budget (disabled ones too: they keep counting),
+    then fire the thresholds it reached. Returns the enabled budgets' standing and the alerts fired."""
+    states: list[BudgetState] = []
+    fired: list[int] = []
+    for live, entity in index.match(scopes, enabled_only=False):
+        budget = live.budget
+        period = budget.period
+        bucket = period.bucket_of(at_ms, live.tz)
+        if period.is_rolling:
+            conn.execute(_UPSERT_SPEND_SQL, (budget.id, entity, bucket, amount))
+            window = period.window(now_ms, live.tz)
+            lowest = period.lowest_bucket(now_ms, live.tz)
+            used, held = conn.execute(_STANDING_SQL, (budget.id, entity, lowest, budget.generation)).fetchone()
+        else:
+            used, held = conn.execute(
+                _CHARGE_CALENDAR_SQL, (budget.id, entity, bucket, amount, budget.generation)
+            ).fetchone()
+            window = period.window(at_ms, live.tz)
+        if not budget.enabled:
+            continue
+        state = BudgetState(budget=budget, entity=entity, limit=live.limit, used=used, reserved=held or 0, window=window)
+        states.append(state)
+        if budget.alert_thresholds:
+            fired.extend(_fire_alerts(conn, live, state, now_ms))
+    return budget_infos(states, [s.used > s.limit for s in states]), fired
+
+
+def _fire_alerts(conn: sqlite3.Connection, live: LiveBudget, s: BudgetState, now_ms: int) -> list[int]:
+    """Each threshold fires once per period: the mark row is the de-duplication record, written in the
+    same transaction as the spend, so neither a restart nor another sidecar can fire it again."""
+    budget, thresholds = live.budget, live.budget.alert_thresholds
+    rolling = budget.period.is_rolling
+    period_key = 0 if rolling else s.window.start_ms
+    if rolling:
+        # A rolling window re-arms a threshold once its spend has fallen back below it.
+        below = [(budget.id, s.entity, t) for t in thresholds if s.used * 100 < t * s.limit]
+        conn.executemany(
+            "DELETE FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = 0 AND threshold = ?", below
+        )
+    fired = []
+    for threshold in crossed_thresholds(thresholds, s.used, s.limit):
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO alert_marks VALUES (?, ?, ?, ?)", (budget.id, s.entity, period_key, threshold)
+        )
+        if cur.rowcount != 1:
+            continue
+        occurrence = f"rolling@{now_ms}" if rolling else str(period_key)
+        seq = conn.execute(
+            _INSERT_ALERT_SQL,
+            (f"{budget.id}/{s.entity}/{occurrence}/{threshold}", budget.id, budget.name, budget.scope.value, s.entity,
+             threshold, s.used, s.limit, budget.on_exceed.value, s.window.start_ms, s.window.end_ms,
+             now_ms, alert_message(budget, s.entity, threshold, s.used, s.limit, s.window)),
+        ).fetchone()[0]  # fmt: skip
+        fired.append(seq)
+    return fired
+
+
+# -- budgets ---------------------------------------------------------------------------------------
