@@ -137,7 +137,8 @@ class AlertDispatcher:
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
         for sink in self._sinks:
             sink.close()
         self._flush_acks()

@@ -27,6 +27,10 @@ class Batcher:
         self._store = store
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._scheduled = False
+        self.batches = 0
+        """Transactions run (for metrics and tests)."""
+        self.largest = 0
+        """Most calls that have shared one transaction."""
 
     def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Schedule ``fn()``; the future resolves once its effects are durable."""
@@ -43,6 +47,8 @@ class Batcher:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._pending = self._pending, []
+        self.batches += 1
+        self.largest = max(self.largest, len(batch))
         if len(batch) == 1:
             fn, future = batch[0]
             try:

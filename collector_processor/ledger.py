@@ -221,7 +221,8 @@ class Ledger:
             tz = zone(query.time_zone or self.settings.time_zone)
         except ValueError as exc:
             raise InvalidRequestError("time_zone", str(exc)) from None
-        end = self.clock.now_ms() if query.end_ms is None else query.end_ms
+        # Without an end, everything up to and including this millisecond.
+        end = self.clock.now_ms() + 1 if query.end_ms is None else query.end_ms
         if query.start_ms is not None and query.start_ms >= end:
             raise InvalidRequestError("start", "must be before end")
         flt = UsageFilter(start_ms=query.start_ms, end_ms=end, scopes=query.scopes, provider=query.provider, model=query.model)
@@ -278,6 +279,7 @@ def _decode_token(token: str) -> str:
     if not token:
         return ""
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        last_id = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode()
+        return check_budget_id(last_id)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError("page_token", "is not a token this service issued") from None

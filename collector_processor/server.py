@@ -63,6 +63,7 @@ class Sidecar:
         self.hub = hub
         self.dispatcher = dispatcher
         self.port = 0
+        self.batcher: Batcher | None = None
         self._sweeper = sweeper
         self._on_close = on_close
         self._thread: threading.Thread | None = None
@@ -145,9 +146,9 @@ class Sidecar:
             options=[("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=limit or None,
         )
+        self.batcher = Batcher(self.store)
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(
-            BudgetServicer(self.ledger, self.hub, Batcher(self.store), max_watchers=self.config.server.max_watchers),
-            server,
+            BudgetServicer(self.ledger, self.hub, self.batcher, max_watchers=self.config.server.max_watchers), server
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

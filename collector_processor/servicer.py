@@ -159,8 +159,13 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many WatchAlerts streams on this sidecar; retry later")
         self._watchers += 1
         try:
-            after = request.after_sequence if request.HasField("after_sequence") else None
-            async for alert in self._hub.watch(after_sequence=after, budget_ids=list(request.budget_ids)):
+            if request.HasField("after_sequence"):
+                cursor = request.after_sequence
+            else:
+                cursor = self._ledger.store.last_alert_sequence()
+            # Initial metadata tells the client the stream is positioned: nothing fired after it is missed.
+            await context.send_initial_metadata(())
+            async for alert in self._hub.watch(after_sequence=cursor, budget_ids=list(request.budget_ids)):
                 yield convert.alert_to_pb(alert)
         except Exception as exc:
             await _abort(context, exc)

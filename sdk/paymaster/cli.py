@@ -1,0 +1,348 @@
+"""The ``paymaster`` console script: run the budget sidecar, manage budgets and read usage from a shell.
+
+``paymaster sidecar --config sidecar.toml`` runs the sidecar; ``paymaster budgets ...`` and
+``paymaster usage`` talk to a running one over gRPC (``--target``, or ``PAYMASTER_SIDECAR``, default
+``127.0.0.1:7310``) and print tables (or JSON with ``--json``). grpc, the generated API and the sidecar
+are imported inside the commands, so ``import paymaster`` never pays for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_TARGET = "127.0.0.1:7310"
+SCOPES = ("organization", "team", "agent", "workflow", "user")
+ACTIONS = ("warn", "block", "downgrade")
+DIMENSIONS = (*SCOPES, "provider", "model", "day", "week", "month", "quarter", "year")
+
+
+class CliError(Exception):
+    """A problem to report on one line and exit 1 (or ``code``)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- output ----------------------------------------------------------------------------------------
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; what every listing command prints."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _emit(args: argparse.Namespace, payload: Any, render: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        print(render())
+
+
+def _time(ts: Any) -> str:
+    if not ts.seconds and not ts.nanos:
+        return ""
+    return datetime.fromtimestamp(ts.seconds, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# -- talking to the sidecar ------------------------------------------------------------------------
+class _Client:
+    """A stub with the CLI's deadline and error reporting."""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        import grpc
+
+        from paymaster.v1 import budget_pb2, budget_pb2_grpc
+
+        self.pb = budget_pb2
+        self._grpc = grpc
+        self._target = target
+        self._timeout = timeout
+        self._channel = grpc.insecure_channel(target)
+        self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self._timeout)
+        except self._grpc.RpcError as exc:
+            code = exc.code()
+            if code in (self._grpc.StatusCode.UNAVAILABLE, self._grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CliError(f"cannot reach the sidecar at {self._target}: {exc.details()}") from None
+            raise CliError(f"{code.name}: {exc.details()}") from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _budget_row(b: Any) -> list[Any]:
+    pb = sys.modules["paymaster.v1.budget_pb2"]
+    return [
+        b.id,
+        b.name,
+        pb.Scope.Name(b.scope).removeprefix("SCOPE_").lower(),
+        b.scope_id if b.HasField("scope_id") else "*",
+        b.limit_usd,
+        b.period,
+        pb.OnExceed.Name(b.on_exceed).removeprefix("ON_EXCEED_").lower(),
+        ",".join(str(t) for t in b.alert_thresholds) or "-",
+        "yes" if b.enabled else "no",
+        "config" if b.declared_in_config else "api",
+    ]
+
+
+_BUDGET_HEADERS = ("ID", "NAME", "SCOPE", "SCOPE ID", "LIMIT USD", "PERIOD", "ON EXCEED", "ALERTS %", "ENABLED", "SOURCE")
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+def _thresholds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CliError(f"--thresholds: expected whole percentages separated by commas, got {text!r}", 2) from None
+
+
+def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
+    pb = client.pb
+    action = args.budgets_command
+    if action == "create":
+        budget = pb.Budget(
+            id=args.id or "",
+            name=args.name or "",
+            scope=pb.Scope.Value(f"SCOPE_{args.scope.upper()}"),
+            limit_usd=args.limit,
+            period=args.period,
+            time_zone=args.time_zone or "",
+            on_exceed=pb.OnExceed.Value(f"ON_EXCEED_{args.on_exceed.upper()}"),
+            alert_thresholds=_thresholds(args.thresholds) if args.thresholds else [],
+            enabled=not args.disabled,
+        )
+        if args.scope_id:
+            budget.scope_id = args.scope_id
+        created = client.call("CreateBudget", pb.CreateBudgetRequest(budget=budget))
+        _emit(args, _as_dict(created), lambda: table(_BUDGET_HEADERS, [_budget_row(created)]))
+    elif action == "get":
+        found = client.call("GetBudget", pb.GetBudgetRequest(id=args.id))
+        _emit(args, _as_dict(found), lambda: table(_BUDGET_HEADERS, [_budget_row(found)]))
+    elif action == "list":
+        budgets = _list_budgets(args, client)
+        _emit(args, [_as_dict(b) for b in budgets], lambda: table(_BUDGET_HEADERS, [_budget_row(b) for b in budgets]))
+    elif action == "update":
+        updated = client.call("UpdateBudget", _update_request(args, pb))
+        _emit(args, _as_dict(updated), lambda: table(_BUDGET_HEADERS, [_budget_row(updated)]))
+    elif action == "delete":
+        client.call("DeleteBudget", pb.DeleteBudgetRequest(id=args.id))
+        _emit(args, {"deleted": args.id}, lambda: f"deleted budget {args.id}")
+    elif action == "status":
+        status = client.call("GetBudgetStatus", pb.GetBudgetStatusRequest(budget_id=args.id, scope_id=args.scope_id or ""))
+        _emit(args, _as_dict(status), lambda: _status_table(status))
+
+
+def _list_budgets(args: argparse.Namespace, client: _Client) -> list[Any]:
+    pb = client.pb
+    request = pb.ListBudgetsRequest(page_size=args.page_size)
+    if args.scope:
+        request.scope = pb.Scope.Value(f"SCOPE_{args.scope.upper()}")
+    if args.scope_id:
+        request.scope_id = args.scope_id
+    budgets: list[Any] = []
+    while True:
+        page = client.call("ListBudgets", request)
+        budgets.extend(page.budgets)
+        if not page.next_page_token or not args.all:
+            return budgets
+        request.page_token = page.next_page_token
+
+
+def _update_request(args: argparse.Namespace, pb: Any) -> Any:
+    request = pb.UpdateBudgetRequest(id=args.id)
+    if args.name is not None:
+        request.name = args.name
+    if args.limit is not None:
+        request.limit_usd = args.limit
+    if args.on_exceed is not None:
+        request.on_exceed = pb.OnExceed.Value(f"ON_EXCEED_{args.on_exceed.upper()}")
+    if args.thresholds is not None:
+        request.alert_thresholds.CopyFrom(pb.AlertThresholds(percent=_thresholds(args.thresholds)))
+    if args.enabled is not None:
+        request.enabled = args.enabled
+    return request
+
+
+def _status_table(s: Any) -> str:
+    rows = [
+        ("budget", f"{s.budget.id} ({s.budget.name})"),
+        ("entity", s.scope_id),
+        ("period", f"{s.budget.period}: {_time(s.period_start)} to {_time(s.period_end)}"),
+        ("used USD", s.used_usd),
+        ("reserved USD", s.reserved_usd),
+        ("remaining USD", s.remaining_usd),
+        ("limit USD", s.budget.limit_usd),
+        ("used %", s.percentage),
+        ("exceeded", "yes" if s.exceeded else "no"),
+        ("burn USD/hour", s.burn_rate_usd_per_hour),
+        ("projected USD", s.projected_usd),
+        ("alerts fired %", ",".join(str(t) for t in s.alerts_fired) or "-"),
+    ]
+    return table(("FIELD", "VALUE"), rows)
+
+
+# -- usage -----------------------------------------------------------------------------------------
+def _parse_time(text: str | None, flag: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{flag}: expected an ISO date or time such as 2025-03-01 or 2025-03-01T12:00Z, got {text!r}", 2) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def cmd_usage(args: argparse.Namespace, client: _Client) -> None:
+    pb = client.pb
+    dims = [d.strip() for d in args.by.split(",") if d.strip()] if args.by else []
+    for d in dims:
+        if d not in DIMENSIONS:
+            raise CliError(f"--by: unknown dimension {d!r}; expected some of {', '.join(DIMENSIONS)}", 2)
+    request = pb.GetUsageRequest(
+        scopes=pb.ScopeIds(**{s: getattr(args, s) or "" for s in SCOPES}),
+        provider=args.provider or "",
+        model=args.model or "",
+        group_by=[pb.Dimension.Value(f"DIMENSION_{d.upper()}") for d in dims],
+        time_zone=args.time_zone or "",
+    )
+    for flag, field in (("--since", "start"), ("--until", "end")):
+        when = _parse_time(getattr(args, flag[2:]), flag)
+        if when is not None:
+            getattr(request, field).FromDatetime(when)
+    report = client.call("GetUsage", request)
+    headers = [d.upper() for d in dims] + ["COST USD", "INPUT TOK", "OUTPUT TOK", "TOTAL TOK", "RECORDS"]
+
+    def figures(t: Any) -> list[Any]:
+        return [t.cost_usd, t.input_tokens, t.output_tokens, t.total_tokens, t.records]
+
+    rows = [list(row.key) + figures(row.totals) for row in report.rows]
+    rows.append(["TOTAL"] + [""] * (len(dims) - 1) + figures(report.total) if dims else figures(report.total))
+    _emit(args, _as_dict(report), lambda: table(headers, rows))
+
+
+# -- sidecar and demo ------------------------------------------------------------------------------
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    try:
+        from collector_processor.server import run_from_args
+    except ImportError as exc:
+        raise CliError(f"the sidecar needs the 'sidecar' extra: pip install 'paymaster[sidecar]' ({exc})", 2) from None
+    return run_from_args(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from paymaster import demo
+    except ImportError:
+        raise CliError("the demo is not part of this installation", 2) from None
+    sys.argv = ["paymaster demo", *args.demo_args]
+    result = demo.main()
+    return result if isinstance(result, int) else 0
+
+
+# -- arguments -------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paymaster", description="Paymaster: budget governance for LLM pipelines.")
+    parser.add_argument("--target", default=os.environ.get("PAYMASTER_SIDECAR", DEFAULT_TARGET),
+                        help=f"sidecar address (env PAYMASTER_SIDECAR, default {DEFAULT_TARGET})")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the sidecar (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sidecar = sub.add_parser("sidecar", help="run the budget sidecar")
+    sidecar.add_argument("--config", help="sidecar.toml (default: built-in defaults)")
+    sidecar.add_argument("--listen", help="override server.listen, e.g. 127.0.0.1:7310")
+
+    _budget_parsers(sub.add_parser("budgets", help="create, read, change and delete budgets"))
+
+    usage = sub.add_parser("usage", help="spend and tokens, broken down by scope, model, provider or period")
+    usage.add_argument("--by", help=f"comma-separated dimensions: {', '.join(DIMENSIONS)}")
+    usage.add_argument("--since", help="start (ISO date or time, UTC unless it names an offset)")
+    usage.add_argument("--until", help="end, exclusive (default: now)")
+    for scope in SCOPES:
+        usage.add_argument(f"--{scope}", help=f"only spend of this {scope}")
+    usage.add_argument("--provider")
+    usage.add_argument("--model")
+    usage.add_argument("--time-zone", help="IANA zone for day/week/month/quarter/year keys")
+
+    demo = sub.add_parser("demo", help="run a governed pipeline and print its costs")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _budget_parsers(budgets: argparse.ArgumentParser) -> None:
+    sub = budgets.add_subparsers(dest="budgets_command", required=True)
+    create = sub.add_parser("create", help="create a budget")
+    create.add_argument("--id", help="budget id (generated when omitted)")
+    create.add_argument("--name")
+    create.add_argument("--scope", required=True, choices=SCOPES)
+    create.add_argument("--scope-id", help="the entity; omit for a wildcard budget (each entity its own spend)")
+    create.add_argument("--limit", required=True, help="limit in USD per period, e.g. 50 or 12.50")
+    create.add_argument("--period", required=True, help="daily, weekly, monthly, quarterly, yearly, rolling_24h, ...")
+    create.add_argument("--time-zone", help="IANA zone for calendar periods (default: the sidecar's)")
+    create.add_argument("--on-exceed", required=True, choices=ACTIONS)
+    create.add_argument("--thresholds", help="alert percentages, e.g. 50,80,100 (default: the sidecar's)")
+    create.add_argument("--disabled", action="store_true", help="create it disabled")
+
+    for name, text in (("get", "show one budget"), ("delete", "delete a budget and its spend")):
+        sub.add_parser(name, help=text).add_argument("id")
+    status = sub.add_parser("status", help="used, reserved, remaining and projection for the current period")
+    status.add_argument("id")
+    status.add_argument("--scope-id", help="the entity (required for a wildcard budget)")
+
+    listing = sub.add_parser("list", help="list budgets")
+    listing.add_argument("--scope", choices=SCOPES)
+    listing.add_argument("--scope-id")
+    listing.add_argument("--page-size", type=int, default=100)
+    listing.add_argument("--all", action="store_true", help="follow every page")
+
+    update = sub.add_parser("update", help="change a budget's name, limit, action, thresholds or enabled flag")
+    update.add_argument("id")
+    update.add_argument("--name")
+    update.add_argument("--limit")
+    update.add_argument("--on-exceed", choices=ACTIONS)
+    update.add_argument("--thresholds", help="new alert percentages, e.g. 50,80; an empty string turns them off")
+    toggle = update.add_mutually_exclusive_group()
+    toggle.add_argument("--enable", dest="enabled", action="store_true", default=None)
+    toggle.add_argument("--disable", dest="enabled", action="store_false")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "sidecar":
+            return cmd_sidecar(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+        client = _Client(args.target, args.timeout)
+        try:
+            (cmd_budgets if args.command == "budgets" else cmd_usage)(args, client)
+        finally:
+            client.close()
+        return 0
+    except CliError as exc:
+        print(f"paymaster {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

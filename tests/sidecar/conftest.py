@@ -1,0 +1,186 @@
+"""Fixtures for the sidecar tests: stores, a ledger on a manual clock, and a real server on a free port.
+
+``store_backend`` is the one place a second store (a cluster store) plugs in: every ledger test takes
+``ledger`` or ``store_factory`` and runs once per backend listed in its params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+from collector_processor.budgets import BudgetDraft, OnExceed, Scope
+from collector_processor.clock import ManualClock
+from collector_processor.config import parse_config
+from collector_processor.ledger import Ledger, LedgerSettings
+from collector_processor.server import Sidecar, create_sidecar
+from collector_processor.store import LedgerStore, SqliteStore
+from paymaster.v1 import budget_pb2 as pb
+from paymaster.v1 import budget_pb2_grpc
+
+START = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class StoreFactory:
+    """Opens stores on one backing (a SQLite file); ``open()`` again is a restart of the process."""
+
+    backend: str
+    path: Path
+    opened: list[LedgerStore] = field(default_factory=list)
+
+    def open(self) -> LedgerStore:
+        store = SqliteStore(self.path)
+        self.opened.append(store)
+        return store
+
+    def fresh(self) -> LedgerStore:
+        """A store on a new, empty backing (for property tests that need one per example)."""
+        self.path = self.path.with_name(f"{self.path.stem}-{len(self.opened)}{self.path.suffix}")
+        return self.open()
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+        self.opened.clear()
+
+
+@pytest.fixture(params=["sqlite"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    factory = StoreFactory(backend=request.param, path=tmp_path / "ledger.db")
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def ledger(store_factory: StoreFactory, clock: ManualClock) -> Ledger:
+    return Ledger(store_factory.open(), clock=clock, settings=LedgerSettings(default_ttl_ms=60_000))
+
+
+def draft(
+    budget_id: str,
+    scope: Scope = Scope.TEAM,
+    scope_id: str | None = "search",
+    limit: str = "10",
+    *,
+    period: str = "daily",
+    on_exceed: OnExceed = OnExceed.BLOCK,
+    thresholds: tuple[int, ...] | None = (),
+    **kwargs: Any,
+) -> BudgetDraft:
+    return BudgetDraft(
+        id=budget_id,
+        scope=scope,
+        scope_id=scope_id,
+        limit_usd=Decimal(limit),
+        period=period,
+        on_exceed=on_exceed,
+        alert_thresholds=thresholds,
+        **kwargs,
+    )
+
+
+# -- a real server ---------------------------------------------------------------------------------
+@dataclass
+class RunningSidecar:
+    sidecar: Sidecar
+    stub: budget_pb2_grpc.BudgetServiceStub
+    channel: grpc.Channel
+    logs: InMemoryLogRecordExporter
+    clock: ManualClock
+    db: Path
+
+    @property
+    def address(self) -> str:
+        return self.sidecar.address
+
+
+def start_sidecar(db: Path, clock: ManualClock, extra_toml: str = "") -> RunningSidecar:
+    config = parse_config(
+        f"""
+        [server]
+        listen = "127.0.0.1:0"
+        grace_seconds = 0
+        [store]
+        path = "{db}"
+        [ledger]
+        sweep_interval_seconds = 0.05
+        [alerts]
+        poll_interval_seconds = 0.05
+        {extra_toml}
+        """,
+        source="test.toml",
+    )
+    logs = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    sidecar = create_sidecar(config, clock=clock, logger_provider=provider).start()
+    channel = grpc.insecure_channel(sidecar.address)
+    return RunningSidecar(
+        sidecar=sidecar, stub=budget_pb2_grpc.BudgetServiceStub(channel), channel=channel, logs=logs, clock=clock, db=db
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path, clock: ManualClock) -> Iterator[RunningSidecar]:
+    running = start_sidecar(tmp_path / "sidecar.db", clock)
+    yield running
+    running.channel.close()
+    running.sidecar.stop(0)
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path: Path, clock: ManualClock) -> Iterator[Callable[..., RunningSidecar]]:
+    """Start (and restart) sidecars on one database; all are stopped at the end."""
+    started: list[RunningSidecar] = []
+
+    def start(extra_toml: str = "") -> RunningSidecar:
+        running = start_sidecar(tmp_path / "sidecar.db", clock, extra_toml)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.channel.close()
+        running.sidecar.stop(0)
+
+
+def pb_budget(
+    budget_id: str,
+    scope: int = pb.SCOPE_TEAM,
+    scope_id: str | None = "search",
+    limit: str = "10",
+    *,
+    period: str = "daily",
+    on_exceed: int = pb.ON_EXCEED_BLOCK,
+    thresholds: tuple[int, ...] = (),
+    **kwargs: Any,
+) -> pb.CreateBudgetRequest:
+    budget = pb.Budget(
+        id=budget_id, scope=scope, limit_usd=limit, period=period, on_exceed=on_exceed,
+        alert_thresholds=thresholds, **kwargs,
+    )  # fmt: skip
+    if scope_id is not None:
+        budget.scope_id = scope_id
+    return pb.CreateBudgetRequest(budget=budget)
+
+
+def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
+    """The error a call fails with; the test fails if it succeeds."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value  # type: ignore[return-value]
