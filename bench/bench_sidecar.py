@@ -153,7 +153,9 @@ async def _pairs(address: str, clients: int, seconds: float, warmup: float) -> t
             reply = await stub.Reserve(request)
             if reply.decision != pb.DECISION_ALLOW:
                 raise SystemExit(f"bench: unexpected decision {reply.decision}: {reply.reason}")
-            await stub.Commit(pb.CommitRequest(reservation_id=reply.reservation_id, actual_usd="0.0113", usage=usage))
+            await stub.Commit(
+                pb.CommitRequest(reservation_id=reply.reservation_id, actual_usd="0.0113", usage=usage)
+            )
 
         return await _drive(once, clients, seconds, warmup)
 
@@ -174,9 +176,13 @@ def main() -> int:
                 pair_rate, pair_p99 = asyncio.run(_pairs(address, clients, seconds, warmup))
             rows.append((clients, echo_rate, echo_p99, pair_rate, pair_p99, pair_rate / echo_rate))
     print(f"Reserve+Commit pairs against a bare gRPC echo server ({seconds:g} s per measurement, same run)")
-    print(f"{'clients':>7}  {'echo calls/s':>12}  {'echo p99 ms':>11}  {'pairs/s':>8}  {'pair p99 ms':>11}  {'ratio':>6}")
+    print(
+        f"{'clients':>7}  {'echo calls/s':>12}  {'echo p99 ms':>11}  {'pairs/s':>8}  {'pair p99 ms':>11}  {'ratio':>6}"
+    )
     for clients, echo_rate, echo_p99, pair_rate, pair_p99, ratio in rows:
-        print(f"{clients:>7}  {echo_rate:>12.0f}  {echo_p99:>11.2f}  {pair_rate:>8.0f}  {pair_p99:>11.2f}  {ratio:>6.2f}")
+        print(
+            f"{clients:>7}  {echo_rate:>12.0f}  {echo_p99:>11.2f}  {pair_rate:>8.0f}  {pair_p99:>11.2f}  {ratio:>6.2f}"
+        )
     worst = min(r[-1] for r in rows)
     print(f"lowest ratio {worst:.2f} (target >= 0.40: a pair costs at most 2.5 echo calls)")
     return 0

@@ -15,6 +15,7 @@ log; that is what makes them exactly-once per period. Delivery reads the log:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -80,7 +81,9 @@ class AlertHub:
         if event is not None:
             event.set()
 
-    async def watch(self, *, after_sequence: int | None, budget_ids: Sequence[str] = ()) -> AsyncIterator[Alert]:
+    async def watch(
+        self, *, after_sequence: int | None, budget_ids: Sequence[str] = ()
+    ) -> AsyncIterator[Alert]:
         """Alerts after ``after_sequence`` (``None``: from now on), until the hub closes or the stream is cancelled."""
         cursor = self._store.last_alert_sequence() if after_sequence is None else after_sequence
         while not self._closed:
@@ -94,10 +97,8 @@ class AlertHub:
             if event is None:
                 await asyncio.sleep(self._poll)
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), self._poll)
-            except TimeoutError:
-                pass
 
 
 class AlertDispatcher:
@@ -160,7 +161,10 @@ class AlertDispatcher:
         if room <= 0:
             return 0
         alerts = self._store.claim_alerts(
-            owner=self._owner, now_ms=self._clock.now_ms(), lease_ms=self._lease_ms, limit=min(room, self._batch)
+            owner=self._owner,
+            now_ms=self._clock.now_ms(),
+            lease_ms=self._lease_ms,
+            limit=min(room, self._batch),
         )
         fresh = 0
         for alert in alerts:

@@ -190,12 +190,17 @@ class BudgetPatch:
     """Enable or disable."""
 
     def is_empty(self) -> bool:
-        return all(getattr(self, f) is None for f in ("name", "limit_usd", "on_exceed", "alert_thresholds", "enabled"))
+        return all(
+            getattr(self, f) is None
+            for f in ("name", "limit_usd", "on_exceed", "alert_thresholds", "enabled")
+        )
 
 
 def check_budget_id(value: str, field_name: str = "id") -> str:
     if not _ID.fullmatch(value):
-        raise InvalidRequestError(field_name, f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {value!r}")
+        raise InvalidRequestError(
+            field_name, f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {value!r}"
+        )
     return value
 
 
@@ -211,7 +216,9 @@ def check_thresholds(values: Iterable[int], field_name: str = "alert_thresholds"
     out = sorted(values)
     for value in out:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-            raise InvalidRequestError(field_name, f"each threshold must be a whole percentage 1-1000, got {value!r}")
+            raise InvalidRequestError(
+                field_name, f"each threshold must be a whole percentage 1-1000, got {value!r}"
+            )
     if len(set(out)) != len(out):
         raise InvalidRequestError(field_name, f"thresholds must be unique, got {out}")
     return tuple(out)

@@ -181,9 +181,14 @@ class SidecarConfig(_Section):
             if port and port in ports:
                 raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
             ports[port] = key
-        for key, enabled in (("receivers.otlp.enabled", self.receivers.otlp.enabled), ("metrics.enabled", self.metrics.enabled)):
+        for key, enabled in (
+            ("receivers.otlp.enabled", self.receivers.otlp.enabled),
+            ("metrics.enabled", self.metrics.enabled),
+        ):
             if enabled:
-                raise InvalidRequestError(key, "this component is not part of this version of the sidecar; leave it false")
+                raise InvalidRequestError(
+                    key, "this component is not part of this version of the sidecar; leave it false"
+                )
 
     def _check_ledger(self) -> None:
         lg = self.ledger
@@ -193,17 +198,22 @@ class SidecarConfig(_Section):
             raise InvalidRequestError("ledger.time_zone", str(exc)) from None
         if lg.default_ttl_seconds > lg.max_ttl_seconds:
             raise InvalidRequestError(
-                "ledger.default_ttl_seconds", f"{lg.default_ttl_seconds:g} is above ledger.max_ttl_seconds ({lg.max_ttl_seconds:g})"
+                "ledger.default_ttl_seconds",
+                f"{lg.default_ttl_seconds:g} is above ledger.max_ttl_seconds ({lg.max_ttl_seconds:g})",
             )
         check_thresholds(lg.default_alert_thresholds, "ledger.default_alert_thresholds")
 
     def _check_alerts(self) -> None:
         hook = self.alerts.webhook
         if hook is not None and not re.match(r"https?://[^/\s]+", hook.url):
-            raise InvalidRequestError("alerts.webhook.url", f"must be an http:// or https:// URL, got {hook.url!r}")
+            raise InvalidRequestError(
+                "alerts.webhook.url", f"must be an http:// or https:// URL, got {hook.url!r}"
+            )
         endpoint = self.telemetry.otlp_endpoint
         if endpoint and not re.match(r"https?://[^/\s]+", endpoint):
-            raise InvalidRequestError("telemetry.otlp_endpoint", f"must be an http:// or https:// URL, got {endpoint!r}")
+            raise InvalidRequestError(
+                "telemetry.otlp_endpoint", f"must be an http:// or https:// URL, got {endpoint!r}"
+            )
 
     def _check_budgets(self) -> None:
         seen: dict[str, int] = {}
@@ -217,7 +227,9 @@ class SidecarConfig(_Section):
                 field_prefix=f"budgets[{i}].",
             )
             if entry.id in seen:
-                raise InvalidRequestError(f"budgets[{i}].id", f"{entry.id!r} is declared already at budgets[{seen[entry.id]}]")
+                raise InvalidRequestError(
+                    f"budgets[{i}].id", f"{entry.id!r} is declared already at budgets[{seen[entry.id]}]"
+                )
             seen[entry.id] = i
 
 
@@ -225,7 +237,9 @@ def parse_address(address: str, key: str) -> int:
     """The port of ``host:port``; ``InvalidRequestError`` naming ``key`` otherwise."""
     match = _ADDRESS.fullmatch(address)
     if match is None or int(match.group("port")) > 65535:
-        raise InvalidRequestError(key, f"must be host:port (e.g. {DEFAULT_LISTEN} or [::1]:7310), got {address!r}")
+        raise InvalidRequestError(
+            key, f"must be host:port (e.g. {DEFAULT_LISTEN} or [::1]:7310), got {address!r}"
+        )
     return int(match.group("port"))
 
 

@@ -43,9 +43,17 @@ SCOPE_TO_PB = {
     Scope.USER: pb.SCOPE_USER,
 }
 SCOPE_FROM_PB = {v: k for k, v in SCOPE_TO_PB.items()}
-ACTION_TO_PB = {OnExceed.WARN: pb.ON_EXCEED_WARN, OnExceed.BLOCK: pb.ON_EXCEED_BLOCK, OnExceed.DOWNGRADE: pb.ON_EXCEED_DOWNGRADE}
+ACTION_TO_PB = {
+    OnExceed.WARN: pb.ON_EXCEED_WARN,
+    OnExceed.BLOCK: pb.ON_EXCEED_BLOCK,
+    OnExceed.DOWNGRADE: pb.ON_EXCEED_DOWNGRADE,
+}
 ACTION_FROM_PB = {v: k for k, v in ACTION_TO_PB.items()}
-DECISION_TO_PB = {Decision.ALLOW: pb.DECISION_ALLOW, Decision.DENY: pb.DECISION_DENY, Decision.DOWNGRADE: pb.DECISION_DOWNGRADE}
+DECISION_TO_PB = {
+    Decision.ALLOW: pb.DECISION_ALLOW,
+    Decision.DENY: pb.DECISION_DENY,
+    Decision.DOWNGRADE: pb.DECISION_DOWNGRADE,
+}
 STATE_TO_PB = {
     ReservationState.HELD: pb.RESERVATION_STATE_HELD,
     ReservationState.COMMITTED: pb.RESERVATION_STATE_COMMITTED,
@@ -62,18 +70,24 @@ def scope_from_pb(value: int, field: str, *, allow_unspecified: bool = False) ->
     try:
         return SCOPE_FROM_PB[value]
     except KeyError:
-        raise InvalidRequestError(field, f"unknown scope {value}: expected organization, team, agent, workflow or user") from None
+        raise InvalidRequestError(
+            field, f"unknown scope {value}: expected organization, team, agent, workflow or user"
+        ) from None
 
 
 def action_from_pb(value: int, field: str) -> OnExceed:
     try:
         return ACTION_FROM_PB[value]
     except KeyError:
-        raise InvalidRequestError(field, f"unknown action {value}: expected warn, block or downgrade") from None
+        raise InvalidRequestError(
+            field, f"unknown action {value}: expected warn, block or downgrade"
+        ) from None
 
 
 def scopes_from_pb(msg: pb.ScopeIds) -> ScopeSet:
-    return ScopeSet(organization=msg.organization, team=msg.team, agent=msg.agent, workflow=msg.workflow, user=msg.user)
+    return ScopeSet(
+        organization=msg.organization, team=msg.team, agent=msg.agent, workflow=msg.workflow, user=msg.user
+    )
 
 
 def facts_from_pb(msg: pb.UsageFacts) -> UsageFacts:
@@ -93,11 +107,11 @@ def ts(ms: int) -> timestamp_pb2.Timestamp:
 
 
 def ts_to_ms(msg: timestamp_pb2.Timestamp) -> int:
-    return msg.seconds * 1000 + msg.nanos // 1_000_000
+    return int(msg.seconds * 1000 + msg.nanos // 1_000_000)
 
 
 def ttl_ms(msg: duration_pb2.Duration, field: str) -> int:
-    ms = msg.seconds * 1000 + msg.nanos // 1_000_000
+    ms = int(msg.seconds * 1000 + msg.nanos // 1_000_000)
     if ms <= 0:
         raise InvalidRequestError(field, f"must be positive, got {msg.seconds}s {msg.nanos}ns")
     return ms
@@ -196,7 +210,9 @@ def reserve_from_pb(msg: pb.ReserveRequest) -> ReserveCommand:
         ttl_ms=ttl_ms(msg.ttl, "ttl") if msg.HasField("ttl") else None,
         idempotency_key=msg.idempotency_key,
         downgrade_estimate_usd=(
-            parse_usd(msg.downgrade_estimate_usd, "downgrade_estimate_usd") if msg.downgrade_estimate_usd else None
+            parse_usd(msg.downgrade_estimate_usd, "downgrade_estimate_usd")
+            if msg.downgrade_estimate_usd
+            else None
         ),
         downgrade_of=msg.downgrade_of,
         model=facts_from_pb(msg.model) if msg.HasField("model") else None,
@@ -310,7 +326,8 @@ def _totals_to_pb(t: UsageTotals) -> pb.UsageTotals:
 
 def usage_to_pb(r: UsageReport) -> pb.GetUsageResponse:
     return pb.GetUsageResponse(
-        total=_totals_to_pb(r.total), rows=[pb.UsageRow(key=row.key, totals=_totals_to_pb(row.totals)) for row in r.rows]
+        total=_totals_to_pb(r.total),
+        rows=[pb.UsageRow(key=row.key, totals=_totals_to_pb(row.totals)) for row in r.rows],
     )
 
 

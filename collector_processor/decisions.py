@@ -128,8 +128,14 @@ def _allowed(
 ) -> Verdict:
     if on_cheaper_path:
         reason = f"Running the cheaper path at {_usd(estimate)}; it fits every matching budget."
-        return Verdict(decision=_DOWNGRADE_DECISION, exceeded=flags, deciding=None, reason=reason, warnings=warnings)
-    reason = f"Within all {len(states)} matching budget(s)." if states else "No enabled budget matches these scopes."
+        return Verdict(
+            decision=_DOWNGRADE_DECISION, exceeded=flags, deciding=None, reason=reason, warnings=warnings
+        )
+    reason = (
+        f"Within all {len(states)} matching budget(s)."
+        if states
+        else "No enabled budget matches these scopes."
+    )
     return Verdict(decision=_ALLOW, exceeded=flags, deciding=None, reason=reason, warnings=warnings)
 
 
@@ -147,7 +153,9 @@ def plan_reservation(
     if verdict.decision is _ALLOW:
         return Plan(decision=_ALLOW, hold=estimate, verdict=verdict)
     if downgrade_estimate is None:
-        return Plan(decision=_DOWNGRADE_DECISION, hold=estimate, verdict=verdict, awaiting_downgrade_estimate=True)
+        return Plan(
+            decision=_DOWNGRADE_DECISION, hold=estimate, verdict=verdict, awaiting_downgrade_estimate=True
+        )
     cheaper = evaluate(states, downgrade_estimate, on_cheaper_path=True)
     if cheaper.decision is _DENY:
         return Plan(decision=_DENY, hold=0, verdict=cheaper)
@@ -213,7 +221,9 @@ def _downgrade_reason(s: BudgetState, estimate: int, on_cheaper_path: bool) -> s
     head = f"Downgrade asked by budget {s.budget.label(s.entity)}: {_figures(s, estimate)} {_period_words(s.budget, s.window)}."
     if on_cheaper_path:
         return f"{head} The cheaper path is admitted past the limit; pair the budget with a block budget for a hard cap."
-    return f"{head} Run the cheaper path and re-send its estimate with downgrade_of, or release the reservation."
+    return (
+        f"{head} Run the cheaper path and re-send its estimate with downgrade_of, or release the reservation."
+    )
 
 
 def _warning(s: BudgetState, estimate: int) -> str:

@@ -100,7 +100,12 @@ class Ledger:
         return self.store.get_budget(check_budget_id(budget_id))
 
     def list_budgets(
-        self, *, scope: Scope | None = None, scope_id: str | None = None, page_size: int = 0, page_token: str = ""
+        self,
+        *,
+        scope: Scope | None = None,
+        scope_id: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> tuple[list[Budget], str]:
         """One page of budgets ordered by id, and the token of the next page ('' on the last)."""
         if not 0 <= page_size <= 500:
@@ -108,25 +113,33 @@ class Ledger:
         if scope_id is not None:
             check_scope_id(scope_id)
         size = page_size or 50
-        budgets = self.store.list_budgets(scope=scope, scope_id=scope_id, after_id=_decode_token(page_token), limit=size + 1)
+        budgets = self.store.list_budgets(
+            scope=scope, scope_id=scope_id, after_id=_decode_token(page_token), limit=size + 1
+        )
         if len(budgets) > size:
             return budgets[:size], _encode_token(budgets[size - 1].id)
         return budgets, ""
 
     def update_budget(self, budget_id: str, patch: BudgetPatch) -> Budget:
         if patch.is_empty():
-            raise InvalidRequestError("update", "names no field to change (name, limit_usd, on_exceed, alert_thresholds, enabled)")
+            raise InvalidRequestError(
+                "update", "names no field to change (name, limit_usd, on_exceed, alert_thresholds, enabled)"
+            )
         return self.store.update_budget(check_budget_id(budget_id), patch, now_ms=self.clock.now_ms())
 
     def delete_budget(self, budget_id: str) -> None:
         self.store.delete_budget(check_budget_id(budget_id))
 
-    def load_config_budgets(self, drafts: Sequence[BudgetDraft], *, field_prefix: str = "budgets") -> list[Budget]:
+    def load_config_budgets(
+        self, drafts: Sequence[BudgetDraft], *, field_prefix: str = "budgets"
+    ) -> list[Budget]:
         """Validate the budgets a config file declares and make the store's config budgets exactly these."""
         budgets = []
         seen: set[str] = set()
         for i, draft in enumerate(drafts):
-            budget = self._build(replace(draft, declared_in_config=True), field_prefix=f"{field_prefix}[{i}].")
+            budget = self._build(
+                replace(draft, declared_in_config=True), field_prefix=f"{field_prefix}[{i}]."
+            )
             if budget.id in seen:
                 raise InvalidRequestError(f"{field_prefix}[{i}].id", f"{budget.id!r} is declared twice")
             seen.add(budget.id)
@@ -153,7 +166,9 @@ class Ledger:
     def reserve(self, command: ReserveCommand) -> ReserveOutcome:
         ttl = self._validate_reserve(command)
         now = self.clock.now_ms()
-        return self.store.reserve(command, reservation_id=secrets.token_hex(16), expires_ms=now + ttl, now_ms=now)
+        return self.store.reserve(
+            command, reservation_id=secrets.token_hex(16), expires_ms=now + ttl, now_ms=now
+        )
 
     def _validate_reserve(self, c: ReserveCommand) -> int:
         """Refuse a malformed reservation; return its TTL in milliseconds."""
@@ -163,7 +178,9 @@ class Ledger:
         if c.downgrade_estimate_usd is not None:
             _non_negative(c.downgrade_estimate_usd, "downgrade_estimate_usd")
             if c.downgrade_of:
-                raise InvalidRequestError("downgrade_estimate_usd", "must not be set together with downgrade_of")
+                raise InvalidRequestError(
+                    "downgrade_estimate_usd", "must not be set together with downgrade_of"
+                )
         _key(c.idempotency_key, "idempotency_key")
         _key(c.downgrade_of, "downgrade_of")
         if c.model is not None:
@@ -171,7 +188,8 @@ class Ledger:
         ttl = self.settings.default_ttl_ms if c.ttl_ms is None else c.ttl_ms
         if not 0 < ttl <= self.settings.max_ttl_ms:
             raise InvalidRequestError(
-                "ttl", f"must be positive and at most {self.settings.max_ttl_ms / 1000:g}s, got {ttl / 1000:g}s"
+                "ttl",
+                f"must be positive and at most {self.settings.max_ttl_ms / 1000:g}s, got {ttl / 1000:g}s",
             )
         return ttl
 
@@ -225,7 +243,13 @@ class Ledger:
         end = self.clock.now_ms() + 1 if query.end_ms is None else query.end_ms
         if query.start_ms is not None and query.start_ms >= end:
             raise InvalidRequestError("start", "must be before end")
-        flt = UsageFilter(start_ms=query.start_ms, end_ms=end, scopes=query.scopes, provider=query.provider, model=query.model)
+        flt = UsageFilter(
+            start_ms=query.start_ms,
+            end_ms=end,
+            scopes=query.scopes,
+            provider=query.provider,
+            model=query.model,
+        )
         by_slot = len(columns_for(group_by)) != len(group_by)
         rows = self.store.usage_rows(flt, columns_for(group_by), by_slot=by_slot)
         return build_report(rows, group_by, tz)
@@ -248,11 +272,20 @@ def _tokens(value: int, field: str) -> None:
         raise InvalidRequestError(field, f"must not be negative, got {value}")
 
 
-_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens")
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+)
 
 
 def _facts(f: UsageFacts, field: str) -> None:
-    if min(f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_creation_tokens, f.reasoning_tokens) < 0:
+    if (
+        min(f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_creation_tokens, f.reasoning_tokens)
+        < 0
+    ):
         for name in _TOKEN_FIELDS:
             _tokens(getattr(f, name), f"{field}.{name}")
     for name, value in (("provider", f.provider), ("model", f.model)):

@@ -108,7 +108,9 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}: expected an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+        raise ValueError(
+            f"unknown time zone {name!r}: expected an IANA name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
 
 
 # The window of the last lookup per (unit, zone): nearly every call falls in the same period as the one

@@ -148,11 +148,14 @@ class Sidecar:
         )
         self.batcher = Batcher(self.store)
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(
-            BudgetServicer(self.ledger, self.hub, self.batcher, max_watchers=self.config.server.max_watchers), server
+            BudgetServicer(self.ledger, self.hub, self.batcher, max_watchers=self.config.server.max_watchers),
+            server,
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         return server, health_servicer
 
 
@@ -168,7 +171,9 @@ def create_sidecar(
     if store is None:
         try:
             store = SqliteStore(
-                config.store.path, synchronous=config.store.synchronous, busy_timeout_ms=config.store.busy_timeout_ms
+                config.store.path,
+                synchronous=config.store.synchronous,
+                busy_timeout_ms=config.store.busy_timeout_ms,
             )
         except StoreUnavailableError as exc:
             raise ConfigError(f"{config.source}: store.path: {exc}") from None
@@ -191,7 +196,13 @@ def create_sidecar(
         alert_retention_ms=int(lg.alert_retention_days * 86_400_000),
     )
     return Sidecar(
-        config=config, store=store, ledger=ledger, hub=hub, dispatcher=dispatcher, sweeper=sweeper, on_close=on_close
+        config=config,
+        store=store,
+        ledger=ledger,
+        hub=hub,
+        dispatcher=dispatcher,
+        sweeper=sweeper,
+        on_close=on_close,
     )
 
 
@@ -276,7 +287,9 @@ def run(config: SidecarConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="paymaster sidecar", description="Run the Paymaster budget sidecar.")
+    parser = argparse.ArgumentParser(
+        prog="paymaster sidecar", description="Run the Paymaster budget sidecar."
+    )
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 
@@ -292,7 +305,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         config = load_config(args.config) if args.config else create_default_config()
         if args.listen:
             config = SidecarConfig.model_validate(
-                {**config.model_dump(), "source": config.source, "server": {**config.server.model_dump(), "listen": args.listen}}
+                {
+                    **config.model_dump(),
+                    "source": config.source,
+                    "server": {**config.server.model_dump(), "listen": args.listen},
+                }
             ).validate_all()
         return run(config)
     except ConfigError as exc:

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
@@ -44,20 +44,24 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
 )
 
+# grpc.aio.ServicerContext; grpc ships no type information, so the alias is only documentation.
+Ctx: TypeAlias = Any
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+async def _abort(context: Ctx, exc: Exception) -> None:
     for kind, code in _STATUS:
         if isinstance(exc, kind):
             await context.abort(code, str(exc))
     log.error("unexpected error while serving a request", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the sidecar log")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the sidecar log"
+    )
 
 
 def _guarded(method: F) -> F:
     @functools.wraps(method)
-    async def wrapper(self: BudgetServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def wrapper(self: BudgetServicer, request: Any, context: Ctx) -> Any:
         try:
             return await method(self, request, context)
         except Exception as exc:
@@ -66,10 +70,7 @@ def _guarded(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-Ctx = grpc.aio.ServicerContext
-
-
-class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
+class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[misc]
     """Serves the budget API from a ``Ledger``; WatchAlerts streams come from an ``AlertHub``."""
 
     def __init__(self, ledger: Ledger, hub: AlertHub, batcher: Batcher, *, max_watchers: int = 16) -> None:
@@ -81,82 +82,91 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     # -- budgets ---------------------------------------------------------------------------------
     @_guarded
-    async def CreateBudget(self, request: pb.CreateBudgetRequest, context: Ctx[Any, Any]) -> pb.Budget:
+    async def CreateBudget(self, request: pb.CreateBudgetRequest, context: Ctx) -> pb.Budget:
         draft = convert.draft_from_pb(request.budget)
         return convert.budget_to_pb(await self._batcher.run(lambda: self._ledger.create_budget(draft)))
 
     @_guarded
-    async def GetBudget(self, request: pb.GetBudgetRequest, context: Ctx[Any, Any]) -> pb.Budget:
+    async def GetBudget(self, request: pb.GetBudgetRequest, context: Ctx) -> pb.Budget:
         return convert.budget_to_pb(self._ledger.get_budget(request.id))
 
     @_guarded
-    async def ListBudgets(self, request: pb.ListBudgetsRequest, context: Ctx[Any, Any]) -> pb.ListBudgetsResponse:
+    async def ListBudgets(self, request: pb.ListBudgetsRequest, context: Ctx) -> pb.ListBudgetsResponse:
         budgets, token = self._ledger.list_budgets(
             scope=convert.scope_from_pb(request.scope, "scope", allow_unspecified=True),
             scope_id=request.scope_id if request.HasField("scope_id") else None,
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListBudgetsResponse(budgets=[convert.budget_to_pb(b) for b in budgets], next_page_token=token)
+        return pb.ListBudgetsResponse(
+            budgets=[convert.budget_to_pb(b) for b in budgets], next_page_token=token
+        )
 
     @_guarded
-    async def UpdateBudget(self, request: pb.UpdateBudgetRequest, context: Ctx[Any, Any]) -> pb.Budget:
+    async def UpdateBudget(self, request: pb.UpdateBudgetRequest, context: Ctx) -> pb.Budget:
         check_budget_id(request.id)
         patch = convert.patch_from_pb(request)
-        return convert.budget_to_pb(await self._batcher.run(lambda: self._ledger.update_budget(request.id, patch)))
+        return convert.budget_to_pb(
+            await self._batcher.run(lambda: self._ledger.update_budget(request.id, patch))
+        )
 
     @_guarded
-    async def DeleteBudget(self, request: pb.DeleteBudgetRequest, context: Ctx[Any, Any]) -> pb.DeleteBudgetResponse:
+    async def DeleteBudget(self, request: pb.DeleteBudgetRequest, context: Ctx) -> pb.DeleteBudgetResponse:
         await self._batcher.run(lambda: self._ledger.delete_budget(request.id))
         return pb.DeleteBudgetResponse()
 
     # -- decisions and spend ---------------------------------------------------------------------
     @_guarded
-    async def CheckBudget(self, request: pb.CheckBudgetRequest, context: Ctx[Any, Any]) -> pb.CheckBudgetResponse:
+    async def CheckBudget(self, request: pb.CheckBudgetRequest, context: Ctx) -> pb.CheckBudgetResponse:
         scopes = convert.scopes_from_pb(request.scopes)
         estimate = parse_usd(request.estimate_usd, "estimate_usd", required=False)
         return convert.check_to_pb(await self._batcher.run(lambda: self._ledger.check(scopes, estimate)))
 
     @_guarded
-    async def Reserve(self, request: pb.ReserveRequest, context: Ctx[Any, Any]) -> pb.ReserveResponse:
+    async def Reserve(self, request: pb.ReserveRequest, context: Ctx) -> pb.ReserveResponse:
         command = convert.reserve_from_pb(request)
         return convert.reserve_to_pb(await self._batcher.run(lambda: self._ledger.reserve(command)))
 
     @_guarded
-    async def Commit(self, request: pb.CommitRequest, context: Ctx[Any, Any]) -> pb.CommitResponse:
+    async def Commit(self, request: pb.CommitRequest, context: Ctx) -> pb.CommitResponse:
         command = convert.commit_from_pb(request)
         return convert.commit_to_pb(await self._batcher.run(lambda: self._ledger.commit(command)))
 
     @_guarded
-    async def Release(self, request: pb.ReleaseRequest, context: Ctx[Any, Any]) -> pb.ReleaseResponse:
+    async def Release(self, request: pb.ReleaseRequest, context: Ctx) -> pb.ReleaseResponse:
         reservation_id = request.reservation_id
         return convert.release_to_pb(await self._batcher.run(lambda: self._ledger.release(reservation_id)))
 
     @_guarded
-    async def RecordUsage(self, request: pb.RecordUsageRequest, context: Ctx[Any, Any]) -> pb.RecordUsageResponse:
+    async def RecordUsage(self, request: pb.RecordUsageRequest, context: Ctx) -> pb.RecordUsageResponse:
         command = convert.record_from_pb(request)
         return convert.record_to_pb(await self._batcher.run(lambda: self._ledger.record_usage(command)))
 
     # -- reports and alerts ----------------------------------------------------------------------
     @_guarded
-    async def GetBudgetStatus(self, request: pb.GetBudgetStatusRequest, context: Ctx[Any, Any]) -> pb.BudgetStatus:
+    async def GetBudgetStatus(self, request: pb.GetBudgetStatusRequest, context: Ctx) -> pb.BudgetStatus:
         budget_id, scope_id = request.budget_id, request.scope_id
-        return convert.status_to_pb(await self._batcher.run(lambda: self._ledger.budget_status(budget_id, scope_id)))
+        return convert.status_to_pb(
+            await self._batcher.run(lambda: self._ledger.budget_status(budget_id, scope_id))
+        )
 
     @_guarded
-    async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx[Any, Any]) -> pb.GetUsageResponse:
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
         query = convert.usage_query_from_pb(request)
         # A report may scan a lot of history: run it off the loop, on the store's reader connection.
         return convert.usage_to_pb(await asyncio.to_thread(self._ledger.usage, query))
 
-    async def WatchAlerts(self, request: pb.WatchAlertsRequest, context: Ctx[Any, Any]) -> AsyncIterator[pb.Alert]:
+    async def WatchAlerts(self, request: pb.WatchAlertsRequest, context: Ctx) -> AsyncIterator[pb.Alert]:
         try:
             for budget_id in request.budget_ids:
                 check_budget_id(budget_id, "budget_ids")
         except InvalidRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self._watchers >= self._max_watchers:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many WatchAlerts streams on this sidecar; retry later")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many WatchAlerts streams on this sidecar; retry later",
+            )
         self._watchers += 1
         try:
             if request.HasField("after_sequence"):

@@ -8,6 +8,7 @@ permanent refusal and is not retried. Each POST carries the alert's id as ``Idem
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -112,7 +113,11 @@ class WebhookSink:
         queue_size: int = 1000,
     ) -> None:
         self.url = url
-        self._headers = {"Content-Type": "application/json", "User-Agent": "paymaster-sidecar", **(headers or {})}
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "paymaster-sidecar",
+            **(headers or {}),
+        }
         self._timeout = timeout_s
         self._attempts = max_attempts
         self._backoff = (backoff_initial_s, backoff_max_s)
@@ -130,10 +135,8 @@ class WebhookSink:
 
     def close(self) -> None:
         self._stop.set()
-        try:
+        with contextlib.suppress(queue.Full):  # the worker is busy; it sees the stop flag when it is done
             self._queue.put_nowait(None)
-        except queue.Full:
-            pass
         self._thread.join(self._timeout + 1)
 
     def _run(self) -> None:

@@ -9,7 +9,7 @@ zone and every store only has to answer one simple grouped query.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -20,7 +20,15 @@ from collector_processor.errors import InvalidRequestError
 from collector_processor.money import micros_to_usd
 from collector_processor.store.base import UsageRow
 
-__all__ = ["Dimension", "UsageQuery", "UsageReport", "UsageReportRow", "UsageTotals", "build_report", "check_group_by"]
+__all__ = [
+    "Dimension",
+    "UsageQuery",
+    "UsageReport",
+    "UsageReportRow",
+    "UsageTotals",
+    "build_report",
+    "check_group_by",
+]
 
 
 class Dimension(StrEnum):
@@ -40,7 +48,9 @@ class Dimension(StrEnum):
     YEAR = "year"
 
 
-PERIOD_DIMENSIONS = frozenset({Dimension.DAY, Dimension.WEEK, Dimension.MONTH, Dimension.QUARTER, Dimension.YEAR})
+PERIOD_DIMENSIONS = frozenset(
+    {Dimension.DAY, Dimension.WEEK, Dimension.MONTH, Dimension.QUARTER, Dimension.YEAR}
+)
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -51,7 +61,7 @@ class UsageQuery:
     """Inclusive start; ``None``: all retained history."""
     end_ms: int | None = None
     """Exclusive end; ``None``: now."""
-    scopes: ScopeSet = ScopeSet()
+    scopes: ScopeSet = field(default_factory=ScopeSet)
     """Only spend attributed to every id given."""
     provider: str = ""
     """Only this provider."""
@@ -104,7 +114,9 @@ def check_group_by(group_by: Sequence[Dimension]) -> tuple[Dimension, ...]:
         raise InvalidRequestError("group_by", "lists a dimension twice")
     periods = [d for d in group_by if d in PERIOD_DIMENSIONS]
     if len(periods) > 1:
-        raise InvalidRequestError("group_by", f"at most one period dimension, got {[d.value for d in periods]}")
+        raise InvalidRequestError(
+            "group_by", f"at most one period dimension, got {[d.value for d in periods]}"
+        )
     return tuple(group_by)
 
 
@@ -129,7 +141,9 @@ def build_report(rows: Sequence[UsageRow], group_by: Sequence[Dimension], tz: Zo
         for i, figure in enumerate(figures):
             acc[i] += figure
             total[i] += figure
-    breakdown = tuple(UsageReportRow(key=k, totals=_totals(v)) for k, v in sorted(sums.items())) if group_by else ()
+    breakdown = (
+        tuple(UsageReportRow(key=k, totals=_totals(v)) for k, v in sorted(sums.items())) if group_by else ()
+    )
     return UsageReport(total=_totals(total), rows=breakdown)
 
 
@@ -139,7 +153,9 @@ def _totals(v: Sequence[int]) -> UsageTotals:
     )
 
 
-def _period_label(dim: Dimension, slot_ms: int | None, tz: ZoneInfo, cache: dict[int, dict[Dimension, str]]) -> str:
+def _period_label(
+    dim: Dimension, slot_ms: int | None, tz: ZoneInfo, cache: dict[int, dict[Dimension, str]]
+) -> str:
     assert slot_ms is not None, "period dimensions need slot rows"
     known = cache.setdefault(slot_ms, {})
     if dim not in known:

@@ -14,11 +14,22 @@ from collector_processor.budgets import Budget
 from collector_processor.errors import FailedPreconditionError, NotFoundError
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, budget_to_row
 
-__all__ = ["bump_budgets_version", "delete_budget", "insert_budget", "load_budget", "replace_budget", "sync_config_budgets"]
+__all__ = [
+    "bump_budgets_version",
+    "delete_budget",
+    "insert_budget",
+    "load_budget",
+    "replace_budget",
+    "sync_config_budgets",
+]
 
 
 def bump_budgets_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'budgets' RETURNING value").fetchone()[0])
+    return int(
+        conn.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'budgets' RETURNING value"
+        ).fetchone()[0]
+    )
 
 
 def load_budget(conn: sqlite3.Connection, budget_id: str) -> Budget:
@@ -30,13 +41,17 @@ def load_budget(conn: sqlite3.Connection, budget_id: str) -> Budget:
 
 def insert_budget(conn: sqlite3.Connection, budget: Budget) -> Budget:
     created = replace(budget, generation=bump_budgets_version(conn))
-    conn.execute(f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(created))
+    conn.execute(
+        f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(created)
+    )
     return created
 
 
 def replace_budget(conn: sqlite3.Connection, budget: Budget) -> None:
     conn.execute("DELETE FROM budgets WHERE id = ?", (budget.id,))
-    conn.execute(f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(budget))
+    conn.execute(
+        f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(budget)
+    )
     bump_budgets_version(conn)
 
 
@@ -48,7 +63,9 @@ def delete_budget(conn: sqlite3.Connection, budget_id: str) -> None:
 
 
 def sync_config_budgets(conn: sqlite3.Connection, budgets: Sequence[Budget], *, now_ms: int) -> None:
-    existing = {b.id: b for b in (budget_from_row(r) for r in conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets"))}
+    existing = {
+        b.id: b for b in (budget_from_row(r) for r in conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets"))
+    }
     declared = {b.id for b in budgets}
     for budget in budgets:
         old = existing.get(budget.id)
@@ -63,7 +80,9 @@ def sync_config_budgets(conn: sqlite3.Connection, budgets: Sequence[Budget], *, 
             delete_budget(conn, budget.id)
             insert_budget(conn, budget)
         elif _definition(old) != _definition(budget):
-            replace_budget(conn, replace(budget, generation=old.generation, created_ms=old.created_ms, updated_ms=now_ms))
+            replace_budget(
+                conn, replace(budget, generation=old.generation, created_ms=old.created_ms, updated_ms=now_ms)
+            )
     for old in existing.values():
         if old.declared_in_config and old.id not in declared:
             delete_budget(conn, old.id)

@@ -67,7 +67,9 @@ def _projection(state: BudgetState, now_ms: int) -> tuple[Decimal, Decimal]:
     return micros_to_usd(int(burn)), micros_to_usd(int(projected))
 
 
-def usage_rows(conn: sqlite3.Connection, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
+def usage_rows(
+    conn: sqlite3.Connection, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool
+) -> list[UsageRow]:
     for column in columns:
         if column not in USAGE_COLUMNS:
             raise ValueError(f"unknown usage column {column!r}")
@@ -83,8 +85,9 @@ def usage_rows(conn: sqlite3.Connection, flt: UsageFilter, columns: Sequence[str
         if value:
             where.append(f"{column} = ?")
             args.append(value)
-    groups = list(columns) + ([f"ts_ms - ts_ms % {_SLOT_MS}"] if by_slot else [])
-    select = ", ".join(groups + ["SUM(cost_micros)", "SUM(input_tokens)", "SUM(output_tokens)", "SUM(total_tokens)", "COUNT(*)"])
+    groups = [*columns, *([f"ts_ms - ts_ms % {_SLOT_MS}"] if by_slot else [])]
+    sums = ["SUM(cost_micros)", "SUM(input_tokens)", "SUM(output_tokens)", "SUM(total_tokens)", "COUNT(*)"]
+    select = ", ".join([*groups, *sums])
     sql = f"SELECT {select} FROM usage_events WHERE {' AND '.join(where)}"
     if groups:
         sql += f" GROUP BY {', '.join(groups)}"
@@ -128,7 +131,9 @@ def _alert(r: tuple[Any, ...]) -> Alert:
     )
 
 
-def alerts_after(conn: sqlite3.Connection, sequence: int, *, limit: int, budget_ids: Sequence[str]) -> list[Alert]:
+def alerts_after(
+    conn: sqlite3.Connection, sequence: int, *, limit: int, budget_ids: Sequence[str]
+) -> list[Alert]:
     sql = f"SELECT {_ALERT_COLS} FROM alerts WHERE seq > ?"
     args: list[Any] = [sequence]
     if budget_ids:
@@ -137,7 +142,9 @@ def alerts_after(conn: sqlite3.Connection, sequence: int, *, limit: int, budget_
     return [_alert(r) for r in conn.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()]
 
 
-def claim_alerts(conn: sqlite3.Connection, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
+def claim_alerts(
+    conn: sqlite3.Connection, *, owner: str, now_ms: int, lease_ms: int, limit: int
+) -> list[Alert]:
     rows = conn.execute(
         f"UPDATE alerts SET claimed_by = ?, claim_until_ms = ? WHERE seq IN ("
         " SELECT seq FROM alerts WHERE delivered_ms IS NULL AND (claim_until_ms IS NULL OR claim_until_ms <= ?)"
@@ -156,7 +163,9 @@ def prune(
     usage_retention_ms: int,
     alert_retention_ms: int,
 ) -> None:
-    conn.execute("DELETE FROM reservations WHERE state <> 1 AND settled_ms < ?", (now_ms - reservation_retention_ms,))
+    conn.execute(
+        "DELETE FROM reservations WHERE state <> 1 AND settled_ms < ?", (now_ms - reservation_retention_ms,)
+    )
     conn.execute("DELETE FROM usage_events WHERE ts_ms < ?", (now_ms - usage_retention_ms,))
     # The alert log is bounded by age alone: an alert nobody could deliver in that long is history.
     conn.execute("DELETE FROM alerts WHERE fired_ms < ?", (now_ms - alert_retention_ms,))

@@ -52,9 +52,7 @@ _ADD_HOLD_SQL = (
     "INSERT INTO holds (budget_id, entity, generation, reserved_micros) VALUES (?, ?, ?, ?)"
     " ON CONFLICT DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros"
 )
-_DROP_HOLD_SQL = (
-    "UPDATE holds SET reserved_micros = reserved_micros - ? WHERE budget_id = ? AND entity = ? AND generation = ?"
-)
+_DROP_HOLD_SQL = "UPDATE holds SET reserved_micros = reserved_micros - ? WHERE budget_id = ? AND entity = ? AND generation = ?"
 RES_COLS = (
     "id, state, organization, team, agent, workflow, user, held_micros, holds, decision, awaiting, "
     "deciding_budget_id, reason, warnings, expires_ms, charged_micros, released_micros, late, provider, model"
@@ -64,6 +62,7 @@ _INSERT_RESERVATION_SQL = (
     " held_micros, holds, decision, awaiting, deciding_budget_id, reason, warnings, estimate_tokens,"
     " provider, model, created_ms, expires_ms) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
 
 class ReservationRow(NamedTuple):
     """A reservation as stored."""
@@ -97,7 +96,9 @@ def load_reservation(conn: sqlite3.Connection, reservation_id: str) -> Reservati
 
 
 # -- standing --------------------------------------------------------------------------------------
-def read_states(conn: sqlite3.Connection, matched: Sequence[tuple[LiveBudget, str]], now_ms: int) -> list[BudgetState]:
+def read_states(
+    conn: sqlite3.Connection, matched: Sequence[tuple[LiveBudget, str]], now_ms: int
+) -> list[BudgetState]:
     states = []
     for live, entity in matched:
         budget = live.budget
@@ -116,7 +117,9 @@ def read_states(conn: sqlite3.Connection, matched: Sequence[tuple[LiveBudget, st
     return states
 
 
-def standing(conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, now_ms: int) -> tuple[BudgetInfo, ...]:
+def standing(
+    conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, now_ms: int
+) -> tuple[BudgetInfo, ...]:
     states = read_states(conn, index.match(scopes, enabled_only=True), now_ms)
     return budget_infos(states, [s.used > s.limit for s in states])
 
@@ -132,7 +135,9 @@ def add_holds(conn: sqlite3.Connection, holds: Sequence[tuple[str, int, str]], a
 
 def drop_holds(conn: sqlite3.Connection, holds: str, amount: int) -> None:
     if amount and holds:
-        conn.executemany(_DROP_HOLD_SQL, [(amount, bid, entity, gen) for bid, gen, entity in decode_holds(holds)])
+        conn.executemany(
+            _DROP_HOLD_SQL, [(amount, bid, entity, gen) for bid, gen, entity in decode_holds(holds)]
+        )
 
 
 # -- reservations ----------------------------------------------------------------------------------
@@ -174,7 +179,9 @@ def _deciding(plan: Plan) -> str:
     return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
 
 
-def _outcome(plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int) -> ReserveOutcome:
+def _outcome(
+    plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int
+) -> ReserveOutcome:
     verdict = plan.verdict
     return ReserveOutcome(
         decision=plan.decision,
@@ -189,7 +196,9 @@ def _outcome(plan: Plan, states: Sequence[BudgetState], reservation_id: str, exp
     )
 
 
-def replay_reservation(conn: sqlite3.Connection, index: BudgetIndex, key: str, now_ms: int) -> ReserveOutcome | None:
+def replay_reservation(
+    conn: sqlite3.Connection, index: BudgetIndex, key: str, now_ms: int
+) -> ReserveOutcome | None:
     row = conn.execute(f"SELECT {RES_COLS} FROM reservations WHERE idempotency_key = ?", (key,)).fetchone()
     return None if row is None else _replay(conn, index, reservation_from_row(row), now_ms)
 
@@ -235,7 +244,9 @@ def resend_downgrade(
             f"reservation {row.id!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
         )
     if command.scopes.pairs() and command.scopes != row.scopes:
-        raise InvalidRequestError("scopes", f"must be omitted or equal to the scopes of reservation {row.id!r}")
+        raise InvalidRequestError(
+            "scopes", f"must be omitted or equal to the scopes of reservation {row.id!r}"
+        )
     estimate = usd_to_micros(command.estimate_usd)
     if not row.awaiting:
         if row.decision == Decision.DOWNGRADE.value and row.held == estimate:
@@ -272,7 +283,8 @@ def settle_hold(conn: sqlite3.Connection, row: ReservationRow, state: Reservatio
 
 def expire_due(conn: sqlite3.Connection, now_ms: int, *, limit: int) -> int:
     rows = conn.execute(
-        "SELECT id, held_micros, holds FROM reservations WHERE state = 1 AND expires_ms <= ? LIMIT ?", (now_ms, limit)
+        "SELECT id, held_micros, holds FROM reservations WHERE state = 1 AND expires_ms <= ? LIMIT ?",
+        (now_ms, limit),
     ).fetchall()
     if rows:
         for _, held, holds in rows:

@@ -17,7 +17,15 @@ from typing import Any
 from collector_processor.budgets import Budget, OnExceed, Scope
 from collector_processor.periods import parse_period
 
-__all__ = ["BUDGET_COLUMNS", "SCHEMA_VERSION", "budget_from_row", "budget_to_row", "connect", "decode_holds", "encode_holds"]
+__all__ = [
+    "BUDGET_COLUMNS",
+    "SCHEMA_VERSION",
+    "budget_from_row",
+    "budget_to_row",
+    "connect",
+    "decode_holds",
+    "encode_holds",
+]
 
 SCHEMA_VERSION = 1
 
@@ -180,7 +188,9 @@ def connect(path: Path | str, *, synchronous: str, busy_timeout_ms: int, create:
         conn.executescript(_SCHEMA)
         version = conn.execute("SELECT value FROM counters WHERE name = 'schema'").fetchone()[0]
         if version != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"{path} has schema version {version}; this sidecar reads {SCHEMA_VERSION}")
+            raise sqlite3.DatabaseError(
+                f"{path} has schema version {version}; this sidecar reads {SCHEMA_VERSION}"
+            )
     return conn
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from collector_processor.budgets import ScopeSet
 from collector_processor.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
+from collector_processor.errors import NotFoundError
 from collector_processor.ledger_types import (
     BudgetInfo,
     CommitCommand,
@@ -22,7 +23,6 @@ from collector_processor.ledger_types import (
 )
 from collector_processor.money import micros_to_usd, usd_to_micros
 from collector_processor.store._index import BudgetIndex, LiveBudget
-from collector_processor.errors import NotFoundError
 from collector_processor.store._sqlite_reservations import (
     RES_COLS,
     ReservationRow,
@@ -67,7 +67,10 @@ _INSERT_ALERT_SQL = (
     " RETURNING seq"
 )
 
-def commit(conn: sqlite3.Connection, index: BudgetIndex, command: CommitCommand, now_ms: int) -> CommitOutcome:
+
+def commit(
+    conn: sqlite3.Connection, index: BudgetIndex, command: CommitCommand, now_ms: int
+) -> CommitOutcome:
     """Replace the reservation's hold with the actual spend; a second commit changes nothing."""
     actual = usd_to_micros(command.actual_usd)
     found = conn.execute(_COMMIT_SQL, (now_ms, actual, command.reservation_id)).fetchone()
@@ -77,7 +80,9 @@ def commit(conn: sqlite3.Connection, index: BudgetIndex, command: CommitCommand,
     return _charge_reservation(conn, index, row, actual, command.actual_tokens, command.usage, now_ms)
 
 
-def _already_committed(conn: sqlite3.Connection, index: BudgetIndex, reservation_id: str, now_ms: int) -> CommitOutcome:
+def _already_committed(
+    conn: sqlite3.Connection, index: BudgetIndex, reservation_id: str, now_ms: int
+) -> CommitOutcome:
     row = load_reservation(conn, reservation_id)
     if row is None:
         raise NotFoundError(
@@ -129,10 +134,14 @@ def record_usage(
     )  # fmt: skip
     if not inserted:
         return RecordUsageOutcome(
-            charged_usd=micros_to_usd(0), duplicate=True, budget_info=standing(conn, index, command.scopes, now_ms)
+            charged_usd=micros_to_usd(0),
+            duplicate=True,
+            budget_info=standing(conn, index, command.scopes, now_ms),
         )
     infos, fired = charge(conn, index, command.scopes, cost, at_ms=occurred, now_ms=now_ms)
-    return RecordUsageOutcome(charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=tuple(fired))
+    return RecordUsageOutcome(
+        charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=tuple(fired)
+    )
 
 
 def record_against_reservation(
@@ -146,13 +155,18 @@ def record_against_reservation(
         if row is None:
             return None
         return RecordUsageOutcome(
-            charged_usd=micros_to_usd(0), duplicate=True, budget_info=standing(conn, index, row.scopes, now_ms)
+            charged_usd=micros_to_usd(0),
+            duplicate=True,
+            budget_info=standing(conn, index, row.scopes, now_ms),
         )
     out = _charge_reservation(
         conn, index, reservation_from_row(found), cost, command.total_tokens, command.usage, now_ms
     )
     return RecordUsageOutcome(
-        charged_usd=out.charged_usd, duplicate=False, budget_info=out.budget_info, alerts_fired=out.alerts_fired
+        charged_usd=out.charged_usd,
+        duplicate=False,
+        budget_info=out.budget_info,
+        alerts_fired=out.alerts_fired,
     )
 
 
@@ -192,7 +206,9 @@ def charge(
             conn.execute(_UPSERT_SPEND_SQL, (budget.id, entity, bucket, amount))
             window = period.window(now_ms, live.tz)
             lowest = period.lowest_bucket(now_ms, live.tz)
-            used, held = conn.execute(_STANDING_SQL, (budget.id, entity, lowest, budget.generation)).fetchone()
+            used, held = conn.execute(
+                _STANDING_SQL, (budget.id, entity, lowest, budget.generation)
+            ).fetchone()
         else:
             used, held = conn.execute(
                 _CHARGE_CALENDAR_SQL, (budget.id, entity, bucket, amount, budget.generation)
@@ -200,7 +216,9 @@ def charge(
             window = period.window(at_ms, live.tz)
         if not budget.enabled:
             continue
-        state = BudgetState(budget=budget, entity=entity, limit=live.limit, used=used, reserved=held or 0, window=window)
+        state = BudgetState(
+            budget=budget, entity=entity, limit=live.limit, used=used, reserved=held or 0, window=window
+        )
         states.append(state)
         if budget.alert_thresholds:
             fired.extend(_fire_alerts(conn, live, state, now_ms))
@@ -217,12 +235,14 @@ def _fire_alerts(conn: sqlite3.Connection, live: LiveBudget, s: BudgetState, now
         # A rolling window re-arms a threshold once its spend has fallen back below it.
         below = [(budget.id, s.entity, t) for t in thresholds if s.used * 100 < t * s.limit]
         conn.executemany(
-            "DELETE FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = 0 AND threshold = ?", below
+            "DELETE FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = 0 AND threshold = ?",
+            below,
         )
     fired = []
     for threshold in crossed_thresholds(thresholds, s.used, s.limit):
         cur = conn.execute(
-            "INSERT OR IGNORE INTO alert_marks VALUES (?, ?, ?, ?)", (budget.id, s.entity, period_key, threshold)
+            "INSERT OR IGNORE INTO alert_marks VALUES (?, ?, ?, ?)",
+            (budget.id, s.entity, period_key, threshold),
         )
         if cur.rowcount != 1:
             continue

@@ -83,11 +83,15 @@ class LedgerStore(Protocol):
         """``NotFoundError`` if unknown."""
         ...
 
-    def list_budgets(self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int) -> list[Budget]:
+    def list_budgets(
+        self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int
+    ) -> list[Budget]:
         """Budgets ordered by id, after ``after_id``."""
         ...
 
-    def update_budget(self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False) -> Budget:
+    def update_budget(
+        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+    ) -> Budget:
         """Apply ``patch`` atomically; ``FailedPreconditionError`` for a config budget unless ``allow_config``."""
         ...
 
@@ -104,7 +108,9 @@ class LedgerStore(Protocol):
         """The decision a reservation would get, reserving nothing."""
         ...
 
-    def reserve(self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int) -> ReserveOutcome:
+    def reserve(
+        self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
+    ) -> ReserveOutcome:
         """Decide and hold on every matching budget, or on none, atomically (including the downgrade re-send);
         a reservation made or renewed holds until ``expires_ms``."""
         ...
@@ -158,9 +164,10 @@ class LedgerStore(Protocol):
         ...
 
     # -- housekeeping ----------------------------------------------------------------------------
-    def prune(self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int) -> None:
+    def prune(
+        self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
+    ) -> None:
         """Forget settled reservations, aged usage records, delivered alerts and spend buckets no window reads."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...

@@ -28,7 +28,6 @@ from collector_processor.errors import (
 )
 from collector_processor.ledger_types import (
     Alert,
-    BudgetInfo,
     BudgetStatus,
     CheckOutcome,
     CommitCommand,
@@ -83,7 +82,7 @@ class SqliteStore:
             raise StoreUnavailableError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
         self._read_lock = threading.Lock()
         self._index = BudgetIndex((), version=-1)
-        self._checked = None
+        self._checked: tuple[int, int] | None = None  # (transaction, now_ms) of the last _begin_op check
         self._committer = GroupCommitter(self._conn, describe=str(self.path), on_rollback=self._forget_index)
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(
@@ -115,7 +114,7 @@ class SqliteStore:
 
     def _forget_index(self) -> None:
         self._index = BudgetIndex((), version=-1)
-        self._checked: tuple[int, int] | None = None
+        self._checked = None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -158,7 +157,9 @@ class SqliteStore:
             raise NotFoundError(f"budget {budget_id!r} does not exist")
         return budget_from_row(row)
 
-    def list_budgets(self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int) -> list[Budget]:
+    def list_budgets(
+        self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int
+    ) -> list[Budget]:
         sql = f"SELECT {BUDGET_COLUMNS} FROM budgets WHERE id > ?"
         args: list[Any] = [after_id]
         if scope is not None:
@@ -171,7 +172,9 @@ class SqliteStore:
             rows = conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [budget_from_row(r) for r in rows]
 
-    def update_budget(self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False) -> Budget:
+    def update_budget(
+        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+    ) -> Budget:
         def op(conn: sqlite3.Connection) -> Budget:
             current = budgets_sql.load_budget(conn, budget_id)
             _refuse_config(current, allow_config, "changed")
@@ -213,7 +216,9 @@ class SqliteStore:
             warnings=verdict.warnings,
         )
 
-    def reserve(self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int) -> ReserveOutcome:
+    def reserve(
+        self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
+    ) -> ReserveOutcome:
         def op(conn: sqlite3.Connection) -> ReserveOutcome:
             index = self._begin_op(conn, now_ms)
             if command.downgrade_of:
@@ -241,7 +246,9 @@ class SqliteStore:
                 raise NotFoundError(f"reservation {reservation_id!r} is unknown")
             state = ReservationState(row.state)
             if state is ReservationState.COMMITTED:
-                raise FailedPreconditionError(f"reservation {reservation_id!r} is committed already; it cannot be released")
+                raise FailedPreconditionError(
+                    f"reservation {reservation_id!r} is committed already; it cannot be released"
+                )
             if state is not ReservationState.HELD:
                 return ReleaseOutcome(released_usd=micros_to_usd(0), state=state)
             holds_sql.settle_hold(conn, row, ReservationState.RELEASED, now_ms)
@@ -288,7 +295,9 @@ class SqliteStore:
 
     def claim_alerts(self, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
         return self._write(
-            lambda conn: reports.claim_alerts(conn, owner=owner, now_ms=now_ms, lease_ms=lease_ms, limit=limit)
+            lambda conn: reports.claim_alerts(
+                conn, owner=owner, now_ms=now_ms, lease_ms=lease_ms, limit=limit
+            )
         )
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
@@ -296,7 +305,9 @@ class SqliteStore:
         self._write(lambda conn: conn.executemany("UPDATE alerts SET delivered_ms = ? WHERE seq = ?", rows))
 
     # -- housekeeping ----------------------------------------------------------------------------
-    def prune(self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int) -> None:
+    def prune(
+        self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             reports.prune(
                 conn,

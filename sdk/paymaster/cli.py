@@ -9,6 +9,7 @@ are imported inside the commands, so ``import paymaster`` never pays for them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -99,13 +100,24 @@ def _budget_row(b: Any) -> list[Any]:
     ]
 
 
-_BUDGET_HEADERS = ("ID", "NAME", "SCOPE", "SCOPE ID", "LIMIT USD", "PERIOD", "ON EXCEED", "ALERTS %", "ENABLED", "SOURCE")
+_BUDGET_HEADERS = (
+    "ID",
+    "NAME",
+    "SCOPE",
+    "SCOPE ID",
+    "LIMIT USD",
+    "PERIOD",
+    "ON EXCEED",
+    "ALERTS %",
+    "ENABLED",
+    "SOURCE",
+)
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
-    return MessageToDict(message, preserving_proto_field_name=True)
+    return dict(MessageToDict(message, preserving_proto_field_name=True))
 
 
 # -- budgets ---------------------------------------------------------------------------------------
@@ -113,7 +125,9 @@ def _thresholds(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise CliError(f"--thresholds: expected whole percentages separated by commas, got {text!r}", 2) from None
+        raise CliError(
+            f"--thresholds: expected whole percentages separated by commas, got {text!r}", 2
+        ) from None
 
 
 def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
@@ -140,7 +154,11 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
         _emit(args, _as_dict(found), lambda: table(_BUDGET_HEADERS, [_budget_row(found)]))
     elif action == "list":
         budgets = _list_budgets(args, client)
-        _emit(args, [_as_dict(b) for b in budgets], lambda: table(_BUDGET_HEADERS, [_budget_row(b) for b in budgets]))
+        _emit(
+            args,
+            [_as_dict(b) for b in budgets],
+            lambda: table(_BUDGET_HEADERS, [_budget_row(b) for b in budgets]),
+        )
     elif action == "update":
         updated = client.call("UpdateBudget", _update_request(args, pb))
         _emit(args, _as_dict(updated), lambda: table(_BUDGET_HEADERS, [_budget_row(updated)]))
@@ -148,7 +166,9 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
         client.call("DeleteBudget", pb.DeleteBudgetRequest(id=args.id))
         _emit(args, {"deleted": args.id}, lambda: f"deleted budget {args.id}")
     elif action == "status":
-        status = client.call("GetBudgetStatus", pb.GetBudgetStatusRequest(budget_id=args.id, scope_id=args.scope_id or ""))
+        status = client.call(
+            "GetBudgetStatus", pb.GetBudgetStatusRequest(budget_id=args.id, scope_id=args.scope_id or "")
+        )
         _emit(args, _as_dict(status), lambda: _status_table(status))
 
 
@@ -208,7 +228,9 @@ def _parse_time(text: str | None, flag: str) -> datetime | None:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise CliError(f"{flag}: expected an ISO date or time such as 2025-03-01 or 2025-03-01T12:00Z, got {text!r}", 2) from None
+        raise CliError(
+            f"{flag}: expected an ISO date or time such as 2025-03-01 or 2025-03-01T12:00Z, got {text!r}", 2
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -245,13 +267,15 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     try:
         from collector_processor.server import run_from_args
     except ImportError as exc:
-        raise CliError(f"the sidecar needs the 'sidecar' extra: pip install 'paymaster[sidecar]' ({exc})", 2) from None
+        raise CliError(
+            f"the sidecar needs the 'sidecar' extra: pip install 'paymaster[sidecar]' ({exc})", 2
+        ) from None
     return run_from_args(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from paymaster import demo
+        demo = importlib.import_module("paymaster.demo")
     except ImportError:
         raise CliError("the demo is not part of this installation", 2) from None
     sys.argv = ["paymaster demo", *args.demo_args]
@@ -261,10 +285,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- arguments -------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paymaster", description="Paymaster: budget governance for LLM pipelines.")
+    parser = argparse.ArgumentParser(
+        prog="paymaster", description="Paymaster: budget governance for LLM pipelines."
+    )
     parser.add_argument("--target", default=os.environ.get("PAYMASTER_SIDECAR", DEFAULT_TARGET),
                         help=f"sidecar address (env PAYMASTER_SIDECAR, default {DEFAULT_TARGET})")  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the sidecar (default 5)")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the sidecar (default 5)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -295,9 +323,13 @@ def _budget_parsers(budgets: argparse.ArgumentParser) -> None:
     create.add_argument("--id", help="budget id (generated when omitted)")
     create.add_argument("--name")
     create.add_argument("--scope", required=True, choices=SCOPES)
-    create.add_argument("--scope-id", help="the entity; omit for a wildcard budget (each entity its own spend)")
+    create.add_argument(
+        "--scope-id", help="the entity; omit for a wildcard budget (each entity its own spend)"
+    )
     create.add_argument("--limit", required=True, help="limit in USD per period, e.g. 50 or 12.50")
-    create.add_argument("--period", required=True, help="daily, weekly, monthly, quarterly, yearly, rolling_24h, ...")
+    create.add_argument(
+        "--period", required=True, help="daily, weekly, monthly, quarterly, yearly, rolling_24h, ..."
+    )
     create.add_argument("--time-zone", help="IANA zone for calendar periods (default: the sidecar's)")
     create.add_argument("--on-exceed", required=True, choices=ACTIONS)
     create.add_argument("--thresholds", help="alert percentages, e.g. 50,80,100 (default: the sidecar's)")
@@ -315,12 +347,16 @@ def _budget_parsers(budgets: argparse.ArgumentParser) -> None:
     listing.add_argument("--page-size", type=int, default=100)
     listing.add_argument("--all", action="store_true", help="follow every page")
 
-    update = sub.add_parser("update", help="change a budget's name, limit, action, thresholds or enabled flag")
+    update = sub.add_parser(
+        "update", help="change a budget's name, limit, action, thresholds or enabled flag"
+    )
     update.add_argument("id")
     update.add_argument("--name")
     update.add_argument("--limit")
     update.add_argument("--on-exceed", choices=ACTIONS)
-    update.add_argument("--thresholds", help="new alert percentages, e.g. 50,80; an empty string turns them off")
+    update.add_argument(
+        "--thresholds", help="new alert percentages, e.g. 50,80; an empty string turns them off"
+    )
     toggle = update.add_mutually_exclusive_group()
     toggle.add_argument("--enable", dest="enabled", action="store_true", default=None)
     toggle.add_argument("--disable", dest="enabled", action="store_false")

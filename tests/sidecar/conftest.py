@@ -131,7 +131,12 @@ def start_sidecar(db: Path, clock: ManualClock, extra_toml: str = "") -> Running
     sidecar = create_sidecar(config, clock=clock, logger_provider=provider).start()
     channel = grpc.insecure_channel(sidecar.address)
     return RunningSidecar(
-        sidecar=sidecar, stub=budget_pb2_grpc.BudgetServiceStub(channel), channel=channel, logs=logs, clock=clock, db=db
+        sidecar=sidecar,
+        stub=budget_pb2_grpc.BudgetServiceStub(channel),
+        channel=channel,
+        logs=logs,
+        clock=clock,
+        db=db,
     )
 
 

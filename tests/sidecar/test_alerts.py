@@ -36,7 +36,9 @@ def eventually(condition: Callable[[], Any], what: str, timeout: float = 10.0) -
 
 
 def warn_budget(server: RunningSidecar, thresholds: tuple[int, ...] = (50, 80, 100), **kwargs: Any) -> None:
-    server.stub.CreateBudget(pb_budget("team", limit="10", on_exceed=pb.ON_EXCEED_WARN, thresholds=thresholds, **kwargs))
+    server.stub.CreateBudget(
+        pb_budget("team", limit="10", on_exceed=pb.ON_EXCEED_WARN, thresholds=thresholds, **kwargs)
+    )
 
 
 def test_watch_alerts_streams_crossings_as_they_fire(server: RunningSidecar) -> None:
@@ -45,8 +47,18 @@ def test_watch_alerts_streams_crossings_as_they_fire(server: RunningSidecar) -> 
     stream.initial_metadata()  # positioned: everything from here on is delivered
     spend(server, "6")
     first = next(stream)
-    assert (first.budget_id, first.scope, first.scope_id, first.threshold_percent) == ("team", pb.SCOPE_TEAM, "search", 50)
-    assert (first.used_usd, first.limit_usd, first.percentage, first.action) == ("6.000000", "10.000000", "60.00", pb.ON_EXCEED_WARN)
+    assert (first.budget_id, first.scope, first.scope_id, first.threshold_percent) == (
+        "team",
+        pb.SCOPE_TEAM,
+        "search",
+        50,
+    )
+    assert (first.used_usd, first.limit_usd, first.percentage, first.action) == (
+        "6.000000",
+        "10.000000",
+        "60.00",
+        pb.ON_EXCEED_WARN,
+    )
     assert first.kind == pb.ALERT_KIND_THRESHOLD
     assert first.period_start.ToJsonString() == "2025-03-14T00:00:00Z"
     assert first.message == (
@@ -60,7 +72,9 @@ def test_watch_alerts_streams_crossings_as_they_fire(server: RunningSidecar) -> 
 
 def test_a_watcher_that_reconnects_with_its_last_sequence_misses_nothing(server: RunningSidecar) -> None:
     warn_budget(server)
-    server.stub.CreateBudget(pb_budget("other", pb.SCOPE_USER, None, "1", on_exceed=pb.ON_EXCEED_WARN, thresholds=(50,)))
+    server.stub.CreateBudget(
+        pb_budget("other", pb.SCOPE_USER, None, "1", on_exceed=pb.ON_EXCEED_WARN, thresholds=(50,))
+    )
     spend(server, "6", pb.ScopeIds(team="search", user="ada"))
     spend(server, "3", pb.ScopeIds(team="search", user="bob"))
     replay = server.stub.WatchAlerts(pb.WatchAlertsRequest(after_sequence=0), timeout=10)
@@ -70,7 +84,9 @@ def test_a_watcher_that_reconnects_with_its_last_sequence_misses_nothing(server:
         ("team", "search", 50), ("other", "ada", 50), ("team", "search", 80), ("other", "bob", 50)
     ]  # fmt: skip
     assert [a.sequence for a in seen] == sorted(a.sequence for a in seen)
-    resumed = server.stub.WatchAlerts(pb.WatchAlertsRequest(after_sequence=seen[1].sequence, budget_ids=["other"]), timeout=10)
+    resumed = server.stub.WatchAlerts(
+        pb.WatchAlertsRequest(after_sequence=seen[1].sequence, budget_ids=["other"]), timeout=10
+    )
     assert next(resumed).scope_id == "bob"
     resumed.cancel()
 
@@ -89,7 +105,9 @@ def test_each_alert_is_emitted_as_an_opentelemetry_log_record(server: RunningSid
     assert attributes["paymaster.alert.alert_id"].startswith("team/search/")
 
 
-def test_alerts_fire_once_per_period_across_a_restart_of_the_sidecar(sidecar_factory: Callable[..., RunningSidecar]) -> None:
+def test_alerts_fire_once_per_period_across_a_restart_of_the_sidecar(
+    sidecar_factory: Callable[..., RunningSidecar],
+) -> None:
     first = sidecar_factory()
     warn_budget(first, thresholds=(50, 80))
     spend(first, "8.5")
@@ -107,7 +125,9 @@ def test_alerts_fire_once_per_period_across_a_restart_of_the_sidecar(sidecar_fac
     replay.cancel()
     eventually(lambda: len(second.logs.get_finished_logs()) == 1, "only the new period's alert")
     time.sleep(0.2)  # let a wrongly re-delivered alert show up, if there were one
-    assert [r.log_record.attributes["paymaster.alert.threshold_percent"] for r in second.logs.get_finished_logs()] == [50]
+    assert [
+        r.log_record.attributes["paymaster.alert.threshold_percent"] for r in second.logs.get_finished_logs()
+    ] == [50]
 
 
 # -- the webhook -----------------------------------------------------------------------------------
@@ -140,7 +160,13 @@ class Hook:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def config(self, **extra: object) -> str:
-        settings = {"max_attempts": 4, "backoff_initial_seconds": 0.01, "backoff_max_seconds": 0.05, "queue_size": 10, **extra}
+        settings = {
+            "max_attempts": 4,
+            "backoff_initial_seconds": 0.01,
+            "backoff_max_seconds": 0.05,
+            "queue_size": 10,
+            **extra,
+        }
         lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
         return f'[alerts.webhook]\nurl = "http://127.0.0.1:{self.server.server_port}/hook"\n{lines}\n'
 
@@ -174,7 +200,12 @@ def test_webhook_retries_with_backoff_and_sends_an_idempotency_key(
     bodies = [body for body, _ in hook.requests]
     assert bodies[0] == bodies[2]
     body, headers = hook.requests[-1]
-    assert (body["budget_id"], body["threshold_percent"], body["used_usd"], body["scope"]) == ("team", 50, "5.000000", "team")
+    assert (body["budget_id"], body["threshold_percent"], body["used_usd"], body["scope"]) == (
+        "team",
+        50,
+        "5.000000",
+        "team",
+    )
     assert headers["Idempotency-Key"] == body["alert_id"]
     assert headers["Content-Type"] == "application/json"
     eventually(lambda: _undelivered(server) == 0, "the alert acknowledged once delivered")
@@ -197,7 +228,9 @@ def test_a_full_webhook_queue_leaves_alerts_in_the_durable_log_until_there_is_ro
     hook = hook_factory()
     hook.gate.clear()  # the endpoint hangs
     server = sidecar_factory(hook.config(queue_size=1))
-    server.stub.CreateBudget(pb_budget("per-user", pb.SCOPE_USER, None, "1", on_exceed=pb.ON_EXCEED_WARN, thresholds=(50,)))
+    server.stub.CreateBudget(
+        pb_budget("per-user", pb.SCOPE_USER, None, "1", on_exceed=pb.ON_EXCEED_WARN, thresholds=(50,))
+    )
     for user in ("a", "b", "c", "d"):
         spend(server, "0.6", pb.ScopeIds(user=user))
     assert hook.entered.wait(10)

@@ -16,15 +16,23 @@ from tests.sidecar.conftest import StoreFactory, draft
 SCOPES = ScopeSet(team="search")
 
 
-def test_a_failing_call_rolls_back_alone_inside_a_shared_transaction(ledger: Ledger, store_factory: StoreFactory) -> None:
+def test_a_failing_call_rolls_back_alone_inside_a_shared_transaction(
+    ledger: Ledger, store_factory: StoreFactory
+) -> None:
     ledger.create_budget(draft("team", limit="10"))
     held = ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(1)))
     batcher = Batcher(ledger.store)
 
     async def turn() -> list[object]:
         calls = [
-            batcher.run(lambda: ledger.commit(CommitCommand(reservation_id=held.reservation_id, actual_usd=Decimal("0.5")))),
-            batcher.run(lambda: ledger.commit(CommitCommand(reservation_id="no-such", actual_usd=Decimal(9)))),
+            batcher.run(
+                lambda: ledger.commit(
+                    CommitCommand(reservation_id=held.reservation_id, actual_usd=Decimal("0.5"))
+                )
+            ),
+            batcher.run(
+                lambda: ledger.commit(CommitCommand(reservation_id="no-such", actual_usd=Decimal(9)))
+            ),
             batcher.run(lambda: ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(2)))),
         ]
         return await asyncio.gather(*calls, return_exceptions=True)
@@ -45,7 +53,9 @@ def test_a_lone_call_runs_in_its_own_transaction(ledger: Ledger) -> None:
     batcher = Batcher(ledger.store)
 
     async def one() -> object:
-        return await batcher.run(lambda: ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(1))))
+        return await batcher.run(
+            lambda: ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(1)))
+        )
 
     assert asyncio.run(one()).reserved_usd == Decimal(1)  # type: ignore[attr-defined]
     assert (batcher.batches, batcher.largest) == (1, 1)

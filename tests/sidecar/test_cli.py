@@ -26,23 +26,69 @@ def test_table_aligns_columns_under_a_rule() -> None:
     ]
 
 
-def test_budgets_create_list_update_status_delete(server: RunningSidecar, capsys: pytest.CaptureFixture[str]) -> None:
+def test_budgets_create_list_update_status_delete(
+    server: RunningSidecar, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(
         server, capsys, "budgets", "create", "--id", "search-daily", "--name", "Search daily", "--scope", "team",
         "--scope-id", "search", "--limit", "12.50", "--period", "daily", "--on-exceed", "block", "--thresholds", "50,100",
     )  # fmt: skip
     assert code == 0
-    header, rule, row = out.splitlines()
-    assert header.split() == ["ID", "NAME", "SCOPE", "SCOPE", "ID", "LIMIT", "USD", "PERIOD", "ON", "EXCEED", "ALERTS", "%", "ENABLED", "SOURCE"]
-    assert row.split() == ["search-daily", "Search", "daily", "team", "search", "12.50", "daily", "block", "50,100", "yes", "api"]
-    run(server, capsys, "budgets", "create", "--id", "users", "--scope", "user", "--limit", "2", "--period", "rolling_24h", "--on-exceed", "downgrade")
+    header, _, row = out.splitlines()
+    assert header.split() == [
+        "ID",
+        "NAME",
+        "SCOPE",
+        "SCOPE",
+        "ID",
+        "LIMIT",
+        "USD",
+        "PERIOD",
+        "ON",
+        "EXCEED",
+        "ALERTS",
+        "%",
+        "ENABLED",
+        "SOURCE",
+    ]
+    assert row.split() == [
+        "search-daily",
+        "Search",
+        "daily",
+        "team",
+        "search",
+        "12.50",
+        "daily",
+        "block",
+        "50,100",
+        "yes",
+        "api",
+    ]
+    run(
+        server,
+        capsys,
+        "budgets",
+        "create",
+        "--id",
+        "users",
+        "--scope",
+        "user",
+        "--limit",
+        "2",
+        "--period",
+        "rolling_24h",
+        "--on-exceed",
+        "downgrade",
+    )
     code, out, _ = run(server, capsys, "budgets", "list", "--all")
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["search-daily", "users"]
     assert "*" in out.splitlines()[3]  # the wildcard's scope id
     code, out, _ = run(server, capsys, "budgets", "update", "search-daily", "--limit", "20", "--disable")
     assert code == 0 and "20" in out and " no " in out
 
-    r = server.stub.Reserve(pb.ReserveRequest(scopes=pb.ScopeIds(team="search", user="ada"), estimate_usd="3"))
+    r = server.stub.Reserve(
+        pb.ReserveRequest(scopes=pb.ScopeIds(team="search", user="ada"), estimate_usd="3")
+    )
     server.stub.Commit(pb.CommitRequest(reservation_id=r.reservation_id, actual_usd="2.5"))
     code, out, _ = run(server, capsys, "budgets", "status", "users", "--scope-id", "ada")
     rows = {line[:15].strip(): line[15:].strip() for line in out.splitlines()[2:]}
@@ -55,10 +101,21 @@ def test_budgets_create_list_update_status_delete(server: RunningSidecar, capsys
     assert (code, out.strip()) == (0, "deleted budget users")
 
 
-def test_usage_by_dimensions_with_a_total_row(server: RunningSidecar, capsys: pytest.CaptureFixture[str]) -> None:
-    for team, model, cost in (("search", "gpt-4o", "0.30"), ("ads", "gpt-4o-mini", "0.02"), ("search", "gpt-4o-mini", "0.01")):
+def test_usage_by_dimensions_with_a_total_row(
+    server: RunningSidecar, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for team, model, cost in (
+        ("search", "gpt-4o", "0.30"),
+        ("ads", "gpt-4o-mini", "0.02"),
+        ("search", "gpt-4o-mini", "0.01"),
+    ):
         server.stub.RecordUsage(
-            pb.RecordUsageRequest(usage_id=f"{team}-{model}", scopes=pb.ScopeIds(team=team), cost_usd=cost, usage=pb.UsageFacts(provider="openai", model=model, input_tokens=10))
+            pb.RecordUsageRequest(
+                usage_id=f"{team}-{model}",
+                scopes=pb.ScopeIds(team=team),
+                cost_usd=cost,
+                usage=pb.UsageFacts(provider="openai", model=model, input_tokens=10),
+            )
         )
     code, out, _ = run(server, capsys, "usage", "--by", "team,day")
     lines = out.splitlines()
@@ -71,10 +128,27 @@ def test_usage_by_dimensions_with_a_total_row(server: RunningSidecar, capsys: py
     assert out.splitlines()[2].split()[0] == "0.300000"
 
 
-def test_errors_are_reported_on_one_line_with_a_non_zero_exit(server: RunningSidecar, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(server, capsys, "budgets", "create", "--scope", "team", "--limit", "-1", "--period", "daily", "--on-exceed", "warn")
+def test_errors_are_reported_on_one_line_with_a_non_zero_exit(
+    server: RunningSidecar, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        server,
+        capsys,
+        "budgets",
+        "create",
+        "--scope",
+        "team",
+        "--limit",
+        "-1",
+        "--period",
+        "daily",
+        "--on-exceed",
+        "warn",
+    )
     assert code == 1
-    assert err.strip() == "paymaster budgets: INVALID_ARGUMENT: budget.limit_usd: must not be negative, got '-1'"
+    assert (
+        err.strip() == "paymaster budgets: INVALID_ARGUMENT: budget.limit_usd: must not be negative, got '-1'"
+    )
     code, _, err = run(server, capsys, "budgets", "get", "missing")
     assert code == 1 and "NOT_FOUND: budget 'missing' does not exist" in err
     code, _, err = run(server, capsys, "usage", "--by", "colour")

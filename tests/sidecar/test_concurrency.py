@@ -14,7 +14,9 @@ from tests.sidecar.conftest import RunningSidecar, pb_budget
 SCOPES = pb.ScopeIds(organization="acme", team="search")
 
 
-def test_committed_plus_reserved_stays_within_the_limit_at_every_sampled_instant(server: RunningSidecar) -> None:
+def test_committed_plus_reserved_stays_within_the_limit_at_every_sampled_instant(
+    server: RunningSidecar,
+) -> None:
     server.stub.CreateBudget(pb_budget("org", pb.SCOPE_ORGANIZATION, "acme", "20"))
     server.stub.CreateBudget(pb_budget("team", pb.SCOPE_TEAM, "search", "1000", on_exceed=pb.ON_EXCEED_WARN))
     stop = threading.Event()
@@ -28,13 +30,19 @@ def test_committed_plus_reserved_stays_within_the_limit_at_every_sampled_instant
         stub = budget_pb2_grpc.BudgetServiceStub(channel)
         try:
             for attempt in range(15):
-                r = stub.Reserve(pb.ReserveRequest(scopes=SCOPES, estimate_usd="0.30", idempotency_key=f"c{index}-{attempt}"))
+                r = stub.Reserve(
+                    pb.ReserveRequest(
+                        scopes=SCOPES, estimate_usd="0.30", idempotency_key=f"c{index}-{attempt}"
+                    )
+                )
                 if r.decision == pb.DECISION_ALLOW:
                     granted.append(r.reservation_id)
                     stub.Commit(pb.CommitRequest(reservation_id=r.reservation_id, actual_usd="0.25"))
                 if attempt % 5 == 0:  # a misbehaving neighbour in the same transactions
                     try:
-                        stub.Commit(pb.CommitRequest(reservation_id=f"bogus-{index}-{attempt}", actual_usd="1"))
+                        stub.Commit(
+                            pb.CommitRequest(reservation_id=f"bogus-{index}-{attempt}", actual_usd="1")
+                        )
                     except grpc.RpcError as exc:
                         refused_bad_commits.append(exc.code())  # type: ignore[attr-defined]
         except BaseException as exc:
@@ -61,7 +69,9 @@ def test_committed_plus_reserved_stays_within_the_limit_at_every_sampled_instant
     watcher.join()
 
     assert errors == []
-    assert server.sidecar.batcher is not None and server.sidecar.batcher.largest > 1  # requests did share transactions
+    assert (
+        server.sidecar.batcher is not None and server.sidecar.batcher.largest > 1
+    )  # requests did share transactions
     assert len(samples) > 20
     assert max(samples) <= Decimal(20)
     status = server.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="org"))

@@ -26,13 +26,23 @@ def test_the_documented_example_config_is_valid_and_declares_its_budgets() -> No
 
 def test_defaults_without_a_file_use_ports_clear_of_a_collector_prometheus_and_grafana() -> None:
     config = create_default_config().validate_all()
-    ports = {int(a.rsplit(":", 1)[1]) for a in (config.server.listen, config.receivers.otlp.grpc_listen, config.receivers.otlp.http_listen, config.metrics.listen)}
+    ports = {
+        int(a.rsplit(":", 1)[1])
+        for a in (
+            config.server.listen,
+            config.receivers.otlp.grpc_listen,
+            config.receivers.otlp.http_listen,
+            config.metrics.listen,
+        )
+    }
     assert ports == {7310, 7317, 7318, 7319}
     assert not ports & {4317, 4318, 8888, 9090, 3000, 13133}
 
 
 def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
-    config = parse_config('[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = 10.1\nperiod = "daily"\non_exceed = "warn"\n')
+    config = parse_config(
+        '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = 10.1\nperiod = "daily"\non_exceed = "warn"\n'
+    )
     assert config.budgets[0].limit_usd == Decimal("10.1")
 
 
@@ -41,22 +51,59 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
     [
         ("[server]\nlisten = 'localhost'\n", "cfg.toml: server.listen: must be host:port"),
         ("[server]\nlistn = '127.0.0.1:1'\n", "cfg.toml: server.listn: unknown key"),
-        ("[store]\nsynchronous = 'sometimes'\n", "cfg.toml: store.synchronous: Input should be 'normal' or 'full'"),
-        ("[ledger]\ntime_zone = 'Mars/Base'\n", "cfg.toml: ledger.time_zone: unknown time zone 'Mars/Base'"),
-        ("[ledger]\ndefault_ttl_seconds = 7200\n", "cfg.toml: ledger.default_ttl_seconds: 7200 is above ledger.max_ttl_seconds"),
-        ("[ledger]\ndefault_alert_thresholds = [0]\n", "cfg.toml: ledger.default_alert_thresholds: each threshold"),
-        ("[alerts.webhook]\nurl = 'ftp://x'\n", "cfg.toml: alerts.webhook.url: must be an http:// or https:// URL"),
-        ("[metrics]\nenabled = true\n", "cfg.toml: metrics.enabled: this component is not part of this version"),
-        ("[metrics]\nlisten = '127.0.0.1:7310'\n", "cfg.toml: metrics.listen: port 7310 is already used by server.listen"),
-        ("[server\n", "cfg.toml: invalid TOML"),
-        ('[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "-1"\nperiod = "daily"\non_exceed = "warn"\n', "cfg.toml: budgets[0].limit_usd: must not be negative"),
-        ('[[budgets]]\nid = "a"\nscope = "tribe"\nlimit_usd = "1"\nperiod = "daily"\non_exceed = "warn"\n', "cfg.toml: budgets[0].scope: Input should be 'organization', 'team'"),
-        ('[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "1"\nperiod = "hourly"\non_exceed = "warn"\n', "cfg.toml: budgets[0].period: unknown period 'hourly'"),
-        ('[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "1"\nperiod = "daily"\n', "cfg.toml: budgets[0].on_exceed: Field required"),
-        ('[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "x"\nperiod = "daily"\non_exceed = "warn"\n', "cfg.toml: budgets[0].limit_usd: Input should be a valid decimal"),
-        ('[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = 1\nperiod = "daily"\non_exceed = "warn"\ntime_zone = "X/Y"\n', "cfg.toml: budgets[0].time_zone: unknown time zone"),
         (
-            '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = 1\nperiod = "daily"\non_exceed = "warn"\n' * 2,
+            "[store]\nsynchronous = 'sometimes'\n",
+            "cfg.toml: store.synchronous: Input should be 'normal' or 'full'",
+        ),
+        ("[ledger]\ntime_zone = 'Mars/Base'\n", "cfg.toml: ledger.time_zone: unknown time zone 'Mars/Base'"),
+        (
+            "[ledger]\ndefault_ttl_seconds = 7200\n",
+            "cfg.toml: ledger.default_ttl_seconds: 7200 is above ledger.max_ttl_seconds",
+        ),
+        (
+            "[ledger]\ndefault_alert_thresholds = [0]\n",
+            "cfg.toml: ledger.default_alert_thresholds: each threshold",
+        ),
+        (
+            "[alerts.webhook]\nurl = 'ftp://x'\n",
+            "cfg.toml: alerts.webhook.url: must be an http:// or https:// URL",
+        ),
+        (
+            "[metrics]\nenabled = true\n",
+            "cfg.toml: metrics.enabled: this component is not part of this version",
+        ),
+        (
+            "[metrics]\nlisten = '127.0.0.1:7310'\n",
+            "cfg.toml: metrics.listen: port 7310 is already used by server.listen",
+        ),
+        ("[server\n", "cfg.toml: invalid TOML"),
+        (
+            '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "-1"\nperiod = "daily"\non_exceed = "warn"\n',
+            "cfg.toml: budgets[0].limit_usd: must not be negative",
+        ),
+        (
+            '[[budgets]]\nid = "a"\nscope = "tribe"\nlimit_usd = "1"\nperiod = "daily"\non_exceed = "warn"\n',
+            "cfg.toml: budgets[0].scope: Input should be 'organization', 'team'",
+        ),
+        (
+            '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "1"\nperiod = "hourly"\non_exceed = "warn"\n',
+            "cfg.toml: budgets[0].period: unknown period 'hourly'",
+        ),
+        (
+            '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "1"\nperiod = "daily"\n',
+            "cfg.toml: budgets[0].on_exceed: Field required",
+        ),
+        (
+            '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "x"\nperiod = "daily"\non_exceed = "warn"\n',
+            "cfg.toml: budgets[0].limit_usd: Input should be a valid decimal",
+        ),
+        (
+            '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = 1\nperiod = "daily"\non_exceed = "warn"\ntime_zone = "X/Y"\n',
+            "cfg.toml: budgets[0].time_zone: unknown time zone",
+        ),
+        (
+            '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = 1\nperiod = "daily"\non_exceed = "warn"\n'
+            * 2,
             "cfg.toml: budgets[1].id: 'a' is declared already at budgets[0]",
         ),
     ],
@@ -73,9 +120,13 @@ def test_a_missing_file_is_named() -> None:
 
 
 def test_a_port_in_use_fails_at_start_naming_the_key(tmp_path: Path) -> None:
-    first = create_sidecar(parse_config(f'[server]\nlisten = "127.0.0.1:0"\n[store]\npath = "{tmp_path / "a.db"}"\n')).start()
+    first = create_sidecar(
+        parse_config(f'[server]\nlisten = "127.0.0.1:0"\n[store]\npath = "{tmp_path / "a.db"}"\n')
+    ).start()
     try:
-        clash = parse_config(f'[server]\nlisten = "{first.address}"\n[store]\npath = "{tmp_path / "b.db"}"\n', source="b.toml")
+        clash = parse_config(
+            f'[server]\nlisten = "{first.address}"\n[store]\npath = "{tmp_path / "b.db"}"\n', source="b.toml"
+        )
         with pytest.raises(ConfigError, match=rf"b\.toml: server\.listen: cannot serve on {first.address}"):
             create_sidecar(clash).start()
     finally:
@@ -87,18 +138,30 @@ def test_a_config_budget_that_collides_with_an_api_budget_fails_at_start(tmp_pat
 
     db = f'[store]\npath = "{tmp_path / "s.db"}"\n[server]\nlisten = "127.0.0.1:0"\n'
     sidecar = create_sidecar(parse_config(db))
-    sidecar.ledger.create_budget(BudgetDraft(id="mine", scope=Scope.TEAM, limit_usd=Decimal(1), period="daily", on_exceed=OnExceed.WARN))
+    sidecar.ledger.create_budget(
+        BudgetDraft(
+            id="mine", scope=Scope.TEAM, limit_usd=Decimal(1), period="daily", on_exceed=OnExceed.WARN
+        )
+    )
     sidecar.store.close()
-    declared = db + '[[budgets]]\nid = "mine"\nscope = "team"\nlimit_usd = 1\nperiod = "daily"\non_exceed = "block"\n'
+    declared = (
+        db
+        + '[[budgets]]\nid = "mine"\nscope = "team"\nlimit_usd = 1\nperiod = "daily"\non_exceed = "block"\n'
+    )
     with pytest.raises(ConfigError, match="budgets: budget 'mine' exists already, created through the API"):
         create_sidecar(parse_config(declared, source="s.toml"))
 
 
 def test_the_console_script_refuses_a_bad_config_with_exit_code_2(tmp_path: Path) -> None:
     bad = tmp_path / "sidecar.toml"
-    bad.write_text('[[budgets]]\nid = "x"\nscope = "team"\nlimit_usd = "-3"\nperiod = "daily"\non_exceed = "block"\n')
+    bad.write_text(
+        '[[budgets]]\nid = "x"\nscope = "team"\nlimit_usd = "-3"\nperiod = "daily"\non_exceed = "block"\n'
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "paymaster.cli", "sidecar", "--config", str(bad)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "paymaster.cli", "sidecar", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert f"{bad}: budgets[0].limit_usd: must not be negative, got '-3'" in result.stderr

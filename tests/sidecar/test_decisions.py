@@ -10,12 +10,21 @@ from collector_processor.ledger_types import Decision
 from collector_processor.periods import Window, parse_period
 
 
-def state(action: OnExceed, *, used: int = 0, reserved: int = 0, limit: int = 1_000_000, bid: str = "b") -> BudgetState:
+def state(
+    action: OnExceed, *, used: int = 0, reserved: int = 0, limit: int = 1_000_000, bid: str = "b"
+) -> BudgetState:
     budget = Budget(
         id=bid, name=bid.upper(), scope=Scope.TEAM, scope_id="search", limit_usd=Decimal(limit) / 10**6,
         period=parse_period("daily"), time_zone="UTC", on_exceed=action, alert_thresholds=(),
     )  # fmt: skip
-    return BudgetState(budget=budget, entity="search", limit=limit, used=used, reserved=reserved, window=Window(0, 86_400_000))
+    return BudgetState(
+        budget=budget,
+        entity="search",
+        limit=limit,
+        used=used,
+        reserved=reserved,
+        window=Window(0, 86_400_000),
+    )
 
 
 def test_a_budget_is_exceeded_when_used_plus_reserved_plus_estimate_passes_the_limit() -> None:
@@ -63,13 +72,19 @@ def test_downgrade_without_a_cheaper_estimate_holds_the_full_estimate_until_the_
     plan = plan_reservation([down], 200_000, downgrade_estimate=None, resend=False)
     assert (plan.decision, plan.hold, plan.awaiting_downgrade_estimate) == (Decision.DOWNGRADE, 200_000, True)
     resent = plan_reservation([down], 150_000, downgrade_estimate=None, resend=True)
-    assert (resent.decision, resent.hold) == (Decision.DOWNGRADE, 150_000)  # the cheaper path is admitted past the limit
+    assert (resent.decision, resent.hold) == (
+        Decision.DOWNGRADE,
+        150_000,
+    )  # the cheaper path is admitted past the limit
 
 
 def test_block_budgets_still_apply_to_the_cheaper_path() -> None:
     down = state(OnExceed.DOWNGRADE, used=900_000, bid="soft")
     hard = state(OnExceed.BLOCK, used=900_000, limit=1_500_000, bid="hard")
-    assert plan_reservation([down, hard], 200_000, downgrade_estimate=700_000, resend=False).decision is Decision.DENY
+    assert (
+        plan_reservation([down, hard], 200_000, downgrade_estimate=700_000, resend=False).decision
+        is Decision.DENY
+    )
     fits = plan_reservation([down, hard], 200_000, downgrade_estimate=100_000, resend=False)
     assert (fits.decision, fits.hold) == (Decision.DOWNGRADE, 100_000)
 

@@ -38,7 +38,9 @@ class Process:
         match = re.search(r"listening on (\S+)", line)
         if match is None:
             self.proc.kill()
-            raise AssertionError(f"the sidecar did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+            raise AssertionError(
+                f"the sidecar did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
         self.address = match.group(1)
         self.channel = grpc.insecure_channel(self.address)
         self.stub = budget_pb2_grpc.BudgetServiceStub(self.channel)
@@ -82,20 +84,30 @@ def test_committed_spend_and_held_reservations_survive_sigkill(config: Path) -> 
     try:
         status = second.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="team"))
         assert status.used_usd == "4.500000"  # every answered commit is there, exactly
-        assert status.reserved_usd in ("5.000000", "1.000000")  # both holds, unless the short TTL already passed
+        assert status.reserved_usd in (
+            "5.000000",
+            "1.000000",
+        )  # both holds, unless the short TTL already passed
         assert list(status.alerts_fired) == []  # 45%: nothing fired before the kill
         # A client retrying its commit after the crash is charged once.
         again = second.stub.Commit(pb.CommitRequest(reservation_id=committed[0], actual_usd="1.25"))
         assert again.duplicate
         # The 2-second TTL runs out after the restart and frees its budget; the 10-minute one holds.
         deadline = time.monotonic() + 20
-        while second.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="team")).reserved_usd != "1.000000":
+        while (
+            second.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="team")).reserved_usd
+            != "1.000000"
+        ):
             assert time.monotonic() < deadline, "the recovered reservation never expired"
             time.sleep(0.05)
         late = second.stub.Commit(pb.CommitRequest(reservation_id=held.reservation_id, actual_usd="0.5"))
         assert late.late and late.charged_usd == "0.500000"
         second.stub.Release(pb.ReleaseRequest(reservation_id=long_held.reservation_id))
         final = second.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="team"))
-        assert (final.used_usd, final.reserved_usd, list(final.alerts_fired)) == ("5.000000", "0.000000", [50])
+        assert (final.used_usd, final.reserved_usd, list(final.alerts_fired)) == (
+            "5.000000",
+            "0.000000",
+            [50],
+        )
     finally:
         assert second.terminate() == 0  # SIGTERM is a clean shutdown

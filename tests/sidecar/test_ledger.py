@@ -83,7 +83,9 @@ def test_commit_replaces_the_hold_with_the_actual_and_committing_twice_charges_o
 
 def test_record_usage_is_idempotent_by_usage_id(ledger: Ledger) -> None:
     ledger.create_budget(draft("team"))
-    cmd = RecordUsageCommand(usage_id="span-1", scopes=SEARCH, cost_usd=D("0.25"), usage=UsageFacts(model="m"))
+    cmd = RecordUsageCommand(
+        usage_id="span-1", scopes=SEARCH, cost_usd=D("0.25"), usage=UsageFacts(model="m")
+    )
     assert ledger.record_usage(cmd).charged_usd == D("0.25")
     repeat = ledger.record_usage(cmd)
     assert repeat.duplicate and repeat.charged_usd == 0
@@ -94,12 +96,16 @@ def test_usage_carrying_a_reservation_id_is_never_charged_twice(ledger: Ledger) 
     ledger.create_budget(draft("team"))
     r = reserve(ledger, "0.5")
     commit(ledger, r.reservation_id, "0.4")  # type: ignore[attr-defined]
-    late_trace = RecordUsageCommand(usage_id="span-9", scopes=SEARCH, cost_usd=D("0.4"), reservation_id=r.reservation_id)  # type: ignore[attr-defined]
+    late_trace = RecordUsageCommand(
+        usage_id="span-9", scopes=SEARCH, cost_usd=D("0.4"), reservation_id=r.reservation_id
+    )  # type: ignore[attr-defined]
     assert ledger.record_usage(late_trace).duplicate
     # A trace that arrives first commits the reservation; the client's own commit is then a duplicate.
     r2 = reserve(ledger, "0.5")
     first = ledger.record_usage(
-        RecordUsageCommand(usage_id="span-10", scopes=SEARCH, cost_usd=D("0.2"), reservation_id=r2.reservation_id)  # type: ignore[attr-defined]
+        RecordUsageCommand(
+            usage_id="span-10", scopes=SEARCH, cost_usd=D("0.2"), reservation_id=r2.reservation_id
+        )  # type: ignore[attr-defined]
     )
     assert first.charged_usd == D("0.2") and not first.duplicate
     assert commit(ledger, r2.reservation_id, "0.2").duplicate  # type: ignore[attr-defined]
@@ -142,7 +148,9 @@ def test_release_gives_the_hold_back_and_is_harmless_to_repeat(ledger: Ledger) -
         ledger.release("no-such-reservation")
 
 
-def test_reservations_and_their_ttls_survive_a_restart(store_factory: StoreFactory, clock: ManualClock) -> None:
+def test_reservations_and_their_ttls_survive_a_restart(
+    store_factory: StoreFactory, clock: ManualClock
+) -> None:
     before = Ledger(store_factory.open(), clock=clock)
     before.create_budget(draft("team", limit="1"))
     r = reserve(before, "0.7", ttl_ms=30_000)
@@ -155,7 +163,9 @@ def test_reservations_and_their_ttls_survive_a_restart(store_factory: StoreFacto
     assert commit(after, r.reservation_id, "0.1").late  # type: ignore[attr-defined]
 
 
-def test_a_new_period_starts_from_zero_and_the_old_one_is_left_alone(ledger: Ledger, clock: ManualClock) -> None:
+def test_a_new_period_starts_from_zero_and_the_old_one_is_left_alone(
+    ledger: Ledger, clock: ManualClock
+) -> None:
     ledger.create_budget(draft("team", limit="10", period="daily"))
     clock.set(START.replace(hour=23, minute=59))
     r = reserve(ledger, "9.9")
@@ -169,7 +179,10 @@ def test_a_new_period_starts_from_zero_and_the_old_one_is_left_alone(ledger: Led
     commit(ledger, held.reservation_id, "0.1")  # type: ignore[attr-defined]
     assert reserve(ledger, "9.8").decision is Decision.ALLOW  # type: ignore[attr-defined]
     days = ledger.usage(UsageQuery(group_by=(Dimension.DAY,)))
-    assert [(row.key, row.totals.cost_usd) for row in days.rows] == [(("2025-03-14",), D("9.9")), (("2025-03-15",), D("0.1"))]
+    assert [(row.key, row.totals.cost_usd) for row in days.rows] == [
+        (("2025-03-14",), D("9.9")),
+        (("2025-03-15",), D("0.1")),
+    ]
 
 
 def test_a_rolling_window_forgets_spend_as_it_ages(ledger: Ledger, clock: ManualClock) -> None:
@@ -195,7 +208,10 @@ def test_thresholds_fire_once_per_period_across_restarts_and_again_next_period(
     spend("1", ledger)  # 50%
     spend("3.5", ledger)  # 85%: crosses 80
     store = store_factory.opened[-1]
-    assert [(a.threshold_percent, str(a.used_usd)) for a in store.alerts_after(0, limit=10)] == [(50, "5.000000"), (80, "8.500000")]
+    assert [(a.threshold_percent, str(a.used_usd)) for a in store.alerts_after(0, limit=10)] == [
+        (50, "5.000000"),
+        (80, "8.500000"),
+    ]
     store_factory.close_all()
     restarted = Ledger(store_factory.open(), clock=clock)
     spend("0.5", restarted)  # 90%: nothing new after the restart
@@ -220,8 +236,12 @@ def test_each_entity_of_a_wildcard_budget_has_its_own_alerts(ledger: Ledger) -> 
     assert [(a.scope_id, a.threshold_percent) for a in alerts] == [("ada", 80), ("bob", 80)]
 
 
-def test_a_rolling_window_threshold_re_arms_once_spend_falls_below_it(ledger: Ledger, clock: ManualClock) -> None:
-    ledger.create_budget(draft("team", limit="1", period="rolling_1h", thresholds=(80,), on_exceed=OnExceed.WARN))
+def test_a_rolling_window_threshold_re_arms_once_spend_falls_below_it(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    ledger.create_budget(
+        draft("team", limit="1", period="rolling_1h", thresholds=(80,), on_exceed=OnExceed.WARN)
+    )
     commit(ledger, reserve(ledger, "0.85").reservation_id, "0.85")  # type: ignore[attr-defined]
     commit(ledger, reserve(ledger, "0.05").reservation_id, "0.05")  # type: ignore[attr-defined]
     assert len(ledger.store.alerts_after(0, limit=10)) == 1
@@ -271,7 +291,9 @@ def test_config_budgets_are_owned_by_the_config(ledger: Ledger) -> None:
         ledger.get_budget("gone")
 
 
-def test_concurrent_reservations_never_hold_more_than_a_block_budget(store_factory: StoreFactory, clock: ManualClock) -> None:
+def test_concurrent_reservations_never_hold_more_than_a_block_budget(
+    store_factory: StoreFactory, clock: ManualClock
+) -> None:
     """Property: at every sampled instant, committed + reserved <= limit, while 8 threads race."""
     ledger = Ledger(store_factory.open(), clock=clock, settings=LedgerSettings(default_ttl_ms=60_000))
     ledger.create_budget(draft("team", limit="5"))
@@ -307,7 +329,6 @@ def test_concurrent_reservations_never_hold_more_than_a_block_budget(store_facto
     assert len(granted) == 24  # 0.2 committed each, the 25th 0.25 estimate no longer fits
 
 
-
 _OPS = st.lists(
     st.one_of(
         st.tuples(st.just("reserve"), st.integers(0, 400), st.sampled_from(["acme", "acme2"])),
@@ -336,7 +357,9 @@ def test_property_committed_plus_reserved_never_exceeds_a_block_limit(
     for op, a, b in ops:
         if op == "reserve":
             amount = D(a) * 7 / 1000  # up to $2.80, in odd amounts
-            r = ledger.reserve(ReserveCommand(scopes=ScopeSet(organization=str(b), team="search"), estimate_usd=amount))
+            r = ledger.reserve(
+                ReserveCommand(scopes=ScopeSet(organization=str(b), team="search"), estimate_usd=amount)
+            )
             if r.decision is Decision.ALLOW:
                 held.append((r.reservation_id, str(b), amount, r.expires_ms))
         elif op == "commit" and held:

@@ -51,7 +51,11 @@ def test_the_same_instant_is_in_different_days_in_different_zones() -> None:
 
 def test_calendar_spend_lives_in_one_bucket_per_period() -> None:
     daily, utc = parse_period("daily"), zone("UTC")
-    assert daily.bucket_of(ms(2025, 3, 14, 1), utc) == daily.bucket_of(ms(2025, 3, 14, 23), utc) == ms(2025, 3, 14)
+    assert (
+        daily.bucket_of(ms(2025, 3, 14, 1), utc)
+        == daily.bucket_of(ms(2025, 3, 14, 23), utc)
+        == ms(2025, 3, 14)
+    )
     assert daily.bucket_of(ms(2025, 3, 15, 0), utc) == ms(2025, 3, 15)
     assert daily.alert_key(ms(2025, 3, 14, 5), utc) == ms(2025, 3, 14)
 
@@ -72,17 +76,22 @@ def test_rolling_window_counts_a_bucket_while_any_part_of_it_is_inside() -> None
     assert rolling.alert_key(now, utc) == 0  # rolling windows re-arm instead of resetting
 
 
-@pytest.mark.parametrize(("spec", "window_ms"), [("rolling_7d", 7 * 86_400_000), ("rolling_90m", 90 * 60_000), ("ROLLING_2H", 7_200_000)])
+@pytest.mark.parametrize(
+    ("spec", "window_ms"),
+    [("rolling_7d", 7 * 86_400_000), ("rolling_90m", 90 * 60_000), ("ROLLING_2H", 7_200_000)],
+)
 def test_rolling_specs(spec: str, window_ms: int) -> None:
     assert parse_period(spec).window_ms == window_ms
 
 
-@pytest.mark.parametrize("spec", ["", "hourly", "rolling_0h", "rolling_24", "rolling_400d", "rolling_h", "monthly "])
+@pytest.mark.parametrize(
+    "spec", ["", "hourly", "rolling_0h", "rolling_24", "rolling_400d", "rolling_h", "monthly "]
+)
 def test_unknown_periods_are_refused_with_what_is_accepted(spec: str) -> None:
     if spec == "monthly ":
         assert parse_period(spec).spec == "monthly"  # surrounding space is forgiven
         return
-    with pytest.raises(ValueError, match="daily|rolling"):
+    with pytest.raises(ValueError, match=r"daily|rolling"):
         parse_period(spec)
 
 

@@ -39,5 +39,7 @@ def test_importing_paymaster_loads_neither_grpc_nor_the_generated_code() -> None
         "bad = [m for m in sys.modules if m == 'grpc' or m.startswith(('grpc.', 'paymaster.v1', 'collector_processor'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
     assert result.returncode == 0, result.stdout + result.stderr
