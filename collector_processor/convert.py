@@ -31,7 +31,13 @@ from collector_processor.ledger_types import (
     ReserveOutcome,
     UsageFacts,
 )
-from collector_processor.money import format_percentage, format_usd, parse_usd
+from collector_processor.money import (
+    format_micros,
+    format_percentage,
+    format_percentage_of,
+    format_usd,
+    parse_usd,
+)
 from collector_processor.usage import Dimension, UsageQuery, UsageReport, UsageTotals
 from paymaster.v1 import budget_pb2 as pb
 
@@ -172,11 +178,11 @@ def add_infos(target: Any, infos: Iterable[BudgetInfo]) -> None:
             budget_name=i.budget_name,
             scope=SCOPE_TO_PB[i.scope],
             scope_id=i.scope_id,
-            used_usd=format_usd(i.used_usd),
-            reserved_usd=format_usd(i.reserved_usd),
-            limit_usd=format_usd(i.limit_usd),
-            remaining_usd=format_usd(i.remaining_usd),
-            percentage=format_percentage(i.percentage),
+            used_usd=format_micros(i.used_micros),
+            reserved_usd=format_micros(i.reserved_micros),
+            limit_usd=format_micros(i.limit_micros),
+            remaining_usd=format_micros(i.remaining_micros),
+            percentage=format_percentage_of(i.used_micros, i.limit_micros),
             exceeded=i.exceeded,
             action=ACTION_TO_PB[i.action],
         )

@@ -19,7 +19,7 @@ from decimal import Decimal
 from collector_processor.budgets import Budget, OnExceed
 from collector_processor.clock import ms_to_datetime
 from collector_processor.ledger_types import BudgetInfo, Decision
-from collector_processor.money import micros_to_usd, percentage
+from collector_processor.money import micros_to_usd
 from collector_processor.periods import Window
 
 _BLOCK, _WARN, _DOWNGRADE = OnExceed.BLOCK, OnExceed.WARN, OnExceed.DOWNGRADE
@@ -56,7 +56,7 @@ class BudgetState:
     """The period or window measured."""
 
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Verdict:
     """The evaluation of one estimate against a list of states."""
 
@@ -72,7 +72,7 @@ class Verdict:
     """One sentence per exceeded warn budget."""
 
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Plan:
     """What a reservation will do: the decision and the amount to hold on every matching budget."""
 
@@ -184,11 +184,9 @@ def _info(s: BudgetState, exceeded: bool) -> BudgetInfo:
         budget_name=b.name,
         scope=b.scope,
         scope_id=s.entity,
-        used_usd=micros_to_usd(s.used),
-        reserved_usd=micros_to_usd(s.reserved),
-        limit_usd=micros_to_usd(s.limit),
-        remaining_usd=micros_to_usd(max(s.limit - s.used - s.reserved, 0)),
-        percentage=percentage(s.used, s.limit),
+        used_micros=s.used,
+        reserved_micros=s.reserved,
+        limit_micros=s.limit,
         exceeded=exceeded,
         action=b.on_exceed,
         period_start_ms=s.window.start_ms,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExistsError",
+    "BatchAbortedError",
     "FailedPreconditionError",
     "InvalidRequestError",
     "NotFoundError",
@@ -48,3 +49,10 @@ class FailedPreconditionError(SidecarError):
 
 class StoreUnavailableError(SidecarError):
     """The store could not be reached or stayed locked past its timeout (gRPC ``UNAVAILABLE``); retry."""
+
+
+class BatchAbortedError(SidecarError):
+    """A transaction shared by several operations was rolled back because one of them failed part-way.
+
+    None of them took effect; the caller runs each again on its own. Never reaches a client.
+    """

@@ -167,7 +167,7 @@ class Ledger:
         ttl = self._validate_reserve(command)
         now = self.clock.now_ms()
         return self.store.reserve(
-            command, reservation_id=secrets.token_hex(16), expires_ms=now + ttl, now_ms=now
+            command, reservation_id=_reservation_id(now), expires_ms=now + ttl, now_ms=now
         )
 
     def _validate_reserve(self, c: ReserveCommand) -> int:
@@ -260,6 +260,12 @@ class Ledger:
         while (n := self.store.expire_due(now_ms=self.clock.now_ms())) > 0:
             total += n
         return total
+
+
+def _reservation_id(now_ms: int) -> str:
+    """32 hex digits: the time first, then 80 random bits. Ids that grow with time are appended to the
+    end of the store's indexes instead of landing on a random page each, which keeps every commit small."""
+    return f"{now_ms:012x}{secrets.token_hex(10)}"
 
 
 def _non_negative(value: Decimal, field: str) -> None:

@@ -12,6 +12,7 @@ from decimal import Decimal
 from enum import IntEnum, StrEnum
 
 from collector_processor.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.money import micros_to_usd, percentage
 
 __all__ = [
     "Alert",
@@ -68,9 +69,13 @@ class UsageFacts:
     """Output tokens spent on reasoning."""
 
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class BudgetInfo:
-    """One matching budget as a request sees it, for the budget's current period and the request's entity."""
+    """One matching budget as a request sees it, for the budget's current period and the request's entity.
+
+    Amounts are kept as exact integer micro-dollars (every response carries several of these, and
+    formatting integers is cheap) and read as ``Decimal`` through the ``*_usd`` properties.
+    """
 
     budget_id: str
     """The budget."""
@@ -80,16 +85,12 @@ class BudgetInfo:
     """Its scope."""
     scope_id: str
     """The entity (the request's id for ``scope``)."""
-    used_usd: Decimal
+    used_micros: int
     """Committed spend in the period."""
-    reserved_usd: Decimal
+    reserved_micros: int
     """Held by reservations in flight, not counting the one being made."""
-    limit_usd: Decimal
+    limit_micros: int
     """The limit."""
-    remaining_usd: Decimal
-    """``limit - used - reserved``, never below zero."""
-    percentage: Decimal
-    """Committed spend as a percentage of the limit, two places rounded down."""
     exceeded: bool
     """The request would take the budget past its limit (or, after a charge, spend is past it)."""
     action: OnExceed
@@ -99,8 +100,34 @@ class BudgetInfo:
     period_end_ms: int
     """When the period resets; for a rolling window, the instant of measurement."""
 
+    @property
+    def remaining_micros(self) -> int:
+        """``limit - used - reserved``, never below zero."""
+        return max(self.limit_micros - self.used_micros - self.reserved_micros, 0)
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+    @property
+    def used_usd(self) -> Decimal:
+        return micros_to_usd(self.used_micros)
+
+    @property
+    def reserved_usd(self) -> Decimal:
+        return micros_to_usd(self.reserved_micros)
+
+    @property
+    def limit_usd(self) -> Decimal:
+        return micros_to_usd(self.limit_micros)
+
+    @property
+    def remaining_usd(self) -> Decimal:
+        return micros_to_usd(self.remaining_micros)
+
+    @property
+    def percentage(self) -> Decimal:
+        """Committed spend as a percentage of the limit, two places rounded down."""
+        return percentage(self.used_micros, self.limit_micros)
+
+
+@dataclass(kw_only=True, slots=True)
 class CheckOutcome:
     """What a reservation would be answered now."""
 
@@ -138,7 +165,7 @@ class ReserveCommand:
     """The model the caller intends to call."""
 
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class ReserveOutcome:
     """The answer to a reservation."""
 
@@ -178,7 +205,7 @@ class CommitCommand:
     """Model and token facts."""
 
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class CommitOutcome:
     """What a commit did."""
 
@@ -196,7 +223,7 @@ class CommitOutcome:
     """Sequences of the alerts this commit fired."""
 
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class ReleaseOutcome:
     """What a release did."""
 
@@ -226,7 +253,7 @@ class RecordUsageCommand:
     """A reservation this spend belongs to: committed instead of charged twice."""
 
 
-@dataclass(kw_only=True, frozen=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class RecordUsageOutcome:
     """What recording usage did."""
 

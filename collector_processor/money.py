@@ -14,7 +14,9 @@ from paymaster._money import to_decimal, to_micros
 
 __all__ = [
     "MICROS_PER_USD",
+    "format_micros",
     "format_percentage",
+    "format_percentage_of",
     "format_usd",
     "micros_to_usd",
     "parse_usd",
@@ -68,3 +70,19 @@ def percentage(used_micros: int, limit_micros: int) -> Decimal:
 
 def format_percentage(value: Decimal) -> str:
     return f"{value:.2f}"
+
+
+def format_micros(micros: int) -> str:
+    """The wire form of a whole number of micro-dollars, straight from the integer: ``'12.500000'``."""
+    if micros < 0:
+        return "-" + format_micros(-micros)
+    whole, frac = divmod(micros, MICROS_PER_USD)
+    return f"{whole}.{frac:06d}"
+
+
+def format_percentage_of(used_micros: int, limit_micros: int) -> str:
+    """``percentage(used, limit)`` in its wire form, with integer arithmetic only."""
+    if limit_micros <= 0:
+        return "100.00"
+    hundredths = used_micros * 10_000 // limit_micros
+    return f"{hundredths // 100}.{hundredths % 100:02d}"

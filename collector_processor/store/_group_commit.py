@@ -3,10 +3,13 @@
 A transaction's fixed cost (taking the write lock, appending its pages to the log) is most of what a
 small ledger operation costs. Threads that arrive while a transaction is running queue their
 operations; the next thread to take the lock runs the whole queue in one ``BEGIN IMMEDIATE ...
-COMMIT``, each operation inside its own savepoint, so a refused request rolls back alone and never
-takes its neighbours with it. Nobody gets an answer before the ``COMMIT`` that made it durable. A lone
-operation runs in its own transaction with no hand-off to another thread, so a single client pays
-nothing for the batching.
+COMMIT``. Nobody gets an answer before the ``COMMIT`` that made it durable. A lone operation runs in
+its own transaction with no hand-off to another thread, so a single client pays nothing for batching.
+
+Operations refuse requests (raise ``SidecarError``) only before their first write, so a refused
+request leaves nothing behind in a shared transaction and its neighbours carry on without a savepoint
+each. Any other exception may have left a half-done write: the whole transaction is rolled back and
+every operation in it runs again alone, so only the failing one fails.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from collector_processor.errors import StoreUnavailableError
+from collector_processor.errors import BatchAbortedError, SidecarError, StoreUnavailableError
 
 __all__ = ["GroupCommitter"]
 
@@ -43,7 +46,7 @@ class GroupCommitter:
         self._conn = conn
         self._describe = describe
         self._on_rollback = on_rollback
-        self._lock = threading.Lock()  # held by the thread running a batch
+        self._lock = threading.Lock()  # held by the thread running a transaction
         self._queue_lock = threading.Lock()
         self._queue: list[_Job] = []
         self._local = threading.local()
@@ -53,43 +56,41 @@ class GroupCommitter:
     def lock(self) -> threading.Lock:
         return self._lock
 
+    # -- explicit batches (the asyncio server) ---------------------------------------------------
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Every ``run`` from this thread inside the block shares one transaction, committed at its end.
 
-        Each operation still runs in its own savepoint. The caller must not hand results to anyone
-        before the block has exited without an exception: only then are they durable.
+        The caller must not hand results to anyone before the block has exited without an exception:
+        only then are they durable. ``BatchAbortedError`` means an operation failed part-way and
+        nothing was kept: run each operation again on its own.
         """
         with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailableError(f"the store at {self._describe} is busy: {exc}") from exc
-            self.transaction += 1
+            self._begin()
             self._local.open = True
+            self._local.aborted = False
             try:
                 yield
             except BaseException:
-                conn.execute("ROLLBACK")
-                self._on_rollback()
+                self._rollback()
                 raise
             finally:
                 self._local.open = False
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                self._on_rollback()
-                raise StoreUnavailableError(f"the store at {self._describe} could not commit: {exc}") from exc
+            if self._local.aborted:
+                self._rollback()
+                raise BatchAbortedError("an operation failed part-way through a shared transaction")
+            self._commit()
 
+    # -- implicit batches (threads) ---------------------------------------------------------------
     def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if getattr(self._local, "open", False):
-            inner = _Job(fn)
-            self._run_in_savepoint(inner)
-            if inner.error is not None:
-                raise inner.error
-            return inner.result
+            try:
+                return fn(self._conn)
+            except SidecarError:
+                raise  # refused before writing anything
+            except Exception as exc:
+                self._local.aborted = True
+                raise self._translate(exc) from exc
         job = _Job(fn)
         with self._queue_lock:
             self._queue.append(job)
@@ -97,65 +98,80 @@ class GroupCommitter:
             if not job.done:
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
-                self._run_batch(batch)
+                try:
+                    if len(batch) == 1 or not self._run_shared(batch):
+                        for queued in batch:
+                            self._run_alone(queued)
+                finally:
+                    for queued in batch:
+                        queued.done = True
         if job.error is not None:
             raise job.error
         return job.result
 
-    def _run_batch(self, batch: list[_Job]) -> None:
-        conn = self._conn
+    def _run_shared(self, batch: list[_Job]) -> bool:
+        """Run ``batch`` in one transaction; False when it had to be rolled back and run job by job."""
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                self._fail(batch, exc)
-                return
-            self.transaction += 1
-            if len(batch) == 1:
-                if not self._run_alone(batch[0]):
-                    return
-            else:
-                for job in batch:
-                    self._run_in_savepoint(job)
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
-                self._on_rollback()
-                self._fail([j for j in batch if j.error is None], exc)
-        finally:
+            self._begin()
+        except StoreUnavailableError as exc:
             for job in batch:
-                job.done = True
+                job.error = exc
+            return True
+        for job in batch:
+            try:
+                job.result = job.fn(self._conn)
+            except SidecarError as exc:
+                job.error = exc
+            except Exception:
+                self._rollback()
+                for other in batch:
+                    other.result, other.error = None, None
+                return False
+        try:
+            self._commit()
+        except StoreUnavailableError as exc:
+            for job in batch:
+                job.result, job.error = None, job.error or exc
+        return True
 
-    def _run_alone(self, job: _Job) -> bool:
-        """Run the only job of a batch; False when it failed and its transaction was rolled back."""
+    def _run_alone(self, job: _Job) -> None:
+        try:
+            self._begin()
+        except StoreUnavailableError as exc:
+            job.error = exc
+            return
         try:
             job.result = job.fn(self._conn)
-            return True
         except Exception as exc:
             job.error = self._translate(exc)
-            self._conn.execute("ROLLBACK")
-            self._on_rollback()
-            return False
-
-    def _run_in_savepoint(self, job: _Job) -> None:
-        conn = self._conn
-        conn.execute("SAVEPOINT op")
+            self._rollback()
+            return
         try:
-            job.result = job.fn(conn)
-        except Exception as exc:
-            job.error = self._translate(exc)
-            conn.execute("ROLLBACK TO op")
-            self._on_rollback()
-        conn.execute("RELEASE op")
+            self._commit()
+        except StoreUnavailableError as exc:
+            job.result, job.error = None, exc
+
+    # -- transactions ------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(f"the store at {self._describe} is busy: {exc}") from exc
+        self.transaction += 1
+
+    def _commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreUnavailableError(f"the store at {self._describe} could not commit: {exc}") from exc
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:  # some errors make SQLite roll back by itself
+            self._conn.execute("ROLLBACK")
+        self._on_rollback()
 
     def _translate(self, exc: Exception) -> Exception:
         if isinstance(exc, sqlite3.OperationalError):
             return StoreUnavailableError(f"the store at {self._describe} is busy or failing: {exc}")
         return exc
-
-    def _fail(self, jobs: list[_Job], exc: sqlite3.Error) -> None:
-        error = StoreUnavailableError(f"the store at {self._describe} is busy or failing: {exc}")
-        for job in jobs:
-            job.result = None
-            job.error = error

@@ -67,14 +67,16 @@ def sync_config_budgets(conn: sqlite3.Connection, budgets: Sequence[Budget], *, 
         b.id: b for b in (budget_from_row(r) for r in conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets"))
     }
     declared = {b.id for b in budgets}
+    for budget in budgets:  # refuse before writing anything
+        old = existing.get(budget.id)
+        if old is not None and not old.declared_in_config:
+            raise FailedPreconditionError(
+                f"budget {budget.id!r} exists already, created through the API; delete it or declare another id"
+            )
     for budget in budgets:
         old = existing.get(budget.id)
         if old is None:
             insert_budget(conn, budget)
-        elif not old.declared_in_config:
-            raise FailedPreconditionError(
-                f"budget {budget.id!r} exists already, created through the API; delete it or declare another id"
-            )
         elif _meaning(old) != _meaning(budget):
             # A different scope, entity, period or zone is a different budget: its spend starts from zero.
             delete_budget(conn, budget.id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import NamedTuple
 
 from collector_processor.budgets import ScopeSet
@@ -42,12 +43,6 @@ __all__ = [
     "standing",
 ]
 
-_STATE_SQL = (
-    "SELECT (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
-    " WHERE budget_id = ?1 AND entity = ?2 AND bucket_ms >= ?3),"
-    " (SELECT COALESCE(SUM(reserved_micros), 0) FROM holds"
-    " WHERE budget_id = ?1 AND entity = ?2 AND generation = ?4)"
-)
 _ADD_HOLD_SQL = (
     "INSERT INTO holds (budget_id, entity, generation, reserved_micros) VALUES (?, ?, ?, ?)"
     " ON CONFLICT DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros"
@@ -99,22 +94,40 @@ def load_reservation(conn: sqlite3.Connection, reservation_id: str) -> Reservati
 def read_states(
     conn: sqlite3.Connection, matched: Sequence[tuple[LiveBudget, str]], now_ms: int
 ) -> list[BudgetState]:
-    states = []
+    """The standing of every matched budget, read with one statement however many there are."""
+    if not matched:
+        return []
+    args: list[object] = []
     for live, entity in matched:
         budget = live.budget
-        lowest = budget.period.lowest_bucket(now_ms, live.tz)
-        used, reserved = conn.execute(_STATE_SQL, (budget.id, entity, lowest, budget.generation)).fetchone()
-        states.append(
-            BudgetState(
-                budget=budget,
-                entity=entity,
-                limit=live.limit,
-                used=used,
-                reserved=reserved,
-                window=budget.period.window(now_ms, live.tz),
-            )
+        args += (budget.id, entity, budget.period.lowest_bucket(now_ms, live.tz), budget.generation)
+    rows = conn.execute(_states_sql(len(matched)), args).fetchall()
+    return [
+        BudgetState(
+            budget=live.budget,
+            entity=entity,
+            limit=live.limit,
+            used=used,
+            reserved=reserved,
+            window=live.budget.period.window(now_ms, live.tz),
         )
-    return states
+        for (live, entity), (used, reserved) in zip(matched, rows, strict=True)
+    ]
+
+
+@lru_cache(maxsize=32)
+def _states_sql(count: int) -> str:
+    """Used and reserved of ``count`` (budget, entity) pairs, in request order, as one statement."""
+    parts = []
+    for i in range(count):
+        b = 4 * i
+        parts.append(
+            f"SELECT {i} AS k, (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
+            f" WHERE budget_id = ?{b + 1} AND entity = ?{b + 2} AND bucket_ms >= ?{b + 3}) AS u,"
+            f" (SELECT COALESCE(SUM(reserved_micros), 0) FROM holds"
+            f" WHERE budget_id = ?{b + 1} AND entity = ?{b + 2} AND generation = ?{b + 4}) AS r"
+        )
+    return f"SELECT u, r FROM ({' UNION ALL '.join(parts)}) ORDER BY k"
 
 
 def standing(

@@ -7,6 +7,9 @@ once-per-period de-duplication). Period roll-over needs no operation at all: spe
 bucket, so a new period is simply a new bucket. Several sidecars may share one store (a SQLite file
 on one host, or a cluster store); implementations decide with ``collector_processor.decisions`` so
 that every store answers alike.
+
+Operations refuse a request (raise a ``SidecarError``) only before their first write: a refused
+operation leaves nothing behind, even when it shares a transaction with others (``batch``).
 """
 
 from __future__ import annotations
@@ -160,7 +163,8 @@ class LedgerStore(Protocol):
     def batch(self) -> AbstractContextManager[None]:
         """A block in which the calling thread's operations commit together at its end (group commit);
         each stays atomic on its own. Results must not be released before the block exits cleanly.
-        A store without batching may return a context that does nothing."""
+        ``BatchAbortedError`` on exit means an operation failed part-way and nothing was kept: run each
+        operation again alone. A store without batching may return a context that does nothing."""
         ...
 
     # -- housekeeping ----------------------------------------------------------------------------

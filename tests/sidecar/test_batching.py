@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import pytest
+
 from collector_processor.batching import Batcher
-from collector_processor.budgets import ScopeSet
+from collector_processor.budgets import Scope, ScopeSet
 from collector_processor.errors import NotFoundError
 from collector_processor.ledger import Ledger
 from collector_processor.ledger_types import CommitCommand, ReserveCommand
@@ -74,3 +76,95 @@ def test_a_validation_error_is_raised_to_its_own_caller_only(ledger: Ledger) -> 
     bad, good = asyncio.run(turn())
     assert isinstance(bad, ValueError) and str(bad).startswith("scopes: at least one")
     assert good.decision.value == "allow"  # type: ignore[attr-defined]
+
+
+def test_a_call_failing_part_way_aborts_the_shared_transaction_and_the_rest_run_again_alone(
+    ledger: Ledger, store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector_processor.store import _sqlite_spend
+
+    ledger.create_budget(draft("team", limit="10"))
+    ledger.create_budget(draft("boom", limit="10", scope_id="boom"))
+    good = ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(1)))
+    bad = ledger.reserve(ReserveCommand(scopes=ScopeSet(team="boom"), estimate_usd=Decimal(1)))
+    real_charge = _sqlite_spend.charge
+
+    def charge(conn, index, scopes, amount, **kwargs):  # type: ignore[no-untyped-def]
+        if scopes.team == "boom":  # after the reservation row and its holds were already written
+            raise RuntimeError("disk on fire")
+        return real_charge(conn, index, scopes, amount, **kwargs)
+
+    monkeypatch.setattr(_sqlite_spend, "charge", charge)
+    batcher = Batcher(ledger.store)
+
+    async def turn() -> list[object]:
+        return await asyncio.gather(
+            batcher.run(
+                lambda: ledger.commit(
+                    CommitCommand(reservation_id=good.reservation_id, actual_usd=Decimal("0.5"))
+                )
+            ),
+            batcher.run(
+                lambda: ledger.commit(
+                    CommitCommand(reservation_id=bad.reservation_id, actual_usd=Decimal("0.5"))
+                )
+            ),
+            batcher.run(lambda: ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(2)))),
+            return_exceptions=True,
+        )
+
+    committed, failed, reserved = asyncio.run(turn())
+    assert isinstance(failed, RuntimeError)
+    assert committed.charged_usd == Decimal("0.5")  # type: ignore[attr-defined]
+    reopened = Ledger(store_factory.open(), clock=ledger.clock)
+    assert (reopened.budget_status("team").used_usd, reopened.budget_status("team").reserved_usd) == (
+        Decimal("0.5"),
+        Decimal(2),
+    )
+    # Nothing of the failed commit survived: its reservation is still held, its spend not charged.
+    assert (reopened.budget_status("boom").used_usd, reopened.budget_status("boom").reserved_usd) == (
+        Decimal(0),
+        Decimal(1),
+    )
+    assert reserved.reservation_id  # type: ignore[attr-defined]
+
+
+def test_threads_share_transactions_and_a_failure_part_way_fails_only_its_own_call(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from collector_processor.store import _sqlite_spend
+
+    ledger.create_budget(draft("team", Scope.TEAM, None, limit="1000"))
+    real_charge = _sqlite_spend.charge
+
+    def charge(conn, index, scopes, amount, **kwargs):  # type: ignore[no-untyped-def]
+        if scopes.team == "boom":
+            raise RuntimeError("disk on fire")
+        return real_charge(conn, index, scopes, amount, **kwargs)
+
+    monkeypatch.setattr(_sqlite_spend, "charge", charge)
+    start = threading.Barrier(16)
+    results: dict[str, object] = {}
+
+    def work(team: str) -> None:
+        r = ledger.reserve(ReserveCommand(scopes=ScopeSet(team=team), estimate_usd=Decimal(1)))
+        start.wait()
+        try:
+            results[team] = ledger.commit(
+                CommitCommand(reservation_id=r.reservation_id, actual_usd=Decimal(1))
+            )
+        except Exception as exc:
+            results[team] = exc
+
+    teams = ["boom", *(f"t{i}" for i in range(15))]
+    threads = [threading.Thread(target=work, args=(team,)) for team in teams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results.pop("boom"), RuntimeError)
+    assert all(r.charged_usd == Decimal(1) for r in results.values())  # type: ignore[attr-defined]
+    assert ledger.budget_status("team", "boom").reserved_usd == Decimal(1)  # still held, nothing charged
+    assert sum(ledger.budget_status("team", t).used_usd for t in results) == Decimal(15)
