@@ -32,6 +32,7 @@ class Batcher:
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._scheduled = False
         self._hops = self._quiet = self._seen = 0
+        self._last_size = 0
         self.batches = 0
         """Transactions run (for metrics and tests)."""
         self.largest = 0
@@ -50,9 +51,13 @@ class Batcher:
         return future
 
     def _hop(self) -> None:
-        # Each hop is one more turn of the loop, in which more requests can arrive and join. Keep
-        # waiting while they do (up to MAX_HOPS turns); a lone caller waits only PATIENCE turns.
+        # Each hop is one more turn of the loop, in which more requests can arrive and join. Under
+        # load (the last transaction was shared) keep waiting while they do, up to MAX_HOPS turns;
+        # a caller that was alone last time is most likely alone again and is served at once.
         self._hops += 1
+        if self._last_size <= 1 and len(self._pending) == 1:
+            self._flush()
+            return
         if len(self._pending) > self._seen:
             self._seen, self._quiet = len(self._pending), 0
         else:
@@ -65,6 +70,7 @@ class Batcher:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._pending = self._pending, []
+        self._last_size = len(batch)
         self.batches += 1
         self.largest = max(self.largest, len(batch))
         if len(batch) > 1 and self._run_shared(batch):
