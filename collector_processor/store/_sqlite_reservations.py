@@ -43,11 +43,6 @@ __all__ = [
     "standing",
 ]
 
-_ADD_HOLD_SQL = (
-    "INSERT INTO holds (budget_id, entity, generation, reserved_micros) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros"
-)
-_DROP_HOLD_SQL = "UPDATE holds SET reserved_micros = reserved_micros - ? WHERE budget_id = ? AND entity = ? AND generation = ?"
 RES_COLS = (
     "id, state, organization, team, agent, workflow, user, held_micros, holds, decision, awaiting, "
     "deciding_budget_id, reason, warnings, expires_ms, charged_micros, released_micros, late, provider, model"
@@ -141,16 +136,37 @@ def _hold_keys(states: Sequence[BudgetState]) -> list[tuple[str, int, str]]:
     return [(s.budget.id, s.budget.generation, s.entity) for s in states]
 
 
+# One statement for all of a reservation's budgets, not one per budget: every statement costs a round
+# through the sqlite3 module (and a hand-off of the interpreter lock to the network thread).
 def add_holds(conn: sqlite3.Connection, holds: Sequence[tuple[str, int, str]], amount: int) -> None:
-    if amount:
-        conn.executemany(_ADD_HOLD_SQL, [(bid, entity, gen, amount) for bid, gen, entity in holds])
+    if amount and holds:
+        args = [v for bid, gen, entity in holds for v in (bid, entity, gen, amount)]
+        conn.execute(_add_holds_sql(len(holds)), args)
 
 
 def drop_holds(conn: sqlite3.Connection, holds: str, amount: int) -> None:
-    if amount and holds:
-        conn.executemany(
-            _DROP_HOLD_SQL, [(amount, bid, entity, gen) for bid, gen, entity in decode_holds(holds)]
-        )
+    keys = decode_holds(holds) if amount else []
+    if keys:
+        args = [amount, *(v for bid, gen, entity in keys for v in (bid, entity, gen))]
+        conn.execute(_drop_holds_sql(len(keys)), args)
+
+
+@lru_cache(maxsize=32)
+def _add_holds_sql(count: int) -> str:
+    rows = ", ".join(["(?, ?, ?, ?)"] * count)
+    return (
+        f"INSERT INTO holds (budget_id, entity, generation, reserved_micros) VALUES {rows}"
+        " ON CONFLICT DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros"
+    )
+
+
+@lru_cache(maxsize=32)
+def _drop_holds_sql(count: int) -> str:
+    keys = ", ".join(["(?, ?, ?)"] * count)
+    return (
+        "UPDATE holds SET reserved_micros = reserved_micros - ?"
+        f" WHERE (budget_id, entity, generation) IN (VALUES {keys})"
+    )
 
 
 # -- reservations ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import replace
+from functools import lru_cache
 
 from collector_processor.budgets import ScopeSet
 from collector_processor.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
@@ -42,12 +43,6 @@ _STANDING_SQL = (
 _UPSERT_SPEND_SQL = (
     "INSERT INTO spend (budget_id, entity, bucket_ms, used_micros) VALUES (?1, ?2, ?3, ?4)"
     " ON CONFLICT DO UPDATE SET used_micros = used_micros + excluded.used_micros"
-)
-# A calendar bucket is the whole period, so the upsert itself returns the period's spend, and the
-# budget's holds come back in the same statement.
-_CHARGE_CALENDAR_SQL = (
-    _UPSERT_SPEND_SQL + " RETURNING used_micros,"
-    " (SELECT reserved_micros FROM holds WHERE budget_id = ?1 AND entity = ?2 AND generation = ?5)"
 )
 # Settle a reservation as committed and read it back in one statement; no row means it is unknown or
 # was committed already.
@@ -196,23 +191,24 @@ def charge(
 ) -> tuple[tuple[BudgetInfo, ...], list[int]]:
     """Add ``amount`` spent at ``at_ms`` to every matching budget (disabled ones too: they keep counting),
     then fire the thresholds it reached. Returns the enabled budgets' standing and the alerts fired."""
+    matched = index.match(scopes, enabled_only=False)
+    standing_after = _charge_calendar(
+        conn, [m for m in matched if not m[0].budget.period.is_rolling], amount, at_ms
+    )
     states: list[BudgetState] = []
     fired: list[int] = []
-    for live, entity in index.match(scopes, enabled_only=False):
+    for live, entity in matched:
         budget = live.budget
         period = budget.period
-        bucket = period.bucket_of(at_ms, live.tz)
         if period.is_rolling:
-            conn.execute(_UPSERT_SPEND_SQL, (budget.id, entity, bucket, amount))
+            conn.execute(_UPSERT_SPEND_SQL, (budget.id, entity, period.bucket_of(at_ms, live.tz), amount))
             window = period.window(now_ms, live.tz)
             lowest = period.lowest_bucket(now_ms, live.tz)
             used, held = conn.execute(
                 _STANDING_SQL, (budget.id, entity, lowest, budget.generation)
             ).fetchone()
         else:
-            used, held = conn.execute(
-                _CHARGE_CALENDAR_SQL, (budget.id, entity, bucket, amount, budget.generation)
-            ).fetchone()
+            used, held = standing_after[(budget.id, entity)]
             window = period.window(at_ms, live.tz)
         if not budget.enabled:
             continue
@@ -223,6 +219,33 @@ def charge(
         if budget.alert_thresholds:
             fired.extend(_fire_alerts(conn, live, state, now_ms))
     return budget_infos(states, [s.used > s.limit for s in states]), fired
+
+
+def _charge_calendar(
+    conn: sqlite3.Connection, matched: list[tuple[LiveBudget, str]], amount: int, at_ms: int
+) -> dict[tuple[str, str], tuple[int, int | None]]:
+    """Charge every calendar budget in one statement. A calendar bucket is the whole period, so the
+    upsert itself returns each period's spend, and each budget's holds come back with it."""
+    if not matched:
+        return {}
+    args: list[object] = []
+    for live, entity in matched:
+        args += (live.budget.id, entity, live.budget.period.bucket_of(at_ms, live.tz), amount)
+    rows = conn.execute(_charge_calendar_sql(len(matched)), args).fetchall()
+    return {(bid, entity): (used, held) for bid, entity, used, held in rows}
+
+
+@lru_cache(maxsize=32)
+def _charge_calendar_sql(count: int) -> str:
+    rows = ", ".join(["(?, ?, ?, ?)"] * count)
+    return (
+        f"INSERT INTO spend (budget_id, entity, bucket_ms, used_micros) VALUES {rows}"
+        " ON CONFLICT DO UPDATE SET used_micros = used_micros + excluded.used_micros"
+        " RETURNING budget_id, entity, used_micros,"
+        " (SELECT reserved_micros FROM holds WHERE holds.budget_id = spend.budget_id"
+        " AND holds.entity = spend.entity"
+        " AND holds.generation = (SELECT generation FROM budgets WHERE budgets.id = spend.budget_id))"
+    )
 
 
 def _fire_alerts(conn: sqlite3.Connection, live: LiveBudget, s: BudgetState, now_ms: int) -> list[int]:
