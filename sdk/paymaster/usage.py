@@ -1,0 +1,355 @@
+"""What one model call used: which model (``provider:model`` references, provider inference) and
+how many tokens and images, read from whatever a real agent returned.
+
+Agents return many shapes: pydantic-ai run results (``usage`` property, or the older ``usage()``
+method), OpenAI Chat Completions, Responses and Images responses, Anthropic ``Message``s, plain
+dicts of the same JSON. ``extract_usage`` reads them all into one ``ModelUsage`` whose counts are
+*inclusive*: ``input_tokens`` includes cached reads and cache writes, ``output_tokens`` includes
+reasoning. Anthropic reports cache tokens outside ``input_tokens``; they are added back here so
+the convention holds for every provider.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from paymaster._money import to_tokens
+from paymaster.exceptions import UsageReportError
+
+__all__ = [
+    "DEFAULT_IMAGE_QUALITY",
+    "DEFAULT_IMAGE_SIZE",
+    "ImageUsage",
+    "ModelRef",
+    "ModelUsage",
+    "canonical_provider",
+    "extract_usage",
+    "infer_provider",
+    "parse_model_ref",
+]
+
+DEFAULT_IMAGE_QUALITY = "standard"
+"""Quality assumed for an image whose response does not say (the DALL-E 3 default)."""
+DEFAULT_IMAGE_SIZE = "1024x1024"
+"""Size assumed for an image whose response does not say (the DALL-E 3 default)."""
+
+
+# --------------------------------------------------------------------------- model references
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelRef:
+    """A model and, when known, the provider that serves (and bills) it."""
+
+    provider: str | None
+    """Canonical provider name (``openai``, ``anthropic``, ``google`` ...); ``None`` when unknown."""
+    model: str
+    """The model name as the provider spells it (``gpt-4o``, ``claude-sonnet-4-5``)."""
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}" if self.provider else self.model
+
+
+# pydantic-ai's provider prefixes and a few common spellings, mapped to the name used in tables.
+_PROVIDER_ALIASES: dict[str, str] = {
+    "google-gla": "google",
+    "google-vertex": "google",
+    "vertex": "google",
+    "vertexai": "google",
+    "gemini": "google",
+    "x-ai": "xai",
+    "grok": "xai",
+    "bedrock": "aws",
+    "amazon": "aws",
+    "mistralai": "mistral",
+    "together-ai": "together",
+    "together_ai": "together",
+}
+
+# Names only one provider serves. Open-weight families (llama, mistral-7b, mixtral, gemma, qwen)
+# are hosted by many providers at different prices, so they are deliberately absent.
+_INFERENCE: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), provider)
+    for pattern, provider in (
+        (r"^(gpt-|chatgpt-|dall-e|davinci|babbage|text-davinci|whisper-|tts-|omni-moderation)", "openai"),
+        (r"^text-embedding-(?!0)", "openai"),  # text-embedding-3-small, -ada-002; not Google's -004
+        (r"^text-moderation|^computer-use-|^codex-|^ft:", "openai"),  # ft: OpenAI fine-tunes
+        (r"^o[134](-|$)", "openai"),
+        (r"^claude-", "anthropic"),
+        (r"^(gemini-|text-bison|chat-bison|imagen-|text-embedding-0)", "google"),
+        (r"^(command-|embed-english|embed-multilingual|rerank-)", "cohere"),
+        (r"^(mistral-large|mistral-medium|codestral|magistral|pixtral-large)", "mistral"),
+        (r"^deepseek-(chat|reasoner)$", "deepseek"),
+        (r"^grok-", "xai"),
+    )
+)
+_PREFIX = re.compile(r"^([a-z][a-z0-9_-]*):(.+)$")
+
+
+def canonical_provider(name: str) -> str:
+    """The table name of a provider: lower-cased, with aliases (``google-gla`` -> ``google``) resolved."""
+    key = name.strip().lower()
+    return _PROVIDER_ALIASES.get(key, key)
+
+
+def infer_provider(model: str) -> str | None:
+    """The provider of a bare model name, or ``None`` when the name is ambiguous or unknown."""
+    name = model.strip().lower()
+    for pattern, provider in _INFERENCE:
+        if pattern.search(name):
+            return provider
+    return None
+
+
+def parse_model_ref(ref: str, *, provider: str | None = None) -> ModelRef:
+    """Split ``"provider:model"`` (or infer the provider of a bare name).
+
+    OpenAI fine-tunes (``ft:gpt-4o:org::id``) and Bedrock ids (``anthropic.claude-v2:1``) contain
+    colons but no provider prefix; they are read as bare names.
+    """
+    text = ref.strip()
+    match = _PREFIX.match(text)
+    if match and match.group(1) != "ft":
+        prefix = canonical_provider(match.group(1))
+        if provider is None or canonical_provider(provider) == prefix:
+            return ModelRef(provider=prefix, model=match.group(2))
+    if provider:
+        return ModelRef(provider=canonical_provider(provider), model=text)
+    return ModelRef(provider=infer_provider(text), model=text)
+
+
+# --------------------------------------------------------------------------- usage
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ImageUsage:
+    """Images generated by one call, all of one quality and size."""
+
+    count: int
+    """Number of images."""
+    quality: str = DEFAULT_IMAGE_QUALITY
+    """``standard``, ``hd``, ``low``, ``medium``, ``high`` ..."""
+    size: str = DEFAULT_IMAGE_SIZE
+    """``<width>x<height>`` in pixels."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "count", _tokens(self.count, "image count"))
+
+    @property
+    def price_key(self) -> str:
+        """The ``paymaster.toml`` key that prices one such image."""
+        return f"price_per_image_{self.quality}_{self.size}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelUsage:
+    """What one model call used, with inclusive counts (see the module docstring)."""
+
+    input_tokens: int = 0
+    """Prompt tokens, cached reads and cache writes included."""
+    output_tokens: int = 0
+    """Completion tokens, reasoning included."""
+    cache_read_tokens: int = 0
+    """Input tokens served from the provider's prompt cache (part of ``input_tokens``)."""
+    cache_write_tokens: int = 0
+    """Input tokens written to the provider's prompt cache (part of ``input_tokens``)."""
+    reasoning_tokens: int = 0
+    """Output tokens spent on reasoning (part of ``output_tokens``)."""
+    total_tokens: int | None = None
+    """Total as the provider reported it; ``None`` means input plus output."""
+    images: tuple[ImageUsage, ...] = ()
+    """Images generated, priced per image."""
+    model: str | None = None
+    """The model the response says it came from (``gpt-4o-2024-08-06``), when it says."""
+    provider: str | None = None
+    """The provider the response says it came from, when it says."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+        ):
+            object.__setattr__(self, name, _tokens(getattr(self, name), name))
+        if self.total_tokens is not None:
+            object.__setattr__(self, "total_tokens", _tokens(self.total_tokens, "total_tokens"))
+        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
+            raise UsageReportError(
+                f"cached input tokens ({self.cache_read_tokens} read + {self.cache_write_tokens} written) "
+                f"exceed input_tokens ({self.input_tokens})"
+            )
+        if self.reasoning_tokens > self.output_tokens:
+            raise UsageReportError(
+                f"reasoning_tokens ({self.reasoning_tokens}) exceed output_tokens ({self.output_tokens})"
+            )
+
+    @property
+    def tokens(self) -> int:
+        """Tokens counted against token limits."""
+        return self.total_tokens if self.total_tokens is not None else self.input_tokens + self.output_tokens
+
+    @property
+    def image_count(self) -> int:
+        """Images of every quality and size."""
+        return sum(i.count for i in self.images)
+
+
+def _tokens(value: object, what: str) -> int:
+    try:
+        return to_tokens(value, what=what)
+    except ValueError as exc:
+        raise UsageReportError(str(exc)) from None
+
+
+_INPUT = ("input_tokens", "prompt_tokens", "request_tokens")
+_OUTPUT = ("output_tokens", "completion_tokens", "response_tokens")
+_TOKEN_FIELDS = frozenset(_INPUT + _OUTPUT)
+
+
+def extract_usage(output: object) -> ModelUsage | None:
+    """The usage ``output`` reports, or ``None`` when it reports none.
+
+    Negative or non-integral counts raise ``UsageReportError`` naming the field and the output type.
+    """
+    raw = _get(output, "usage")
+    if raw is not None and callable(raw) and not _has_tokens(raw):
+        raw = raw()  # the pydantic-ai < 1.0 ``usage()`` method
+    try:
+        images = _images(output, raw)
+        if raw is None and not images:
+            return None
+        return _read(output, raw, images)
+    except ValueError as exc:  # UsageReportError included: both gain the output's type
+        raise UsageReportError(f"{exc} (from {type(output).__name__})") from None
+
+
+def _read(output: object, raw: object, images: tuple[ImageUsage, ...]) -> ModelUsage:
+    source = raw if raw is not None else {}
+    details = _get(source, "details")
+    input_tokens = _first(source, _INPUT)
+    output_tokens = _first(source, _OUTPUT)
+    # Anthropic's names: these tokens are reported *outside* input_tokens.
+    anthropic_read = _count(source, "cache_read_input_tokens")
+    anthropic_write = _count(source, "cache_creation_input_tokens")
+    input_tokens += anthropic_read + anthropic_write
+    cache_read = (
+        anthropic_read
+        or _count(source, "cache_read_tokens")
+        or _detail(source, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
+        or _count(details, "cached_tokens")
+        or _count(details, "cache_read_input_tokens")
+    )
+    cache_write = (
+        anthropic_write
+        or _count(source, "cache_write_tokens")
+        or _detail(source, ("prompt_tokens_details", "input_tokens_details"), "cache_write_tokens")
+    )
+    reasoning = (
+        _count(source, "output_reasoning_tokens")
+        or _detail(source, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens")
+        or _detail(source, ("output_tokens_details",), "thinking_tokens")
+        or _count(details, "reasoning_tokens")
+    )
+    total = _get(source, "total_tokens")
+    model, provider = _model_hint(output)
+    return ModelUsage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        total_tokens=None if total is None else to_tokens(total, what="total_tokens"),
+        images=images,
+        model=model,
+        provider=provider,
+    )
+
+
+def _images(output: object, raw: object) -> tuple[ImageUsage, ...]:
+    """Images reported as ``images`` (a count, or a list of records) on the output, its usage or
+    its usage details; an OpenAI ``ImagesResponse`` counts its ``data`` items."""
+    for holder in (output, raw, _get(raw, "details")):
+        found = _get(holder, "images")
+        if found is None:
+            continue
+        if isinstance(found, Sequence) and not isinstance(found, (str, bytes)):
+            return tuple(_image_record(item, holder) for item in found)
+        return _image_group(to_tokens(found, what="images"), holder, output)
+    data = _get(output, "data")
+    # An images response priced by tokens (gpt-image-1 reports usage) is billed through them.
+    is_list = isinstance(data, Sequence) and not isinstance(data, (str, bytes))
+    if is_list and _get(output, "created") and (raw is None or not _has_tokens(raw)):
+        return _image_group(len(data), output, output)
+    return ()
+
+
+def _image_group(count: int, holder: object, output: object) -> tuple[ImageUsage, ...]:
+    if count == 0:
+        return ()
+    quality = _get(holder, "quality") or _get(output, "quality") or DEFAULT_IMAGE_QUALITY
+    size = _get(holder, "size") or _get(output, "size") or DEFAULT_IMAGE_SIZE
+    return (ImageUsage(count=count, quality=str(quality).lower(), size=str(size).lower()),)
+
+
+def _image_record(item: object, holder: object) -> ImageUsage:
+    if isinstance(item, ImageUsage):
+        return item
+    count = _get(item, "count")
+    return ImageUsage(
+        count=1 if count is None else to_tokens(count, what="images count"),
+        quality=str(_get(item, "quality") or _get(holder, "quality") or DEFAULT_IMAGE_QUALITY).lower(),
+        size=str(_get(item, "size") or _get(holder, "size") or DEFAULT_IMAGE_SIZE).lower(),
+    )
+
+
+def _model_hint(output: object) -> tuple[str | None, str | None]:
+    """The model (and provider) a response names: ``.model`` on OpenAI/Anthropic responses,
+    ``.response.model_name``/``.provider_name`` on pydantic-ai run results."""
+    model = _get(output, "model")
+    if isinstance(model, str) and model:
+        return model, None
+    response = _get(output, "response")
+    name = _get(response, "model_name")
+    if isinstance(name, str) and name:
+        provider = _get(response, "provider_name")
+        return name, provider if isinstance(provider, str) and provider else None
+    return None, None
+
+
+def _get(obj: object, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property that raises is an absent field, not a crash
+        return None
+
+
+def _has_tokens(obj: object) -> bool:
+    if isinstance(obj, Mapping):
+        return any(k in obj for k in _TOKEN_FIELDS)
+    return any(_get(obj, k) is not None for k in _TOKEN_FIELDS)
+
+
+def _count(obj: object, name: str) -> int:
+    value = _get(obj, name)
+    return 0 if value is None else to_tokens(value, what=name)
+
+
+def _first(obj: object, names: tuple[str, ...]) -> int:
+    for name in names:
+        value = _get(obj, name)
+        if value is not None:
+            return to_tokens(value, what=name)
+    return 0
+
+
+def _detail(obj: object, parents: tuple[str, ...], name: str) -> int:
+    for parent in parents:
+        found = _count(_get(obj, parent), name)
+        if found:
+            return found
+    return 0
