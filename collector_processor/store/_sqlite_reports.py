@@ -1,6 +1,6 @@
 """Reads and housekeeping of the SQLite store: budget status, usage reports, the alert log, pruning.
 
-Like ``_sqlite_ops`` these run on a connection the caller holds; claims and pruning inside a write
+Like ``_sqlite_reservations`` and ``_sqlite_spend`` these run on a connection the caller holds; claims and pruning inside a write
 transaction, log and report reads on the store's reader connection.
 """
 
