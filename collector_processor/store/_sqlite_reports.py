@@ -1,7 +1,7 @@
 """Reads and housekeeping of the SQLite store: budget status, usage reports, the alert log, pruning.
 
-Like ``_sqlite_reservations`` and ``_sqlite_spend`` these run on a connection the caller holds; claims and pruning inside a write
-transaction, log and report reads on the store's reader connection.
+Like ``_sqlite_reservations`` and ``_sqlite_spend`` these run on a connection the caller holds: claims
+and pruning inside a write transaction, log and report reads on the store's reader connection.
 """
 
 from __future__ import annotations
