@@ -15,6 +15,7 @@ import contextvars
 import logging
 import threading
 from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 from types import ModuleType
 from typing import Any, Literal
@@ -236,10 +237,9 @@ def _library() -> ModuleType:
     return _genai
 
 
-def library_snapshot(calc: Any = None) -> str:
+def library_snapshot(updated: datetime | None = None) -> str:
     """``genai-prices 0.2.3 (bundled data)``, or the time of the data ``UpdatePrices`` fetched."""
     version = getattr(_library(), "__version__", "unknown")
-    updated = getattr(calc, "auto_update_timestamp", None)
     data = f"data updated {updated.isoformat(timespec='seconds')}" if updated else "bundled data"
     return f"genai-prices {version} ({data})"
 
@@ -248,31 +248,104 @@ def _library_quote(ref: ModelRef, usage: ModelUsage, file: str) -> PriceQuote:
     if usage.images and not (usage.input_tokens or usage.output_tokens):
         return _unknown(ref, f"genai-prices has no per-image prices; configure {usage.images[0].price_key}")
     gp = _library()
-    try:
-        calc = gp.calc_price(
-            gp.Usage(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-            ),
-            ref.model,
-            provider_id=ref.provider,
+    linear = _linear_price(gp, ref)
+    if linear is not None:
+        cost, found = linear.cost(usage), linear
+    else:
+        try:
+            calc = gp.calc_price(_library_usage(gp, usage), ref.model, provider_id=ref.provider)
+        except (LookupError, ValueError) as exc:
+            return _unknown(ref, f"no price is configured in {file} and genai-prices cannot price it: {exc}")
+        cost = Decimal(calc.total_price)
+        found = _Linear(
+            rates=(ZERO,) * 4,
+            snapshot=library_snapshot(calc.auto_update_timestamp),
+            model_id=calc.model.id,
+            described=str(calc.model_price),
         )
-    except (LookupError, ValueError) as exc:
-        return _unknown(ref, f"no price is configured in {file} and genai-prices cannot price it: {exc}")
-    snapshot = library_snapshot(calc)
-    _warn_once(ref, calc, snapshot, file)
+    _warn_once(ref, found, file)
     return PriceQuote(
-        cost_usd=Decimal(calc.total_price),
-        source="library",
-        provider=ref.provider,
-        model=ref.model,
-        snapshot=snapshot,
+        cost_usd=cost, source="library", provider=ref.provider, model=ref.model, snapshot=found.snapshot
     )
 
 
-def _warn_once(ref: ModelRef, calc: Any, snapshot: str, file: str) -> None:
+def _library_usage(gp: ModuleType, usage: ModelUsage) -> Any:
+    return gp.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Linear:
+    """A library price that is linear in the token counts, as per-token rates."""
+
+    rates: tuple[Decimal, Decimal, Decimal, Decimal]
+    """USD per plain input, output, cache-read and cache-write token."""
+    snapshot: str
+    """The genai-prices version and data."""
+    model_id: str
+    """The library's id of the model matched."""
+    described: str
+    """The library's description of the prices, for the warning."""
+
+    def cost(self, usage: ModelUsage) -> Decimal:
+        plain = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
+        counts = (plain, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+        return sum((rate * count for rate, count in zip(self.rates, counts, strict=True)), ZERO)
+
+
+_M = 1_000_000
+_linear: dict[tuple[int, ModelRef], _Linear | None] = {}
+
+
+def _linear_price(gp: ModuleType, ref: ModelRef) -> _Linear | None:
+    """The library's price of ``ref`` as per-token rates, when it is linear in the four token counts
+    (one unconditional price set, no tiers): genai-prices' general calculation costs a few hundred
+    microseconds a call, too slow for a span-pricing pipeline, and a linear price needs none of it.
+    The rates come from ``calc_price`` itself on unit usages and are cross-checked on a mixed usage,
+    so this computes exactly what the library would. Cached per data snapshot."""
+    snapshot = gp.data_snapshot.get_snapshot()
+    key = (id(snapshot), ref)
+    if key in _linear:
+        return _linear[key]
+    found: _Linear | None = None
+    try:
+        _, info = snapshot.find_provider_model(ref.model, None, ref.provider, None)
+        prices = info.prices
+        flat = isinstance(prices, gp.types.ModelPrice) and not any(
+            isinstance(v, gp.types.TieredPrices) for v in vars(prices).values()
+        )
+        if flat:
+
+            def cost(usage: ModelUsage) -> Decimal:
+                calc = gp.calc_price(_library_usage(gp, usage), ref.model, provider_id=ref.provider)
+                return Decimal(calc.total_price)
+
+            rates = (
+                cost(ModelUsage(input_tokens=_M)) / _M,
+                cost(ModelUsage(output_tokens=_M)) / _M,
+                cost(ModelUsage(input_tokens=_M, cache_read_tokens=_M)) / _M,
+                cost(ModelUsage(input_tokens=_M, cache_write_tokens=_M)) / _M,
+            )
+            updated = snapshot.timestamp if snapshot.from_auto_update else None
+            candidate = _Linear(
+                rates=rates, snapshot=library_snapshot(updated), model_id=info.id, described=str(prices)
+            )
+            probe = ModelUsage(
+                input_tokens=7 * _M, output_tokens=3 * _M, cache_read_tokens=2 * _M, cache_write_tokens=_M
+            )
+            if cost(ModelUsage()) == 0 and cost(probe) == candidate.cost(probe):
+                found = candidate
+    except (LookupError, ValueError):
+        found = None  # the general calculation reports why
+    _linear[key] = found
+    return found
+
+
+def _warn_once(ref: ModelRef, found: _Linear, file: str) -> None:
     key = (ref.provider, ref.model)
     if key in _warned:
         return
@@ -284,9 +357,9 @@ def _warn_once(ref: ModelRef, calc: Any, snapshot: str, file: str) -> None:
         "No price configured for %s; using the default from %s (model %r: %s). Prices change: configure "
         '[cost.providers.%s."%s"] in %s to pin them.',
         ref,
-        snapshot,
-        calc.model.id,
-        calc.model_price,
+        found.snapshot,
+        found.model_id,
+        found.described,
         ref.provider,
         ref.model,
         file,

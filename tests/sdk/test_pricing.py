@@ -10,6 +10,8 @@ from pathlib import Path
 
 import genai_prices
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paymaster import pricing
 from paymaster.config import CostConfig, load_config, parse_config
@@ -221,6 +223,42 @@ def test_unconfigured_models_use_genai_prices_defaults(
     assert quote.cost_usd is not None and quote.cost_usd > 0
     assert (quote.source, quote.provider, quote.model) == ("library", provider, model)
     assert quote.snapshot == f"genai-prices {genai_prices.__version__} (bundled data)"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(
+        ["gpt-4o-mini", "claude-haiku-4-5", "claude-opus-4-1", "gemini-2.5-flash", "gemini-2.5-pro"]
+    ),
+    plain=st.integers(0, 3_000_000),
+    cache_read=st.integers(0, 1_000_000),
+    cache_write=st.integers(0, 1_000_000),
+    output=st.integers(0, 500_000),
+)
+def test_library_prices_equal_genai_prices_own_calculation_for_any_usage(
+    model: str, plain: int, cache_read: int, cache_write: int, output: int
+) -> None:
+    """Flat library prices take a fast per-token path; tiered ones (gemini-2.5-pro) the general one.
+    Both must agree with calc_price to the last digit."""
+    calc = CostCalculator(CostConfig())
+    total_in = plain + cache_read + cache_write
+    usage = ModelUsage(
+        input_tokens=total_in,
+        output_tokens=output,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=total_in,
+            output_tokens=output,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        ),
+        model,
+        provider_id=calc.resolve(model).provider,
+    ).total_price
+    assert calc.price(usage, model=model).cost_usd == expected
 
 
 def test_a_library_default_is_warned_about_once_per_model(
