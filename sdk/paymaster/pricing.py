@@ -20,12 +20,22 @@ from decimal import Decimal
 from types import ModuleType
 from typing import Any, Literal
 
+from paymaster._metering import PricingMeter, default_meter
 from paymaster._money import ZERO
 from paymaster.config import CostConfig, ModelPricing, PaymasterConfig, get_config
 from paymaster.exceptions import PricingNotConfiguredError
 from paymaster.usage import ModelRef, ModelUsage, parse_model_ref
 
-__all__ = ["CostCalculator", "PriceQuote", "PriceSource", "library_snapshot", "price_usage"]
+__all__ = [
+    "CostCalculator",
+    "PriceQuote",
+    "PriceSource",
+    "PricingMeter",
+    "default_calculator",
+    "default_meter",
+    "library_snapshot",
+    "price_usage",
+]
 
 log = logging.getLogger("paymaster.pricing")
 
