@@ -48,13 +48,13 @@ SCOPE_TO_PB = {
     Scope.WORKFLOW: pb.SCOPE_WORKFLOW,
     Scope.USER: pb.SCOPE_USER,
 }
-SCOPE_FROM_PB = {v: k for k, v in SCOPE_TO_PB.items()}
+SCOPE_FROM_PB: dict[int, Scope] = {int(v): k for k, v in SCOPE_TO_PB.items()}
 ACTION_TO_PB = {
     OnExceed.WARN: pb.ON_EXCEED_WARN,
     OnExceed.BLOCK: pb.ON_EXCEED_BLOCK,
     OnExceed.DOWNGRADE: pb.ON_EXCEED_DOWNGRADE,
 }
-ACTION_FROM_PB = {v: k for k, v in ACTION_TO_PB.items()}
+ACTION_FROM_PB: dict[int, OnExceed] = {int(v): k for k, v in ACTION_TO_PB.items()}
 DECISION_TO_PB = {
     Decision.ALLOW: pb.DECISION_ALLOW,
     Decision.DENY: pb.DECISION_DENY,

@@ -21,10 +21,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from paymaster._composite import run_loop, run_parallel
-from paymaster._estimate import ZERO_ESTIMATE, UsageEstimate
+from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage, UsageMeter
 from paymaster._money import ZERO
-from paymaster.exceptions import PaymasterError, UsageLimitExceededError
+from paymaster.exceptions import ConfigError, PaymasterError, UsageLimitExceededError
 from paymaster.quota import Quota
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
@@ -51,9 +51,14 @@ class RunContext:
 class ExecutorCore:
     """How agent steps are estimated; shared by runs (it holds no per-run state).
 
-    ``usage_estimator`` overrides every other estimate; ``estimator_factory`` chooses one by rules;
-    without either the default heuristic applies (see ``paymaster.estimation``).
+    Precedence, as ``paymaster.estimation`` documents it: ``usage_estimator`` decides every step;
+    else the first matching rule of ``estimator_factory``; else the default heuristic (the step's
+    declared ``StepConfig`` figures, then what ``learned`` has seen of this step, then the
+    ``paymaster.toml`` hints, then a bound from the model's price, else zero). ``learned`` (a
+    ``LearningEstimator``) is fed every priced call's actual usage.
     """
+
+    __slots__ = ("estimator_factory", "learned", "usage_estimator")
 
     def __init__(
         self,
@@ -62,20 +67,31 @@ class ExecutorCore:
         estimator_factory: Any = None,
         learned: Any = None,
     ) -> None:
+        for what, value, method in (
+            ("usage_estimator", usage_estimator, "estimate"),
+            ("estimator_factory", estimator_factory, "select"),
+            ("learned", learned, "observe"),
+        ):
+            if value is not None and not callable(getattr(value, method, None)):
+                raise ConfigError(
+                    f"ExecutorCore: {what} must have a method {method}(), got {type(value).__name__}"
+                )
         self.usage_estimator = usage_estimator
         self.estimator_factory = estimator_factory
         self.learned = learned
 
     def estimate(self, step: Step, data: Any, context: RunContext) -> tuple[UsageEstimate, str]:
         """The estimate to reserve for ``step`` and the strategy that produced it."""
-        if self.usage_estimator is not None:
-            return self.usage_estimator.estimate(step, data, context), "injected"
-        cfg = step.config
-        if cfg.expected_cost_usd is not None or cfg.expected_tokens is not None:
-            return UsageEstimate(
-                cost_usd=cfg.expected_cost_usd or ZERO, tokens=cfg.expected_tokens or 0
-            ), "heuristic"
-        return ZERO_ESTIMATE, "minimal"
+        from paymaster.estimation import resolve_estimate
+
+        return resolve_estimate(
+            step,
+            data,
+            context,
+            injected=self.usage_estimator,
+            factory=self.estimator_factory,
+            learned=self.learned,
+        )
 
     def observe(self, step: Step, usage: MeasuredUsage) -> None:
         """Feed a finished call's actual usage to a learning estimator, if there is one."""

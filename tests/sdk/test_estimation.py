@@ -343,3 +343,63 @@ def test_learned_estimates_deny_an_over_budget_step_that_minimal_estimates_let_o
     assert result.total_cost_usd == Decimal("0.30")
     assert result.step_history[1].denied
     assert result.step_history[1].estimate_strategy == "injected"
+
+
+# ------------------------------------------------------------------------- through the runner
+
+
+def test_the_runner_reserves_what_the_factory_rules_and_the_heuristic_estimate(
+    factory: UsageEstimatorFactory,
+) -> None:
+    """The executor asks the documented precedence for every step: a registry rule for the steps it
+    matches, the paymaster.toml hint for a gpt-4o step, and the strategy lands in the history."""
+    factory.registry.register(lambda s: s.name == "heavy", Fixed("0.07", 70), name="heavy")
+    pipeline = Step("heavy", ModelAgent("openai:gpt-4o")) >> Step("hinted", ModelAgent("openai:gpt-4o"))
+    result = Runner(pipeline, executor=ExecutorCore(estimator_factory=factory)).run("x")
+    heavy, hinted = result.step_history
+    assert (heavy.estimate_strategy, heavy.estimate) == (
+        "registry:heavy",
+        UsageEstimate(cost_usd=Decimal("0.07"), tokens=70),
+    )
+    assert (hinted.estimate_strategy, hinted.estimate) == (
+        "config_hint",
+        UsageEstimate(cost_usd=Decimal("0.12"), tokens=600),
+    )
+
+
+def test_a_hinted_estimate_that_does_not_fit_denies_the_step_before_its_agent_runs(
+    factory: UsageEstimatorFactory,
+) -> None:
+    agent = FixedMetricAgent(cost="0.01")
+    agent.model_id = "openai:gpt-4o"  # type: ignore[attr-defined]
+    runner = Runner(
+        Step("hinted", agent),
+        usage_limits=UsageLimits(total_cost_usd_limit=Decimal("0.10")),
+        executor=ExecutorCore(estimator_factory=factory),
+    )
+    with pytest.raises(UsageLimitExceededError, match=r"^Cost limit of \$0.10 exceeded$") as info:
+        runner.run(0)
+    assert agent.calls == 0
+    assert info.value.result is not None
+    denied = info.value.result.step_history[0]
+    assert (denied.denied, denied.estimate_strategy, denied.cost_usd) == (True, "config_hint", Decimal(0))
+
+
+def test_the_runner_learns_from_finished_calls_and_then_estimates_from_them(
+    factory: UsageEstimatorFactory,
+) -> None:
+    learner = LearningEstimator(min_samples=2)
+    core = ExecutorCore(estimator_factory=factory, learned=learner)
+    strategies = [
+        Runner(Step("s", FixedMetricAgent(cost="0.25", tokens=40)), executor=core)
+        .run(0)
+        .step_history[0]
+        .estimate_strategy
+        for _ in range(3)
+    ]
+    assert strategies == ["minimal", "minimal", "learned"]
+
+
+def test_an_executor_refuses_an_estimator_without_an_estimate_method() -> None:
+    with pytest.raises(ConfigError, match=r"usage_estimator must have a method estimate\(\), got str"):
+        ExecutorCore(usage_estimator="0.1")

@@ -387,12 +387,19 @@ def test_recorded_usage_is_charged_to_the_period_it_happened_in(ledger: Ledger, 
 
     ledger.create_budget(draft("team", limit="10", period="daily"))
     yesterday = clock.now_ms() - 86_400_000
-    ledger.record_usage(RecordUsageCommand(usage_id="old", scopes=SEARCH, cost_usd=D(7), occurred_ms=yesterday))
+    ledger.record_usage(
+        RecordUsageCommand(usage_id="old", scopes=SEARCH, cost_usd=D(7), occurred_ms=yesterday)
+    )
     ledger.record_usage(RecordUsageCommand(usage_id="new", scopes=SEARCH, cost_usd=D(2)))
     assert standing(ledger, "team") == (D(2), D(0))  # yesterday's spend is not today's
     days = ledger.usage(UsageQuery(group_by=(Dimension.DAY,)))
-    assert [(row.key[0], row.totals.cost_usd) for row in days.rows] == [("2025-03-13", D(7)), ("2025-03-14", D(2))]
+    assert [(row.key[0], row.totals.cost_usd) for row in days.rows] == [
+        ("2025-03-13", D(7)),
+        ("2025-03-14", D(2)),
+    ]
     with pytest.raises(InvalidRequestError, match="occurred_at: is in the future"):
         ledger.record_usage(
-            RecordUsageCommand(usage_id="later", scopes=SEARCH, cost_usd=D(1), occurred_ms=clock.now_ms() + 3_600_000)
+            RecordUsageCommand(
+                usage_id="later", scopes=SEARCH, cost_usd=D(1), occurred_ms=clock.now_ms() + 3_600_000
+            )
         )
