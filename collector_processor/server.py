@@ -29,6 +29,7 @@ from collector_processor.clock import Clock, SystemClock
 from collector_processor.config import SidecarConfig, create_default_config, load_config
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
 from collector_processor.ledger import Ledger
+from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.servicer import BudgetServicer
 from collector_processor.sinks import OtelLogSink, WebhookSink
 from collector_processor.store import LedgerStore, SqliteStore
@@ -56,8 +57,11 @@ class Sidecar:
         dispatcher: AlertDispatcher | None,
         sweeper: Sweeper,
         on_close: list[Any],
+        metrics: SelfMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else SelfMetrics()
+        """This sidecar's own counters and histograms, read by its metrics exporters."""
         self.store = store
         self.ledger = ledger
         self.hub = hub
