@@ -9,7 +9,6 @@ are imported inside the commands, so ``import paymaster`` never pays for them.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -274,13 +273,9 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        demo = importlib.import_module("paymaster.demo")
-    except ImportError:
-        raise CliError("the demo is not part of this installation", 2) from None
-    sys.argv = ["paymaster demo", *args.demo_args]
-    result = demo.main()
-    return result if isinstance(result, int) else 0
+    from paymaster import demo
+
+    return demo.main(args.demo_args)
 
 
 # -- arguments -------------------------------------------------------------------------------------
@@ -312,8 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--model")
     usage.add_argument("--time-zone", help="IANA zone for day/week/month/quarter/year keys")
 
-    demo = sub.add_parser("demo", help="run a governed pipeline and print its costs")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    # The demo parses its own options (paymaster demo --help lists them).
+    sub.add_parser("demo", help="run a governed pipeline and print its costs", add_help=False)
     return parser
 
 
@@ -363,7 +358,13 @@ def _budget_parsers(budgets: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    # The demo's own options (--limit ...) pass through untouched; argparse's REMAINDER would take
+    # them for this parser's.
+    args, extra = _parser().parse_known_args(argv)
+    if extra and args.command != "demo":
+        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "demo":
+        args.demo_args = extra
     try:
         if args.command == "sidecar":
             return cmd_sidecar(args)

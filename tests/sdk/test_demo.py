@@ -1,0 +1,50 @@
+"""The demo the README's first command runs: a priced table per run, the halt, and its history."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from paymaster import demo
+
+
+def test_the_demo_prices_every_call_shows_its_source_and_halts_the_tight_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert demo.main([]) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("Run 2:")
+    for source in ("explicit", "library", "configured", "unknown", "config_hint"):
+        assert source in first
+    assert "total: $0.042060, 9,725 tokens, 1 call(s) of unknown cost not included" in first
+    assert "refine[2].review" in second and "denied (cost_limit)" in second
+    assert "The run halted: Cost limit of $0.03 exceeded" in second
+    assert "review [agent] denied, $0.000000 — denied before it ran: Cost limit of $0.03 exceeded" in second
+    assert "total: $0.024825" in second
+    assert "quota.reserve.denied x1" in second
+
+
+def test_a_roomy_limit_lets_the_second_run_finish(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--limit", "5"]) == 0
+    assert "The run finished within its limit." in capsys.readouterr().out
+
+
+def test_a_bad_limit_is_reported_not_raised(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--limit", "-1"]) == 2
+    assert capsys.readouterr().out.strip() == (
+        "paymaster demo: UsageLimits: total_cost_usd_limit must not be negative, got '-1'"
+    )
+
+
+def test_the_console_script_runs_the_demo() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "paymaster.cli", "demo", "--limit", "0.03"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "The run halted: Cost limit of $0.03 exceeded" in done.stdout
