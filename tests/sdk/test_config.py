@@ -20,7 +20,7 @@ from paymaster.config import (
     parse_config,
 )
 from paymaster.exceptions import ConfigError
-from paymaster.usage import ModelRef
+from paymaster.usage import ModelRef, parse_model_ref
 
 DATA = Path(__file__).parent / "data"
 PRICE_KEYS = (
@@ -229,3 +229,14 @@ def test_the_example_configuration_loads() -> None:
     config = load_config(example)
     assert config.cost.providers["openai"]["gpt-4o"].prompt_tokens_per_1k == Decimal("0.0025")
     assert config.downgrade
+
+
+def test_the_readme_configuration_example_loads_and_prices_as_it_says() -> None:
+    """The paymaster.toml shown in the README is a real, valid file."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(block, path="README.md")
+    assert config.downgrade == {"openai:gpt-4o": "openai:gpt-4o-mini"}
+    ref = parse_model_ref("openai:dall-e-3")
+    found = config.cost.pricing_for(ref)
+    assert found is not None and found[1].image_prices["price_per_image_hd_1792x1024"] == Decimal("0.120")
