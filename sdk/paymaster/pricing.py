@@ -21,9 +21,9 @@ from types import ModuleType
 from typing import Any, Literal
 
 from paymaster._metering import PricingMeter, default_meter
-from paymaster._money import ZERO
+from paymaster._money import ZERO, to_decimal
 from paymaster.config import CostConfig, ModelPricing, PaymasterConfig, get_config
-from paymaster.exceptions import PricingNotConfiguredError
+from paymaster.exceptions import PricingNotConfiguredError, UsageReportError
 from paymaster.usage import ModelRef, ModelUsage, parse_model_ref
 
 __all__ = [
@@ -109,18 +109,26 @@ class CostCalculator:
 
     def price(self, usage: ModelUsage, *, model: str, provider: str | None = None) -> PriceQuote:
         """The full quote of one call: cost, source, the library snapshot, and why when unknown."""
-        quote = self._quote(self.resolve(model, provider), usage)
+        ref = self.resolve(model, provider)
+        quote = self._quote(ref, usage)
         if not self._overridden:
             return quote
         token = _DETAIL.set(usage)
         try:
-            cost = self.calculate(model, usage.input_tokens, usage.output_tokens, provider)
+            # The override sees the model and provider apart, as the seeds' signature has them.
+            cost = self.calculate(ref.model, usage.input_tokens, usage.output_tokens, ref.provider)
         finally:
             _DETAIL.reset(token)
         if cost is None:
             return replace(
                 quote, cost_usd=None, source="unknown", reason=quote.reason or "calculate() returned None"
             )
+        try:
+            cost = to_decimal(cost, what=f"{type(self).__name__}.calculate({ref.model!r}, ...)")
+        except ValueError as exc:
+            raise UsageReportError(
+                f"{exc}; return a Decimal >= 0, or None when the cost is unknown"
+            ) from None
         # A subclass that prices a model nobody else can has, in effect, configured it.
         return replace(
             quote, cost_usd=cost, source="configured" if quote.source == "unknown" else quote.source

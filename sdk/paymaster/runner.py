@@ -33,6 +33,7 @@ class Runner:
         usage_limits: UsageLimits | None = None,
         executor: ExecutorCore | None = None,
         meter: UsageMeter | None = None,
+        cost_calculator: Any = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
         name: str | None = None,
@@ -41,8 +42,17 @@ class Runner:
             raise ConfigError(f"Runner: usage_limits must be UsageLimits, got {type(usage_limits).__name__}")
         self.pipeline = Pipeline.coerce(pipeline)
         self.usage_limits = usage_limits or UsageLimits()
-        self.executor = executor or ExecutorCore()
-        self.meter = meter if meter is not None else _default_meter()
+        if cost_calculator is not None and meter is not None:
+            raise ConfigError(
+                "Runner: give cost_calculator or meter, not both (a meter has its own calculator)"
+            )
+        self.executor = executor or _executor_for(cost_calculator)
+        if cost_calculator is not None:
+            from paymaster._metering import PricingMeter
+
+            self.meter: UsageMeter = PricingMeter(cost_calculator)
+        else:
+            self.meter = meter if meter is not None else _default_meter()
         self.name = name or self.pipeline.steps[0].name
         self._telemetry = Telemetry.for_providers(tracer_provider, meter_provider)
 
@@ -105,6 +115,15 @@ class Runner:
             span.end()
             run.tel.flush()
         return result
+
+
+def _executor_for(calculator: Any) -> ExecutorCore:
+    """The default executor; with a custom calculator, its price bounds use that calculator too."""
+    if calculator is None:
+        return ExecutorCore()
+    from paymaster.estimation import HeuristicEstimator, UsageEstimatorFactory
+
+    return ExecutorCore(estimator_factory=UsageEstimatorFactory(heuristic=HeuristicEstimator(calculator)))
 
 
 def _default_meter() -> UsageMeter:

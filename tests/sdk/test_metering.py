@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from paymaster import PricingNotConfiguredError, Runner, Step, UsageLimits, UsageReportError
+from paymaster import ConfigError, PricingNotConfiguredError, Runner, Step, UsageLimits, UsageReportError
 from paymaster._metering import MeasuredUsage, PricingMeter, agent_model, default_meter
-from paymaster.config import CONFIG_ENV_VAR, clear_config_cache, load_config
+from paymaster.config import CONFIG_ENV_VAR, PaymasterConfig, clear_config_cache, load_config
 from paymaster.pricing import CostCalculator
+from paymaster.usage import ModelUsage
 
 from .agents import FixedMetricAgent
 
@@ -286,3 +287,45 @@ def test_measuring_is_safe_from_concurrent_branches(meter: PricingMeter) -> None
     branches = {f"b{i}": Step(f"b{i}", a) for i, a in enumerate(agents)}
     result = asyncio.run(Runner(Step.parallel("fan", branches), meter=meter).run_async("x"))
     assert result.total_cost_usd == Decimal("0.0125") * 8
+
+
+class _HalfPrice(CostCalculator):
+    def calculate(
+        self, model_name: str, prompt_tokens: int, completion_tokens: int, provider: str | None = None
+    ) -> Decimal | None:
+        base = super().calculate(model_name, prompt_tokens, completion_tokens, provider)
+        return None if base is None else base / 2
+
+
+def test_a_cost_calculator_given_to_the_runner_prices_every_call() -> None:
+    agent = ModelAgent({"prompt_tokens": 1000, "completion_tokens": 500}, model_id="openai:gpt-4o")
+    calculator = _HalfPrice(load_config(DATA / "prices.toml"))
+    result = Runner(Step("s", agent), cost_calculator=calculator).run("x")
+    assert (result.total_cost_usd, result.step_history[0].cost_source) == (Decimal("0.00625"), "configured")
+
+
+def test_a_runner_takes_a_calculator_or_a_meter_not_both() -> None:
+    with pytest.raises(ConfigError, match="give cost_calculator or meter, not both"):
+        Runner(
+            Step("s", ModelAgent(None)),
+            cost_calculator=CostCalculator(PaymasterConfig()),
+            meter=PricingMeter(),
+        )
+
+
+class _FloatPrice(CostCalculator):
+    def calculate(
+        self, model_name: str, prompt_tokens: int, completion_tokens: int, provider: str | None = None
+    ) -> Any:
+        return -0.5 if model_name == "gpt-4o" else 0.25
+
+
+def test_a_calculator_returning_a_float_is_read_exactly_and_a_negative_one_is_refused() -> None:
+    calculator = _FloatPrice(load_config(DATA / "prices.toml"))
+    quote = calculator.price(ModelUsage(input_tokens=10), model="openai:gpt-4o-mini")
+    assert quote.cost_usd == Decimal("0.25")
+    with pytest.raises(
+        UsageReportError,
+        match=r"_FloatPrice.calculate\('gpt-4o', ...\) must not be negative, got -0.5; return a Decimal >= 0",
+    ):
+        calculator.price(ModelUsage(input_tokens=10), model="openai:gpt-4o")
