@@ -196,7 +196,8 @@ class SidecarConfig(_Section):
             ports[port] = key
         if self.receivers.otlp.enabled:
             raise InvalidRequestError(
-                "receivers.otlp.enabled", "this component is not part of this version of the sidecar; leave it false"
+                "receivers.otlp.enabled",
+                "this component is not part of this version of the sidecar; leave it false",
             )
 
     def _check_ledger(self) -> None:

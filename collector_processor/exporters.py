@@ -76,7 +76,9 @@ def create_exporters(
     from paymaster import __version__
 
     m = config.metrics
-    service = ServiceMetrics(metrics, max_entities_per_scope=m.max_entities_per_scope, max_models=m.max_models)
+    service = ServiceMetrics(
+        metrics, max_entities_per_scope=m.max_entities_per_scope, max_models=m.max_models
+    )
     gauges = BudgetGauges(store, clock, max_entities=m.max_entities_per_budget, refresh_s=m.refresh_seconds)
     collector = SidecarCollector(metrics, gauges=gauges, service=service, store=store, version=__version__)
     registry = build_registry(collector)

@@ -60,11 +60,20 @@ def to_metrics_data(
     metrics: list[Metric] = []
     for family in families:
         if family.type == "histogram":
+            # min and max are unknown (the buckets do not keep them): left unset on the wire.
+            unknown: Any = None
             points: list[Any] = [
                 HistogramDataPoint(
-                    attributes=attrs, start_time_unix_nano=start_ns, time_unix_nano=now_ns, count=count,
-                    sum=total, bucket_counts=counts, explicit_bounds=bounds, min=None, max=None,  # type: ignore[arg-type]
-                )  # fmt: skip
+                    attributes=attrs,
+                    start_time_unix_nano=start_ns,
+                    time_unix_nano=now_ns,
+                    count=count,
+                    sum=total,
+                    bucket_counts=counts,
+                    explicit_bounds=bounds,
+                    min=unknown,
+                    max=unknown,
+                )
                 for attrs, bounds, counts, total, count in _histograms(family)
             ]
             data: Any = Histogram(data_points=points, aggregation_temporality=cumulative)
@@ -74,7 +83,10 @@ def to_metrics_data(
             name = samples[0].name if samples else family.name
             points = [
                 NumberDataPoint(
-                    attributes=dict(s.labels), start_time_unix_nano=start_ns, time_unix_nano=now_ns, value=s.value
+                    attributes=dict(s.labels),
+                    start_time_unix_nano=start_ns,
+                    time_unix_nano=now_ns,
+                    value=s.value,
                 )
                 for s in samples
             ]

@@ -39,7 +39,11 @@ _SAMPLE_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("paymaster_budget_limit_usd", "The budget's limit per period, USD.", "limit_usd"),
     ("paymaster_budget_used_usd", "Committed spend in the current period, USD.", "used_usd"),
     ("paymaster_budget_reserved_usd", "Held by reservations in flight, USD.", "reserved_usd"),
-    ("paymaster_budget_remaining_usd", "Limit minus used minus reserved, never below zero, USD.", "remaining_usd"),
+    (
+        "paymaster_budget_remaining_usd",
+        "Limit minus used minus reserved, never below zero, USD.",
+        "remaining_usd",
+    ),
     ("paymaster_budget_used_percent", "Committed spend as a percentage of the limit.", "percent"),
     (
         "paymaster_budget_burn_rate_usd_per_hour",
@@ -122,7 +126,9 @@ def _budget_families(r: BudgetReading) -> Iterator[Metric]:
         labels=["budget", "name", "scope", "wildcard", "period", "action", "enabled", "source"],
     )
     entities = GaugeMetricFamily(
-        "paymaster_budget_entities", "Entities with spend or holds in the budget's current period.", labels=_BUDGET
+        "paymaster_budget_entities",
+        "Entities with spend or holds in the budget's current period.",
+        labels=_BUDGET,
     )
     dropped = GaugeMetricFamily(
         "paymaster_budget_entities_dropped",
@@ -145,7 +151,11 @@ def _budget_families(r: BudgetReading) -> Iterator[Metric]:
             family.add_metric([s.budget_id, s.scope, s.entity], float(getattr(s, attribute)))
         yield family
     for name, text, ms in (
-        ("paymaster_budget_period_start_timestamp_seconds", "When the current period (or window) started.", "start"),
+        (
+            "paymaster_budget_period_start_timestamp_seconds",
+            "When the current period (or window) started.",
+            "start",
+        ),
         (
             "paymaster_budget_period_end_timestamp_seconds",
             "When the current period ends; a rolling window never does, and reads the time of measurement.",
@@ -157,12 +167,16 @@ def _budget_families(r: BudgetReading) -> Iterator[Metric]:
             value = s.period_start_ms if ms == "start" else s.period_end_ms
             family.add_metric([s.budget_id, s.scope, s.entity], value / 1000)
         yield family
-    yield GaugeMetricFamily("paymaster_reservations_active", "Reservations held now.", value=r.held_reservations)
+    yield GaugeMetricFamily(
+        "paymaster_reservations_active", "Reservations held now.", value=r.held_reservations
+    )
     yield GaugeMetricFamily(
         "paymaster_reservations_held_usd", "USD held by reservations now.", value=float(r.held_usd)
     )
     yield GaugeMetricFamily(
-        "paymaster_metrics_read_seconds", "How long the last read of budget standings took.", value=r.read_seconds
+        "paymaster_metrics_read_seconds",
+        "How long the last read of budget standings took.",
+        value=r.read_seconds,
     )
 
 

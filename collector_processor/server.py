@@ -65,7 +65,9 @@ class Sidecar:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
-        self.exporters = exporters or create_exporters(config, store=store, clock=ledger.clock, metrics=self.metrics)
+        self.exporters = exporters or create_exporters(
+            config, store=store, clock=ledger.clock, metrics=self.metrics
+        )
         """Its metrics registry, ``/metrics`` endpoint and OTLP push."""
         self.store = store
         self.ledger = ledger

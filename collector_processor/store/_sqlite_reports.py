@@ -74,7 +74,9 @@ def budget_spend(conn: sqlite3.Connection, *, now_ms: int, max_entities: int) ->
     return out
 
 
-def _budget_spend(conn: sqlite3.Connection, row: tuple[Any, ...], now_ms: int, max_entities: int) -> BudgetSpend:
+def _budget_spend(
+    conn: sqlite3.Connection, row: tuple[Any, ...], now_ms: int, max_entities: int
+) -> BudgetSpend:
     live = LiveBudget.of(budget_from_row(row))
     budget = live.budget
     lowest = budget.period.lowest_bucket(now_ms, live.tz)

@@ -139,7 +139,9 @@ class InstrumentedStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
-        return self._timed("budget_status", lambda: self.inner.budget_status(budget_id, entity, now_ms=now_ms))
+        return self._timed(
+            "budget_status", lambda: self.inner.budget_status(budget_id, entity, now_ms=now_ms)
+        )
 
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         return self._timed("usage_rows", lambda: self.inner.usage_rows(flt, columns, by_slot=by_slot))
