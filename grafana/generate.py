@@ -679,7 +679,7 @@ def render_panel(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
                 "range": not p.instant,
             }
             for i, (expr, legend) in enumerate(p.targets)
-        ],  # fmt: skip
+        ],
     }
 
 
