@@ -103,9 +103,22 @@ class ReceiversSection(_Section):
     otlp: OtlpReceiverSection = OtlpReceiverSection()
 
 
+class MetricsOtlpSection(_Section):
+    endpoint: str = ""
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    headers: dict[str, str] = Field(default_factory=dict)
+    interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
 class MetricsSection(_Section):
     enabled: bool = False
     listen: str = DEFAULT_METRICS_LISTEN
+    max_entities_per_budget: int = Field(default=25, ge=1, le=10_000)
+    max_entities_per_scope: int = Field(default=100, ge=1, le=100_000)
+    max_models: int = Field(default=200, ge=1, le=100_000)
+    refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
+    otlp: MetricsOtlpSection = MetricsOtlpSection()
 
 
 class BudgetEntry(_Section):
@@ -181,14 +194,11 @@ class SidecarConfig(_Section):
             if port and port in ports:
                 raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
             ports[port] = key
-        for key, enabled in (
-            ("receivers.otlp.enabled", self.receivers.otlp.enabled),
-            ("metrics.enabled", self.metrics.enabled),
-        ):
-            if enabled:
-                raise InvalidRequestError(
-                    key, "this component is not part of this version of the sidecar; leave it false"
-                )
+        if self.receivers.otlp.enabled:
+            raise InvalidRequestError(
+                "receivers.otlp.enabled",
+                "this component is not part of this version of the sidecar; leave it false",
+            )
 
     def _check_ledger(self) -> None:
         lg = self.ledger
@@ -209,11 +219,12 @@ class SidecarConfig(_Section):
             raise InvalidRequestError(
                 "alerts.webhook.url", f"must be an http:// or https:// URL, got {hook.url!r}"
             )
-        endpoint = self.telemetry.otlp_endpoint
-        if endpoint and not re.match(r"https?://[^/\s]+", endpoint):
-            raise InvalidRequestError(
-                "telemetry.otlp_endpoint", f"must be an http:// or https:// URL, got {endpoint!r}"
-            )
+        for key, endpoint in (
+            ("telemetry.otlp_endpoint", self.telemetry.otlp_endpoint),
+            ("metrics.otlp.endpoint", self.metrics.otlp.endpoint),
+        ):
+            if endpoint and not re.match(r"https?://[^/\s]+", endpoint):
+                raise InvalidRequestError(key, f"must be an http:// or https:// URL, got {endpoint!r}")
 
     def _check_budgets(self) -> None:
         seen: dict[str, int] = {}

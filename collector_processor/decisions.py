@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from collector_processor.budgets import Budget, OnExceed
 from collector_processor.clock import ms_to_datetime
@@ -22,6 +22,7 @@ from collector_processor.ledger_types import BudgetInfo, Decision
 from collector_processor.money import micros_to_usd
 from collector_processor.periods import Window
 
+_HOUR_MS = 3_600_000
 _BLOCK, _WARN, _DOWNGRADE = OnExceed.BLOCK, OnExceed.WARN, OnExceed.DOWNGRADE
 _ALLOW, _DENY, _DOWNGRADE_DECISION = Decision.ALLOW, Decision.DENY, Decision.DOWNGRADE
 
@@ -35,6 +36,7 @@ __all__ = [
     "evaluate",
     "exceeds",
     "plan_reservation",
+    "projection",
 ]
 
 
@@ -255,3 +257,21 @@ def _usd(micros: int) -> str:
     value = micros_to_usd(micros)
     cents = value.quantize(Decimal("0.01"))
     return f"${cents}" if cents == value else f"${value.normalize():f}"
+
+
+def projection(state: BudgetState, now_ms: int) -> tuple[Decimal, Decimal]:
+    """Burn rate per hour and spend at period end if it holds; exact decimals rounded up to micro-dollars.
+
+    The burn rate is committed spend per hour since the period started (a rolling window: over the
+    window), and a rolling window projects its current spend."""
+    used = Decimal(state.used)
+    micro = Decimal(1)
+    if state.budget.period.is_rolling:
+        window = state.window.end_ms - state.window.start_ms
+        burn = (used * _HOUR_MS / window).quantize(micro, rounding=ROUND_CEILING)
+        return micros_to_usd(int(burn)), micros_to_usd(state.used)
+    elapsed = max(now_ms - state.window.start_ms, 1000)  # a second in, not a division by zero
+    length = state.window.end_ms - state.window.start_ms
+    burn = (used * _HOUR_MS / elapsed).quantize(micro, rounding=ROUND_CEILING)
+    projected = (used * length / elapsed).quantize(micro, rounding=ROUND_CEILING)
+    return micros_to_usd(int(burn)), micros_to_usd(int(projected))

@@ -221,6 +221,10 @@ class CommitOutcome:
     """Every budget charged, after the charge."""
     alerts_fired: tuple[int, ...] = ()
     """Sequences of the alerts this commit fired."""
+    scopes: ScopeSet | None = None
+    """The reservation's scopes, which were charged (``None``: the store does not say)."""
+    usage: UsageFacts | None = None
+    """The facts recorded with the spend: the commit's, with the reservation's model where it named none."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -265,6 +269,10 @@ class RecordUsageOutcome:
     """Every budget charged, after the charge."""
     alerts_fired: tuple[int, ...] = ()
     """Sequences of the alerts this recording fired."""
+    scopes: ScopeSet | None = None
+    """The scopes charged: the command's, or those of the reservation it named (``None``: not said)."""
+    usage: UsageFacts | None = None
+    """The facts recorded with the spend."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)

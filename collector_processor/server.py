@@ -28,11 +28,13 @@ from collector_processor.batching import Batcher
 from collector_processor.clock import Clock, SystemClock
 from collector_processor.config import SidecarConfig, create_default_config, load_config
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
+from collector_processor.exporters import MetricsExporters, create_exporters
 from collector_processor.ledger import Ledger
 from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.servicer import BudgetServicer
 from collector_processor.sinks import OtelLogSink, WebhookSink
 from collector_processor.store import LedgerStore, SqliteStore
+from collector_processor.store.instrumented import InstrumentedStore
 from collector_processor.sweeper import Sweeper
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2, budget_pb2_grpc
@@ -58,10 +60,15 @@ class Sidecar:
         sweeper: Sweeper,
         on_close: list[Any],
         metrics: SelfMetrics | None = None,
+        exporters: MetricsExporters | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
+        self.exporters = exporters or create_exporters(
+            config, store=store, clock=ledger.clock, metrics=self.metrics
+        )
+        """Its metrics registry, ``/metrics`` endpoint and OTLP push."""
         self.store = store
         self.ledger = ledger
         self.hub = hub
@@ -93,6 +100,11 @@ class Sidecar:
             raise ConfigError(
                 f"{self.config.source}: server.listen: cannot serve on {self.config.server.listen}: {error}"
             ) from None
+        try:
+            self.exporters.start()
+        except ConfigError:
+            self.stop()
+            raise
         if self.dispatcher is not None:
             self.dispatcher.start()
         self._sweeper.start()
@@ -113,6 +125,7 @@ class Sidecar:
         self._stopped.wait()
 
     def _close_resources(self) -> None:
+        self.exporters.stop()  # a last OTLP push reads the store
         self._sweeper.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
@@ -152,7 +165,13 @@ class Sidecar:
         )
         self.batcher = Batcher(self.store)
         budget_pb2_grpc.add_BudgetServiceServicer_to_server(
-            BudgetServicer(self.ledger, self.hub, self.batcher, max_watchers=self.config.server.max_watchers),
+            BudgetServicer(
+                self.ledger,
+                self.hub,
+                self.batcher,
+                max_watchers=self.config.server.max_watchers,
+                metrics=self.exporters.service,
+            ),
             server,
         )
         health_servicer = health_aio.HealthServicer()
@@ -181,6 +200,8 @@ def create_sidecar(
             )
         except StoreUnavailableError as exc:
             raise ConfigError(f"{config.source}: store.path: {exc}") from None
+    metrics = SelfMetrics()
+    store = InstrumentedStore(store, metrics)
     ledger = Ledger(store, clock=clock, settings=config.ledger_settings())
     try:
         ledger.load_config_budgets([entry.draft() for entry in config.budgets])
@@ -207,6 +228,8 @@ def create_sidecar(
         dispatcher=dispatcher,
         sweeper=sweeper,
         on_close=on_close,
+        metrics=metrics,
+        exporters=create_exporters(config, store=store, clock=clock, metrics=metrics),
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from time import perf_counter
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -29,6 +30,8 @@ from collector_processor.errors import (
 )
 from collector_processor.ledger import Ledger
 from collector_processor.money import parse_usd
+from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.service_metrics import ServiceMetrics
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 
@@ -49,10 +52,17 @@ Ctx: TypeAlias = Any
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-async def _abort(context: Ctx, exc: Exception) -> None:
+def _status(exc: Exception) -> grpc.StatusCode:
     for kind, code in _STATUS:
         if isinstance(exc, kind):
-            await context.abort(code, str(exc))
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(context: Ctx, exc: Exception) -> None:
+    code = _status(exc)
+    if code is not grpc.StatusCode.INTERNAL:
+        await context.abort(code, str(exc))
     log.error("unexpected error while serving a request", exc_info=exc)
     await context.abort(
         grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the sidecar log"
@@ -60,12 +70,21 @@ async def _abort(context: Ctx, exc: Exception) -> None:
 
 
 def _guarded(method: F) -> F:
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(self: BudgetServicer, request: Any, context: Ctx) -> Any:
+        start, code = perf_counter(), "OK"
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         except Exception as exc:
+            code = _status(exc).name
             await _abort(context, exc)
+        finally:
+            self._metrics.request(name, code, perf_counter() - start)
 
     return wrapper  # type: ignore[return-value]
 
@@ -73,8 +92,17 @@ def _guarded(method: F) -> F:
 class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[misc]
     """Serves the budget API from a ``Ledger``; WatchAlerts streams come from an ``AlertHub``."""
 
-    def __init__(self, ledger: Ledger, hub: AlertHub, batcher: Batcher, *, max_watchers: int = 16) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        hub: AlertHub,
+        batcher: Batcher,
+        *,
+        max_watchers: int = 16,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self._ledger = ledger
+        self._metrics = metrics or ServiceMetrics(SelfMetrics())
         self._hub = hub
         self._batcher = batcher
         self._max_watchers = max_watchers
@@ -120,17 +148,23 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
     async def CheckBudget(self, request: pb.CheckBudgetRequest, context: Ctx) -> pb.CheckBudgetResponse:
         scopes = convert.scopes_from_pb(request.scopes)
         estimate = parse_usd(request.estimate_usd, "estimate_usd", required=False)
-        return convert.check_to_pb(await self._batcher.run(lambda: self._ledger.check(scopes, estimate)))
+        outcome = await self._batcher.run(lambda: self._ledger.check(scopes, estimate))
+        self._metrics.checked(outcome)
+        return convert.check_to_pb(outcome)
 
     @_guarded
     async def Reserve(self, request: pb.ReserveRequest, context: Ctx) -> pb.ReserveResponse:
         command = convert.reserve_from_pb(request)
-        return convert.reserve_to_pb(await self._batcher.run(lambda: self._ledger.reserve(command)))
+        outcome = await self._batcher.run(lambda: self._ledger.reserve(command))
+        self._metrics.reserved(outcome)
+        return convert.reserve_to_pb(outcome)
 
     @_guarded
     async def Commit(self, request: pb.CommitRequest, context: Ctx) -> pb.CommitResponse:
         command = convert.commit_from_pb(request)
-        return convert.commit_to_pb(await self._batcher.run(lambda: self._ledger.commit(command)))
+        outcome = await self._batcher.run(lambda: self._ledger.commit(command))
+        self._metrics.committed(command, outcome)
+        return convert.commit_to_pb(outcome)
 
     @_guarded
     async def Release(self, request: pb.ReleaseRequest, context: Ctx) -> pb.ReleaseResponse:
@@ -140,7 +174,9 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
     @_guarded
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Ctx) -> pb.RecordUsageResponse:
         command = convert.record_from_pb(request)
-        return convert.record_to_pb(await self._batcher.run(lambda: self._ledger.record_usage(command)))
+        outcome = await self._batcher.run(lambda: self._ledger.record_usage(command))
+        self._metrics.recorded(command, outcome)
+        return convert.record_to_pb(outcome)
 
     # -- reports and alerts ----------------------------------------------------------------------
     @_guarded

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from collector_processor.budgets import OnExceed, Scope
-from collector_processor.decisions import BudgetState
+from collector_processor.decisions import projection
 from collector_processor.ledger_types import Alert, BudgetStatus
 from collector_processor.money import micros_to_usd, percentage
 from collector_processor.store._index import LiveBudget
 from collector_processor.store._sqlite_reservations import read_states
-from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
+from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row
+from collector_processor.store.base import USAGE_COLUMNS, BudgetSpend, EntitySpend, UsageFilter, UsageRow
 
-_HOUR_MS = 3_600_000
 _SLOT_MS = 900_000
 _ALERT_COLS = (
     "seq, alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros, action,"
@@ -35,7 +34,7 @@ def budget_status(conn: sqlite3.Connection, live: LiveBudget, entity: str, now_m
         "SELECT threshold FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = ? ORDER BY threshold",
         (budget.id, entity, period_key),
     ).fetchall()
-    burn, projected = _projection(state, now_ms)
+    burn, projected = projection(state, now_ms)
     return BudgetStatus(
         budget=budget,
         scope_id=entity,
@@ -52,19 +51,49 @@ def budget_status(conn: sqlite3.Connection, live: LiveBudget, entity: str, now_m
     )
 
 
-def _projection(state: BudgetState, now_ms: int) -> tuple[Decimal, Decimal]:
-    """Burn rate per hour and spend at period end if it holds; exact decimals rounded up to micro-dollars."""
-    used = Decimal(state.used)
-    micro = Decimal(1)
-    if state.budget.period.is_rolling:
-        window = state.window.end_ms - state.window.start_ms
-        burn = (used * _HOUR_MS / window).quantize(micro, rounding=ROUND_CEILING)
-        return micros_to_usd(int(burn)), micros_to_usd(state.used)
-    elapsed = max(now_ms - state.window.start_ms, 1000)  # a second in, not a division by zero
-    length = state.window.end_ms - state.window.start_ms
-    burn = (used * _HOUR_MS / elapsed).quantize(micro, rounding=ROUND_CEILING)
-    projected = (used * length / elapsed).quantize(micro, rounding=ROUND_CEILING)
-    return micros_to_usd(int(burn)), micros_to_usd(int(projected))
+# Spend and holds of one budget per entity; the window function counts every entity before LIMIT.
+_ENTITY_SPEND_SQL = (
+    "SELECT entity, SUM(u), SUM(r), COUNT(*) OVER () FROM ("
+    " SELECT entity, used_micros AS u, 0 AS r FROM spend WHERE budget_id = ?1 AND bucket_ms >= ?2"
+    " UNION ALL SELECT entity, 0, reserved_micros FROM holds"
+    " WHERE budget_id = ?1 AND generation = ?3 AND reserved_micros <> 0"
+    ") GROUP BY entity ORDER BY SUM(u) + SUM(r) DESC, entity LIMIT ?4"
+)
+
+
+def budget_spend(conn: sqlite3.Connection, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
+    """Every budget with its entities' standing in the current period (see ``LedgerStore.budget_spend``)."""
+    out = []
+    conn.execute("BEGIN")  # one snapshot for every budget
+    try:
+        budgets = conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets ORDER BY id").fetchall()
+        for row in budgets:
+            out.append(_budget_spend(conn, row, now_ms, max_entities))
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+def _budget_spend(
+    conn: sqlite3.Connection, row: tuple[Any, ...], now_ms: int, max_entities: int
+) -> BudgetSpend:
+    live = LiveBudget.of(budget_from_row(row))
+    budget = live.budget
+    lowest = budget.period.lowest_bucket(now_ms, live.tz)
+    limit = 1 if budget.scope_id is not None else max_entities
+    rows = conn.execute(_ENTITY_SPEND_SQL, (budget.id, lowest, budget.generation, limit)).fetchall()
+    entities = tuple(EntitySpend(entity=e, used_micros=u, reserved_micros=r) for e, u, r, _ in rows)
+    count = rows[0][3] if rows else 0
+    if budget.scope_id is not None and not entities:
+        entities, count = (EntitySpend(entity=budget.scope_id, used_micros=0, reserved_micros=0),), 1
+    return BudgetSpend(budget=budget, entities=entities, entity_count=count)
+
+
+def held_reservations(conn: sqlite3.Connection) -> tuple[int, int]:
+    count, held = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(held_micros), 0) FROM reservations WHERE state = 1"
+    ).fetchone()
+    return int(count), int(held)
 
 
 def usage_rows(

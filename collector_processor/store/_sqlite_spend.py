@@ -115,6 +115,8 @@ def _charge_reservation(
         late=bool(row.late),
         budget_info=infos,
         alerts_fired=tuple(fired),
+        scopes=row.scopes,
+        usage=facts,
     )
 
 
@@ -135,7 +137,12 @@ def record_usage(
         )
     infos, fired = charge(conn, index, command.scopes, cost, at_ms=occurred, now_ms=now_ms)
     return RecordUsageOutcome(
-        charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=tuple(fired)
+        charged_usd=micros_to_usd(cost),
+        duplicate=False,
+        budget_info=infos,
+        alerts_fired=tuple(fired),
+        scopes=command.scopes,
+        usage=command.usage,
     )
 
 
@@ -162,6 +169,8 @@ def record_against_reservation(
         duplicate=False,
         budget_info=out.budget_info,
         alerts_fired=out.alerts_fired,
+        scopes=out.scopes,
+        usage=out.usage,
     )
 
 

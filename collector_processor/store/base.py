@@ -33,7 +33,7 @@ from collector_processor.ledger_types import (
     ReserveOutcome,
 )
 
-__all__ = ["USAGE_COLUMNS", "LedgerStore", "UsageFilter", "UsageRow"]
+__all__ = ["USAGE_COLUMNS", "BudgetSpend", "EntitySpend", "LedgerStore", "UsageFilter", "UsageRow"]
 
 USAGE_COLUMNS = ("organization", "team", "agent", "workflow", "user", "provider", "model")
 
@@ -72,6 +72,30 @@ class UsageRow:
     """Total tokens."""
     records: int
     """Commits and recorded usages counted."""
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class EntitySpend:
+    """One entity's committed spend and holds on one budget in its current period or window."""
+
+    entity: str
+    """The entity (the budget's ``scope_id``, or one entity of a wildcard budget)."""
+    used_micros: int
+    """Committed spend, micro-dollars."""
+    reserved_micros: int
+    """Held by reservations in flight, micro-dollars."""
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class BudgetSpend:
+    """A budget with the spend of its entities in the current period, for metrics."""
+
+    budget: Budget
+    """The budget."""
+    entities: tuple[EntitySpend, ...]
+    """The entities listed, most ``used + reserved`` first (ties by entity)."""
+    entity_count: int
+    """Entities with spend or holds in the period, including those beyond the listing's limit."""
 
 
 class LedgerStore(Protocol):
@@ -141,6 +165,17 @@ class LedgerStore(Protocol):
 
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         """Recorded spend grouped by ``columns`` (a subset of ``USAGE_COLUMNS``) and optionally 15-minute slot."""
+        ...
+
+    def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
+        """Every budget, ordered by id, with its entities' spend and holds in the period containing
+        ``now_ms``; read-only, and never waits for writers. A budget for one entity lists it, even at
+        zero; a wildcard lists the entities with spend or holds, at most ``max_entities`` of them. Holds
+        of reservations whose TTL passed since the last expiry may still count."""
+        ...
+
+    def held_reservations(self) -> tuple[int, int]:
+        """How many reservations are held, and the micro-dollars they hold; read-only, like ``budget_spend``."""
         ...
 
     # -- alerts ----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from collector_processor.store import _sqlite_spend as spend_sql
 from collector_processor.store._group_commit import GroupCommitter
 from collector_processor.store._index import BudgetIndex, LiveBudget
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, connect
-from collector_processor.store.base import UsageFilter, UsageRow
+from collector_processor.store.base import BudgetSpend, UsageFilter, UsageRow
 
 __all__ = ["SqliteStore"]
 
@@ -283,6 +283,14 @@ class SqliteStore:
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         with self._read() as conn:
             return reports.usage_rows(conn, flt, columns, by_slot=by_slot)
+
+    def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
+        with self._read() as conn:
+            return reports.budget_spend(conn, now_ms=now_ms, max_entities=max_entities)
+
+    def held_reservations(self) -> tuple[int, int]:
+        with self._read() as conn:
+            return reports.held_reservations(conn)
 
     # -- alerts ----------------------------------------------------------------------------------
     def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:

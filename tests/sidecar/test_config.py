@@ -69,8 +69,16 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
             "cfg.toml: alerts.webhook.url: must be an http:// or https:// URL",
         ),
         (
-            "[metrics]\nenabled = true\n",
-            "cfg.toml: metrics.enabled: this component is not part of this version",
+            "[metrics]\nmax_entities_per_budget = 0\n",
+            "cfg.toml: metrics.max_entities_per_budget: Input should be greater than or equal to 1",
+        ),
+        (
+            "[metrics.otlp]\nendpoint = 'collector:4317'\n",
+            "cfg.toml: metrics.otlp.endpoint: must be an http:// or https:// URL, got 'collector:4317'",
+        ),
+        (
+            "[metrics.otlp]\nprotocol = 'thrift'\n",
+            "cfg.toml: metrics.otlp.protocol: Input should be 'grpc' or 'http/protobuf'",
         ),
         (
             "[metrics]\nlisten = '127.0.0.1:7310'\n",

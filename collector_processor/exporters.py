@@ -1,0 +1,106 @@
+"""The sidecar's metrics exporters, wired from the ``[metrics]`` config: ``/metrics`` and the OTLP push.
+
+``create_exporters`` builds what every sidecar has — its registry, whose collector reads
+``SelfMetrics`` and the store's budget standings at collection time, and the ``ServiceMetrics`` the
+servicer counts on — plus, as configured, the Prometheus endpoint (``metrics.enabled``) and the OTLP
+push (``metrics.otlp.endpoint``). ``start`` opens the endpoint's port (a port that cannot be bound is
+a ``ConfigError`` naming ``metrics.listen``); ``stop`` pushes a last time and closes both, before the
+store is closed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry
+
+from collector_processor.budget_metrics import BudgetGauges
+from collector_processor.clock import Clock
+from collector_processor.config import SidecarConfig
+from collector_processor.otlp_metrics import OtlpMetricsPusher
+from collector_processor.prometheus import MetricsEndpoint, SidecarCollector, build_registry
+from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.service_metrics import ServiceMetrics
+from collector_processor.store.base import LedgerStore
+from paymaster.exceptions import ConfigError
+
+__all__ = ["MetricsExporters", "create_exporters"]
+
+
+class MetricsExporters:
+    """A sidecar's registry, the counters its service fills, and the exporters that read them."""
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry,
+        service: ServiceMetrics,
+        endpoint: MetricsEndpoint | None,
+        pusher: OtlpMetricsPusher | None,
+        source: str,
+    ) -> None:
+        self.registry = registry
+        """Collect it for everything ``/metrics`` serves."""
+        self.service = service
+        """Counts requests, decisions, commits, spend and alerts; receivers that charge spend call it too."""
+        self.endpoint = endpoint
+        self.pusher = pusher
+        self._source = source
+
+    @property
+    def port(self) -> int:
+        """The port ``/metrics`` is served on (0 when disabled)."""
+        return self.endpoint.port if self.endpoint is not None else 0
+
+    def start(self) -> None:
+        if self.endpoint is not None:
+            try:
+                self.endpoint.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self._source}: metrics.listen: cannot serve on {self.endpoint.listen}: {exc}"
+                ) from None
+        if self.pusher is not None:
+            self.pusher.start()
+
+    def stop(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.stop()
+        if self.pusher is not None:
+            self.pusher.stop()
+
+
+def create_exporters(
+    config: SidecarConfig, *, store: LedgerStore, clock: Clock, metrics: SelfMetrics
+) -> MetricsExporters:
+    from paymaster import __version__
+
+    m = config.metrics
+    service = ServiceMetrics(
+        metrics, max_entities_per_scope=m.max_entities_per_scope, max_models=m.max_models
+    )
+    gauges = BudgetGauges(store, clock, max_entities=m.max_entities_per_budget, refresh_s=m.refresh_seconds)
+    collector = SidecarCollector(metrics, gauges=gauges, service=service, store=store, version=__version__)
+    registry = build_registry(collector)
+    pusher = None
+    if m.otlp.endpoint:
+        pusher = OtlpMetricsPusher(
+            registry,
+            endpoint=m.otlp.endpoint,
+            protocol=m.otlp.protocol,
+            headers=m.otlp.headers,
+            interval_s=m.otlp.interval_seconds,
+            timeout_s=m.otlp.timeout_seconds,
+            resource={
+                "service.name": config.telemetry.service_name,
+                "service.instance.id": f"{os.uname().nodename}:{os.getpid()}",
+                "service.version": __version__,
+            },
+        )
+    return MetricsExporters(
+        registry=registry,
+        service=service,
+        endpoint=MetricsEndpoint(registry, m.listen) if m.enabled else None,
+        pusher=pusher,
+        source=config.source,
+    )

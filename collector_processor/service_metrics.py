@@ -1,0 +1,177 @@
+"""What the budget service counts: requests and their latency, decisions, commits, spend, alerts fired.
+
+``ServiceMetrics`` turns answered requests into ``SelfMetrics`` counters and histograms. It is called
+once a request's answer is durable — after the group commit that made it so — so nothing is counted
+twice when a shared transaction is rolled back and its calls run again, and a refused request counts
+only as a request. Any receiver that charges spend through the ledger (OTLP) calls ``committed`` or
+``recorded`` the same way, so spend by model and by scope covers every path into the ledger.
+
+Labels are bounded: ``method``, ``code``, ``decision`` and ``type`` are fixed sets; ``budget`` takes
+the ids of configured budgets. Entity ids (``scope_id``) and models come from clients, so each has a
+cap: past ``max_entities_per_scope`` distinct ids of one scope, further ids are counted under
+``scope_id="__other__"``, and past ``max_models`` distinct provider/model pairs, under
+``provider="__other__", model="__other__"``. Ids seen first keep their own series for the life of the process.
+
+Alerts fired by a charge are counted by budget and threshold. The store reports them as sequences of
+its alert log; they are looked up when the metrics are read (``resolve_alerts``), off the request path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from decimal import Decimal
+
+from collector_processor.budgets import SCOPE_ORDER, OnExceed, ScopeSet
+from collector_processor.ledger_types import (
+    BudgetInfo,
+    CheckOutcome,
+    CommitCommand,
+    CommitOutcome,
+    Decision,
+    RecordUsageCommand,
+    RecordUsageOutcome,
+    ReserveOutcome,
+    UsageFacts,
+)
+from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.store.base import LedgerStore
+
+__all__ = ["OTHER", "ServiceMetrics"]
+
+OTHER = "__other__"
+"""The label value that stands for every id past a cardinality cap."""
+
+_MAX_PENDING_ALERTS = 10_000
+
+_HELP = {
+    "paymaster_rpc_requests_total": "Budget API requests answered, by method and gRPC status code.",
+    "paymaster_rpc_duration_seconds": "Time from a budget API request's arrival to its answer, by method.",
+    "paymaster_decisions_total": (
+        "Answers to Reserve and CheckBudget, by rpc, decision (allow, warn, downgrade, deny) and the budget "
+        "that decided (empty for allow)."
+    ),
+    "paymaster_commits_total": "Commits, by outcome (charged, late, duplicate).",
+    "paymaster_spend_usd_total": "USD charged to the ledger, by provider and model.",
+    "paymaster_spend_tokens_total": "Tokens charged to the ledger, by provider, model and type (input, output, other).",
+    "paymaster_scope_spend_usd_total": "USD charged to the ledger, by scope and scope id.",
+    "paymaster_scope_spend_tokens_total": "Tokens charged to the ledger, by scope and scope id.",
+    "paymaster_alerts_fired_total": "Budget threshold alerts fired by this sidecar, by budget and threshold.",
+}
+
+
+class ServiceMetrics:
+    """Counts the budget service's answers on a ``SelfMetrics``; safe to call from any thread."""
+
+    def __init__(
+        self, metrics: SelfMetrics, *, max_entities_per_scope: int = 100, max_models: int = 200
+    ) -> None:
+        self.metrics = metrics
+        for name, text in _HELP.items():
+            metrics.describe(name, text)
+        self._max_entities = max_entities_per_scope
+        self._max_models = max_models
+        self._lock = threading.Lock()
+        self._entities: dict[str, set[str]] = {scope.value: set() for scope in SCOPE_ORDER}
+        self._models: set[tuple[str, str]] = set()
+        self._pending_alerts: list[int] = []
+
+    # -- requests --------------------------------------------------------------------------------
+    def request(self, method: str, code: str, seconds: float) -> None:
+        """One answered request: its method, gRPC status code name and latency."""
+        labels = {"method": method}
+        self.metrics.observe("paymaster_rpc_duration_seconds", seconds, labels)
+        self.metrics.inc("paymaster_rpc_requests_total", 1, {"method": method, "code": code})
+
+    def reserved(self, outcome: ReserveOutcome) -> None:
+        if not outcome.replayed:  # a retry repeats an answer; it is not a new decision
+            self._decision("reserve", outcome.decision, outcome.deciding_budget_id, outcome.budget_info)
+
+    def checked(self, outcome: CheckOutcome) -> None:
+        self._decision("check", outcome.decision, outcome.deciding_budget_id, outcome.budget_info)
+
+    def _decision(self, rpc: str, decision: Decision, deciding: str, infos: Sequence[BudgetInfo]) -> None:
+        label = decision.value
+        if decision is Decision.ALLOW:
+            warned = next((i for i in infos if i.exceeded and i.action is OnExceed.WARN), None)
+            if warned is not None:
+                label, deciding = "warn", warned.budget_id
+        self.metrics.inc("paymaster_decisions_total", 1, {"rpc": rpc, "decision": label, "budget": deciding})
+
+    # -- spend -----------------------------------------------------------------------------------
+    def committed(self, command: CommitCommand, outcome: CommitOutcome) -> None:
+        kind = "duplicate" if outcome.duplicate else "late" if outcome.late else "charged"
+        self.metrics.inc("paymaster_commits_total", 1, {"outcome": kind})
+        if not outcome.duplicate:
+            facts = outcome.usage or command.usage
+            tokens = command.actual_tokens or facts.input_tokens + facts.output_tokens
+            self._charged(outcome.scopes, facts, outcome.charged_usd, tokens, outcome.alerts_fired)
+
+    def recorded(self, command: RecordUsageCommand, outcome: RecordUsageOutcome) -> None:
+        if not outcome.duplicate:
+            facts = outcome.usage or command.usage
+            tokens = command.total_tokens or facts.input_tokens + facts.output_tokens
+            scopes = outcome.scopes if outcome.scopes is not None else command.scopes
+            self._charged(scopes, facts, outcome.charged_usd, tokens, outcome.alerts_fired)
+
+    def _charged(
+        self,
+        scopes: ScopeSet | None,
+        facts: UsageFacts,
+        usd: Decimal,
+        tokens: int,
+        alerts: Sequence[int],
+    ) -> None:
+        cost = float(usd)
+        provider, model = self._model(facts.provider or "unknown", facts.model or "unknown")
+        self.metrics.inc("paymaster_spend_usd_total", cost, {"provider": provider, "model": model})
+        other = max(tokens - facts.input_tokens - facts.output_tokens, 0)
+        for kind, count in (("input", facts.input_tokens), ("output", facts.output_tokens), ("other", other)):
+            if count:
+                labels = {"provider": provider, "model": model, "type": kind}
+                self.metrics.inc("paymaster_spend_tokens_total", count, labels)
+        for scope, entity in scopes.pairs() if scopes is not None else ():
+            labels = {"scope": scope.value, "scope_id": self._entity(scope.value, entity)}
+            self.metrics.inc("paymaster_scope_spend_usd_total", cost, labels)
+            if tokens:
+                self.metrics.inc("paymaster_scope_spend_tokens_total", tokens, labels)
+        if alerts:
+            with self._lock:
+                self._pending_alerts.extend(alerts)
+                del self._pending_alerts[:-_MAX_PENDING_ALERTS]
+
+    def _entity(self, scope: str, entity: str) -> str:
+        with self._lock:
+            seen = self._entities[scope]
+            if entity in seen:
+                return entity
+            if len(seen) < self._max_entities:
+                seen.add(entity)
+                return entity
+        return OTHER
+
+    def _model(self, provider: str, model: str) -> tuple[str, str]:
+        key = (provider, model)
+        with self._lock:
+            if key in self._models:
+                return key
+            if len(self._models) < self._max_models:
+                self._models.add(key)
+                return key
+        return OTHER, OTHER
+
+    # -- alerts ----------------------------------------------------------------------------------
+    def resolve_alerts(self, store: LedgerStore) -> None:
+        """Count the alerts fired since the last call by budget and threshold, reading them from the log."""
+        with self._lock:
+            pending, self._pending_alerts = sorted(set(self._pending_alerts)), []
+        while pending:
+            found = store.alerts_after(pending[0] - 1, limit=min(len(pending) + 100, 1000))
+            by_sequence = {alert.sequence: alert for alert in found}
+            last = found[-1].sequence if found else pending[-1]
+            for sequence in [s for s in pending if s <= last]:
+                alert = by_sequence.get(sequence)
+                if alert is not None:  # not found: pruned already, which takes weeks
+                    labels = {"budget": alert.budget_id, "threshold": str(alert.threshold_percent)}
+                    self.metrics.inc("paymaster_alerts_fired_total", 1, labels)
+            pending = [s for s in pending if s > last]
