@@ -2,7 +2,8 @@
 
 Build pipelines from ``Step``s (``>>``, ``Step.loop_until``, ``Step.parallel``), run them with a
 ``Runner`` under ``UsageLimits``, and read every cent in ``result.step_history``. The quota reserves
-each step's estimate before its agent runs and reconciles the actual usage after.
+each step's estimate before its agent runs and reconciles the actual usage after; with
+``Runner(..., budget=SidecarBudget(...))`` it reserves in the budget sidecar too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,15 @@ from __future__ import annotations
 from paymaster._estimate import UsageEstimate
 from paymaster._executor import ExecutorCore, RunContext
 from paymaster._metering import MeasuredUsage, UsageMeter
+from paymaster.budget import (
+    FAIL_CLOSED,
+    FAIL_OPEN,
+    LOCAL_ONLY_LIMITS,
+    BudgetOutcome,
+    FailPolicy,
+    LeasePolicy,
+    SidecarBudget,
+)
 from paymaster.exceptions import (
     BudgetExceededError,
     ConfigError,
@@ -23,14 +33,21 @@ from paymaster.limits import UsageLimits
 from paymaster.quota import Quota, QuotaDecision
 from paymaster.result import PipelineResult, StepResult
 from paymaster.runner import Runner
+from paymaster.scopes import Scopes
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step, StepConfig
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "FAIL_CLOSED",
+    "FAIL_OPEN",
+    "LOCAL_ONLY_LIMITS",
     "BudgetExceededError",
+    "BudgetOutcome",
     "ConfigError",
     "ExecutorCore",
+    "FailPolicy",
+    "LeasePolicy",
     "LoopStep",
     "MeasuredUsage",
     "ParallelStep",
@@ -42,6 +59,8 @@ __all__ = [
     "QuotaDecision",
     "RunContext",
     "Runner",
+    "Scopes",
+    "SidecarBudget",
     "SidecarUnavailableError",
     "Step",
     "StepConfig",

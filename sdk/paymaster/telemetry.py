@@ -41,6 +41,29 @@ INSTRUMENTS: Final[dict[str, tuple[str, str]]] = {
         "{step}",
         "Agent steps finished, by outcome (ok, failed, denied, cancelled, halted).",
     ),
+    "paymaster.budget.decisions": (
+        "{step}",
+        "Sidecar budget decisions on agent steps, by decision (allow, warn, downgrade, deny, "
+        "no_downgrade_path, fail_open, fail_closed, local_only) and mode (reservation, lease, ...).",
+    ),
+    "paymaster.budget.leases": (
+        "{lease}",
+        "Budget leases, by event (acquired, refused, committed, released, commit_failed).",
+    ),
+    "paymaster.sidecar.calls": (
+        "{call}",
+        "Calls to the budget sidecar, by rpc and outcome (ok, retried, refused, unavailable, "
+        "deadline_exceeded, breaker_open, ...).",
+    ),
+    "paymaster.sidecar.replays": (
+        "{usage}",
+        "Spend kept for the sidecar while it was unreachable, by outcome (journaled, replayed, "
+        "duplicate, rejected).",
+    ),
+    "paymaster.sidecar.breaker": (
+        "{transition}",
+        "Circuit breaker transitions of the sidecar client, by the state entered (open, half_open, closed).",
+    ),
 }
 
 _BUCKETS: Final[tuple[tuple[int, str], ...]] = ((0, "0"), (1, "<=1"), (10, "<=10"), (100, "<=100"))
@@ -83,6 +106,10 @@ class Telemetry:
         if found is None:
             found = cls._cache[key] = cls(tracer_provider, meter_provider)
         return found
+
+    def count(self, name: str, value: float, attributes: dict[str, str]) -> None:
+        """Add to counter ``name`` (one of ``INSTRUMENTS``) at once; for rare events outside a run."""
+        self._instruments[name].add(value, attributes)
 
     def run_metrics(self) -> RunMetrics:
         """A counter batch for one run."""

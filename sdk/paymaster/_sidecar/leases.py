@@ -1,0 +1,170 @@
+"""Lease bookkeeping: a slice of budget held in the sidecar by one reservation, spent locally.
+
+Pure accounting, no I/O: ``BudgetSession`` does the calls. A lease admits a step's estimate with the
+sidecar's own rule (``spent + reserved + estimate`` may reach the slice, and a zero estimate needs
+room left), records each step's actual spend by model (so that the sidecar's reports by model stay
+exact when the lease is committed), and knows when it is done: retired (exhausted, stale, or the run
+ended) and no step drawing from it still running.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from time import monotonic
+from typing import Final
+
+from paymaster._metering import MeasuredUsage
+from paymaster.scopes import Scopes
+
+__all__ = ["Lease", "ModelSpend", "Pool"]
+
+_ZERO: Final = Decimal(0)
+
+
+class ModelSpend:
+    """What a lease spent on one provider and model."""
+
+    __slots__ = (
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost",
+        "input_tokens",
+        "model",
+        "output_tokens",
+        "provider",
+        "reasoning_tokens",
+        "total_tokens",
+    )
+
+    def __init__(self, provider: str, model: str) -> None:
+        self.provider = provider
+        self.model = model
+        self.cost = _ZERO
+        self.total_tokens = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
+
+    def add(self, cost: Decimal, usage: MeasuredUsage) -> None:
+        self.cost += cost
+        self.total_tokens += usage.total_tokens
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cache_read_tokens += usage.cached_input_tokens
+        self.cache_write_tokens += usage.cache_write_tokens
+        self.reasoning_tokens += usage.reasoning_tokens
+
+    def facts(self) -> dict[str, object]:
+        """The ``UsageFacts`` fields of this spend."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_creation_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+
+class Lease:
+    """One slice: ``held`` in the sidecar under ``reservation_id``; see the module docstring."""
+
+    __slots__ = (
+        "acquired",
+        "budget_ids",
+        "budget_info",
+        "held",
+        "inflight",
+        "reservation_id",
+        "reserved",
+        "retired",
+        "scopes",
+        "settled",
+        "spend",
+        "spent",
+    )
+
+    def __init__(
+        self,
+        reservation_id: str,
+        held: Decimal,
+        scopes: Scopes,
+        budget_ids: tuple[str, ...],
+        budget_info: list[dict[str, object]],
+    ) -> None:
+        self.reservation_id = reservation_id
+        self.held = held
+        self.scopes = scopes
+        self.budget_ids = budget_ids
+        self.budget_info = budget_info
+        self.reserved = _ZERO
+        self.spent = _ZERO
+        self.inflight = 0
+        self.acquired = monotonic()
+        self.retired = False
+        self.settled = False
+        self.spend: dict[tuple[str, str], ModelSpend] = {}
+
+    def fits(self, estimate: Decimal) -> bool:
+        """May a step with this estimate draw from the lease (the sidecar's rule, applied locally)?"""
+        projected = self.spent + self.reserved + estimate
+        return projected < self.held or (estimate > 0 and projected == self.held)
+
+    def stale(self, age_limit_s: float) -> bool:
+        return monotonic() - self.acquired >= age_limit_s
+
+    def draw(self, estimate: Decimal) -> None:
+        self.reserved += estimate
+        self.inflight += 1
+
+    def give_back(self, estimate: Decimal) -> None:
+        """A draw whose step did not run to the end."""
+        self.reserved -= estimate
+        self.inflight -= 1
+
+    def spend_on(self, estimate: Decimal, cost: Decimal, usage: MeasuredUsage) -> Decimal:
+        """Replace a draw with its actual cost; returns the overrun past the slice (usually zero)."""
+        self.reserved -= estimate
+        self.inflight -= 1
+        before = self.spent
+        self.spent = before + cost
+        key = (usage.provider or "", usage.model or "")
+        bucket = self.spend.get(key)
+        if bucket is None:
+            bucket = self.spend[key] = ModelSpend(*key)
+        bucket.add(cost, usage)
+        if self.spent <= self.held:
+            return _ZERO
+        return self.spent - max(before, self.held)
+
+    def take_overrun(self, amount: Decimal, usage: MeasuredUsage) -> None:
+        """``amount`` of the last step's cost is charged to the sidecar on its own, not with the lease."""
+        self.spent -= amount
+        self.spend[(usage.provider or "", usage.model or "")].cost -= amount
+
+    @property
+    def done(self) -> bool:
+        """Retired and no step is drawing from it: time to commit."""
+        return self.retired and self.inflight == 0 and not self.settled
+
+    def pieces(self) -> list[ModelSpend]:
+        """The spend by model, dearest first (the first is committed with the reservation)."""
+        return sorted(
+            (s for s in self.spend.values() if s.cost or s.total_tokens),
+            key=lambda s: (-s.cost, s.provider, s.model),
+        )
+
+
+class Pool:
+    """The leases of one set of scopes within a run."""
+
+    __slots__ = ("current", "headroom", "lock")
+
+    def __init__(self) -> None:
+        self.current: Lease | None = None
+        self.headroom: Decimal | None = None
+        """Room the matching budgets had left after the last response (``None``: unknown or unlimited)."""
+        self.lock: object | None = None
