@@ -203,7 +203,7 @@ class SidecarBudget:
         breaker_reset_s: float = 5.0,
         reservation_ttl_s: float | None = None,
         lease: LeasePolicy | None = None,
-        journal_dir: str | Path | None | Literal["default"] = "default",
+        journal_dir: str | Path | Literal["default"] | None = "default",
         config: PaymasterConfig | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:

@@ -15,6 +15,7 @@ wrong — a bug or a misconfiguration, reported as is).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -128,7 +129,7 @@ class SidecarClient:
         """The backoff before the next attempt, or ``None`` when no attempt is left in the deadline."""
         if attempt >= self.retries:
             return None
-        pause = self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0)
+        pause: float = self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0)
         if time.monotonic() + pause >= deadline:
             return None
         return pause
@@ -179,10 +180,9 @@ def _bridge(loop: asyncio.AbstractEventLoop, call: Any) -> asyncio.Future[Any]:
             future.set_result(done.result())
 
     def on_done(done: Any) -> None:
-        try:
+        # RuntimeError: the loop closed meanwhile (the session's close() waits, so it does not).
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(transfer, done)
-        except RuntimeError:  # the loop closed meanwhile; the session's close() prevents this
-            pass
 
     call.add_done_callback(on_done)
     return future

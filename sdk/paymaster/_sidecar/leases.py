@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from time import monotonic
-from typing import Final
+from typing import Any, Final
 
 from paymaster._metering import MeasuredUsage
 from paymaster.scopes import Scopes
@@ -56,7 +56,7 @@ class ModelSpend:
         self.cache_write_tokens += usage.cache_write_tokens
         self.reasoning_tokens += usage.reasoning_tokens
 
-    def facts(self) -> dict[str, object]:
+    def facts(self) -> dict[str, Any]:
         """The ``UsageFacts`` fields of this spend."""
         return {
             "provider": self.provider,

@@ -10,6 +10,7 @@ directory as ``*.rejected`` with the sidecar's message and logged; it is never d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -163,15 +164,14 @@ class Replayer:
         self._count_replay("duplicate" if response.duplicate else "replayed")
 
     def _release(self, reservation_id: str) -> None:
-        try:
+        # Refused: already committed, expired or unknown, so nothing is held any more.
+        with contextlib.suppress(Refused):
             self.client.call_sync(
                 "Release",
                 pb.ReleaseRequest(reservation_id=reservation_id),
                 timeout_s=self._timeout_s,
                 count=self._count_call,
             )
-        except Refused:
-            pass  # already committed, expired or unknown: nothing is held any more
 
 
 def _record_request(entry: PendingUsage, *, with_time: bool) -> Any:
