@@ -283,11 +283,11 @@ class BudgetSession:
             reason=message,
         )
 
-    def _halt_if_exceeded(self, lines: Any) -> BudgetExceededError | None:
-        over = wire.halting_budgets(lines)
+    def _halt_if_exceeded(self, lines: Any, pending: Decimal = _ZERO) -> BudgetExceededError | None:
+        over = wire.halting_budgets(lines, pending)
         if not over:
             return None
-        message = wire.describe_halt(over[0])
+        message = wire.describe_halt(over[0], pending)
         return BudgetExceededError(
             message,
             code="budget_exceeded",
@@ -402,23 +402,25 @@ class BudgetSession:
         assert lease is not None
         admission.abandoned = True  # settled: nothing to give back any more
         overrun = lease.spend_on(ticket.estimate.cost_usd, cost, usage)
-        halt = None
-        if overrun:
-            # The step cost more than the slice had left: charge the excess now, on its own, so the
-            # sidecar (and this run's halting) sees it at once, and take a fresh slice next time.
-            lease.take_overrun(overrun, usage)
-            pool = self._pools.get(lease.scopes)
-            if pool is not None and pool.current is lease:
-                pool.current = None
-            lease.retired = True
-            usage_id = f"lease:{lease.reservation_id}:overrun:{uuid.uuid4().hex[:12]}"
-            task = self._spawn(self._record_usage(usage_id, lease.scopes, overrun, usage, "", "lease_overrun"))
-            response = await asyncio.shield(task)
-            if response is not None:
-                halt = self._halt_if_exceeded(response.budget_info)
+        if not overrun:
+            if lease.done:
+                self._spawn(self._settle_lease(lease))
+            return None
+        # The step cost more than the slice had left: the sidecar (and this run's halting) must see it
+        # now. Retire the lease; commit it at once when no other step draws from it, else charge the
+        # excess on its own and count the lease's uncommitted spend as spent.
+        pool = self._pools.get(lease.scopes)
+        if pool is not None and pool.current is lease:
+            pool.current = None
+        lease.retired = True
         if lease.done:
-            self._spawn(self._settle_lease(lease))
-        return halt
+            response = await asyncio.shield(self._spawn(self._settle_lease(lease)))
+            return None if response is None else self._halt_if_exceeded(response.budget_info)
+        lease.take_overrun(overrun, usage)
+        usage_id = f"lease:{lease.reservation_id}:overrun:{uuid.uuid4().hex[:12]}"
+        task = self._spawn(self._record_usage(usage_id, lease.scopes, overrun, usage, "", "lease_overrun"))
+        response = await asyncio.shield(task)
+        return None if response is None else self._halt_if_exceeded(response.budget_info, lease.spent)
 
     def _retire(self, lease: Lease) -> asyncio.Future[Any] | None:
         lease.retired = True
@@ -426,16 +428,17 @@ class BudgetSession:
             return self._spawn(self._settle_lease(lease))
         return None
 
-    async def _settle_lease(self, lease: Lease) -> None:
-        """Commit a lease with what was spent from it (release it when nothing was)."""
+    async def _settle_lease(self, lease: Lease) -> Any:
+        """Commit a lease with what was spent from it (release it when nothing was); returns the
+        commit's response, or ``None`` when there was none (released, or kept for replay)."""
         if lease.settled:
-            return
+            return None
         lease.settled = True
         pieces = lease.pieces()
         if not pieces:
             await self._release(lease.reservation_id)
             self._count_lease("released")
-            return
+            return None
         main, rest = pieces[0], pieces[1:]
         # Other models' spend is recorded first, while the slice still holds the room for it.
         for i, piece in enumerate(rest, start=1):
@@ -449,15 +452,16 @@ class BudgetSession:
             usage=pb.UsageFacts(**main.facts()),
         )
         try:
-            await self.client.call("Commit", request, count=self._count_call)
+            response = await self.client.call("Commit", request, count=self._count_call)
         except (Unreachable, Refused) as exc:
             self._journal_piece(
                 f"lease:{lease.reservation_id}", lease.scopes, main, lease.reservation_id, "lease_commit_failed"
             )
             self._count_lease("commit_failed")
             log.warning("paymaster: lease %s could not be committed (%s); kept for replay", lease.reservation_id, exc)
-            return
+            return None
         self._count_lease("committed")
+        return response
 
     # ================================================================== calls
     async def _reserve(self, request: Any) -> Any:

@@ -111,17 +111,22 @@ def headroom(lines: Sequence[Any], held: Decimal = Decimal(0)) -> Decimal | None
     return min(usd(i.remaining_usd) for i in lines) - held
 
 
-def halting_budgets(lines: Iterable[Any]) -> list[Any]:
-    """Block budgets a charge has taken past their limit (from a Commit or RecordUsage response)."""
-    return [i for i in lines if i.exceeded and i.action == pb.ON_EXCEED_BLOCK]
+def halting_budgets(lines: Iterable[Any], pending: Decimal = Decimal(0)) -> list[Any]:
+    """Block budgets a charge has taken past their limit (from a Commit or RecordUsage response);
+    ``pending`` is spend of this run the sidecar holds as reserved but has not been charged yet."""
+    return [
+        i
+        for i in lines
+        if i.action == pb.ON_EXCEED_BLOCK and (i.exceeded or usd(i.used_usd) + pending > usd(i.limit_usd))
+    ]
 
 
-def describe_halt(line: Any) -> str:
+def describe_halt(line: Any, pending: Decimal = Decimal(0)) -> str:
     """``Block budget 'Team search' (team=search) exceeded: $0.30 used of its $0.25 limit``."""
     scope = SCOPE_NAMES.get(line.scope, "?")
     return (
         f"Block budget {line.budget_name or line.budget_id!r} ({scope}={line.scope_id}) exceeded: "
-        f"{_money(usd(line.used_usd))} used of its {_money(usd(line.limit_usd))} limit"
+        f"{_money(usd(line.used_usd) + pending)} used of its {_money(usd(line.limit_usd))} limit"
     )
 
 
