@@ -102,7 +102,9 @@ class LeasePolicy:
         if self.slice_usd <= 0:
             raise ConfigError(f"LeasePolicy: slice_usd must be positive, got {self.slice_usd}")
         if not 0 < self.ttl_s <= 3600:
-            raise ConfigError(f"LeasePolicy: ttl_s must be in (0, 3600] (the sidecar's maximum), got {self.ttl_s}")
+            raise ConfigError(
+                f"LeasePolicy: ttl_s must be in (0, 3600] (the sidecar's maximum), got {self.ttl_s}"
+            )
         if self.max_age_s is not None and not 0 < self.max_age_s <= self.ttl_s:
             raise ConfigError(f"LeasePolicy: max_age_s must be in (0, ttl_s], got {self.max_age_s}")
 
@@ -383,7 +385,9 @@ def _check_target(target: str) -> str:
         return target
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"SidecarBudget: target must be 'host:port' (e.g. '127.0.0.1:7310'), got {target!r}")
+        raise ConfigError(
+            f"SidecarBudget: target must be 'host:port' (e.g. '127.0.0.1:7310'), got {target!r}"
+        )
     return target
 
 

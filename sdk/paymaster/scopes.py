@@ -92,7 +92,9 @@ class Scopes:
         return cls(**found)
 
     @classmethod
-    def from_resource(cls, tracer_provider: Any = None, *, environ: Mapping[str, str] | None = None) -> Scopes:
+    def from_resource(
+        cls, tracer_provider: Any = None, *, environ: Mapping[str, str] | None = None
+    ) -> Scopes:
         """Scopes named by the OpenTelemetry resource of ``tracer_provider`` (or the global one).
 
         Without an SDK provider (nothing configured yet, or only the API installed) the

@@ -62,7 +62,9 @@ class Admin:
 
     def status(self, budget_id: str, scope_id: str = "") -> tuple[Decimal, Decimal]:
         """(used, reserved) of a budget."""
-        st = self.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id=budget_id, scope_id=scope_id), timeout=5)
+        st = self.stub.GetBudgetStatus(
+            pb.GetBudgetStatusRequest(budget_id=budget_id, scope_id=scope_id), timeout=5
+        )
         return Decimal(st.used_usd), Decimal(st.reserved_usd)
 
     def usage_by_model(self, **scopes: str) -> dict[str, Decimal]:

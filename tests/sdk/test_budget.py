@@ -65,13 +65,22 @@ def otel() -> Any:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"target": "localhost"}, "SidecarBudget: target must be 'host:port' (e.g. '127.0.0.1:7310'), got 'localhost'"),
+        (
+            {"target": "localhost"},
+            "SidecarBudget: target must be 'host:port' (e.g. '127.0.0.1:7310'), got 'localhost'",
+        ),
         ({"target": "h:99999"}, "SidecarBudget: target must be 'host:port'"),
-        ({"fail_policy": "fail_soft"}, "SidecarBudget: fail_policy must be one of ['fail_closed', 'fail_open', 'local_only_limits'], got 'fail_soft'"),
+        (
+            {"fail_policy": "fail_soft"},
+            "SidecarBudget: fail_policy must be one of ['fail_closed', 'fail_open', 'local_only_limits'], got 'fail_soft'",
+        ),
         ({"deadline_s": 0}, "SidecarBudget: deadline_s must be a positive number of seconds, got 0"),
         ({"retries": -1}, "SidecarBudget: retries must be a whole number >= 0, got -1"),
         ({"breaker_failures": True}, "SidecarBudget: breaker_failures must be a whole number >= 1, got True"),
-        ({"reservation_ttl_s": 7200}, "SidecarBudget: reservation_ttl_s must be in (0, 3600] seconds, got 7200"),
+        (
+            {"reservation_ttl_s": 7200},
+            "SidecarBudget: reservation_ttl_s must be in (0, 3600] seconds, got 7200",
+        ),
         ({"lease": {"slice_usd": 1}}, "SidecarBudget: lease must be a LeasePolicy, got dict"),
         ({"scopes": {"tenant": "x"}}, "SidecarBudget: unknown scope(s) ['tenant']"),
     ],
@@ -100,7 +109,9 @@ def test_bad_lease_settings_are_refused(kwargs: dict[str, Any], message: str) ->
 
 def test_local_only_limits_needs_limits_of_its_own() -> None:
     budget = SidecarBudget("127.0.0.1:7310", fail_policy="local_only_limits", journal_dir=None)
-    with pytest.raises(ConfigError, match="fail_policy='local_only_limits' falls back to the runner's own limits"):
+    with pytest.raises(
+        ConfigError, match="fail_policy='local_only_limits' falls back to the runner's own limits"
+    ):
         Runner(Step("s", FixedMetricAgent()), budget=budget)
     Runner(Step("s", FixedMetricAgent()), budget=budget, usage_limits=UsageLimits(total_cost_usd_limit=1))
     with pytest.raises(ConfigError, match="Runner: budget must be a SidecarBudget"):
@@ -130,7 +141,9 @@ def test_allowed_steps_reserve_then_commit_and_the_sidecar_holds_nothing_after(
 ) -> None:
     sidecar.admin.budget("search-daily", "10")
     budget = budget_for(sidecar)
-    pipe = Pipeline.from_step(Step("a", FixedMetricAgent(cost="0.0125"))) >> Step("b", FixedMetricAgent(cost="0.1"))
+    pipe = Pipeline.from_step(Step("a", FixedMetricAgent(cost="0.0125"))) >> Step(
+        "b", FixedMetricAgent(cost="0.1")
+    )
     result = Runner(pipe, budget=budget).run(0)
     assert result.total_cost_usd == Decimal("0.1125")
     assert sidecar.admin.status("search-daily") == (Decimal("0.1125"), Decimal(0))
@@ -227,7 +240,9 @@ def test_warn_runs_the_step_and_records_the_warning_on_result_span_and_counter(
     first, second = (s for s in result.walk() if s.kind == "agent")
     assert first.budget is not None and first.budget.decision == "allow" and not first.warnings
     assert second.budget is not None and second.budget.decision == "warn"
-    assert second.warnings and second.warnings[0].startswith("Warn budget 'search-soft' (team=search) would be exceeded")
+    assert second.warnings and second.warnings[0].startswith(
+        "Warn budget 'search-soft' (team=search) would be exceeded"
+    )
     span = otel.finished("invoke_agent call")[1]
     assert span.attributes is not None
     assert span.attributes["paymaster.decision"] == "warn"
@@ -264,7 +279,9 @@ def test_downgrade_runs_the_steps_cheaper_agent_in_one_round_trip(
         config=StepConfig(expected_cost_usd="0.1"),
         downgrade=Step("cheap", cheap, config=StepConfig(expected_cost_usd="0.01")),
     )
-    loop = Step.loop_until(name="loop", loop_body_pipeline=step, exit_condition_callable=lambda o, c: False, max_loops=4)
+    loop = Step.loop_until(
+        name="loop", loop_body_pipeline=step, exit_condition_callable=lambda o, c: False, max_loops=4
+    )
     budget = budget_for(sidecar)
     result = otel.runner(loop, budget=budget).run(0)
     assert (dear.calls, cheap.calls) == (1, 3)
@@ -291,7 +308,9 @@ def test_the_downgrade_mapping_swaps_the_model_and_the_spend_lands_at_its_price(
     sidecar.admin.budget("search-soft", "0.03", on_exceed="downgrade")
     agent = ModelAgent("openai:gpt-4o")
     budget = budget_for(sidecar, config=config)
-    runner = otel.runner(loop_of(agent, times=3, expected="0.02"), budget=budget, meter=PricingMeter(config=config))
+    runner = otel.runner(
+        loop_of(agent, times=3, expected="0.02"), budget=budget, meter=PricingMeter(config=config)
+    )
     result = runner.run(0)
     calls = [s for s in result.walk() if s.kind == "agent"]
     # The original ran once; then shallow copies carrying the cheaper model (they share its list).
@@ -393,7 +412,9 @@ def test_a_cancelled_parallel_branch_releases_its_reservation(sidecar: InProcess
     with pytest.raises(BudgetExceededError) as info:
         Runner(Step.parallel("p", branches), budget=budget).run(0)
     assert info.value.code == "budget_exceeded"
-    assert str(info.value) == "Block budget 'search-daily' (team=search) exceeded: $0.15 used of its $0.10 limit"
+    assert (
+        str(info.value) == "Block budget 'search-daily' (team=search) exceeded: $0.15 used of its $0.10 limit"
+    )
     assert slow.cancelled == 1 and slow.finished == 0
     assert info.value.result is not None and info.value.result.total_cost_usd == Decimal("0.15")
     assert sidecar.admin.status("search-daily") == (Decimal("0.15"), Decimal(0))
@@ -408,7 +429,10 @@ def test_cancelling_a_run_at_any_point_leaves_nothing_reserved(
     budget = budget_for(sidecar, lease=lease)
     pipe = Step.parallel(
         "fan",
-        {f"b{i}": loop_of(CostlyAgent(cost="0.001", delay=0.001 * i), times=50, expected="0.001") for i in range(4)},
+        {
+            f"b{i}": loop_of(CostlyAgent(cost="0.001", delay=0.001 * i), times=50, expected="0.001")
+            for i in range(4)
+        },
     )
     runner = Runner(pipe, budget=budget)
 

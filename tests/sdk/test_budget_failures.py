@@ -91,7 +91,9 @@ def budget_at(target: str, policy: str, **kwargs: Any) -> SidecarBudget:
 
 
 # ------------------------------------------------------------------------------ fail_closed
-def test_fail_closed_denies_before_the_agent_runs_and_the_breaker_stops_further_attempts(otel: Providers) -> None:
+def test_fail_closed_denies_before_the_agent_runs_and_the_breaker_stops_further_attempts(
+    otel: Providers,
+) -> None:
     agent = FixedMetricAgent(cost="0.1")
     budget = budget_at(nowhere(), FAIL_CLOSED, retries=1, breaker_failures=2, breaker_reset_s=60)
     runner = otel.runner(loop_of(agent, times=3), budget=budget)
@@ -144,7 +146,9 @@ def test_local_only_limits_runs_under_the_runners_own_limits_and_keeps_nothing_f
 ) -> None:
     budget = budget_at(nowhere(), LOCAL_ONLY_LIMITS)
     runner = otel.runner(
-        loop_of(FixedMetricAgent(cost="0.1")), budget=budget, usage_limits=UsageLimits(total_cost_usd_limit="0.25")
+        loop_of(FixedMetricAgent(cost="0.1")),
+        budget=budget,
+        usage_limits=UsageLimits(total_cost_usd_limit="0.25"),
     )
     with pytest.raises(UsageLimitExceededError) as info:
         runner.run(0)

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from paymaster import BudgetExceededError, LeasePolicy, Pipeline, Runner, Scopes, SidecarBudget, Step, StepConfig
+from paymaster import (
+    BudgetExceededError,
+    LeasePolicy,
+    Pipeline,
+    Runner,
+    Scopes,
+    SidecarBudget,
+    Step,
+    StepConfig,
+)
 
 from .agents import FixedMetricAgent
 from .conftest import InProcessSidecar
@@ -38,7 +47,9 @@ def test_a_hot_loop_reserves_once_per_slice_and_commits_what_it_spent(
 ) -> None:
     sidecar.admin.budget("search-daily", "100")
     budget = leased(sidecar, "0.05")
-    result = otel.runner(loop_of(FixedMetricAgent(cost="0.001"), times=200, expected="0.001"), budget=budget).run(0)
+    result = otel.runner(
+        loop_of(FixedMetricAgent(cost="0.001"), times=200, expected="0.001"), budget=budget
+    ).run(0)
     assert result.success is False  # the loop never meets its exit condition
     assert result.total_cost_usd == Decimal("0.200")
     assert sidecar.admin.status("search-daily") == (Decimal("0.2"), Decimal(0))
@@ -83,11 +94,15 @@ def test_a_step_that_overruns_its_slice_is_charged_at_once_and_halts_past_a_bloc
 ) -> None:
     sidecar.admin.budget("search-daily", "0.5")
     budget = leased(sidecar, "0.2")
-    pipe = Pipeline.from_step(Step("small", FixedMetricAgent(cost="0.05"), config=StepConfig(expected_cost_usd="0.05")))
+    pipe = Pipeline.from_step(
+        Step("small", FixedMetricAgent(cost="0.05"), config=StepConfig(expected_cost_usd="0.05"))
+    )
     pipe = pipe >> Step("huge", FixedMetricAgent(cost="0.6"), config=StepConfig(expected_cost_usd="0.05"))
     with pytest.raises(BudgetExceededError) as info:
         Runner(pipe, budget=budget).run(0)
-    assert str(info.value) == "Block budget 'search-daily' (team=search) exceeded: $0.65 used of its $0.50 limit"
+    assert (
+        str(info.value) == "Block budget 'search-daily' (team=search) exceeded: $0.65 used of its $0.50 limit"
+    )
     assert info.value.code == "budget_exceeded"
     assert sidecar.admin.status("search-daily") == (Decimal("0.65"), Decimal(0))
     budget.close()
@@ -109,9 +124,14 @@ def test_a_lease_spent_on_several_models_keeps_the_sidecars_report_by_model_exac
     pipe = Pipeline.from_step(Step("a", Priced("openai:gpt-4o", "0.03"))) >> Step(
         "b", Priced("openai:gpt-4o-mini", "0.001")
     )
-    loop = Step.loop_until(name="l", loop_body_pipeline=pipe, exit_condition_callable=lambda o, c: False, max_loops=5)
+    loop = Step.loop_until(
+        name="l", loop_body_pipeline=pipe, exit_condition_callable=lambda o, c: False, max_loops=5
+    )
     Runner(loop, budget=budget).run(0)
-    assert sidecar.admin.usage_by_model(team="search") == {"gpt-4o": Decimal("0.15"), "gpt-4o-mini": Decimal("0.005")}
+    assert sidecar.admin.usage_by_model(team="search") == {
+        "gpt-4o": Decimal("0.15"),
+        "gpt-4o-mini": Decimal("0.005"),
+    }
     assert sidecar.admin.status("search-daily") == (Decimal("0.155"), Decimal(0))
     budget.close()
 
@@ -119,7 +139,9 @@ def test_a_lease_spent_on_several_models_keeps_the_sidecars_report_by_model_exac
 def test_a_stale_lease_is_committed_and_replaced(sidecar: InProcessSidecar, otel: Providers) -> None:
     sidecar.admin.budget("search-daily", "10")
     budget = leased(sidecar, "5", ttl_s=60, max_age_s=0.000001)
-    result = otel.runner(loop_of(FixedMetricAgent(cost="0.01"), times=3, expected="0.01"), budget=budget).run(0)
+    result = otel.runner(loop_of(FixedMetricAgent(cost="0.01"), times=3, expected="0.01"), budget=budget).run(
+        0
+    )
     steps = [s for s in result.walk() if s.kind == "agent"]
     assert len({s.budget.reservation_id for s in steps if s.budget}) == 3
     assert sidecar.admin.status("search-daily") == (Decimal("0.03"), Decimal(0))
@@ -133,7 +155,10 @@ def test_parallel_branches_share_one_lease_and_take_one_slice_at_a_time(
     budget = leased(sidecar, "1")
     par = Step.parallel(
         "fan",
-        {f"b{i}": Step(f"b{i}", FixedMetricAgent(cost="0.01"), config=StepConfig(expected_cost_usd="0.01")) for i in range(20)},
+        {
+            f"b{i}": Step(f"b{i}", FixedMetricAgent(cost="0.01"), config=StepConfig(expected_cost_usd="0.01"))
+            for i in range(20)
+        },
     )
     result = otel.runner(par, budget=budget).run(0)
     assert result.total_cost_usd == Decimal("0.2")

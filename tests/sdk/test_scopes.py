@@ -69,7 +69,9 @@ def test_scopes_come_from_the_opentelemetry_resource() -> None:
 
 
 def test_without_an_sdk_provider_the_resource_variable_is_read() -> None:
-    env = {"OTEL_RESOURCE_ATTRIBUTES": "service.name=svc,paymaster.team=search%20ops, paymaster.workflow=triage"}
+    env = {
+        "OTEL_RESOURCE_ATTRIBUTES": "service.name=svc,paymaster.team=search%20ops, paymaster.workflow=triage"
+    }
     assert Scopes.from_resource(object(), environ=env) == Scopes(team="search ops", workflow="triage")
     assert Scopes.from_resource(object(), environ={}) == Scopes()
 

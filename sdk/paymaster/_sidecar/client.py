@@ -97,7 +97,9 @@ class SidecarClient:
         """``method`` on the stub, with retries until the deadline; see the module docstring."""
         if not self.breaker.allow():
             _count(count, method, "breaker_open")
-            raise Unreachable("breaker_open", f"the circuit breaker is open after repeated failures to reach {self.target}")
+            raise Unreachable(
+                "breaker_open", f"the circuit breaker is open after repeated failures to reach {self.target}"
+            )
         rpc = getattr(self.stub, method)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)

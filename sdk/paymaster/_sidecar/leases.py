@@ -78,6 +78,7 @@ class Lease:
         "budget_info",
         "held",
         "inflight",
+        "overruns",
         "reservation_id",
         "reserved",
         "retired",
@@ -107,6 +108,8 @@ class Lease:
         self.retired = False
         self.settled = False
         self.spend: dict[tuple[str, str], ModelSpend] = {}
+        self.overruns: list[Any] = []
+        """Overruns being charged on their own; the lease is committed only after they landed."""
 
     def fits(self, estimate: Decimal) -> bool:
         """May a step with this estimate draw from the lease (the sidecar's rule, applied locally)?"""

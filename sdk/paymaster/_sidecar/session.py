@@ -107,7 +107,12 @@ class BudgetSession:
         return await self._admit_reserved(run, step, data, estimate, scopes, record, span)
 
     async def settle(
-        self, ticket: Ticket, usage: MeasuredUsage, actual: UsageEstimate, record: StepResult, span: Span | None
+        self,
+        ticket: Ticket,
+        usage: MeasuredUsage,
+        actual: UsageEstimate,
+        record: StepResult,
+        span: Span | None,
     ) -> UsageLimitExceededError | None:
         admission: _Admission = ticket.state
         cost = actual.cost_usd
@@ -359,7 +364,11 @@ class BudgetSession:
             )
             pool.current = lease
             self._count_lease("acquired")
-            return self._draw(lease, step, estimate, record, span)
+            ticket = self._draw(lease, step, estimate, record, span)
+        # Steps that queued for this slice (parallel siblings) draw from it before any of them spends,
+        # as their reservations would all be in before any commit without a lease.
+        await asyncio.sleep(0)
+        return ticket
 
     def _lease_request(self, scopes: Scopes, size: Decimal) -> Any:
         assert self.lease_policy is not None
@@ -419,7 +428,9 @@ class BudgetSession:
         lease.take_overrun(overrun, usage)
         usage_id = f"lease:{lease.reservation_id}:overrun:{uuid.uuid4().hex[:12]}"
         task = self._spawn(self._record_usage(usage_id, lease.scopes, overrun, usage, "", "lease_overrun"))
+        lease.overruns.append(task)
         response = await asyncio.shield(task)
+        # What the lease spent is not in the response's figures yet: its commit waits for this charge.
         return None if response is None else self._halt_if_exceeded(response.budget_info, lease.spent)
 
     def _retire(self, lease: Lease) -> asyncio.Future[Any] | None:
@@ -434,6 +445,8 @@ class BudgetSession:
         if lease.settled:
             return None
         lease.settled = True
+        if lease.overruns:
+            await asyncio.gather(*lease.overruns, return_exceptions=True)
         pieces = lease.pieces()
         if not pieces:
             await self._release(lease.reservation_id)
@@ -443,7 +456,12 @@ class BudgetSession:
         # Other models' spend is recorded first, while the slice still holds the room for it.
         for i, piece in enumerate(rest, start=1):
             await self._record_usage(
-                f"lease:{lease.reservation_id}:{i}", lease.scopes, piece.cost, piece, "", "lease_commit_failed"
+                f"lease:{lease.reservation_id}:{i}",
+                lease.scopes,
+                piece.cost,
+                piece,
+                "",
+                "lease_commit_failed",
             )
         request = pb.CommitRequest(
             reservation_id=lease.reservation_id,
@@ -455,10 +473,16 @@ class BudgetSession:
             response = await self.client.call("Commit", request, count=self._count_call)
         except (Unreachable, Refused) as exc:
             self._journal_piece(
-                f"lease:{lease.reservation_id}", lease.scopes, main, lease.reservation_id, "lease_commit_failed"
+                f"lease:{lease.reservation_id}",
+                lease.scopes,
+                main,
+                lease.reservation_id,
+                "lease_commit_failed",
             )
             self._count_lease("commit_failed")
-            log.warning("paymaster: lease %s could not be committed (%s); kept for replay", lease.reservation_id, exc)
+            log.warning(
+                "paymaster: lease %s could not be committed (%s); kept for replay", lease.reservation_id, exc
+            )
             return None
         self._count_lease("committed")
         return response
@@ -504,14 +528,22 @@ class BudgetSession:
 
     async def _release(self, reservation_id: str) -> None:
         try:
-            await self.client.call("Release", pb.ReleaseRequest(reservation_id=reservation_id), count=self._count_call)
+            await self.client.call(
+                "Release", pb.ReleaseRequest(reservation_id=reservation_id), count=self._count_call
+            )
         except Unreachable:
             self.budget.replayer.add_release(reservation_id)
         except Refused:
             pass  # committed, expired or unknown: nothing is held
 
     async def _record_usage(
-        self, usage_id: str, scopes: Scopes, cost: Decimal, usage: MeasuredUsage | ModelSpend, rid: str, reason: str
+        self,
+        usage_id: str,
+        scopes: Scopes,
+        cost: Decimal,
+        usage: MeasuredUsage | ModelSpend,
+        rid: str,
+        reason: str,
     ) -> Any:
         facts = usage.facts() if isinstance(usage, ModelSpend) else _facts_dict(usage)
         tokens = usage.total_tokens if isinstance(usage, ModelSpend) else 0
@@ -592,7 +624,9 @@ class BudgetSession:
             self.budget.journal.append(entry)
         except OSError as exc:
             # The durable journal cannot be written: keep the entry in memory rather than lose it.
-            log.error("paymaster: cannot write the replay journal (%s); keeping %s in memory", exc, entry.usage_id)
+            log.error(
+                "paymaster: cannot write the replay journal (%s); keeping %s in memory", exc, entry.usage_id
+            )
             self.budget.journal.keep_in_memory(entry)
         self.tel.add("paymaster.sidecar.replays", 1, (("outcome", "journaled"),))
         self.budget.replayer.wake()
@@ -656,7 +690,9 @@ class BudgetSession:
         record.metadata["budget"] = outcome
         if outcome.warnings:
             record.warnings.extend(outcome.warnings)
-        self.tel.add("paymaster.budget.decisions", 1, (("decision", outcome.decision), ("mode", outcome.mode)))
+        self.tel.add(
+            "paymaster.budget.decisions", 1, (("decision", outcome.decision), ("mode", outcome.mode))
+        )
         if span is not None:
             span.set_attributes(outcome.attributes())
 

@@ -27,8 +27,16 @@ __all__ = [
     "wire_usd",
 ]
 
-DECISION_NAMES: Final = {pb.DECISION_ALLOW: "allow", pb.DECISION_DENY: "deny", pb.DECISION_DOWNGRADE: "downgrade"}
-ACTION_NAMES: Final = {pb.ON_EXCEED_WARN: "warn", pb.ON_EXCEED_BLOCK: "block", pb.ON_EXCEED_DOWNGRADE: "downgrade"}
+DECISION_NAMES: Final = {
+    pb.DECISION_ALLOW: "allow",
+    pb.DECISION_DENY: "deny",
+    pb.DECISION_DOWNGRADE: "downgrade",
+}
+ACTION_NAMES: Final = {
+    pb.ON_EXCEED_WARN: "warn",
+    pb.ON_EXCEED_BLOCK: "block",
+    pb.ON_EXCEED_DOWNGRADE: "downgrade",
+}
 SCOPE_NAMES: Final = {
     pb.SCOPE_ORGANIZATION: "organization",
     pb.SCOPE_TEAM: "team",
