@@ -33,7 +33,7 @@ from paymaster import (
 )
 from paymaster.config import load_config
 from paymaster.pricing import PricingMeter
-from tests.sdk.agents import CostlyAgent, FixedMetricAgent, MetricOutput
+from tests.sdk.agents import CostlyAgent, MetricOutput
 from tests.sdk.sidecar_support import ROOT, Admin, SidecarProcess, wait_until
 from tests.sdk.test_cookbook import governed_loop
 
