@@ -1,6 +1,6 @@
 """Lease bookkeeping: a slice of budget held in the sidecar by one reservation, spent locally.
 
-Pure accounting, no I/O: ``BudgetSession`` does the calls. A lease admits a step's estimate with the
+Pure accounting, no I/O: ``LeaseDesk`` does the calls. A lease admits a step's estimate with the
 sidecar's own rule (``spent + reserved + estimate`` may reach the slice, and a zero estimate needs
 room left), records each step's actual spend by model (so that the sidecar's reports by model stay
 exact when the lease is committed), and knows when it is done: retired (exhausted, stale, or the run
@@ -14,6 +14,8 @@ from time import monotonic
 from typing import Any, Final
 
 from paymaster._metering import MeasuredUsage
+from paymaster._sidecar import wire
+from paymaster.budget import BudgetOutcome
 from paymaster.scopes import Scopes
 
 __all__ = ["Lease", "ModelSpend", "Pool"]
@@ -74,10 +76,11 @@ class Lease:
 
     __slots__ = (
         "acquired",
-        "budget_ids",
-        "budget_info",
+        "attributes",
         "held",
         "inflight",
+        "low_water",
+        "outcome",
         "overruns",
         "reservation_id",
         "reserved",
@@ -93,14 +96,15 @@ class Lease:
         reservation_id: str,
         held: Decimal,
         scopes: Scopes,
-        budget_ids: tuple[str, ...],
-        budget_info: list[dict[str, object]],
+        budget_info: Any,
+        *,
+        refill_at: Decimal,
     ) -> None:
         self.reservation_id = reservation_id
         self.held = held
         self.scopes = scopes
-        self.budget_ids = budget_ids
-        self.budget_info = budget_info
+        self.low_water = held * refill_at
+        """Top up (take the next slice in the background) once less than this is left."""
         self.reserved = _ZERO
         self.spent = _ZERO
         self.inflight = 0
@@ -110,6 +114,16 @@ class Lease:
         self.spend: dict[tuple[str, str], ModelSpend] = {}
         self.overruns: list[Any] = []
         """Overruns being charged on their own; the lease is committed only after they landed."""
+        # Every step drawn from the lease has the same outcome: built once, shared.
+        self.outcome = BudgetOutcome(
+            decision="allow",
+            mode="lease",
+            scopes=scopes,
+            reservation_id=reservation_id,
+            budget_ids=tuple(i.budget_id for i in budget_info),
+            budget_info=wire.budget_infos(budget_info),
+        )
+        self.attributes = self.outcome.attributes()
 
     def fits(self, estimate: Decimal) -> bool:
         """May a step with this estimate draw from the lease (the sidecar's rule, applied locally)?"""
@@ -118,6 +132,11 @@ class Lease:
 
     def stale(self, age_limit_s: float) -> bool:
         return monotonic() - self.acquired >= age_limit_s
+
+    @property
+    def low(self) -> bool:
+        """Less than the low-water mark is left unspent and undrawn."""
+        return self.held - self.spent - self.reserved < self.low_water
 
     def draw(self, estimate: Decimal) -> None:
         self.reserved += estimate
@@ -164,10 +183,20 @@ class Lease:
 class Pool:
     """The leases of one set of scopes within a run."""
 
-    __slots__ = ("current", "headroom", "lock")
+    __slots__ = ("current", "headroom", "lock", "next", "prefetch", "scopes")
 
-    def __init__(self) -> None:
+    def __init__(self, scopes: Scopes) -> None:
+        self.scopes = scopes
         self.current: Lease | None = None
+        """The lease steps draw from."""
+        self.next: Lease | None = None
+        """A slice taken ahead, while ``current`` ran low."""
+        self.prefetch: Any = None
+        """The task taking ``next``, while it runs."""
         self.headroom: Decimal | None = None
         """Room the matching budgets had left after the last response (``None``: unknown or unlimited)."""
-        self.lock: object | None = None
+        self.lock: Any = None
+
+    def roomy(self, size: Decimal, slices: int) -> bool:
+        """Do the budgets have room for ``slices`` more slices of ``size``, as far as we know?"""
+        return self.headroom is None or self.headroom >= size * slices
