@@ -7,10 +7,12 @@ rounds, keeping each one's best:
 
   * local-only: ``Runner(loop, usage_limits=...)`` — the baseline;
   * per-step reservations: ``budget=SidecarBudget(...)`` — a Reserve and a Commit per iteration;
-  * leases: ``SidecarBudget(..., lease=LeasePolicy(slice_usd=...))`` — one Reserve per slice.
+  * leases: ``SidecarBudget(..., lease=LeasePolicy())`` — the default $1 slices, a Reserve and a
+    Commit per slice (1,000 iterations of $0.001), and the same with slices of ``--steps-per-lease``
+    iterations to show what each slice's round trips cost.
 
 Overhead is time over the agent awaited in a bare loop; each sidecar mode is printed as a ratio of
-the local-only overhead. Target: leases at most 1.5x.
+the local-only overhead. Target: leases (the default policy) at most 1.5x.
 
 Usage: python bench/bench_sdk_sidecar.py [--quick] [--steps-per-lease N]
 """
@@ -34,7 +36,7 @@ from paymaster import LeasePolicy, Runner, Scopes, SidecarBudget, Step, StepConf
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 
-COST = Decimal("0.0001")
+COST = Decimal("0.001")
 
 
 @dataclass
@@ -56,7 +58,9 @@ def loop_runner(iterations: int, budget: SidecarBudget | None) -> Runner:
         exit_condition_callable=lambda out, ctx: False,
         max_loops=iterations,
     )
-    return Runner(loop, usage_limits=UsageLimits(total_cost_usd_limit=1000, total_tokens_limit=10**9), budget=budget)
+    return Runner(
+        loop, usage_limits=UsageLimits(total_cost_usd_limit=1000, total_tokens_limit=10**9), budget=budget
+    )
 
 
 def bare(iterations: int) -> None:
@@ -103,8 +107,9 @@ def main() -> None:
     parser.add_argument("--steps-per-lease", type=int, default=100)
     args = parser.parse_args()
     rounds = 3 if args.quick else 7
-    n_local, n_reserved = 1000, 200 if args.quick else 400
-    slice_usd = COST * args.steps_per_lease
+    n_local, n_reserved = 2000, 200 if args.quick else 400
+    small_slice = COST * args.steps_per_lease
+    default_steps = int(LeasePolicy().slice_usd / COST)
 
     with tempfile.TemporaryDirectory() as tmp:
         sidecar, address = start_sidecar(Path(tmp))
@@ -125,15 +130,17 @@ def main() -> None:
         )
         scopes = Scopes(team="bench")
         per_step = SidecarBudget(address, scopes=scopes, journal_dir=None, deadline_s=5)
-        leased = SidecarBudget(
-            address, scopes=scopes, journal_dir=None, deadline_s=5, lease=LeasePolicy(slice_usd=slice_usd)
+        leased = SidecarBudget(address, scopes=scopes, journal_dir=None, deadline_s=5, lease=LeasePolicy())
+        small = SidecarBudget(
+            address, scopes=scopes, journal_dir=None, deadline_s=5, lease=LeasePolicy(slice_usd=small_slice)
         )
         local_runner = loop_runner(n_local, None)
         reserved_runner = loop_runner(n_reserved, per_step)
         leased_runner = loop_runner(n_local, leased)
+        small_runner = loop_runner(n_local, small)
         # Warm up: connections, caches, the sidecar's statements.
-        loop_runner(20, per_step).run(0)
-        loop_runner(20, leased).run(0)
+        for warm in (per_step, leased, small):
+            loop_runner(20, warm).run(0)
         local_runner.run(0)
 
         best: dict[str, float] = {}
@@ -143,12 +150,13 @@ def main() -> None:
                 ("local", lambda: local_runner.run(0)),
                 ("reserved", lambda: reserved_runner.run(0)),
                 ("leased", lambda: leased_runner.run(0)),
+                ("small", lambda: small_runner.run(0)),
             ):
                 best[name] = min(best.get(name, float("inf")), timed(fn))
         status = admin.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="bench-team"), timeout=5)
         used, reserved = Decimal(status.used_usd), Decimal(status.reserved_usd)
-        per_step.close()
-        leased.close()
+        for budget in (per_step, leased, small):
+            budget.close()
         channel.close()
         sidecar.terminate()
         sidecar.wait(timeout=10)
@@ -157,6 +165,7 @@ def main() -> None:
     local = best["local"] / n_local - base
     per_reserved = best["reserved"] / n_reserved - base
     per_leased = best["leased"] / n_local - base
+    per_small = best["small"] / n_local - base
     us = 1e6
     print(
         f"governed loop against a local sidecar process (baseline: the agent awaited in a bare loop, "
@@ -168,8 +177,12 @@ def main() -> None:
         f"(x{per_reserved / local:.2f} local-only; a Reserve and a Commit per iteration)"
     )
     print(
-        f"  leases ({args.steps_per_lease} steps/slice):  {per_leased * us:8.1f} us/iteration overhead   "
-        f"(x{per_leased / local:.2f} local-only)   target <= 1.5"
+        f"  leases, default policy:   {per_leased * us:8.1f} us/iteration overhead   "
+        f"(x{per_leased / local:.2f} local-only; $1 slices = {default_steps} iterations)   target <= 1.5"
+    )
+    print(
+        f"  leases, small slices:     {per_small * us:8.1f} us/iteration overhead   "
+        f"(x{per_small / local:.2f} local-only; ${small_slice.normalize():f} slices = {args.steps_per_lease} iterations)"
     )
     print(f"  the sidecar charged ${used.normalize():f} and holds ${reserved.normalize():f} after the runs")
 

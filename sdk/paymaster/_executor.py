@@ -14,7 +14,7 @@ import inspect
 import logging
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
@@ -22,14 +22,16 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from paymaster._composite import run_loop, run_parallel
 from paymaster._estimate import UsageEstimate
-from paymaster._gate import RESERVATION_BAGGAGE, BudgetGate, Ticket
 from paymaster._metering import MeasuredUsage, UsageMeter
 from paymaster._money import ZERO
 from paymaster.exceptions import ConfigError, PaymasterError, UsageLimitExceededError
 from paymaster.quota import Quota
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
-from paymaster.telemetry import RunMetrics, Telemetry, usage_attributes
+from paymaster.telemetry import RESERVATION_ATTRIBUTE, RunMetrics, Telemetry, usage_attributes
+
+if TYPE_CHECKING:
+    from paymaster._gate import BudgetGate, Ticket
 
 __all__ = ["ExecutorCore", "RunContext"]
 
@@ -178,10 +180,14 @@ class _Run:
         ticket: Ticket | None = None
         run_step = step
         if gate is not None:
-            ticket = await self._admit(gate, step, data, estimate, quota, record, span, sctx, started)
+            try:
+                ticket = await gate.admit(self, step, data, estimate, record, span)
+            except BaseException as exc:
+                self._not_admitted(exc, estimate, quota, record, span, sctx, started)
+                raise
             run_step, agent = ticket.step, ticket.agent
             if span is not None and ticket.reservation_id:
-                sctx = baggage.set_baggage(RESERVATION_BAGGAGE, ticket.reservation_id, sctx)
+                sctx = baggage.set_baggage(RESERVATION_ATTRIBUTE, ticket.reservation_id, sctx)
         try:
             if agent is not step.agent:
                 self.meter.preflight(agent)
@@ -229,30 +235,23 @@ class _Run:
         if span is not None:
             span.end()
 
-    async def _admit(
+    def _not_admitted(
         self,
-        gate: BudgetGate,
-        step: Step,
-        data: Any,
+        exc: BaseException,
         estimate: UsageEstimate,
         quota: Quota,
         record: StepResult,
         span: Span | None,
         sctx: Any,
         started: float,
-    ) -> Ticket:
-        """The remote budget's admission; a refusal is recorded as a denial, like a local one."""
-        try:
-            return await gate.admit(self, step, data, estimate, record, span)
-        except UsageLimitExceededError as exc:
-            quota.release(estimate)
+    ) -> None:
+        """The remote budget refused the step (a denial, like a local one) or could not decide it."""
+        quota.release(estimate)
+        if isinstance(exc, UsageLimitExceededError):
             self._denied(record, span, sctx, exc.code, str(exc), started)
-            raise
-        except BaseException as exc:
-            quota.release(estimate)
+        else:
             record.latency_s = perf_counter() - started
             self._agent_failed(record, exc, span)
-            raise
 
     def _denied(
         self, record: StepResult, span: Span | None, sctx: Any, code: str, message: str, started: float

@@ -29,10 +29,7 @@ if TYPE_CHECKING:
     from paymaster.result import StepResult
     from paymaster.step import Step
 
-__all__ = ["RESERVATION_BAGGAGE", "BudgetGate", "Ticket"]
-
-RESERVATION_BAGGAGE = "paymaster.reservation_id"
-"""Baggage entry (and span attribute) carrying the reservation that accounts for a step's spend."""
+__all__ = ["BudgetGate", "Ticket"]
 
 
 class Ticket:
@@ -51,7 +48,8 @@ class Ticket:
         """What the gate holds for the step."""
         self.reservation_id = reservation_id
         """The id under which the sidecar accounts for this step's spend, if any; it travels on the
-        step's span and, as baggage, on every span started while the agent runs."""
+        step's span and, as baggage (``paymaster.telemetry.RESERVATION_ATTRIBUTE``), on every span
+        started while the agent runs."""
         self.state = state
         """The gate's own state for this admission."""
 

@@ -19,7 +19,7 @@ from opentelemetry import baggage
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from paymaster._gate import RESERVATION_BAGGAGE
+from paymaster.telemetry import RESERVATION_ATTRIBUTE
 
 __all__ = ["ReservationSpanProcessor"]
 
@@ -28,9 +28,9 @@ class ReservationSpanProcessor(SpanProcessor):
     """Copies the ``paymaster.reservation_id`` baggage entry onto every span as it starts."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        reservation = baggage.get_baggage(RESERVATION_BAGGAGE, parent_context)
-        if reservation and RESERVATION_BAGGAGE not in (span.attributes or {}):
-            span.set_attribute(RESERVATION_BAGGAGE, str(reservation))
+        reservation = baggage.get_baggage(RESERVATION_ATTRIBUTE, parent_context)
+        if reservation and RESERVATION_ATTRIBUTE not in (span.attributes or {}):
+            span.set_attribute(RESERVATION_ATTRIBUTE, str(reservation))
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

@@ -15,7 +15,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
-from urllib.parse import unquote
 
 from paymaster.exceptions import ConfigError
 
@@ -153,6 +152,8 @@ def _check_id(value: object, name: str, where: str) -> None:
 
 def _parse_resource_env(text: str) -> dict[str, str]:
     """``key=value,key=value`` with percent-encoded values, as OTEL_RESOURCE_ATTRIBUTES is written."""
+    from urllib.parse import unquote
+
     out: dict[str, str] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from paymaster._money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
 from paymaster.limits import UsageLimits
-from paymaster.scopes import Scopes
+
+if TYPE_CHECKING:
+    from paymaster.scopes import Scopes
 
 __all__ = ["LoopStep", "ParallelStep", "Pipeline", "Step", "StepConfig"]
 
@@ -82,7 +84,7 @@ class Step:
         self.agent = agent
         self.usage_limits = None if usage_limits is None or usage_limits.is_unlimited else usage_limits
         self.config = config or StepConfig()
-        self.scopes: Scopes | None = None if scopes is None else Scopes.coerce(scopes, where=f"Step '{name}'")
+        self.scopes: Scopes | None = None if scopes is None else _scopes(scopes, name)
         """Scope ids this step's spend is charged to in the sidecar, over the runner's (e.g. another agent)."""
         if downgrade is not None and not (
             (isinstance(downgrade, Step) and downgrade.kind == "agent")
@@ -256,6 +258,12 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({' >> '.join(s.name for s in self.steps)})"
+
+
+def _scopes(value: Scopes | Mapping[str, str], name: str) -> Scopes | None:
+    from paymaster.scopes import Scopes
+
+    return Scopes.coerce(value, where=f"Step '{name}'")
 
 
 def _coerce(value: Any, cls: type[Any], what: str) -> Any:

@@ -21,9 +21,19 @@ from opentelemetry import metrics, trace
 from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage
 
-__all__ = ["INSTRUMENTS", "RunMetrics", "Telemetry", "usage_attributes", "variance_bucket"]
+__all__ = [
+    "INSTRUMENTS",
+    "RESERVATION_ATTRIBUTE",
+    "RunMetrics",
+    "Telemetry",
+    "usage_attributes",
+    "variance_bucket",
+]
 
 SCOPE: Final = "paymaster"
+RESERVATION_ATTRIBUTE: Final = "paymaster.reservation_id"
+"""Span attribute (and baggage entry) naming the sidecar reservation that accounts for a step's spend:
+trace ingestion does not charge spans that carry it."""
 
 # name -> (unit, description); Prometheus names after a Collector: dots become underscores,
 # counters gain ``_total``, and ``{annotation}`` units add no suffix.

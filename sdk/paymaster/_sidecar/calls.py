@@ -51,7 +51,12 @@ class Admission(Ticket):
         scopes: Scopes,
         lease: Lease | None = None,
     ) -> None:
-        super().__init__(step, estimate, reservation_id)
+        # Ticket's fields, set here rather than through super(): this runs once per governed step.
+        self.step = step
+        self.agent = step.agent
+        self.estimate = estimate
+        self.reservation_id = reservation_id
+        self.state = None
         self.mode = mode
         self.outcome = outcome
         self.scopes = scopes

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -179,7 +177,7 @@ class Journal:
         if self._file is None:
             assert self.directory is not None
             self.directory.mkdir(parents=True, exist_ok=True)
-            name = f"{_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
+            name = f"{_PREFIX}{os.uname().nodename}-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
             self.path = self.directory / name
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the process's life
             if fcntl is not None:

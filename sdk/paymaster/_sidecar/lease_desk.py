@@ -91,7 +91,7 @@ class LeaseDesk:
         cost = estimate.cost_usd
         async with pool.lock:
             lease = pool.current
-            if lease is not None and lease.fits(cost) and not lease.stale(self.age_limit_s):
+            if lease is not None and lease.fits(cost) and not lease.stale:
                 return self.draw(pool, lease, step, estimate, record, span)
             size = self._size(estimate)
             settling = None
@@ -150,7 +150,14 @@ class LeaseDesk:
             self._count("released" if clean else "refused")
             return None
         self._count("acquired")
-        return Lease(response.reservation_id, held, pool.scopes, response.budget_info, refill_at=_REFILL_AT)
+        return Lease(
+            response.reservation_id,
+            held,
+            pool.scopes,
+            response.budget_info,
+            refill_at=_REFILL_AT,
+            age_limit_s=self.age_limit_s,
+        )
 
     async def _prefetch(self, pool: Pool, size: Decimal) -> None:
         """Take the next slice ahead of need; any failure leaves it to the step that needs it."""

@@ -75,20 +75,21 @@ class Lease:
     """One slice: ``held`` in the sidecar under ``reservation_id``; see the module docstring."""
 
     __slots__ = (
-        "acquired",
         "attributes",
+        "free",
         "held",
         "inflight",
+        "last_bucket",
         "low_water",
         "outcome",
         "overruns",
         "reservation_id",
-        "reserved",
         "retired",
         "scopes",
         "settled",
         "spend",
         "spent",
+        "stale_at",
     )
 
     def __init__(
@@ -99,19 +100,22 @@ class Lease:
         budget_info: Any,
         *,
         refill_at: Decimal,
+        age_limit_s: float,
     ) -> None:
         self.reservation_id = reservation_id
         self.held = held
         self.scopes = scopes
-        self.low_water = held * refill_at
-        """Top up (take the next slice in the background) once less than this is left."""
-        self.reserved = _ZERO
+        self.free = held
+        """Neither spent nor drawn by a step in flight: ``held - spent - drawn``."""
         self.spent = _ZERO
         self.inflight = 0
-        self.acquired = monotonic()
+        self.low_water = held * refill_at
+        """Top up (take the next slice in the background) once less than this is free."""
+        self.stale_at = monotonic() + age_limit_s
         self.retired = False
         self.settled = False
         self.spend: dict[tuple[str, str], ModelSpend] = {}
+        self.last_bucket: ModelSpend | None = None
         self.overruns: list[Any] = []
         """Overruns being charged on their own; the lease is committed only after they landed."""
         # Every step drawn from the lease has the same outcome: built once, shared.
@@ -126,45 +130,53 @@ class Lease:
         self.attributes = self.outcome.attributes()
 
     def fits(self, estimate: Decimal) -> bool:
-        """May a step with this estimate draw from the lease (the sidecar's rule, applied locally)?"""
-        projected = self.spent + self.reserved + estimate
-        return projected < self.held or (estimate > 0 and projected == self.held)
+        """May a step with this estimate draw from the lease? The sidecar's rule, applied locally:
+        ``spent + drawn + estimate`` may reach the slice, and a zero estimate needs room left."""
+        free = self.free
+        return estimate < free or (estimate == free and estimate > 0)
 
-    def stale(self, age_limit_s: float) -> bool:
-        return monotonic() - self.acquired >= age_limit_s
+    @property
+    def stale(self) -> bool:
+        """Old enough to be committed and replaced (see ``LeasePolicy.max_age_s``)."""
+        return monotonic() >= self.stale_at
 
     @property
     def low(self) -> bool:
-        """Less than the low-water mark is left unspent and undrawn."""
-        return self.held - self.spent - self.reserved < self.low_water
+        """Less than the low-water mark is free."""
+        return self.free < self.low_water
 
     def draw(self, estimate: Decimal) -> None:
-        self.reserved += estimate
+        self.free -= estimate
         self.inflight += 1
 
     def give_back(self, estimate: Decimal) -> None:
         """A draw whose step did not run to the end."""
-        self.reserved -= estimate
+        self.free += estimate
         self.inflight -= 1
 
     def spend_on(self, estimate: Decimal, cost: Decimal, usage: MeasuredUsage) -> Decimal:
         """Replace a draw with its actual cost; returns the overrun past the slice (usually zero)."""
-        self.reserved -= estimate
+        self.free += estimate - cost
         self.inflight -= 1
         before = self.spent
-        self.spent = before + cost
-        key = (usage.provider or "", usage.model or "")
-        bucket = self.spend.get(key)
-        if bucket is None:
-            bucket = self.spend[key] = ModelSpend(*key)
+        self.spent = spent = before + cost
+        bucket = self.last_bucket
+        if bucket is None or bucket.provider != (usage.provider or "") or bucket.model != (usage.model or ""):
+            key = (usage.provider or "", usage.model or "")
+            bucket = self.spend.get(key)
+            if bucket is None:
+                bucket = self.spend[key] = ModelSpend(*key)
+            self.last_bucket = bucket
         bucket.add(cost, usage)
-        if self.spent <= self.held:
+        held = self.held
+        if spent <= held:
             return _ZERO
-        return self.spent - max(before, self.held)
+        return spent - (before if before > held else held)
 
     def take_overrun(self, amount: Decimal, usage: MeasuredUsage) -> None:
         """``amount`` of the last step's cost is charged to the sidecar on its own, not with the lease."""
         self.spent -= amount
+        self.free += amount
         self.spend[(usage.provider or "", usage.model or "")].cost -= amount
 
     @property

@@ -83,11 +83,7 @@ class BudgetSession:
         if pool is not None:
             assert self.leases is not None
             lease = pool.current
-            if (
-                lease is not None
-                and lease.fits(estimate.cost_usd)
-                and not lease.stale(self.leases.age_limit_s)
-            ):
+            if lease is not None and lease.fits(estimate.cost_usd) and not lease.stale:
                 return self.leases.draw(pool, lease, step, estimate, record, span)
             try:
                 drawn = await self.leases.acquire(pool, step, estimate, record, span)
