@@ -66,6 +66,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "FAIL_CLOSED",
     "FAIL_OPEN",
