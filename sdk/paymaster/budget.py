@@ -264,7 +264,7 @@ class SidecarBudget:
             count_replay=self.count_replay,
             timeout_s=deadline_s,
         )
-        self._resource_scopes: dict[int, Scopes] = {}
+        self._resource_scopes: dict[Any, Scopes] = {}
         self._adopted = False
 
     # ------------------------------------------------------------------ public
@@ -326,12 +326,16 @@ class SidecarBudget:
         return BudgetSession(self, run, self.base_scopes(tracer_provider))
 
     def base_scopes(self, tracer_provider: Any) -> Scopes:
-        """The resource's scopes with this budget's over them (cached per provider)."""
-        key = id(tracer_provider)
-        found = self._resource_scopes.get(key)
+        """The resource's scopes with this budget's over them (read once per provider; without one,
+        the global provider of the moment, so a provider installed after the runner was built counts)."""
+        if tracer_provider is None:
+            from opentelemetry import trace
+
+            tracer_provider = trace.get_tracer_provider()
+        found = self._resource_scopes.get(tracer_provider)
         if found is None:
             found = Scopes.from_resource(tracer_provider).merged(self.scopes)
-            self._resource_scopes[key] = found
+            self._resource_scopes[tracer_provider] = found
         return found
 
     @property

@@ -212,6 +212,21 @@ def test_a_step_charges_the_scopes_it_overrides(sidecar: InProcessSidecar) -> No
     budget.close()
 
 
+def test_scopes_come_from_the_tracer_providers_resource(sidecar: InProcessSidecar) -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    sidecar.admin.budget("search-daily", "10")
+    provider = TracerProvider(resource=Resource.create({"paymaster.team": "search", "paymaster.user": "ada"}))
+    budget = budget_for(sidecar, scopes=None)
+    result = Runner(Step("s", FixedMetricAgent(cost="0.1")), budget=budget, tracer_provider=provider).run(0)
+    outcome = result.step_history[0].budget
+    assert outcome is not None and outcome.scopes == Scopes(team="search", user="ada")
+    assert sidecar.admin.status("search-daily") == (Decimal("0.1"), Decimal(0))
+    budget.close()
+    provider.shutdown()
+
+
 def test_an_unpriced_call_is_charged_its_estimate_not_nothing(sidecar: InProcessSidecar) -> None:
     sidecar.admin.budget("search-daily", "10")
 

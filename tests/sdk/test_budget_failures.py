@@ -275,3 +275,23 @@ def test_leases_keep_running_through_an_outage_and_every_cent_lands(tmp_path: Pa
     budget.close()
     admin.close()
     back.stop(0)
+
+
+def test_a_record_the_sidecar_refuses_for_good_is_kept_aside_not_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from paymaster.budget import PendingUsage
+
+    port = free_port()
+    sidecar = start_on(port, tmp_path / "sidecar.db")
+    budget = budget_at(f"127.0.0.1:{port}", FAIL_OPEN, journal_dir=tmp_path / "journal")
+    bad = PendingUsage(usage_id="u-1", target=budget.target, scopes={}, cost_usd=Decimal("0.5"))
+    budget.journal.append(bad)
+    with caplog.at_level("ERROR", logger="paymaster"):
+        assert budget.flush(timeout_s=10) == 0
+    assert "refused replayed usage u-1 ($0.5)" in caplog.text
+    (rejected,) = (tmp_path / "journal").glob("*.rejected")
+    line = rejected.read_text()
+    assert '"usage_id": "u-1"' in line and "INVALID_ARGUMENT" in line
+    budget.close()
+    sidecar.stop(0)
