@@ -180,6 +180,7 @@ def test_fail_open_runs_keeps_every_cent_and_replays_it_once_when_the_sidecar_is
     span = otel.finished("invoke_agent call")[0]
     assert (span.attributes or {})["paymaster.reservation_id"] == pending[0].usage_id
     assert (span.attributes or {})["paymaster.decision"] == "fail_open"
+    assert (span.attributes or {})["paymaster.sidecar.outcome"] in ("unavailable", "breaker_open")
     files = list((tmp_path / "journal").glob("pending-*.jsonl"))
     assert len(files) == 1 and files[0].read_text().count('"op":"usage"') == 8
 

@@ -253,6 +253,8 @@ class BudgetSession:
         """The fail policy, for a step the sidecar could not decide."""
         policy = self.budget.fail_policy
         why = f"the budget sidecar at {self.budget.target} did not answer ({exc})"
+        if span is not None:
+            span.set_attribute("paymaster.sidecar.outcome", exc.kind)
         if policy == FAIL_CLOSED:
             outcome = BudgetOutcome(decision="fail_closed", mode="none", scopes=scopes, reason=why)
             self._record(outcome, record, span)
