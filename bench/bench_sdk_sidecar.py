@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -59,13 +59,13 @@ def loop_runner(iterations: int, budget: SidecarBudget | None) -> Runner:
         max_loops=iterations,
     )
     return Runner(
-        loop, usage_limits=UsageLimits(total_cost_usd_limit=1000, total_tokens_limit=10**9), budget=budget
+        loop, usage_limits=UsageLimits(total_cost_usd_limit=Decimal(1000), total_tokens_limit=10**9), budget=budget
     )
 
 
 def bare(iterations: int) -> None:
     async def main() -> None:
-        agent, data = Trivial(), 0
+        agent, data = Trivial(), cast(Any, 0)
         for _ in range(iterations):
             data = await agent.run(data)
 

@@ -82,7 +82,7 @@ def main() -> int:
     ensure_budget(args.target, args.team, args.limit)
     refine = Step.loop_until(
         name="refine",
-        loop_body_pipeline=Step("draft", Drafter(), config=StepConfig(expected_cost_usd="0.12")),
+        loop_body_pipeline=Step("draft", Drafter(), config=StepConfig(expected_cost_usd=Decimal("0.12"))),
         exit_condition_callable=lambda out, ctx: len(out.text) > 10_000,
         max_loops=20,
     )

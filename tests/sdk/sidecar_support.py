@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from paymaster import Step, StepConfig
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 
@@ -159,3 +160,13 @@ def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+def loop_of(agent: Any, *, times: int = 20, expected: str | None = None, **step: Any) -> Step:
+    config = StepConfig(expected_cost_usd=expected) if expected is not None else None
+    return Step.loop_until(
+        name="loop",
+        loop_body_pipeline=Step("call", agent, config=config, **step),
+        exit_condition_callable=lambda out, ctx: False,
+        max_loops=times,
+    )

@@ -31,6 +31,7 @@ from paymaster.processor import ReservationSpanProcessor
 
 from .agents import CostlyAgent, FixedMetricAgent, MetricOutput
 from .conftest import InProcessSidecar
+from .sidecar_support import loop_of
 from .test_telemetry import Providers
 
 DATA = Path(__file__).parent / "data"
@@ -40,16 +41,6 @@ def budget_for(side: InProcessSidecar, **kwargs: Any) -> SidecarBudget:
     kwargs.setdefault("scopes", Scopes(team="search"))
     kwargs.setdefault("journal_dir", None)
     return SidecarBudget(side.address, **kwargs)
-
-
-def loop_of(agent: Any, *, times: int = 20, expected: str | None = None, **step: Any) -> Step:
-    config = StepConfig(expected_cost_usd=expected) if expected is not None else None
-    return Step.loop_until(
-        name="loop",
-        loop_body_pipeline=Step("call", agent, config=config, **step),
-        exit_condition_callable=lambda out, ctx: False,
-        max_loops=times,
-    )
 
 
 @pytest.fixture

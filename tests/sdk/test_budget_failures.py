@@ -29,8 +29,7 @@ from paymaster import (
 )
 
 from .agents import FixedMetricAgent, MetricOutput
-from .sidecar_support import Admin, free_port
-from .test_budget import loop_of
+from .sidecar_support import Admin, free_port, loop_of
 from .test_telemetry import Providers
 
 

@@ -21,7 +21,7 @@ from paymaster import (
 
 from .agents import FixedMetricAgent
 from .conftest import InProcessSidecar
-from .test_budget import loop_of
+from .sidecar_support import loop_of
 from .test_telemetry import Providers
 
 
