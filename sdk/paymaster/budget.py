@@ -266,6 +266,7 @@ class SidecarBudget:
         )
         self._resource_scopes: dict[Any, Scopes] = {}
         self._adopted = False
+        self._closed = False
 
     # ------------------------------------------------------------------ public
     @property
@@ -286,6 +287,9 @@ class SidecarBudget:
     def close(self) -> None:
         """Stop background replay and close the connection. Pending spend stays in the journal
         directory for the next process (or is lost with a memory-only journal: a warning says so)."""
+        if self._closed:
+            return
+        self._closed = True
         self.replayer.stop()
         left = len(self.journal)
         if left and self.journal.directory is None:
@@ -321,6 +325,8 @@ class SidecarBudget:
         """The gate one run consults (see ``paymaster._gate``)."""
         from paymaster._sidecar.session import BudgetSession
 
+        if self._closed:
+            raise ConfigError(f"{self!r} is closed; build a new SidecarBudget for this runner")
         self._telemetry = telemetry
         self._adopt()
         return BudgetSession(self, run, self.base_scopes(tracer_provider))

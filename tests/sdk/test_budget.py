@@ -110,6 +110,14 @@ def test_local_only_limits_needs_limits_of_its_own() -> None:
     budget.close()
 
 
+def test_a_closed_budget_says_so() -> None:
+    budget = SidecarBudget("127.0.0.1:7310", scopes=Scopes(team="t"), journal_dir=None)
+    budget.close()
+    budget.close()  # harmless
+    with pytest.raises(ConfigError, match=r"SidecarBudget\('127.0.0.1:7310'.*\) is closed; build a new"):
+        Runner(Step("s", FixedMetricAgent()), budget=budget).run(0)
+
+
 def test_a_step_with_no_scope_ids_is_refused_with_how_to_give_them(sidecar: InProcessSidecar) -> None:
     budget = budget_for(sidecar, scopes=None)
     with pytest.raises(ConfigError) as info:
