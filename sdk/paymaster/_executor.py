@@ -16,8 +16,8 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from paymaster._composite import run_loop, run_parallel
@@ -187,6 +187,8 @@ class _Run:
                 raise
             run_step, agent = ticket.step, ticket.agent
             if span is not None and ticket.reservation_id:
+                from opentelemetry import baggage  # only traced runs with a budget pay for it
+
                 sctx = baggage.set_baggage(RESERVATION_ATTRIBUTE, ticket.reservation_id, sctx)
         try:
             if agent is not step.agent:
