@@ -59,7 +59,9 @@ def loop_runner(iterations: int, budget: SidecarBudget | None) -> Runner:
         max_loops=iterations,
     )
     return Runner(
-        loop, usage_limits=UsageLimits(total_cost_usd_limit=Decimal(1000), total_tokens_limit=10**9), budget=budget
+        loop,
+        usage_limits=UsageLimits(total_cost_usd_limit=Decimal(1000), total_tokens_limit=10**9),
+        budget=budget,
     )
 
 
