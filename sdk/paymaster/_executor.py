@@ -14,7 +14,7 @@ import inspect
 import logging
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -28,7 +28,10 @@ from paymaster.exceptions import ConfigError, PaymasterError, UsageLimitExceeded
 from paymaster.quota import Quota
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
-from paymaster.telemetry import RunMetrics, Telemetry, usage_attributes
+from paymaster.telemetry import RESERVATION_ATTRIBUTE, RunMetrics, Telemetry, usage_attributes
+
+if TYPE_CHECKING:
+    from paymaster._gate import BudgetGate, Ticket
 
 __all__ = ["ExecutorCore", "RunContext"]
 
@@ -102,7 +105,7 @@ class ExecutorCore:
 class _Run:
     """The state of one run: shared by all its steps, never by two runs."""
 
-    __slots__ = ("core", "ctx", "meter", "spans", "tel", "tracer", "warned_models")
+    __slots__ = ("core", "ctx", "gate", "meter", "spans", "tel", "tracer", "warned_models")
 
     tel: RunMetrics
 
@@ -116,6 +119,8 @@ class _Run:
         self.ctx = ctx
         self.spans = spans
         self.warned_models: set[str] = set()
+        self.gate: BudgetGate | None = None
+        """The remote budget consulted around every agent step, when the runner has one."""
 
     # ----------------------------------------------------------------- sequencing
     async def run_pipeline(
@@ -167,26 +172,33 @@ class _Run:
         if self.spans:
             self._child_span("quota.reserve.attempt", sctx, _reserve_attrs(estimate, quota, decision.granted))
         if not decision:
-            record.denied, record.denial_code = True, decision.reason_code
-            record.feedback = f"denied before it ran: {decision.message}"
-            record.latency_s = perf_counter() - started
-            tel.record_denial(decision.reason_code or "unknown")
-            tel.record_outcome("denied")
-            if span is not None:
-                self._child_span(
-                    "quota.reserve.denied",
-                    sctx,
-                    {"reason_code": decision.reason_code or "", "message": decision.message or ""},
-                )
-                _end_error(span, record.feedback)
-            raise UsageLimitExceededError(
-                decision.message or "usage limit exceeded", code=decision.reason_code or "limit"
-            )
+            code = decision.reason_code or "unknown"
+            message = decision.message or "usage limit exceeded"
+            self._denied(record, span, sctx, code, message, started)
+            raise UsageLimitExceededError(message, code=decision.reason_code or "limit")
+        gate = self.gate
+        ticket: Ticket | None = None
+        run_step = step
+        if gate is not None:
+            try:
+                ticket = await gate.admit(self, step, data, estimate, record, span)
+            except BaseException as exc:
+                self._not_admitted(exc, estimate, quota, record, span, sctx, started)
+                raise
+            run_step, agent = ticket.step, ticket.agent
+            if span is not None and ticket.reservation_id:
+                from opentelemetry import baggage  # only traced runs with a budget pay for it
+
+                sctx = baggage.set_baggage(RESERVATION_ATTRIBUTE, ticket.reservation_id, sctx)
         try:
-            output = await self._call(step, agent, data, record, sctx)
+            if agent is not step.agent:
+                self.meter.preflight(agent)
+            output = await self._call(run_step, agent, data, record, sctx)
             usage = self.meter.measure(agent, output)
         except BaseException as exc:
             quota.release(estimate)
+            if ticket is not None:
+                gate.abandon(ticket)  # type: ignore[union-attr]
             record.latency_s = perf_counter() - started
             self._agent_failed(record, exc, span)
             if isinstance(exc, Exception) and not _is_paymaster_error(exc):
@@ -195,25 +207,72 @@ class _Run:
         actual = UsageEstimate(cost_usd=usage.cost_usd or ZERO, tokens=usage.total_tokens)
         verdict = quota.reconcile(estimate, actual)
         self._fill(record, output, usage, started)
-        self.core.observe(step, usage)
+        self.core.observe(run_step, usage)
         tel.record_usage(step.name, estimate, usage)
         if usage.cost_source == "unknown":
             self._warn_unpriced(record, usage, quota)
+        remote_halt = None
+        if ticket is not None:
+            # Always: the spend happened and the sidecar must hear of it, even when a local limit halts.
+            try:
+                remote_halt = await gate.settle(ticket, usage, actual, record, span)  # type: ignore[union-attr]
+            except BaseException:
+                # Cancelled while the commit was in flight: the step itself finished (the commit goes on).
+                tel.record_outcome("ok")
+                if span is not None:
+                    span.end()
+                raise
         if span is not None:
             self._child_span("quota.reconcile", sctx, _reconcile_attrs(estimate, actual))
             span.set_attributes(usage_attributes(usage))
         if not verdict:
-            record.success = False
-            record.feedback = f"halted: {verdict.message}"
-            tel.record_outcome("halted")
-            if span is not None:
-                _end_error(span, record.feedback)
+            self._halted(record, span, verdict.message or "usage limit exceeded")
             raise UsageLimitExceededError(
                 verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit"
             )
+        if remote_halt is not None:
+            self._halted(record, span, str(remote_halt))
+            raise remote_halt
         tel.record_outcome("ok")
         if span is not None:
             span.end()
+
+    def _not_admitted(
+        self,
+        exc: BaseException,
+        estimate: UsageEstimate,
+        quota: Quota,
+        record: StepResult,
+        span: Span | None,
+        sctx: Any,
+        started: float,
+    ) -> None:
+        """The remote budget refused the step (a denial, like a local one) or could not decide it."""
+        quota.release(estimate)
+        if isinstance(exc, UsageLimitExceededError):
+            self._denied(record, span, sctx, exc.code, str(exc), started)
+        else:
+            record.latency_s = perf_counter() - started
+            self._agent_failed(record, exc, span)
+
+    def _denied(
+        self, record: StepResult, span: Span | None, sctx: Any, code: str, message: str, started: float
+    ) -> None:
+        record.denied, record.denial_code = True, code
+        record.feedback = f"denied before it ran: {message}"
+        record.latency_s = perf_counter() - started
+        self.tel.record_denial(code)
+        self.tel.record_outcome("denied")
+        if span is not None:
+            self._child_span("quota.reserve.denied", sctx, {"reason_code": code, "message": message})
+            _end_error(span, record.feedback)
+
+    def _halted(self, record: StepResult, span: Span | None, message: str) -> None:
+        record.success = False
+        record.feedback = f"halted: {message}"
+        self.tel.record_outcome("halted")
+        if span is not None:
+            _end_error(span, record.feedback)
 
     async def _call(self, step: Step, agent: Any, data: Any, record: StepResult, sctx: Any) -> Any:
         """Call the agent, retrying on exceptions up to ``max_retries``; the span is current meanwhile."""

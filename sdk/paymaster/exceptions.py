@@ -1,8 +1,10 @@
 """Every error Paymaster raises, in one shallow tree.
 
 Two families: misconfiguration (``ConfigError`` and its children), raised at load or before an agent
-runs and fixed by editing a file; and runtime refusals (``UsageLimitExceededError`` and its children),
-raised when spending would pass a limit and carrying the partial result of the run.
+runs and fixed by editing a file; and runtime refusals (``UsageLimitExceededError`` and its children:
+``BudgetExceededError`` from the sidecar's budgets, ``SidecarUnavailableError`` when a fail-closed
+runner cannot reach it), raised when spending would pass a limit and carrying the partial result of
+the run.
 """
 
 from __future__ import annotations
@@ -66,10 +68,14 @@ class UsageLimitExceededError(PaymasterError):
 
 
 class BudgetExceededError(UsageLimitExceededError):
-    """A budget held by the sidecar denied the step before its agent ran.
+    """A budget held by the sidecar refused the step before its agent ran, or its spend passed a block
+    budget's limit (the run halts after recording that spend).
 
-    ``budget_info`` lists what the sidecar said of every matching budget: id, name, used, limit,
-    action, and the operator-facing message.
+    ``budget_info`` lists what the sidecar said of every matching budget: ``budget_id``,
+    ``budget_name``, ``scope``, ``scope_id``, ``used_usd``, ``reserved_usd``, ``limit_usd``,
+    ``remaining_usd``, ``percentage``, ``exceeded``, ``action`` (``block``, ``warn``, ``downgrade``),
+    ``period_start`` and ``period_end``. ``reason`` is the operator-facing message (also the error's
+    text) and ``deciding_budget_id`` the budget that decided.
     """
 
     def __init__(
@@ -79,10 +85,20 @@ class BudgetExceededError(UsageLimitExceededError):
         *,
         code: str = "budget",
         budget_info: list[dict[str, Any]] | None = None,
+        deciding_budget_id: str | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message, result, code=code)
         self.budget_info: list[dict[str, Any]] = list(budget_info or [])
+        self.deciding_budget_id = deciding_budget_id
+        self.reason = reason if reason is not None else message
 
 
-class SidecarUnavailableError(PaymasterError):
-    """The budget sidecar could not be reached within the deadline (fail-closed policy)."""
+class SidecarUnavailableError(UsageLimitExceededError):
+    """The budget sidecar could not be reached within the deadline and the runner's fail policy is
+    ``fail_closed``: the step was denied before its agent ran. ``result`` holds the run up to it."""
+
+    def __init__(
+        self, message: str, result: PipelineResult | None = None, *, code: str = "sidecar_unavailable"
+    ) -> None:
+        super().__init__(message, result, code=code)

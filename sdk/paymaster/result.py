@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paymaster._estimate import UsageEstimate
 from paymaster._money import ZERO
+
+if TYPE_CHECKING:
+    from paymaster.budget import BudgetOutcome
 
 __all__ = ["PipelineResult", "StepResult"]
 
@@ -66,6 +69,12 @@ class StepResult:
     """Non-fatal conditions worth a look (an unpriced model under a cost limit, a budget warning)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Extra facts recorded by extensions (budget decisions, downgrades)."""
+
+    @property
+    def budget(self) -> BudgetOutcome | None:
+        """What the sidecar decided for this agent step (``None`` without a ``SidecarBudget``):
+        decision, reservation id, matched budgets, warnings, and what a downgrade swapped."""
+        return self.metadata.get("budget")
 
     def walk(self) -> Iterator[StepResult]:
         """This result and every nested one, depth first."""

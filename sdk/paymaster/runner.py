@@ -1,15 +1,16 @@
 """``Runner``: runs a pipeline under usage limits, synchronously or asynchronously.
 
 The runner builds the run's root ``Quota`` from ``UsageLimits``, opens the run's span on the
-application's tracer provider, and hands the pipeline to the executor. A halt surfaces as
-``UsageLimitExceededError`` whose ``result`` holds the whole history up to the halt.
+application's tracer provider, and hands the pipeline to the executor. With a ``SidecarBudget`` the
+executor also consults the sidecar's budgets around every agent step (see ``paymaster.budget``).
+A halt surfaces as ``UsageLimitExceededError`` whose ``result`` holds the whole history up to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paymaster._executor import ExecutorCore, RunContext, _Run
 from paymaster._metering import UsageMeter
@@ -19,6 +20,9 @@ from paymaster.quota import Quota
 from paymaster.result import PipelineResult
 from paymaster.step import Pipeline, Step
 from paymaster.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from paymaster.budget import SidecarBudget
 
 __all__ = ["Runner"]
 
@@ -37,11 +41,21 @@ class Runner:
         tracer_provider: Any = None,
         meter_provider: Any = None,
         name: str | None = None,
+        budget: SidecarBudget | None = None,
     ) -> None:
         if usage_limits is not None and not isinstance(usage_limits, UsageLimits):
             raise ConfigError(f"Runner: usage_limits must be UsageLimits, got {type(usage_limits).__name__}")
+        if budget is not None and not callable(getattr(budget, "open_session", None)):
+            raise ConfigError(
+                f"Runner: budget must be a SidecarBudget (or have open_session()), got {type(budget).__name__}"
+            )
         self.pipeline = Pipeline.coerce(pipeline)
         self.usage_limits = usage_limits or UsageLimits()
+        self.budget = budget
+        """The sidecar's budgets this runner is also held to (``None``: local limits only)."""
+        if budget is not None:
+            budget.check_runner(self.usage_limits)
+        self._tracer_provider = tracer_provider
         if cost_calculator is not None and meter is not None:
             raise ConfigError(
                 "Runner: give cost_calculator or meter, not both (a meter has its own calculator)"
@@ -94,7 +108,12 @@ class Runner:
 
         run = _Run(self.executor, self.meter, tel, ctx, span.is_recording())
         octx = trace.set_span_in_context(span) if run.spans else None
+        gate = None
         try:
+            if self.budget is not None:
+                gate = run.gate = self.budget.open_session(run, self._tracer_provider, tel)
+                if run.spans:
+                    span.set_attributes(self.budget.base_scopes(self._tracer_provider).attributes())
             result.output, result.success = await run.run_pipeline(
                 self.pipeline, data, quota, result.step_history, octx
             )
@@ -104,6 +123,9 @@ class Runner:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
             raise
         finally:
+            if gate is not None:
+                # However the run ends: return what is still held and wait for every call in flight.
+                await asyncio.shield(gate.close(span if run.spans else None))
             span.set_attributes(
                 {
                     "gen_ai.usage.cost": float(result.total_cost_usd),

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from paymaster._money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
 from paymaster.limits import UsageLimits
+
+if TYPE_CHECKING:
+    from paymaster.scopes import Scopes
 
 __all__ = ["LoopStep", "ParallelStep", "Pipeline", "Step", "StepConfig"]
 
@@ -64,7 +67,7 @@ class Step:
         *,
         usage_limits: UsageLimits | None = None,
         config: StepConfig | None = None,
-        scopes: Any = None,
+        scopes: Scopes | Mapping[str, str] | None = None,
         downgrade: Any = None,
     ) -> None:
         if not isinstance(name, str) or not name:
@@ -81,8 +84,18 @@ class Step:
         self.agent = agent
         self.usage_limits = None if usage_limits is None or usage_limits.is_unlimited else usage_limits
         self.config = config or StepConfig()
-        self.scopes = scopes
-        self.downgrade = downgrade
+        self.scopes: Scopes | None = None if scopes is None else _scopes(scopes, name)
+        """Scope ids this step's spend is charged to in the sidecar, over the runner's (e.g. another agent)."""
+        if downgrade is not None and not (
+            (isinstance(downgrade, Step) and downgrade.kind == "agent")
+            or callable(getattr(downgrade, "run", None))
+        ):
+            raise ConfigError(
+                f"Step '{name}': downgrade must be a cheaper agent (an object with run(data)) or an agent "
+                f"Step, got {type(downgrade).__name__}"
+            )
+        self.downgrade: Any = downgrade
+        """The cheaper path a sidecar downgrade decision runs: an agent, or a Step with its own config."""
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -245,6 +258,12 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({' >> '.join(s.name for s in self.steps)})"
+
+
+def _scopes(value: Scopes | Mapping[str, str], name: str) -> Scopes | None:
+    from paymaster.scopes import Scopes
+
+    return Scopes.coerce(value, where=f"Step '{name}'")
 
 
 def _coerce(value: Any, cls: type[Any], what: str) -> Any:

@@ -21,9 +21,19 @@ from opentelemetry import metrics, trace
 from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage
 
-__all__ = ["INSTRUMENTS", "RunMetrics", "Telemetry", "usage_attributes", "variance_bucket"]
+__all__ = [
+    "INSTRUMENTS",
+    "RESERVATION_ATTRIBUTE",
+    "RunMetrics",
+    "Telemetry",
+    "usage_attributes",
+    "variance_bucket",
+]
 
 SCOPE: Final = "paymaster"
+RESERVATION_ATTRIBUTE: Final = "paymaster.reservation_id"
+"""Span attribute (and baggage entry) naming the sidecar reservation that accounts for a step's spend:
+trace ingestion does not charge spans that carry it."""
 
 # name -> (unit, description); Prometheus names after a Collector: dots become underscores,
 # counters gain ``_total``, and ``{annotation}`` units add no suffix.
@@ -40,6 +50,29 @@ INSTRUMENTS: Final[dict[str, tuple[str, str]]] = {
     "paymaster.steps": (
         "{step}",
         "Agent steps finished, by outcome (ok, failed, denied, cancelled, halted).",
+    ),
+    "paymaster.budget.decisions": (
+        "{step}",
+        "Sidecar budget decisions on agent steps, by decision (allow, warn, downgrade, deny, "
+        "no_downgrade_path, fail_open, fail_closed, local_only) and mode (reservation, lease, ...).",
+    ),
+    "paymaster.budget.leases": (
+        "{lease}",
+        "Budget leases, by event (acquired, refused, committed, released, commit_failed).",
+    ),
+    "paymaster.sidecar.calls": (
+        "{call}",
+        "Calls to the budget sidecar, by rpc and outcome (ok, retried, refused, unavailable, "
+        "deadline_exceeded, breaker_open, ...).",
+    ),
+    "paymaster.sidecar.replays": (
+        "{usage}",
+        "Spend kept for the sidecar while it was unreachable, by outcome (journaled, replayed, "
+        "duplicate, rejected).",
+    ),
+    "paymaster.sidecar.breaker": (
+        "{transition}",
+        "Circuit breaker transitions of the sidecar client, by the state entered (open, half_open, closed).",
     ),
 }
 
@@ -83,6 +116,10 @@ class Telemetry:
         if found is None:
             found = cls._cache[key] = cls(tracer_provider, meter_provider)
         return found
+
+    def count(self, name: str, value: float, attributes: dict[str, str]) -> None:
+        """Add to counter ``name`` (one of ``INSTRUMENTS``) at once; for rare events outside a run."""
+        self._instruments[name].add(value, attributes)
 
     def run_metrics(self) -> RunMetrics:
         """A counter batch for one run."""

@@ -1,0 +1,190 @@
+"""The transport to the sidecar: one gRPC channel, a deadline per operation, retries with jittered
+exponential backoff, and the circuit breaker.
+
+Every budget RPC the SDK makes is safe to repeat (Reserve carries an idempotency key, Commit and
+Release are idempotent, RecordUsage is idempotent by its usage id), so every one is retried on
+transport failures until its deadline. The channel is a synchronous ``grpc.Channel`` (thread-safe,
+bound to no event loop, so one connection serves every run of every runner in the process); async
+callers await its futures through the running loop.
+
+Outcomes: a response; ``Unreachable`` (no answer within the deadline, or the breaker is open — the
+fail policy decides what happens next); or ``Refused`` (the sidecar answered that the request is
+wrong — a bug or a misconfiguration, reported as is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import grpc
+
+from paymaster._sidecar.breaker import CircuitBreaker
+from paymaster.v1 import budget_pb2_grpc
+
+__all__ = ["Refused", "SidecarClient", "Unreachable"]
+
+# Transport-level failures: the request may not have been decided. All are retried.
+_UNREACHABLE: Final = {
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "resource_exhausted",
+    grpc.StatusCode.UNKNOWN: "unknown",
+    grpc.StatusCode.CANCELLED: "cancelled",
+    grpc.StatusCode.ABORTED: "aborted",
+    grpc.StatusCode.INTERNAL: "internal",
+}
+_CHANNEL_OPTIONS: Final = (
+    # Notice a sidecar that is back within a fraction of a second instead of gRPC's default of up to
+    # two minutes of reconnect backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+)
+
+Count = Callable[[str, str], None]
+
+
+class Unreachable(Exception):
+    """No answer from the sidecar: ``kind`` is ``breaker_open``, ``unavailable``, ``deadline_exceeded`` ..."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.detail = detail
+
+
+class Refused(Exception):
+    """The sidecar answered with an error status that retrying cannot fix (``INVALID_ARGUMENT`` ...)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class SidecarClient:
+    """See the module docstring. ``count(rpc, outcome)`` receives every call's outcome."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        deadline_s: float,
+        retries: int,
+        backoff_s: float,
+        breaker: CircuitBreaker,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.deadline_s = deadline_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.breaker = breaker
+        self._channel = grpc.insecure_channel(target, options=[*_CHANNEL_OPTIONS, *channel_options])
+        self.stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
+        self._closed = False
+
+    # ------------------------------------------------------------------ async
+    async def call(
+        self, method: str, request: Any, *, count: Count | None = None, deadline_s: float | None = None
+    ) -> Any:
+        """``method`` on the stub, with retries until the deadline; see the module docstring."""
+        if not self.breaker.allow():
+            _count(count, method, "breaker_open")
+            raise Unreachable(
+                "breaker_open", f"the circuit breaker is open after repeated failures to reach {self.target}"
+            )
+        rpc = getattr(self.stub, method)
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                response = await _bridge(loop, rpc.future(request, timeout=max(remaining, 0.001)))
+            except grpc.RpcError as exc:
+                kind = _UNREACHABLE.get(exc.code())
+                if kind is None:
+                    self.breaker.success()  # it answered: the transport is fine
+                    _count(count, method, "refused")
+                    raise Refused(exc.code().name, exc.details() or "") from None
+                pause = self._pause(attempt, deadline)
+                if pause is None:
+                    self.breaker.failure()
+                    _count(count, method, kind)
+                    raise Unreachable(kind, exc.details() or "") from None
+                _count(count, method, "retried")
+                attempt += 1
+                await asyncio.sleep(pause)
+                continue
+            self.breaker.success()
+            _count(count, method, "ok")
+            return response
+
+    def _pause(self, attempt: int, deadline: float) -> float | None:
+        """The backoff before the next attempt, or ``None`` when no attempt is left in the deadline."""
+        if attempt >= self.retries:
+            return None
+        pause: float = self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0)
+        if time.monotonic() + pause >= deadline:
+            return None
+        return pause
+
+    # ------------------------------------------------------------------ sync
+    def call_sync(self, method: str, request: Any, *, timeout_s: float, count: Count | None = None) -> Any:
+        """One attempt from a plain thread (the replayer retries on its own schedule)."""
+        if not self.breaker.allow():
+            _count(count, method, "breaker_open")
+            raise Unreachable("breaker_open", "the circuit breaker is open")
+        try:
+            response = getattr(self.stub, method)(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            kind = _UNREACHABLE.get(exc.code())
+            if kind is None:
+                self.breaker.success()
+                _count(count, method, "refused")
+                raise Refused(exc.code().name, exc.details() or "") from None
+            self.breaker.failure()
+            _count(count, method, kind)
+            raise Unreachable(kind, exc.details() or "") from None
+        self.breaker.success()
+        _count(count, method, "ok")
+        return response
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+
+def _count(count: Count | None, method: str, outcome: str) -> None:
+    if count is not None:
+        count(method, outcome)
+
+
+def _bridge(loop: asyncio.AbstractEventLoop, call: Any) -> asyncio.Future[Any]:
+    """An asyncio future of the running loop that completes with the gRPC future ``call``."""
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def transfer(done: Any) -> None:
+        if future.done():
+            return
+        error = done.exception()
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(done.result())
+
+    def on_done(done: Any) -> None:
+        # RuntimeError: the loop closed meanwhile (the session's close() waits, so it does not).
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(transfer, done)
+
+    call.add_done_callback(on_done)
+    return future
