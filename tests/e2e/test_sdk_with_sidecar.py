@@ -279,7 +279,7 @@ def test_fail_open_keeps_running_and_replays_every_cent_once_the_sidecar_is_back
         fail_policy=FAIL_OPEN,
         lease=lease,
         journal_dir=tmp_path / "journal",
-        deadline_s=0.3,
+        deadline_s=2.0,
         breaker_reset_s=0.1,
     ) as b:
         result = Runner(killing_loop(KillsAt(proc, at=10)), budget=b).run(0)
@@ -298,7 +298,7 @@ def test_fail_closed_denies_at_the_first_step_the_sidecar_cannot_decide(
     proc, admin = own
     admin.budget("team", "100", scope_id="search")
     agent = KillsAt(proc, at=10)
-    with budget(proc.address, "search", fail_policy=FAIL_CLOSED, deadline_s=0.3, breaker_reset_s=0.1) as b:
+    with budget(proc.address, "search", fail_policy=FAIL_CLOSED, deadline_s=2.0, breaker_reset_s=0.1) as b:
         with pytest.raises(SidecarUnavailableError) as info:
             Runner(killing_loop(agent), budget=b).run(0)
         result = info.value.result
@@ -324,7 +324,7 @@ def test_local_only_limits_carries_on_within_the_runners_limits_and_replays_noth
     admin.budget("team", "100", scope_id="search")
     agent = KillsAt(proc, at=10)
     with budget(
-        proc.address, "search", fail_policy=LOCAL_ONLY_LIMITS, deadline_s=0.3, breaker_reset_s=0.1
+        proc.address, "search", fail_policy=LOCAL_ONLY_LIMITS, deadline_s=2.0, breaker_reset_s=0.1
     ) as b:
         with pytest.raises(UsageLimitExceededError) as info:
             Runner(killing_loop(agent), budget=b, usage_limits=UsageLimits(total_cost_usd_limit="0.2")).run(0)

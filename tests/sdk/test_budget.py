@@ -40,6 +40,7 @@ DATA = Path(__file__).parent / "data"
 def budget_for(side: InProcessSidecar, **kwargs: Any) -> SidecarBudget:
     kwargs.setdefault("scopes", Scopes(team="search"))
     kwargs.setdefault("journal_dir", None)
+    kwargs.setdefault("deadline_s", 5.0)  # a live sidecar on a loaded machine must never miss it
     return SidecarBudget(side.address, **kwargs)
 
 

@@ -84,7 +84,9 @@ def nowhere() -> str:
 
 def budget_at(target: str, policy: str, **kwargs: Any) -> SidecarBudget:
     kwargs.setdefault("journal_dir", None)
-    kwargs.setdefault("deadline_s", 0.2)
+    # Generous: a live sidecar on a loaded machine must never miss it. A dead one refuses at once,
+    # and the one test about deadlines (the black hole) sets its own.
+    kwargs.setdefault("deadline_s", 2.0)
     kwargs.setdefault("backoff_s", 0.01)
     return SidecarBudget(target, scopes=Scopes(team="search"), fail_policy=policy, **kwargs)  # type: ignore[arg-type]
 

@@ -39,6 +39,7 @@ def leased(side: InProcessSidecar, slice_usd: str = "0.05", **kwargs: Any) -> Si
         scopes=Scopes(team="search"),
         journal_dir=None,
         lease=LeasePolicy(slice_usd=slice_usd, **kwargs),
+        deadline_s=5.0,  # a live sidecar on a loaded machine must never miss it
     )
 
 
@@ -77,7 +78,9 @@ def test_near_the_limit_leases_halt_exactly_where_per_step_reservations_do(
     outcomes = []
     for i, lease in enumerate([None, LeasePolicy(slice_usd="0.3")]):
         sidecar.admin.budget(f"b{i}", "1", scope_id=f"team{i}")
-        budget = SidecarBudget(sidecar.address, scopes=Scopes(team=f"team{i}"), journal_dir=None, lease=lease)
+        budget = SidecarBudget(
+            sidecar.address, scopes=Scopes(team=f"team{i}"), journal_dir=None, lease=lease, deadline_s=5.0
+        )
         with pytest.raises(BudgetExceededError) as info:
             Runner(loop_of(FixedMetricAgent(cost="0.1"), expected=expected), budget=budget).run(0)
         result = info.value.result
