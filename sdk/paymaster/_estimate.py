@@ -20,8 +20,14 @@ class UsageEstimate:
     """Expected total tokens."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cost_usd", to_decimal(self.cost_usd, what="estimated cost_usd"))
-        object.__setattr__(self, "tokens", to_tokens(self.tokens, what="estimated tokens"))
+        # Every step builds one or two of these: a value that is already an exact, valid amount and
+        # a plain count (what the executor and estimators pass) skips the general conversion.
+        cost = self.cost_usd
+        if type(cost) is not Decimal or not cost.is_finite() or cost < 0:
+            object.__setattr__(self, "cost_usd", to_decimal(cost, what="estimated cost_usd"))
+        tokens = self.tokens
+        if type(tokens) is not int or tokens < 0:
+            object.__setattr__(self, "tokens", to_tokens(tokens, what="estimated tokens"))
 
     def __add__(self, other: UsageEstimate) -> UsageEstimate:
         return UsageEstimate(cost_usd=self.cost_usd + other.cost_usd, tokens=self.tokens + other.tokens)

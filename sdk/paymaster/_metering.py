@@ -33,9 +33,11 @@ __all__ = [
 CostSource = Literal["explicit", "configured", "library", "unknown", "none"]
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+# Not frozen: one is built per agent call, and a frozen dataclass's __init__ costs four times as
+# much. Treat it as a value all the same (``dataclasses.replace`` makes changed copies).
+@dataclass(kw_only=True, slots=True, eq=True)
 class MeasuredUsage:
-    """What one agent call used, as the executor records it."""
+    """What one agent call used, as the executor records it (a value: never changed once built)."""
 
     cost_usd: Decimal | None
     """Exact cost in USD; ``None`` when it could not be determined (never a fake zero)."""
