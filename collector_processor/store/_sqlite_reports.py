@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from collector_processor.budgets import OnExceed, Scope
-from collector_processor.decisions import BudgetState
 from collector_processor.ledger_types import Alert, BudgetStatus
 from collector_processor.money import micros_to_usd, percentage
 from collector_processor.store._index import LiveBudget
+from collector_processor.store._shared import status_from_state
 from collector_processor.store._sqlite_reservations import read_states
 from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
 
-_HOUR_MS = 3_600_000
 _SLOT_MS = 900_000
 _ALERT_COLS = (
     "seq, alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros, action,"
@@ -35,36 +33,7 @@ def budget_status(conn: sqlite3.Connection, live: LiveBudget, entity: str, now_m
         "SELECT threshold FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = ? ORDER BY threshold",
         (budget.id, entity, period_key),
     ).fetchall()
-    burn, projected = _projection(state, now_ms)
-    return BudgetStatus(
-        budget=budget,
-        scope_id=entity,
-        used_usd=micros_to_usd(state.used),
-        reserved_usd=micros_to_usd(state.reserved),
-        remaining_usd=micros_to_usd(max(state.limit - state.used - state.reserved, 0)),
-        percentage=percentage(state.used, state.limit),
-        exceeded=state.used >= state.limit,
-        period_start_ms=state.window.start_ms,
-        period_end_ms=state.window.end_ms,
-        burn_rate_usd_per_hour=burn,
-        projected_usd=projected,
-        alerts_fired=tuple(t for (t,) in fired),
-    )
-
-
-def _projection(state: BudgetState, now_ms: int) -> tuple[Decimal, Decimal]:
-    """Burn rate per hour and spend at period end if it holds; exact decimals rounded up to micro-dollars."""
-    used = Decimal(state.used)
-    micro = Decimal(1)
-    if state.budget.period.is_rolling:
-        window = state.window.end_ms - state.window.start_ms
-        burn = (used * _HOUR_MS / window).quantize(micro, rounding=ROUND_CEILING)
-        return micros_to_usd(int(burn)), micros_to_usd(state.used)
-    elapsed = max(now_ms - state.window.start_ms, 1000)  # a second in, not a division by zero
-    length = state.window.end_ms - state.window.start_ms
-    burn = (used * _HOUR_MS / elapsed).quantize(micro, rounding=ROUND_CEILING)
-    projected = (used * length / elapsed).quantize(micro, rounding=ROUND_CEILING)
-    return micros_to_usd(int(burn)), micros_to_usd(int(projected))
+    return status_from_state(state, (t for (t,) in fired), now_ms)
 
 
 def usage_rows(
