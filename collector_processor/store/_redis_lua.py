@@ -476,7 +476,9 @@ return out
 _BUDGET_OPS = r"""
 local function insert(id, body)
   if redis.call('HEXISTS', P .. ':budgets', id) == 1 then return nil end
-  local gen = redis.call('HINCRBY', P .. ':meta', 'version', 1)
+  redis.call('HINCRBY', P .. ':meta', 'version', 1)
+  -- Read back as a string: a Lua number would be formatted with 14 significant digits.
+  local gen = redis.call('HGET', P .. ':meta', 'version')
   redis.call('HSET', P .. ':budgets', id, body .. ',"generation":' .. gen .. '}')
   return gen
 end

@@ -273,6 +273,7 @@ def test_a_re_created_budget_is_not_debited_by_its_deleted_namesakes_reservation
     ledger.delete_budget("team")
     ledger.create_budget(draft("team", limit="1"))
     fresh = reserve(ledger, "0.3")
+    assert standing(ledger, "team") == (D(0), D("0.3"))  # the old hold is not on the new budget
     assert ledger.release(old.reservation_id).released_usd == D("0.6")  # type: ignore[attr-defined]
     assert standing(ledger, "team") == (D(0), D("0.3"))
     assert fresh.decision is Decision.ALLOW  # type: ignore[attr-defined]

@@ -1,0 +1,683 @@
+"""The Redis store: one ledger shared by any number of sidecar replicas, with no overspend.
+
+Every operation that changes money or alert state is one Lua script (``_redis_lua``), so Redis runs it
+as one atomic step: a reservation reads the standing of every matching budget, decides and holds on all
+of them or none; a commit swaps the hold for the actual spend, charges every budget and fires each
+threshold once per period; releases, expiries and recorded usage likewise. No replica keeps a balance:
+each script reads the standing it decides on inside Redis. Replicas cache only budget *definitions*,
+and every script carries the version of the definitions it was built from; a replica whose cache is
+stale is refused (``STALE``), reloads and tries again, so a budget created through any replica is
+enforced by all of them from the next request on. Replicas also remember the (immutable) scopes of
+reservations they made, to commit them in one round trip; the script checks them.
+
+Expired reservations need no timer: every script first reclaims the reservations whose TTL has passed
+(whichever replica touches the ledger next), and each replica's sweeper does so between requests.
+
+The decision itself is ``collector_processor.decisions``: the script applies the same rule to the
+standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the
+answer (reason, warnings, budget info), refusing to answer if the two disagree. The key layout is in
+``_redis_codec``; Redis being unreachable is ``StoreUnavailableError`` (see ``_redis_link``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from typing import Any
+
+from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
+from collector_processor.decisions import BudgetState, Plan, budget_infos, evaluate, exceeds, plan_reservation
+from collector_processor.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidRequestError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from collector_processor.ledger_types import (
+    Alert,
+    BudgetInfo,
+    BudgetStatus,
+    CheckOutcome,
+    CommitCommand,
+    CommitOutcome,
+    Decision,
+    RecordUsageCommand,
+    RecordUsageOutcome,
+    ReleaseOutcome,
+    ReservationState,
+    ReserveCommand,
+    ReserveOutcome,
+    UsageFacts,
+)
+from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.store import _redis_reports as reports
+from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.store._redis_codec import (
+    budget_from_json,
+    budget_json,
+    facts_args,
+    hold_key,
+    parse_hold_key,
+    scope_args,
+    spec,
+)
+from collector_processor.store._redis_link import RedisLink
+from collector_processor.store._shared import entity_for, plan_config_sync, refuse_config, status_from_state
+from collector_processor.store.base import UsageFilter, UsageRow
+
+__all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
+
+log = logging.getLogger("paymaster.sidecar.store.redis")
+
+SCHEMA_VERSION = 1
+_NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_ATTEMPTS = 8
+_REMEMBERED = 100_000
+Matched = list[tuple[LiveBudget, str]]
+
+
+def check_namespace(namespace: str) -> str:
+    """A namespace is the hash tag of every key: 1-64 characters of A-Z a-z 0-9 . _ : -."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {namespace!r}")
+    return namespace
+
+
+class RedisStore:
+    """``LedgerStore`` on Redis 7 (or a Redis Cluster with ``cluster=True``); ``namespace`` keeps
+    several ledgers apart on one server and is the hash tag that puts a ledger in one slot."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "paymaster",
+        cluster: bool = False,
+        socket_timeout_s: float = 2.0,
+        connect_timeout_s: float = 1.0,
+        max_connections: int = 64,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        health_interval_s: float = 1.0,
+    ) -> None:
+        try:
+            check_namespace(namespace)
+        except ValueError as exc:
+            raise InvalidRequestError("namespace", str(exc)) from None
+        self._link = RedisLink(
+            url,
+            namespace=namespace,
+            cluster=cluster,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            max_connections=max_connections,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            health_interval_s=health_interval_s,
+            on_reconnect=self._after_reconnect,
+        )
+        self.where = self._link.where
+        self.namespace = namespace
+        self._p = self._link.prefix
+        self._client = self._link.client
+        self._index = BudgetIndex((), version=-1)
+        self._remembered: dict[str, ScopeSet] = {}
+        self._remember_lock = threading.Lock()
+        self._config: list[Budget] | None = None
+        try:
+            self._link.call(self._init_meta)
+        except StoreUnavailableError as exc:
+            self._link.close()
+            raise StoreUnavailableError(f"cannot reach Redis at {self.where}: {exc}") from None
+        self._link.start()
+
+    @property
+    def available(self) -> bool:
+        """False while Redis cannot be reached; the sidecar reports NOT_SERVING meanwhile."""
+        return self._link.available
+
+    def _init_meta(self) -> None:
+        meta = f"{self._p}:meta"
+        # A version that starts from the clock never repeats one a replica may have cached before the
+        # data was lost, so a stale cache is always noticed.
+        self._client.hsetnx(meta, "version", time.time_ns() // 1000)
+        self._client.hsetnx(meta, "schema", SCHEMA_VERSION)
+        schema = self._client.hget(meta, "schema")
+        if str(schema) != str(SCHEMA_VERSION):
+            raise StoreUnavailableError(
+                f"namespace {self.namespace!r} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
+            )
+
+    def _after_reconnect(self) -> None:
+        """Redis is back. If it came back empty (restarted without persistence), say so loudly and
+        declare the config budgets again, so they are enforced even though their spend is lost."""
+        if self._client.exists(f"{self._p}:meta"):
+            return
+        log.error(
+            "the Redis store at %s came back without the ledger (namespace %r): spend, reservations and "
+            "API-created budgets are lost; see deploy/redis for the persistence it needs",
+            self.where,
+            self.namespace,
+        )
+        self._init_meta()
+        self._forget_index()
+        if self._config is not None:
+            self.sync_config_budgets(self._config, now_ms=time.time_ns() // 1_000_000)
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def batch(self) -> AbstractContextManager[None]:
+        """Each operation is its own atomic script; there is nothing to share."""
+        return contextlib.nullcontext()
+
+    def _forget_index(self) -> None:
+        self._index = BudgetIndex((), version=-1)
+
+    def _refresh(self) -> BudgetIndex:
+        reply = self._link.script("load_budgets", [])
+        budgets = [budget_from_json(reply[i]) for i in range(2, len(reply), 2)]
+        self._index = BudgetIndex(budgets, version=int(reply[0]))
+        return self._index
+
+    def _current(self) -> BudgetIndex:
+        index = self._index
+        return self._refresh() if index.version < 0 else index
+
+    def _money(self, script: str, build: Callable[[BudgetIndex], list[str]]) -> tuple[BudgetIndex, list[Any]]:
+        """Run a script built from the budget index; rebuild and retry while the index is stale."""
+        index = self._current()
+        for _ in range(_ATTEMPTS):
+            reply: list[Any] = self._link.script(script, [str(index.version), *build(index)])
+            if reply[0] != "STALE":
+                if reply[0] == "OVERFLOW":
+                    raise FailedPreconditionError(
+                        f"budget {reply[1]!r} cannot take this amount: its totals would pass 2^63 micro-dollars"
+                    )
+                return index, reply
+            index = self._refresh()
+        raise StoreUnavailableError("budget definitions kept changing while this request was tried; retry")
+
+    @staticmethod
+    def _specs(matched: Matched, now_ms: int, at_ms: int) -> list[str]:
+        out = [str(len(matched))]
+        for live, entity in matched:
+            out += spec(live, entity, now_ms=now_ms, at_ms=at_ms)
+        return out
+
+    @staticmethod
+    def _states(matched: Matched, reply: Sequence[Any], offset: int, *, now_ms: int, at_ms: int) -> list[BudgetState]:
+        states = []
+        for i, (live, entity) in enumerate(matched):
+            period = live.budget.period
+            states.append(
+                BudgetState(
+                    budget=live.budget,
+                    entity=entity,
+                    limit=live.limit,
+                    used=int(reply[offset + 2 * i]),
+                    reserved=int(reply[offset + 2 * i + 1]),
+                    window=period.window(now_ms if period.is_rolling else at_ms, live.tz),
+                )
+            )
+        return states
+
+    def _remember(self, reservation_id: str, scopes: ScopeSet) -> None:
+        with self._remember_lock:
+            if len(self._remembered) >= _REMEMBERED:
+                del self._remembered[next(iter(self._remembered))]
+            self._remembered[reservation_id] = scopes
+
+    def _scopes_of(self, reservation_id: str, *, fresh: bool = False) -> ScopeSet | None:
+        """The scopes a reservation was made for (immutable), or ``None`` if it is unknown."""
+        if not fresh:
+            with self._remember_lock:
+                known = self._remembered.get(reservation_id)
+            if known is not None:
+                return known
+        values = self._link.call(
+            lambda: self._client.hmget(f"{self._p}:r:{reservation_id}", "o", "t", "a", "w", "u", "st")
+        )
+        if values[-1] is None:
+            return None
+        o, t, a, w, u = (v or "" for v in values[:5])
+        scopes = ScopeSet(organization=o, team=t, agent=a, workflow=w, user=u)
+        self._remember(reservation_id, scopes)
+        return scopes
+
+    # -- budgets ---------------------------------------------------------------------------------
+    def create_budget(self, budget: Budget) -> Budget:
+        reply = self._link.script("budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)])
+        if reply[0] == "EXISTS":
+            raise AlreadyExistsError(f"budget {budget.id!r} exists already")
+        self._forget_index()
+        return replace(budget, generation=int(reply[1]))
+
+    def _raw_budget(self, budget_id: str) -> str:
+        raw: str | None = self._link.call(lambda: self._client.hget(f"{self._p}:budgets", budget_id))
+        if raw is None:
+            raise NotFoundError(f"budget {budget_id!r} does not exist")
+        return raw
+
+    def get_budget(self, budget_id: str) -> Budget:
+        return budget_from_json(self._raw_budget(budget_id))
+
+    def list_budgets(
+        self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int
+    ) -> list[Budget]:
+        raw: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:budgets"))
+        budgets = sorted((budget_from_json(v) for k, v in raw.items() if k > after_id), key=lambda b: b.id)
+        return [
+            b
+            for b in budgets
+            if (scope is None or b.scope is scope) and (scope_id is None or b.scope_id == scope_id)
+        ][:limit]
+
+    def update_budget(
+        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+    ) -> Budget:
+        for _ in range(_ATTEMPTS):
+            raw = self._raw_budget(budget_id)
+            current = budget_from_json(raw)
+            refuse_config(current, allow_config, "changed")
+            updated = apply_patch(current, patch, now_ms=now_ms)
+            reply = self._link.script(
+                "budget_ops", ["replace", budget_id, raw, budget_json(updated, with_generation=True)]
+            )
+            if reply[0] == "OK":
+                self._forget_index()
+                return updated
+        raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this update was tried; retry")
+
+    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
+        for _ in range(_ATTEMPTS):
+            raw = self._raw_budget(budget_id)
+            current = budget_from_json(raw)
+            refuse_config(current, allow_config, "deleted")
+            dead = f"{current.id}@{current.generation}"
+            if self._link.script("budget_ops", ["delete", budget_id, raw, dead])[0] == "OK":
+                self._forget_index()
+                return
+        raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this delete was tried; retry")
+
+    def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
+        for _ in range(_ATTEMPTS):
+            reply = self._link.script("load_budgets", [])
+            existing = [budget_from_json(reply[i]) for i in range(2, len(reply), 2)]
+            plan = plan_config_sync(existing, budgets, now_ms=now_ms)
+            ops: list[str] = []
+            for old in plan.delete:
+                ops += ["d", old.id, f"{old.id}@{old.generation}"]
+            for new in plan.insert:
+                ops += ["i", new.id, budget_json(new, with_generation=False)]
+            for changed in plan.replace:
+                ops += ["r", changed.id, budget_json(changed, with_generation=True)]
+            if self._link.script("budget_ops", ["sync", reply[0], *ops])[0] == "OK":
+                self._config = list(budgets)
+                self._forget_index()
+                return
+        raise StoreUnavailableError("budgets kept changing while the config budgets were reconciled; retry")
+
+    # -- money -----------------------------------------------------------------------------------
+    def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
+        def build(index: BudgetIndex) -> list[str]:
+            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+
+        index, reply = self._money("standing", build)
+        matched = index.match(scopes, enabled_only=True)
+        states = self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms)
+        verdict = evaluate(states, estimate_micros)
+        return CheckOutcome(
+            decision=verdict.decision,
+            budget_info=budget_infos(states, verdict.exceeded),
+            deciding_budget_id=verdict.deciding.budget.id if verdict.deciding else "",
+            reason=verdict.reason,
+            warnings=verdict.warnings,
+        )
+
+    def reserve(
+        self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
+    ) -> ReserveOutcome:
+        if command.downgrade_of:
+            return self._resend(command, expires_ms, now_ms)
+        estimate = usd_to_micros(command.estimate_usd)
+        cheaper = command.downgrade_estimate_usd
+        downgrade = None if cheaper is None else usd_to_micros(cheaper)
+        scopes, model = command.scopes, command.model or UsageFacts()
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [
+                str(now_ms), reservation_id, str(expires_ms), str(estimate), "" if downgrade is None else str(downgrade),
+                command.idempotency_key, *scope_args(scopes), model.provider, model.model, str(command.estimate_tokens),
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+            ]  # fmt: skip
+
+        index, reply = self._money("reserve", build)
+        if reply[0] == "REPLAY":
+            return self._replay(reply[1], now_ms)
+        states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
+        plan = plan_reservation(states, estimate, downgrade_estimate=downgrade, resend=False)
+        _agree(plan, reply)
+        if plan.decision is Decision.DENY:
+            return _outcome(plan, states, "", 0)
+        self._remember(reservation_id, scopes)
+        return _outcome(plan, states, reservation_id, expires_ms)
+
+    def _resend(self, command: ReserveCommand, expires_ms: int, now_ms: int) -> ReserveOutcome:
+        """The second half of the downgrade exchange: swap the held estimate for the cheaper path's."""
+        rid = command.downgrade_of
+        scopes = self._scopes_of(rid)
+        if scopes is None:
+            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+        differs = bool(command.scopes.pairs()) and command.scopes != scopes
+        estimate = usd_to_micros(command.estimate_usd)
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [
+                str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0",
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+            ]  # fmt: skip
+
+        index, reply = self._money("resend", build)
+        kind = reply[0]
+        if kind == "NOTFOUND":
+            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+        if kind == "STATE":
+            state = ReservationState(int(reply[1]))
+            raise FailedPreconditionError(
+                f"reservation {rid!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+            )
+        if kind == "SCOPES":
+            raise InvalidRequestError("scopes", f"must be omitted or equal to the scopes of reservation {rid!r}")
+        if kind == "NOTAWAITING":
+            raise FailedPreconditionError(f"reservation {rid!r} is not awaiting a downgrade estimate")
+        if kind == "REPLAY":
+            return self._replay(rid, now_ms)
+        states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
+        plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
+        _agree(plan, reply)
+        if plan.decision is Decision.DENY:
+            return _outcome(plan, states, "", 0)
+        return _outcome(plan, states, rid, expires_ms)
+
+    def _replay(self, reservation_id: str, now_ms: int) -> ReserveOutcome:
+        """The first answer again: its decision and hold as stored, its words rebuilt from the standing
+        it was decided on, and the standing of its budgets now (without its own hold)."""
+        row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
+        if not row:
+            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+        scopes = ScopeSet(organization=row["o"], team=row["t"], agent=row["a"], workflow=row["w"], user=row["u"])
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+
+        index, reply = self._money("standing", build)
+        states = self._states(index.match(scopes, enabled_only=True), reply, 1, now_ms=now_ms, at_ms=now_ms)
+        held = int(row["held"])
+        if row["st"] == str(int(ReservationState.HELD)):
+            own = set(row["holds"].split("\n"))
+            for s in states:
+                if hold_key(s.budget, s.entity) in own:
+                    s.reserved -= held
+        original = _snapshot_plan(index, row)
+        return ReserveOutcome(
+            decision=Decision(row["dec"]),
+            reservation_id=reservation_id,
+            reserved_usd=micros_to_usd(held),
+            expires_ms=int(row["exp"]),
+            budget_info=budget_infos(states, [exceeds(s, held) for s in states]),
+            deciding_budget_id=_deciding(original),
+            reason=original.verdict.reason,
+            warnings=original.verdict.warnings,
+            awaiting_downgrade_estimate=row["aw"] == "1",
+            replayed=True,
+        )
+
+    def _commit_script(
+        self, reservation_id: str, amount: int, total_tokens: int, facts: UsageFacts, now_ms: int
+    ) -> tuple[BudgetIndex, ScopeSet, list[Any]] | None:
+        """Settle a reservation as committed with ``amount`` and charge its budgets; ``None`` if unknown."""
+        total = total_tokens or facts.input_tokens + facts.output_tokens
+        scopes = self._scopes_of(reservation_id)
+        for _ in range(2):
+            if scopes is None:
+                return None
+            known = scopes
+
+            def build(index: BudgetIndex) -> list[str]:
+                return [
+                    str(now_ms), reservation_id, str(amount), str(total), *facts_args(facts), *scope_args(known),
+                    *self._specs(index.match(known, enabled_only=False), now_ms, now_ms),
+                ]  # fmt: skip
+
+            index, reply = self._money("commit", build)
+            if reply[0] == "NOTFOUND":
+                return None
+            if reply[0] != "SCOPES":
+                return index, known, reply
+            scopes = self._scopes_of(reservation_id, fresh=True)
+        raise RuntimeError(f"the scopes of reservation {reservation_id!r} do not match what Redis holds")
+
+    def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
+        amount = usd_to_micros(command.actual_usd)
+        done = self._commit_script(command.reservation_id, amount, command.actual_tokens, command.usage, now_ms)
+        if done is None:
+            raise NotFoundError(
+                f"reservation {command.reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+            )
+        index, scopes, reply = done
+        if reply[0] == "DUP":
+            return CommitOutcome(
+                charged_usd=micros_to_usd(int(reply[1] or 0)),
+                released_usd=micros_to_usd(int(reply[2] or 0)),
+                duplicate=True,
+                late=reply[3] == "1",
+                budget_info=self._standing_infos(index, scopes, reply, 4, now_ms),
+            )
+        infos, fired = self._charged(index, scopes, reply, 3, now_ms=now_ms, at_ms=now_ms)
+        return CommitOutcome(
+            charged_usd=micros_to_usd(amount),
+            released_usd=micros_to_usd(int(reply[1])),
+            duplicate=False,
+            late=reply[2] == "1",
+            budget_info=infos,
+            alerts_fired=fired,
+        )
+
+    def _standing_infos(
+        self, index: BudgetIndex, scopes: ScopeSet, reply: Sequence[Any], offset: int, now_ms: int
+    ) -> tuple[BudgetInfo, ...]:
+        states = self._states(index.match(scopes, enabled_only=True), reply, offset, now_ms=now_ms, at_ms=now_ms)
+        return budget_infos(states, [s.used > s.limit for s in states])
+
+    def _charged(
+        self, index: BudgetIndex, scopes: ScopeSet, reply: Sequence[Any], offset: int, *, now_ms: int, at_ms: int
+    ) -> tuple[tuple[BudgetInfo, ...], tuple[int, ...]]:
+        enabled = index.match(scopes, enabled_only=True)
+        states = self._states(enabled, reply, offset, now_ms=now_ms, at_ms=at_ms)
+        fired = tuple(int(seq) for seq in reply[offset + 2 * len(enabled) :])
+        return budget_infos(states, [s.used > s.limit for s in states]), fired
+
+    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
+        reply = self._link.script("release", [str(now_ms), reservation_id])
+        if reply[0] == "NOTFOUND":
+            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+        if reply[0] == "COMMITTED":
+            raise FailedPreconditionError(
+                f"reservation {reservation_id!r} is committed already; it cannot be released"
+            )
+        return ReleaseOutcome(released_usd=micros_to_usd(int(reply[2])), state=ReservationState(int(reply[1])))
+
+    def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
+        cost = usd_to_micros(command.cost_usd)
+        if command.reservation_id:
+            done = self._commit_script(command.reservation_id, cost, command.total_tokens, command.usage, now_ms)
+            if done is not None:
+                index, scopes, reply = done
+                if reply[0] == "DUP":
+                    infos = self._standing_infos(index, scopes, reply, 4, now_ms)
+                    return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
+                infos, fired = self._charged(index, scopes, reply, 3, now_ms=now_ms, at_ms=now_ms)
+                return RecordUsageOutcome(
+                    charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=fired
+                )
+        occurred = now_ms if command.occurred_ms is None else command.occurred_ms
+        f = command.usage
+        total = command.total_tokens or f.input_tokens + f.output_tokens
+        scopes = command.scopes
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [
+                str(now_ms), command.usage_id, str(occurred), str(cost), str(total), *facts_args(f),
+                *scope_args(scopes), command.reservation_id,
+                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred),
+            ]  # fmt: skip
+
+        index, reply = self._money("record", build)
+        if reply[0] == "DUP":
+            infos = self._standing_infos(index, scopes, reply, 1, now_ms)
+            return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
+        infos, fired = self._charged(index, scopes, reply, 1, now_ms=now_ms, at_ms=occurred)
+        return RecordUsageOutcome(charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=fired)
+
+    def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
+        return int(self._link.script("expire", [str(now_ms), str(limit)]))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
+        if self._current().get(budget_id) is None:
+            self._refresh()
+        asked: list[tuple[LiveBudget, str]] = []
+
+        def build(index: BudgetIndex) -> list[str]:
+            live = index.get(budget_id)
+            if live is None:
+                raise NotFoundError(f"budget {budget_id!r} does not exist")
+            period = live.budget.period
+            key = "0" if period.is_rolling else str(period.window(now_ms, live.tz).start_ms)
+            asked[:] = [(live, entity_for(live, entity))]
+            return [str(now_ms), key, *self._specs(asked, now_ms, now_ms)]
+
+        _, reply = self._money("standing", build)
+        (state,) = self._states(asked, reply, 1, now_ms=now_ms, at_ms=now_ms)
+        return status_from_state(state, (int(t) for t in reply[3:]), now_ms)
+
+    def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
+        return self._link.call(lambda: reports.usage_rows(self._client, self._p, flt, columns, by_slot=by_slot))
+
+    # -- alerts ----------------------------------------------------------------------------------
+    def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:
+        return self._link.call(
+            lambda: reports.alerts_after(self._client, self._p, sequence, limit=limit, budget_ids=budget_ids)
+        )
+
+    def last_alert_sequence(self) -> int:
+        newest = self._link.call(lambda: self._client.zrevrange(f"{self._p}:alerts", 0, 0))
+        return int(newest[0]) if newest else 0
+
+    def claim_alerts(self, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
+        if limit <= 0:
+            return []
+        seqs = self._link.script("claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"])
+        return self._link.call(lambda: reports.load_alerts(self._client, self._p, [int(s) for s in seqs]))
+
+    def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
+        if sequences:
+            self._link.script("ack_alerts", [str(now_ms), *(str(s) for s in sequences)])
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def prune(
+        self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
+    ) -> None:
+        chunk = 500
+        for what, keep in (
+            ("reservations", reservation_retention_ms),
+            ("usage", usage_retention_ms),
+            ("alerts", alert_retention_ms),
+        ):
+            while int(self._link.script("prune", [what, str(now_ms - keep), str(chunk)])) >= chunk:
+                pass
+        for live in self._refresh():
+            budget = live.budget
+            base = f"{budget.id}@{budget.generation}"
+            lowest = str(budget.period.lowest_bucket(now_ms, live.tz))
+            rolling = "1" if budget.period.is_rolling else "0"
+            for entities, _ in self._scan_set(f"{self._p}:ents:{base}", chunk):
+                self._link.script("prune_state", [base, rolling, lowest, *entities])
+        dead: set[str] = self._link.call(lambda: self._client.smembers(f"{self._p}:dead"))
+        for base in dead:
+            for entities, last in self._scan_set(f"{self._p}:ents:{base}", chunk):
+                self._link.script("collect_dead", [base, "1" if last else "0", *entities])
+
+    def _scan_set(self, key: str, chunk: int) -> Any:
+        """Chunks of a set's members (and whether each is the last), never one huge reply."""
+        cursor = 0
+        while True:
+            cursor, members = self._link.call(lambda: self._client.sscan(key, cursor, count=chunk))
+            yield list(members), cursor == 0
+            if cursor == 0:
+                return
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def _agree(plan: Plan, reply: Sequence[Any]) -> None:
+    """The script and ``decisions.plan_reservation`` must have reached the same decision and hold."""
+    ours = (plan.decision.value, str(plan.hold), "1" if plan.awaiting_downgrade_estimate else "0")
+    theirs = (reply[1], reply[2], reply[3])
+    if ours != theirs:
+        raise RuntimeError(
+            f"the Redis script decided {theirs} where the decision rules decide {ours}; this is a bug"
+        )
+
+
+def _deciding(plan: Plan) -> str:
+    return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
+
+
+def _outcome(plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int) -> ReserveOutcome:
+    verdict = plan.verdict
+    return ReserveOutcome(
+        decision=plan.decision,
+        reservation_id=reservation_id,
+        reserved_usd=micros_to_usd(plan.hold),
+        expires_ms=expires_ms,
+        budget_info=budget_infos(states, verdict.exceeded),
+        deciding_budget_id=_deciding(plan),
+        reason=verdict.reason,
+        warnings=verdict.warnings,
+        awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
+    )
+
+
+def _snapshot_plan(index: BudgetIndex, row: dict[str, str]) -> Plan:
+    """The plan a reservation was decided with, from the standing stored with it."""
+    keys = [k for k in row.get("holds", "").split("\n") if k]
+    figures = row.get("snap", "").split()
+    at_ms = int(row.get("at", "0"))
+    states = []
+    for i, key in enumerate(keys):
+        bid, generation, entity = parse_hold_key(key)
+        live = index.get(bid)
+        if live is None or live.budget.generation != generation or len(figures) < 3 * i + 3:
+            continue  # deleted or re-created since: its words can no longer be rebuilt
+        used, reserved, limit = (int(v) for v in figures[3 * i : 3 * i + 3])
+        states.append(
+            BudgetState(
+                budget=live.budget, entity=entity, limit=limit, used=used, reserved=reserved,
+                window=live.budget.period.window(at_ms, live.tz),
+            )
+        )  # fmt: skip
+    cheaper = row.get("dest", "")
+    return plan_reservation(
+        states,
+        int(row.get("est", "0")),
+        downgrade_estimate=int(cheaper) if cheaper else None,
+        resend=row.get("rs") == "1",
+    )
