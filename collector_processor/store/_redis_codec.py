@@ -41,7 +41,7 @@ newlines. The generation keeps a re-created budget apart from the spend and hold
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +55,7 @@ __all__ = [
     "budget_body",
     "budget_from_json",
     "budget_json",
+    "check_namespace",
     "facts_args",
     "hold_key",
     "parse_hold_key",
@@ -62,8 +63,16 @@ __all__ = [
     "spec",
 ]
 
+_NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 ACTION_LETTER = {OnExceed.BLOCK: "b", OnExceed.WARN: "w", OnExceed.DOWNGRADE: "d"}
 SEP = "\x1f"
+
+
+def check_namespace(namespace: str) -> str:
+    """A namespace is the hash tag of every key: 1-64 characters of A-Z a-z 0-9 . _ : -."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {namespace!r}")
+    return namespace
 
 
 def budget_body(b: Budget) -> dict[str, Any]:
@@ -111,10 +120,6 @@ def budget_from_json(text: str) -> Budget:
         created_ms=int(d["created_ms"]),
         updated_ms=int(d["updated_ms"]),
     )
-
-
-def with_generation(b: Budget, generation: int) -> Budget:
-    return replace(b, generation=generation)
 
 
 def hold_key(b: Budget, entity: str) -> str:

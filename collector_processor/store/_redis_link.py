@@ -130,11 +130,17 @@ class RedisLink:
         reason = f"{type(exc).__name__}: {exc}".strip()
         with self._lock:
             if self._available:
-                log.error("lost the Redis store at %s (%s); answering UNAVAILABLE until it is back", self.where, reason)
+                log.error(
+                    "lost the Redis store at %s (%s); answering UNAVAILABLE until it is back",
+                    self.where,
+                    reason,
+                )
             self._available = False
             self._reason = reason
         self._wake.set()
-        return StoreUnavailableError(f"the Redis store at {self.where} is unavailable ({reason}); retry later")
+        return StoreUnavailableError(
+            f"the Redis store at {self.where} is unavailable ({reason}); retry later"
+        )
 
     # -- the probe ---------------------------------------------------------------------------------
     def _probe_loop(self) -> None:

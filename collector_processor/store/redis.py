@@ -22,11 +22,11 @@ answer (reason, warnings, budget info), refusing to answer if the two disagree. 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
@@ -62,6 +62,7 @@ from collector_processor.store._index import BudgetIndex, LiveBudget
 from collector_processor.store._redis_codec import (
     budget_from_json,
     budget_json,
+    check_namespace,
     facts_args,
     hold_key,
     parse_hold_key,
@@ -77,17 +78,9 @@ __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
 log = logging.getLogger("paymaster.sidecar.store.redis")
 
 SCHEMA_VERSION = 1
-_NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _ATTEMPTS = 8
 _REMEMBERED = 100_000
 Matched = list[tuple[LiveBudget, str]]
-
-
-def check_namespace(namespace: str) -> str:
-    """A namespace is the hash tag of every key: 1-64 characters of A-Z a-z 0-9 . _ : -."""
-    if not _NAMESPACE.fullmatch(namespace):
-        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {namespace!r}")
-    return namespace
 
 
 class RedisStore:
@@ -211,7 +204,9 @@ class RedisStore:
         return out
 
     @staticmethod
-    def _states(matched: Matched, reply: Sequence[Any], offset: int, *, now_ms: int, at_ms: int) -> list[BudgetState]:
+    def _states(
+        matched: Matched, reply: Sequence[Any], offset: int, *, now_ms: int, at_ms: int
+    ) -> list[BudgetState]:
         states = []
         for i, (live, entity) in enumerate(matched):
             period = live.budget.period
@@ -252,7 +247,9 @@ class RedisStore:
 
     # -- budgets ---------------------------------------------------------------------------------
     def create_budget(self, budget: Budget) -> Budget:
-        reply = self._link.script("budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)])
+        reply = self._link.script(
+            "budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)]
+        )
         if reply[0] == "EXISTS":
             raise AlreadyExistsError(f"budget {budget.id!r} exists already")
         self._forget_index()
@@ -393,7 +390,9 @@ class RedisStore:
                 f"reservation {rid!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
             )
         if kind == "SCOPES":
-            raise InvalidRequestError("scopes", f"must be omitted or equal to the scopes of reservation {rid!r}")
+            raise InvalidRequestError(
+                "scopes", f"must be omitted or equal to the scopes of reservation {rid!r}"
+            )
         if kind == "NOTAWAITING":
             raise FailedPreconditionError(f"reservation {rid!r} is not awaiting a downgrade estimate")
         if kind == "REPLAY":
@@ -411,7 +410,9 @@ class RedisStore:
         row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
         if not row:
             raise NotFoundError(f"reservation {reservation_id!r} is unknown")
-        scopes = ScopeSet(organization=row["o"], team=row["t"], agent=row["a"], workflow=row["w"], user=row["u"])
+        scopes = ScopeSet(
+            organization=row["o"], team=row["t"], agent=row["a"], workflow=row["w"], user=row["u"]
+        )
 
         def build(index: BudgetIndex) -> list[str]:
             return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
@@ -449,7 +450,7 @@ class RedisStore:
                 return None
             known = scopes
 
-            def build(index: BudgetIndex) -> list[str]:
+            def build(index: BudgetIndex, known: ScopeSet = known) -> list[str]:
                 return [
                     str(now_ms), reservation_id, str(amount), str(total), *facts_args(facts), *scope_args(known),
                     *self._specs(index.match(known, enabled_only=False), now_ms, now_ms),
@@ -465,7 +466,9 @@ class RedisStore:
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
         amount = usd_to_micros(command.actual_usd)
-        done = self._commit_script(command.reservation_id, amount, command.actual_tokens, command.usage, now_ms)
+        done = self._commit_script(
+            command.reservation_id, amount, command.actual_tokens, command.usage, now_ms
+        )
         if done is None:
             raise NotFoundError(
                 f"reservation {command.reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
@@ -492,11 +495,20 @@ class RedisStore:
     def _standing_infos(
         self, index: BudgetIndex, scopes: ScopeSet, reply: Sequence[Any], offset: int, now_ms: int
     ) -> tuple[BudgetInfo, ...]:
-        states = self._states(index.match(scopes, enabled_only=True), reply, offset, now_ms=now_ms, at_ms=now_ms)
+        states = self._states(
+            index.match(scopes, enabled_only=True), reply, offset, now_ms=now_ms, at_ms=now_ms
+        )
         return budget_infos(states, [s.used > s.limit for s in states])
 
     def _charged(
-        self, index: BudgetIndex, scopes: ScopeSet, reply: Sequence[Any], offset: int, *, now_ms: int, at_ms: int
+        self,
+        index: BudgetIndex,
+        scopes: ScopeSet,
+        reply: Sequence[Any],
+        offset: int,
+        *,
+        now_ms: int,
+        at_ms: int,
     ) -> tuple[tuple[BudgetInfo, ...], tuple[int, ...]]:
         enabled = index.match(scopes, enabled_only=True)
         states = self._states(enabled, reply, offset, now_ms=now_ms, at_ms=at_ms)
@@ -511,12 +523,16 @@ class RedisStore:
             raise FailedPreconditionError(
                 f"reservation {reservation_id!r} is committed already; it cannot be released"
             )
-        return ReleaseOutcome(released_usd=micros_to_usd(int(reply[2])), state=ReservationState(int(reply[1])))
+        return ReleaseOutcome(
+            released_usd=micros_to_usd(int(reply[2])), state=ReservationState(int(reply[1]))
+        )
 
     def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
         cost = usd_to_micros(command.cost_usd)
         if command.reservation_id:
-            done = self._commit_script(command.reservation_id, cost, command.total_tokens, command.usage, now_ms)
+            done = self._commit_script(
+                command.reservation_id, cost, command.total_tokens, command.usage, now_ms
+            )
             if done is not None:
                 index, scopes, reply = done
                 if reply[0] == "DUP":
@@ -543,7 +559,9 @@ class RedisStore:
             infos = self._standing_infos(index, scopes, reply, 1, now_ms)
             return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
         infos, fired = self._charged(index, scopes, reply, 1, now_ms=now_ms, at_ms=occurred)
-        return RecordUsageOutcome(charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=fired)
+        return RecordUsageOutcome(
+            charged_usd=micros_to_usd(cost), duplicate=False, budget_info=infos, alerts_fired=fired
+        )
 
     def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
         return int(self._link.script("expire", [str(now_ms), str(limit)]))
@@ -568,7 +586,9 @@ class RedisStore:
         return status_from_state(state, (int(t) for t in reply[3:]), now_ms)
 
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
-        return self._link.call(lambda: reports.usage_rows(self._client, self._p, flt, columns, by_slot=by_slot))
+        return self._link.call(
+            lambda: reports.usage_rows(self._client, self._p, flt, columns, by_slot=by_slot)
+        )
 
     # -- alerts ----------------------------------------------------------------------------------
     def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:
@@ -583,7 +603,9 @@ class RedisStore:
     def claim_alerts(self, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
         if limit <= 0:
             return []
-        seqs = self._link.script("claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"])
+        seqs = self._link.script(
+            "claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"]
+        )
         return self._link.call(lambda: reports.load_alerts(self._client, self._p, [int(s) for s in seqs]))
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
@@ -614,11 +636,11 @@ class RedisStore:
             for entities, last in self._scan_set(f"{self._p}:ents:{base}", chunk):
                 self._link.script("collect_dead", [base, "1" if last else "0", *entities])
 
-    def _scan_set(self, key: str, chunk: int) -> Any:
+    def _scan_set(self, key: str, chunk: int) -> Iterator[tuple[list[str], bool]]:
         """Chunks of a set's members (and whether each is the last), never one huge reply."""
         cursor = 0
         while True:
-            cursor, members = self._link.call(lambda: self._client.sscan(key, cursor, count=chunk))
+            cursor, members = self._link.call(functools.partial(self._client.sscan, key, cursor, count=chunk))
             yield list(members), cursor == 0
             if cursor == 0:
                 return
@@ -641,7 +663,9 @@ def _deciding(plan: Plan) -> str:
     return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
 
 
-def _outcome(plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int) -> ReserveOutcome:
+def _outcome(
+    plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int
+) -> ReserveOutcome:
     verdict = plan.verdict
     return ReserveOutcome(
         decision=plan.decision,
