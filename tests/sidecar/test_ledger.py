@@ -404,3 +404,14 @@ def test_recorded_usage_is_charged_to_the_period_it_happened_in(ledger: Ledger, 
                 usage_id="later", scopes=SEARCH, cost_usd=D(1), occurred_ms=clock.now_ms() + 3_600_000
             )
         )
+
+
+def test_money_stays_exact_beyond_what_a_double_can_hold(ledger: Ledger) -> None:
+    """Past 2^53 micro-dollars binary floats stop counting by ones (2^53 + 1 rounds to 2^53); every
+    decision there is still exact to the micro-dollar."""
+    edge = 2**53
+    ledger.create_budget(draft("team", limit=str(D(edge + 2).scaleb(-6))))
+    ledger.record_usage(RecordUsageCommand(usage_id="big", scopes=SEARCH, cost_usd=D(edge + 1).scaleb(-6)))
+    assert reserve(ledger, "0.000001").decision is Decision.ALLOW  # type: ignore[attr-defined]  # reaches the limit
+    assert reserve(ledger, "0.000001").decision is Decision.DENY  # type: ignore[attr-defined]  # one past it
+    assert standing(ledger, "team") == (D(edge + 1).scaleb(-6), D("0.000001"))
