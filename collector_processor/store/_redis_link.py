@@ -13,6 +13,7 @@ the caller decides, and no charge is ever applied twice behind its back.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from collector_processor.errors import StoreUnavailableError
-from collector_processor.store._redis_lua import SCRIPTS
+from collector_processor.store._redis_lua import FUNCTIONS, LIBRARY
 
 __all__ = ["RedisLink", "describe_url"]
 
@@ -87,7 +88,6 @@ class RedisLink:
                 self.client = redis.Redis.from_url(url, **settings)
         except (ValueError, rexc.RedisError) as exc:
             raise StoreUnavailableError(f"cannot use Redis at {self.where}: {exc}") from exc
-        self._scripts = {name: self.client.register_script(body) for name, body in SCRIPTS.items()}
         self._backoff_initial = backoff_initial_s
         self._backoff_max = backoff_max_s
         self._health_interval = health_interval_s
@@ -108,9 +108,25 @@ class RedisLink:
         return self._available
 
     # -- calls -------------------------------------------------------------------------------------
-    def script(self, name: str, args: Sequence[Any]) -> Any:
-        """Run one of the store's scripts (loading it first if Redis has forgotten it)."""
-        return self.call(lambda: self._scripts[name](keys=[self.meta_key], args=args))
+    def load_functions(self) -> None:
+        """Give Redis the store's function library (idempotent; on a cluster, to every primary)."""
+        self.client.function_load(LIBRARY, replace=True)
+
+    def script(self, name: str, args: Sequence[str]) -> Any:
+        """Run one of the store's functions, loading the library first if Redis does not have it (a
+        new server, or one restarted without persistence)."""
+        function, packed = FUNCTIONS[name], json.dumps(args)
+
+        def run() -> Any:
+            try:
+                return self.client.fcall(function, 1, self.meta_key, packed)
+            except rexc.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                self.load_functions()
+                return self.client.fcall(function, 1, self.meta_key, packed)
+
+        return self.call(run)
 
     def call(self, fn: Callable[[], T]) -> T:
         if not self._available:

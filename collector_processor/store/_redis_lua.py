@@ -1,9 +1,11 @@
-"""The Redis store's server-side operations: one Lua script per money-changing operation.
+"""The Redis store's server-side operations: a Lua function library, one function per operation.
 
-Redis runs a script to completion before it serves any other command, so each script below is one
-atomic step however many budgets, reservations and alerts it touches. Every script derives its key
-names from ``KEYS[1]`` (the ledger's ``{namespace}:meta`` key), and every key of a ledger carries the
-same ``{namespace}`` hash tag, so a script never leaves its hash slot on a Redis Cluster.
+Redis runs a function to completion before it serves any other command, so each one below is one
+atomic step however many budgets, reservations and alerts it touches (the text calls them scripts).
+Every function derives its key names from ``KEYS[1]`` (the ledger's ``{namespace}:meta`` key), and
+every key of a ledger carries the same ``{namespace}`` hash tag, so a function never leaves its hash
+slot on a Redis Cluster. Functions (Redis 7) are loaded once and kept by Redis with its data, so the
+shared helpers are not re-run on every call as an ``EVAL`` script's would be.
 
 Money is integer micro-dollars. Redis adds them exactly (``HINCRBY`` is 64-bit integer arithmetic);
 the scripts only *compare* and *multiply* amounts, and do it on exact pairs ``hi * 1e9 + lo`` because
@@ -18,13 +20,16 @@ answer from it, and refuses to answer if the two ever disagree.
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS", "SPEC_FIELDS"]
+import hashlib
+
+__all__ = ["FUNCTIONS", "LIBRARY", "LIBRARY_NAME", "SPEC_FIELDS"]
 
 SPEC_FIELDS = 14
 """Strings per budget in a script's argument list (see ``_redis_codec.spec``)."""
 
 _COMMON = r"""
-local P = string.sub(KEYS[1], 1, -6)
+-- Set by each function as it starts: the ledger's key prefix and its decoded arguments.
+local P, ARGV
 local B = 1000000000
 local MAXV = '9223372036854775807'
 local RECLAIM = 1000
@@ -78,7 +83,10 @@ local function str(a)
   return string.format('%d', a[1]) .. string.format('%09d', a[2])
 end
 
+-- Amounts of up to 15 digits are below 2^53, where Lua's doubles are exact, and so are sums of three
+-- of them: those take the fast path; longer ones are compared as exact pairs.
 local function fits(v, amt)
+  if #v <= 17 and #amt <= 17 then return true end
   return cmp(add(pair(v), pair(amt)), pair(MAXV)) <= 0
 end
 
@@ -124,17 +132,29 @@ end
 
 local function reserved_of(s) return redis.call('HGET', skey(s), 'r') or '0' end
 
-local function exceeds(st, e, ezero)
-  local c = cmp(add(add(st.u, st.r), e), st.l)
+local function exceeds(st, est, ezero)
+  local c
+  if #st.u <= 15 and #st.r <= 15 and #st.l <= 15 and #est <= 15 then
+    local projected, limit = tonumber(st.u) + tonumber(st.r) + tonumber(est), tonumber(st.l)
+    if projected > limit then c = 1 elseif projected == limit then c = 0 else c = -1 end
+  else
+    c = cmp(add(add(pair(st.u), pair(st.r)), pair(est)), pair(st.l))
+  end
   return c > 0 or (ezero and c >= 0)
+end
+
+-- decisions.crossed_thresholds: used * 100 >= threshold * limit (thresholds are at most 1000).
+local function reached(used, limit, t)
+  if #used <= 13 and #limit <= 12 then return tonumber(used) * 100 >= t * tonumber(limit) end
+  return cmp(mul(pair(used), 100), mul(pair(limit), t)) >= 0
 end
 
 -- decisions.evaluate: any block budget exceeded denies, else any downgrade budget downgrades.
 local function verdict(states, est)
-  local e, ezero = pair(est), est == '0'
+  local ezero = est == '0'
   local blocker, downgrader = nil, nil
   for i, st in ipairs(states) do
-    if exceeds(st, e, ezero) then
+    if exceeds(st, est, ezero) then
       if st.action == 'b' then blocker = blocker or i
       elseif st.action == 'd' then downgrader = downgrader or i end
     end
@@ -180,7 +200,7 @@ local function read_states(sp, out)
   local states = {}
   for i, s in ipairs(sp) do
     local u, r = used_of(s), reserved_of(s)
-    states[i] = {u = pair(u), r = pair(r), l = pair(s.limit), action = s.action}
+    states[i] = {u = u, r = r, l = s.limit, action = s.action}
     out[#out + 1] = u
     out[#out + 1] = r
   end
@@ -204,16 +224,15 @@ local function insert_usage(id, ts, scopes, cost, total, prov, model, tin, tout,
 end
 
 local function fire(s, S, used, now, fired)
-  local u100, lim = mul(pair(used), 100), pair(s.limit)
   local ths = {}
   for t in string.gmatch(s.th, '[^,]+') do ths[#ths + 1] = t end
   if s.rolling then  -- a rolling window re-arms a threshold once its spend falls back below it
     for _, t in ipairs(ths) do
-      if cmp(u100, mul(lim, tonumber(t))) < 0 then redis.call('HDEL', S, 'a:0:' .. t) end
+      if not reached(used, s.limit, tonumber(t)) then redis.call('HDEL', S, 'a:0:' .. t) end
     end
   end
   for _, t in ipairs(ths) do
-    if cmp(u100, mul(lim, tonumber(t))) >= 0 and redis.call('HSETNX', S, 'a:' .. s.pk .. ':' .. t, now) == 1 then
+    if reached(used, s.limit, tonumber(t)) and redis.call('HSETNX', S, 'a:' .. s.pk .. ':' .. t, now) == 1 then
       local seq = redis.call('INCR', P .. ':alerts:seq')
       local occurrence = s.pk
       if s.rolling then occurrence = 'rolling@' .. now end
@@ -322,10 +341,10 @@ out[2], out[3], out[4] = decision, hold, awaiting
 if decision == 'deny' then return out end
 local full = holds_fit(sp, hold)
 if full then return {'OVERFLOW', full} end
-redis.call('HSET', P .. ':r:' .. rid, 'st', '1', 'o', ARGV[8], 't', ARGV[9], 'a', ARGV[10], 'w', ARGV[11],
-  'u', ARGV[12], 'held', hold, 'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
-  'k', idem, 'prov', ARGV[13], 'model', ARGV[14], 'etok', ARGV[15], 'at', now, 'snap', snapshot(out, sp, 4),
-  'est', est, 'dest', dest, 'rs', '0')
+redis.call('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
+  'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
+  'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'),
+  'snap', table.concat({now, est, dest, '0', snapshot(out, sp, 4)}, '\30'))
 redis.call('ZADD', P .. ':due', ARGV[4], rid)
 if idem ~= '' then redis.call('HSET', P .. ':idem', idem, rid) end
 add_holds(sp, hold, rid)
@@ -355,7 +374,7 @@ local states = {}
 for i, s in ipairs(sp) do
   local u, r = used_of(s), reserved_of(s)
   if own[s.key] then r = str(add(pair(r), pair(neg(held)))) end
-  states[i] = {u = pair(u), r = pair(r), l = pair(s.limit), action = s.action}
+  states[i] = {u = u, r = r, l = s.limit, action = s.action}
   out[#out + 1] = u
   out[#out + 1] = r
 end
@@ -368,7 +387,7 @@ local full = holds_fit(sp, est)
 if full then return {'OVERFLOW', full} end
 drop_holds(R, held)
 redis.call('HSET', R, 'held', est, 'holds', keys_of(sp), 'dec', 'downgrade', 'aw', '0', 'exp', ARGV[4],
-  'at', now, 'snap', snapshot(out, sp, 4), 'est', est, 'dest', '', 'rs', '1')
+  'snap', table.concat({now, est, '', '1', snapshot(out, sp, 4)}, '\30'))
 redis.call('ZADD', P .. ':due', ARGV[4], rid)
 add_holds(sp, est, rid)
 out[2], out[3] = 'downgrade', est
@@ -383,11 +402,11 @@ local now, rid, actual = ARGV[2], ARGV[3], ARGV[4]
 reclaim(now, RECLAIM)
 local R = P .. ':r:' .. rid
 if redis.call('EXISTS', R) == 0 then return {'NOTFOUND'} end
-local row = redis.call('HMGET', R, 'st', 'o', 't', 'a', 'w', 'u', 'held', 'prov', 'model', 'charged', 'rel', 'late')
-for k = 1, 5 do if row[k + 1] ~= ARGV[12 + k] then return {'SCOPES'} end end
+local row = redis.call('HMGET', R, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late')
+if row[2] ~= table.concat(ARGV, '\30', 13, 17) then return {'SCOPES'} end
 local sp = specs(18)
 if row[1] == '2' then
-  local out = {'DUP', row[10], row[11], row[12]}
+  local out = {'DUP', row[5], row[6], row[7]}
   standing(sp, out)
   return out
 end
@@ -395,15 +414,16 @@ local full = charge_fits(sp, actual)
 if full then return {'OVERFLOW', full} end
 local released, late = '0', '1'
 if row[1] == '1' then
-  released, late = row[7], '0'
+  released, late = row[3], '0'
   drop_holds(R, released)
   redis.call('ZREM', P .. ':due', rid)
 end
 redis.call('HSET', R, 'st', '2', 'set', now, 'charged', actual, 'rel', released, 'late', late)
 redis.call('ZADD', P .. ':settled', now, rid)
 local prov, model = ARGV[6], ARGV[7]
-if prov == '' then prov = row[8] or '' end
-if model == '' then model = row[9] or '' end
+local rprov, rmodel = string.match(row[4] or '', '^([^\30]*)\30([^\30]*)')
+if prov == '' then prov = rprov or '' end
+if model == '' then model = rmodel or '' end
 insert_usage('reservation:' .. rid, now, {ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]}, actual, ARGV[5],
   prov, model, ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], rid)
 local out = {'OK', released, late}
@@ -552,7 +572,7 @@ local n = 0
 if what == 'reservations' then
   for _, rid in ipairs(redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
     local R = P .. ':r:' .. rid
-    local k = redis.call('HGET', R, 'k')
+    local k = string.match(redis.call('HGET', R, 'x') or '', '([^\30]*)$')
     if k and k ~= '' and redis.call('HGET', P .. ':idem', k) == rid then redis.call('HDEL', P .. ':idem', k) end
     redis.call('DEL', R)
     redis.call('ZREM', P .. ':settled', rid)
@@ -618,23 +638,42 @@ end
 return #ARGV - 2
 """
 
-SCRIPTS: dict[str, str] = {
-    name: _COMMON + body
-    for name, body in {
-        "reserve": _RESERVE,
-        "resend": _RESEND,
-        "commit": _COMMIT,
-        "record": _RECORD,
-        "standing": _STANDING,
-        "release": _RELEASE,
-        "expire": _EXPIRE,
-        "load_budgets": _LOAD_BUDGETS,
-        "budget_ops": _BUDGET_OPS,
-        "claim_alerts": _CLAIM_ALERTS,
-        "ack_alerts": _ACK_ALERTS,
-        "prune": _PRUNE,
-        "prune_state": _PRUNE_STATE,
-        "collect_dead": _COLLECT_DEAD,
-    }.items()
+_BODIES = {
+    "reserve": _RESERVE,
+    "resend": _RESEND,
+    "commit": _COMMIT,
+    "record": _RECORD,
+    "standing": _STANDING,
+    "release": _RELEASE,
+    "expire": _EXPIRE,
+    "load_budgets": _LOAD_BUDGETS,
+    "budget_ops": _BUDGET_OPS,
+    "claim_alerts": _CLAIM_ALERTS,
+    "ack_alerts": _ACK_ALERTS,
+    "prune": _PRUNE,
+    "prune_state": _PRUNE_STATE,
+    "collect_dead": _COLLECT_DEAD,
 }
-"""Every script, with the shared helpers prepended (scripts cannot call one another)."""
+# The library is named after its own text, so sidecars of different versions sharing one Redis (a
+# rolling upgrade) each call the functions they were built with.
+_VERSION = hashlib.sha1("".join([_COMMON, *_BODIES.values()]).encode()).hexdigest()[:12]
+LIBRARY_NAME = f"paymaster_{_VERSION}"
+FUNCTIONS: dict[str, str] = {name: f"pm_{_VERSION}_{name}" for name in _BODIES}
+"""The name Redis knows each operation's function by."""
+
+# Arguments travel as one JSON array of strings, decoded by cjson (C) inside Redis: cheaper for the
+# client than dozens of separate arguments, and for Redis than splitting them in Lua.
+_REGISTER = """
+redis.register_function('{name}', function(keys, args)
+  P = string.sub(keys[1], 1, -6)
+  ARGV = cjson.decode(args[1])
+{body}
+end)
+"""
+
+LIBRARY = (
+    f"#!lua name={LIBRARY_NAME}\n"
+    + _COMMON
+    + "".join(_REGISTER.format(name=FUNCTIONS[name], body=body) for name, body in _BODIES.items())
+)
+"""The function library: the shared helpers, defined once when Redis loads it, then every operation."""

@@ -137,6 +137,7 @@ class RedisStore:
         return self._link.available
 
     def _init_meta(self) -> None:
+        self._link.load_functions()
         meta = f"{self._p}:meta"
         # A version that starts from the clock never repeats one a replica may have cached before the
         # data was lost, so a stale cache is always noticed.
@@ -235,13 +236,10 @@ class RedisStore:
                 known = self._remembered.get(reservation_id)
             if known is not None:
                 return known
-        values = self._link.call(
-            lambda: self._client.hmget(f"{self._p}:r:{reservation_id}", "o", "t", "a", "w", "u", "st")
-        )
-        if values[-1] is None:
+        packed = self._link.call(lambda: self._client.hget(f"{self._p}:r:{reservation_id}", "sc"))
+        if packed is None:
             return None
-        o, t, a, w, u = (v or "" for v in values[:5])
-        scopes = ScopeSet(organization=o, team=t, agent=a, workflow=w, user=u)
+        scopes = _unpack_scopes(packed)
         self._remember(reservation_id, scopes)
         return scopes
 
@@ -410,9 +408,7 @@ class RedisStore:
         row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
         if not row:
             raise NotFoundError(f"reservation {reservation_id!r} is unknown")
-        scopes = ScopeSet(
-            organization=row["o"], team=row["t"], agent=row["a"], workflow=row["w"], user=row["u"]
-        )
+        scopes = _unpack_scopes(row["sc"])
 
         def build(index: BudgetIndex) -> list[str]:
             return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
@@ -680,11 +676,18 @@ def _outcome(
     )
 
 
+def _unpack_scopes(packed: str) -> ScopeSet:
+    o, t, a, w, u = packed.split("\x1e")
+    return ScopeSet(organization=o, team=t, agent=a, workflow=w, user=u)
+
+
 def _snapshot_plan(index: BudgetIndex, row: dict[str, str]) -> Plan:
-    """The plan a reservation was decided with, from the standing stored with it."""
+    """The plan a reservation was decided with, from the standing stored with it: when, the estimate,
+    the cheaper path's, whether it was a downgrade re-send, and each budget's used, reserved, limit."""
     keys = [k for k in row.get("holds", "").split("\n") if k]
-    figures = row.get("snap", "").split()
-    at_ms = int(row.get("at", "0"))
+    at, estimate, cheaper, resend, numbers = row["snap"].split("\x1e")
+    figures = numbers.split()
+    at_ms = int(at)
     states = []
     for i, key in enumerate(keys):
         bid, generation, entity = parse_hold_key(key)
@@ -698,10 +701,6 @@ def _snapshot_plan(index: BudgetIndex, row: dict[str, str]) -> Plan:
                 window=live.budget.period.window(at_ms, live.tz),
             )
         )  # fmt: skip
-    cheaper = row.get("dest", "")
     return plan_reservation(
-        states,
-        int(row.get("est", "0")),
-        downgrade_estimate=int(cheaper) if cheaper else None,
-        resend=row.get("rs") == "1",
+        states, int(estimate), downgrade_estimate=int(cheaper) if cheaper else None, resend=resend == "1"
     )
