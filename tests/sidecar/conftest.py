@@ -124,20 +124,29 @@ class RunningSidecar:
     logs: InMemoryLogRecordExporter
     clock: ManualClock
     db: Path
+    """The SQLite file, when the store is SQLite."""
+    backing: StoreFactory
+    """Where the store lives (``backing.backend`` is ``"sqlite"`` or ``"redis"``)."""
 
     @property
     def address(self) -> str:
         return self.sidecar.address
 
 
-def start_sidecar(db: Path, clock: ManualClock, extra_toml: str = "") -> RunningSidecar:
+def _store_toml(backing: StoreFactory) -> str:
+    if backing.backend == "redis":
+        return f'kind = "redis"\nurl = "{backing.redis_url}"\nnamespace = "{backing.namespace}"'
+    return f'path = "{backing.path}"'
+
+
+def start_sidecar(backing: StoreFactory, clock: ManualClock, extra_toml: str = "") -> RunningSidecar:
     config = parse_config(
         f"""
         [server]
         listen = "127.0.0.1:0"
         grace_seconds = 0
         [store]
-        path = "{db}"
+        {_store_toml(backing)}
         [ledger]
         sweep_interval_seconds = 0.05
         [alerts]
@@ -157,25 +166,33 @@ def start_sidecar(db: Path, clock: ManualClock, extra_toml: str = "") -> Running
         channel=channel,
         logs=logs,
         clock=clock,
-        db=db,
+        db=backing.path,
+        backing=backing,
     )
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def backing(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Where a test's sidecars keep their ledger: a SQLite file, or a namespace on the session's Redis."""
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    return StoreFactory(backend=request.param, path=tmp_path / "sidecar.db", redis_url=url)
+
+
 @pytest.fixture
-def server(tmp_path: Path, clock: ManualClock) -> Iterator[RunningSidecar]:
-    running = start_sidecar(tmp_path / "sidecar.db", clock)
+def server(backing: StoreFactory, clock: ManualClock) -> Iterator[RunningSidecar]:
+    running = start_sidecar(backing, clock)
     yield running
     running.channel.close()
     running.sidecar.stop(0)
 
 
 @pytest.fixture
-def sidecar_factory(tmp_path: Path, clock: ManualClock) -> Iterator[Callable[..., RunningSidecar]]:
-    """Start (and restart) sidecars on one database; all are stopped at the end."""
+def sidecar_factory(backing: StoreFactory, clock: ManualClock) -> Iterator[Callable[..., RunningSidecar]]:
+    """Start (and restart) sidecars on one store; all are stopped at the end."""
     started: list[RunningSidecar] = []
 
     def start(extra_toml: str = "") -> RunningSidecar:
-        running = start_sidecar(tmp_path / "sidecar.db", clock, extra_toml)
+        running = start_sidecar(backing, clock, extra_toml)
         started.append(running)
         return running
 
