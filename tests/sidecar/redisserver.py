@@ -38,8 +38,9 @@ def _free_port() -> int:
 class RedisServer:
     """``redis-server`` in a child process; ``stop()`` and ``start()`` again keep the port (an outage)."""
 
-    def __init__(self, directory: Path, *, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, directory: Path, *, extra: tuple[str, ...] = (), conf: Path | None = None) -> None:
         self.exe = require_redis_server()
+        self.conf = conf
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.extra = extra
@@ -55,9 +56,9 @@ class RedisServer:
             if not self.port:
                 self.port = _free_port()
             self.proc = subprocess.Popen(
-                [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                 "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--logfile", "redis.log",
-                 *self.extra],
+                [self.exe, *([str(self.conf)] if self.conf else []), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                 *([] if self.conf else ["--save", "", "--appendonly", "no"]), "--protected-mode", "yes",
+                 "--logfile", "redis.log", *self.extra],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip

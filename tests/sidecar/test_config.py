@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -22,6 +23,21 @@ def test_the_documented_example_config_is_valid_and_declares_its_budgets() -> No
     assert [b.id for b in config.budgets] == ["acme-monthly", "search-daily", "per-user-24h"]
     assert config.budgets[1].limit_usd == Decimal(250)
     assert config.budgets[2].scope_id is None  # a wildcard: every user has their own spend
+
+
+def test_the_example_configs_redis_store_is_valid_once_uncommented() -> None:
+    text = EXAMPLE.read_text()
+    start = text.index('# [store]\n# kind = "redis"')
+    block = text[start : text.index("\n\n", start)]
+    section = "\n".join(line[2:] for line in block.splitlines() if re.match(r"# (\[|\w+ = )", line))
+    store = parse_config(section, source="example").store
+    assert (store.kind, store.namespace, store.cluster, store.backoff_max_seconds) == (
+        "redis",
+        "paymaster",
+        False,
+        5,
+    )
+    assert store.url.startswith("redis://")
 
 
 def test_defaults_without_a_file_use_ports_clear_of_a_collector_prometheus_and_grafana() -> None:

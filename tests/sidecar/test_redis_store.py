@@ -165,6 +165,32 @@ def test_every_key_of_a_ledger_is_in_one_hash_slot_and_it_runs_on_a_redis_cluste
         server.stop()
 
 
+def test_the_documented_redis_conf_is_accepted_and_makes_the_ledger_durable(tmp_path: Path) -> None:
+    conf = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "redis.conf"
+    server = RedisServer(tmp_path / "redis", conf=conf).start()
+    admin = server.client()
+    try:
+        settings = {k: admin.config_get(k)[k] for k in ("appendonly", "appendfsync", "maxmemory-policy")}
+        assert settings == {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
+        store = RedisStore(server.url, namespace="durable")
+        ledger = Ledger(store, clock=ManualClock(START))
+        ledger.create_budget(draft("team", limit="1"))
+        held = reserve(ledger, "0.4")
+        store.close()
+        server.stop()  # SIGKILL: only the append-only file remains
+        server.start()
+        store = RedisStore(server.url, namespace="durable")
+        again = Ledger(store, clock=ManualClock(START))
+        assert again.budget_status("team").reserved_usd == D("0.4")
+        assert again.commit(
+            CommitCommand(reservation_id=held.reservation_id, actual_usd=D("0.3"))
+        ).charged_usd == D("0.3")
+        store.close()
+    finally:
+        admin.close()
+        server.stop()
+
+
 # -- through the sidecar ---------------------------------------------------------------------------
 def _sidecar_config(url: str, namespace: str, extra: str = "") -> str:
     return (
