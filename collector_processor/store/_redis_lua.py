@@ -308,9 +308,10 @@ local function add_holds(sp, hold, rid)
   end
 end
 
-local function holds_fit(sp, hold)
-  for _, s in ipairs(sp) do
-    if not fits(reserved_of(s), hold) then return s.bid end
+-- out holds each budget's used and reserved from position from + 1 on, as read_states left them.
+local function holds_fit(sp, hold, out, from)
+  for i, s in ipairs(sp) do
+    if not fits(out[from + 2 * i], hold) then return s.bid end
   end
   return nil
 end
@@ -339,7 +340,7 @@ elseif first == 'downgrade' then
 end
 out[2], out[3], out[4] = decision, hold, awaiting
 if decision == 'deny' then return out end
-local full = holds_fit(sp, hold)
+local full = holds_fit(sp, hold, out, 4)
 if full then return {'OVERFLOW', full} end
 redis.call('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
   'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
@@ -383,7 +384,7 @@ if verdict(states, est) == 'deny' then
   out[2], out[3] = 'deny', '0'
   return out
 end
-local full = holds_fit(sp, est)
+local full = holds_fit(sp, est, out, 4)
 if full then return {'OVERFLOW', full} end
 drop_holds(R, held)
 redis.call('HSET', R, 'held', est, 'holds', keys_of(sp), 'dec', 'downgrade', 'aw', '0', 'exp', ARGV[4],
@@ -401,8 +402,8 @@ if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, actual = ARGV[2], ARGV[3], ARGV[4]
 reclaim(now, RECLAIM)
 local R = P .. ':r:' .. rid
-if redis.call('EXISTS', R) == 0 then return {'NOTFOUND'} end
 local row = redis.call('HMGET', R, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late')
+if not row[1] then return {'NOTFOUND'} end
 if row[2] ~= table.concat(ARGV, '\30', 13, 17) then return {'SCOPES'} end
 local sp = specs(18)
 if row[1] == '2' then

@@ -121,6 +121,7 @@ class RedisStore:
         self._p = self._link.prefix
         self._client = self._link.client
         self._index = BudgetIndex((), version=-1)
+        self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str]]] = {}
         self._remembered: dict[str, ScopeSet] = {}
         self._remember_lock = threading.Lock()
         self._config: list[Budget] | None = None
@@ -197,11 +198,22 @@ class RedisStore:
             index = self._refresh()
         raise StoreUnavailableError("budget definitions kept changing while this request was tried; retry")
 
-    @staticmethod
-    def _specs(matched: Matched, now_ms: int, at_ms: int) -> list[str]:
+    def _specs(self, matched: Matched, now_ms: int, at_ms: int) -> list[str]:
+        """What the functions need of each matched budget. A spec changes only with the budget, the
+        entity and the buckets read and charged, so most requests find theirs made already."""
         out = [str(len(matched))]
+        cache = self._spec_cache
+        if len(cache) > 20_000:
+            cache.clear()
         for live, entity in matched:
-            out += spec(live, entity, now_ms=now_ms, at_ms=at_ms)
+            period, tz = live.budget.period, live.tz
+            # A rolling window's alerts name the window ending now, so their specs are good for one ms.
+            moment = now_ms if period.is_rolling and live.budget.alert_thresholds else 0
+            key = (id(live), entity, period.lowest_bucket(now_ms, tz), period.bucket_of(at_ms, tz), moment)
+            found = cache.get(key)
+            if found is None or found[0] is not live:  # an id is only unique while its object lives
+                found = cache[key] = (live, spec(live, entity, now_ms=now_ms, at_ms=at_ms))
+            out += found[1]
         return out
 
     @staticmethod
