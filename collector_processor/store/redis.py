@@ -31,6 +31,8 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
 from collector_processor.decisions import BudgetState, Plan, budget_infos, evaluate, exceeds, plan_reservation
 from collector_processor.errors import (
@@ -138,7 +140,13 @@ class RedisStore:
         return self._link.available
 
     def _init_meta(self) -> None:
-        self._link.load_functions()
+        try:
+            self._link.load_functions()
+        except ResponseError as exc:  # an old server, or an ACL that forbids FUNCTION LOAD
+            raise StoreUnavailableError(
+                f"Redis at {self.where} refused the ledger's function library ({exc}); Redis 7.0 or newer is "
+                "needed, with FUNCTION LOAD allowed (see deploy/redis)"
+            ) from None
         meta = f"{self._p}:meta"
         # A version that starts from the clock never repeats one a replica may have cached before the
         # data was lost, so a stale cache is always noticed.

@@ -251,3 +251,16 @@ def test_a_sidecar_whose_redis_cannot_be_reached_fails_at_start_naming_the_key()
         ConfigError, match=rf"s\.toml: store\.url: cannot reach Redis at redis://127\.0\.0\.1:{port}/0"
     ):
         create_sidecar(config)
+
+
+def test_a_sidecar_stops_cleanly_while_its_redis_is_down(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    text = _sidecar_config(server.url, "stopping").replace("otel_logs = false", "otel_logs = true")
+    sidecar = create_sidecar(parse_config(text, source="s.toml")).start()
+    try:
+        server.stop()
+        eventually(lambda: not sidecar.store.available, "the store noticing Redis is gone")  # type: ignore[attr-defined]
+        time.sleep(0.3)  # the sweeper and the alert dispatcher meet the outage too
+    finally:
+        sidecar.stop(0)  # must return, and raise nothing
+        server.stop()
