@@ -119,10 +119,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s per measurement and one round")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement (default 2)")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
     args = parser.parse_args()
     seconds = args.seconds or (1.0 if args.quick else 2.0)
-    rounds = args.rounds or (1 if args.quick else 2)
+    rounds = args.rounds or (1 if args.quick else 3)
     warmup = 0.5
     results: dict[tuple[str, int], tuple[float, float]] = {}
     with contextlib.ExitStack() as stack:
