@@ -245,6 +245,10 @@ class SidecarConfig(_Section):
                 "store.url",
                 f"must be redis://[user:password@]host:port[/db], rediss://... or unix://path, got {store.url!r}",
             )
+        if store.cluster and store.url.startswith("unix://"):
+            raise InvalidRequestError(
+                "store.cluster", "a Redis Cluster is reached over redis:// or rediss://"
+            )
         try:
             check_namespace(store.namespace)
         except ValueError as exc:

@@ -86,8 +86,9 @@ class RedisLink:
                 self.client: Any = redis.RedisCluster.from_url(url, **settings)
             else:
                 self.client = redis.Redis.from_url(url, **settings)
-        except (ValueError, rexc.RedisError) as exc:
-            raise StoreUnavailableError(f"cannot use Redis at {self.where}: {exc}") from exc
+        except (ValueError, rexc.RedisError, rexc.RedisClusterException) as exc:
+            # A cluster client connects at once: an unreachable or non-cluster server fails here.
+            raise StoreUnavailableError(f"cannot use Redis at {self.where}: {exc}") from None
         self._backoff_initial = backoff_initial_s
         self._backoff_max = backoff_max_s
         self._health_interval = health_interval_s

@@ -111,6 +111,10 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
             "cfg.toml: store.backoff_initial_seconds: 9 is above store.backoff_max_seconds",
         ),
         (
+            "[store]\nkind = 'redis'\nurl = 'unix:///run/redis.sock'\ncluster = true\n",
+            "cfg.toml: store.cluster: a Redis Cluster is reached over redis:// or rediss://",
+        ),
+        (
             "[store]\nkind = 'redis'\nurl = 'redis://h:1'\nsocket_timeout_seconds = 0\n",
             "cfg.toml: store.socket_timeout_seconds: Input should be greater than 0",
         ),

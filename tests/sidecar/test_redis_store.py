@@ -264,3 +264,13 @@ def test_a_sidecar_stops_cleanly_while_its_redis_is_down(tmp_path: Path) -> None
     finally:
         sidecar.stop(0)  # must return, and raise nothing
         server.stop()
+
+
+def test_a_cluster_store_on_a_server_that_is_not_a_cluster_fails_at_start_naming_the_key(
+    redis_server: RedisServer,
+) -> None:
+    text = _sidecar_config(redis_server.url, "not-a-cluster", extra="cluster = true\n")
+    with pytest.raises(
+        ConfigError, match=r"s\.toml: store\.url: cannot use Redis at .*Cluster mode is not enabled"
+    ):
+        create_sidecar(parse_config(text, source="s.toml"))
