@@ -274,3 +274,41 @@ def test_a_cluster_store_on_a_server_that_is_not_a_cluster_fails_at_start_naming
         ConfigError, match=r"s\.toml: store\.url: cannot use Redis at .*Cluster mode is not enabled"
     ):
         create_sidecar(parse_config(text, source="s.toml"))
+
+
+def test_housekeeping_forgets_what_no_window_or_retention_needs(redis_server: RedisServer) -> None:
+    namespace = f"t-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_server.url, namespace=namespace)
+    admin = redis_server.client()
+    clock = ManualClock(START)
+    ledger = Ledger(store, clock=clock)
+    try:
+        ledger.create_budget(draft("team", limit="1", thresholds=(50,), on_exceed=OnExceed.WARN))
+        ledger.create_budget(draft("per-user", Scope.USER, None, "5", period="rolling_1h"))
+        ledger.create_budget(draft("gone", Scope.ORGANIZATION, "acme", "5"))
+        r = reserve(ledger, "0.8", idempotency_key="retry-me")
+        ledger.commit(CommitCommand(reservation_id=r.reservation_id, actual_usd=D("0.6")))
+        ledger.record_usage(RecordUsageCommand(usage_id="u1", scopes=SCOPES, cost_usd=D("0.1")))
+        reserve(ledger, "0.1", ttl_ms=1_000)  # abandoned
+        p = "{" + namespace + "}"
+        generation = ledger.get_budget("gone").generation
+        ledger.delete_budget("gone")
+        assert admin.smembers(f"{p}:dead") == {f"gone@{generation}"}  # its state awaits collection
+        clock.advance(seconds=2)
+        assert ledger.expire_due() == 1
+        clock.advance(seconds=3 * 86_400)
+        store.prune(
+            now_ms=clock.now_ms(),
+            reservation_retention_ms=3_600_000,
+            usage_retention_ms=86_400_000,
+            alert_retention_ms=86_400_000,
+        )
+        left = sorted(k for k in admin.keys(f"{p}*"))
+        assert left == [f"{p}:alerts:seq", f"{p}:budgets", f"{p}:meta"], left
+        assert [b.id for b in ledger.list_budgets()[0]] == ["per-user", "team"]
+        # What was forgotten is forgotten the way SQLite forgets it: a late retry is a new request.
+        again = reserve(ledger, "0.8", idempotency_key="retry-me")
+        assert not again.replayed and again.reservation_id != r.reservation_id
+    finally:
+        admin.close()
+        store.close()
