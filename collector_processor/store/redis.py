@@ -22,21 +22,18 @@ answer (reason, warnings, budget info), refusing to answer if the two disagree. 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
-from collector_processor.decisions import BudgetState, Plan, budget_infos, evaluate, exceeds, plan_reservation
+from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.decisions import BudgetState, budget_infos, evaluate, exceeds, plan_reservation
 from collector_processor.errors import (
-    AlreadyExistsError,
     FailedPreconditionError,
     InvalidRequestError,
     NotFoundError,
@@ -59,20 +56,20 @@ from collector_processor.ledger_types import (
     UsageFacts,
 )
 from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.store import _redis_answers as answers
+from collector_processor.store import _redis_housekeeping as housekeeping
 from collector_processor.store import _redis_reports as reports
 from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.store._redis_budgets import BudgetRows
 from collector_processor.store._redis_codec import (
-    budget_from_json,
-    budget_json,
     check_namespace,
     facts_args,
     hold_key,
-    parse_hold_key,
     scope_args,
     spec,
 )
 from collector_processor.store._redis_link import RedisLink
-from collector_processor.store._shared import entity_for, plan_config_sync, refuse_config, status_from_state
+from collector_processor.store._shared import entity_for, status_from_state
 from collector_processor.store.base import UsageFilter, UsageRow
 
 __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
@@ -122,6 +119,7 @@ class RedisStore:
         self.namespace = namespace
         self._p = self._link.prefix
         self._client = self._link.client
+        self._budgets = BudgetRows(self._link)
         self._index = BudgetIndex((), version=-1)
         self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str]]] = {}
         self._remembered: dict[str, ScopeSet] = {}
@@ -183,9 +181,8 @@ class RedisStore:
         self._index = BudgetIndex((), version=-1)
 
     def _refresh(self) -> BudgetIndex:
-        reply = self._link.script("load_budgets", [])
-        budgets = [budget_from_json(reply[i]) for i in range(2, len(reply), 2)]
-        self._index = BudgetIndex(budgets, version=int(reply[0]))
+        version, budgets = self._budgets.load()
+        self._index = BudgetIndex(budgets, version=version)
         return self._index
 
     def _current(self) -> BudgetIndex:
@@ -259,84 +256,39 @@ class RedisStore:
         packed = self._link.call(lambda: self._client.hget(f"{self._p}:r:{reservation_id}", "sc"))
         if packed is None:
             return None
-        scopes = _unpack_scopes(packed)
+        scopes = answers.unpack_scopes(packed)
         self._remember(reservation_id, scopes)
         return scopes
 
     # -- budgets ---------------------------------------------------------------------------------
     def create_budget(self, budget: Budget) -> Budget:
-        reply = self._link.script(
-            "budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)]
-        )
-        if reply[0] == "EXISTS":
-            raise AlreadyExistsError(f"budget {budget.id!r} exists already")
+        created = self._budgets.create(budget)
         self._forget_index()
-        return replace(budget, generation=int(reply[1]))
-
-    def _raw_budget(self, budget_id: str) -> str:
-        raw: str | None = self._link.call(lambda: self._client.hget(f"{self._p}:budgets", budget_id))
-        if raw is None:
-            raise NotFoundError(f"budget {budget_id!r} does not exist")
-        return raw
+        return created
 
     def get_budget(self, budget_id: str) -> Budget:
-        return budget_from_json(self._raw_budget(budget_id))
+        return self._budgets.get(budget_id)
 
     def list_budgets(
         self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int
     ) -> list[Budget]:
-        raw: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:budgets"))
-        budgets = sorted((budget_from_json(v) for k, v in raw.items() if k > after_id), key=lambda b: b.id)
-        return [
-            b
-            for b in budgets
-            if (scope is None or b.scope is scope) and (scope_id is None or b.scope_id == scope_id)
-        ][:limit]
+        return self._budgets.list(scope=scope, scope_id=scope_id, after_id=after_id, limit=limit)
 
     def update_budget(
         self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
     ) -> Budget:
-        for _ in range(_ATTEMPTS):
-            raw = self._raw_budget(budget_id)
-            current = budget_from_json(raw)
-            refuse_config(current, allow_config, "changed")
-            updated = apply_patch(current, patch, now_ms=now_ms)
-            reply = self._link.script(
-                "budget_ops", ["replace", budget_id, raw, budget_json(updated, with_generation=True)]
-            )
-            if reply[0] == "OK":
-                self._forget_index()
-                return updated
-        raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this update was tried; retry")
+        updated = self._budgets.update(budget_id, patch, now_ms=now_ms, allow_config=allow_config)
+        self._forget_index()
+        return updated
 
     def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
-        for _ in range(_ATTEMPTS):
-            raw = self._raw_budget(budget_id)
-            current = budget_from_json(raw)
-            refuse_config(current, allow_config, "deleted")
-            dead = f"{current.id}@{current.generation}"
-            if self._link.script("budget_ops", ["delete", budget_id, raw, dead])[0] == "OK":
-                self._forget_index()
-                return
-        raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this delete was tried; retry")
+        self._budgets.delete(budget_id, allow_config=allow_config)
+        self._forget_index()
 
     def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
-        for _ in range(_ATTEMPTS):
-            reply = self._link.script("load_budgets", [])
-            existing = [budget_from_json(reply[i]) for i in range(2, len(reply), 2)]
-            plan = plan_config_sync(existing, budgets, now_ms=now_ms)
-            ops: list[str] = []
-            for old in plan.delete:
-                ops += ["d", old.id, f"{old.id}@{old.generation}"]
-            for new in plan.insert:
-                ops += ["i", new.id, budget_json(new, with_generation=False)]
-            for changed in plan.replace:
-                ops += ["r", changed.id, budget_json(changed, with_generation=True)]
-            if self._link.script("budget_ops", ["sync", reply[0], *ops])[0] == "OK":
-                self._config = list(budgets)
-                self._forget_index()
-                return
-        raise StoreUnavailableError("budgets kept changing while the config budgets were reconciled; retry")
+        self._budgets.sync(budgets, now_ms=now_ms)
+        self._config = list(budgets)
+        self._forget_index()
 
     # -- money -----------------------------------------------------------------------------------
     def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
@@ -377,11 +329,11 @@ class RedisStore:
             return self._replay(reply[1], now_ms)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
         plan = plan_reservation(states, estimate, downgrade_estimate=downgrade, resend=False)
-        _agree(plan, reply)
+        answers.agree(plan, reply)
         if plan.decision is Decision.DENY:
-            return _outcome(plan, states, "", 0)
+            return answers.outcome(plan, states, "", 0)
         self._remember(reservation_id, scopes)
-        return _outcome(plan, states, reservation_id, expires_ms)
+        return answers.outcome(plan, states, reservation_id, expires_ms)
 
     def _resend(self, command: ReserveCommand, expires_ms: int, now_ms: int) -> ReserveOutcome:
         """The second half of the downgrade exchange: swap the held estimate for the cheaper path's."""
@@ -417,10 +369,10 @@ class RedisStore:
             return self._replay(rid, now_ms)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
         plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
-        _agree(plan, reply)
+        answers.agree(plan, reply)
         if plan.decision is Decision.DENY:
-            return _outcome(plan, states, "", 0)
-        return _outcome(plan, states, rid, expires_ms)
+            return answers.outcome(plan, states, "", 0)
+        return answers.outcome(plan, states, rid, expires_ms)
 
     def _replay(self, reservation_id: str, now_ms: int) -> ReserveOutcome:
         """The first answer again: its decision and hold as stored, its words rebuilt from the standing
@@ -428,7 +380,7 @@ class RedisStore:
         row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
         if not row:
             raise NotFoundError(f"reservation {reservation_id!r} is unknown")
-        scopes = _unpack_scopes(row["sc"])
+        scopes = answers.unpack_scopes(row["sc"])
 
         def build(index: BudgetIndex) -> list[str]:
             return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
@@ -441,14 +393,14 @@ class RedisStore:
             for s in states:
                 if hold_key(s.budget, s.entity) in own:
                     s.reserved -= held
-        original = _snapshot_plan(index, row)
+        original = answers.snapshot_plan(index, row)
         return ReserveOutcome(
             decision=Decision(row["dec"]),
             reservation_id=reservation_id,
             reserved_usd=micros_to_usd(held),
             expires_ms=int(row["exp"]),
             budget_info=budget_infos(states, [exceeds(s, held) for s in states]),
-            deciding_budget_id=_deciding(original),
+            deciding_budget_id=answers.deciding(original),
             reason=original.verdict.reason,
             warnings=original.verdict.warnings,
             awaiting_downgrade_estimate=row["aw"] == "1",
@@ -632,95 +584,14 @@ class RedisStore:
     def prune(
         self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
     ) -> None:
-        chunk = 500
-        for what, keep in (
-            ("reservations", reservation_retention_ms),
-            ("usage", usage_retention_ms),
-            ("alerts", alert_retention_ms),
-        ):
-            while int(self._link.script("prune", [what, str(now_ms - keep), str(chunk)])) >= chunk:
-                pass
-        for live in self._refresh():
-            budget = live.budget
-            base = f"{budget.id}@{budget.generation}"
-            lowest = str(budget.period.lowest_bucket(now_ms, live.tz))
-            rolling = "1" if budget.period.is_rolling else "0"
-            for entities, _ in self._scan_set(f"{self._p}:ents:{base}", chunk):
-                self._link.script("prune_state", [base, rolling, lowest, *entities])
-        dead: set[str] = self._link.call(lambda: self._client.smembers(f"{self._p}:dead"))
-        for base in dead:
-            for entities, last in self._scan_set(f"{self._p}:ents:{base}", chunk):
-                self._link.script("collect_dead", [base, "1" if last else "0", *entities])
-
-    def _scan_set(self, key: str, chunk: int) -> Iterator[tuple[list[str], bool]]:
-        """Chunks of a set's members (and whether each is the last), never one huge reply."""
-        cursor = 0
-        while True:
-            cursor, members = self._link.call(functools.partial(self._client.sscan, key, cursor, count=chunk))
-            yield list(members), cursor == 0
-            if cursor == 0:
-                return
+        housekeeping.prune(
+            self._link,
+            self._refresh(),
+            now_ms=now_ms,
+            reservation_retention_ms=reservation_retention_ms,
+            usage_retention_ms=usage_retention_ms,
+            alert_retention_ms=alert_retention_ms,
+        )
 
     def close(self) -> None:
         self._link.close()
-
-
-def _agree(plan: Plan, reply: Sequence[Any]) -> None:
-    """The script and ``decisions.plan_reservation`` must have reached the same decision and hold."""
-    ours = (plan.decision.value, str(plan.hold), "1" if plan.awaiting_downgrade_estimate else "0")
-    theirs = (reply[1], reply[2], reply[3])
-    if ours != theirs:
-        raise RuntimeError(
-            f"the Redis script decided {theirs} where the decision rules decide {ours}; this is a bug"
-        )
-
-
-def _deciding(plan: Plan) -> str:
-    return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
-
-
-def _outcome(
-    plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int
-) -> ReserveOutcome:
-    verdict = plan.verdict
-    return ReserveOutcome(
-        decision=plan.decision,
-        reservation_id=reservation_id,
-        reserved_usd=micros_to_usd(plan.hold),
-        expires_ms=expires_ms,
-        budget_info=budget_infos(states, verdict.exceeded),
-        deciding_budget_id=_deciding(plan),
-        reason=verdict.reason,
-        warnings=verdict.warnings,
-        awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
-    )
-
-
-def _unpack_scopes(packed: str) -> ScopeSet:
-    o, t, a, w, u = packed.split("\x1e")
-    return ScopeSet(organization=o, team=t, agent=a, workflow=w, user=u)
-
-
-def _snapshot_plan(index: BudgetIndex, row: dict[str, str]) -> Plan:
-    """The plan a reservation was decided with, from the standing stored with it: when, the estimate,
-    the cheaper path's, whether it was a downgrade re-send, and each budget's used, reserved, limit."""
-    keys = [k for k in row.get("holds", "").split("\n") if k]
-    at, estimate, cheaper, resend, numbers = row["snap"].split("\x1e")
-    figures = numbers.split()
-    at_ms = int(at)
-    states = []
-    for i, key in enumerate(keys):
-        bid, generation, entity = parse_hold_key(key)
-        live = index.get(bid)
-        if live is None or live.budget.generation != generation or len(figures) < 3 * i + 3:
-            continue  # deleted or re-created since: its words can no longer be rebuilt
-        used, reserved, limit = (int(v) for v in figures[3 * i : 3 * i + 3])
-        states.append(
-            BudgetState(
-                budget=live.budget, entity=entity, limit=limit, used=used, reserved=reserved,
-                window=live.budget.period.window(at_ms, live.tz),
-            )
-        )  # fmt: skip
-    return plan_reservation(
-        states, int(estimate), downgrade_estimate=int(cheaper) if cheaper else None, resend=resend == "1"
-    )
