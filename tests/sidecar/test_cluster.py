@@ -39,12 +39,12 @@ TTL_S = 1
 D = Decimal
 # Block budgets and their limits: one shared by most clients, the rest separate per group.
 BLOCK = {
-    "org-acme": D(6),
-    "org-beta": D(2),
-    "team-t0": D("2.5"),
-    "team-t1": D("2.5"),
-    "team-t2": D("2.5"),
-    "team-t3": D("2.5"),
+    "org-acme": D(4),
+    "org-beta": D("1.5"),
+    "team-t0": D("1.5"),
+    "team-t1": D("1.5"),
+    "team-t2": D("1.5"),
+    "team-t3": D("1.5"),
 }
 
 
@@ -209,7 +209,7 @@ def test_three_replicas_share_one_ledger_without_overspend_through_a_sigkill(rep
             pb_budget(budget, scope, budget.split("-", 1)[1], str(limit))
         )
     other.CreateBudget(
-        pb_budget("warn", pb.SCOPE_WORKFLOW, "digest", "3", on_exceed=pb.ON_EXCEED_WARN, thresholds=(50, 100))
+        pb_budget("warn", pb.SCOPE_WORKFLOW, "digest", "2", on_exceed=pb.ON_EXCEED_WARN, thresholds=(50, 100))
     )
 
     load = Load()
