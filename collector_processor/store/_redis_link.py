@@ -108,6 +108,11 @@ class RedisLink:
         """Whether the last contact with Redis succeeded; the sidecar's health follows this."""
         return self._available
 
+    @property
+    def reason(self) -> str:
+        """Why Redis is unavailable ('' while it is available)."""
+        return self._reason
+
     # -- calls -------------------------------------------------------------------------------------
     def load_functions(self) -> None:
         """Give Redis the store's function library (idempotent; on a cluster, to every primary)."""
@@ -146,7 +151,7 @@ class RedisLink:
     def _down(self, exc: Exception) -> StoreUnavailableError:
         reason = f"{type(exc).__name__}: {exc}".strip()
         with self._lock:
-            if self._available:
+            if self._available and self._prober.is_alive():  # before start, the caller reports it
                 log.error(
                     "lost the Redis store at %s (%s); answering UNAVAILABLE until it is back",
                     self.where,

@@ -1,19 +1,19 @@
 """The Redis store: one ledger shared by any number of sidecar replicas, with no overspend.
 
-Every operation that changes money or alert state is one Lua script (``_redis_lua``), so Redis runs it
-as one atomic step: a reservation reads the standing of every matching budget, decides and holds on all
+Every operation that changes money or alert state is one Redis function (``_redis_lua``), so Redis
+runs it as one atomic step: a reservation reads the standing of every matching budget, decides and holds on all
 of them or none; a commit swaps the hold for the actual spend, charges every budget and fires each
 threshold once per period; releases, expiries and recorded usage likewise. No replica keeps a balance:
-each script reads the standing it decides on inside Redis. Replicas cache only budget *definitions*,
-and every script carries the version of the definitions it was built from; a replica whose cache is
+each function reads the standing it decides on inside Redis. Replicas cache only budget *definitions*,
+and every call carries the version of the definitions it was built from; a replica whose cache is
 stale is refused (``STALE``), reloads and tries again, so a budget created through any replica is
 enforced by all of them from the next request on. Replicas also remember the (immutable) scopes of
-reservations they made, to commit them in one round trip; the script checks them.
+reservations they made, to commit them in one round trip; the function checks them.
 
-Expired reservations need no timer: every script first reclaims the reservations whose TTL has passed
+Expired reservations need no timer: every function first reclaims the reservations whose TTL has passed
 (whichever replica touches the ledger next), and each replica's sweeper does so between requests.
 
-The decision itself is ``collector_processor.decisions``: the script applies the same rule to the
+The decision itself is ``collector_processor.decisions``: the function applies the same rule to the
 standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the
 answer (reason, warnings, budget info), refusing to answer if the two disagree. The key layout is in
 ``_redis_codec``; Redis being unreachable is ``StoreUnavailableError`` (see ``_redis_link``).
@@ -129,7 +129,9 @@ class RedisStore:
             self._link.call(self._init_meta)
         except StoreUnavailableError as exc:
             self._link.close()
-            raise StoreUnavailableError(f"cannot reach Redis at {self.where}: {exc}") from None
+            if self._link.available:  # reached, but refused: the message says why
+                raise
+            raise StoreUnavailableError(f"cannot reach Redis at {self.where} ({self._link.reason})") from exc
         self._link.start()
 
     @property
