@@ -47,6 +47,8 @@ _OP = st.one_of(
     st.tuples(st.just("release"), st.integers(0, 20), st.none(), st.none()),
     st.tuples(st.just("usage"), st.integers(0, 900_000), st.integers(0, 3), st.sampled_from(ORGS)),
     st.tuples(st.just("tick"), st.integers(1, 1_200), st.none(), st.none()),
+    st.tuples(st.just("check"), st.integers(0, 1_500_000), st.none(), st.sampled_from(ORGS)),
+    st.tuples(st.just("prune"), st.integers(0, 3_600), st.none(), st.none()),
 )
 
 
@@ -96,6 +98,15 @@ def _run(ledger: Ledger, op: tuple[Any, ...], held: list[str], counter: list[int
                     RecordUsageCommand(usage_id=usage_id, scopes=scopes, cost_usd=D(a).scaleb(-6))
                 )
             )
+        if kind == "check":
+            return _answer(ledger.check(scopes, D(a).scaleb(-6)))
+        if kind == "prune":  # forgetting settled reservations makes their late commits unknown alike
+            ms = a * 1000
+            now = ledger.clock.now_ms()
+            ledger.store.prune(
+                now_ms=now, reservation_retention_ms=ms, usage_retention_ms=10**12, alert_retention_ms=ms
+            )
+            return "pruned"
         if kind == "tick":
             ledger.clock.advance(seconds=a)  # type: ignore[attr-defined]
             return "tick"
