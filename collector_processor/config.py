@@ -71,6 +71,8 @@ class StoreSection(_Section):
     backoff_initial_seconds: float = Field(default=0.1, gt=0, le=60)
     backoff_max_seconds: float = Field(default=5.0, gt=0, le=600)
     health_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    wait_replicas: int = Field(default=0, ge=0, le=16)
+    wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
 
     def describe(self) -> str:
         """What the start-up line names: the file, or the server without its password."""
@@ -244,6 +246,10 @@ class SidecarConfig(_Section):
             raise InvalidRequestError(
                 "store.url",
                 f"must be redis://[user:password@]host:port[/db], rediss://... or unix://path, got {store.url!r}",
+            )
+        if store.cluster and store.wait_replicas:
+            raise InvalidRequestError(
+                "store.wait_replicas", "is not supported with cluster = true; leave it 0"
             )
         if store.cluster and store.url.startswith("unix://"):
             raise InvalidRequestError(

@@ -242,6 +242,8 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
                 backoff_initial_s=s.backoff_initial_seconds,
                 backoff_max_s=s.backoff_max_seconds,
                 health_interval_s=s.health_interval_seconds,
+                wait_replicas=s.wait_replicas,
+                wait_timeout_ms=s.wait_timeout_ms,
             )
         return SqliteStore(s.path, synchronous=s.synchronous, busy_timeout_ms=s.busy_timeout_ms)
     except StoreUnavailableError as exc:

@@ -69,6 +69,8 @@ class RedisLink:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         health_interval_s: float = 1.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.where = describe_url(url)
@@ -89,6 +91,8 @@ class RedisLink:
         except (ValueError, rexc.RedisError, rexc.RedisClusterException) as exc:
             # A cluster client connects at once: an unreachable or non-cluster server fails here.
             raise StoreUnavailableError(f"cannot use Redis at {self.where}: {exc}") from None
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._backoff_initial = backoff_initial_s
         self._backoff_max = backoff_max_s
         self._health_interval = health_interval_s
@@ -125,14 +129,30 @@ class RedisLink:
 
         def run() -> Any:
             try:
-                return self.client.fcall(function, 1, self.meta_key, packed)
+                return self._fcall(function, packed)
             except rexc.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
                 self.load_functions()
-                return self.client.fcall(function, 1, self.meta_key, packed)
+                return self._fcall(function, packed)
 
         return self.call(run)
+
+    def _fcall(self, function: str, packed: str) -> Any:
+        if not self._wait_replicas:
+            return self.client.fcall(function, 1, self.meta_key, packed)
+        # WAIT counts the replicas that have this connection's writes, so both go down one connection.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.fcall(function, 1, self.meta_key, packed)
+        pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+        reply, acknowledged = pipe.execute()
+        if int(acknowledged) < self._wait_replicas:
+            raise StoreUnavailableError(
+                f"the Redis store at {self.where} applied this change but only {acknowledged} of "
+                f"{self._wait_replicas} replica(s) acknowledged it within {self._wait_timeout_ms} ms, so a "
+                "failover could lose it; retry (the operation is safe to repeat)"
+            )
+        return reply
 
     def call(self, fn: Callable[[], T]) -> T:
         if not self._available:

@@ -84,7 +84,8 @@ Matched = list[tuple[LiveBudget, str]]
 
 class RedisStore:
     """``LedgerStore`` on Redis 7 (or a Redis Cluster with ``cluster=True``); ``namespace`` keeps
-    several ledgers apart on one server and is the hash tag that puts a ledger in one slot."""
+    several ledgers apart on one server and is the hash tag that puts a ledger in one slot. With
+    ``wait_replicas``, a change is answered only once that many replicas have it (``WAIT``)."""
 
     def __init__(
         self,
@@ -98,6 +99,8 @@ class RedisStore:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         health_interval_s: float = 1.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         try:
             check_namespace(namespace)
@@ -113,6 +116,8 @@ class RedisStore:
             backoff_initial_s=backoff_initial_s,
             backoff_max_s=backoff_max_s,
             health_interval_s=health_interval_s,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
             on_reconnect=self._after_reconnect,
         )
         self.where = self._link.where

@@ -111,6 +111,10 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
             "cfg.toml: store.backoff_initial_seconds: 9 is above store.backoff_max_seconds",
         ),
         (
+            "[store]\nkind = 'redis'\nurl = 'redis://h:1'\ncluster = true\nwait_replicas = 1\n",
+            "cfg.toml: store.wait_replicas: is not supported with cluster = true",
+        ),
+        (
             "[store]\nkind = 'redis'\nurl = 'unix:///run/redis.sock'\ncluster = true\n",
             "cfg.toml: store.cluster: a Redis Cluster is reached over redis:// or rediss://",
         ),

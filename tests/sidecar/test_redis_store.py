@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from collector_processor.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
 from collector_processor.clock import ManualClock
 from collector_processor.config import parse_config
+from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
 from collector_processor.ledger_types import CommitCommand, Decision, RecordUsageCommand, ReserveCommand
 from collector_processor.server import create_sidecar
@@ -312,3 +313,35 @@ def test_housekeeping_forgets_what_no_window_or_retention_needs(redis_server: Re
     finally:
         admin.close()
         store.close()
+
+
+def test_with_wait_replicas_a_change_is_answered_only_once_a_replica_has_it(tmp_path: Path) -> None:
+    primary = RedisServer(tmp_path / "primary", extra=("--repl-diskless-sync-delay", "0")).start()
+    replica = RedisServer(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))).start()
+    store = RedisStore(primary.url, namespace="waited", wait_replicas=1, wait_timeout_ms=500)
+    ledger = Ledger(store, clock=ManualClock(START))
+    mirror = replica.client()
+    try:
+        eventually(lambda: mirror.info("replication").get("master_link_status") == "up", "replication")
+        ledger.create_budget(draft("team", limit="1"))
+        held = reserve(ledger, "0.4")
+        # Answered means on the replica already: no waiting, no polling.
+        assert mirror.hget("{waited}:r:" + held.reservation_id, "held") == "400000"
+        replica.stop()
+        with pytest.raises(
+            StoreUnavailableError, match=r"only 0 of 1 replica\(s\) acknowledged it within 500 ms"
+        ):
+            ledger.commit(CommitCommand(reservation_id=held.reservation_id, actual_usd=D("0.3")))
+        replica.start()
+        mirror.close()
+        mirror = replica.client()
+        eventually(lambda: mirror.info("replication").get("master_link_status") == "up", "resync")
+        # The refused commit was applied on the primary; retrying it is answered, and charged once.
+        again = ledger.commit(CommitCommand(reservation_id=held.reservation_id, actual_usd=D("0.3")))
+        assert again.duplicate and again.charged_usd == D("0.3")
+        assert ledger.budget_status("team").used_usd == D("0.3")
+    finally:
+        mirror.close()
+        store.close()
+        replica.stop()
+        primary.stop()
