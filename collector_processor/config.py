@@ -20,7 +20,7 @@ from collector_processor.budgets import BudgetDraft, OnExceed, Scope, build_budg
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
 from collector_processor.periods import zone
-from collector_processor.store._redis_codec import check_namespace
+from collector_processor.store._redis_codec import check_namespace, parse_sentinel_url
 from paymaster.exceptions import ConfigError
 
 __all__ = [
@@ -84,7 +84,7 @@ class StoreSection(_Section):
 
 
 _SQLITE_KEYS = frozenset({"path", "synchronous", "busy_timeout_ms"})
-_REDIS_URL = re.compile(r"(rediss?://[^/\s?]+(/[0-9]+)?(\?\S*)?|unix://\S+)")
+_REDIS_URL = re.compile(r"(rediss?://[^/\s?]+(/[0-9]+)?(\?\S*)?|unix://\S+|redis\+sentinel://\S+)")
 
 
 class LedgerSection(_Section):
@@ -180,7 +180,7 @@ class SidecarConfig(_Section):
     def _store_url(cls, value: Any) -> Any:
         """``store = "redis://host:6379/0"`` is short for ``[store]`` with ``kind = "redis"`` and that url."""
         if isinstance(value, str):
-            if not value.startswith(("redis://", "rediss://", "unix://")):
+            if not value.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
                 raise ValueError("must be a redis:// URL or a [store] table")
             return {"kind": "redis", "url": value}
         return value
@@ -245,8 +245,16 @@ class SidecarConfig(_Section):
         if not _REDIS_URL.fullmatch(store.url):
             raise InvalidRequestError(
                 "store.url",
-                f"must be redis://[user:password@]host:port[/db], rediss://... or unix://path, got {store.url!r}",
+                "must be redis://[user:password@]host:port[/db], rediss://..., unix://path or "
+                f"redis+sentinel://host:port[,host:port...]/service[/db], got {store.url!r}",
             )
+        if store.url.startswith("redis+sentinel://"):
+            if store.cluster:
+                raise InvalidRequestError("store.cluster", "a Redis Cluster is not reached through sentinels")
+            try:
+                parse_sentinel_url(store.url)
+            except ValueError as exc:
+                raise InvalidRequestError("store.url", str(exc)) from None
         if store.cluster and store.wait_replicas:
             raise InvalidRequestError(
                 "store.wait_replicas", "is not supported with cluster = true; leave it 0"

@@ -59,6 +59,7 @@ __all__ = [
     "facts_args",
     "hold_key",
     "parse_hold_key",
+    "parse_sentinel_url",
     "scope_args",
     "spec",
 ]
@@ -66,6 +67,32 @@ __all__ = [
 _NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 ACTION_LETTER = {OnExceed.BLOCK: "b", OnExceed.WARN: "w", OnExceed.DOWNGRADE: "d"}
 SEP = "\x1f"
+
+
+_SENTINEL_URL = re.compile(
+    r"redis\+sentinel://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?(?P<hosts>[^/@]+)/(?P<service>[^/]+)(?:/(?P<db>[0-9]+))?"
+)
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
+    """``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``: the sentinels, the
+    monitored service, the database and the primary's credentials; ``ValueError`` otherwise."""
+    match = _SENTINEL_URL.fullmatch(url)
+    if match is None:
+        raise ValueError("must be redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]")
+    hosts = []
+    for item in match.group("hosts").split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"sentinel {item!r} must be host:port")
+        hosts.append((host, int(port)))
+    return (
+        hosts,
+        match.group("service"),
+        int(match.group("db") or 0),
+        match.group("user") or None,
+        match.group("password"),
+    )
 
 
 def check_namespace(namespace: str) -> str:

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from collector_processor.errors import StoreUnavailableError
+from collector_processor.store._redis_codec import parse_sentinel_url
 from collector_processor.store._redis_lua import FUNCTIONS, LIBRARY
 
 __all__ = ["RedisLink", "describe_url"]
@@ -44,6 +45,17 @@ _DOWN: tuple[type[Exception], ...] = (
     rexc.MasterDownError,
 )
 _DOWN_REPLIES = ("BUSY", "MISCONF", "LOADING", "OOM", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS")
+
+
+def _sentinel_client(url: str, settings: dict[str, Any]) -> Any:
+    """A client of whichever server the sentinels name as the service's primary, found again after a
+    failover (a connection to a demoted primary is dropped at its first READONLY)."""
+    from redis.sentinel import Sentinel
+
+    hosts, service, db, user, password = parse_sentinel_url(url)
+    timeouts = {k: settings[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(service, db=db, username=user, password=password, **settings)  # type: ignore[no-untyped-call]
 
 
 def describe_url(url: str) -> str:
@@ -83,9 +95,12 @@ class RedisLink:
             "retry": Retry(NoBackoff(), 0),
             "max_connections": max_connections,
         }
+        self._cluster = cluster
         try:
             if cluster:
                 self.client: Any = redis.RedisCluster.from_url(url, **settings)
+            elif url.startswith("redis+sentinel://"):
+                self.client = _sentinel_client(url, settings)
             else:
                 self.client = redis.Redis.from_url(url, **settings)
         except (ValueError, rexc.RedisError, rexc.RedisClusterException) as exc:
@@ -195,14 +210,14 @@ class RedisLink:
                 if self._closing.is_set() or not self._available:
                     continue
                 try:
-                    self.client.ping()
+                    self._check()
                 except Exception as exc:
                     self._down(exc)
                 continue
             if self._closing.wait(delay):
                 return
             try:
-                self.client.ping()
+                self._check()
             except Exception as exc:
                 self._reason = f"{type(exc).__name__}: {exc}".strip()
                 delay = min(delay * 2, self._backoff_max)
@@ -216,6 +231,17 @@ class RedisLink:
                     self._on_reconnect()
                 except Exception:
                     log.exception("re-checking the Redis store after reconnecting failed")
+
+    def _check(self) -> None:
+        """Redis answers, and (outside a cluster) as a primary: a replica, or a primary demoted by a
+        failover, would refuse every write."""
+        if self._cluster:
+            self.client.ping()
+            return
+        role = self.client.execute_command("ROLE")[0]
+        if role != "master":
+            self.client.connection_pool.disconnect()  # reconnect, through the sentinels if any
+            raise rexc.ReadOnlyError(f"{self.where} is a {role}, not a primary")
 
     def close(self) -> None:
         self._closing.set()

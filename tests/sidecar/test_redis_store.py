@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector_processor.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
@@ -345,3 +346,64 @@ def test_with_wait_replicas_a_change_is_answered_only_once_a_replica_has_it(tmp_
         store.close()
         replica.stop()
         primary.stop()
+
+
+def test_through_sentinels_a_failover_is_a_pause_and_loses_nothing_answered(tmp_path: Path) -> None:
+    primary = RedisServer(tmp_path / "primary", extra=("--repl-diskless-sync-delay", "0")).start()
+    replica = RedisServer(
+        tmp_path / "replica",
+        extra=("--replicaof", "127.0.0.1", str(primary.port), "--repl-diskless-sync-delay", "0"),
+    ).start()
+    mirror = replica.client()
+    eventually(lambda: mirror.info("replication").get("master_link_status") == "up", "replication")
+    mirror.close()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"sentinel monitor pm 127.0.0.1 {primary.port} 1\n"
+        "sentinel down-after-milliseconds pm 1000\nsentinel failover-timeout pm 10000\n"
+    )
+    sentinel = RedisServer(tmp_path / "sentinel", conf=conf, extra=("--sentinel",)).start()
+    watcher = sentinel.client()
+    store: RedisStore | None = None
+    try:
+        eventually(
+            lambda: watcher.execute_command("SENTINEL", "REPLICAS", "pm"), "the sentinel seeing the replica"
+        )
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/pm"
+        store = RedisStore(url, namespace="ha", wait_replicas=1, wait_timeout_ms=1_000, backoff_max_s=0.2)
+        ledger = Ledger(store, clock=ManualClock(START))
+        ledger.create_budget(draft("team", limit="1"))
+        held = reserve(ledger, "0.4")  # answered: on the replica too
+
+        def failover() -> bool:
+            try:
+                return bool(watcher.execute_command("SENTINEL", "FAILOVER", "pm"))
+            except redis.exceptions.ResponseError as exc:  # the sentinel has not vetted the replica yet
+                assert "NOGOODSLAVE" in str(exc)
+                return False
+
+        eventually(failover, "a failover the sentinel accepts")
+        promoted = eventually(
+            lambda: (
+                watcher.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "pm")[1] == str(replica.port)
+            ),
+            "the replica promoted",
+        )
+        assert promoted
+
+        def commit() -> Any:
+            try:
+                return ledger.commit(CommitCommand(reservation_id=held.reservation_id, actual_usd=D("0.3")))
+            except StoreUnavailableError:
+                return None  # the pause of the failover: the SDK's fail policy decides meanwhile
+
+        done = eventually(commit, "the store to follow the new primary")
+        assert done.charged_usd == D("0.3") and not done.late
+        assert replica.client().execute_command("ROLE")[0] == "master"
+        assert ledger.budget_status("team").used_usd == D("0.3")
+    finally:
+        watcher.close()
+        if store is not None:
+            store.close()
+        for server in (sentinel, replica, primary):
+            server.stop()
