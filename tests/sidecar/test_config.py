@@ -115,6 +115,18 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
             "cfg.toml: store.wait_replicas: is not supported with cluster = true",
         ),
         (
+            "[store]\nkind = 'redis'\nurl = 'redis+sentinel://s1:26379'\n",
+            "cfg.toml: store.url: must be redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis+sentinel://s1,s2:26379/pm'\n",
+            "cfg.toml: store.url: sentinel 's1' must be host:port",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis+sentinel://s1:26379/pm'\ncluster = true\n",
+            "cfg.toml: store.cluster: a Redis Cluster is not reached through sentinels",
+        ),
+        (
             "[store]\nkind = 'redis'\nurl = 'unix:///run/redis.sock'\ncluster = true\n",
             "cfg.toml: store.cluster: a Redis Cluster is reached over redis:// or rediss://",
         ),
