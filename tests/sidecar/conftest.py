@@ -139,7 +139,10 @@ def _store_toml(backing: StoreFactory) -> str:
     return f'path = "{backing.path}"'
 
 
-def start_sidecar(backing: StoreFactory, clock: ManualClock, extra_toml: str = "") -> RunningSidecar:
+def start_sidecar(backing: StoreFactory | Path, clock: ManualClock, extra_toml: str = "") -> RunningSidecar:
+    """A sidecar on ``backing`` (a path means a SQLite file there)."""
+    if isinstance(backing, Path):
+        backing = StoreFactory(backend="sqlite", path=backing)
     config = parse_config(
         f"""
         [server]
