@@ -52,16 +52,17 @@ def _serve_echo(ready: Any, stop: Any) -> None:
     asyncio.run(main())
 
 
-def _serve_sidecar(ready: Any, stop: Any, directory: str) -> None:
+def _serve_sidecar(ready: Any, stop: Any, directory: str, store_toml: str = "") -> None:
+    """The sidecar with the benchmark's budgets; ``store_toml`` replaces the SQLite ``[store]`` section."""
     from collector_processor.config import parse_config
     from collector_processor.server import create_sidecar
 
+    store = store_toml or f'[store]\npath = "{Path(directory) / "bench.db"}"'
     config = parse_config(
         f"""
         [server]
         listen = "127.0.0.1:0"
-        [store]
-        path = "{Path(directory) / "bench.db"}"
+        {store}
         [[budgets]]
         id = "org-monthly"
         scope = "organization"

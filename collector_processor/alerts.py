@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from collector_processor.clock import Clock
+from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger_types import Alert
 from collector_processor.store.base import LedgerStore
 
@@ -142,13 +143,19 @@ class AlertDispatcher:
             self._thread.join(timeout_s)
         for sink in self._sinks:
             sink.close()
-        self._flush_acks()
+        try:
+            self._flush_acks()
+        except StoreUnavailableError as exc:  # shutting down while the store is away: leases expire
+            log.warning("could not acknowledge delivered alerts before stopping: %s", exc)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._flush_acks()
                 claimed = self._claim()
+            except StoreUnavailableError as exc:  # the store says so once itself; retry quietly
+                log.debug("alert dispatch waits for the store: %s", exc)
+                claimed = 0
             except Exception:  # the store may be briefly unavailable; never let delivery die
                 log.exception("alert dispatch failed; retrying")
                 claimed = 0
@@ -194,4 +201,9 @@ class AlertDispatcher:
         with self._lock:
             acks, self._acks = self._acks, []
         if acks:
-            self._store.ack_alerts(acks, now_ms=self._clock.now_ms())
+            try:
+                self._store.ack_alerts(acks, now_ms=self._clock.now_ms())
+            except Exception:
+                with self._lock:  # keep them for the next attempt rather than delivering them again
+                    self._acks = acks + self._acks
+                raise

@@ -14,12 +14,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from collector_processor.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
 from collector_processor.periods import zone
+from collector_processor.store._redis_codec import check_namespace, parse_sentinel_url
 from paymaster.exceptions import ConfigError
 
 __all__ = [
@@ -55,10 +56,35 @@ class ServerSection(_Section):
 
 
 class StoreSection(_Section):
-    kind: Literal["sqlite"] = "sqlite"
+    kind: Literal["sqlite", "redis"] = "sqlite"
+    # kind = "sqlite"
     path: str = "paymaster-sidecar.db"
     synchronous: Literal["normal", "full"] = "normal"
     busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
+    # kind = "redis"
+    url: str = ""
+    namespace: str = "paymaster"
+    cluster: bool = False
+    socket_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    connect_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    max_connections: int = Field(default=64, ge=1, le=10_000)
+    backoff_initial_seconds: float = Field(default=0.1, gt=0, le=60)
+    backoff_max_seconds: float = Field(default=5.0, gt=0, le=600)
+    health_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    wait_replicas: int = Field(default=0, ge=0, le=16)
+    wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+
+    def describe(self) -> str:
+        """What the start-up line names: the file, or the server without its password."""
+        if self.kind == "redis":
+            from collector_processor.store._redis_link import describe_url
+
+            return f"redis {describe_url(self.url)} namespace {self.namespace}"
+        return f"sqlite {self.path}"
+
+
+_SQLITE_KEYS = frozenset({"path", "synchronous", "busy_timeout_ms"})
+_REDIS_URL = re.compile(r"(rediss?://[^/\s?]+(/[0-9]+)?(\?\S*)?|unix://\S+|redis\+sentinel://\S+)")
 
 
 class LedgerSection(_Section):
@@ -162,10 +188,21 @@ class SidecarConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     budgets: list[BudgetEntry] = Field(default_factory=list)
 
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_url(cls, value: Any) -> Any:
+        """``store = "redis://host:6379/0"`` is short for ``[store]`` with ``kind = "redis"`` and that url."""
+        if isinstance(value, str):
+            if not value.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+                raise ValueError("must be a redis:// URL or a [store] table")
+            return {"kind": "redis", "url": value}
+        return value
+
     def validate_all(self) -> SidecarConfig:
         """Checks that span keys (addresses, zones, budgets); raises ``ConfigError`` naming file and key."""
         try:
             self._check_addresses()
+            self._check_store()
             self._check_ledger()
             self._check_alerts()
             self._check_budgets()
@@ -198,6 +235,52 @@ class SidecarConfig(_Section):
             raise InvalidRequestError(
                 "receivers.otlp.enabled",
                 "this component is not part of this version of the sidecar; leave it false",
+            )
+
+    def _check_store(self) -> None:
+        store = self.store
+        given = store.model_fields_set
+        if store.kind == "sqlite":
+            other = sorted(given - _SQLITE_KEYS - {"kind"})
+            if other:
+                raise InvalidRequestError(f"store.{other[0]}", 'applies to kind = "redis" only')
+            return
+        other = sorted(given & _SQLITE_KEYS)
+        if other:
+            raise InvalidRequestError(f"store.{other[0]}", 'applies to kind = "sqlite" only')
+        if not store.url:
+            raise InvalidRequestError(
+                "store.url", 'is required with kind = "redis", e.g. "redis://127.0.0.1:6379/0"'
+            )
+        if not _REDIS_URL.fullmatch(store.url):
+            raise InvalidRequestError(
+                "store.url",
+                "must be redis://[user:password@]host:port[/db], rediss://..., unix://path or "
+                f"redis+sentinel://host:port[,host:port...]/service[/db], got {store.url!r}",
+            )
+        if store.url.startswith("redis+sentinel://"):
+            if store.cluster:
+                raise InvalidRequestError("store.cluster", "a Redis Cluster is not reached through sentinels")
+            try:
+                parse_sentinel_url(store.url)
+            except ValueError as exc:
+                raise InvalidRequestError("store.url", str(exc)) from None
+        if store.cluster and store.wait_replicas:
+            raise InvalidRequestError(
+                "store.wait_replicas", "is not supported with cluster = true; leave it 0"
+            )
+        if store.cluster and store.url.startswith("unix://"):
+            raise InvalidRequestError(
+                "store.cluster", "a Redis Cluster is reached over redis:// or rediss://"
+            )
+        try:
+            check_namespace(store.namespace)
+        except ValueError as exc:
+            raise InvalidRequestError("store.namespace", str(exc)) from None
+        if store.backoff_initial_seconds > store.backoff_max_seconds:
+            raise InvalidRequestError(
+                "store.backoff_initial_seconds",
+                f"{store.backoff_initial_seconds:g} is above store.backoff_max_seconds ({store.backoff_max_seconds:g})",
             )
 
     def _check_ledger(self) -> None:

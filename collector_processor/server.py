@@ -43,6 +43,7 @@ __all__ = ["SERVICE_NAME", "Sidecar", "create_sidecar", "main"]
 
 SERVICE_NAME = budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name
 log = logging.getLogger("paymaster.sidecar")
+_STORE_HEALTH_POLL_S = 0.1
 
 
 class Sidecar:
@@ -151,10 +152,29 @@ class Sidecar:
         for service in ("", SERVICE_NAME):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._ready.set()
+        follower = asyncio.ensure_future(self._follow_store(health_servicer))
         await self._stop_requested.wait()
+        follower.cancel()
         await health_servicer.enter_graceful_shutdown()
         self.hub.close()  # ends WatchAlerts streams so the grace period is not spent waiting on them
         await server.stop(self._grace_s)
+
+    async def _follow_store(self, health_servicer: health_aio.HealthServicer) -> None:
+        """A store that depends on a server (Redis) tells whether it can reach it: health reports
+        NOT_SERVING while it cannot, so probes and load balancers route around this sidecar."""
+        serving = True
+        while True:
+            await asyncio.sleep(_STORE_HEALTH_POLL_S)
+            available = bool(getattr(self.store, "available", True))
+            if available != serving:
+                serving = available
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if available
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for service in ("", SERVICE_NAME):
+                    await health_servicer.set(service, status)
 
     def _build_server(self) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
         limit = self.config.server.max_concurrent_rpcs
@@ -192,14 +212,7 @@ def create_sidecar(
     """Wire ``config`` into a sidecar (not yet started). ``clock``, ``store`` and ``logger_provider`` are for tests."""
     clock = clock or SystemClock()
     if store is None:
-        try:
-            store = SqliteStore(
-                config.store.path,
-                synchronous=config.store.synchronous,
-                busy_timeout_ms=config.store.busy_timeout_ms,
-            )
-        except StoreUnavailableError as exc:
-            raise ConfigError(f"{config.source}: store.path: {exc}") from None
+        store = _open_store(config)
     metrics = SelfMetrics()
     store = InstrumentedStore(store, metrics)
     ledger = Ledger(store, clock=clock, settings=config.ledger_settings())
@@ -208,6 +221,9 @@ def create_sidecar(
     except (InvalidRequestError, FailedPreconditionError) as exc:
         store.close()
         raise ConfigError(f"{config.source}: budgets: {exc}") from None
+    except StoreUnavailableError as exc:
+        store.close()
+        raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
     on_close: list[Any] = []
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
@@ -231,6 +247,30 @@ def create_sidecar(
         metrics=metrics,
         exporters=create_exporters(config, store=store, clock=clock, metrics=metrics),
     )
+
+
+def _open_store(config: SidecarConfig) -> LedgerStore:
+    s = config.store
+    try:
+        if s.kind == "redis":
+            from collector_processor.store.redis import RedisStore
+
+            return RedisStore(
+                s.url,
+                namespace=s.namespace,
+                cluster=s.cluster,
+                socket_timeout_s=s.socket_timeout_seconds,
+                connect_timeout_s=s.connect_timeout_seconds,
+                max_connections=s.max_connections,
+                backoff_initial_s=s.backoff_initial_seconds,
+                backoff_max_s=s.backoff_max_seconds,
+                health_interval_s=s.health_interval_seconds,
+                wait_replicas=s.wait_replicas,
+                wait_timeout_ms=s.wait_timeout_ms,
+            )
+        return SqliteStore(s.path, synchronous=s.synchronous, busy_timeout_ms=s.busy_timeout_ms)
+    except StoreUnavailableError as exc:
+        raise ConfigError(f"{config.source}: store.{'url' if s.kind == 'redis' else 'path'}: {exc}") from None
 
 
 def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:
@@ -300,7 +340,7 @@ def run(config: SidecarConfig) -> int:
     """Run a sidecar until SIGTERM or SIGINT; print where it listens."""
     sidecar = create_sidecar(config).start()
     print(
-        f"paymaster sidecar listening on {sidecar.address} (store: {config.store.kind} {config.store.path})",
+        f"paymaster sidecar listening on {sidecar.address} (store: {config.store.describe()})",
         flush=True,
     )
 

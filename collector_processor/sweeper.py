@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
 
 __all__ = ["Sweeper"]
@@ -62,5 +63,7 @@ class Sweeper:
             sweeps += 1
             try:
                 self.sweep(prune=sweeps % _PRUNE_EVERY == 1)
+            except StoreUnavailableError as exc:  # said once by the store; no traceback every interval
+                log.debug("housekeeping skipped: %s", exc)
             except Exception:  # a locked or briefly unavailable store: try again next time
                 log.exception("housekeeping sweep failed; retrying at the next interval")

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from collector_processor.budgets import Budget
-from collector_processor.errors import FailedPreconditionError, NotFoundError
+from collector_processor.errors import NotFoundError
+from collector_processor.store._shared import plan_config_sync
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, budget_to_row
 
 __all__ = [
@@ -63,36 +64,11 @@ def delete_budget(conn: sqlite3.Connection, budget_id: str) -> None:
 
 
 def sync_config_budgets(conn: sqlite3.Connection, budgets: Sequence[Budget], *, now_ms: int) -> None:
-    existing = {
-        b.id: b for b in (budget_from_row(r) for r in conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets"))
-    }
-    declared = {b.id for b in budgets}
-    for budget in budgets:  # refuse before writing anything
-        old = existing.get(budget.id)
-        if old is not None and not old.declared_in_config:
-            raise FailedPreconditionError(
-                f"budget {budget.id!r} exists already, created through the API; delete it or declare another id"
-            )
-    for budget in budgets:
-        old = existing.get(budget.id)
-        if old is None:
-            insert_budget(conn, budget)
-        elif _meaning(old) != _meaning(budget):
-            # A different scope, entity, period or zone is a different budget: its spend starts from zero.
-            delete_budget(conn, budget.id)
-            insert_budget(conn, budget)
-        elif _definition(old) != _definition(budget):
-            replace_budget(
-                conn, replace(budget, generation=old.generation, created_ms=old.created_ms, updated_ms=now_ms)
-            )
-    for old in existing.values():
-        if old.declared_in_config and old.id not in declared:
-            delete_budget(conn, old.id)
-
-
-def _meaning(b: Budget) -> tuple[object, ...]:
-    return (b.scope, b.scope_id, b.period.spec, b.time_zone)
-
-
-def _definition(b: Budget) -> tuple[object, ...]:
-    return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.enabled)
+    existing = [budget_from_row(r) for r in conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets")]
+    plan = plan_config_sync(existing, budgets, now_ms=now_ms)
+    for old in plan.delete:
+        delete_budget(conn, old.id)
+    for budget in plan.insert:
+        insert_budget(conn, budget)
+    for budget in plan.replace:
+        replace_budget(conn, budget)

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from collector_processor.budgets import OnExceed, Scope
-from collector_processor.decisions import projection
 from collector_processor.ledger_types import Alert, BudgetStatus
 from collector_processor.money import micros_to_usd, percentage
 from collector_processor.store._index import LiveBudget
+from collector_processor.store._shared import status_from_state
 from collector_processor.store._sqlite_reservations import read_states
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row
 from collector_processor.store.base import USAGE_COLUMNS, BudgetSpend, EntitySpend, UsageFilter, UsageRow
@@ -34,21 +34,7 @@ def budget_status(conn: sqlite3.Connection, live: LiveBudget, entity: str, now_m
         "SELECT threshold FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = ? ORDER BY threshold",
         (budget.id, entity, period_key),
     ).fetchall()
-    burn, projected = projection(state, now_ms)
-    return BudgetStatus(
-        budget=budget,
-        scope_id=entity,
-        used_usd=micros_to_usd(state.used),
-        reserved_usd=micros_to_usd(state.reserved),
-        remaining_usd=micros_to_usd(max(state.limit - state.used - state.reserved, 0)),
-        percentage=percentage(state.used, state.limit),
-        exceeded=state.used >= state.limit,
-        period_start_ms=state.window.start_ms,
-        period_end_ms=state.window.end_ms,
-        burn_rate_usd_per_hour=burn,
-        projected_usd=projected,
-        alerts_fired=tuple(t for (t,) in fired),
-    )
+    return status_from_state(state, (t for (t,) in fired), now_ms)
 
 
 # Spend and holds of one budget per entity; the window function counts every entity before LIMIT.

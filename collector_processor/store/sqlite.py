@@ -22,7 +22,6 @@ from collector_processor.decisions import BudgetState, budget_infos, evaluate
 from collector_processor.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
-    InvalidRequestError,
     NotFoundError,
     StoreUnavailableError,
 )
@@ -45,7 +44,8 @@ from collector_processor.store import _sqlite_reports as reports
 from collector_processor.store import _sqlite_reservations as holds_sql
 from collector_processor.store import _sqlite_spend as spend_sql
 from collector_processor.store._group_commit import GroupCommitter
-from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.store._index import BudgetIndex
+from collector_processor.store._shared import entity_for, refuse_config
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, connect
 from collector_processor.store.base import BudgetSpend, UsageFilter, UsageRow
 
@@ -177,7 +177,7 @@ class SqliteStore:
     ) -> Budget:
         def op(conn: sqlite3.Connection) -> Budget:
             current = budgets_sql.load_budget(conn, budget_id)
-            _refuse_config(current, allow_config, "changed")
+            refuse_config(current, allow_config, "changed")
             updated = apply_patch(current, patch, now_ms=now_ms)
             self._forget_index()
             budgets_sql.replace_budget(conn, updated)
@@ -187,7 +187,7 @@ class SqliteStore:
 
     def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            _refuse_config(budgets_sql.load_budget(conn, budget_id), allow_config, "deleted")
+            refuse_config(budgets_sql.load_budget(conn, budget_id), allow_config, "deleted")
             self._forget_index()
             budgets_sql.delete_budget(conn, budget_id)
 
@@ -276,7 +276,7 @@ class SqliteStore:
             live = self._begin_op(conn, now_ms).get(budget_id)
             if live is None:
                 raise NotFoundError(f"budget {budget_id!r} does not exist")
-            return reports.budget_status(conn, live, _entity_for(live, entity), now_ms)
+            return reports.budget_status(conn, live, entity_for(live, entity), now_ms)
 
         return self._write(op)
 
@@ -334,25 +334,3 @@ class SqliteStore:
         with self._committer.lock, self._read_lock:
             self._conn.close()
             self._reader.close()
-
-
-def _refuse_config(budget: Budget, allow_config: bool, verb: str) -> None:
-    if budget.declared_in_config and not allow_config:
-        raise FailedPreconditionError(
-            f"budget {budget.id!r} is declared in the sidecar's config file; it can only be {verb} there"
-        )
-
-
-def _entity_for(live: LiveBudget, entity: str) -> str:
-    budget = live.budget
-    if budget.scope_id is None:
-        if not entity:
-            raise InvalidRequestError(
-                "scope_id", f"is required: budget {budget.id!r} is a wildcard over every {budget.scope.value}"
-            )
-        return entity
-    if entity and entity != budget.scope_id:
-        raise InvalidRequestError(
-            "scope_id", f"budget {budget.id!r} governs {budget.scope.value}={budget.scope_id}, not {entity!r}"
-        )
-    return budget.scope_id

@@ -1,11 +1,13 @@
 """Fixtures for the sidecar tests: stores, a ledger on a manual clock, and a real server on a free port.
 
-``store_backend`` is the one place a second store (a cluster store) plugs in: every ledger test takes
-``ledger`` or ``store_factory`` and runs once per backend listed in its params.
+``store_factory`` is the one place a store plugs in: every ledger test takes ``ledger`` or
+``store_factory`` and runs once per backend in its params, on a SQLite file or on a real
+``redis-server`` started once per session (each test in its own namespace).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,28 +26,38 @@ from collector_processor.config import parse_config
 from collector_processor.ledger import Ledger, LedgerSettings
 from collector_processor.server import Sidecar, create_sidecar
 from collector_processor.store import LedgerStore, SqliteStore
+from collector_processor.store.redis import RedisStore
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
+from tests.sidecar.redisserver import RedisServer
 
 START = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 
 
 @dataclass
 class StoreFactory:
-    """Opens stores on one backing (a SQLite file); ``open()`` again is a restart of the process."""
+    """Opens stores on one backing (a SQLite file, or a namespace on a Redis server); ``open()`` again
+    is a restart of the process."""
 
     backend: str
     path: Path
+    redis_url: str = ""
+    namespace: str = field(default_factory=lambda: f"t-{uuid.uuid4().hex[:12]}")
     opened: list[LedgerStore] = field(default_factory=list)
 
     def open(self) -> LedgerStore:
-        store = SqliteStore(self.path)
+        store: LedgerStore
+        if self.backend == "redis":
+            store = RedisStore(self.redis_url, namespace=self.namespace)
+        else:
+            store = SqliteStore(self.path)
         self.opened.append(store)
         return store
 
     def fresh(self) -> LedgerStore:
         """A store on a new, empty backing (for property tests that need one per example)."""
         self.path = self.path.with_name(f"{self.path.stem}-{len(self.opened)}{self.path.suffix}")
+        self.namespace = f"t-{uuid.uuid4().hex[:12]}"
         return self.open()
 
     def close_all(self) -> None:
@@ -54,9 +66,18 @@ class StoreFactory:
         self.opened.clear()
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session, on a free loopback port with its own directory."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    factory = StoreFactory(backend=request.param, path=tmp_path / "ledger.db")
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    factory = StoreFactory(backend=request.param, path=tmp_path / "ledger.db", redis_url=url)
     yield factory
     factory.close_all()
 
@@ -103,20 +124,32 @@ class RunningSidecar:
     logs: InMemoryLogRecordExporter
     clock: ManualClock
     db: Path
+    """The SQLite file, when the store is SQLite."""
+    backing: StoreFactory
+    """Where the store lives (``backing.backend`` is ``"sqlite"`` or ``"redis"``)."""
 
     @property
     def address(self) -> str:
         return self.sidecar.address
 
 
-def start_sidecar(db: Path, clock: ManualClock, extra_toml: str = "") -> RunningSidecar:
+def _store_toml(backing: StoreFactory) -> str:
+    if backing.backend == "redis":
+        return f'kind = "redis"\nurl = "{backing.redis_url}"\nnamespace = "{backing.namespace}"'
+    return f'path = "{backing.path}"'
+
+
+def start_sidecar(backing: StoreFactory | Path, clock: ManualClock, extra_toml: str = "") -> RunningSidecar:
+    """A sidecar on ``backing`` (a path means a SQLite file there)."""
+    if isinstance(backing, Path):
+        backing = StoreFactory(backend="sqlite", path=backing)
     config = parse_config(
         f"""
         [server]
         listen = "127.0.0.1:0"
         grace_seconds = 0
         [store]
-        path = "{db}"
+        {_store_toml(backing)}
         [ledger]
         sweep_interval_seconds = 0.05
         [alerts]
@@ -136,25 +169,33 @@ def start_sidecar(db: Path, clock: ManualClock, extra_toml: str = "") -> Running
         channel=channel,
         logs=logs,
         clock=clock,
-        db=db,
+        db=backing.path,
+        backing=backing,
     )
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def backing(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Where a test's sidecars keep their ledger: a SQLite file, or a namespace on the session's Redis."""
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    return StoreFactory(backend=request.param, path=tmp_path / "sidecar.db", redis_url=url)
+
+
 @pytest.fixture
-def server(tmp_path: Path, clock: ManualClock) -> Iterator[RunningSidecar]:
-    running = start_sidecar(tmp_path / "sidecar.db", clock)
+def server(backing: StoreFactory, clock: ManualClock) -> Iterator[RunningSidecar]:
+    running = start_sidecar(backing, clock)
     yield running
     running.channel.close()
     running.sidecar.stop(0)
 
 
 @pytest.fixture
-def sidecar_factory(tmp_path: Path, clock: ManualClock) -> Iterator[Callable[..., RunningSidecar]]:
-    """Start (and restart) sidecars on one database; all are stopped at the end."""
+def sidecar_factory(backing: StoreFactory, clock: ManualClock) -> Iterator[Callable[..., RunningSidecar]]:
+    """Start (and restart) sidecars on one store; all are stopped at the end."""
     started: list[RunningSidecar] = []
 
     def start(extra_toml: str = "") -> RunningSidecar:
-        running = start_sidecar(tmp_path / "sidecar.db", clock, extra_toml)
+        running = start_sidecar(backing, clock, extra_toml)
         started.append(running)
         return running
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 
 from paymaster.v1 import budget_pb2 as pb
 from tests.sidecar.conftest import RunningSidecar, pb_budget
@@ -244,17 +246,37 @@ def test_a_full_webhook_queue_leaves_alerts_in_the_durable_log_until_there_is_ro
     eventually(lambda: _undelivered(server) == 0, "every alert acknowledged")
 
 
+def _undelivered(server: RunningSidecar) -> int:
+    """Alerts in the store's log not yet acknowledged by every sink."""
+    if server.backing.backend == "redis":
+        with _redis(server) as r:
+            return int(r.zcard(f"{{{server.backing.namespace}}}:alerts:pending"))
+    return _count(server, "delivered_ms IS NULL")
+
+
+def _unclaimed(server: RunningSidecar) -> int:
+    """Alerts in the store's log that no dispatcher has leased yet."""
+    if server.backing.backend == "redis":
+        prefix = f"{{{server.backing.namespace}}}"
+        with _redis(server) as r:
+            return sum(
+                not r.hexists(f"{prefix}:alert:{seq}", "cb") for seq in r.zrange(f"{prefix}:alerts", 0, -1)
+            )
+    return _count(server, "claimed_by IS NULL")
+
+
 def _count(server: RunningSidecar, where: str) -> int:
     with sqlite3.connect(server.db) as conn:
         return int(conn.execute(f"SELECT COUNT(*) FROM alerts WHERE {where}").fetchone()[0])
 
 
-def _undelivered(server: RunningSidecar) -> int:
-    return _count(server, "delivered_ms IS NULL")
-
-
-def _unclaimed(server: RunningSidecar) -> int:
-    return _count(server, "claimed_by IS NULL")
+@contextlib.contextmanager
+def _redis(server: RunningSidecar) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.backing.redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def test_too_many_watchers_are_refused_not_queued(sidecar_factory: Callable[..., RunningSidecar]) -> None:

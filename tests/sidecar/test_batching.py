@@ -18,6 +18,33 @@ from tests.sidecar.conftest import StoreFactory, draft
 SCOPES = ScopeSet(team="search")
 
 
+def fail_charges_to_team_boom(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make committing spend for team "boom" fail with an unexpected error: in SQLite after the
+    reservation was settled in the shared transaction, in Redis as its commit script is sent."""
+    if backend == "sqlite":
+        from collector_processor.store import _sqlite_spend
+
+        real_charge = _sqlite_spend.charge
+
+        def charge(conn, index, scopes, amount, **kwargs):  # type: ignore[no-untyped-def]
+            if scopes.team == "boom":  # after the reservation row and its holds were already written
+                raise RuntimeError("disk on fire")
+            return real_charge(conn, index, scopes, amount, **kwargs)
+
+        monkeypatch.setattr(_sqlite_spend, "charge", charge)
+        return
+    from collector_processor.store._redis_link import RedisLink
+
+    real_script = RedisLink.script
+
+    def script(self, name, args):  # type: ignore[no-untyped-def]
+        if name == "commit" and "boom" in args:
+            raise RuntimeError("disk on fire")
+        return real_script(self, name, args)
+
+    monkeypatch.setattr(RedisLink, "script", script)
+
+
 def test_a_failing_call_rolls_back_alone_inside_a_shared_transaction(
     ledger: Ledger, store_factory: StoreFactory
 ) -> None:
@@ -81,20 +108,11 @@ def test_a_validation_error_is_raised_to_its_own_caller_only(ledger: Ledger) -> 
 def test_a_call_failing_part_way_aborts_the_shared_transaction_and_the_rest_run_again_alone(
     ledger: Ledger, store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from collector_processor.store import _sqlite_spend
-
     ledger.create_budget(draft("team", limit="10"))
     ledger.create_budget(draft("boom", limit="10", scope_id="boom"))
     good = ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(1)))
     bad = ledger.reserve(ReserveCommand(scopes=ScopeSet(team="boom"), estimate_usd=Decimal(1)))
-    real_charge = _sqlite_spend.charge
-
-    def charge(conn, index, scopes, amount, **kwargs):  # type: ignore[no-untyped-def]
-        if scopes.team == "boom":  # after the reservation row and its holds were already written
-            raise RuntimeError("disk on fire")
-        return real_charge(conn, index, scopes, amount, **kwargs)
-
-    monkeypatch.setattr(_sqlite_spend, "charge", charge)
+    fail_charges_to_team_boom(store_factory.backend, monkeypatch)
     batcher = Batcher(ledger.store)
 
     async def turn() -> list[object]:
@@ -130,21 +148,12 @@ def test_a_call_failing_part_way_aborts_the_shared_transaction_and_the_rest_run_
 
 
 def test_threads_share_transactions_and_a_failure_part_way_fails_only_its_own_call(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    ledger: Ledger, store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
 
-    from collector_processor.store import _sqlite_spend
-
     ledger.create_budget(draft("team", Scope.TEAM, None, limit="1000"))
-    real_charge = _sqlite_spend.charge
-
-    def charge(conn, index, scopes, amount, **kwargs):  # type: ignore[no-untyped-def]
-        if scopes.team == "boom":
-            raise RuntimeError("disk on fire")
-        return real_charge(conn, index, scopes, amount, **kwargs)
-
-    monkeypatch.setattr(_sqlite_spend, "charge", charge)
+    fail_charges_to_team_boom(store_factory.backend, monkeypatch)
     start = threading.Barrier(16)
     results: dict[str, object] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -22,6 +23,21 @@ def test_the_documented_example_config_is_valid_and_declares_its_budgets() -> No
     assert [b.id for b in config.budgets] == ["acme-monthly", "search-daily", "per-user-24h"]
     assert config.budgets[1].limit_usd == Decimal(250)
     assert config.budgets[2].scope_id is None  # a wildcard: every user has their own spend
+
+
+def test_the_example_configs_redis_store_is_valid_once_uncommented() -> None:
+    text = EXAMPLE.read_text()
+    start = text.index('# [store]\n# kind = "redis"')
+    block = text[start : text.index("\n\n", start)]
+    section = "\n".join(line[2:] for line in block.splitlines() if re.match(r"# (\[|\w+ = )", line))
+    store = parse_config(section, source="example").store
+    assert (store.kind, store.namespace, store.cluster, store.backoff_max_seconds) == (
+        "redis",
+        "paymaster",
+        False,
+        5,
+    )
+    assert store.url.startswith("redis://")
 
 
 def test_defaults_without_a_file_use_ports_clear_of_a_collector_prometheus_and_grafana() -> None:
@@ -85,6 +101,47 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
             "cfg.toml: metrics.listen: port 7310 is already used by server.listen",
         ),
         ("[server\n", "cfg.toml: invalid TOML"),
+        ("[store]\nkind = 'redis'\n", 'cfg.toml: store.url: is required with kind = "redis"'),
+        ("[store]\nkind = 'redis'\nurl = 'http://x:1'\n", "cfg.toml: store.url: must be redis://"),
+        ("store = 'http://x:1'\n", "cfg.toml: store: Value error, must be a redis:// URL or a [store] table"),
+        ("[store]\nkind = 'mongo'\n", "cfg.toml: store.kind: Input should be 'sqlite' or 'redis'"),
+        ("[store]\nurl = 'redis://h:1'\n", 'cfg.toml: store.url: applies to kind = "redis" only'),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis://h:1'\npath = 'x.db'\n",
+            'cfg.toml: store.path: applies to kind = "sqlite" only',
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis://h:1'\nnamespace = 'a{b}'\n",
+            "cfg.toml: store.namespace: must be 1-64 characters",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis://h:1'\nbackoff_initial_seconds = 9\n",
+            "cfg.toml: store.backoff_initial_seconds: 9 is above store.backoff_max_seconds",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis://h:1'\ncluster = true\nwait_replicas = 1\n",
+            "cfg.toml: store.wait_replicas: is not supported with cluster = true",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis+sentinel://s1:26379'\n",
+            "cfg.toml: store.url: must be redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis+sentinel://s1,s2:26379/pm'\n",
+            "cfg.toml: store.url: sentinel 's1' must be host:port",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis+sentinel://s1:26379/pm'\ncluster = true\n",
+            "cfg.toml: store.cluster: a Redis Cluster is not reached through sentinels",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'unix:///run/redis.sock'\ncluster = true\n",
+            "cfg.toml: store.cluster: a Redis Cluster is reached over redis:// or rediss://",
+        ),
+        (
+            "[store]\nkind = 'redis'\nurl = 'redis://h:1'\nsocket_timeout_seconds = 0\n",
+            "cfg.toml: store.socket_timeout_seconds: Input should be greater than 0",
+        ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "-1"\nperiod = "daily"\non_exceed = "warn"\n',
             "cfg.toml: budgets[0].limit_usd: must not be negative",
@@ -120,6 +177,21 @@ def test_invalid_config_fails_with_file_and_key(text: str, message: str) -> None
     with pytest.raises(ConfigError) as info:
         parse_config(text, source="cfg.toml")
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_a_redis_store_is_a_url_or_a_table() -> None:
+    short = parse_config('store = "redis://cache.internal:6379/2"\n')
+    table = parse_config('[store]\nkind = "redis"\nurl = "redis://cache.internal:6379/2"\nnamespace = "eu"\n')
+    assert (short.store.kind, short.store.url, short.store.namespace) == (
+        "redis",
+        "redis://cache.internal:6379/2",
+        "paymaster",
+    )
+    assert (table.store.kind, table.store.namespace) == ("redis", "eu")
+    secret = parse_config('store = "redis://app:s3cret@cache.internal:6379/0"\n').store.describe()
+    assert (
+        secret == "redis redis://cache.internal:6379/0 namespace paymaster"
+    )  # the password is never printed
 
 
 def test_a_missing_file_is_named() -> None:

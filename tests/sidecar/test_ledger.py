@@ -273,6 +273,7 @@ def test_a_re_created_budget_is_not_debited_by_its_deleted_namesakes_reservation
     ledger.delete_budget("team")
     ledger.create_budget(draft("team", limit="1"))
     fresh = reserve(ledger, "0.3")
+    assert standing(ledger, "team") == (D(0), D("0.3"))  # the old hold is not on the new budget
     assert ledger.release(old.reservation_id).released_usd == D("0.6")  # type: ignore[attr-defined]
     assert standing(ledger, "team") == (D(0), D("0.3"))
     assert fresh.decision is Decision.ALLOW  # type: ignore[attr-defined]
@@ -403,3 +404,40 @@ def test_recorded_usage_is_charged_to_the_period_it_happened_in(ledger: Ledger, 
                 usage_id="later", scopes=SEARCH, cost_usd=D(1), occurred_ms=clock.now_ms() + 3_600_000
             )
         )
+
+
+def test_money_stays_exact_beyond_what_a_double_can_hold(ledger: Ledger) -> None:
+    """Past 2^53 micro-dollars binary floats stop counting by ones (2^53 + 1 rounds to 2^53); every
+    decision there is still exact to the micro-dollar."""
+    edge = 2**53
+    ledger.create_budget(draft("team", limit=str(D(edge + 2).scaleb(-6))))
+    ledger.record_usage(RecordUsageCommand(usage_id="big", scopes=SEARCH, cost_usd=D(edge + 1).scaleb(-6)))
+    assert reserve(ledger, "0.000001").decision is Decision.ALLOW  # type: ignore[attr-defined]  # reaches the limit
+    assert reserve(ledger, "0.000001").decision is Decision.DENY  # type: ignore[attr-defined]  # one past it
+    assert standing(ledger, "team") == (D(edge + 1).scaleb(-6), D("0.000001"))
+
+
+def test_metrics_reads_list_every_budget_its_entities_and_the_holds_in_flight(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """``budget_spend`` and ``held_reservations`` (what /metrics reads) answer alike on every store."""
+    ledger.create_budget(draft("org", Scope.ORGANIZATION, "acme", "100"))
+    ledger.create_budget(draft("per-user", Scope.USER, None, "5"))
+    ledger.create_budget(draft("quiet", Scope.TEAM, "nobody", "1"))
+    for user, amount in (("ada", "0.30"), ("bob", "0.70"), ("cy", "0.10")):
+        r = reserve(ledger, amount, ScopeSet(organization="acme", user=user))
+        commit(ledger, r.reservation_id, amount)  # type: ignore[attr-defined]
+    reserve(ledger, "0.25", ScopeSet(organization="acme", user="ada"))
+    now = clock.now_ms()
+    spend = {b.budget.id: b for b in ledger.store.budget_spend(now_ms=now, max_entities=2)}
+    assert sorted(spend) == ["org", "per-user", "quiet"]
+
+    def micros(budget_id: str) -> list[tuple[str, int, int]]:
+        return [(e.entity, e.used_micros, e.reserved_micros) for e in spend[budget_id].entities]
+
+    assert micros("org") == [("acme", 1_100_000, 250_000)]
+    # Most used + reserved first, capped at two; the count still says three.
+    assert micros("per-user") == [("bob", 700_000, 0), ("ada", 300_000, 250_000)]
+    assert spend["per-user"].entity_count == 3
+    assert micros("quiet") == [("nobody", 0, 0)]
+    assert ledger.store.held_reservations() == (1, 250_000)

@@ -1,0 +1,207 @@
+"""The Redis store's key layout and the encodings of what it keeps there.
+
+Every key of one ledger starts with the hash tag ``{<namespace>}`` (``{paymaster}`` by default), so on
+a Redis Cluster the whole ledger lives in one hash slot and every script can touch every key it needs
+atomically. That is deliberate: a request may match any combination of budgets (an organization's, a
+team's, a user's), and only a single slot lets Redis hold or charge all of them in one step. Separate
+ledgers (namespaces) spread over the cluster's slots. ``P`` below is ``{<namespace>}``.
+
+=================================  ========  ======================================================
+key                                type      holds
+=================================  ========  ======================================================
+``P:meta``                         hash      ``version`` (bumped by every budget change, checked by
+                                             every script), ``schema``
+``P:budgets``                      hash      budget id -> definition (JSON, with its generation)
+``P:s:<id>@<gen>/<entity>``        hash      one budget's state for one entity: ``r`` (reserved),
+                                             ``u:<bucket>`` (spend per calendar period or rolling
+                                             bucket), ``t`` (rolling total), ``a:<period>:<pct>``
+                                             (alert marks: the once-per-period de-duplication)
+``P:z:<id>@<gen>/<entity>``        zset      rolling windows: bucket starts, to retire old buckets
+``P:ents:<id>@<gen>``              set       entities with state (housekeeping)
+``P:dead``                         set       ``<id>@<gen>`` of deleted budgets awaiting collection
+``P:r:<reservation id>``           hash      a reservation: state, scopes, held amount, its holds
+                                             (state-key suffixes), decision, expiry, what was charged
+``P:due``                          zset      held reservations by expiry (ms)
+``P:settled``                      zset      settled reservations by settle time (retention)
+``P:idem``                         hash      Reserve idempotency key -> reservation id
+``P:u``                            hash      usage id -> usage record (fields joined by ``\\x1f``)
+``P:ut``                           zset      usage ids by time (ms): reports and retention
+``P:alert:<seq>``                  hash      one alert of the log, with its delivery lease
+``P:alerts``                       zset      the alert log by sequence
+``P:alerts:pending``               zset      undelivered alerts; ``P:alerts:fired`` by fire time;
+                                             ``P:alerts:b:<id>`` one budget's alerts
+``P:alerts:seq``                   string    the last alert sequence issued
+=================================  ========  ======================================================
+
+Budget ids cannot contain ``@`` or ``/`` and entities are printable (no newline), so the state-key
+suffix ``<id>@<gen>/<entity>`` is unambiguous and a reservation's holds are its suffixes joined by
+newlines. The generation keeps a re-created budget apart from the spend and holds of a deleted one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+from collector_processor.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.ledger_types import UsageFacts
+from collector_processor.periods import parse_period
+from collector_processor.store._index import LiveBudget
+
+__all__ = [
+    "ACTION_LETTER",
+    "budget_body",
+    "budget_from_json",
+    "budget_json",
+    "check_namespace",
+    "facts_args",
+    "hold_key",
+    "parse_hold_key",
+    "parse_sentinel_url",
+    "scope_args",
+    "spec",
+]
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+ACTION_LETTER = {OnExceed.BLOCK: "b", OnExceed.WARN: "w", OnExceed.DOWNGRADE: "d"}
+SEP = "\x1f"
+
+
+_SENTINEL_URL = re.compile(
+    r"redis\+sentinel://(?:(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@)?(?P<hosts>[^/@]+)/(?P<service>[^/]+)(?:/(?P<db>[0-9]+))?"
+)
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
+    """``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``: the sentinels, the
+    monitored service, the database and the primary's credentials; ``ValueError`` otherwise."""
+    match = _SENTINEL_URL.fullmatch(url)
+    if match is None:
+        raise ValueError("must be redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]")
+    hosts = []
+    for item in match.group("hosts").split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"sentinel {item!r} must be host:port")
+        hosts.append((host, int(port)))
+    return (
+        hosts,
+        match.group("service"),
+        int(match.group("db") or 0),
+        match.group("user") or None,
+        match.group("password"),
+    )
+
+
+def check_namespace(namespace: str) -> str:
+    """A namespace is the hash tag of every key: 1-64 characters of A-Z a-z 0-9 . _ : -."""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {namespace!r}")
+    return namespace
+
+
+def budget_body(b: Budget) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "name": b.name,
+        "scope": b.scope.value,
+        "scope_id": b.scope_id,
+        "limit_usd": str(b.limit_usd),
+        "period": b.period.spec,
+        "time_zone": b.time_zone,
+        "on_exceed": b.on_exceed.value,
+        "alert_thresholds": list(b.alert_thresholds),
+        "enabled": b.enabled,
+        "declared_in_config": b.declared_in_config,
+        "created_ms": b.created_ms,
+        "updated_ms": b.updated_ms,
+    }
+
+
+def budget_json(b: Budget, *, with_generation: bool) -> str:
+    """The stored definition; without the generation, its closing brace is left off for the script
+    that assigns the generation to append it."""
+    text = json.dumps(budget_body(b), separators=(",", ":"))
+    if with_generation:
+        return text[:-1] + f',"generation":{b.generation}}}'
+    return text[:-1]
+
+
+def budget_from_json(text: str) -> Budget:
+    d = json.loads(text)
+    return Budget(
+        id=d["id"],
+        name=d["name"],
+        scope=Scope(d["scope"]),
+        scope_id=d["scope_id"],
+        limit_usd=Decimal(d["limit_usd"]),
+        period=parse_period(d["period"]),
+        time_zone=d["time_zone"],
+        on_exceed=OnExceed(d["on_exceed"]),
+        alert_thresholds=tuple(int(t) for t in d["alert_thresholds"]),
+        enabled=bool(d["enabled"]),
+        declared_in_config=bool(d["declared_in_config"]),
+        generation=int(d["generation"]),
+        created_ms=int(d["created_ms"]),
+        updated_ms=int(d["updated_ms"]),
+    )
+
+
+def hold_key(b: Budget, entity: str) -> str:
+    return f"{b.id}@{b.generation}/{entity}"
+
+
+def parse_hold_key(key: str) -> tuple[str, int, str]:
+    base, entity = key.split("/", 1)
+    bid, gen = base.split("@", 1)
+    return bid, int(gen), entity
+
+
+def spec(live: LiveBudget, entity: str, *, now_ms: int, at_ms: int) -> list[str]:
+    """What a script needs to know of one matching budget: its state key, limit and action, the
+    bucket its standing is read from (now) and the one a charge made at ``at_ms`` goes into, and its
+    alert thresholds with the period they fire once per (and the words of an alert's message)."""
+    b = live.budget
+    period = b.period
+    rolling = period.is_rolling
+    if b.alert_thresholds and b.enabled:
+        window = period.window(now_ms if rolling else at_ms, live.tz)
+        alerting = [
+            ",".join(str(t) for t in b.alert_thresholds),
+            "0" if rolling else str(window.start_ms),
+            str(window.start_ms),
+            str(window.end_ms),
+            SEP.join((b.name, b.scope.value, b.on_exceed.value, period.spec, b.time_zone)),
+        ]
+    else:
+        alerting = ["", "0", "0", "0", ""]
+    return [
+        hold_key(b, entity),
+        b.id,
+        entity,
+        str(live.limit),
+        ACTION_LETTER[b.on_exceed],
+        "1" if b.enabled else "0",
+        "1" if rolling else "0",
+        str(period.lowest_bucket(now_ms, live.tz)),
+        str(period.bucket_of(at_ms, live.tz)),
+        *alerting,
+    ]
+
+
+def scope_args(s: ScopeSet) -> list[str]:
+    return [s.organization, s.team, s.agent, s.workflow, s.user]
+
+
+def facts_args(f: UsageFacts) -> list[str]:
+    return [
+        f.provider,
+        f.model,
+        str(f.input_tokens),
+        str(f.output_tokens),
+        str(f.cache_read_tokens),
+        str(f.cache_creation_tokens),
+        str(f.reasoning_tokens),
+    ]

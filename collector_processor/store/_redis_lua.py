@@ -1,0 +1,680 @@
+"""The Redis store's server-side operations: a Lua function library, one function per operation.
+
+Redis runs a function to completion before it serves any other command, so each one below is one
+atomic step however many budgets, reservations and alerts it touches (the text calls them scripts).
+Every function derives its key names from ``KEYS[1]`` (the ledger's ``{namespace}:meta`` key), and
+every key of a ledger carries the same ``{namespace}`` hash tag, so a function never leaves its hash
+slot on a Redis Cluster. Functions (Redis 7) are loaded once and kept by Redis with its data, so the
+shared helpers are not re-run on every call as an ``EVAL`` script's would be.
+
+Money is integer micro-dollars. Redis adds them exactly (``HINCRBY`` is 64-bit integer arithmetic);
+the scripts only *compare* and *multiply* amounts, and do it on exact pairs ``hi * 1e9 + lo`` because
+Lua numbers are doubles, exact only up to 2^53. Amounts are passed and returned as strings, never as
+Lua numbers. A script refuses (returns an error word) before its first write; past that point nothing
+can fail, so no script ever leaves half an operation behind.
+
+The decision rule in ``verdict`` is ``collector_processor.decisions`` restated: the store re-runs
+``decisions.plan_reservation`` on the exact standing the script decided on, builds every word of the
+answer from it, and refuses to answer if the two ever disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["FUNCTIONS", "LIBRARY", "LIBRARY_NAME", "SPEC_FIELDS"]
+
+SPEC_FIELDS = 14
+"""Strings per budget in a script's argument list (see ``_redis_codec.spec``)."""
+
+_COMMON = r"""
+-- Set by each function as it starts: the ledger's key prefix and its decoded arguments.
+local P, ARGV
+local B = 1000000000
+local MAXV = '9223372036854775807'
+local RECLAIM = 1000
+
+local function pair(s)
+  s = s or '0'
+  local neg = string.sub(s, 1, 1) == '-'
+  if neg then s = string.sub(s, 2) end
+  local n = #s
+  local hi, lo = 0, tonumber(s)
+  if n > 9 then
+    hi = tonumber(string.sub(s, 1, n - 9))
+    lo = tonumber(string.sub(s, n - 8))
+  end
+  if neg then
+    if lo > 0 then hi = -hi - 1; lo = B - lo else hi = -hi end
+  end
+  return {hi, lo}
+end
+
+local function add(a, b)
+  local hi, lo = a[1] + b[1], a[2] + b[2]
+  if lo >= B then lo = lo - B; hi = hi + 1 end
+  return {hi, lo}
+end
+
+local function mul(a, m)
+  local lo = a[2] * m
+  local carry = math.floor(lo / B)
+  return {a[1] * m + carry, lo - carry * B}
+end
+
+local function cmp(a, b)
+  if a[1] ~= b[1] then if a[1] < b[1] then return -1 end return 1 end
+  if a[2] ~= b[2] then if a[2] < b[2] then return -1 end return 1 end
+  return 0
+end
+
+local function neg(v)
+  if v == '0' then return '0' end
+  if string.sub(v, 1, 1) == '-' then return string.sub(v, 2) end
+  return '-' .. v
+end
+
+local function str(a)
+  if a[1] < 0 then
+    if a[2] > 0 then return '-' .. str({-a[1] - 1, B - a[2]}) end
+    return '-' .. str({-a[1], 0})
+  end
+  if a[1] == 0 then return string.format('%d', a[2]) end
+  return string.format('%d', a[1]) .. string.format('%09d', a[2])
+end
+
+-- Amounts of up to 15 digits are below 2^53, where Lua's doubles are exact, and so are sums of three
+-- of them: those take the fast path; longer ones are compared as exact pairs.
+local function fits(v, amt)
+  if #v <= 17 and #amt <= 17 then return true end
+  return cmp(add(pair(v), pair(amt)), pair(MAXV)) <= 0
+end
+
+local function stale(version)
+  return (redis.call('HGET', P .. ':meta', 'version') or '0') ~= version
+end
+
+local F = 14
+local function specs(from)
+  local n = tonumber(ARGV[from])
+  local out = {}
+  for k = 0, n - 1 do
+    local j = from + 1 + k * F
+    out[#out + 1] = {
+      key = ARGV[j], bid = ARGV[j + 1], entity = ARGV[j + 2], limit = ARGV[j + 3], action = ARGV[j + 4],
+      enabled = ARGV[j + 5] == '1', rolling = ARGV[j + 6] == '1', rb = ARGV[j + 7], cb = ARGV[j + 8],
+      th = ARGV[j + 9], pk = ARGV[j + 10], ws = ARGV[j + 11], we = ARGV[j + 12], meta = ARGV[j + 13],
+    }
+  end
+  return out
+end
+
+local function skey(s) return P .. ':s:' .. s.key end
+local function ents(s) return P .. ':ents:' .. string.match(s.key, '^([^/]*)/') end
+
+-- Committed spend in the period (calendar: one bucket) or window (rolling: buckets at or after rb,
+-- whose running total is kept in 't'; buckets that left the window are retired here first).
+local function used_of(s)
+  local S = skey(s)
+  if not s.rolling then return redis.call('HGET', S, 'u:' .. s.rb) or '0' end
+  local Z = P .. ':z:' .. s.key
+  local old = redis.call('ZRANGEBYSCORE', Z, '-inf', '(' .. s.rb)
+  for _, b in ipairs(old) do
+    local v = redis.call('HGET', S, 'u:' .. b)
+    if v then
+      redis.call('HDEL', S, 'u:' .. b)
+      redis.call('HINCRBY', S, 't', neg(v))
+    end
+  end
+  if #old > 0 then redis.call('ZREMRANGEBYSCORE', Z, '-inf', '(' .. s.rb) end
+  return redis.call('HGET', S, 't') or '0'
+end
+
+local function reserved_of(s) return redis.call('HGET', skey(s), 'r') or '0' end
+
+local function exceeds(st, est, ezero)
+  local c
+  if #st.u <= 15 and #st.r <= 15 and #st.l <= 15 and #est <= 15 then
+    local projected, limit = tonumber(st.u) + tonumber(st.r) + tonumber(est), tonumber(st.l)
+    if projected > limit then c = 1 elseif projected == limit then c = 0 else c = -1 end
+  else
+    c = cmp(add(add(pair(st.u), pair(st.r)), pair(est)), pair(st.l))
+  end
+  return c > 0 or (ezero and c >= 0)
+end
+
+-- decisions.crossed_thresholds: used * 100 >= threshold * limit (thresholds are at most 1000).
+local function reached(used, limit, t)
+  if #used <= 13 and #limit <= 12 then return tonumber(used) * 100 >= t * tonumber(limit) end
+  return cmp(mul(pair(used), 100), mul(pair(limit), t)) >= 0
+end
+
+-- decisions.evaluate: any block budget exceeded denies, else any downgrade budget downgrades.
+local function verdict(states, est)
+  local ezero = est == '0'
+  local blocker, downgrader = nil, nil
+  for i, st in ipairs(states) do
+    if exceeds(st, est, ezero) then
+      if st.action == 'b' then blocker = blocker or i
+      elseif st.action == 'd' then downgrader = downgrader or i end
+    end
+  end
+  if blocker then return 'deny' end
+  if downgrader then return 'downgrade' end
+  return 'allow'
+end
+
+local function drop_holds(R, held)
+  if held == '0' then return end
+  local holds = redis.call('HGET', R, 'holds') or ''
+  for h in string.gmatch(holds, '[^\n]+') do
+    local S = P .. ':s:' .. h
+    -- A missing state key belongs to a deleted budget whose state was collected already.
+    if redis.call('EXISTS', S) == 1 then redis.call('HINCRBY', S, 'r', neg(held)) end
+  end
+end
+
+-- Settle a held reservation (released: 3, expired: 4): its hold leaves every budget it was on.
+local function settle(rid, state, now)
+  local R = P .. ':r:' .. rid
+  redis.call('ZREM', P .. ':due', rid)
+  if redis.call('EXISTS', R) == 0 then return '0' end
+  local held = redis.call('HGET', R, 'held') or '0'
+  drop_holds(R, held)
+  redis.call('HSET', R, 'st', state, 'set', now, 'rel', held)
+  redis.call('ZADD', P .. ':settled', now, rid)
+  return held
+end
+
+-- Expired reservations are reclaimed by whichever operation comes next, before it reads anything.
+local function reclaim(now, cap)
+  local due = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'LIMIT', 0, cap)
+  for _, rid in ipairs(due) do
+    if redis.call('HGET', P .. ':r:' .. rid, 'st') == '1' then settle(rid, '4', now)
+    else redis.call('ZREM', P .. ':due', rid) end
+  end
+  return #due
+end
+
+local function read_states(sp, out)
+  local states = {}
+  for i, s in ipairs(sp) do
+    local u, r = used_of(s), reserved_of(s)
+    states[i] = {u = u, r = r, l = s.limit, action = s.action}
+    out[#out + 1] = u
+    out[#out + 1] = r
+  end
+  return states
+end
+
+local function standing(sp, out)
+  for _, s in ipairs(sp) do
+    if s.enabled then
+      out[#out + 1] = used_of(s)
+      out[#out + 1] = reserved_of(s)
+    end
+  end
+end
+
+local function insert_usage(id, ts, scopes, cost, total, prov, model, tin, tout, tcr, tcc, treas, rid)
+  if redis.call('HSETNX', P .. ':u', id, table.concat({ts, scopes[1], scopes[2], scopes[3], scopes[4],
+      scopes[5], prov, model, cost, tin, tout, tcr, tcc, treas, total, rid}, '\31')) == 1 then
+    redis.call('ZADD', P .. ':ut', ts, id)
+  end
+end
+
+local function fire(s, S, used, now, fired)
+  local ths = {}
+  for t in string.gmatch(s.th, '[^,]+') do ths[#ths + 1] = t end
+  if s.rolling then  -- a rolling window re-arms a threshold once its spend falls back below it
+    for _, t in ipairs(ths) do
+      if not reached(used, s.limit, tonumber(t)) then redis.call('HDEL', S, 'a:0:' .. t) end
+    end
+  end
+  for _, t in ipairs(ths) do
+    if reached(used, s.limit, tonumber(t)) and redis.call('HSETNX', S, 'a:' .. s.pk .. ':' .. t, now) == 1 then
+      local seq = redis.call('INCR', P .. ':alerts:seq')
+      local occurrence = s.pk
+      if s.rolling then occurrence = 'rolling@' .. now end
+      redis.call('HSET', P .. ':alert:' .. seq, 'id', s.bid .. '/' .. s.entity .. '/' .. occurrence .. '/' .. t,
+        'b', s.bid, 'e', s.entity, 'th', t, 'u', used, 'l', s.limit, 'ps', s.ws, 'pe', s.we, 'f', now, 'm', s.meta)
+      redis.call('ZADD', P .. ':alerts', seq, seq)
+      redis.call('ZADD', P .. ':alerts:pending', seq, seq)
+      redis.call('ZADD', P .. ':alerts:fired', now, seq)
+      redis.call('ZADD', P .. ':alerts:b:' .. s.bid, seq, seq)
+      fired[#fired + 1] = seq
+    end
+  end
+end
+
+-- The charged bucket of every budget must stay within a signed 64-bit integer; checked before writing.
+local function charge_fits(sp, amt)
+  for _, s in ipairs(sp) do
+    local S = skey(s)
+    if not fits(redis.call('HGET', S, 'u:' .. s.cb) or '0', amt) then return s.bid end
+    if s.rolling and not fits(redis.call('HGET', S, 't') or '0', amt) then return s.bid end
+  end
+  return nil
+end
+
+-- Charge amt spent in bucket cb to every budget (disabled ones too: they keep counting), then fire
+-- the thresholds the enabled ones reached. Appends used/reserved of each enabled budget, then the
+-- sequences of the alerts fired.
+local function charge(sp, amt, now, out)
+  local fired = {}
+  for _, s in ipairs(sp) do
+    local S = skey(s)
+    redis.call('SADD', ents(s), s.entity)
+    local used
+    if s.rolling then
+      if tonumber(s.cb) >= tonumber(s.rb) then
+        redis.call('HINCRBY', S, 'u:' .. s.cb, amt)
+        redis.call('HINCRBY', S, 't', amt)
+        redis.call('ZADD', P .. ':z:' .. s.key, s.cb, s.cb)
+      end
+      used = used_of(s)
+    else
+      redis.call('HINCRBY', S, 'u:' .. s.cb, amt)
+      used = redis.call('HGET', S, 'u:' .. s.cb)
+    end
+    if s.enabled then
+      out[#out + 1] = used
+      out[#out + 1] = reserved_of(s)
+      if s.th ~= '' then fire(s, S, used, now, fired) end
+    end
+  end
+  for _, q in ipairs(fired) do out[#out + 1] = q end
+end
+
+local function snapshot(out, sp, from)
+  local parts = {}
+  for i, s in ipairs(sp) do
+    parts[#parts + 1] = out[from + 2 * i - 1] .. ' ' .. out[from + 2 * i] .. ' ' .. s.limit
+  end
+  return table.concat(parts, ' ')
+end
+
+local function keys_of(sp)
+  local parts = {}
+  for _, s in ipairs(sp) do parts[#parts + 1] = s.key end
+  return table.concat(parts, '\n')
+end
+
+local function add_holds(sp, hold, rid)
+  if hold == '0' then return end
+  for _, s in ipairs(sp) do
+    redis.call('HINCRBY', skey(s), 'r', hold)
+    redis.call('SADD', ents(s), s.entity)
+  end
+end
+
+-- out holds each budget's used and reserved from position from + 1 on, as read_states left them.
+local function holds_fit(sp, hold, out, from)
+  for i, s in ipairs(sp) do
+    if not fits(out[from + 2 * i], hold) then return s.bid end
+  end
+  return nil
+end
+"""
+
+# ARGV: version, now, rid, expires, estimate, downgrade estimate ('' for none), idempotency key,
+# organization, team, agent, workflow, user, provider, model, estimate tokens, specs...
+_RESERVE = r"""
+if stale(ARGV[1]) then return {'STALE'} end
+local now, rid, idem = ARGV[2], ARGV[3], ARGV[7]
+reclaim(now, RECLAIM)
+if idem ~= '' then
+  local earlier = redis.call('HGET', P .. ':idem', idem)
+  if earlier then return {'REPLAY', earlier} end
+end
+local sp = specs(16)
+local out = {'OK', '', '', '0'}
+local states = read_states(sp, out)
+local est, dest = ARGV[5], ARGV[6]
+local decision, hold, awaiting = 'deny', '0', '0'
+local first = verdict(states, est)
+if first == 'allow' then decision, hold = 'allow', est
+elseif first == 'downgrade' then
+  if dest == '' then decision, hold, awaiting = 'downgrade', est, '1'
+  elseif verdict(states, dest) ~= 'deny' then decision, hold = 'downgrade', dest end
+end
+out[2], out[3], out[4] = decision, hold, awaiting
+if decision == 'deny' then return out end
+local full = holds_fit(sp, hold, out, 4)
+if full then return {'OVERFLOW', full} end
+redis.call('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
+  'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
+  'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'),
+  'snap', table.concat({now, est, dest, '0', snapshot(out, sp, 4)}, '\30'))
+redis.call('ZADD', P .. ':due', ARGV[4], rid)
+if idem ~= '' then redis.call('HSET', P .. ':idem', idem, rid) end
+add_holds(sp, hold, rid)
+return out
+"""
+
+# ARGV: version, now, rid (downgrade_of), expires, estimate, scopes differ ('1'/'0'), specs...
+_RESEND = r"""
+if stale(ARGV[1]) then return {'STALE'} end
+local now, rid, est = ARGV[2], ARGV[3], ARGV[5]
+reclaim(now, RECLAIM)
+local R = P .. ':r:' .. rid
+if redis.call('EXISTS', R) == 0 then return {'NOTFOUND'} end
+local row = redis.call('HMGET', R, 'st', 'aw', 'dec', 'held')
+if row[1] ~= '1' then return {'STATE', row[1]} end
+if ARGV[6] == '1' then return {'SCOPES'} end
+if row[2] ~= '1' then
+  if row[3] == 'downgrade' and row[4] == est then return {'REPLAY', rid} end
+  return {'NOTAWAITING'}
+end
+local held = row[4]
+local own = {}
+for h in string.gmatch(redis.call('HGET', R, 'holds') or '', '[^\n]+') do own[h] = true end
+local sp = specs(7)
+local out = {'OK', '', '', '0'}
+local states = {}
+for i, s in ipairs(sp) do
+  local u, r = used_of(s), reserved_of(s)
+  if own[s.key] then r = str(add(pair(r), pair(neg(held)))) end
+  states[i] = {u = u, r = r, l = s.limit, action = s.action}
+  out[#out + 1] = u
+  out[#out + 1] = r
+end
+if verdict(states, est) == 'deny' then
+  settle(rid, '3', now)
+  out[2], out[3] = 'deny', '0'
+  return out
+end
+local full = holds_fit(sp, est, out, 4)
+if full then return {'OVERFLOW', full} end
+drop_holds(R, held)
+redis.call('HSET', R, 'held', est, 'holds', keys_of(sp), 'dec', 'downgrade', 'aw', '0', 'exp', ARGV[4],
+  'snap', table.concat({now, est, '', '1', snapshot(out, sp, 4)}, '\30'))
+redis.call('ZADD', P .. ':due', ARGV[4], rid)
+add_holds(sp, est, rid)
+out[2], out[3] = 'downgrade', est
+return out
+"""
+
+# ARGV: version, now, rid, actual, total tokens, provider, model, input, output, cache read,
+# cache creation, reasoning, organization, team, agent, workflow, user, specs...
+_COMMIT = r"""
+if stale(ARGV[1]) then return {'STALE'} end
+local now, rid, actual = ARGV[2], ARGV[3], ARGV[4]
+reclaim(now, RECLAIM)
+local R = P .. ':r:' .. rid
+local row = redis.call('HMGET', R, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late')
+if not row[1] then return {'NOTFOUND'} end
+if row[2] ~= table.concat(ARGV, '\30', 13, 17) then return {'SCOPES'} end
+local sp = specs(18)
+if row[1] == '2' then
+  local out = {'DUP', row[5], row[6], row[7]}
+  standing(sp, out)
+  return out
+end
+local full = charge_fits(sp, actual)
+if full then return {'OVERFLOW', full} end
+local released, late = '0', '1'
+if row[1] == '1' then
+  released, late = row[3], '0'
+  drop_holds(R, released)
+  redis.call('ZREM', P .. ':due', rid)
+end
+redis.call('HSET', R, 'st', '2', 'set', now, 'charged', actual, 'rel', released, 'late', late)
+redis.call('ZADD', P .. ':settled', now, rid)
+local prov, model = ARGV[6], ARGV[7]
+local rprov, rmodel = string.match(row[4] or '', '^([^\30]*)\30([^\30]*)')
+if prov == '' then prov = rprov or '' end
+if model == '' then model = rmodel or '' end
+insert_usage('reservation:' .. rid, now, {ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]}, actual, ARGV[5],
+  prov, model, ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], rid)
+local out = {'OK', released, late, prov, model}
+charge(sp, actual, now, out)
+return out
+"""
+
+# ARGV: version, now, usage id, occurred, cost, total tokens, provider, model, input, output,
+# cache read, cache creation, reasoning, organization, team, agent, workflow, user, reservation id, specs...
+_RECORD = r"""
+if stale(ARGV[1]) then return {'STALE'} end
+local now, id, cost = ARGV[2], ARGV[3], ARGV[5]
+reclaim(now, RECLAIM)
+local sp = specs(20)
+if redis.call('HEXISTS', P .. ':u', id) == 1 then
+  local out = {'DUP'}
+  standing(sp, out)
+  return out
+end
+local full = charge_fits(sp, cost)
+if full then return {'OVERFLOW', full} end
+insert_usage(id, ARGV[4], {ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18]}, cost, ARGV[6], ARGV[7], ARGV[8],
+  ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[19])
+local out = {'OK'}
+charge(sp, cost, now, out)
+return out
+"""
+
+# ARGV: version, now, alert period key for marks ('' for none), specs...
+_STANDING = r"""
+if stale(ARGV[1]) then return {'STALE'} end
+reclaim(ARGV[2], RECLAIM)
+local sp = specs(4)
+local out = {'OK'}
+read_states(sp, out)
+if ARGV[3] ~= '' and #sp > 0 then
+  local prefix = 'a:' .. ARGV[3] .. ':'
+  for _, f in ipairs(redis.call('HKEYS', skey(sp[1]))) do
+    if string.sub(f, 1, #prefix) == prefix then out[#out + 1] = string.sub(f, #prefix + 1) end
+  end
+end
+return out
+"""
+
+# ARGV: now, rid
+_RELEASE = r"""
+local now, rid = ARGV[1], ARGV[2]
+reclaim(now, RECLAIM)
+local st = redis.call('HGET', P .. ':r:' .. rid, 'st')
+if not st then return {'NOTFOUND'} end
+if st == '2' then return {'COMMITTED'} end
+if st ~= '1' then return {'OK', st, '0'} end
+return {'OK', '3', settle(rid, '3', now)}
+"""
+
+# ARGV: now, limit
+_EXPIRE = r"""
+return reclaim(ARGV[1], tonumber(ARGV[2]))
+"""
+
+# -- budgets -----------------------------------------------------------------------------------------
+_LOAD_BUDGETS = r"""
+local out = {redis.call('HGET', P .. ':meta', 'version') or '0'}
+for _, v in ipairs(redis.call('HGETALL', P .. ':budgets')) do out[#out + 1] = v end
+return out
+"""
+
+# Each change bumps the version every script checks; an inserted budget takes the new version as its
+# generation, which keys its state apart from any earlier budget with the same id.
+_BUDGET_OPS = r"""
+local function insert(id, body)
+  if redis.call('HEXISTS', P .. ':budgets', id) == 1 then return nil end
+  redis.call('HINCRBY', P .. ':meta', 'version', 1)
+  -- Read back as a string: a Lua number would be formatted with 14 significant digits.
+  local gen = redis.call('HGET', P .. ':meta', 'version')
+  redis.call('HSET', P .. ':budgets', id, body .. ',"generation":' .. gen .. '}')
+  return gen
+end
+local function bump() redis.call('HINCRBY', P .. ':meta', 'version', 1) end
+local function remove(id, dead)
+  redis.call('HDEL', P .. ':budgets', id)
+  redis.call('SADD', P .. ':dead', dead)
+  bump()
+end
+local op = ARGV[1]
+if op == 'create' then
+  local gen = insert(ARGV[2], ARGV[3])
+  if not gen then return {'EXISTS'} end
+  return {'OK', gen}
+end
+if op == 'replace' or op == 'delete' then
+  if redis.call('HGET', P .. ':budgets', ARGV[2]) ~= ARGV[3] then return {'CHANGED'} end
+  if op == 'replace' then redis.call('HSET', P .. ':budgets', ARGV[2], ARGV[4]); bump()
+  else remove(ARGV[2], ARGV[4]) end
+  return {'OK'}
+end
+if op == 'sync' then
+  if (redis.call('HGET', P .. ':meta', 'version') or '0') ~= ARGV[2] then return {'CHANGED'} end
+  local i = 3
+  while i <= #ARGV do
+    local kind, id, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if kind == 'i' then insert(id, body)
+    elseif kind == 'r' then redis.call('HSET', P .. ':budgets', id, body); bump()
+    else remove(id, body) end
+    i = i + 3
+  end
+  return {'OK'}
+end
+return redis.error_reply('unknown budget operation ' .. tostring(op))
+"""
+
+# -- alerts ------------------------------------------------------------------------------------------
+# ARGV: owner, now, lease until, limit, scan cap
+_CLAIM_ALERTS = r"""
+local out = {}
+local now, limit = tonumber(ARGV[2]), tonumber(ARGV[4])
+for _, seq in ipairs(redis.call('ZRANGE', P .. ':alerts:pending', 0, tonumber(ARGV[5]) - 1)) do
+  local A = P .. ':alert:' .. seq
+  local cu = redis.call('HGET', A, 'cu')
+  if not cu or tonumber(cu) <= now then
+    redis.call('HSET', A, 'cb', ARGV[1], 'cu', ARGV[3])
+    out[#out + 1] = seq
+    if #out >= limit then break end
+  end
+end
+return out
+"""
+
+# ARGV: now, sequences...
+_ACK_ALERTS = r"""
+for i = 2, #ARGV do
+  local A = P .. ':alert:' .. ARGV[i]
+  if redis.call('EXISTS', A) == 1 then
+    redis.call('HSET', A, 'd', ARGV[1])
+    redis.call('ZREM', P .. ':alerts:pending', ARGV[i])
+  end
+end
+return #ARGV - 1
+"""
+
+# -- housekeeping ------------------------------------------------------------------------------------
+# ARGV: what, cut, chunk
+_PRUNE = r"""
+local what, cut, chunk = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local n = 0
+if what == 'reservations' then
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
+    local R = P .. ':r:' .. rid
+    local k = string.match(redis.call('HGET', R, 'x') or '', '([^\30]*)$')
+    if k and k ~= '' and redis.call('HGET', P .. ':idem', k) == rid then redis.call('HDEL', P .. ':idem', k) end
+    redis.call('DEL', R)
+    redis.call('ZREM', P .. ':settled', rid)
+    n = n + 1
+  end
+elseif what == 'usage' then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':ut', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
+    redis.call('HDEL', P .. ':u', id)
+    redis.call('ZREM', P .. ':ut', id)
+    n = n + 1
+  end
+elseif what == 'alerts' then
+  for _, seq in ipairs(redis.call('ZRANGEBYSCORE', P .. ':alerts:fired', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
+    local A = P .. ':alert:' .. seq
+    local bid = redis.call('HGET', A, 'b')
+    if bid then redis.call('ZREM', P .. ':alerts:b:' .. bid, seq) end
+    redis.call('DEL', A)
+    redis.call('ZREM', P .. ':alerts', seq)
+    redis.call('ZREM', P .. ':alerts:pending', seq)
+    redis.call('ZREM', P .. ':alerts:fired', seq)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Forget what no window reads any more for some entities of one live budget.
+# ARGV: bid@gen, rolling ('1'/'0'), lowest bucket, entities...
+_PRUNE_STATE = r"""
+local base, rolling, lowest = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3])
+local E = P .. ':ents:' .. base
+for i = 4, #ARGV do
+  local key = base .. '/' .. ARGV[i]
+  local S = P .. ':s:' .. key
+  if rolling then
+    used_of({key = key, rolling = true, rb = ARGV[3]})
+  else
+    for _, f in ipairs(redis.call('HKEYS', S)) do
+      local kind, at = string.match(f, '^([ua]):(%d+)')
+      if kind and tonumber(at) < lowest then redis.call('HDEL', S, f) end
+    end
+  end
+  if redis.call('HGET', S, 'r') == '0' then redis.call('HDEL', S, 'r') end
+  if rolling and redis.call('HGET', S, 't') == '0' and redis.call('EXISTS', P .. ':z:' .. key) == 0 then
+    redis.call('HDEL', S, 't')
+  end
+  if redis.call('EXISTS', S) == 0 then redis.call('SREM', E, ARGV[i]) end
+end
+return #ARGV - 3
+"""
+
+# Delete the state of some entities of a deleted budget generation; ARGV: bid@gen, done ('1'/'0'), entities...
+_COLLECT_DEAD = r"""
+local base = ARGV[1]
+for i = 3, #ARGV do
+  redis.call('DEL', P .. ':s:' .. base .. '/' .. ARGV[i], P .. ':z:' .. base .. '/' .. ARGV[i])
+  redis.call('SREM', P .. ':ents:' .. base, ARGV[i])
+end
+if ARGV[2] == '1' and redis.call('SCARD', P .. ':ents:' .. base) == 0 then
+  redis.call('DEL', P .. ':ents:' .. base)
+  redis.call('SREM', P .. ':dead', base)
+end
+return #ARGV - 2
+"""
+
+_BODIES = {
+    "reserve": _RESERVE,
+    "resend": _RESEND,
+    "commit": _COMMIT,
+    "record": _RECORD,
+    "standing": _STANDING,
+    "release": _RELEASE,
+    "expire": _EXPIRE,
+    "load_budgets": _LOAD_BUDGETS,
+    "budget_ops": _BUDGET_OPS,
+    "claim_alerts": _CLAIM_ALERTS,
+    "ack_alerts": _ACK_ALERTS,
+    "prune": _PRUNE,
+    "prune_state": _PRUNE_STATE,
+    "collect_dead": _COLLECT_DEAD,
+}
+# The library is named after its own text, so sidecars of different versions sharing one Redis (a
+# rolling upgrade) each call the functions they were built with.
+_VERSION = hashlib.sha1("".join([_COMMON, *_BODIES.values()]).encode()).hexdigest()[:12]
+LIBRARY_NAME = f"paymaster_{_VERSION}"
+FUNCTIONS: dict[str, str] = {name: f"pm_{_VERSION}_{name}" for name in _BODIES}
+"""The name Redis knows each operation's function by."""
+
+# Arguments travel as one JSON array of strings, decoded by cjson (C) inside Redis: cheaper for the
+# client than dozens of separate arguments, and for Redis than splitting them in Lua.
+_REGISTER = """
+redis.register_function('{name}', function(keys, args)
+  P = string.sub(keys[1], 1, -6)
+  ARGV = cjson.decode(args[1])
+{body}
+end)
+"""
+
+LIBRARY = (
+    f"#!lua name={LIBRARY_NAME}\n"
+    + _COMMON
+    + "".join(_REGISTER.format(name=FUNCTIONS[name], body=body) for name, body in _BODIES.items())
+)
+"""The function library: the shared helpers, defined once when Redis loads it, then every operation."""

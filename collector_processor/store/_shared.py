@@ -1,0 +1,107 @@
+"""Rules every store applies the same way, outside its atomic operations: who may change a budget,
+which entity a status read is for, how a status is built from a standing, and how the budgets a
+config file declares are reconciled with the ones a store holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from collector_processor.budgets import Budget
+from collector_processor.decisions import BudgetState, projection
+from collector_processor.errors import FailedPreconditionError, InvalidRequestError
+from collector_processor.ledger_types import BudgetStatus
+from collector_processor.money import micros_to_usd, percentage
+from collector_processor.store._index import LiveBudget
+
+__all__ = ["ConfigSync", "entity_for", "plan_config_sync", "refuse_config", "status_from_state"]
+
+
+def refuse_config(budget: Budget, allow_config: bool, verb: str) -> None:
+    if budget.declared_in_config and not allow_config:
+        raise FailedPreconditionError(
+            f"budget {budget.id!r} is declared in the sidecar's config file; it can only be {verb} there"
+        )
+
+
+def entity_for(live: LiveBudget, entity: str) -> str:
+    budget = live.budget
+    if budget.scope_id is None:
+        if not entity:
+            raise InvalidRequestError(
+                "scope_id", f"is required: budget {budget.id!r} is a wildcard over every {budget.scope.value}"
+            )
+        return entity
+    if entity and entity != budget.scope_id:
+        raise InvalidRequestError(
+            "scope_id", f"budget {budget.id!r} governs {budget.scope.value}={budget.scope_id}, not {entity!r}"
+        )
+    return budget.scope_id
+
+
+def status_from_state(state: BudgetState, fired: Iterable[int], now_ms: int) -> BudgetStatus:
+    burn, projected = projection(state, now_ms)
+    return BudgetStatus(
+        budget=state.budget,
+        scope_id=state.entity,
+        used_usd=micros_to_usd(state.used),
+        reserved_usd=micros_to_usd(state.reserved),
+        remaining_usd=micros_to_usd(max(state.limit - state.used - state.reserved, 0)),
+        percentage=percentage(state.used, state.limit),
+        exceeded=state.used >= state.limit,
+        period_start_ms=state.window.start_ms,
+        period_end_ms=state.window.end_ms,
+        burn_rate_usd_per_hour=burn,
+        projected_usd=projected,
+        alerts_fired=tuple(sorted(fired)),
+    )
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class ConfigSync:
+    """What making the config-declared budgets exactly the declared ones takes, in order."""
+
+    delete: tuple[Budget, ...]
+    """Budgets to delete with their spend (removed from the file, or changed in meaning)."""
+    insert: tuple[Budget, ...]
+    """Budgets to create (new, or re-created after a change of meaning)."""
+    replace: tuple[Budget, ...]
+    """Budgets whose definition changes but whose spend carries over (generation kept)."""
+
+
+def plan_config_sync(existing: Sequence[Budget], declared: Sequence[Budget], *, now_ms: int) -> ConfigSync:
+    """Refuse (before anything is written) a declared id that an API budget holds, then plan the rest."""
+    by_id = {b.id: b for b in existing}
+    for budget in declared:
+        old = by_id.get(budget.id)
+        if old is not None and not old.declared_in_config:
+            raise FailedPreconditionError(
+                f"budget {budget.id!r} exists already, created through the API; delete it or declare another id"
+            )
+    delete: list[Budget] = []
+    insert: list[Budget] = []
+    update: list[Budget] = []
+    for budget in declared:
+        old = by_id.get(budget.id)
+        if old is None:
+            insert.append(budget)
+        elif _meaning(old) != _meaning(budget):
+            # A different scope, entity, period or zone is a different budget: its spend starts from zero.
+            delete.append(old)
+            insert.append(budget)
+        elif _definition(old) != _definition(budget):
+            update.append(
+                replace(budget, generation=old.generation, created_ms=old.created_ms, updated_ms=now_ms)
+            )
+    names = {b.id for b in declared}
+    delete.extend(old for old in existing if old.declared_in_config and old.id not in names)
+    return ConfigSync(delete=tuple(delete), insert=tuple(insert), replace=tuple(update))
+
+
+def _meaning(b: Budget) -> tuple[object, ...]:
+    return (b.scope, b.scope_id, b.period.spec, b.time_zone)
+
+
+def _definition(b: Budget) -> tuple[object, ...]:
+    return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.enabled)

@@ -1,0 +1,686 @@
+"""The Redis store: one ledger shared by any number of sidecar replicas, with no overspend.
+
+Every operation that changes money or alert state is one Redis function (``_redis_lua``), so Redis
+runs it as one atomic step: a reservation reads the standing of every matching budget, decides and holds on all
+of them or none; a commit swaps the hold for the actual spend, charges every budget and fires each
+threshold once per period; releases, expiries and recorded usage likewise. No replica keeps a balance:
+each function reads the standing it decides on inside Redis. Replicas cache only budget *definitions*,
+and every call carries the version of the definitions it was built from; a replica whose cache is
+stale is refused (``STALE``), reloads and tries again, so a budget created through any replica is
+enforced by all of them from the next request on. Replicas also remember the (immutable) scopes of
+reservations they made, to commit them in one round trip; the function checks them.
+
+Expired reservations need no timer: every function first reclaims the reservations whose TTL has passed
+(whichever replica touches the ledger next), and each replica's sweeper does so between requests.
+
+The decision itself is ``collector_processor.decisions``: the function applies the same rule to the
+standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the
+answer (reason, warnings, budget info), refusing to answer if the two disagree. The key layout is in
+``_redis_codec``; Redis being unreachable is ``StoreUnavailableError`` (see ``_redis_link``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.decisions import BudgetState, budget_infos, evaluate, exceeds, plan_reservation
+from collector_processor.errors import (
+    FailedPreconditionError,
+    InvalidRequestError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from collector_processor.ledger_types import (
+    Alert,
+    BudgetInfo,
+    BudgetStatus,
+    CheckOutcome,
+    CommitCommand,
+    CommitOutcome,
+    Decision,
+    RecordUsageCommand,
+    RecordUsageOutcome,
+    ReleaseOutcome,
+    ReservationState,
+    ReserveCommand,
+    ReserveOutcome,
+    UsageFacts,
+)
+from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.store import _redis_answers as answers
+from collector_processor.store import _redis_housekeeping as housekeeping
+from collector_processor.store import _redis_reports as reports
+from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.store._redis_budgets import BudgetRows
+from collector_processor.store._redis_codec import (
+    check_namespace,
+    facts_args,
+    hold_key,
+    scope_args,
+    spec,
+)
+from collector_processor.store._redis_link import RedisLink
+from collector_processor.store._shared import entity_for, status_from_state
+from collector_processor.store.base import BudgetSpend, EntitySpend, UsageFilter, UsageRow
+
+__all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
+
+log = logging.getLogger("paymaster.sidecar.store.redis")
+
+SCHEMA_VERSION = 1
+_ATTEMPTS = 8
+_REMEMBERED = 100_000
+_SPEND_CHUNK = 500
+"""(budget, entity) pairs read per call by ``budget_spend``, and reservations per pipeline."""
+Matched = list[tuple[LiveBudget, str]]
+
+
+class RedisStore:
+    """``LedgerStore`` on Redis 7 (or a Redis Cluster with ``cluster=True``); ``namespace`` keeps
+    several ledgers apart on one server and is the hash tag that puts a ledger in one slot. With
+    ``wait_replicas``, a change is answered only once that many replicas have it (``WAIT``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "paymaster",
+        cluster: bool = False,
+        socket_timeout_s: float = 2.0,
+        connect_timeout_s: float = 1.0,
+        max_connections: int = 64,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        health_interval_s: float = 1.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
+        try:
+            check_namespace(namespace)
+        except ValueError as exc:
+            raise InvalidRequestError("namespace", str(exc)) from None
+        self._link = RedisLink(
+            url,
+            namespace=namespace,
+            cluster=cluster,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            max_connections=max_connections,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            health_interval_s=health_interval_s,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            on_reconnect=self._after_reconnect,
+        )
+        self.where = self._link.where
+        self.namespace = namespace
+        self._p = self._link.prefix
+        self._client = self._link.client
+        self._budgets = BudgetRows(self._link)
+        self._index = BudgetIndex((), version=-1)
+        self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str]]] = {}
+        self._remembered: dict[str, ScopeSet] = {}
+        self._remember_lock = threading.Lock()
+        self._config: list[Budget] | None = None
+        try:
+            self._link.call(self._init_meta)
+        except StoreUnavailableError as exc:
+            self._link.close()
+            if self._link.available:  # reached, but refused: the message says why
+                raise
+            raise StoreUnavailableError(f"cannot reach Redis at {self.where} ({self._link.reason})") from exc
+        self._link.start()
+
+    @property
+    def available(self) -> bool:
+        """False while Redis cannot be reached; the sidecar reports NOT_SERVING meanwhile."""
+        return self._link.available
+
+    def _init_meta(self) -> None:
+        try:
+            self._link.load_functions()
+        except ResponseError as exc:  # an old server, or an ACL that forbids FUNCTION LOAD
+            raise StoreUnavailableError(
+                f"Redis at {self.where} refused the ledger's function library ({exc}); Redis 7.0 or newer is "
+                "needed, with FUNCTION LOAD allowed (see deploy/redis)"
+            ) from None
+        meta = f"{self._p}:meta"
+        # A version that starts from the clock never repeats one a replica may have cached before the
+        # data was lost, so a stale cache is always noticed.
+        self._client.hsetnx(meta, "version", time.time_ns() // 1000)
+        self._client.hsetnx(meta, "schema", SCHEMA_VERSION)
+        schema = self._client.hget(meta, "schema")
+        if str(schema) != str(SCHEMA_VERSION):
+            raise StoreUnavailableError(
+                f"namespace {self.namespace!r} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
+            )
+
+    def _after_reconnect(self) -> None:
+        """Redis is back. If it came back empty (restarted without persistence), say so loudly and
+        declare the config budgets again, so they are enforced even though their spend is lost."""
+        if self._client.exists(f"{self._p}:meta"):
+            return
+        log.error(
+            "the Redis store at %s came back without the ledger (namespace %r): spend, reservations and "
+            "API-created budgets are lost; see deploy/redis for the persistence it needs",
+            self.where,
+            self.namespace,
+        )
+        self._init_meta()
+        self._forget_index()
+        if self._config is not None:
+            self.sync_config_budgets(self._config, now_ms=time.time_ns() // 1_000_000)
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def batch(self) -> AbstractContextManager[None]:
+        """Each operation is its own atomic script; there is nothing to share."""
+        return contextlib.nullcontext()
+
+    def _forget_index(self) -> None:
+        self._index = BudgetIndex((), version=-1)
+
+    def _refresh(self) -> BudgetIndex:
+        version, budgets = self._budgets.load()
+        self._index = BudgetIndex(budgets, version=version)
+        return self._index
+
+    def _current(self) -> BudgetIndex:
+        index = self._index
+        return self._refresh() if index.version < 0 else index
+
+    def _money(self, script: str, build: Callable[[BudgetIndex], list[str]]) -> tuple[BudgetIndex, list[Any]]:
+        """Run a script built from the budget index; rebuild and retry while the index is stale."""
+        index = self._current()
+        for _ in range(_ATTEMPTS):
+            reply: list[Any] = self._link.script(script, [str(index.version), *build(index)])
+            if reply[0] != "STALE":
+                if reply[0] == "OVERFLOW":
+                    raise FailedPreconditionError(
+                        f"budget {reply[1]!r} cannot take this amount: its totals would pass 2^63 micro-dollars"
+                    )
+                return index, reply
+            index = self._refresh()
+        raise StoreUnavailableError("budget definitions kept changing while this request was tried; retry")
+
+    def _specs(self, matched: Matched, now_ms: int, at_ms: int) -> list[str]:
+        """What the functions need of each matched budget. A spec changes only with the budget, the
+        entity and the buckets read and charged, so most requests find theirs made already."""
+        out = [str(len(matched))]
+        cache = self._spec_cache
+        if len(cache) > 20_000:
+            cache.clear()
+        for live, entity in matched:
+            period, tz = live.budget.period, live.tz
+            # A rolling window's alerts name the window ending now, so their specs are good for one ms.
+            moment = now_ms if period.is_rolling and live.budget.alert_thresholds else 0
+            key = (id(live), entity, period.lowest_bucket(now_ms, tz), period.bucket_of(at_ms, tz), moment)
+            found = cache.get(key)
+            if found is None or found[0] is not live:  # an id is only unique while its object lives
+                found = cache[key] = (live, spec(live, entity, now_ms=now_ms, at_ms=at_ms))
+            out += found[1]
+        return out
+
+    @staticmethod
+    def _states(
+        matched: Matched, reply: Sequence[Any], offset: int, *, now_ms: int, at_ms: int
+    ) -> list[BudgetState]:
+        states = []
+        for i, (live, entity) in enumerate(matched):
+            period = live.budget.period
+            states.append(
+                BudgetState(
+                    budget=live.budget,
+                    entity=entity,
+                    limit=live.limit,
+                    used=int(reply[offset + 2 * i]),
+                    reserved=int(reply[offset + 2 * i + 1]),
+                    window=period.window(now_ms if period.is_rolling else at_ms, live.tz),
+                )
+            )
+        return states
+
+    def _remember(self, reservation_id: str, scopes: ScopeSet) -> None:
+        with self._remember_lock:
+            if len(self._remembered) >= _REMEMBERED:
+                del self._remembered[next(iter(self._remembered))]
+            self._remembered[reservation_id] = scopes
+
+    def _scopes_of(self, reservation_id: str, *, fresh: bool = False) -> ScopeSet | None:
+        """The scopes a reservation was made for (immutable), or ``None`` if it is unknown."""
+        if not fresh:
+            with self._remember_lock:
+                known = self._remembered.get(reservation_id)
+            if known is not None:
+                return known
+        packed = self._link.call(lambda: self._client.hget(f"{self._p}:r:{reservation_id}", "sc"))
+        if packed is None:
+            return None
+        scopes = answers.unpack_scopes(packed)
+        self._remember(reservation_id, scopes)
+        return scopes
+
+    # -- budgets ---------------------------------------------------------------------------------
+    def create_budget(self, budget: Budget) -> Budget:
+        created = self._budgets.create(budget)
+        self._forget_index()
+        return created
+
+    def get_budget(self, budget_id: str) -> Budget:
+        return self._budgets.get(budget_id)
+
+    def list_budgets(
+        self, *, scope: Scope | None, scope_id: str | None, after_id: str, limit: int
+    ) -> list[Budget]:
+        return self._budgets.list(scope=scope, scope_id=scope_id, after_id=after_id, limit=limit)
+
+    def update_budget(
+        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+    ) -> Budget:
+        updated = self._budgets.update(budget_id, patch, now_ms=now_ms, allow_config=allow_config)
+        self._forget_index()
+        return updated
+
+    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
+        self._budgets.delete(budget_id, allow_config=allow_config)
+        self._forget_index()
+
+    def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
+        self._budgets.sync(budgets, now_ms=now_ms)
+        self._config = list(budgets)
+        self._forget_index()
+
+    # -- money -----------------------------------------------------------------------------------
+    def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
+        def build(index: BudgetIndex) -> list[str]:
+            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+
+        index, reply = self._money("standing", build)
+        matched = index.match(scopes, enabled_only=True)
+        states = self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms)
+        verdict = evaluate(states, estimate_micros)
+        return CheckOutcome(
+            decision=verdict.decision,
+            budget_info=budget_infos(states, verdict.exceeded),
+            deciding_budget_id=verdict.deciding.budget.id if verdict.deciding else "",
+            reason=verdict.reason,
+            warnings=verdict.warnings,
+        )
+
+    def reserve(
+        self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
+    ) -> ReserveOutcome:
+        if command.downgrade_of:
+            return self._resend(command, expires_ms, now_ms)
+        estimate = usd_to_micros(command.estimate_usd)
+        cheaper = command.downgrade_estimate_usd
+        downgrade = None if cheaper is None else usd_to_micros(cheaper)
+        scopes, model = command.scopes, command.model or UsageFacts()
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [
+                str(now_ms), reservation_id, str(expires_ms), str(estimate), "" if downgrade is None else str(downgrade),
+                command.idempotency_key, *scope_args(scopes), model.provider, model.model, str(command.estimate_tokens),
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+            ]  # fmt: skip
+
+        index, reply = self._money("reserve", build)
+        if reply[0] == "REPLAY":
+            return self._replay(reply[1], now_ms)
+        states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
+        plan = plan_reservation(states, estimate, downgrade_estimate=downgrade, resend=False)
+        answers.agree(plan, reply)
+        if plan.decision is Decision.DENY:
+            return answers.outcome(plan, states, "", 0)
+        self._remember(reservation_id, scopes)
+        return answers.outcome(plan, states, reservation_id, expires_ms)
+
+    def _resend(self, command: ReserveCommand, expires_ms: int, now_ms: int) -> ReserveOutcome:
+        """The second half of the downgrade exchange: swap the held estimate for the cheaper path's."""
+        rid = command.downgrade_of
+        scopes = self._scopes_of(rid)
+        if scopes is None:
+            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+        differs = bool(command.scopes.pairs()) and command.scopes != scopes
+        estimate = usd_to_micros(command.estimate_usd)
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [
+                str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0",
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+            ]  # fmt: skip
+
+        index, reply = self._money("resend", build)
+        kind = reply[0]
+        if kind == "NOTFOUND":
+            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+        if kind == "STATE":
+            state = ReservationState(int(reply[1]))
+            raise FailedPreconditionError(
+                f"reservation {rid!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+            )
+        if kind == "SCOPES":
+            raise InvalidRequestError(
+                "scopes", f"must be omitted or equal to the scopes of reservation {rid!r}"
+            )
+        if kind == "NOTAWAITING":
+            raise FailedPreconditionError(f"reservation {rid!r} is not awaiting a downgrade estimate")
+        if kind == "REPLAY":
+            return self._replay(rid, now_ms)
+        states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
+        plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
+        answers.agree(plan, reply)
+        if plan.decision is Decision.DENY:
+            return answers.outcome(plan, states, "", 0)
+        return answers.outcome(plan, states, rid, expires_ms)
+
+    def _replay(self, reservation_id: str, now_ms: int) -> ReserveOutcome:
+        """The first answer again: its decision and hold as stored, its words rebuilt from the standing
+        it was decided on, and the standing of its budgets now (without its own hold)."""
+        row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
+        if not row:
+            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+        scopes = answers.unpack_scopes(row["sc"])
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+
+        index, reply = self._money("standing", build)
+        states = self._states(index.match(scopes, enabled_only=True), reply, 1, now_ms=now_ms, at_ms=now_ms)
+        held = int(row["held"])
+        if row["st"] == str(int(ReservationState.HELD)):
+            own = set(row["holds"].split("\n"))
+            for s in states:
+                if hold_key(s.budget, s.entity) in own:
+                    s.reserved -= held
+        original = answers.snapshot_plan(index, row)
+        return ReserveOutcome(
+            decision=Decision(row["dec"]),
+            reservation_id=reservation_id,
+            reserved_usd=micros_to_usd(held),
+            expires_ms=int(row["exp"]),
+            budget_info=budget_infos(states, [exceeds(s, held) for s in states]),
+            deciding_budget_id=answers.deciding(original),
+            reason=original.verdict.reason,
+            warnings=original.verdict.warnings,
+            awaiting_downgrade_estimate=row["aw"] == "1",
+            replayed=True,
+        )
+
+    def _commit_script(
+        self, reservation_id: str, amount: int, total_tokens: int, facts: UsageFacts, now_ms: int
+    ) -> tuple[BudgetIndex, ScopeSet, list[Any]] | None:
+        """Settle a reservation as committed with ``amount`` and charge its budgets; ``None`` if unknown."""
+        total = total_tokens or facts.input_tokens + facts.output_tokens
+        scopes = self._scopes_of(reservation_id)
+        for _ in range(2):
+            if scopes is None:
+                return None
+            known = scopes
+
+            def build(index: BudgetIndex, known: ScopeSet = known) -> list[str]:
+                return [
+                    str(now_ms), reservation_id, str(amount), str(total), *facts_args(facts), *scope_args(known),
+                    *self._specs(index.match(known, enabled_only=False), now_ms, now_ms),
+                ]  # fmt: skip
+
+            index, reply = self._money("commit", build)
+            if reply[0] == "NOTFOUND":
+                return None
+            if reply[0] != "SCOPES":
+                return index, known, reply
+            scopes = self._scopes_of(reservation_id, fresh=True)
+        raise RuntimeError(f"the scopes of reservation {reservation_id!r} do not match what Redis holds")
+
+    def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
+        amount = usd_to_micros(command.actual_usd)
+        done = self._commit_script(
+            command.reservation_id, amount, command.actual_tokens, command.usage, now_ms
+        )
+        if done is None:
+            raise NotFoundError(
+                f"reservation {command.reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+            )
+        index, scopes, reply = done
+        if reply[0] == "DUP":
+            return CommitOutcome(
+                charged_usd=micros_to_usd(int(reply[1] or 0)),
+                released_usd=micros_to_usd(int(reply[2] or 0)),
+                duplicate=True,
+                late=reply[3] == "1",
+                budget_info=self._standing_infos(index, scopes, reply, 4, now_ms),
+            )
+        infos, fired = self._charged(index, scopes, reply, 5, now_ms=now_ms, at_ms=now_ms)
+        return CommitOutcome(
+            charged_usd=micros_to_usd(amount),
+            released_usd=micros_to_usd(int(reply[1])),
+            duplicate=False,
+            late=reply[2] == "1",
+            budget_info=infos,
+            alerts_fired=fired,
+            scopes=scopes,
+            usage=_recorded(command.usage, reply),
+        )
+
+    def _standing_infos(
+        self, index: BudgetIndex, scopes: ScopeSet, reply: Sequence[Any], offset: int, now_ms: int
+    ) -> tuple[BudgetInfo, ...]:
+        states = self._states(
+            index.match(scopes, enabled_only=True), reply, offset, now_ms=now_ms, at_ms=now_ms
+        )
+        return budget_infos(states, [s.used > s.limit for s in states])
+
+    def _charged(
+        self,
+        index: BudgetIndex,
+        scopes: ScopeSet,
+        reply: Sequence[Any],
+        offset: int,
+        *,
+        now_ms: int,
+        at_ms: int,
+    ) -> tuple[tuple[BudgetInfo, ...], tuple[int, ...]]:
+        enabled = index.match(scopes, enabled_only=True)
+        states = self._states(enabled, reply, offset, now_ms=now_ms, at_ms=at_ms)
+        fired = tuple(int(seq) for seq in reply[offset + 2 * len(enabled) :])
+        return budget_infos(states, [s.used > s.limit for s in states]), fired
+
+    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
+        reply = self._link.script("release", [str(now_ms), reservation_id])
+        if reply[0] == "NOTFOUND":
+            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+        if reply[0] == "COMMITTED":
+            raise FailedPreconditionError(
+                f"reservation {reservation_id!r} is committed already; it cannot be released"
+            )
+        return ReleaseOutcome(
+            released_usd=micros_to_usd(int(reply[2])), state=ReservationState(int(reply[1]))
+        )
+
+    def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
+        cost = usd_to_micros(command.cost_usd)
+        if command.reservation_id:
+            done = self._commit_script(
+                command.reservation_id, cost, command.total_tokens, command.usage, now_ms
+            )
+            if done is not None:
+                index, scopes, reply = done
+                if reply[0] == "DUP":
+                    infos = self._standing_infos(index, scopes, reply, 4, now_ms)
+                    return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
+                infos, fired = self._charged(index, scopes, reply, 5, now_ms=now_ms, at_ms=now_ms)
+                return RecordUsageOutcome(
+                    charged_usd=micros_to_usd(cost),
+                    duplicate=False,
+                    budget_info=infos,
+                    alerts_fired=fired,
+                    scopes=scopes,
+                    usage=_recorded(command.usage, reply),
+                )
+        occurred = now_ms if command.occurred_ms is None else command.occurred_ms
+        f = command.usage
+        total = command.total_tokens or f.input_tokens + f.output_tokens
+        scopes = command.scopes
+
+        def build(index: BudgetIndex) -> list[str]:
+            return [
+                str(now_ms), command.usage_id, str(occurred), str(cost), str(total), *facts_args(f),
+                *scope_args(scopes), command.reservation_id,
+                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred),
+            ]  # fmt: skip
+
+        index, reply = self._money("record", build)
+        if reply[0] == "DUP":
+            infos = self._standing_infos(index, scopes, reply, 1, now_ms)
+            return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
+        infos, fired = self._charged(index, scopes, reply, 1, now_ms=now_ms, at_ms=occurred)
+        return RecordUsageOutcome(
+            charged_usd=micros_to_usd(cost),
+            duplicate=False,
+            budget_info=infos,
+            alerts_fired=fired,
+            scopes=scopes,
+            usage=f,
+        )
+
+    def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
+        return int(self._link.script("expire", [str(now_ms), str(limit)]))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
+        if self._current().get(budget_id) is None:
+            self._refresh()
+        asked: list[tuple[LiveBudget, str]] = []
+
+        def build(index: BudgetIndex) -> list[str]:
+            live = index.get(budget_id)
+            if live is None:
+                raise NotFoundError(f"budget {budget_id!r} does not exist")
+            period = live.budget.period
+            key = "0" if period.is_rolling else str(period.window(now_ms, live.tz).start_ms)
+            asked[:] = [(live, entity_for(live, entity))]
+            return [str(now_ms), key, *self._specs(asked, now_ms, now_ms)]
+
+        _, reply = self._money("standing", build)
+        (state,) = self._states(asked, reply, 1, now_ms=now_ms, at_ms=now_ms)
+        return status_from_state(state, (int(t) for t in reply[3:]), now_ms)
+
+    def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
+        index = self._refresh()  # metrics read every budget: take the definitions as they are now
+        budgets = sorted(index, key=lambda live: live.budget.id)
+        wildcards = [live for live in budgets if live.budget.scope_id is None]
+        pipe = self._client.pipeline(transaction=False)
+        for live in wildcards:
+            pipe.smembers(f"{self._p}:ents:{live.budget.id}@{live.budget.generation}")
+        members = dict(zip((id(w) for w in wildcards), self._link.call(pipe.execute), strict=True))
+        pairs = [
+            (live, entity)
+            for live in budgets
+            for entity in (
+                sorted(members[id(live)]) if live.budget.scope_id is None else [live.budget.scope_id]
+            )
+        ]
+        found: dict[str, list[EntitySpend]] = {}
+        for start in range(0, len(pairs), _SPEND_CHUNK):
+            chunk = pairs[start : start + _SPEND_CHUNK]
+
+            def build(index: BudgetIndex, chunk: list[tuple[LiveBudget, str]] = chunk) -> list[str]:
+                return [str(now_ms), "", *self._specs(chunk, now_ms, now_ms)]
+
+            # The definitions were read just now; a budget changed meanwhile shows next scrape.
+            _, reply = self._money("standing", build)
+            for state in self._states(chunk, reply, 1, now_ms=now_ms, at_ms=now_ms):
+                found.setdefault(state.budget.id, []).append(
+                    EntitySpend(entity=state.entity, used_micros=state.used, reserved_micros=state.reserved)
+                )
+        return [_budget_spend(live, found.get(live.budget.id, []), max_entities) for live in budgets]
+
+    def held_reservations(self) -> tuple[int, int]:
+        def read() -> tuple[int, int]:
+            ids = self._client.zrange(f"{self._p}:due", 0, -1)
+            held = 0
+            for start in range(0, len(ids), _SPEND_CHUNK):
+                pipe = self._client.pipeline(transaction=False)
+                for rid in ids[start : start + _SPEND_CHUNK]:
+                    pipe.hget(f"{self._p}:r:{rid}", "held")
+                held += sum(int(v) for v in pipe.execute() if v is not None)
+            return len(ids), held
+
+        return self._link.call(read)
+
+    def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
+        return self._link.call(
+            lambda: reports.usage_rows(self._client, self._p, flt, columns, by_slot=by_slot)
+        )
+
+    # -- alerts ----------------------------------------------------------------------------------
+    def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:
+        return self._link.call(
+            lambda: reports.alerts_after(self._client, self._p, sequence, limit=limit, budget_ids=budget_ids)
+        )
+
+    def last_alert_sequence(self) -> int:
+        newest = self._link.call(lambda: self._client.zrevrange(f"{self._p}:alerts", 0, 0))
+        return int(newest[0]) if newest else 0
+
+    def claim_alerts(self, *, owner: str, now_ms: int, lease_ms: int, limit: int) -> list[Alert]:
+        if limit <= 0:
+            return []
+        seqs = self._link.script(
+            "claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"]
+        )
+        return self._link.call(lambda: reports.load_alerts(self._client, self._p, [int(s) for s in seqs]))
+
+    def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
+        if sequences:
+            self._link.script("ack_alerts", [str(now_ms), *(str(s) for s in sequences)])
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def prune(
+        self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
+    ) -> None:
+        housekeeping.prune(
+            self._link,
+            self._refresh(),
+            now_ms=now_ms,
+            reservation_retention_ms=reservation_retention_ms,
+            usage_retention_ms=usage_retention_ms,
+            alert_retention_ms=alert_retention_ms,
+        )
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def _recorded(facts: UsageFacts, reply: Sequence[Any]) -> UsageFacts:
+    """The facts a commit recorded: its own, with the reservation's provider and model where it named
+    none (the commit function answers with the two it used)."""
+    provider, model = reply[3] or "", reply[4] or ""
+    if (provider, model) == (facts.provider, facts.model):
+        return facts
+    return replace(facts, provider=provider, model=model)
+
+
+def _budget_spend(live: LiveBudget, entities: list[EntitySpend], max_entities: int) -> BudgetSpend:
+    """One budget's listing as ``LedgerStore.budget_spend`` defines it: a single-entity budget lists its
+    entity even at zero; a wildcard lists its entities with spend or holds, most first, at most
+    ``max_entities`` (an entity whose period charged exactly $0 counts as having none)."""
+    budget = live.budget
+    if budget.scope_id is not None:
+        one = (
+            entities[0] if entities else EntitySpend(entity=budget.scope_id, used_micros=0, reserved_micros=0)
+        )
+        return BudgetSpend(budget=budget, entities=(one,), entity_count=1)
+    active = [e for e in entities if e.used_micros or e.reserved_micros]
+    active.sort(key=lambda e: (-(e.used_micros + e.reserved_micros), e.entity))
+    return BudgetSpend(budget=budget, entities=tuple(active[:max_entities]), entity_count=len(active))
