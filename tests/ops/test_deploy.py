@@ -71,9 +71,8 @@ def check_sidecar_config(text: str) -> None:
     """The container config: the Redis store as agreed, and everything else valid for this sidecar."""
     raw = tomllib.loads(text)
     assert raw["store"] == {"kind": "redis", "url": "redis://redis:6379/0"}
-    # Until the Redis store is part of this sidecar, validate the rest against a SQLite store.
-    rest = re.sub(r"\[store\][^\[]*", '[store]\npath = "/tmp/x.db"\n\n', text)
-    config = parse_config(rest, source="sidecar.docker.toml")
+    config = parse_config(text, source="sidecar.docker.toml")
+    assert config.store.kind == "redis"
     assert config.metrics.enabled and config.metrics.listen.endswith(DEFAULT_METRICS_LISTEN.rsplit(":")[1])
     assert config.server.listen == "0.0.0.0:7310"
 
