@@ -184,5 +184,5 @@ def _branch_estimate(run: _Run, pipeline: Pipeline, data: Any) -> UsageEstimate:
     total = UsageEstimate()
     for s in pipeline.steps:
         if s.kind == "agent":
-            total = total + run.core.estimate(s, data, run.ctx)[0]
+            total = total + run.estimate(s, data)[0]
     return total

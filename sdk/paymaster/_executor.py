@@ -96,6 +96,24 @@ class ExecutorCore:
             learned=self.learned,
         )
 
+    def plan(self, step: Step) -> tuple[UsageEstimate, str] | None:
+        """The estimate of ``step`` for a whole run when it cannot change from call to call (see
+        ``HeuristicEstimator.static_estimate``), else ``None``: an injected estimator and a matching
+        registry rule are asked at every call."""
+        if self.usage_estimator is not None:
+            return None
+        factory = self.estimator_factory
+        if factory is not None:
+            if factory.select(step) is not None:
+                return None
+            heuristic = factory.heuristic
+        else:
+            from paymaster.estimation import default_heuristic
+
+            heuristic = default_heuristic()
+        fixed: tuple[UsageEstimate, str] | None = heuristic.static_estimate(step, learned=self.learned)
+        return fixed
+
     def observe(self, step: Step, usage: MeasuredUsage) -> None:
         """Feed a finished call's actual usage to a learning estimator, if there is one."""
         if self.learned is not None:
@@ -105,7 +123,7 @@ class ExecutorCore:
 class _Run:
     """The state of one run: shared by all its steps, never by two runs."""
 
-    __slots__ = ("core", "ctx", "gate", "meter", "spans", "tel", "tracer", "warned_models")
+    __slots__ = ("core", "ctx", "gate", "meter", "plans", "spans", "tel", "tracer", "warned_models")
 
     tel: RunMetrics
 
@@ -119,6 +137,9 @@ class _Run:
         self.ctx = ctx
         self.spans = spans
         self.warned_models: set[str] = set()
+        self.plans: dict[int, tuple[Step, tuple[UsageEstimate, str] | None]] = {}
+        """Per step (by id; the run holds the step, so the id stays its own): its fixed estimate, or
+        ``None`` when it must be estimated at every call."""
         self.gate: BudgetGate | None = None
         """The remote budget consulted around every agent step, when the runner has one."""
 
@@ -144,6 +165,14 @@ class _Run:
             data = record.output
         return data, True
 
+    def estimate(self, step: Step, data: Any) -> tuple[UsageEstimate, str]:
+        """What to reserve for ``step`` now: its fixed estimate for this run, or a fresh one."""
+        found = self.plans.get(id(step))
+        if found is None or found[0] is not step:
+            found = self.plans[id(step)] = (step, self.core.plan(step))
+        fixed = found[1]
+        return fixed if fixed is not None else self.core.estimate(step, data, self.ctx)
+
     async def run_adapter(self, step: Step, data: Any, record: StepResult) -> None:
         started = perf_counter()
         try:
@@ -163,7 +192,7 @@ class _Run:
         span: Span | None = None
         sctx = octx
         self.meter.preflight(agent)
-        estimate, strategy = self.core.estimate(step, data, self.ctx)
+        estimate, strategy = self.estimate(step, data)
         record.estimate, record.estimate_strategy = estimate, strategy
         tel.record_estimate(strategy)
         if self.spans:

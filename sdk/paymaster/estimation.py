@@ -186,6 +186,27 @@ class HeuristicEstimator:
         bound = self._price_bound(ref, agent, data)
         return (bound, "heuristic") if bound is not None else (ZERO_ESTIMATE, "minimal")
 
+    def static_estimate(
+        self, step: Any, *, learned: LearningEstimator | None = None
+    ) -> tuple[UsageEstimate, str] | None:
+        """The estimate when it cannot depend on the step's input or on what was learned meanwhile
+        (a free step, declared figures, no model, a config hint), else ``None``. The executor keeps
+        it for the rest of the run instead of estimating the same step again at every iteration."""
+        if getattr(step, "kind", "agent") in _FREE_KINDS:
+            return ZERO_ESTIMATE, "minimal"
+        config = getattr(step, "config", None)
+        declared = getattr(config, "expected_cost_usd", None) is not None or (
+            getattr(config, "expected_tokens", None) is not None
+        )
+        if not declared and learned is not None:
+            return None
+        found = agent_model(getattr(step, "agent", None))
+        if declared or found is None:
+            return self.estimate_with_strategy(step, None, None, learned=learned)
+        if self.calculator.cost.hint_for(self.calculator.resolve(*found)) is not None:
+            return self.estimate_with_strategy(step, None, None, learned=learned)
+        return None  # a price bound: it grows with the input
+
     def rates(self, ref: ModelRef) -> tuple[Decimal, Decimal] | None:
         """USD per input token and per output token of a model, or ``None`` when unpriced (cached)."""
         if ref not in self._rates:

@@ -137,11 +137,12 @@ class RunMetrics:
 
     FLUSH_INTERVAL_S: Final = 1.0
 
-    __slots__ = ("_instruments", "_last_flush", "_pending")
+    __slots__ = ("_instruments", "_last_flush", "_pending", "_usage_keys")
 
     def __init__(self, instruments: dict[str, Any]) -> None:
         self._instruments = instruments
         self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._usage_keys: dict[tuple[str, str | None, str | None, str], tuple[_Key, ...]] = {}
         self._last_flush = perf_counter()
 
     def add(self, name: str, value: float, attributes: tuple[tuple[str, str], ...]) -> None:
@@ -166,46 +167,63 @@ class RunMetrics:
 
     def record_usage(self, step: str, estimate: UsageEstimate, usage: MeasuredUsage) -> None:
         """Count spend, tokens and the estimate's variance of one finished agent call."""
-        model = usage.model or "unknown"
-        if usage.cost_usd is not None:
-            if usage.cost_usd:
-                key = (
-                    ("cost_source", usage.cost_source),
-                    ("model", model),
-                    ("provider", usage.provider or "unknown"),
-                    ("step", step),
-                )
-                self.add("paymaster.cost_usd", float(usage.cost_usd), key)
-            cents = (usage.cost_usd - estimate.cost_usd) * _CENT
-            self.add("estimation.variance.count", 1, (("bucket", variance_bucket(cents)), ("type", "cost")))
+        # Every agent step comes here: the series keys of one (step, model, provider, source) are
+        # built once per run, and the sums are updated in place.
+        facts = (step, usage.model, usage.provider, usage.cost_source)
+        keys = self._usage_keys.get(facts)
+        if keys is None:
+            keys = self._usage_keys[facts] = _usage_keys(*facts)
+        pending = self._pending
+        cost = usage.cost_usd
+        if cost is not None:
+            if cost:
+                pending[keys[0]] = pending.get(keys[0], 0) + float(cost)
+            bucket = _COST_VARIANCE[variance_bucket((cost - estimate.cost_usd) * _CENT)]
+            pending[bucket] = pending.get(bucket, 0) + 1
         elif usage.cost_source == "unknown":
-            self.add("paymaster.unpriced_calls", 1, (("model", model), ("step", step)))
+            pending[keys[1]] = pending.get(keys[1], 0) + 1
         if usage.total_tokens:
             if usage.input_tokens or usage.output_tokens:
-                self.add(
-                    "paymaster.tokens",
-                    usage.input_tokens,
-                    (("model", model), ("step", step), ("type", "input")),
-                )
-                self.add(
-                    "paymaster.tokens",
-                    usage.output_tokens,
-                    (("model", model), ("step", step), ("type", "output")),
-                )
+                pending[keys[2]] = pending.get(keys[2], 0) + usage.input_tokens
+                pending[keys[3]] = pending.get(keys[3], 0) + usage.output_tokens
             else:
-                self.add(
-                    "paymaster.tokens",
-                    usage.total_tokens,
-                    (("model", model), ("step", step), ("type", "total")),
-                )
-        tokens_bucket = variance_bucket(usage.total_tokens - estimate.tokens)
-        self.add("estimation.variance.count", 1, (("bucket", tokens_bucket), ("type", "tokens")))
+                pending[keys[4]] = pending.get(keys[4], 0) + usage.total_tokens
+        bucket = _TOKEN_VARIANCE[variance_bucket(usage.total_tokens - estimate.tokens)]
+        pending[bucket] = pending.get(bucket, 0) + 1
         if perf_counter() - self._last_flush > self.FLUSH_INTERVAL_S:
             self.flush()
 
     def record_outcome(self, outcome: str) -> None:
         """Count an agent step's outcome."""
         self.add("paymaster.steps", 1, (("outcome", outcome),))
+
+
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+"""A pending counter series: instrument name and sorted attribute pairs."""
+
+
+def _usage_keys(step: str, model: str | None, provider: str | None, source: str) -> tuple[_Key, ...]:
+    """The series one call's figures go to: cost, unpriced, input, output and total tokens."""
+    m = model or "unknown"
+    return (
+        (
+            "paymaster.cost_usd",
+            (("cost_source", source), ("model", m), ("provider", provider or "unknown"), ("step", step)),
+        ),
+        ("paymaster.unpriced_calls", (("model", m), ("step", step))),
+        ("paymaster.tokens", (("model", m), ("step", step), ("type", "input"))),
+        ("paymaster.tokens", (("model", m), ("step", step), ("type", "output"))),
+        ("paymaster.tokens", (("model", m), ("step", step), ("type", "total"))),
+    )
+
+
+_VARIANCE_BUCKETS = ("0", "<=1", "<=10", "<=100", ">100")
+_COST_VARIANCE: Final[dict[str, _Key]] = {
+    b: ("estimation.variance.count", (("bucket", b), ("type", "cost"))) for b in _VARIANCE_BUCKETS
+}
+_TOKEN_VARIANCE: Final[dict[str, _Key]] = {
+    b: ("estimation.variance.count", (("bucket", b), ("type", "tokens"))) for b in _VARIANCE_BUCKETS
+}
 
 
 def usage_attributes(usage: MeasuredUsage) -> dict[str, Any]:

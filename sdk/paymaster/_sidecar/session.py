@@ -304,7 +304,7 @@ class BudgetSession:
     ) -> UsageEstimate | None:
         if path is None:
             return None
-        cheaper, strategy = run.core.estimate(path.step, data, run.ctx)
+        cheaper, strategy = run.estimate(path.step, data)
         # Nothing is known of the cheaper path: hold what the step itself was expected to cost.
         return estimate if strategy == "minimal" else cheaper
 
