@@ -319,7 +319,7 @@ def test_housekeeping_forgets_what_no_window_or_retention_needs(redis_server: Re
 def test_with_wait_replicas_a_change_is_answered_only_once_a_replica_has_it(tmp_path: Path) -> None:
     primary = RedisServer(tmp_path / "primary", extra=("--repl-diskless-sync-delay", "0")).start()
     replica = RedisServer(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))).start()
-    store = RedisStore(primary.url, namespace="waited", wait_replicas=1, wait_timeout_ms=500)
+    store = RedisStore(primary.url, namespace="waited", wait_replicas=1, wait_timeout_ms=2000)
     ledger = Ledger(store, clock=ManualClock(START))
     mirror = replica.client()
     try:
@@ -330,7 +330,7 @@ def test_with_wait_replicas_a_change_is_answered_only_once_a_replica_has_it(tmp_
         assert mirror.hget("{waited}:r:" + held.reservation_id, "held") == "400000"
         replica.stop()
         with pytest.raises(
-            StoreUnavailableError, match=r"only 0 of 1 replica\(s\) acknowledged it within 500 ms"
+            StoreUnavailableError, match=r"only 0 of 1 replica\(s\) acknowledged it within 2000 ms"
         ):
             ledger.commit(CommitCommand(reservation_id=held.reservation_id, actual_usd=D("0.3")))
         replica.start()
