@@ -265,6 +265,12 @@ class SidecarConfig(_Section):
                 parse_sentinel_url(store.url)
             except ValueError as exc:
                 raise InvalidRequestError("store.url", str(exc)) from None
+        if store.wait_replicas and store.wait_timeout_ms >= store.socket_timeout_seconds * 1000:
+            raise InvalidRequestError(
+                "store.wait_timeout_ms",
+                f"{store.wait_timeout_ms} ms must be shorter than store.socket_timeout_seconds "
+                f"({store.socket_timeout_seconds:g} s), or the socket times out before replicas can answer",
+            )
         if store.cluster and store.wait_replicas:
             raise InvalidRequestError(
                 "store.wait_replicas", "is not supported with cluster = true; leave it 0"

@@ -119,6 +119,10 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
             "cfg.toml: store.backoff_initial_seconds: 9 is above store.backoff_max_seconds",
         ),
         (
+            "[store]\nkind = 'redis'\nurl = 'redis://h:1'\nwait_replicas = 1\nwait_timeout_ms = 2000\n",
+            "cfg.toml: store.wait_timeout_ms: 2000 ms must be shorter than store.socket_timeout_seconds (2 s)",
+        ),
+        (
             "[store]\nkind = 'redis'\nurl = 'redis://h:1'\ncluster = true\nwait_replicas = 1\n",
             "cfg.toml: store.wait_replicas: is not supported with cluster = true",
         ),
