@@ -5,7 +5,11 @@ Anthropic response, or an explicit cost report) with counts that follow from the
 run prints the same figures. The pipeline fans out to three research branches, then drafts and
 reviews in a loop until the reviewer approves. It runs twice: once with room to finish, once under
 a budget too small for it, which halts it — the second table and the history show what ran, what
-was denied before it ran, and what every step really cost, with the source of each price.
+was denied before it ran, and what every step really cost, with the source of each price. Then it
+starts the budget sidecar in-process, on its embedded SQLite store in a temporary directory (no
+server to install), declares a team budget there, and runs the pipeline twice more against it: the
+first run fits, the second is denied by the team's budget before the call that would pass it, and
+the sidecar's own status and usage report show where the money went.
 
 Prices come from a small built-in ``paymaster.toml`` (``--config`` uses yours instead); models it
 does not price fall back to the genai-prices library, and a model nobody can price is shown as
@@ -228,7 +232,9 @@ def history(steps: Sequence[StepResult], depth: int = 0) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- running
-def _runner(limits: UsageLimits, config: PaymasterConfig, providers: tuple[Any, Any]) -> Runner:
+def _runner(
+    limits: UsageLimits, config: PaymasterConfig, providers: tuple[Any, Any], *, budget: Any = None
+) -> Runner:
     calculator = CostCalculator(config)
     executor = ExecutorCore(estimator_factory=UsageEstimatorFactory(heuristic=HeuristicEstimator(calculator)))
     return Runner(
@@ -239,6 +245,7 @@ def _runner(limits: UsageLimits, config: PaymasterConfig, providers: tuple[Any, 
         tracer_provider=providers[0],
         meter_provider=providers[1],
         name="research-assistant",
+        budget=budget,
     )
 
 
@@ -276,7 +283,72 @@ def _telemetry_summary(spans: Any, reader: Any) -> list[str]:
     return lines
 
 
-def run_demo(*, tight: UsageLimits = TIGHT, config: PaymasterConfig | None = None) -> int:
+SIDECAR_CONFIG = """
+[server]
+listen = "127.0.0.1:0"
+grace_seconds = 0
+[store]
+path = "{db}"
+[alerts]
+otel_logs = false
+
+[[budgets]]
+id = "research-daily"
+name = "Research team, daily"
+scope = "team"
+scope_id = "research"
+limit_usd = "0.06"
+period = "daily"
+on_exceed = "block"
+alert_thresholds = [50, 100]
+"""
+"""The demo's sidecar: one block budget of $0.06 a day for the research team."""
+
+
+def run_with_sidecar(config: PaymasterConfig, providers: tuple[Any, Any]) -> None:
+    """Start a sidecar on a temporary SQLite store and run the pipeline twice under its team budget."""
+    import tempfile
+    from pathlib import Path
+
+    from collector_processor.config import parse_config as parse_sidecar_config
+    from collector_processor.server import create_sidecar
+
+    from paymaster.budget import SidecarBudget
+    from paymaster.cli import main as cli
+    from paymaster.exceptions import BudgetExceededError
+    from paymaster.scopes import Scopes
+
+    with tempfile.TemporaryDirectory(prefix="paymaster-demo-") as tmp:
+        db = Path(tmp) / "sidecar.db"
+        sidecar_config = parse_sidecar_config(SIDECAR_CONFIG.format(db=db), source="demo sidecar.toml")
+        sidecar = create_sidecar(sidecar_config).start()
+        try:
+            print(f"Runs 3 and 4: against the sidecar at {sidecar.address} (store: sqlite, embedded),")
+            print("which holds a block budget of $0.06 a day for team 'research'")
+            scopes = Scopes(team="research", user="ada")
+            with SidecarBudget(sidecar.address, scopes=scopes, journal_dir=None, deadline_s=5) as budget:
+                for run in (3, 4):
+                    runner = _runner(ROOMY, config, providers, budget=budget)
+                    try:
+                        result = runner.run("How should platform teams cap LLM spend per tenant?")
+                        print(f"\nRun {run}:")
+                        print(cost_table(result))
+                    except BudgetExceededError as exc:
+                        assert exc.result is not None
+                        print(f"\nRun {run}:")
+                        print(cost_table(exc.result))
+                        print(f"\nThe sidecar denied the run: {exc}")
+            print("\nThe sidecar's view (paymaster budgets status research-daily):")
+            cli(["--target", sidecar.address, "budgets", "status", "research-daily"])
+            print("\nSpend recorded by the sidecar (paymaster usage --by team,model):")
+            cli(["--target", sidecar.address, "usage", "--by", "team,model"])
+        finally:
+            sidecar.stop(0)
+
+
+def run_demo(
+    *, tight: UsageLimits = TIGHT, config: PaymasterConfig | None = None, sidecar: bool = True
+) -> int:
     """Run the pipeline with room to finish, then under ``tight``; print both tables and the halt."""
     config = config if config is not None else parse_config(DEMO_CONFIG, path="demo paymaster.toml")
     tracer_provider, meter_provider, spans, reader = _telemetry()
@@ -301,6 +373,14 @@ def run_demo(*, tight: UsageLimits = TIGHT, config: PaymasterConfig | None = Non
         print("History of the halted run:")
         print("\n".join("  " + line for line in history(exc.result.step_history)))
     print()
+    if sidecar:
+        try:
+            import grpc  # noqa: F401  (only to tell whether the sidecar can run here)
+        except ImportError:
+            print("(install paymaster[sidecar] to run the pipeline against the budget sidecar)\n")
+        else:
+            run_with_sidecar(config, providers)
+            print()
     print("\n".join(_telemetry_summary(spans, reader)))
     return 0
 
@@ -309,12 +389,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paymaster demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", default="0.03", help="cost limit of the second run, USD (default 0.03)")
     parser.add_argument("--config", help="price the agents from this paymaster.toml instead")
+    parser.add_argument(
+        "--no-sidecar", action="store_true", help="skip the runs against the embedded budget sidecar"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         tight = UsageLimits(total_cost_usd_limit=args.limit, total_tokens_limit=200_000)
         config = load_config(args.config) if args.config else None
-        return run_demo(tight=tight, config=config)
+        return run_demo(tight=tight, config=config, sidecar=not args.no_sidecar)
     except PaymasterError as exc:
         print(f"paymaster demo: {exc}")
         return 2

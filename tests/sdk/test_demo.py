@@ -13,7 +13,7 @@ from paymaster import demo
 def test_the_demo_prices_every_call_shows_its_source_and_halts_the_tight_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert demo.main([]) == 0
+    assert demo.main(["--no-sidecar"]) == 0
     out = capsys.readouterr().out
     first, second = out.split("Run 2:")
     for source in ("explicit", "library", "configured", "unknown", "config_hint"):
@@ -26,13 +26,27 @@ def test_the_demo_prices_every_call_shows_its_source_and_halts_the_tight_run(
     assert "quota.reserve.denied x1" in second
 
 
+def test_against_the_embedded_sidecar_the_second_run_is_denied_by_the_team_budget(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert demo.main([]) == 0
+    out = capsys.readouterr().out.split("Runs 3 and 4:")[1]
+    third, fourth = out.split("Run 4:")
+    assert "total: $0.042060" in third and "denied" not in third
+    assert "refine[1].review" in fourth and "denied (budget_denied)" in fourth
+    assert "The sidecar denied the run: Denied by block budget 'Research team, daily' (team=research)" in fourth
+    # The sidecar's own figures: both runs' spend, committed once each.
+    assert "used USD        0.057878" in fourth
+    assert "TOTAL                        0.057878" in fourth
+
+
 def test_a_roomy_limit_lets_the_second_run_finish(capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main(["--limit", "5"]) == 0
+    assert demo.main(["--limit", "5", "--no-sidecar"]) == 0
     assert "The run finished within its limit." in capsys.readouterr().out
 
 
 def test_a_bad_limit_is_reported_not_raised(capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main(["--limit", "-1"]) == 2
+    assert demo.main(["--limit", "-1", "--no-sidecar"]) == 2
     assert capsys.readouterr().out.strip() == (
         "paymaster demo: UsageLimits: total_cost_usd_limit must not be negative, got '-1'"
     )
@@ -40,7 +54,7 @@ def test_a_bad_limit_is_reported_not_raised(capsys: pytest.CaptureFixture[str]) 
 
 def test_the_console_script_runs_the_demo() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "paymaster.cli", "demo", "--limit", "0.03"],
+        [sys.executable, "-m", "paymaster.cli", "demo", "--limit", "0.03", "--no-sidecar"],
         capture_output=True,
         text=True,
         timeout=60,
