@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from collector_processor.budgets import ScopeSet
-from collector_processor.decisions import BudgetState, Plan, budget_infos, plan_reservation
-from collector_processor.ledger_types import ReserveOutcome
-from collector_processor.money import micros_to_usd
+from collector_processor.decisions import BudgetState, Plan, plan_reservation
 from collector_processor.store._index import BudgetIndex
 from collector_processor.store._redis_codec import parse_hold_key
 
-__all__ = ["agree", "deciding", "outcome", "snapshot_plan", "unpack_scopes"]
+__all__ = ["agree", "snapshot_plan", "unpack_scopes"]
 
 
 def agree(plan: Plan, reply: Sequence[Any]) -> None:
@@ -29,27 +27,6 @@ def agree(plan: Plan, reply: Sequence[Any]) -> None:
         raise RuntimeError(
             f"the Redis script decided {theirs} where the decision rules decide {ours}; this is a bug"
         )
-
-
-def deciding(plan: Plan) -> str:
-    return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
-
-
-def outcome(
-    plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int
-) -> ReserveOutcome:
-    verdict = plan.verdict
-    return ReserveOutcome(
-        decision=plan.decision,
-        reservation_id=reservation_id,
-        reserved_usd=micros_to_usd(plan.hold),
-        expires_ms=expires_ms,
-        budget_info=budget_infos(states, verdict.exceeded),
-        deciding_budget_id=deciding(plan),
-        reason=verdict.reason,
-        warnings=verdict.warnings,
-        awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
-    )
 
 
 def unpack_scopes(packed: str) -> ScopeSet:

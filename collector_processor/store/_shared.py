@@ -1,6 +1,6 @@
 """Rules every store applies the same way, outside its atomic operations: who may change a budget,
-which entity a status read is for, how a status is built from a standing, and how the budgets a
-config file declares are reconciled with the ones a store holds.
+which entity a status read is for, how a status and the answers to Check and Reserve are built from
+a standing, and how the budgets a config file declares are reconciled with the ones a store holds.
 """
 
 from __future__ import annotations
@@ -9,13 +9,57 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from collector_processor.budgets import Budget
-from collector_processor.decisions import BudgetState, projection
+from collector_processor.decisions import BudgetState, Plan, budget_infos, evaluate, projection
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError
-from collector_processor.ledger_types import BudgetStatus
+from collector_processor.ledger_types import BudgetStatus, CheckOutcome, ReserveOutcome
 from collector_processor.money import micros_to_usd, percentage
 from collector_processor.store._index import LiveBudget
 
-__all__ = ["ConfigSync", "entity_for", "plan_config_sync", "refuse_config", "status_from_state"]
+__all__ = [
+    "ConfigSync",
+    "check_outcome",
+    "deciding",
+    "entity_for",
+    "plan_config_sync",
+    "refuse_config",
+    "reserve_outcome",
+    "status_from_state",
+]
+
+
+def deciding(plan: Plan) -> str:
+    """The id of the budget that decided a reservation, or '' when none did (allow)."""
+    return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
+
+
+def reserve_outcome(
+    plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int
+) -> ReserveOutcome:
+    """The answer to a Reserve from its plan and the standings it was decided on."""
+    verdict = plan.verdict
+    return ReserveOutcome(
+        decision=plan.decision,
+        reservation_id=reservation_id,
+        reserved_usd=micros_to_usd(plan.hold),
+        expires_ms=expires_ms,
+        budget_info=budget_infos(states, verdict.exceeded),
+        deciding_budget_id=deciding(plan),
+        reason=verdict.reason,
+        warnings=verdict.warnings,
+        awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
+    )
+
+
+def check_outcome(states: Sequence[BudgetState], estimate_micros: int) -> CheckOutcome:
+    """The answer to a CheckBudget: the decision a reservation of the estimate would get now."""
+    verdict = evaluate(states, estimate_micros)
+    return CheckOutcome(
+        decision=verdict.decision,
+        budget_info=budget_infos(states, verdict.exceeded),
+        deciding_budget_id=verdict.deciding.budget.id if verdict.deciding else "",
+        reason=verdict.reason,
+        warnings=verdict.warnings,
+    )
 
 
 def refuse_config(budget: Budget, allow_config: bool, verb: str) -> None:

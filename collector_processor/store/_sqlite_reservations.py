@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from collector_processor.budgets import ScopeSet
-from collector_processor.decisions import BudgetState, Plan, budget_infos, exceeds, plan_reservation
+from collector_processor.decisions import BudgetState, budget_infos, exceeds, plan_reservation
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, NotFoundError
 from collector_processor.ledger_types import (
     BudgetInfo,
@@ -25,6 +25,7 @@ from collector_processor.ledger_types import (
 )
 from collector_processor.money import micros_to_usd, usd_to_micros
 from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.store._shared import deciding, reserve_outcome
 from collector_processor.store._sqlite_schema import decode_holds, encode_holds
 
 __all__ = [
@@ -187,7 +188,7 @@ def reserve(
         resend=False,
     )
     if plan.decision is Decision.DENY:
-        return _outcome(plan, states, "", 0)
+        return reserve_outcome(plan, states, "", 0)
     expires = expires_ms
     holds = _hold_keys(states)
     s, model = command.scopes, command.model or UsageFacts()
@@ -196,33 +197,12 @@ def reserve(
         (
             reservation_id, command.idempotency_key or None, s.organization, s.team, s.agent, s.workflow, s.user,
             plan.hold, encode_holds(holds), plan.decision.value, int(plan.awaiting_downgrade_estimate),
-            _deciding(plan), plan.verdict.reason, "\n".join(plan.verdict.warnings), command.estimate_tokens,
+            deciding(plan), plan.verdict.reason, "\n".join(plan.verdict.warnings), command.estimate_tokens,
             model.provider, model.model, now_ms, expires,
         ),
     )  # fmt: skip
     add_holds(conn, holds, plan.hold)
-    return _outcome(plan, states, reservation_id, expires)
-
-
-def _deciding(plan: Plan) -> str:
-    return plan.verdict.deciding.budget.id if plan.verdict.deciding else ""
-
-
-def _outcome(
-    plan: Plan, states: Sequence[BudgetState], reservation_id: str, expires_ms: int
-) -> ReserveOutcome:
-    verdict = plan.verdict
-    return ReserveOutcome(
-        decision=plan.decision,
-        reservation_id=reservation_id,
-        reserved_usd=micros_to_usd(plan.hold),
-        expires_ms=expires_ms,
-        budget_info=budget_infos(states, verdict.exceeded),
-        deciding_budget_id=_deciding(plan),
-        reason=verdict.reason,
-        warnings=verdict.warnings,
-        awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
-    )
+    return reserve_outcome(plan, states, reservation_id, expires)
 
 
 def replay_reservation(
@@ -289,17 +269,17 @@ def resend_downgrade(
             "UPDATE reservations SET state = 3, settled_ms = ?, released_micros = held_micros WHERE id = ?",
             (now_ms, row.id),
         )
-        return _outcome(plan, states, "", 0)
+        return reserve_outcome(plan, states, "", 0)
     holds = _hold_keys(states)
     add_holds(conn, holds, plan.hold)
     expires = expires_ms
     conn.execute(
         "UPDATE reservations SET held_micros = ?, holds = ?, decision = ?, awaiting = 0, deciding_budget_id = ?,"
         " reason = ?, warnings = ?, expires_ms = ? WHERE id = ?",
-        (plan.hold, encode_holds(holds), plan.decision.value, _deciding(plan), plan.verdict.reason,
+        (plan.hold, encode_holds(holds), plan.decision.value, deciding(plan), plan.verdict.reason,
          "\n".join(plan.verdict.warnings), expires, row.id),
     )  # fmt: skip
-    return _outcome(plan, states, row.id, expires)
+    return reserve_outcome(plan, states, row.id, expires)
 
 
 def settle_hold(conn: sqlite3.Connection, row: ReservationRow, state: ReservationState, now_ms: int) -> None:

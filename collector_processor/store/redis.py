@@ -33,7 +33,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet
-from collector_processor.decisions import BudgetState, budget_infos, evaluate, exceeds, plan_reservation
+from collector_processor.decisions import BudgetState, budget_infos, exceeds, plan_reservation
 from collector_processor.errors import (
     FailedPreconditionError,
     InvalidRequestError,
@@ -70,7 +70,13 @@ from collector_processor.store._redis_codec import (
     spec,
 )
 from collector_processor.store._redis_link import RedisLink
-from collector_processor.store._shared import entity_for, status_from_state
+from collector_processor.store._shared import (
+    check_outcome,
+    deciding,
+    entity_for,
+    reserve_outcome,
+    status_from_state,
+)
 from collector_processor.store.base import BudgetSpend, EntitySpend, UsageFilter, UsageRow
 
 __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
@@ -307,15 +313,7 @@ class RedisStore:
 
         index, reply = self._money("standing", build)
         matched = index.match(scopes, enabled_only=True)
-        states = self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms)
-        verdict = evaluate(states, estimate_micros)
-        return CheckOutcome(
-            decision=verdict.decision,
-            budget_info=budget_infos(states, verdict.exceeded),
-            deciding_budget_id=verdict.deciding.budget.id if verdict.deciding else "",
-            reason=verdict.reason,
-            warnings=verdict.warnings,
-        )
+        return check_outcome(self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms), estimate_micros)
 
     def reserve(
         self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
@@ -341,9 +339,9 @@ class RedisStore:
         plan = plan_reservation(states, estimate, downgrade_estimate=downgrade, resend=False)
         answers.agree(plan, reply)
         if plan.decision is Decision.DENY:
-            return answers.outcome(plan, states, "", 0)
+            return reserve_outcome(plan, states, "", 0)
         self._remember(reservation_id, scopes)
-        return answers.outcome(plan, states, reservation_id, expires_ms)
+        return reserve_outcome(plan, states, reservation_id, expires_ms)
 
     def _resend(self, command: ReserveCommand, expires_ms: int, now_ms: int) -> ReserveOutcome:
         """The second half of the downgrade exchange: swap the held estimate for the cheaper path's."""
@@ -381,8 +379,8 @@ class RedisStore:
         plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
         answers.agree(plan, reply)
         if plan.decision is Decision.DENY:
-            return answers.outcome(plan, states, "", 0)
-        return answers.outcome(plan, states, rid, expires_ms)
+            return reserve_outcome(plan, states, "", 0)
+        return reserve_outcome(plan, states, rid, expires_ms)
 
     def _replay(self, reservation_id: str, now_ms: int) -> ReserveOutcome:
         """The first answer again: its decision and hold as stored, its words rebuilt from the standing
@@ -410,7 +408,7 @@ class RedisStore:
             reserved_usd=micros_to_usd(held),
             expires_ms=int(row["exp"]),
             budget_info=budget_infos(states, [exceeds(s, held) for s in states]),
-            deciding_budget_id=answers.deciding(original),
+            deciding_budget_id=deciding(original),
             reason=original.verdict.reason,
             warnings=original.verdict.warnings,
             awaiting_downgrade_estimate=row["aw"] == "1",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
-from collector_processor.decisions import BudgetState, budget_infos, evaluate
+from collector_processor.decisions import BudgetState
 from collector_processor.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -45,7 +45,7 @@ from collector_processor.store import _sqlite_reservations as holds_sql
 from collector_processor.store import _sqlite_spend as spend_sql
 from collector_processor.store._group_commit import GroupCommitter
 from collector_processor.store._index import BudgetIndex
-from collector_processor.store._shared import entity_for, refuse_config
+from collector_processor.store._shared import check_outcome, entity_for, refuse_config
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, connect
 from collector_processor.store.base import BudgetSpend, UsageFilter, UsageRow
 
@@ -206,15 +206,7 @@ class SqliteStore:
             index = self._begin_op(conn, now_ms)
             return holds_sql.read_states(conn, index.match(scopes, enabled_only=True), now_ms)
 
-        states = self._write(op)
-        verdict = evaluate(states, estimate_micros)
-        return CheckOutcome(
-            decision=verdict.decision,
-            budget_info=budget_infos(states, verdict.exceeded),
-            deciding_budget_id=verdict.deciding.budget.id if verdict.deciding else "",
-            reason=verdict.reason,
-            warnings=verdict.warnings,
-        )
+        return check_outcome(self._write(op), estimate_micros)
 
     def reserve(
         self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
