@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,6 +44,18 @@ SERVICE_NAME = budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name
 log = logging.getLogger("paymaster.sidecar")
 
 
+class Component(Protocol):
+    """A part of the sidecar with ports of its own (the OTLP receiver), started after the budget API."""
+
+    def describe(self) -> str:
+        """Where it listens, for the start-up line."""
+        ...
+
+    def start(self) -> Any: ...
+
+    def stop(self, grace_s: float = 5.0) -> None: ...
+
+
 class Sidecar:
     """A built sidecar. ``start()`` runs the gRPC server on an event loop in its own thread and returns
     once the port is open; ``stop()`` drains requests and closes everything."""
@@ -58,10 +71,13 @@ class Sidecar:
         sweeper: Sweeper,
         on_close: list[Any],
         metrics: SelfMetrics | None = None,
+        components: Sequence[Component] = (),
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
+        self.components = tuple(components)
+        """Started after the budget API and stopped before it, e.g. the OTLP receiver."""
         self.store = store
         self.ledger = ledger
         self.hub = hub
@@ -93,6 +109,16 @@ class Sidecar:
             raise ConfigError(
                 f"{self.config.source}: server.listen: cannot serve on {self.config.server.listen}: {error}"
             ) from None
+        for i, component in enumerate(self.components):
+            try:
+                component.start()
+            except Exception as exc:  # a port in use
+                for started in self.components[:i]:
+                    started.stop(0)
+                self.stop(0)
+                raise ConfigError(
+                    f"{self.config.source}: {component.describe()}: cannot start: {exc}"
+                ) from None
         if self.dispatcher is not None:
             self.dispatcher.start()
         self._sweeper.start()
@@ -104,6 +130,8 @@ class Sidecar:
         self._stopped.set()
         if grace_s is not None:
             self._grace_s = grace_s
+        for component in reversed(self.components):
+            component.stop(self._grace_s)
         if self._loop is not None and self._stop_requested is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._stop_requested.set)
             self._thread.join()
@@ -188,6 +216,8 @@ def create_sidecar(
         store.close()
         raise ConfigError(f"{config.source}: budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
+    metrics = SelfMetrics()
+    components = _components(config, ledger, metrics, clock, store)
     on_close: list[Any] = []
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
     ledger.set_alert_listener(_listener(hub, dispatcher))
@@ -207,7 +237,32 @@ def create_sidecar(
         dispatcher=dispatcher,
         sweeper=sweeper,
         on_close=on_close,
+        metrics=metrics,
+        components=components,
     )
+
+
+def _components(
+    config: SidecarConfig, ledger: Ledger, metrics: SelfMetrics, clock: Clock, store: LedgerStore
+) -> list[Component]:
+    if not config.receivers.otlp.enabled:
+        return []
+    from collector_processor.otlp import create_otlp_receiver
+
+    source = Path(config.source)
+    try:
+        receiver = create_otlp_receiver(
+            config.receivers.otlp,
+            ledger=ledger,
+            metrics=metrics,
+            clock=clock,
+            retention_ms=int(config.ledger.reservation_retention_hours * 3_600_000),
+            config_dir=source.parent if source.is_file() else None,
+        )
+    except ConfigError as exc:
+        store.close()
+        raise ConfigError(f"{config.source}: {exc}") from None
+    return [receiver]
 
 
 def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:
@@ -280,6 +335,8 @@ def run(config: SidecarConfig) -> int:
         f"paymaster sidecar listening on {sidecar.address} (store: {config.store.kind} {config.store.path})",
         flush=True,
     )
+    for component in sidecar.components:
+        print(f"paymaster sidecar: {component.describe()}", flush=True)
 
     def shutdown(signum: int, frame: object) -> None:
         threading.Thread(target=sidecar.stop, name="paymaster-shutdown").start()

@@ -15,12 +15,18 @@ from collections.abc import Mapping
 from collector_processor.budgets import MAX_SCOPE_ID, SCOPE_ORDER, ScopeSet
 from collector_processor.otlp._view import decode_str
 from collector_processor.otlp.config import AttributionSection
+from collector_processor.otlp.spend_source import Service
 
 __all__ = ["Attributor", "ResourceScopes"]
 
 _SCOPES = tuple(scope.value for scope in SCOPE_ORDER)
 # The SDKs' default when an application sets no service name: it names nobody.
 _UNNAMED_PREFIX = "unknown_service"
+
+
+def _text(attributes: Mapping[str, bytes], name: str) -> str | None:
+    value = decode_str(attributes[name]) if name in attributes else None
+    return value if isinstance(value, str) else None
 
 
 def scope_value(raw: bytes) -> str | None:
@@ -54,12 +60,7 @@ class ResourceScopes:
         self.checks = tuple(checks)
         """``(attribute, scope index)`` a span of this resource may override the resource's scopes with."""
         self.default, self.default_unattributed = attributor.scopes(self._values)
-        service = attributes.get("service.name")
-        namespace = attributes.get("service.namespace")
-        self.service = (
-            decode_str(namespace) if namespace else None,
-            decode_str(service) if service else None,
-        )
+        self.service: Service = (_text(attributes, "service.namespace"), _text(attributes, "service.name"))
         """``(service.namespace, service.name)`` as sent: which application this is."""
 
     def for_span(self, attributes: Mapping[str, bytes]) -> tuple[ScopeSet, bool]:

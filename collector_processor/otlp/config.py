@@ -26,6 +26,8 @@ __all__ = [
     "create_default_config",
 ]
 
+ScopeName = Literal["organization", "team", "agent", "workflow", "user"]
+_ALL_SCOPES: tuple[ScopeName, ...] = ("organization", "team", "agent", "workflow", "user")
 _ATTRIBUTE = re.compile(r"[A-Za-z0-9_.\-/:]{1,255}")
 _URL = re.compile(r"https?://[^/\s]+(/\S*)?")
 
@@ -54,9 +56,7 @@ class AttributionSection(_Section):
     user: list[str] = Field(default_factory=lambda: ["enduser.id"])
     unattributed_id: str = "unattributed"
     """The id spend is charged to when no attribute names any scope."""
-    unattributed_scopes: list[Literal["organization", "team", "agent", "workflow", "user"]] = Field(
-        default_factory=lambda: ["organization", "team", "agent", "workflow", "user"]
-    )
+    unattributed_scopes: list[ScopeName] = Field(default_factory=lambda: list(_ALL_SCOPES))
     """The scopes that carry ``unattributed_id`` for such spend (so every usage breakdown shows it)."""
 
     def sources(self) -> dict[str, tuple[str, ...]]:

@@ -133,10 +133,10 @@ class _Groups:
                 return [g] * len(ends)
         slots = map(floordiv, ends, repeat(_SLOT_MS))
         scope_ids = repeat(id(default[0])) if scopes is None else map(id, map(itemgetter(0), scopes))
-        keys = list(zip(scope_ids, prices, slots))
+        keys = list(zip(scope_ids, prices, slots, strict=False))  # scope_ids may repeat()
         new = set(keys).difference(index)
         if new:  # a scope set, model or quarter hour not seen in this export yet: rare
-            scope_of = dict(zip(keys, repeat(default) if scopes is None else scopes))
+            scope_of = dict(zip(keys, repeat(default) if scopes is None else scopes, strict=False))
             for key in sorted(new, key=keys.index):
                 self._add(key, scope_of[key], key[1])
         ids = list(map(index.__getitem__, keys))
@@ -225,6 +225,7 @@ class TraceProcessor:
         ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
         uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
         usable = min(tin) >= 0 and min(tout) >= 0 and min(ends) > 0 and max(ends) <= window.newest_ms
+        counts: list[list[int]] = []
         if not usable or any(extras) or set(map(len, uids)) != _ID_LENGTH:
             usage = self._usages(spans, tin, tout, extras, ends, uids, window, plan)
             keep = [u is not None for u in usage]
@@ -233,14 +234,16 @@ class TraceProcessor:
                     return
                 spans, maps, ends, uids = (list(compress(c, keep)) for c in (spans, maps, ends, uids))
                 usage = list(compress(usage, keep))
-            tin, tout, cache_read, cache_creation, reasoning = (list(c) for c in zip(*usage, strict=True))
-            extras = [cache_read, cache_creation, reasoning]
-        else:
-            extras = []
+            tin, tout, *counts = (list(c) for c in zip(*usage, strict=True))
+            if not any(map(any, counts)):
+                counts = []  # cache and reasoning counts all zero: priced like plain usage
         prices = list(
-            map(self._prices.__getitem__, zip(_column(maps, PROVIDER, _NONE), _column(maps, MODEL, _NONE)))
+            map(
+                self._prices.__getitem__,
+                zip(_column(maps, PROVIDER, _NONE), _column(maps, MODEL, _NONE), strict=True),
+            )
         )
-        femto, sources = self._costs(maps, prices, tin, tout, extras)
+        femto, sources = self._costs(maps, prices, tin, tout, counts)
         if enrich:
             _enrich(maps, femto, sources)
         plan.priced.update(sources)
@@ -256,7 +259,7 @@ class TraceProcessor:
             charge = [c and not s for c, s in zip(charge, stale, strict=True)]
         reservations = _optional(maps, (RESERVATION,))
         if reservations is not None:
-            charge = self._reservations(reservations, charge, maps, context, uids, femto, tin, tout, extras, prices,
+            charge = self._reservations(reservations, charge, maps, context, uids, femto, tin, tout, counts, prices,
                                         ends, plan)  # fmt: skip
         if not all(charge):
             if not any(charge):
@@ -264,14 +267,17 @@ class TraceProcessor:
             maps, prices, ends, uids, femto, tin, tout = (
                 list(compress(c, charge)) for c in (maps, prices, ends, uids, femto, tin, tout)
             )
-            extras = [list(compress(c, charge)) for c in extras]
+            counts = [list(compress(c, charge)) for c in counts]
         scopes = self._span_scopes(maps, context)
         ids = groups.ids(scopes, (context.default, context.default_unattributed), prices, ends)
-        micros = map(neg, map(floordiv, map(neg, femto), repeat(_FEMTO_PER_MICRO)))
+        charged: list[int] = femto  # type: ignore[assignment]  # every cost left is known
+        micros = map(neg, map(floordiv, map(neg, charged), repeat(_FEMTO_PER_MICRO)))
         zeros = repeat(0)
-        cache_read, cache_creation, reasoning = extras if extras else (zeros, zeros, zeros)
+        cache_read, cache_creation, reasoning = counts if counts else (zeros, zeros, zeros)
         plan.items.extend(
-            zip(ends, uids, ids, micros, tin, tout, cache_read, cache_creation, reasoning, zeros)
+            zip(
+                ends, uids, ids, micros, tin, tout, cache_read, cache_creation, reasoning, zeros, strict=False
+            )
         )
 
     def _costs(
@@ -333,12 +339,11 @@ class TraceProcessor:
             if not reservation or cost is None:
                 continue
             scopes = context.for_span(maps[i])[0]
-            usage = (
-                (tin[i], tout[i], *(column[i] for column in extras)) if extras else (tin[i], tout[i], 0, 0, 0)
-            )
+            read, creation, reasoning = (c[i] for c in extras) if extras else (0, 0, 0)
+            usage = (tin[i], tout[i], read, creation, reasoning)
             plan.reservations.append(
                 _reservation_usage(uids[i], scopes, cost, usage, prices[i], ends[i], reservation)
-            )  # type: ignore[arg-type]
+            )
             out[i] = False
         return out
 
