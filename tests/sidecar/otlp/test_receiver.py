@@ -65,7 +65,7 @@ def test_spans_sent_by_the_sdk_grpc_exporter_are_priced_charged_and_forwarded_en
                 limit_usd="10",
                 period="daily",
                 on_exceed=pb.ON_EXCEED_BLOCK,
-            )  # fmt: skip
+            )
         )
     )
     exporter = OTLPSpanExporter(
