@@ -53,7 +53,9 @@ class Component(Protocol):
 
     def start(self) -> Any: ...
 
-    def stop(self, grace_s: float = 5.0) -> None: ...
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Finish what is in flight; harmless to call twice or before ``start``."""
+        ...
 
 
 class Sidecar:
@@ -109,12 +111,10 @@ class Sidecar:
             raise ConfigError(
                 f"{self.config.source}: server.listen: cannot serve on {self.config.server.listen}: {error}"
             ) from None
-        for i, component in enumerate(self.components):
+        for component in self.components:
             try:
                 component.start()
             except Exception as exc:  # a port in use
-                for started in self.components[:i]:
-                    started.stop(0)
                 self.stop(0)
                 raise ConfigError(
                     f"{self.config.source}: {component.describe()}: cannot start: {exc}"
@@ -249,7 +249,8 @@ def _components(
         return []
     from collector_processor.otlp import create_otlp_receiver
 
-    source = Path(config.source)
+    # A relative price file is found next to the sidecar's own config file.
+    config_dir = None if config.source.startswith("<") else Path(config.source).parent
     try:
         receiver = create_otlp_receiver(
             config.receivers.otlp,
@@ -257,7 +258,7 @@ def _components(
             metrics=metrics,
             clock=clock,
             retention_ms=int(config.ledger.reservation_retention_hours * 3_600_000),
-            config_dir=source.parent if source.is_file() else None,
+            config_dir=config_dir,
         )
     except ConfigError as exc:
         store.close()

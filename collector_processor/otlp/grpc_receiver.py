@@ -72,9 +72,11 @@ class GrpcReceiver:
     def stop(self, grace_s: float = 5.0) -> None:
         """Finish the exports in flight (up to ``grace_s``) and close the port."""
         self._grace_s = grace_s
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join()
+        thread, self._thread = self._thread, None
+        if thread is None or not thread.is_alive() or self._loop is None or self._stop is None:
+            return
+        self._loop.call_soon_threadsafe(self._stop.set)
+        thread.join()
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -72,6 +72,8 @@ class OtlpReceiver:
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.grpc.stop(grace_s)
         if self.http is not None:

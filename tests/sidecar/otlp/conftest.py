@@ -8,6 +8,7 @@ The sidecar runs on the system clock here: the SDK stamps spans with the real ti
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from collector_processor.clock import Clock
 from collector_processor.config import parse_config
 from collector_processor.server import Sidecar, create_sidecar
 from paymaster.v1 import budget_pb2_grpc
@@ -138,7 +140,9 @@ def otlp_sidecar(tmp_path: Path) -> Iterator[Callable[..., OtlpSidecar]]:
     prices = tmp_path / "paymaster.toml"
     prices.write_text(PRICES)
 
-    def start(otlp: str = "", extra: str = "", db: str = "sidecar.db", store: str = "") -> OtlpSidecar:
+    def start(
+        otlp: str = "", extra: str = "", db: str = "sidecar.db", store: str = "", clock: Clock | None = None
+    ) -> OtlpSidecar:
         config = parse_config(
             f"""
             [server]
@@ -162,7 +166,7 @@ def otlp_sidecar(tmp_path: Path) -> Iterator[Callable[..., OtlpSidecar]]:
             """,
             source=str(tmp_path / "sidecar.toml"),
         )
-        sidecar = create_sidecar(config).start()
+        sidecar = create_sidecar(config, clock=clock).start()
         channel = grpc.insecure_channel(sidecar.components[0].grpc.address)
         budget_channel = grpc.insecure_channel(sidecar.address)
         running = OtlpSidecar(
@@ -175,6 +179,14 @@ def otlp_sidecar(tmp_path: Path) -> Iterator[Callable[..., OtlpSidecar]]:
     for running in started:
         running.channel.close()
         running.sidecar.stop(0)
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for something another thread finishes after the client has its answer (not a timing check)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
 
 
 def tracer_provider(exporter: Any, **resource: Any) -> TracerProvider:
