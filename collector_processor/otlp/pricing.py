@@ -11,7 +11,7 @@ unit usages and cross-checked on mixed usages. A model whose price is not linear
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from paymaster.exceptions import PaymasterError
@@ -67,6 +67,15 @@ class ModelPrice:
     cache-write and reasoning token; ``None``: not linear, price each call."""
     reason: str = ""
     """Why the price is unknown."""
+    rate_input: int = field(init=False)
+    """``rates[0]`` (0 when not linear), as a plain field for column-wise pricing."""
+    rate_output: int = field(init=False)
+    """``rates[1]`` (0 when not linear)."""
+
+    def __post_init__(self) -> None:
+        rates = self.rates or (0, 0)
+        object.__setattr__(self, "rate_input", rates[0])
+        object.__setattr__(self, "rate_output", rates[1])
 
 
 class SpanPricer:

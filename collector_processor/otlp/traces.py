@@ -63,6 +63,8 @@ _END = attrgetter("end_time_unix_nano")
 _TRACE_ID = attrgetter("trace_id")
 _SPAN_ID = attrgetter("span_id")
 _SOURCE = attrgetter("source")
+_RATE_IN = attrgetter("rate_input")
+_RATE_OUT = attrgetter("rate_output")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -291,12 +293,18 @@ class TraceProcessor:
         """Femto-dollars (``None`` when unknown) and the cost source of each span."""
         first = prices[0]
         sdk = _optional(maps, (SDK_COST,))
-        if sdk is None and first.rates is not None and prices.count(first) == len(prices) and not extras:
-            rates = first.rates
-            femto: list[Any] = list(
-                map(add, map(mul, tin, repeat(rates[0])), map(mul, tout, repeat(rates[1])))
-            )
-            return femto, [first.source] * len(prices)
+        if sdk is None and not extras:
+            if first.rates is not None and prices.count(first) == len(prices):
+                rates = first.rates
+                femto: list[Any] = list(
+                    map(add, map(mul, tin, repeat(rates[0])), map(mul, tout, repeat(rates[1])))
+                )
+                return femto, [first.source] * len(prices)
+            if all(p.rates is not None for p in set(prices)):  # a few models, all per-token
+                femto = list(
+                    map(add, map(mul, tin, map(_RATE_IN, prices)), map(mul, tout, map(_RATE_OUT, prices)))
+                )
+                return femto, list(map(_SOURCE, prices))
         femto, sources = [], []
         zeros = repeat(0)
         read, creation, reasoning = extras if extras else (zeros, zeros, zeros)

@@ -14,15 +14,27 @@ import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import TypeVar
+from itertools import chain, groupby, repeat
+from operator import itemgetter
+from typing import Any, TypeVar
 
-from collector_processor.ledger_types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageFacts, UsageItem
-from collector_processor.store._index import BudgetIndex
-from collector_processor.store._sqlite_spend import charge, insert_usage
+from collector_processor.budgets import ScopeSet
+from collector_processor.decisions import BudgetState, crossed_thresholds
+from collector_processor.ledger_types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
+from collector_processor.store._index import BudgetIndex, LiveBudget
+from collector_processor.store._sqlite_spend import (
+    _UPSERT_SPEND_SQL,
+    INSERT_USAGE_SQL,
+    REARM_SQL,
+    _charge_calendar_sql,
+    fire_alerts,
+    rearm_marks,
+)
 
 __all__ = ["prune_batches", "record_batch"]
 
 T = TypeVar("T")
+_TS, _UID, _GROUP, _KEY = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(0, 1)
 _CHUNK = 256  # rows per statement: 768 parameters, far below SQLite's limit
 _SERIES_COLS = "cost_micros, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens"
 
@@ -40,31 +52,93 @@ def record_batch(
         duplicates += _add_items(conn, batch.items, stamp, sums, counts)
     if batch.series:
         duplicates += _add_series(conn, batch.series, sums, counts, now_ms)
-    fired: list[int] = []
-    charged = [0] * width
+    charged = [sums[g][0] if counts[g] else 0 for g in range(width)]
+    records = []
     for g, group in enumerate(batch.groups):
-        if not counts[g]:
-            continue
-        cost, tin, tout, cache_read, cache_creation, reasoning, total = sums[g]
-        facts = UsageFacts(
-            provider=group.provider,
-            model=group.model,
-            input_tokens=tin,
-            output_tokens=tout,
-            cache_read_tokens=cache_read,
-            cache_creation_tokens=cache_creation,
-            reasoning_tokens=reasoning,
-        )
-        insert_usage(conn, f"batch:{stamp:016x}:{g}", group.occurred_ms, group.scopes, cost, total, facts, "")
-        if cost:
-            _, alerts = charge(conn, index, group.scopes, cost, at_ms=group.occurred_ms, now_ms=now_ms)
-            fired.extend(alerts)
-        charged[g] = cost
+        if counts[g]:
+            cost, tin, tout, read, creation, reasoning, total = sums[g]
+            s = group.scopes
+            records.append((f"batch:{stamp:016x}:{g}", group.occurred_ms, s.organization, s.team, s.agent, s.workflow,
+                            s.user, group.provider, group.model, cost, tin, tout, read, creation, reasoning,
+                            total or tin + tout, ""))  # fmt: skip
+    conn.executemany(INSERT_USAGE_SQL, records)
+    fired = charge_many(
+        conn,
+        index,
+        [(g.scopes, charged[i], g.occurred_ms) for i, g in enumerate(batch.groups) if charged[i]],
+        now_ms,
+    )
     return UsageBatchOutcome(
         charged_items=tuple(counts),
         charged_micros=tuple(charged),
         duplicates=duplicates,
         alerts_fired=tuple(fired),
+    )
+
+
+def charge_many(
+    conn: sqlite3.Connection, index: BudgetIndex, charges: list[tuple[ScopeSet, int, int]], now_ms: int
+) -> list[int]:
+    """Charge each ``(scopes, micros, at_ms)`` to every budget matching its scopes, as ``charge`` would
+    one by one, in a few statements: the amounts are first summed per budget, entity and bucket, and
+    thresholds are evaluated once per budget and entity on the standing after all of them."""
+    totals: dict[tuple[str, str, int], list[Any]] = {}
+    for scopes, amount, at_ms in charges:
+        for live, entity in index.match(scopes, enabled_only=False):
+            bucket = live.budget.period.bucket_of(at_ms, live.tz)
+            found = totals.get((live.budget.id, entity, bucket))
+            if found is None:
+                totals[(live.budget.id, entity, bucket)] = [live, entity, bucket, amount, at_ms]
+            else:
+                found[3] += amount
+                found[4] = max(found[4], at_ms)
+    if not totals:
+        return []
+    calendar = [t for t in totals.values() if not t[0].budget.period.is_rolling]
+    rolling = [t for t in totals.values() if t[0].budget.period.is_rolling]
+    states: list[tuple[LiveBudget, BudgetState]] = []
+    for chunk in _chunks(calendar):
+        rows = conn.execute(
+            _charge_calendar_sql(len(chunk)), [v for t in chunk for v in (t[0].budget.id, t[1], t[2], t[3])]
+        )
+        after = {(bid, entity): (used, held) for bid, entity, used, held in rows.fetchall()}
+        for live, entity, _bucket, _amount, at_ms in chunk:
+            if live.budget.enabled:
+                used, held = after[(live.budget.id, entity)]
+                states.append(
+                    (live, _state(live, entity, used, held, live.budget.period.window(at_ms, live.tz)))
+                )
+    if rolling:
+        conn.executemany(_UPSERT_SPEND_SQL, [(t[0].budget.id, t[1], t[2], t[3]) for t in rolling])
+        pairs = {(t[0].budget.id, t[1]): t[0] for t in rolling if t[0].budget.enabled}
+        for chunk in _chunks(list(pairs.items())):
+            args: list[object] = []
+            for (bid, entity), live in chunk:
+                args += (
+                    bid,
+                    entity,
+                    live.budget.period.lowest_bucket(now_ms, live.tz),
+                    live.budget.generation,
+                )
+            for bid, entity, used, held in conn.execute(_rolling_standing_sql(len(chunk)), args).fetchall():
+                live = pairs[(bid, entity)]
+                states.append(
+                    (live, _state(live, entity, used, held, live.budget.period.window(now_ms, live.tz)))
+                )
+    alerting = [(live, state) for live, state in states if live.budget.alert_thresholds]
+    conn.executemany(
+        REARM_SQL, [m for live, s in alerting if live.budget.period.is_rolling for m in rearm_marks(s)]
+    )
+    fired: list[int] = []
+    for live, state in alerting:
+        if crossed_thresholds(live.budget.alert_thresholds, state.used, state.limit):
+            fired.extend(fire_alerts(conn, live, state, now_ms, rearm=False))
+    return fired
+
+
+def _state(live: LiveBudget, entity: str, used: int, held: int | None, window: Any) -> BudgetState:
+    return BudgetState(
+        budget=live.budget, entity=entity, limit=live.limit, used=used, reserved=held or 0, window=window
     )
 
 
@@ -74,31 +148,27 @@ def _add_items(
     """Insert the items' keys and add the new items to their groups; return how many were duplicates."""
     inserted = 0
     for chunk in _chunks(items):
-        args: list[object] = []
-        for item in chunk:
-            args += (item[0], item[1], stamp)
+        args = list(chain.from_iterable(zip(map(_TS, chunk), map(_UID, chunk), repeat(stamp))))
         inserted += conn.execute(_insert_keys_sql(len(chunk)), args).rowcount
-    fresh: set[tuple[int, bytes]] | None = None
+    fresh: Sequence[UsageItem] = items
     if inserted != len(items):
-        fresh = set()
+        known: set[tuple[int, bytes]] = set()
         for chunk in _chunks(items):
-            args = []
-            for item in chunk:
-                args += (item[0], item[1])
-            args.append(stamp)
-            fresh.update(conn.execute(_fresh_keys_sql(len(chunk)), args).fetchall())
-    for ts, uid, g, cost, tin, tout, cache_read, cache_creation, reasoning, total in items:
-        if fresh is not None and (ts, uid) not in fresh:
-            continue
+            args = [*chain.from_iterable(map(_KEY, chunk)), stamp]
+            known.update(conn.execute(_fresh_keys_sql(len(chunk)), args).fetchall())
+        fresh = [item for item in items if (item[0], item[1]) in known]
+    # Sum the new items per group a column at a time (in C): a batch has hundreds of items, few groups.
+    for g, rows in groupby(sorted(fresh, key=_GROUP), key=_GROUP):
+        columns = list(zip(*rows, strict=True))
         acc = sums[g]
-        acc[0] += cost
-        acc[1] += tin
-        acc[2] += tout
-        acc[3] += cache_read
-        acc[4] += cache_creation
-        acc[5] += reasoning
-        acc[6] += total or tin + tout
-        counts[g] += 1
+        for i in range(6):
+            acc[i] += sum(columns[3 + i])
+        totals = columns[9]
+        if any(totals):  # a total of 0 means input + output
+            acc[6] += sum(t or a + b for t, a, b in zip(totals, columns[4], columns[5], strict=True))
+        else:
+            acc[6] += sum(columns[4]) + sum(columns[5])
+        counts[g] += len(columns[0])
     return len(items) - inserted
 
 
@@ -170,6 +240,18 @@ def _insert_keys_sql(count: int) -> str:
         "INSERT INTO usage_keys (ts_ms, uid, stamp) VALUES "
         + ", ".join(["(?, ?, ?)"] * count)
         + " ON CONFLICT DO NOTHING"
+    )
+
+
+@lru_cache(maxsize=16)
+def _rolling_standing_sql(count: int) -> str:
+    """Spend in the window and what is held, for many (budget, entity, lowest bucket, generation) rows."""
+    values = ", ".join(["(?, ?, ?, ?)"] * count)
+    return (
+        f"SELECT v.column1, v.column2, (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
+        " WHERE budget_id = v.column1 AND entity = v.column2 AND bucket_ms >= v.column3),"
+        " (SELECT reserved_micros FROM holds WHERE budget_id = v.column1 AND entity = v.column2"
+        f" AND generation = v.column4) FROM (VALUES {values}) AS v"
     )
 
 
