@@ -26,7 +26,6 @@ from collector_processor.store._sqlite_spend import (
     _UPSERT_SPEND_SQL,
     INSERT_USAGE_SQL,
     REARM_SQL,
-    _charge_calendar_sql,
     fire_alerts,
     rearm_marks,
 )
@@ -97,22 +96,20 @@ def charge_many(
     calendar = [t for t in totals.values() if not t[0].budget.period.is_rolling]
     rolling = [t for t in totals.values() if t[0].budget.period.is_rolling]
     states: list[tuple[LiveBudget, BudgetState]] = []
-    for chunk in _chunks(calendar):
-        rows = conn.execute(
-            _charge_calendar_sql(len(chunk)), [v for t in chunk for v in (t[0].budget.id, t[1], t[2], t[3])]
-        )
-        after = {(bid, entity): (used, held) for bid, entity, used, held in rows.fetchall()}
-        for live, entity, _bucket, _amount, at_ms in chunk:
+    for rows in _chunks(calendar):
+        args: list[object] = [v for t in rows for v in (t[0].budget.id, t[1], t[2], t[3])]
+        after = {(bid, entity, bucket): (used, held) for bid, entity, bucket, used, held in
+                 conn.execute(_calendar_sql(len(rows)), args).fetchall()}  # fmt: skip
+        for live, entity, bucket, _amount, at_ms in rows:
             if live.budget.enabled:
-                used, held = after[(live.budget.id, entity)]
-                states.append(
-                    (live, _state(live, entity, used, held, live.budget.period.window(at_ms, live.tz)))
-                )
+                used, held = after[(live.budget.id, entity, bucket)]
+                window = live.budget.period.window(at_ms, live.tz)
+                states.append((live, _state(live, entity, used, held, window)))
     if rolling:
         conn.executemany(_UPSERT_SPEND_SQL, [(t[0].budget.id, t[1], t[2], t[3]) for t in rolling])
         pairs = {(t[0].budget.id, t[1]): t[0] for t in rolling if t[0].budget.enabled}
         for chunk in _chunks(list(pairs.items())):
-            args: list[object] = []
+            args = []
             for (bid, entity), live in chunk:
                 args += (
                     bid,
@@ -240,6 +237,21 @@ def _insert_keys_sql(count: int) -> str:
         "INSERT INTO usage_keys (ts_ms, uid, stamp) VALUES "
         + ", ".join(["(?, ?, ?)"] * count)
         + " ON CONFLICT DO NOTHING"
+    )
+
+
+@lru_cache(maxsize=16)
+def _calendar_sql(count: int) -> str:
+    """Charge many calendar buckets; a calendar bucket is the whole period, so each upsert returns its
+    period's spend, and each budget's holds come back with it."""
+    rows = ", ".join(["(?, ?, ?, ?)"] * count)
+    return (
+        f"INSERT INTO spend (budget_id, entity, bucket_ms, used_micros) VALUES {rows}"
+        " ON CONFLICT DO UPDATE SET used_micros = used_micros + excluded.used_micros"
+        " RETURNING budget_id, entity, bucket_ms, used_micros,"
+        " (SELECT reserved_micros FROM holds WHERE holds.budget_id = spend.budget_id"
+        " AND holds.entity = spend.entity"
+        " AND holds.generation = (SELECT generation FROM budgets WHERE budgets.id = spend.budget_id))"
     )
 
 

@@ -454,13 +454,13 @@ def test_a_batch_charges_each_group_once_and_each_item_at_most_once(
 def test_a_batch_group_is_charged_to_the_period_it_happened_in(ledger: Ledger, clock: ManualClock) -> None:
     from collector_processor.ledger_types import UsageBatch, UsageGroup
 
-    ledger.create_budget(draft("team", limit="10", period="daily"))
+    ledger.create_budget(draft("team", limit="10", period="daily", thresholds=(50,)))
     yesterday = clock.now_ms() - 86_400_000
     groups = (
         UsageGroup(scopes=SEARCH, occurred_ms=yesterday),
         UsageGroup(scopes=SEARCH, occurred_ms=clock.now_ms()),
     )
-    ledger.record_usage_batch(
+    outcome = ledger.record_usage_batch(
         UsageBatch(
             groups=groups,
             items=[item(yesterday, b"x", 0, 7_000_000), item(clock.now_ms(), b"y", 1, 2_000_000)],
@@ -472,6 +472,10 @@ def test_a_batch_group_is_charged_to_the_period_it_happened_in(ledger: Ledger, c
         ("2025-03-13", D(7)),
         ("2025-03-14", D(2)),
     ]
+    # Each period's thresholds are judged on that period's spend: yesterday's 7 of 10 crossed 50%.
+    (alert,) = ledger.store.alerts_after(0, limit=10)
+    assert outcome.alerts_fired == (alert.sequence,)
+    assert (alert.used_usd, alert.period_start_ms) == (D(7), yesterday - yesterday % 86_400_000)
 
 
 def test_a_series_is_charged_by_how_much_its_running_total_grew(ledger: Ledger, clock: ManualClock) -> None:
@@ -561,3 +565,26 @@ def test_a_batch_group_in_the_future_or_without_scopes_is_refused(ledger: Ledger
     nobody = UsageGroup(scopes=ScopeSet(), occurred_ms=clock.now_ms())
     with pytest.raises(InvalidRequestError, match=r"groups\[0\].scopes: at least one of"):
         ledger.record_usage_batch(UsageBatch(groups=(nobody,), items=[item(1, b"a", 0, 1)]))
+
+
+def test_a_batch_fires_each_threshold_once_per_entity_of_a_rolling_wildcard(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    ledger.create_budget(draft("per-user", Scope.USER, None, "1", period="rolling_24h", thresholds=(50, 100)))
+    now = clock.now_ms()
+    groups = tuple(UsageGroup(scopes=ScopeSet(user=u), occurred_ms=now) for u in ("ada", "bo"))
+    first = ledger.record_usage_batch(
+        UsageBatch(groups=groups, items=[item(now, b"1", 0, 600_000), item(now, b"2", 1, 100_000)])
+    )
+    assert [(a.scope_id, a.threshold_percent) for a in ledger.store.alerts_after(0, limit=10)] == [
+        ("ada", 50)
+    ]
+    second = ledger.record_usage_batch(
+        UsageBatch(groups=groups, items=[item(now, b"3", 0, 500_000), item(now, b"4", 0, 1)])
+    )
+    fired = ledger.store.alerts_after(0, limit=10)
+    assert [(a.scope_id, a.threshold_percent) for a in fired] == [("ada", 50), ("ada", 100)]
+    assert len(first.alerts_fired) == 1 and len(second.alerts_fired) == 1
+    assert standing(ledger, "per-user", "ada") == (D("1.100001"), D(0))
