@@ -2,7 +2,8 @@
 
 For each scope the sources are, in order: ``paymaster.<scope>``, then the configured attributes
 (``service.name`` -> agent, ``k8s.namespace.name`` -> team ...), each looked up first on the span and
-then on its resource. Most spans carry none of them and inherit their resource's scopes, so each
+then on its resource (attributes of the resource conventions, ``service.*``, ``k8s.*`` ..., on the
+resource only: no instrumentation puts them on spans). Most spans carry none of them and inherit their resource's scopes, so each
 resource is resolved once (``for_resource``) and a span only checks the sources that could still
 override the resource's answer. Spend no source names is charged to the unattributed bucket: a fixed
 id on the configured scopes, so usage reports show it and a budget can cap it.
@@ -17,9 +18,14 @@ from collector_processor.otlp._view import decode_str
 from collector_processor.otlp.config import AttributionSection
 from collector_processor.otlp.spend_source import Service
 
-__all__ = ["Attributor", "ResourceScopes"]
+__all__ = ["RESOURCE_NAMESPACES", "Attributor", "ResourceScopes"]
 
 _SCOPES = tuple(scope.value for scope in SCOPE_ORDER)
+RESOURCE_NAMESPACES = (
+    "service.", "k8s.", "host.", "cloud.", "deployment.", "container.", "process.", "os.", "telemetry.",
+    "faas.", "device.", "webengine.",
+)  # fmt: skip
+"""Attribute namespaces the semantic conventions define for resources: read from the resource only."""
 # The SDKs' default when an application sets no service name: it names nobody.
 _UNNAMED_PREFIX = "unknown_service"
 
@@ -51,7 +57,8 @@ class ResourceScopes:
         for index, scope in enumerate(_SCOPES):
             found = ""
             for name in attributor.sources[scope]:
-                checks.append((name, index))  # a span attribute at this rank beats the resource's
+                if not name.startswith(RESOURCE_NAMESPACES):
+                    checks.append((name, index))  # a span attribute at this rank beats the resource's
                 if name in attributes and (value := attributor.value(attributes[name])):
                     found = value
                     break
