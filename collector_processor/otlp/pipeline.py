@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,6 +29,7 @@ from collector_processor.ledger_types import UsageBatch
 from collector_processor.money import usd_to_micros
 from collector_processor.otlp import counters
 from collector_processor.otlp._view import TraceRequestView
+from collector_processor.otlp.charger import Charger
 from collector_processor.otlp.counters import Tally
 from collector_processor.otlp.forward import Forwarder
 from collector_processor.otlp.metrics import MetricsPlan, MetricsProcessor
@@ -94,7 +95,7 @@ class OtlpPipeline:
         self._future_skew_ms = future_skew_ms
         self.max_message_bytes = max_message_bytes
         self._forwarders = forwarders or {}
-        self._charger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paymaster-otlp-charge")
+        self._charger = Charger(ledger.store, translate=self._refusal)
         self._closed = threading.Event()
         counters.describe(metrics)
 
@@ -131,8 +132,9 @@ class OtlpPipeline:
                    tally=Tally())  # fmt: skip
 
     def submit(self, job: Job) -> Future[None]:
-        """Charge the job on the charging thread; the future fails with ``ExportRefused``."""
-        return self._charger.submit(self._charge, job)
+        """Charge the job on the charging thread (sharing a transaction with the jobs queued with it);
+        the future fails with ``ExportRefused``."""
+        return self._charger.submit(lambda: self._charge(job))
 
     def answer(self, job: Job) -> bytes:
         """Count the charged job, pass its telemetry on, and return the serialised OTLP response."""
@@ -184,24 +186,21 @@ class OtlpPipeline:
 
     # -- charging (on the charging thread) -------------------------------------------------------
     def _charge(self, job: Job) -> None:
-        try:
-            if job.signal == TRACES:
-                assert isinstance(job.plan, TracePlan)
-                self._charge_traces(job.plan, job.tally)
-            else:
-                assert isinstance(job.plan, MetricsPlan)
-                self._charge_metrics(job.plan, job.tally)
-        except StoreUnavailableError as exc:
-            raise ExportRefused(
-                "unavailable", f"the ledger is busy; retry ({exc})", retry_after_s=1.0
-            ) from None
-        except ExportRefused:
-            raise
-        except Exception as exc:
-            log.exception("charging an OTLP %s export failed", job.signal)
-            raise ExportRefused(
-                "error", f"internal error ({type(exc).__name__}); see the sidecar log"
-            ) from exc
+        if job.signal == TRACES:
+            assert isinstance(job.plan, TracePlan)
+            self._charge_traces(job.plan, job.tally)
+        else:
+            assert isinstance(job.plan, MetricsPlan)
+            self._charge_metrics(job.plan, job.tally)
+
+    def _refusal(self, exc: Exception) -> Exception:
+        """What a transport answers for a charge that failed."""
+        if isinstance(exc, ExportRefused):
+            return exc
+        if isinstance(exc, StoreUnavailableError):
+            return ExportRefused("unavailable", f"the ledger is busy; retry ({exc})", retry_after_s=1.0)
+        log.error("charging an OTLP export failed", exc_info=exc)
+        return ExportRefused("error", f"internal error ({type(exc).__name__}); see the sidecar log")
 
     def _charge_traces(self, plan: TracePlan, tally: Tally) -> None:
         tally.priced.update(plan.priced)
@@ -248,7 +247,7 @@ class OtlpPipeline:
             return
         tally = Tally()
         try:
-            self._charger.submit(self._charge_metrics, plan, tally).result()
+            self._charger.submit(lambda: self._charge_metrics(plan, tally)).result()
         except Exception:
             log.exception("charging held token metric points failed; they are charged at the next tick")
             return
@@ -258,7 +257,7 @@ class OtlpPipeline:
         """Refuse new exports, finish the charges in flight, charge held points, stop the forwarders."""
         self._closed.set()
         self.tick(final=True)
-        self._charger.shutdown(wait=True)
+        self._charger.close()
         for forwarder in self._forwarders.values():
             forwarder.stop()
 

@@ -1,7 +1,8 @@
 """The pricing processor for traces: read GenAI usage from spans, price it, attribute it, plan the charge.
 
 ``TraceProcessor.process`` walks one parsed export and returns a ``TracePlan``: the ledger batch (one
-item per span to charge, one group per distinct scopes, model and quarter hour), the spans that name
+item per span to charge, one group per distinct scopes, model and quarter hour, charged at the latest
+end in that quarter hour), the spans that name
 a reservation, and what was counted. With ``enrich`` it also sets ``gen_ai.usage.cost`` (USD, a
 double) and ``gen_ai.usage.cost.source`` on each span it priced, for the exporter downstream.
 
@@ -110,12 +111,13 @@ class TracePlan:
 
 class _Groups:
     """The batch's groups, one per ScopeSet, ModelPrice and quarter hour. Both are shared instances
-    (kept alive by the plan), so their ids key the group. A group is charged at its latest span."""
+    (kept alive by the plan), so their ids key the group."""
 
     def __init__(self, plan: TracePlan) -> None:
         self._plan = plan
         self._index: dict[tuple[int, ModelPrice, int], int] = {}
         self._end: list[int] = []
+        self._slot: list[int] = []
 
     def ids(
         self, scopes: list[tuple[ScopeSet, bool]] | None, default: tuple[ScopeSet, bool], prices: list[ModelPrice],
@@ -142,15 +144,20 @@ class _Groups:
             for key in sorted(new, key=keys.index):
                 self._add(key, scope_of[key], key[1])
         ids = list(map(index.__getitem__, keys))
+        # Each group is charged at the latest end among this scope's spans of its quarter hour: no
+        # earlier than any of its own spans, and in the same quarter hour, so in the same period.
+        latest = _latest_per_slot(ends)
         end_of = self._end
-        for g, end in zip(ids, ends, strict=True):
-            if end > end_of[g]:
-                end_of[g] = end
+        for g in set(ids):
+            slot_end = latest[self._slot[g]]
+            if slot_end > end_of[g]:
+                end_of[g] = slot_end
         return ids
 
     def _add(self, key: tuple[int, ModelPrice, int], scope: tuple[ScopeSet, bool], price: ModelPrice) -> int:
         g = self._index[key] = len(self._end)
         self._end.append(0)
+        self._slot.append(key[2])
         self._plan.groups.append(
             UsageGroup(scopes=scope[0], provider=price.provider, model=price.model, occurred_ms=0)
         )
@@ -449,6 +456,15 @@ class _Cache(dict):  # type: ignore[type-arg]
             self.clear()
         value = self[key] = self._compute(key)
         return value
+
+
+def _latest_per_slot(ends: list[int]) -> dict[int, int]:
+    """Quarter hour -> the latest end in it (one quarter hour, the usual case, without a loop)."""
+    first, last = min(ends), max(ends)
+    if first // _SLOT_MS == last // _SLOT_MS:
+        return {last // _SLOT_MS: last}
+    ordered = sorted(ends)
+    return dict(zip(map(floordiv, ordered, repeat(_SLOT_MS)), ordered, strict=False))  # the last one wins
 
 
 def _column(maps: list[Any], names: tuple[str, ...], default: bytes | None) -> list[Any]:

@@ -53,7 +53,7 @@ def test_only_spans_with_token_counts_are_usage() -> None:
     assert [item[3] for item in plan.items] == [12_500, 1_500]  # micro-dollars
 
 
-def test_spans_are_grouped_by_scopes_model_and_quarter_hour_and_charged_at_their_latest_end() -> None:
+def test_spans_are_grouped_by_scopes_model_and_quarter_hour_and_charged_at_the_latest_end_in_it() -> None:
     quarter = 1_741_953_600_000  # 2025-03-14 12:00 UTC, on a quarter hour
     at = {"a": [quarter - 60_000, quarter - 1_000, quarter + 1_000], "b": [quarter - 5_000]}
     spans = [
@@ -66,11 +66,13 @@ def test_spans_are_grouped_by_scopes_model_and_quarter_hour_and_charged_at_their
                       end_ns=(quarter - 2_000) * 1_000_000))  # fmt: skip
     plan, _ = plan_of(*spans, window=WindowPolicy(oldest_ms=0, newest_ms=quarter + 60_000))
     groups = sorted((g.scopes.team, g.model, g.occurred_ms) for g in plan.groups)
+    # Each group is charged at the latest end in its quarter hour among the export's spans: never
+    # before any of its own spans, never in another quarter hour (a daily period may end on any of them).
     assert groups == [
-        ("a", "gpt-4o", quarter - 1_000),  # the latest span before the quarter hour
-        ("a", "gpt-4o", quarter + 1_000),  # a daily period may end on any quarter hour: never mixed
-        ("b", "claude-sonnet-4-5", quarter - 2_000),
-        ("b", "gpt-4o", quarter - 5_000),
+        ("a", "gpt-4o", quarter - 1_000),
+        ("a", "gpt-4o", quarter + 1_000),
+        ("b", "claude-sonnet-4-5", quarter - 1_000),
+        ("b", "gpt-4o", quarter - 1_000),
     ]
     assert sorted(item[2] for item in plan.items) == [0, 0, 1, 2, 3]
 
