@@ -10,6 +10,7 @@ charge of its budgets, through the same ``charge`` as a single ``RecordUsage``.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -22,19 +23,13 @@ from collector_processor.budgets import ScopeSet
 from collector_processor.decisions import BudgetState, crossed_thresholds
 from collector_processor.ledger_types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
 from collector_processor.store._index import BudgetIndex, LiveBudget
-from collector_processor.store._sqlite_spend import (
-    _UPSERT_SPEND_SQL,
-    INSERT_USAGE_SQL,
-    REARM_SQL,
-    fire_alerts,
-    rearm_marks,
-)
+from collector_processor.store._sqlite_spend import INSERT_USAGE_SQL, fire_alerts, rearm_marks
 
 __all__ = ["prune_batches", "record_batch"]
 
 T = TypeVar("T")
 _TS, _UID, _GROUP, _KEY = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(0, 1)
-_CHUNK = 256  # rows per statement: 768 parameters, far below SQLite's limit
+_CHUNK = 256  # rows per statement: at most 17 * 256 parameters, far below SQLite's limit of 32,766
 _SERIES_COLS = "cost_micros, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens"
 
 
@@ -60,7 +55,8 @@ def record_batch(
             records.append((f"batch:{stamp:016x}:{g}", group.occurred_ms, s.organization, s.team, s.agent, s.workflow,
                             s.user, group.provider, group.model, cost, tin, tout, read, creation, reasoning,
                             total or tin + tout, ""))  # fmt: skip
-    conn.executemany(INSERT_USAGE_SQL, records)
+    for chunk in _chunks(records):
+        conn.execute(_insert_usage_sql(len(chunk)), list(chain.from_iterable(chunk)))
     fired = charge_many(
         conn,
         index,
@@ -96,41 +92,50 @@ def charge_many(
     calendar = [t for t in totals.values() if not t[0].budget.period.is_rolling]
     rolling = [t for t in totals.values() if t[0].budget.period.is_rolling]
     states: list[tuple[LiveBudget, BudgetState]] = []
+    # Every statement is one step of SQLite: the sqlite3 module lets go of the interpreter lock around
+    # each step, and taking it back next to a busy receiver thread costs more than the step itself.
+    _upsert_spend(conn, calendar + rolling)
     for rows in _chunks(calendar):
-        args: list[object] = [v for t in rows for v in (t[0].budget.id, t[1], t[2], t[3])]
+        args: list[object] = [v for t in rows for v in (t[0].budget.id, t[1], t[2], t[0].budget.generation)]
         after = {(bid, entity, bucket): (used, held) for bid, entity, bucket, used, held in
-                 conn.execute(_calendar_sql(len(rows)), args).fetchall()}  # fmt: skip
+                 _json_rows(conn, _calendar_standing_sql(len(rows)), args)}  # fmt: skip
         for live, entity, bucket, _amount, at_ms in rows:
             if live.budget.enabled:
                 used, held = after[(live.budget.id, entity, bucket)]
-                window = live.budget.period.window(at_ms, live.tz)
-                states.append((live, _state(live, entity, used, held, window)))
-    if rolling:
-        conn.executemany(_UPSERT_SPEND_SQL, [(t[0].budget.id, t[1], t[2], t[3]) for t in rolling])
-        pairs = {(t[0].budget.id, t[1]): t[0] for t in rolling if t[0].budget.enabled}
-        for chunk in _chunks(list(pairs.items())):
-            args = []
-            for (bid, entity), live in chunk:
-                args += (
-                    bid,
-                    entity,
-                    live.budget.period.lowest_bucket(now_ms, live.tz),
-                    live.budget.generation,
-                )
-            for bid, entity, used, held in conn.execute(_rolling_standing_sql(len(chunk)), args).fetchall():
-                live = pairs[(bid, entity)]
                 states.append(
-                    (live, _state(live, entity, used, held, live.budget.period.window(now_ms, live.tz)))
+                    (live, _state(live, entity, used, held, live.budget.period.window(at_ms, live.tz)))
                 )
+    pairs = {(t[0].budget.id, t[1]): t[0] for t in rolling if t[0].budget.enabled}
+    for chunk in _chunks(list(pairs.items())):
+        args = []
+        for (bid, entity), live in chunk:
+            args += (bid, entity, live.budget.period.lowest_bucket(now_ms, live.tz), live.budget.generation)
+        for bid, entity, used, held in _json_rows(conn, _rolling_standing_sql(len(chunk)), args):
+            live = pairs[(bid, entity)]
+            states.append(
+                (live, _state(live, entity, used, held, live.budget.period.window(now_ms, live.tz)))
+            )
     alerting = [(live, state) for live, state in states if live.budget.alert_thresholds]
-    conn.executemany(
-        REARM_SQL, [m for live, s in alerting if live.budget.period.is_rolling for m in rearm_marks(s)]
-    )
+    rearm = [m for live, st in alerting if live.budget.period.is_rolling for m in rearm_marks(st)]
+    for marks in _chunks(rearm):
+        conn.execute(_rearm_sql(len(marks)), list(chain.from_iterable(marks)))
     fired: list[int] = []
     for live, state in alerting:
         if crossed_thresholds(live.budget.alert_thresholds, state.used, state.limit):
             fired.extend(fire_alerts(conn, live, state, now_ms, rearm=False))
     return fired
+
+
+def _upsert_spend(conn: sqlite3.Connection, totals: list[list[Any]]) -> None:
+    for rows in _chunks(totals):
+        args = [v for t in rows for v in (t[0].budget.id, t[1], t[2], t[3])]
+        conn.execute(_upsert_spend_sql(len(rows)), args)
+
+
+def _json_rows(conn: sqlite3.Connection, sql: str, args: list[object]) -> list[list[Any]]:
+    """Rows a query returns as one JSON array (one step of SQLite instead of one per row)."""
+    (text,) = conn.execute(sql, args).fetchone()
+    return json.loads(text) if text else []  # type: ignore[no-any-return]
 
 
 def _state(live: LiveBudget, entity: str, used: int, held: int | None, window: Any) -> BudgetState:
@@ -144,7 +149,7 @@ def _add_items(
 ) -> int:
     """Insert the items' keys and add the new items to their groups; return how many were duplicates."""
     inserted = 0
-    for chunk in _chunks(items):
+    for chunk in _chunks(items, 1024):
         args = list(chain.from_iterable(zip(map(_TS, chunk), map(_UID, chunk), repeat(stamp))))
         inserted += conn.execute(_insert_keys_sql(len(chunk)), args).rowcount
     fresh: Sequence[UsageItem] = items
@@ -220,9 +225,9 @@ def prune_batches(conn: sqlite3.Connection, *, before_ms: int) -> None:
     conn.execute("DELETE FROM usage_series WHERE updated_ms < ?", (before_ms,))
 
 
-def _chunks(rows: Sequence[T]) -> Iterator[Sequence[T]]:
-    """Slices of at most ``_CHUNK`` rows, each a power of two long, so few statement texts ever exist."""
-    start, left, size = 0, len(rows), _CHUNK
+def _chunks(rows: Sequence[T], most: int = _CHUNK) -> Iterator[Sequence[T]]:
+    """Slices of at most ``most`` rows, each a power of two long, so few statement texts ever exist."""
+    start, left, size = 0, len(rows), most
     while left:
         while size > left:
             size //= 2
@@ -240,30 +245,54 @@ def _insert_keys_sql(count: int) -> str:
     )
 
 
+def _values(width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return ", ".join([row] * count)
+
+
 @lru_cache(maxsize=16)
-def _calendar_sql(count: int) -> str:
-    """Charge many calendar buckets; a calendar bucket is the whole period, so each upsert returns its
-    period's spend, and each budget's holds come back with it."""
-    rows = ", ".join(["(?, ?, ?, ?)"] * count)
+def _insert_usage_sql(count: int) -> str:
+    head = INSERT_USAGE_SQL.split(" VALUES ", 1)[0]
+    return f"{head} VALUES {_values(17, count)}"
+
+
+@lru_cache(maxsize=16)
+def _upsert_spend_sql(count: int) -> str:
     return (
-        f"INSERT INTO spend (budget_id, entity, bucket_ms, used_micros) VALUES {rows}"
+        f"INSERT INTO spend (budget_id, entity, bucket_ms, used_micros) VALUES {_values(4, count)}"
         " ON CONFLICT DO UPDATE SET used_micros = used_micros + excluded.used_micros"
-        " RETURNING budget_id, entity, bucket_ms, used_micros,"
-        " (SELECT reserved_micros FROM holds WHERE holds.budget_id = spend.budget_id"
-        " AND holds.entity = spend.entity"
-        " AND holds.generation = (SELECT generation FROM budgets WHERE budgets.id = spend.budget_id))"
+    )
+
+
+@lru_cache(maxsize=16)
+def _calendar_standing_sql(count: int) -> str:
+    """Spend of many (budget, entity, bucket, generation) calendar buckets (a bucket is the whole period)
+    and what is held, as one JSON array."""
+    return (
+        "SELECT json_group_array(json_array(v.column1, v.column2, v.column3,"
+        " (SELECT used_micros FROM spend WHERE budget_id = v.column1 AND entity = v.column2 AND bucket_ms = v.column3),"
+        " (SELECT reserved_micros FROM holds WHERE budget_id = v.column1 AND entity = v.column2"
+        f" AND generation = v.column4))) FROM (VALUES {_values(4, count)}) AS v"
     )
 
 
 @lru_cache(maxsize=16)
 def _rolling_standing_sql(count: int) -> str:
-    """Spend in the window and what is held, for many (budget, entity, lowest bucket, generation) rows."""
-    values = ", ".join(["(?, ?, ?, ?)"] * count)
+    """Spend in the window of many (budget, entity, lowest bucket, generation) and what is held, as one
+    JSON array."""
     return (
-        f"SELECT v.column1, v.column2, (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
+        "SELECT json_group_array(json_array(v.column1, v.column2, (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
         " WHERE budget_id = v.column1 AND entity = v.column2 AND bucket_ms >= v.column3),"
         " (SELECT reserved_micros FROM holds WHERE budget_id = v.column1 AND entity = v.column2"
-        f" AND generation = v.column4) FROM (VALUES {values}) AS v"
+        f" AND generation = v.column4))) FROM (VALUES {_values(4, count)}) AS v"
+    )
+
+
+@lru_cache(maxsize=16)
+def _rearm_sql(count: int) -> str:
+    return (
+        "DELETE FROM alert_marks WHERE period_key = 0 AND (budget_id, entity, threshold) IN"
+        f" (VALUES {_values(3, count)})"
     )
 
 
