@@ -92,8 +92,9 @@ class ForwardSection(_Section):
     headers: dict[str, str] = Field(default_factory=dict)
     compression: Literal["gzip", "none"] = "gzip"
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-    queue_size: int = Field(default=1000, ge=1, le=1_000_000)
-    """Exports waiting to be forwarded, per signal; when full, newer ones are dropped (counted)."""
+    queue_size: int = Field(default=100_000, ge=1, le=100_000_000)
+    """Spans (or metric points) waiting to be forwarded, per signal; an export that does not fit is
+    dropped (counted). Bounds the memory the queue holds."""
     max_batch_items: int = Field(default=8192, ge=1, le=1_000_000)
     """Spans (or metric points) per onward export; queued exports are joined up to this."""
     backoff_initial_seconds: float = Field(default=0.5, gt=0, le=60)

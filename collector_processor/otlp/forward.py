@@ -1,7 +1,7 @@
 """The exporter: enriched telemetry onward to an OTLP endpoint, batched, bounded, retried, counted.
 
 One ``Forwarder`` per signal runs on its own thread. ``submit`` never blocks the receiver: an export
-that finds the queue full is dropped and counted (``paymaster_otlp_dropped_total{reason="queue_full"}``)
+that would take the queue past ``queue_size`` spans or points is dropped and counted (``paymaster_otlp_dropped_total{reason="queue_full"}``)
 — the spend was already charged, only the onward copy is lost. The thread joins queued exports into
 one onward request of up to ``max_batch_items`` spans or points (concatenating serialised exports is
 merging them, by the protobuf encoding), sends it over OTLP/gRPC or OTLP/HTTP, and retries transient
@@ -84,6 +84,7 @@ class Forwarder:
         self._path = url.path.rstrip("/") + path
         self._headers = dict(section.headers)
         self._queue: deque[tuple[bytes | Callable[[], bytes], int]] = deque()
+        self._queued = 0  # items in the queue
         self._ready = threading.Condition()
         self._stopping = False
         self._stop_deadline = 0.0
@@ -105,10 +106,11 @@ class Forwarder:
     def submit(self, payload: bytes | Callable[[], bytes], items: int) -> bool:
         """Queue one export of ``items`` spans or points; False (and counted) when the queue is full."""
         with self._ready:
-            if self._stopping or len(self._queue) >= self._section.queue_size:
+            if self._stopping or self._queued + items > self._section.queue_size:
                 self._drop(items, "queue_full")
                 return False
             self._queue.append((payload, items))
+            self._queued += items
             self._ready.notify()
         return True
 
@@ -127,6 +129,7 @@ class Forwarder:
         with self._ready:
             left = sum(items for _, items in self._queue)
             self._queue.clear()
+            self._queued = 0
         if left:
             self._drop(left, "export_failed")
         self._close_transport()
@@ -157,6 +160,7 @@ class Forwarder:
             payload, n = self._queue.popleft()
             batch.append(payload)
             items += n
+        self._queued -= items
         return batch, items
 
     def _send(self, batch: list[bytes | Callable[[], bytes]], items: int) -> None:

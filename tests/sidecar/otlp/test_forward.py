@@ -86,7 +86,7 @@ def test_an_unreachable_endpoint_is_given_up_after_max_elapsed_seconds() -> None
 
 def test_a_full_queue_drops_new_exports_and_counts_their_items(downstream: Downstream) -> None:
     metrics = SelfMetrics()
-    onward = forwarder(downstream.endpoint, metrics, queue_size=2)
+    onward = forwarder(downstream.endpoint, metrics, queue_size=6)  # spans
     bodies = exports(3, spans=3)
     assert onward.submit(bodies[0], 3) and onward.submit(bodies[1], 3)
     assert not onward.submit(bodies[2], 3)

@@ -16,7 +16,7 @@ from opentelemetry.sdk.resources import Resource
 
 from collector_processor.clock import ManualClock
 from paymaster.v1 import budget_pb2 as pb
-from tests.sidecar.otlp.conftest import OtlpSidecar, tracer_provider
+from tests.sidecar.otlp.conftest import Downstream, OtlpSidecar, eventually, tracer_provider
 
 CALL = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o"}
 
@@ -50,10 +50,11 @@ def spent(running: OtlpSidecar) -> str:
     return str(running.budgets.GetUsage(pb.GetUsageRequest()).total.cost_usd)
 
 
-def test_cumulative_token_metrics_are_charged_by_their_growth_once(
-    otlp_sidecar: Callable[..., OtlpSidecar],
+def test_cumulative_token_metrics_are_charged_by_their_growth_once_and_forwarded(
+    otlp_sidecar: Callable[..., OtlpSidecar], downstream: Downstream
 ) -> None:
-    running = otlp_sidecar(extra='[receivers.otlp.charging]\nspend_source = "metrics"')
+    forward = f'[receivers.otlp.forward]\nendpoint = "{downstream.endpoint}"'
+    running = otlp_sidecar(extra=f'[receivers.otlp.charging]\nspend_source = "metrics"\n{forward}')
     with token_meter(running, "batch-job") as (histogram, flush):
         record(histogram, 1000, 500)
         flush()
@@ -71,6 +72,16 @@ def test_cumulative_token_metrics_are_charged_by_their_growth_once(
     assert running.counter("paymaster_otlp_metric_points_charged_total", outcome="charged") == 3
     assert running.counter("paymaster_otlp_metric_points_charged_total", outcome="duplicate") == 5
     assert running.counter("paymaster_otlp_metric_points_received_total", transport="grpc") == 8
+    downstream.wait_for(lambda: sum(len(r.resource_metrics) for r in downstream.metrics) == 4)
+    names = {
+        m.name
+        for r in downstream.metrics
+        for rm in r.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    assert names == {"gen_ai.client.token.usage"}
+    eventually(lambda: running.counter("paymaster_otlp_forwarded_total", signal="metrics") == 8)
 
 
 def test_delta_token_metrics_are_charged_once_per_point_even_when_an_export_is_retried(
