@@ -4,9 +4,11 @@ It runs its own ``grpc.aio`` server on its own event loop and thread, so decodin
 delays the budget API. Requests arrive as raw bytes (gRPC has already undone any gzip) and go
 through the ``OtlpPipeline``; while a job is charged the loop goes on reading other exports.
 
-Each method is registered as stream-unary, which is the same thing on the wire as unary: a request
-gRPC refuses before the handler reads it (larger than ``max_message_bytes`` after decompression)
-then still reaches the handler as an empty stream, so it can be counted as ``too_large``.
+An export larger than ``max_message_bytes`` (after decompression) is refused by the handler, which
+counts it; gRPC itself refuses anything larger still (four times the limit, and at least 16 MiB more)
+before it is read, so such a body never fills memory. Each method is registered as stream-unary,
+which is the same thing on the wire as unary, so that a request gRPC refused still reaches the
+handler as an empty stream and is counted too.
 Statuses follow the OTLP specification: INVALID_ARGUMENT (not retried) for a malformed export,
 RESOURCE_EXHAUSTED without RetryInfo (not retried) for one too large, UNAVAILABLE with RetryInfo
 when the ledger or the receiver is busy, INTERNAL for a bug.
@@ -85,7 +87,7 @@ class GrpcReceiver:
             server = grpc.aio.server(
                 options=[
                     ("grpc.so_reuseport", 0),
-                    ("grpc.max_receive_message_length", self._pipeline.max_message_bytes),
+                    ("grpc.max_receive_message_length", _transport_limit(self._pipeline.max_message_bytes)),
                 ]
             )
             server.add_generic_rpc_handlers(
@@ -150,6 +152,12 @@ class GrpcReceiver:
             context.set_trailing_metadata((("google.rpc.retryinfo-bin", _retry_info(refused.retry_after_s)),))
         await context.abort(_CODES[refused.outcome], refused.message)
         return b""  # not reached: abort raises
+
+
+def _transport_limit(limit: int) -> int:
+    """What gRPC reads at most: enough above the receiver's limit that the handler sees (and counts)
+    the usual oversized export, bounded so that no body fills memory."""
+    return min(max(4 * limit, limit + (16 << 20)), 2**31 - 1)
 
 
 def _retry_info(seconds: float) -> bytes:

@@ -26,8 +26,9 @@ from collector_processor.ledger_types import SeriesItem, UsageGroup, UsageItem
 from collector_processor.otlp._view import decode_str
 from collector_processor.otlp.attribution import Attributor, ResourceScopes
 from collector_processor.otlp.pricing import ModelPrice, SpanPricer, femto_to_micros
+from collector_processor.otlp.semconv import MODEL, PROVIDER
 from collector_processor.otlp.spend_source import Service, SpendSource
-from collector_processor.otlp.traces import MODEL, PROVIDER, WindowPolicy
+from collector_processor.otlp.traces import WindowPolicy
 
 __all__ = ["MetricsPlan", "MetricsProcessor"]
 

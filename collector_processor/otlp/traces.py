@@ -1,64 +1,58 @@
 """The pricing processor for traces: read GenAI usage from spans, price it, attribute it, plan the charge.
 
 ``TraceProcessor.process`` walks one parsed export and returns a ``TracePlan``: the ledger batch (one
-item per span to charge, one group per distinct scopes, model and quarter hour, charged at the latest
-end in that quarter hour), the spans that name
-a reservation, and what was counted. With ``enrich`` it also sets ``gen_ai.usage.cost`` (USD, a
+item per span to charge, one group per distinct scopes, model and quarter hour; see ``_groups``), the
+spans that name a reservation, and what was counted. With ``enrich`` it also sets ``gen_ai.usage.cost`` (USD, a
 double) and ``gen_ai.usage.cost.source`` on each span it priced, for the exporter downstream.
 
 Which spans are GenAI usage: those with input or output token counts (current or deprecated names).
 Spans that only carry a cost (the SDK's run, loop and parallel spans, which sum their children) are
 not usage and are never charged. A span with ``paymaster.cost_usd`` (the SDK's exact cost) keeps it.
 
-This is the receiver's hot path. It works a column at a time: for each attribute, one pass over the
-spans of a scope in C (``map`` with ``operator`` functions over the raw attribute maps of ``_view``),
-so the cost per span is a few hash probes rather than a few dozen Python statements. Only spans that
+This is the receiver's hot path. It works a column at a time (``_columns``): for each attribute, one
+pass over the spans of a scope in C over the raw attribute maps of ``_view``, so the cost per span is
+a few hash probes rather than a few dozen Python statements. Only spans that
 need it (cache or reasoning counts, a bad value, a reservation, span-level scopes, a price that is
 not per-token) take a per-span path. Decoded values, prices and scope sets are cached.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import compress, repeat
-from operator import add, attrgetter, contains, floordiv, getitem, itemgetter, mul, neg, setitem, truediv
+from operator import add, attrgetter, contains, floordiv, mul, neg
 from typing import Any
 
 from collector_processor.budgets import ScopeSet
 from collector_processor.ledger_types import RecordUsageCommand, UsageFacts, UsageGroup, UsageItem
-from collector_processor.otlp._view import INVALID, decode_int, decode_str, encode_str
+from collector_processor.otlp._columns import Cache, column, optional, set_costs
+from collector_processor.otlp._groups import Groups
+from collector_processor.otlp._view import INVALID, decode_int, decode_str
 from collector_processor.otlp.attribution import Attributor, ResourceScopes
-from collector_processor.otlp.pricing import FEMTO, ModelPrice, SpanPricer, femto_ceiling
+from collector_processor.otlp.pricing import ModelPrice, SpanPricer, femto_ceiling
+from collector_processor.otlp.semconv import (
+    CACHE_CREATION,
+    CACHE_READ,
+    INPUT,
+    MODEL,
+    OUTPUT,
+    PROVIDER,
+    REASONING,
+    RESERVATION,
+    SDK_COST,
+)
 from collector_processor.otlp.spend_source import Service, SpendSource
 
 __all__ = ["TracePlan", "TraceProcessor", "WindowPolicy"]
 
-# Attribute names, current first and deprecated second where both exist.
-INPUT = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
-OUTPUT = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
-CACHE_READ = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens")
-CACHE_CREATION = ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens")
-REASONING = ("gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens")
-PROVIDER = ("gen_ai.provider.name", "gen_ai.system")
-MODEL = ("gen_ai.response.model", "gen_ai.request.model")
-SDK_COST = "paymaster.cost_usd"
-RESERVATION = "paymaster.reservation_id"
-COST = "gen_ai.usage.cost"
-COST_SOURCE = "gen_ai.usage.cost.source"
-
 _ZERO = b"\x18\x00"  # an encoded AnyValue int 0: what an absent count reads as
 _NONE = b""
-_SLOT_MS = 900_000  # every real time zone's offset is a multiple: no calendar period splits a slot
 _FEMTO_PER_MICRO = 10**9
 _ID_LENGTH = {24}  # trace id + span id
 _MAX_PROBLEMS = 5
 _MAX_SPAN_USD = Decimal(1_000_000)  # an SDK cost above this is not a cost
-_SOURCE_VALUES = {s: encode_str(s) for s in ("configured", "library", "unknown")}
-_DOUBLE_PREFIX = b"\x21"
-_PACK_DOUBLE = struct.Struct("<d").pack
 _ATTRIBUTES = attrgetter("attributes")
 _END = attrgetter("end_time_unix_nano")
 _TRACE_ID = attrgetter("trace_id")
@@ -109,69 +103,6 @@ class TracePlan:
             self.problems.append(f"span {span.trace_id.hex()}/{span.span_id.hex()}: {message}")
 
 
-class _Groups:
-    """The batch's groups, one per ScopeSet, ModelPrice and quarter hour. Both are shared instances
-    (kept alive by the plan), so their ids key the group."""
-
-    def __init__(self, plan: TracePlan) -> None:
-        self._plan = plan
-        self._index: dict[tuple[int, ModelPrice, int], int] = {}
-        self._end: list[int] = []
-        self._slot: list[int] = []
-
-    def ids(
-        self, scopes: list[tuple[ScopeSet, bool]] | None, default: tuple[ScopeSet, bool], prices: list[ModelPrice],
-        ends: list[int],
-    ) -> list[int]:  # fmt: skip
-        """The group of each span (``scopes`` None: every span has ``default``)."""
-        index = self._index
-        first = prices[0]
-        if scopes is None and prices.count(first) == len(prices):
-            slot = ends[0] // _SLOT_MS
-            if min(ends) // _SLOT_MS == max(ends) // _SLOT_MS == slot:  # one group: the common case
-                key = (id(default[0]), first, slot)
-                g = index.get(key)
-                if g is None:
-                    g = self._add(key, default, first)
-                self._end[g] = max(self._end[g], max(ends))
-                return [g] * len(ends)
-        slots = map(floordiv, ends, repeat(_SLOT_MS))
-        scope_ids = repeat(id(default[0])) if scopes is None else map(id, map(itemgetter(0), scopes))
-        keys = list(zip(scope_ids, prices, slots, strict=False))  # scope_ids may repeat()
-        new = set(keys).difference(index)
-        if new:  # a scope set, model or quarter hour not seen in this export yet: rare
-            scope_of = dict(zip(keys, repeat(default) if scopes is None else scopes, strict=False))
-            for key in sorted(new, key=keys.index):
-                self._add(key, scope_of[key], key[1])
-        ids = list(map(index.__getitem__, keys))
-        # Each group is charged at the latest end among this scope's spans of its quarter hour: no
-        # earlier than any of its own spans, and in the same quarter hour, so in the same period.
-        latest = _latest_per_slot(ends)
-        end_of = self._end
-        for g in set(ids):
-            slot_end = latest[self._slot[g]]
-            if slot_end > end_of[g]:
-                end_of[g] = slot_end
-        return ids
-
-    def _add(self, key: tuple[int, ModelPrice, int], scope: tuple[ScopeSet, bool], price: ModelPrice) -> int:
-        g = self._index[key] = len(self._end)
-        self._end.append(0)
-        self._slot.append(key[2])
-        self._plan.groups.append(
-            UsageGroup(scopes=scope[0], provider=price.provider, model=price.model, occurred_ms=0)
-        )
-        self._plan.unattributed.append(scope[1])
-        return g
-
-    def finish(self) -> None:
-        plan = self._plan
-        plan.groups = [
-            UsageGroup(scopes=g.scopes, provider=g.provider, model=g.model, occurred_ms=end)
-            for g, end in zip(plan.groups, self._end, strict=True)
-        ]
-
-
 class TraceProcessor:
     """Turns parsed exports into ledger plans; one per receiver, reused across exports."""
 
@@ -187,14 +118,14 @@ class TraceProcessor:
         self._attributor = attributor
         self._spend_source = spend_source
         self._max_tokens = max_tokens
-        self._tokens = _Cache(self._count_of, 262_144)
-        self._prices = _Cache(self._price_of, 4096)
-        self._sdk_costs = _Cache(self._sdk_cost_of, 65_536)
+        self._tokens = Cache(self._count_of, 262_144)
+        self._prices = Cache(self._price_of, 4096)
+        self._sdk_costs = Cache(self._sdk_cost_of, 65_536)
 
     def process(self, request: Any, window: WindowPolicy, *, enrich: bool) -> TracePlan:
         """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes."""
         plan = TracePlan()
-        groups = _Groups(plan)
+        groups = Groups(plan.groups, plan.unattributed)
         for resource_spans in request.resource_spans:
             context = self._attributor.for_resource(resource_spans.resource.attributes)
             charge_spans = self._spend_source.spans_charged(context.service)
@@ -206,17 +137,17 @@ class TraceProcessor:
                     self._scope(spans, context, charge_spans, window, enrich, plan, groups)
             if plan.genai > genai_before:
                 plan.services.add(context.service)
-        groups.finish()
+        plan.groups = groups.finish()
         return plan
 
     # -- one scope's spans, a column at a time ---------------------------------------------------
     def _scope(
         self, spans: Any, context: ResourceScopes, charge_spans: bool, window: WindowPolicy, enrich: bool,
-        plan: TracePlan, groups: _Groups,
+        plan: TracePlan, groups: Groups,
     ) -> None:  # fmt: skip
         maps = list(map(_ATTRIBUTES, spans))
-        raw_in = _column(maps, INPUT, None)
-        raw_out = _column(maps, OUTPUT, None)
+        raw_in = column(maps, INPUT, None)
+        raw_out = column(maps, OUTPUT, None)
         if None in raw_in or None in raw_out:
             keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
             if not any(keep):
@@ -230,7 +161,7 @@ class TraceProcessor:
         tokens = self._tokens
         tin = list(map(tokens.__getitem__, raw_in))
         tout = list(map(tokens.__getitem__, raw_out))
-        extras = [_optional(maps, names) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
+        extras = [optional(maps, names) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
         ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
         uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
         usable = min(tin) >= 0 and min(tout) >= 0 and min(ends) > 0 and max(ends) <= window.newest_ms
@@ -249,12 +180,12 @@ class TraceProcessor:
         prices = list(
             map(
                 self._prices.__getitem__,
-                zip(_column(maps, PROVIDER, _NONE), _column(maps, MODEL, _NONE), strict=True),
+                zip(column(maps, PROVIDER, _NONE), column(maps, MODEL, _NONE), strict=True),
             )
         )
         femto, sources = self._costs(maps, prices, tin, tout, counts)
         if enrich:
-            _enrich(maps, femto, sources)
+            set_costs(maps, femto, sources)
         plan.priced.update(sources)
         charge = [f is not None for f in femto]
         if not all(charge):
@@ -266,7 +197,7 @@ class TraceProcessor:
             stale = [end < window.oldest_ms for end in ends]
             plan.outcomes["stale"] += sum(s and c for s, c in zip(stale, charge, strict=True))
             charge = [c and not s for c, s in zip(charge, stale, strict=True)]
-        reservations = _optional(maps, (RESERVATION,))
+        reservations = optional(maps, (RESERVATION,))
         if reservations is not None:
             charge = self._reservations(reservations, charge, maps, context, uids, femto, tin, tout, counts, prices,
                                         ends, plan)  # fmt: skip
@@ -299,7 +230,7 @@ class TraceProcessor:
     ) -> tuple[list[int | None], list[str]]:
         """Femto-dollars (``None`` when unknown) and the cost source of each span."""
         first = prices[0]
-        sdk = _optional(maps, (SDK_COST,))
+        sdk = optional(maps, (SDK_COST,))
         if sdk is None and not extras:
             if first.rates is not None and prices.count(first) == len(prices):
                 rates = first.rates
@@ -334,7 +265,7 @@ class TraceProcessor:
         hits = [name for name, _ in context.checks if any(map(contains, maps, repeat(name)))]
         if not hits:
             return None
-        columns = [_column(maps, (name,), None) for name in hits]
+        columns = [column(maps, (name,), None) for name in hits]
         keys = list(zip(*columns, strict=True))
         resolved = {key: context.resolve(dict(zip(hits, key, strict=True))) for key in set(keys)}
         return list(map(resolved.__getitem__, keys))
@@ -441,74 +372,6 @@ class TraceProcessor:
         if not exact.is_finite() or not 0 <= exact <= _MAX_SPAN_USD:
             return None
         return femto_ceiling(exact)
-
-
-class _Cache(dict):  # type: ignore[type-arg]
-    """A bounded memo: ``cache[key]`` computes a missing value once (in C on a hit)."""
-
-    def __init__(self, compute: Any, limit: int) -> None:
-        super().__init__()
-        self._compute = compute
-        self._limit = limit
-
-    def __missing__(self, key: Any) -> Any:
-        if len(self) >= self._limit:
-            self.clear()
-        value = self[key] = self._compute(key)
-        return value
-
-
-def _latest_per_slot(ends: list[int]) -> dict[int, int]:
-    """Quarter hour -> the latest end in it (one quarter hour, the usual case, without a loop)."""
-    first, last = min(ends), max(ends)
-    if first // _SLOT_MS == last // _SLOT_MS:
-        return {last // _SLOT_MS: last}
-    ordered = sorted(ends)
-    return dict(zip(map(floordiv, ordered, repeat(_SLOT_MS)), ordered, strict=False))  # the last one wins
-
-
-def _column(maps: list[Any], names: tuple[str, ...], default: bytes | None) -> list[Any]:
-    """The raw value of the first of ``names`` each span has, or ``default``. Whole columns are read
-    in C; only a scope whose spans disagree on the name takes the per-span loop."""
-    for name in names:
-        present = list(map(contains, maps, repeat(name)))
-        if all(present):
-            return list(map(getitem, maps, repeat(name)))
-        if any(present):
-            break
-    else:
-        return [default] * len(maps)
-    out = []
-    for a in maps:
-        for name in names:
-            if name in a:
-                out.append(a[name])
-                break
-        else:
-            out.append(default)
-    return out
-
-
-def _optional(maps: list[Any], names: tuple[str, ...]) -> list[Any] | None:
-    """Like ``_column`` with ``None`` for absent values, or ``None`` when no span has any of ``names``."""
-    if not any(any(map(contains, maps, repeat(name))) for name in names):
-        return None
-    return _column(maps, names, None)
-
-
-def _enrich(maps: list[Any], femto: list[int | None], sources: list[str]) -> None:
-    """Set the cost attributes on the spans this receiver priced (an SDK's own cost is left alone)."""
-    if None not in femto and "sdk" not in sources:
-        values = map(add, repeat(_DOUBLE_PREFIX), map(_PACK_DOUBLE, map(truediv, femto, repeat(FEMTO))))
-        list(map(setitem, maps, repeat(COST), values))
-        list(map(setitem, maps, repeat(COST_SOURCE), map(_SOURCE_VALUES.__getitem__, sources)))
-        return
-    for a, cost, source in zip(maps, femto, sources, strict=True):
-        if source == "sdk":
-            continue
-        if cost is not None:
-            a[COST] = _DOUBLE_PREFIX + _PACK_DOUBLE(cost / FEMTO)
-        a[COST_SOURCE] = _SOURCE_VALUES[source]
 
 
 def _unusable(end_ms: int, id_bytes: int) -> str:

@@ -14,7 +14,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from paymaster.v1 import budget_pb2 as pb
-from tests.sidecar.otlp.conftest import OtlpSidecar, eventually
+from tests.sidecar.otlp.conftest import OtlpSidecar
 from tests.sidecar.otlp.payloads import export, span
 
 GOOD = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1000,
@@ -81,10 +81,8 @@ def test_an_export_above_the_size_limit_is_refused_over_grpc_even_when_it_arrive
         with pytest.raises(grpc.RpcError) as error:
             running.raw_export()(big, timeout=5, compression=compression)
         assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-    # gRPC answers before the handler counts the refusal.
-    eventually(
-        lambda: running.counter("paymaster_otlp_requests_total", transport="grpc", outcome="too_large") == 2
-    )
+        assert "above the 4,096 bytes this receiver accepts" in error.value.details()  # type: ignore[attr-defined]
+    assert running.counter("paymaster_otlp_requests_total", transport="grpc", outcome="too_large") == 2
     assert charged(running) == "0.000000"
     assert_still_serving(running)
 
