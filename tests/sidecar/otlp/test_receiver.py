@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from paymaster.v1 import budget_pb2 as pb
-from tests.sidecar.otlp.conftest import Downstream, OtlpSidecar, tracer_provider
+from tests.sidecar.otlp.conftest import Downstream, OtlpSidecar, eventually, tracer_provider
 
 D = Decimal
 GPT4O = {
@@ -99,7 +99,7 @@ def test_spans_sent_by_the_sdk_grpc_exporter_are_priced_charged_and_forwarded_en
     assert (
         running.counter("paymaster_otlp_requests_total", signal="traces", transport="grpc", outcome="ok") == 2
     )
-    downstream.wait_for(lambda: running.counter("paymaster_otlp_forwarded_total", signal="traces") == 2)
+    eventually(lambda: running.counter("paymaster_otlp_forwarded_total", signal="traces") == 2)
     provider.shutdown()
 
 
