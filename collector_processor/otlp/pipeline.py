@@ -253,13 +253,14 @@ class OtlpPipeline:
             return
         tally.flush(self.metrics)
 
-    def close(self) -> None:
-        """Refuse new exports, finish the charges in flight, charge held points, stop the forwarders."""
+    def close(self, grace_s: float = 5.0) -> None:
+        """Refuse new exports, finish the charges in flight, charge held points, and give the forwarders
+        ``grace_s`` to send what they hold (the rest is dropped and counted)."""
         self._closed.set()
         self.tick(final=True)
         self._charger.close()
         for forwarder in self._forwarders.values():
-            forwarder.stop()
+            forwarder.stop(grace_s)
 
 
 def _warning(count: int, what: str, problems: list[str]) -> str:

@@ -78,7 +78,7 @@ class OtlpReceiver:
         self.grpc.stop(grace_s)
         if self.http is not None:
             self.http.stop()
-        self.pipeline.close()
+        self.pipeline.close(grace_s)
 
     def _tick(self) -> None:
         while not self._stop.wait(_TICK_S):

@@ -153,8 +153,8 @@ class TraceProcessor:
             if not any(keep):
                 return
             spans, maps = list(compress(spans, keep)), list(compress(maps, keep))
-            raw_in = [x or _ZERO for x in compress(raw_in, keep)]
-            raw_out = [x or _ZERO for x in compress(raw_out, keep)]
+            raw_in = [_ZERO if x is None else x for x in compress(raw_in, keep)]
+            raw_out = [_ZERO if x is None else x for x in compress(raw_out, keep)]
         else:
             spans = list(spans)
         plan.genai += len(maps)
