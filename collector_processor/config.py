@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from collector_processor.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
+from collector_processor.otlp.config import OtlpReceiverSection
 from collector_processor.periods import zone
 from collector_processor.store._redis_codec import check_namespace, parse_sentinel_url
 from paymaster.exceptions import ConfigError
@@ -119,12 +120,6 @@ class TelemetrySection(_Section):
     service_name: str = "paymaster-sidecar"
 
 
-class OtlpReceiverSection(_Section):
-    enabled: bool = False
-    grpc_listen: str = DEFAULT_OTLP_GRPC_LISTEN
-    http_listen: str = DEFAULT_OTLP_HTTP_LISTEN
-
-
 class ReceiversSection(_Section):
     otlp: OtlpReceiverSection = OtlpReceiverSection()
 
@@ -206,6 +201,7 @@ class SidecarConfig(_Section):
             self._check_ledger()
             self._check_alerts()
             self._check_budgets()
+            self.receivers.otlp.validate_all()
         except InvalidRequestError as exc:
             raise ConfigError(f"{self.source}: {exc}") from None
         return self
@@ -227,15 +223,12 @@ class SidecarConfig(_Section):
             ("receivers.otlp.http_listen", self.receivers.otlp.http_listen),
             ("metrics.listen", self.metrics.listen),
         ):
+            if not address and key == "receivers.otlp.http_listen":
+                continue  # OTLP/HTTP turned off
             port = parse_address(address, key)
             if port and port in ports:
                 raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
             ports[port] = key
-        if self.receivers.otlp.enabled:
-            raise InvalidRequestError(
-                "receivers.otlp.enabled",
-                "this component is not part of this version of the sidecar; leave it false",
-            )
 
     def _check_store(self) -> None:
         store = self.store

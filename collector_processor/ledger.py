@@ -38,7 +38,10 @@ from collector_processor.ledger_types import (
     ReleaseOutcome,
     ReserveCommand,
     ReserveOutcome,
+    UsageBatch,
+    UsageBatchOutcome,
     UsageFacts,
+    UsageGroup,
 )
 from collector_processor.money import usd_to_micros
 from collector_processor.periods import zone
@@ -48,6 +51,7 @@ from collector_processor.usage import UsageQuery, UsageReport, build_report, che
 __all__ = ["Ledger", "LedgerSettings"]
 
 _MAX_KEY = 256
+_MAX_BATCH_KEY = 64
 _FUTURE_SKEW_MS = 60_000
 
 
@@ -221,6 +225,24 @@ class Ledger:
         self._alerted(outcome.alerts_fired)
         return outcome
 
+    def record_usage_batch(self, batch: UsageBatch) -> UsageBatchOutcome:
+        """Record many units of usage at once, idempotent per item and charged per group (see
+        ``LedgerStore.record_usage_batch``). Groups that happened in the future are refused, as in
+        ``record_usage``; a group up to a minute ahead (clock skew) is charged now."""
+        now = self.clock.now_ms()
+        groups = tuple(self._batch_group(g, i, now) for i, g in enumerate(batch.groups))
+        _check_batch_rows(batch, len(groups))
+        outcome = self.store.record_usage_batch(replace(batch, groups=groups), now_ms=now)
+        self._alerted(outcome.alerts_fired)
+        return outcome
+
+    def _batch_group(self, group: UsageGroup, i: int, now: int) -> UsageGroup:
+        group.scopes.validate(f"groups[{i}].scopes")
+        _facts(UsageFacts(provider=group.provider, model=group.model), f"groups[{i}]")
+        if group.occurred_ms > now + _FUTURE_SKEW_MS:
+            raise InvalidRequestError(f"groups[{i}].occurred_ms", "is in the future")
+        return group if group.occurred_ms <= now else replace(group, occurred_ms=now)
+
     def _alerted(self, fired: Sequence[int]) -> None:
         if fired and self._on_alert is not None:
             self._on_alert()
@@ -266,6 +288,28 @@ def _reservation_id(now_ms: int) -> str:
     """32 hex digits: the time first, then 80 random bits. Ids that grow with time are appended to the
     end of the store's indexes instead of landing on a random page each, which keeps every commit small."""
     return f"{now_ms:012x}{secrets.token_hex(10)}"
+
+
+def _check_batch_rows(batch: UsageBatch, groups: int) -> None:
+    """Refuse items and series a store must never see, column by column (a batch has thousands)."""
+    for name, rows, key_at, group_at, amounts_at in (
+        ("items", batch.items, 1, 2, 3),
+        ("series", batch.series, 0, 1, 3),
+    ):
+        if not rows:
+            continue
+        columns = list(zip(*rows, strict=True))
+        if min(columns[group_at]) < 0 or max(columns[group_at]) >= groups:  # type: ignore[type-var]
+            raise InvalidRequestError(f"{name}.group", f"must index one of the {groups} groups")
+        for offset, column in enumerate(columns[amounts_at:]):
+            if min(column) < 0:  # type: ignore[type-var]
+                raise InvalidRequestError(f"{name}.amounts[{offset}]", "must not be negative")
+        sizes = list(map(len, columns[key_at]))  # type: ignore[arg-type]
+        if min(sizes) < 1 or max(sizes) > _MAX_BATCH_KEY:
+            raise InvalidRequestError(f"{name}.key", f"must be 1 to {_MAX_BATCH_KEY} bytes")
+        keys = set(zip(columns[0], columns[1], strict=True)) if name == "items" else set(columns[0])
+        if len(keys) != len(rows):
+            raise InvalidRequestError(f"{name}.key", "appears twice in one batch")
 
 
 def _non_negative(value: Decimal, field: str) -> None:

@@ -7,9 +7,11 @@ about protobuf or gRPC. Money is ``Decimal``; times are epoch milliseconds UTC.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import IntEnum, StrEnum
+from typing import TypeAlias
 
 from collector_processor.budgets import Budget, OnExceed, Scope, ScopeSet
 from collector_processor.money import micros_to_usd, percentage
@@ -28,7 +30,12 @@ __all__ = [
     "ReservationState",
     "ReserveCommand",
     "ReserveOutcome",
+    "SeriesItem",
+    "UsageBatch",
+    "UsageBatchOutcome",
     "UsageFacts",
+    "UsageGroup",
+    "UsageItem",
 ]
 
 
@@ -273,6 +280,70 @@ class RecordUsageOutcome:
     """The scopes charged: the command's, or those of the reservation it named (``None``: not said)."""
     usage: UsageFacts | None = None
     """The facts recorded with the spend."""
+
+
+UsageItem: TypeAlias = tuple[int, bytes, int, int, int, int, int, int, int, int]
+"""One unit of usage in a ``UsageBatch``: ``(instant_ms, uid, group, cost_micros, input_tokens,
+output_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens)``.
+
+``(instant_ms, uid)`` is its idempotency key: ``instant_ms`` is when it happened (epoch ms, the same on
+every retry, e.g. a span's end time) and ``uid`` up to 64 bytes that tell it apart from other usage of
+that instant (e.g. trace id + span id). ``group`` indexes ``UsageBatch.groups``. A plain tuple, because
+a batch carries thousands of them."""
+
+SeriesItem: TypeAlias = tuple[bytes, int, bool, int, int, int, int, int, int, int]
+"""One running total in a ``UsageBatch``: ``(series_id, group, baseline, cost_micros, input_tokens,
+output_tokens, cache_read_tokens, cache_creation_tokens, reasoning_tokens, total_tokens)``.
+
+Amounts are cumulative since the series started (a cumulative OpenTelemetry counter or histogram sum);
+``series_id`` (up to 64 bytes) names the series including its start. ``baseline``: if the store does
+not know the series yet, record these totals without charging them (they may have been charged before
+the series was forgotten)."""
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class UsageGroup:
+    """Who spent and on what, shared by the items of a batch that are charged together."""
+
+    scopes: ScopeSet
+    """Who it is for; at least one id."""
+    provider: str = ""
+    """``gen_ai.provider.name``"""
+    model: str = ""
+    """The model."""
+    occurred_ms: int
+    """When it happened: the group is charged to the period (or window bucket) of this instant."""
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class UsageBatch:
+    """Many units of usage recorded in one atomic operation: idempotent per item, charged per group.
+
+    Every item and series names its group. The new usage of each group (items not recorded before,
+    and the growth of each series over the largest totals recorded for it) is summed into one usage
+    record and one charge of every budget matching the group's scopes, at ``occurred_ms``.
+    """
+
+    groups: tuple[UsageGroup, ...]
+    """The groups items are charged in."""
+    items: Sequence[UsageItem] = ()
+    """Units of usage, each charged at most once; their keys must be distinct."""
+    series: Sequence[SeriesItem] = ()
+    """Running totals, each charged by how much it grew; their ids must be distinct."""
+
+
+@dataclass(kw_only=True, slots=True)
+class UsageBatchOutcome:
+    """What recording a batch did, per group (in the order of ``UsageBatch.groups``)."""
+
+    charged_items: tuple[int, ...]
+    """Items (and series that grew) that charged something new, per group."""
+    charged_micros: tuple[int, ...]
+    """Micro-dollars charged, per group."""
+    duplicates: int
+    """Items recorded before, and series that did not grow (or were baselined): nothing charged."""
+    alerts_fired: tuple[int, ...] = ()
+    """Sequences of the alerts the batch fired."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)

@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -46,6 +47,20 @@ log = logging.getLogger("paymaster.sidecar")
 _STORE_HEALTH_POLL_S = 0.1
 
 
+class Component(Protocol):
+    """A part of the sidecar with ports of its own (the OTLP receiver), started after the budget API."""
+
+    def describe(self) -> str:
+        """Where it listens, for the start-up line."""
+        ...
+
+    def start(self) -> Any: ...
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Finish what is in flight; harmless to call twice or before ``start``."""
+        ...
+
+
 class Sidecar:
     """A built sidecar. ``start()`` runs the gRPC server on an event loop in its own thread and returns
     once the port is open; ``stop()`` drains requests and closes everything."""
@@ -62,6 +77,7 @@ class Sidecar:
         on_close: list[Any],
         metrics: SelfMetrics | None = None,
         exporters: MetricsExporters | None = None,
+        components: Sequence[Component] = (),
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
@@ -70,6 +86,8 @@ class Sidecar:
             config, store=store, clock=ledger.clock, metrics=self.metrics
         )
         """Its metrics registry, ``/metrics`` endpoint and OTLP push."""
+        self.components = tuple(components)
+        """Started after the budget API and stopped before it, e.g. the OTLP receiver."""
         self.store = store
         self.ledger = ledger
         self.hub = hub
@@ -101,6 +119,14 @@ class Sidecar:
             raise ConfigError(
                 f"{self.config.source}: server.listen: cannot serve on {self.config.server.listen}: {error}"
             ) from None
+        for component in self.components:
+            try:
+                component.start()
+            except Exception as exc:  # a port in use
+                self.stop(0)
+                raise ConfigError(
+                    f"{self.config.source}: {component.describe()}: cannot start: {exc}"
+                ) from None
         try:
             self.exporters.start()
         except ConfigError:
@@ -117,6 +143,8 @@ class Sidecar:
         self._stopped.set()
         if grace_s is not None:
             self._grace_s = grace_s
+        for component in reversed(self.components):
+            component.stop(self._grace_s)
         if self._loop is not None and self._stop_requested is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._stop_requested.set)
             self._thread.join()
@@ -225,6 +253,8 @@ def create_sidecar(
         store.close()
         raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
+    exporters = create_exporters(config, store=store, clock=clock, metrics=metrics)
+    components = _components(config, ledger, metrics, clock, store, exporters)
     on_close: list[Any] = []
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
     ledger.set_alert_listener(_listener(hub, dispatcher))
@@ -245,7 +275,8 @@ def create_sidecar(
         sweeper=sweeper,
         on_close=on_close,
         metrics=metrics,
-        exporters=create_exporters(config, store=store, clock=clock, metrics=metrics),
+        exporters=exporters,
+        components=components,
     )
 
 
@@ -271,6 +302,36 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
         return SqliteStore(s.path, synchronous=s.synchronous, busy_timeout_ms=s.busy_timeout_ms)
     except StoreUnavailableError as exc:
         raise ConfigError(f"{config.source}: store.{'url' if s.kind == 'redis' else 'path'}: {exc}") from None
+
+
+def _components(
+    config: SidecarConfig,
+    ledger: Ledger,
+    metrics: SelfMetrics,
+    clock: Clock,
+    store: LedgerStore,
+    exporters: MetricsExporters,
+) -> list[Component]:
+    if not config.receivers.otlp.enabled:
+        return []
+    from collector_processor.otlp import create_otlp_receiver
+
+    # A relative price file is found next to the sidecar's own config file.
+    config_dir = None if config.source.startswith("<") else Path(config.source).parent
+    try:
+        receiver = create_otlp_receiver(
+            config.receivers.otlp,
+            ledger=ledger,
+            metrics=metrics,
+            clock=clock,
+            retention_ms=int(config.ledger.reservation_retention_hours * 3_600_000),
+            config_dir=config_dir,
+            on_spend=exporters.service.batch_recorded,
+        )
+    except ConfigError as exc:
+        store.close()
+        raise ConfigError(f"{config.source}: {exc}") from None
+    return [receiver]
 
 
 def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:
@@ -343,6 +404,8 @@ def run(config: SidecarConfig) -> int:
         f"paymaster sidecar listening on {sidecar.address} (store: {config.store.describe()})",
         flush=True,
     )
+    for component in sidecar.components:
+        print(f"paymaster sidecar: {component.describe()}", flush=True)
 
     def shutdown(signum: int, frame: object) -> None:
         threading.Thread(target=sidecar.stop, name="paymaster-shutdown").start()

@@ -32,8 +32,11 @@ from collector_processor.ledger_types import (
     RecordUsageCommand,
     RecordUsageOutcome,
     ReserveOutcome,
+    UsageBatchOutcome,
     UsageFacts,
+    UsageGroup,
 )
+from collector_processor.money import micros_to_usd
 from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.store.base import LedgerStore
 
@@ -113,6 +116,18 @@ class ServiceMetrics:
             tokens = command.total_tokens or facts.input_tokens + facts.output_tokens
             scopes = outcome.scopes if outcome.scopes is not None else command.scopes
             self._charged(scopes, facts, outcome.charged_usd, tokens, outcome.alerts_fired)
+
+    def batch_recorded(self, groups: Sequence[UsageGroup], outcome: UsageBatchOutcome) -> None:
+        """Count the spend of a durable batch (the OTLP receiver's): each group that charged money, by
+        its model and scopes, and the alerts the batch fired."""
+        for group, micros in zip(groups, outcome.charged_micros, strict=True):
+            if micros:
+                facts = UsageFacts(provider=group.provider, model=group.model)
+                self._charged(group.scopes, facts, micros_to_usd(micros), 0, ())
+        if outcome.alerts_fired:
+            with self._lock:
+                self._pending_alerts.extend(outcome.alerts_fired)
+                del self._pending_alerts[:-_MAX_PENDING_ALERTS]
 
     def _charged(
         self,

@@ -1,6 +1,7 @@
 """Housekeeping of the Redis store, in small steps that never hold Redis up for long.
 
-Settled reservations, usage records and alerts past their retention are forgotten a chunk at a time;
+Settled reservations, usage records, alerts, and batch item keys and series past their retention are
+forgotten a chunk at a time;
 each live budget's entities lose the spend buckets and alert marks of periods no window reads any
 more; the state of deleted budgets is collected. Any number of replicas may run it at once.
 """
@@ -31,6 +32,7 @@ def prune(
         ("reservations", reservation_retention_ms),
         ("usage", usage_retention_ms),
         ("alerts", alert_retention_ms),
+        ("batches", reservation_retention_ms),
     ):
         while int(link.script("prune", [what, str(now_ms - keep), str(_CHUNK)])) >= _CHUNK:
             pass

@@ -453,6 +453,118 @@ charge(sp, cost, now, out)
 return out
 """
 
+# ARGV: version, now, record id prefix, group count, then per group: organization, team, agent,
+# workflow, user, provider, model, occurred, specs...; then the item count and per item: instant, uid
+# (hex), group, cost, input, output, cache read, cache creation, reasoning, total; then the series
+# count and per series: id (hex), group, baseline ('1'/'0'), the same seven totals.
+_BATCH = r"""
+if stale(ARGV[1]) then return {'STALE'} end
+local now, prefix = ARGV[2], ARGV[3]
+reclaim(now, RECLAIM)
+local MAX = 9007199254740991  -- sums stay exact doubles below 2^53
+local groups, j = {}, 5
+for g = 1, tonumber(ARGV[4]) do
+  local grp = {scopes = {ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4]}, prov = ARGV[j + 5],
+    model = ARGV[j + 6], at = ARGV[j + 7], sp = specs(j + 8), n = 0, sums = {0, 0, 0, 0, 0, 0, 0}}
+  groups[g] = grp
+  j = j + 9 + tonumber(ARGV[j + 8]) * F
+end
+local function add(grp, values)
+  for i = 1, 7 do
+    grp.sums[i] = grp.sums[i] + values[i]
+    if grp.sums[i] > MAX then return false end
+  end
+  grp.n = grp.n + 1
+  return true
+end
+-- Read first, write after: a refused batch leaves nothing behind.
+local K, SER, SERT = P .. ':bk', P .. ':ser', P .. ':sert'
+local fresh, duplicates = {}, 0
+local nitems = tonumber(ARGV[j]); j = j + 1
+for _ = 1, nitems do
+  local member = ARGV[j] .. ':' .. ARGV[j + 1]
+  if redis.call('ZSCORE', K, member) then
+    duplicates = duplicates + 1
+  else
+    local t = {}
+    for i = 1, 6 do t[i] = tonumber(ARGV[j + 2 + i]) end
+    local total = tonumber(ARGV[j + 9])
+    if total == 0 then total = t[2] + t[3] end
+    t[7] = total
+    if not add(groups[tonumber(ARGV[j + 2]) + 1], t) then return {'OVERFLOW', 'batch'} end
+    fresh[#fresh + 1] = {tonumber(ARGV[j]), member}
+  end
+  j = j + 10
+end
+local raised = {}
+local nseries = tonumber(ARGV[j]); j = j + 1
+for _ = 1, nseries do
+  local id, grp, baseline = ARGV[j], groups[tonumber(ARGV[j + 1]) + 1], ARGV[j + 2] == '1'
+  local new = {}
+  for i = 1, 7 do new[i] = tonumber(ARGV[j + 2 + i]) end
+  local known = redis.call('HGET', SER, id)
+  if not known then
+    raised[#raised + 1] = {id, new}
+    if baseline then duplicates = duplicates + 1
+    elseif not add(grp, new) then return {'OVERFLOW', 'batch'} end
+  else
+    local old, i = {}, 1
+    for v in string.gmatch(known, '[^ ]+') do old[i] = tonumber(v); i = i + 1 end
+    local growth, grew, top = {}, false, {}
+    for k = 1, 7 do
+      growth[k] = math.max(new[k] - old[k], 0)
+      top[k] = math.max(new[k], old[k])
+      if growth[k] > 0 then grew = true end
+    end
+    if grew then
+      raised[#raised + 1] = {id, top}
+      if not add(grp, growth) then return {'OVERFLOW', 'batch'} end
+    else
+      duplicates = duplicates + 1
+    end
+  end
+  j = j + 10
+end
+local function int(x) return string.format('%.0f', x) end
+for _, grp in ipairs(groups) do
+  if grp.n > 0 and grp.sums[1] > 0 then
+    local full = charge_fits(grp.sp, int(grp.sums[1]))
+    if full then return {'OVERFLOW', full} end
+  end
+end
+for _, f in ipairs(fresh) do redis.call('ZADD', K, f[1], f[2]) end
+for _, r in ipairs(raised) do
+  local parts = {}
+  for k = 1, 7 do parts[k] = int(r[2][k]) end
+  redis.call('HSET', SER, r[1], table.concat(parts, ' '))
+  redis.call('ZADD', SERT, now, r[1])
+end
+local counts, charged, fired = {}, {}, {}
+for g, grp in ipairs(groups) do
+  counts[g], charged[g] = tostring(grp.n), '0'
+  if grp.n > 0 then
+    local sm = grp.sums
+    local total = sm[7]
+    if total == 0 then total = sm[2] + sm[3] end
+    insert_usage(prefix .. ':' .. (g - 1), grp.at, grp.scopes, int(sm[1]), int(total), grp.prov, grp.model,
+      int(sm[2]), int(sm[3]), int(sm[4]), int(sm[5]), int(sm[6]), '')
+    charged[g] = int(sm[1])
+    if sm[1] > 0 then
+      local out = {}
+      charge(grp.sp, int(sm[1]), now, out)
+      local standings = 0
+      for _, s in ipairs(grp.sp) do if s.enabled then standings = standings + 2 end end
+      for k = standings + 1, #out do fired[#fired + 1] = out[k] end
+    end
+  end
+end
+local reply = {'OK', tostring(duplicates)}
+for g = 1, #groups do reply[#reply + 1] = counts[g] end
+for g = 1, #groups do reply[#reply + 1] = charged[g] end
+for _, q in ipairs(fired) do reply[#reply + 1] = q end
+return reply
+"""
+
 # ARGV: version, now, alert period key for marks ('' for none), specs...
 _STANDING = r"""
 if stale(ARGV[1]) then return {'STALE'} end
@@ -585,6 +697,14 @@ elseif what == 'usage' then
     redis.call('ZREM', P .. ':ut', id)
     n = n + 1
   end
+elseif what == 'batches' then
+  -- Item keys by their instant, series by their last growth (LedgerStore.record_usage_batch).
+  n = redis.call('ZREMRANGEBYSCORE', P .. ':bk', '-inf', '(' .. cut)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':sert', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
+    redis.call('HDEL', P .. ':ser', id)
+    redis.call('ZREM', P .. ':sert', id)
+    n = n + 1
+  end
 elseif what == 'alerts' then
   for _, seq in ipairs(redis.call('ZRANGEBYSCORE', P .. ':alerts:fired', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
     local A = P .. ':alert:' .. seq
@@ -644,6 +764,7 @@ _BODIES = {
     "resend": _RESEND,
     "commit": _COMMIT,
     "record": _RECORD,
+    "batch": _BATCH,
     "standing": _STANDING,
     "release": _RELEASE,
     "expire": _EXPIRE,

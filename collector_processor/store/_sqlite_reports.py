@@ -15,6 +15,7 @@ from collector_processor.ledger_types import Alert, BudgetStatus
 from collector_processor.money import micros_to_usd, percentage
 from collector_processor.store._index import LiveBudget
 from collector_processor.store._shared import status_from_state
+from collector_processor.store._sqlite_batch import prune_batches
 from collector_processor.store._sqlite_reservations import read_states
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row
 from collector_processor.store.base import USAGE_COLUMNS, BudgetSpend, EntitySpend, UsageFilter, UsageRow
@@ -182,6 +183,7 @@ def prune(
         "DELETE FROM reservations WHERE state <> 1 AND settled_ms < ?", (now_ms - reservation_retention_ms,)
     )
     conn.execute("DELETE FROM usage_events WHERE ts_ms < ?", (now_ms - usage_retention_ms,))
+    prune_batches(conn, before_ms=now_ms - reservation_retention_ms)
     # The alert log is bounded by age alone: an alert nobody could deliver in that long is history.
     conn.execute("DELETE FROM alerts WHERE fired_ms < ?", (now_ms - alert_retention_ms,))
     conn.execute("DELETE FROM holds WHERE reserved_micros = 0")

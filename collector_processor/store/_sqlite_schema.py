@@ -154,6 +154,30 @@ CREATE TABLE IF NOT EXISTS usage_events (
     reservation_id TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage_events (ts_ms);
+
+-- Idempotency keys of usage recorded in batches (OTLP spans): the instant leads the key, so the keys
+-- of one batch land next to each other, and pruning is a range delete. ``stamp`` tells the keys one
+-- batch inserted from those that were there before.
+CREATE TABLE IF NOT EXISTS usage_keys (
+    ts_ms INTEGER NOT NULL,
+    uid BLOB NOT NULL,
+    stamp INTEGER NOT NULL,
+    PRIMARY KEY (ts_ms, uid)
+) WITHOUT ROWID;
+
+-- The largest totals recorded per running series (cumulative OTLP metrics), charged by their growth.
+CREATE TABLE IF NOT EXISTS usage_series (
+    id BLOB PRIMARY KEY,
+    cost_micros INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_creation_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_series_by_time ON usage_series (updated_ms);
 """
 
 BUDGET_COLUMNS = (

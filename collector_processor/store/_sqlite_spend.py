@@ -33,7 +33,17 @@ from collector_processor.store._sqlite_reservations import (
     standing,
 )
 
-__all__ = ["charge", "commit", "insert_usage", "record_against_reservation", "record_usage"]
+__all__ = [
+    "INSERT_USAGE_SQL",
+    "REARM_SQL",
+    "charge",
+    "commit",
+    "fire_alerts",
+    "insert_usage",
+    "rearm_marks",
+    "record_against_reservation",
+    "record_usage",
+]
 
 _STANDING_SQL = (
     "SELECT (SELECT COALESCE(SUM(used_micros), 0) FROM spend"
@@ -51,7 +61,7 @@ _COMMIT_SQL = (
     " released_micros = CASE WHEN state = 1 THEN held_micros ELSE 0 END, late = (state <> 1)"
     f" WHERE id = ? AND state <> 2 RETURNING {RES_COLS}"
 )
-_INSERT_USAGE_SQL = (
+INSERT_USAGE_SQL = (
     "INSERT OR IGNORE INTO usage_events (usage_id, ts_ms, organization, team, agent, workflow, user, provider,"
     " model, cost_micros, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,"
     " reasoning_tokens, total_tokens, reservation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -187,7 +197,7 @@ def insert_usage(
     """Record one unit of spend for reports; False when ``usage_id`` was recorded before."""
     total = total_tokens or f.input_tokens + f.output_tokens
     cur = conn.execute(
-        _INSERT_USAGE_SQL,
+        INSERT_USAGE_SQL,
         (usage_id, ts_ms, s.organization, s.team, s.agent, s.workflow, s.user, f.provider, f.model, cost,
          f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_creation_tokens, f.reasoning_tokens, total,
          reservation_id),
@@ -226,7 +236,7 @@ def charge(
         )
         states.append(state)
         if budget.alert_thresholds:
-            fired.extend(_fire_alerts(conn, live, state, now_ms))
+            fired.extend(fire_alerts(conn, live, state, now_ms))
     return budget_infos(states, [s.used > s.limit for s in states]), fired
 
 
@@ -257,19 +267,27 @@ def _charge_calendar_sql(count: int) -> str:
     )
 
 
-def _fire_alerts(conn: sqlite3.Connection, live: LiveBudget, s: BudgetState, now_ms: int) -> list[int]:
+def rearm_marks(s: BudgetState) -> list[tuple[str, str, int]]:
+    """The alert marks of a rolling window to delete: its spend has fallen back below those thresholds."""
+    budget = s.budget
+    return [(budget.id, s.entity, t) for t in budget.alert_thresholds if s.used * 100 < t * s.limit]
+
+
+REARM_SQL = "DELETE FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = 0 AND threshold = ?"
+
+
+def fire_alerts(
+    conn: sqlite3.Connection, live: LiveBudget, s: BudgetState, now_ms: int, *, rearm: bool = True
+) -> list[int]:
     """Each threshold fires once per period: the mark row is the de-duplication record, written in the
-    same transaction as the spend, so neither a restart nor another sidecar can fire it again."""
+    same transaction as the spend, so neither a restart nor another sidecar can fire it again.
+    ``rearm=False``: the caller has re-armed rolling thresholds itself (``rearm_marks``)."""
     budget, thresholds = live.budget, live.budget.alert_thresholds
     rolling = budget.period.is_rolling
     period_key = 0 if rolling else s.window.start_ms
-    if rolling:
+    if rolling and rearm:
         # A rolling window re-arms a threshold once its spend has fallen back below it.
-        below = [(budget.id, s.entity, t) for t in thresholds if s.used * 100 < t * s.limit]
-        conn.executemany(
-            "DELETE FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = 0 AND threshold = ?",
-            below,
-        )
+        conn.executemany(REARM_SQL, rearm_marks(s))
     fired = []
     for threshold in crossed_thresholds(thresholds, s.used, s.limit):
         cur = conn.execute(

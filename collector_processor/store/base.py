@@ -31,6 +31,8 @@ from collector_processor.ledger_types import (
     ReleaseOutcome,
     ReserveCommand,
     ReserveOutcome,
+    UsageBatch,
+    UsageBatchOutcome,
 )
 
 __all__ = ["USAGE_COLUMNS", "BudgetSpend", "EntitySpend", "LedgerStore", "UsageFilter", "UsageRow"]
@@ -154,6 +156,23 @@ class LedgerStore(Protocol):
         """Charge spend without a reservation, idempotent by usage id; fire alerts."""
         ...
 
+    def record_usage_batch(self, batch: UsageBatch, *, now_ms: int) -> UsageBatchOutcome:
+        """Record many units of usage in one atomic operation (the OTLP receiver's bulk charge).
+
+        - An item whose key ``(instant_ms, uid)`` was recorded before is a duplicate and charges nothing.
+        - A series charges, field by field, how far its totals exceed the largest recorded for its id
+          (all of them if the id is new, none if it is new and ``baseline``); the store then keeps the
+          larger totals.
+        - The new amounts of each group are summed into one usage record (for reports) at the group's
+          ``occurred_ms``, and a non-zero cost is charged to every budget matching its scopes at that
+          instant, firing thresholds exactly like ``record_usage``.
+
+        All of it or nothing. Item keys are remembered until ``prune`` forgets those whose instant is
+        more than ``reservation_retention_ms`` old, and series ids until they have not grown for that
+        long: callers must not send usage older than that and expect it to be recognised.
+        """
+        ...
+
     def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
         """Release held reservations whose TTL has passed; return how many."""
         ...
@@ -206,7 +225,8 @@ class LedgerStore(Protocol):
     def prune(
         self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
     ) -> None:
-        """Forget settled reservations, aged usage records, delivered alerts and spend buckets no window reads."""
+        """Forget settled reservations, aged usage records, delivered alerts, spend buckets no window reads,
+        and batch item keys and series older than ``reservation_retention_ms``."""
         ...
 
     def close(self) -> None: ...

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,8 @@ from collector_processor.ledger_types import (
     ReservationState,
     ReserveCommand,
     ReserveOutcome,
+    UsageBatch,
+    UsageBatchOutcome,
     UsageFacts,
 )
 from collector_processor.money import micros_to_usd, usd_to_micros
@@ -549,6 +552,33 @@ class RedisStore:
             alerts_fired=fired,
             scopes=scopes,
             usage=f,
+        )
+
+    def record_usage_batch(self, batch: UsageBatch, *, now_ms: int) -> UsageBatchOutcome:
+        """One function call: items and series are checked against what Redis remembers, and each
+        group with new usage becomes one usage record and one charge (see ``LedgerStore``)."""
+        prefix = f"batch:{secrets.token_hex(8)}"
+        tail = [str(len(batch.items))]
+        for ts, uid, group, *amounts in batch.items:
+            tail += (str(ts), uid.hex(), str(group), *map(str, amounts))
+        tail.append(str(len(batch.series)))
+        for series_id, group, baseline, *totals in batch.series:
+            tail += (series_id.hex(), str(group), "1" if baseline else "0", *map(str, totals))
+
+        def build(index: BudgetIndex) -> list[str]:
+            head = [str(now_ms), prefix, str(len(batch.groups))]
+            for g in batch.groups:
+                head += (*scope_args(g.scopes), g.provider, g.model, str(g.occurred_ms))
+                head += self._specs(index.match(g.scopes, enabled_only=False), now_ms, g.occurred_ms)
+            return head + tail
+
+        _, reply = self._money("batch", build)
+        width = len(batch.groups)
+        return UsageBatchOutcome(
+            charged_items=tuple(int(n) for n in reply[2 : 2 + width]),
+            charged_micros=tuple(int(n) for n in reply[2 + width : 2 + 2 * width]),
+            duplicates=int(reply[1]),
+            alerts_fired=tuple(int(q) for q in reply[2 + 2 * width :]),
         )
 
     def expire_due(self, *, now_ms: int, limit: int = 500) -> int:

@@ -37,8 +37,11 @@ from collector_processor.ledger_types import (
     ReservationState,
     ReserveCommand,
     ReserveOutcome,
+    UsageBatch,
+    UsageBatchOutcome,
 )
 from collector_processor.money import micros_to_usd
+from collector_processor.store import _sqlite_batch as batch_sql
 from collector_processor.store import _sqlite_budgets as budgets_sql
 from collector_processor.store import _sqlite_reports as reports
 from collector_processor.store import _sqlite_reservations as holds_sql
@@ -256,6 +259,13 @@ class SqliteStore:
                 if outcome is not None:
                     return outcome
             return spend_sql.record_usage(conn, index, command, now_ms)
+
+        return self._write(op)
+
+    def record_usage_batch(self, batch: UsageBatch, *, now_ms: int) -> UsageBatchOutcome:
+        def op(conn: sqlite3.Connection) -> UsageBatchOutcome:
+            index = self._begin_op(conn, now_ms)
+            return batch_sql.record_batch(conn, index, batch, now_ms)
 
         return self._write(op)
 

@@ -34,7 +34,9 @@ def test_against_the_embedded_sidecar_the_second_run_is_denied_by_the_team_budge
     third, fourth = out.split("Run 4:")
     assert "total: $0.042060" in third and "denied" not in third
     assert "refine[1].review" in fourth and "denied (budget_denied)" in fourth
-    assert "The sidecar denied the run: Denied by block budget 'Research team, daily' (team=research)" in fourth
+    assert (
+        "The sidecar denied the run: Denied by block budget 'Research team, daily' (team=research)" in fourth
+    )
     # The sidecar's own figures: both runs' spend, committed once each.
     assert "used USD        0.057878" in fourth
     assert "TOTAL                        0.057878" in fourth

@@ -441,3 +441,188 @@ def test_metrics_reads_list_every_budget_its_entities_and_the_holds_in_flight(
     assert spend["per-user"].entity_count == 3
     assert micros("quiet") == [("nobody", 0, 0)]
     assert ledger.store.held_reservations() == (1, 250_000)
+
+
+# -- batches (the OTLP receiver's bulk charge) -------------------------------------------------------
+def item(ts: int, uid: bytes, group: int, micros: int, tin: int = 10, tout: int = 5) -> tuple:  # type: ignore[type-arg]
+    return (ts, uid, group, micros, tin, tout, 0, 0, 0, 0)
+
+
+def series(sid: bytes, group: int, micros: int, *, baseline: bool = False, tin: int = 0) -> tuple:  # type: ignore[type-arg]
+    return (sid, group, baseline, micros, tin, 0, 0, 0, 0, tin)
+
+
+def test_a_batch_charges_each_group_once_and_each_item_at_most_once(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    ledger.create_budget(draft("team", limit="10", thresholds=(50,)))
+    ledger.create_budget(draft("other", Scope.TEAM, "ads", "10"))
+    now = clock.now_ms()
+    groups = (
+        UsageGroup(scopes=SEARCH, provider="openai", model="gpt-4o", occurred_ms=now),
+        UsageGroup(scopes=ScopeSet(team="ads"), provider="anthropic", model="claude", occurred_ms=now),
+    )
+    items = [
+        item(now - 5, b"a", 0, 2_000_000),
+        item(now - 5, b"b", 0, 3_000_000),
+        item(now, b"c", 1, 1_000_000),
+    ]
+    first = ledger.record_usage_batch(UsageBatch(groups=groups, items=items))
+    assert first.charged_items == (2, 1) and first.charged_micros == (5_000_000, 1_000_000)
+    assert first.duplicates == 0 and len(first.alerts_fired) == 1  # search crossed 50% once
+    assert standing(ledger, "team") == (D(5), D(0)) and standing(ledger, "other") == (D(1), D(0))
+    # The same export again: every item is known, nothing is charged, nothing fires.
+    again = ledger.record_usage_batch(UsageBatch(groups=groups, items=items))
+    assert again.charged_items == (0, 0) and again.duplicates == 3 and again.alerts_fired == ()
+    # A retry that also carries new spans charges only the new ones; the same uid at another instant is new.
+    mixed = [*items, item(now, b"d", 0, 500_000), item(now - 6, b"a", 0, 250_000)]
+    third = ledger.record_usage_batch(UsageBatch(groups=groups, items=mixed))
+    assert third.charged_items == (2, 0) and third.charged_micros == (750_000, 0) and third.duplicates == 3
+    assert standing(ledger, "team") == (D("5.75"), D(0))
+    # One usage record per group and batch, with the tokens of the items it charged.
+    report = ledger.usage(UsageQuery(group_by=(Dimension.MODEL,)))
+    assert [(r.key, r.totals.cost_usd, r.totals.input_tokens, r.totals.records) for r in report.rows] == [
+        (("claude",), D(1), 10, 1),
+        (("gpt-4o",), D("5.75"), 40, 2),
+    ]
+
+
+def test_a_batch_group_is_charged_to_the_period_it_happened_in(ledger: Ledger, clock: ManualClock) -> None:
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    ledger.create_budget(draft("team", limit="10", period="daily", thresholds=(50,)))
+    yesterday = clock.now_ms() - 86_400_000
+    groups = (
+        UsageGroup(scopes=SEARCH, occurred_ms=yesterday),
+        UsageGroup(scopes=SEARCH, occurred_ms=clock.now_ms()),
+    )
+    outcome = ledger.record_usage_batch(
+        UsageBatch(
+            groups=groups,
+            items=[item(yesterday, b"x", 0, 7_000_000), item(clock.now_ms(), b"y", 1, 2_000_000)],
+        )
+    )
+    assert standing(ledger, "team") == (D(2), D(0))
+    days = ledger.usage(UsageQuery(group_by=(Dimension.DAY,)))
+    assert [(row.key[0], row.totals.cost_usd) for row in days.rows] == [
+        ("2025-03-13", D(7)),
+        ("2025-03-14", D(2)),
+    ]
+    # Each period's thresholds are judged on that period's spend: yesterday's 7 of 10 crossed 50%.
+    (alert,) = ledger.store.alerts_after(0, limit=10)
+    assert outcome.alerts_fired == (alert.sequence,)
+    assert (alert.used_usd, alert.period_start_ms) == (D(7), yesterday - yesterday % 86_400_000)
+
+
+def test_a_series_is_charged_by_how_much_its_running_total_grew(ledger: Ledger, clock: ManualClock) -> None:
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    ledger.create_budget(draft("team", limit="10"))
+    groups = (UsageGroup(scopes=SEARCH, model="gpt-4o", occurred_ms=clock.now_ms()),)
+
+    def record(*rows: tuple) -> tuple[tuple[int, ...], int]:  # type: ignore[type-arg]
+        out = ledger.record_usage_batch(UsageBatch(groups=groups, series=list(rows)))
+        return out.charged_micros, out.duplicates
+
+    assert record(series(b"s1", 0, 1_000_000, tin=100)) == ((1_000_000,), 0)
+    assert record(series(b"s1", 0, 2_500_000, tin=250)) == ((1_500_000,), 0)
+    assert record(series(b"s1", 0, 2_500_000, tin=250)) == ((0,), 1)  # a retried export
+    assert record(series(b"s1", 0, 2_000_000, tin=200)) == ((0,), 1)  # an older point arriving late
+    # A series first seen as a baseline is charged only from there on.
+    assert record(series(b"s2", 0, 9_000_000, baseline=True)) == ((0,), 1)
+    assert record(series(b"s2", 0, 9_250_000, baseline=True)) == ((250_000,), 0)
+    assert standing(ledger, "team") == (D("2.75"), D(0))
+    tokens = ledger.usage(UsageQuery()).total
+    assert (tokens.input_tokens, tokens.total_tokens) == (250, 250)
+
+
+def test_batch_keys_outlive_a_restart_until_pruned_after_the_retention(
+    store_factory: StoreFactory, clock: ManualClock
+) -> None:
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    store = store_factory.open()
+    ledger = Ledger(store, clock=clock)
+    ledger.create_budget(draft("team", limit="100", period="monthly"))
+    now = clock.now_ms()
+    batch = UsageBatch(
+        groups=(UsageGroup(scopes=SEARCH, occurred_ms=now),),
+        items=[item(now, b"k", 0, 1_000_000)],
+        series=[series(b"s", 0, 1_000_000)],
+    )
+    ledger.record_usage_batch(batch)
+    store.close()
+    ledger = Ledger(store_factory.open(), clock=clock)
+    assert ledger.record_usage_batch(batch).duplicates == 2
+    clock.advance(seconds=7200)
+    retention = {"usage_retention_ms": 10**12, "alert_retention_ms": 10**12}
+    ledger.store.prune(now_ms=clock.now_ms(), reservation_retention_ms=3 * 3_600_000, **retention)
+    assert ledger.record_usage_batch(batch).duplicates == 2  # still within the retention
+    ledger.store.prune(now_ms=clock.now_ms(), reservation_retention_ms=3_600_000, **retention)
+    assert ledger.record_usage_batch(batch).charged_items == (2,)  # forgotten: callers must not resend
+    assert standing(ledger, "team") == (D(4), D(0))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"items": [item(1, b"a", 3, 1)]}, "items.group: must index one of the 1 groups"),
+        ({"items": [item(1, b"a", 0, -1)]}, r"items.amounts\[0\]: must not be negative"),
+        ({"items": [item(1, b"", 0, 1)]}, "items.key: must be 1 to 64 bytes"),
+        ({"items": [item(1, b"a", 0, 1), item(1, b"a", 0, 2)]}, "items.key: appears twice in one batch"),
+        ({"series": [series(b"s", 0, 1), series(b"s", 0, 2)]}, "series.key: appears twice in one batch"),
+        ({"series": [series(b"s", 0, 1, tin=-4)]}, r"series.amounts\[1\]: must not be negative"),
+    ],
+)
+def test_a_malformed_batch_is_refused_whole_before_anything_is_written(
+    ledger: Ledger,
+    clock: ManualClock,
+    change: dict,
+    message: str,  # type: ignore[type-arg]
+) -> None:
+    from collector_processor.errors import InvalidRequestError
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    ledger.create_budget(draft("team"))
+    groups = (UsageGroup(scopes=SEARCH, occurred_ms=clock.now_ms()),)
+    good = [item(clock.now_ms(), b"good", 0, 1_000_000)]
+    with pytest.raises(InvalidRequestError, match=message):
+        ledger.record_usage_batch(UsageBatch(groups=groups, **{"items": good, **change}))
+    assert standing(ledger, "team") == (D(0), D(0))
+
+
+def test_a_batch_group_in_the_future_or_without_scopes_is_refused(ledger: Ledger, clock: ManualClock) -> None:
+    from collector_processor.errors import InvalidRequestError
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    later = UsageGroup(scopes=SEARCH, occurred_ms=clock.now_ms() + 3_600_000)
+    with pytest.raises(InvalidRequestError, match=r"groups\[0\].occurred_ms: is in the future"):
+        ledger.record_usage_batch(UsageBatch(groups=(later,), items=[item(1, b"a", 0, 1)]))
+    nobody = UsageGroup(scopes=ScopeSet(), occurred_ms=clock.now_ms())
+    with pytest.raises(InvalidRequestError, match=r"groups\[0\].scopes: at least one of"):
+        ledger.record_usage_batch(UsageBatch(groups=(nobody,), items=[item(1, b"a", 0, 1)]))
+
+
+def test_a_batch_fires_each_threshold_once_per_entity_of_a_rolling_wildcard(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    ledger.create_budget(draft("per-user", Scope.USER, None, "1", period="rolling_24h", thresholds=(50, 100)))
+    now = clock.now_ms()
+    groups = tuple(UsageGroup(scopes=ScopeSet(user=u), occurred_ms=now) for u in ("ada", "bo"))
+    first = ledger.record_usage_batch(
+        UsageBatch(groups=groups, items=[item(now, b"1", 0, 600_000), item(now, b"2", 1, 100_000)])
+    )
+    assert [(a.scope_id, a.threshold_percent) for a in ledger.store.alerts_after(0, limit=10)] == [
+        ("ada", 50)
+    ]
+    second = ledger.record_usage_batch(
+        UsageBatch(groups=groups, items=[item(now, b"3", 0, 500_000), item(now, b"4", 0, 1)])
+    )
+    fired = ledger.store.alerts_after(0, limit=10)
+    assert [(a.scope_id, a.threshold_percent) for a in fired] == [("ada", 50), ("ada", 100)]
+    assert len(first.alerts_fired) == 1 and len(second.alerts_fired) == 1
+    assert standing(ledger, "per-user", "ada") == (D("1.100001"), D(0))

@@ -319,7 +319,9 @@ def test_housekeeping_forgets_what_no_window_or_retention_needs(redis_server: Re
 def test_with_wait_replicas_a_change_is_answered_only_once_a_replica_has_it(tmp_path: Path) -> None:
     primary = RedisServer(tmp_path / "primary", extra=("--repl-diskless-sync-delay", "0")).start()
     replica = RedisServer(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))).start()
-    store = RedisStore(primary.url, namespace="waited", wait_replicas=1, wait_timeout_ms=2000, socket_timeout_s=5.0)
+    store = RedisStore(
+        primary.url, namespace="waited", wait_replicas=1, wait_timeout_ms=2000, socket_timeout_s=5.0
+    )
     ledger = Ledger(store, clock=ManualClock(START))
     mirror = replica.client()
     try:

@@ -1,0 +1,160 @@
+"""The OTLP component and its factory: config in, a receiver -> processor -> ledger -> exporter chain out.
+
+``create_otlp_receiver`` wires a validated ``[receivers.otlp]`` section to the sidecar's ledger and
+self-metrics: the pricing calculator (from the configured ``paymaster.toml``; any mistake in it stops
+the sidecar at start with the file and key named), the attribution, the spend-source policy, the
+trace and metric processors, the forwarders, and both transports. ``OtlpReceiver.start`` opens the
+ports; ``stop`` finishes the exports in flight, charges held metric points and drains the forwarders.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from collector_processor.clock import Clock
+from collector_processor.ledger import Ledger
+from collector_processor.ledger_types import UsageBatchOutcome, UsageGroup
+from collector_processor.otlp.attribution import Attributor
+from collector_processor.otlp.config import OtlpReceiverSection
+from collector_processor.otlp.forward import Forwarder
+from collector_processor.otlp.grpc_receiver import GrpcReceiver
+from collector_processor.otlp.http_receiver import HttpReceiver
+from collector_processor.otlp.metrics import MetricsProcessor
+from collector_processor.otlp.pipeline import METRICS, TRACES, OtlpPipeline
+from collector_processor.otlp.pricing import SpanPricer
+from collector_processor.otlp.spend_source import SpendSource
+from collector_processor.otlp.traces import TraceProcessor
+from collector_processor.selfmetrics import SelfMetrics
+from paymaster.config import PaymasterConfig, load_config
+from paymaster.exceptions import ConfigError
+from paymaster.pricing import CostCalculator
+
+__all__ = ["OtlpReceiver", "create_otlp_receiver"]
+
+_TICK_S = 1.0
+
+
+class OtlpReceiver:
+    """A running (or ready) OTLP receiver of one sidecar."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: OtlpPipeline,
+        grpc: GrpcReceiver,
+        http: HttpReceiver | None,
+        forwarders: dict[str, Forwarder],
+    ) -> None:
+        self.pipeline = pipeline
+        self.grpc = grpc
+        self.http = http
+        self.forwarders = forwarders
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="paymaster-otlp-tick", daemon=True)
+
+    def describe(self) -> str:
+        """Where it listens, for the start-up line."""
+        http = f", OTLP/HTTP on {self.http.address}" if self.http is not None else ""
+        onward = ", ".join(sorted({f.endpoint for f in self.forwarders.values()}))
+        return f"OTLP/gRPC on {self.grpc.address}{http}" + (f", forwarding to {onward}" if onward else "")
+
+    def start(self) -> OtlpReceiver:
+        for forwarder in self.forwarders.values():
+            forwarder.start()
+        self.grpc.start()
+        if self.http is not None:
+            try:
+                self.http.start()
+            except OSError:
+                self.grpc.stop(0)
+                raise
+        self._ticker.start()
+        return self
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.grpc.stop(grace_s)
+        if self.http is not None:
+            self.http.stop()
+        self.pipeline.close(grace_s)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(_TICK_S):
+            self.pipeline.tick()
+
+
+def create_otlp_receiver(
+    section: OtlpReceiverSection,
+    *,
+    ledger: Ledger,
+    metrics: SelfMetrics,
+    clock: Clock,
+    retention_ms: int,
+    config_dir: Path | None = None,
+    on_spend: Callable[[Sequence[UsageGroup], UsageBatchOutcome], None] | None = None,
+) -> OtlpReceiver:
+    """Wire ``section``; ``ConfigError`` (naming ``receivers.otlp.pricing.config``) for a bad price file.
+
+    ``retention_ms`` is the ledger's idempotency window (``ledger.reservation_retention_hours``):
+    spend older than that is never charged, since its keys may have been forgotten. ``on_spend`` is
+    told of every charged batch once it is durable (the sidecar's spend metrics).
+    """
+    calculator = CostCalculator(_pricing_config(section, config_dir))
+    pricer = SpanPricer(calculator)
+    attributor = Attributor(section.attribution)
+    charging = section.charging
+    spend_source = SpendSource(charging.spend_source, hold_ms=int(charging.auto_hold_seconds * 1000))
+    forwarders: dict[str, Forwarder] = {}
+    if section.forward.endpoint:
+        forwarders = {s: Forwarder(section.forward, signal=s, metrics=metrics) for s in (TRACES, METRICS)}
+    pipeline = OtlpPipeline(
+        ledger=ledger,
+        traces=TraceProcessor(
+            pricer=pricer,
+            attributor=attributor,
+            spend_source=spend_source,
+            max_tokens=section.pricing.max_tokens_per_span,
+        ),
+        metrics_processor=MetricsProcessor(
+            pricer=pricer,
+            attributor=attributor,
+            spend_source=spend_source,
+            token_metrics=charging.token_metrics,
+        ),
+        spend_source=spend_source,
+        metrics=metrics,
+        clock=clock,
+        retention_ms=retention_ms,
+        on_spend=on_spend,
+        future_skew_ms=int(charging.future_skew_seconds * 1000),
+        max_message_bytes=charging.max_message_bytes,
+        forwarders=forwarders,
+    )
+    limit = charging.max_concurrent_exports
+    return OtlpReceiver(
+        pipeline=pipeline,
+        grpc=GrpcReceiver(pipeline, listen=section.grpc_listen, max_concurrent=limit),
+        http=HttpReceiver(pipeline, listen=section.http_listen, max_concurrent=limit)
+        if section.http_listen
+        else None,
+        forwarders=forwarders,
+    )
+
+
+def _pricing_config(section: OtlpReceiverSection, config_dir: Path | None) -> PaymasterConfig:
+    path = section.pricing.config
+    try:
+        if not path:
+            return load_config()
+        file = Path(path).expanduser()
+        if not file.is_absolute() and config_dir is not None:
+            file = config_dir / file
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such file")
+        return load_config(file)
+    except ConfigError as exc:
+        raise ConfigError(f"receivers.otlp.pricing.config: {exc}") from None

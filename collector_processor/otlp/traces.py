@@ -1,0 +1,415 @@
+"""The pricing processor for traces: read GenAI usage from spans, price it, attribute it, plan the charge.
+
+``TraceProcessor.process`` walks one parsed export and returns a ``TracePlan``: the ledger batch (one
+item per span to charge, one group per distinct scopes, model and quarter hour; see ``_groups``), the
+spans that name a reservation, and what was counted. With ``enrich`` it also sets ``gen_ai.usage.cost`` (USD, a
+double) and ``gen_ai.usage.cost.source`` on each span it priced, for the exporter downstream.
+
+Which spans are GenAI usage: those with input or output token counts (current or deprecated names).
+Spans that only carry a cost (the SDK's run, loop and parallel spans, which sum their children) are
+not usage and are never charged. A span with ``paymaster.cost_usd`` (the SDK's exact cost) keeps it.
+
+This is the receiver's hot path. It works a column at a time (``_columns``): for each attribute, one
+pass over the spans of a scope in C over the raw attribute maps of ``_view``, so the cost per span is
+a few hash probes rather than a few dozen Python statements. Only spans that
+need it (cache or reasoning counts, a bad value, a reservation, span-level scopes, a price that is
+not per-token) take a per-span path. Decoded values, prices and scope sets are cached.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from itertools import compress, repeat
+from operator import add, attrgetter, contains, floordiv, mul, neg
+from typing import Any
+
+from collector_processor.budgets import ScopeSet
+from collector_processor.ledger_types import RecordUsageCommand, UsageFacts, UsageGroup, UsageItem
+from collector_processor.otlp._columns import Cache, column, optional, set_costs
+from collector_processor.otlp._groups import Groups
+from collector_processor.otlp._view import INVALID, decode_int, decode_str
+from collector_processor.otlp.attribution import Attributor, ResourceScopes
+from collector_processor.otlp.pricing import ModelPrice, SpanPricer, femto_ceiling
+from collector_processor.otlp.semconv import (
+    CACHE_CREATION,
+    CACHE_READ,
+    INPUT,
+    MODEL,
+    OUTPUT,
+    PROVIDER,
+    REASONING,
+    RESERVATION,
+    SDK_COST,
+)
+from collector_processor.otlp.spend_source import Service, SpendSource
+
+__all__ = ["TracePlan", "TraceProcessor", "WindowPolicy"]
+
+_ZERO = b"\x18\x00"  # an encoded AnyValue int 0: what an absent count reads as
+_NONE = b""
+_FEMTO_PER_MICRO = 10**9
+_ID_LENGTH = {24}  # trace id + span id
+_MAX_PROBLEMS = 5
+_MAX_SPAN_USD = Decimal(1_000_000)  # an SDK cost above this is not a cost
+_ATTRIBUTES = attrgetter("attributes")
+_END = attrgetter("end_time_unix_nano")
+_TRACE_ID = attrgetter("trace_id")
+_SPAN_ID = attrgetter("span_id")
+_SOURCE = attrgetter("source")
+_RATE_IN = attrgetter("rate_input")
+_RATE_OUT = attrgetter("rate_output")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WindowPolicy:
+    """Which span times may be charged."""
+
+    oldest_ms: int
+    """Spans that ended before this are older than the idempotency window: not charged (``stale``)."""
+    newest_ms: int
+    """Spans that end after this carry a wrong clock: not charged (``invalid``)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class TracePlan:
+    """What to charge for one export, and what was counted on the way."""
+
+    groups: list[UsageGroup] = field(default_factory=list)
+    """The ledger batch's groups."""
+    unattributed: list[bool] = field(default_factory=list)
+    """Per group: charged to the unattributed bucket."""
+    items: list[UsageItem] = field(default_factory=list)
+    """One per span to charge."""
+    reservations: list[RecordUsageCommand] = field(default_factory=list)
+    """Spans naming a reservation: recorded one by one under the ledger's reservation rules."""
+    spans: int = 0
+    """Spans in the export."""
+    genai: int = 0
+    """Spans with GenAI token usage."""
+    priced: Counter[str] = field(default_factory=Counter)
+    """GenAI spans by cost source."""
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """GenAI spans settled without charging: unpriced, invalid, skipped, stale."""
+    problems: list[str] = field(default_factory=list)
+    """The first few reasons spans could not be charged, for the partial-success message."""
+    services: set[Service] = field(default_factory=set)
+    """Services that sent GenAI spans in this export."""
+
+    def problem(self, span: Any, message: str) -> None:
+        self.outcomes["invalid"] += 1
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append(f"span {span.trace_id.hex()}/{span.span_id.hex()}: {message}")
+
+
+class TraceProcessor:
+    """Turns parsed exports into ledger plans; one per receiver, reused across exports."""
+
+    def __init__(
+        self,
+        *,
+        pricer: SpanPricer,
+        attributor: Attributor,
+        spend_source: SpendSource,
+        max_tokens: int,
+    ) -> None:
+        self._pricer = pricer
+        self._attributor = attributor
+        self._spend_source = spend_source
+        self._max_tokens = max_tokens
+        self._tokens = Cache(self._count_of, 262_144)
+        self._prices = Cache(self._price_of, 4096)
+        self._sdk_costs = Cache(self._sdk_cost_of, 65_536)
+
+    def process(self, request: Any, window: WindowPolicy, *, enrich: bool) -> TracePlan:
+        """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes."""
+        plan = TracePlan()
+        groups = Groups(plan.groups, plan.unattributed)
+        for resource_spans in request.resource_spans:
+            context = self._attributor.for_resource(resource_spans.resource.attributes)
+            charge_spans = self._spend_source.spans_charged(context.service)
+            genai_before = plan.genai
+            for scope_spans in resource_spans.scope_spans:
+                spans = scope_spans.spans
+                plan.spans += len(spans)
+                if spans:
+                    self._scope(spans, context, charge_spans, window, enrich, plan, groups)
+            if plan.genai > genai_before:
+                plan.services.add(context.service)
+        plan.groups = groups.finish()
+        return plan
+
+    # -- one scope's spans, a column at a time ---------------------------------------------------
+    def _scope(
+        self, spans: Any, context: ResourceScopes, charge_spans: bool, window: WindowPolicy, enrich: bool,
+        plan: TracePlan, groups: Groups,
+    ) -> None:  # fmt: skip
+        maps = list(map(_ATTRIBUTES, spans))
+        raw_in = column(maps, INPUT, None)
+        raw_out = column(maps, OUTPUT, None)
+        if None in raw_in or None in raw_out:
+            keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
+            if not any(keep):
+                return
+            spans, maps = list(compress(spans, keep)), list(compress(maps, keep))
+            raw_in = [_ZERO if x is None else x for x in compress(raw_in, keep)]
+            raw_out = [_ZERO if x is None else x for x in compress(raw_out, keep)]
+        else:
+            spans = list(spans)
+        plan.genai += len(maps)
+        tokens = self._tokens
+        tin = list(map(tokens.__getitem__, raw_in))
+        tout = list(map(tokens.__getitem__, raw_out))
+        extras = [optional(maps, names) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
+        ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
+        uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
+        usable = min(tin) >= 0 and min(tout) >= 0 and min(ends) > 0 and max(ends) <= window.newest_ms
+        counts: list[list[int]] = []
+        if not usable or any(extras) or set(map(len, uids)) != _ID_LENGTH:
+            usage = self._usages(spans, tin, tout, extras, ends, uids, window, plan)
+            keep = [u is not None for u in usage]
+            if not all(keep):
+                if not any(keep):
+                    return
+                spans, maps, ends, uids = (list(compress(c, keep)) for c in (spans, maps, ends, uids))
+                usage = list(compress(usage, keep))
+            tin, tout, *counts = (list(c) for c in zip(*usage, strict=True))
+            if not any(map(any, counts)):
+                counts = []  # cache and reasoning counts all zero: priced like plain usage
+        prices = list(
+            map(
+                self._prices.__getitem__,
+                zip(column(maps, PROVIDER, _NONE), column(maps, MODEL, _NONE), strict=True),
+            )
+        )
+        femto, sources = self._costs(maps, prices, tin, tout, counts)
+        if enrich:
+            set_costs(maps, femto, sources)
+        plan.priced.update(sources)
+        charge = [f is not None for f in femto]
+        if not all(charge):
+            plan.outcomes["unpriced"] += charge.count(False)
+        if not charge_spans:
+            plan.outcomes["skipped"] += charge.count(True)
+            return
+        if min(ends) < window.oldest_ms:
+            stale = [end < window.oldest_ms for end in ends]
+            plan.outcomes["stale"] += sum(s and c for s, c in zip(stale, charge, strict=True))
+            charge = [c and not s for c, s in zip(charge, stale, strict=True)]
+        reservations = optional(maps, (RESERVATION,))
+        if reservations is not None:
+            charge = self._reservations(reservations, charge, maps, context, uids, femto, tin, tout, counts, prices,
+                                        ends, plan)  # fmt: skip
+        if not all(charge):
+            if not any(charge):
+                return
+            maps, prices, ends, uids, femto, tin, tout = (
+                list(compress(c, charge)) for c in (maps, prices, ends, uids, femto, tin, tout)
+            )
+            counts = [list(compress(c, charge)) for c in counts]
+        scopes = self._span_scopes(maps, context)
+        ids = groups.ids(scopes, (context.default, context.default_unattributed), prices, ends)
+        charged: list[int] = femto  # type: ignore[assignment]  # every cost left is known
+        micros = map(neg, map(floordiv, map(neg, charged), repeat(_FEMTO_PER_MICRO)))
+        zeros = repeat(0)
+        cache_read, cache_creation, reasoning = counts if counts else (zeros, zeros, zeros)
+        plan.items.extend(
+            zip(
+                ends, uids, ids, micros, tin, tout, cache_read, cache_creation, reasoning, zeros, strict=False
+            )
+        )
+
+    def _costs(
+        self,
+        maps: list[Any],
+        prices: list[ModelPrice],
+        tin: list[int],
+        tout: list[int],
+        extras: list[list[int]],
+    ) -> tuple[list[int | None], list[str]]:
+        """Femto-dollars (``None`` when unknown) and the cost source of each span."""
+        first = prices[0]
+        sdk = optional(maps, (SDK_COST,))
+        if sdk is None and not extras:
+            if first.rates is not None and prices.count(first) == len(prices):
+                rates = first.rates
+                femto: list[Any] = list(
+                    map(add, map(mul, tin, repeat(rates[0])), map(mul, tout, repeat(rates[1])))
+                )
+                return femto, [first.source] * len(prices)
+            if all(p.rates is not None for p in set(prices)):  # a few models, all per-token
+                femto = list(
+                    map(add, map(mul, tin, map(_RATE_IN, prices)), map(mul, tout, map(_RATE_OUT, prices)))
+                )
+                return femto, list(map(_SOURCE, prices))
+        femto, sources = [], []
+        zeros = repeat(0)
+        read, creation, reasoning = extras if extras else (zeros, zeros, zeros)
+        cost_femto = self._pricer.cost_femto
+        for i, (price, a, b, c, d, e) in enumerate(
+            zip(prices, tin, tout, read, creation, reasoning, strict=False)
+        ):
+            if sdk is not None and sdk[i] is not None and (exact := self._sdk_costs[sdk[i]]) is not None:
+                femto.append(exact)
+                sources.append("sdk")
+                continue
+            cost = cost_femto(price, a, b, c, d, e)
+            femto.append(cost)
+            sources.append(price.source if cost is not None else "unknown")
+        return femto, sources
+
+    def _span_scopes(self, maps: list[Any], context: ResourceScopes) -> list[tuple[ScopeSet, bool]] | None:
+        """Each span's scopes, or ``None`` when no span overrides its resource's. Spans are resolved
+        once per distinct combination of the raw values that can override."""
+        hits = [name for name, _ in context.checks if any(map(contains, maps, repeat(name)))]
+        if not hits:
+            return None
+        columns = [column(maps, (name,), None) for name in hits]
+        keys = list(zip(*columns, strict=True))
+        resolved = {key: context.resolve(dict(zip(hits, key, strict=True))) for key in set(keys)}
+        return list(map(resolved.__getitem__, keys))
+
+    def _reservations(
+        self, reservations: list[bytes | None], charge: list[bool], maps: list[Any], context: ResourceScopes,
+        uids: list[bytes], femto: list[int | None], tin: list[int], tout: list[int], extras: list[list[int]],
+        prices: list[ModelPrice], ends: list[int], plan: TracePlan,
+    ) -> list[bool]:  # fmt: skip
+        """Take spans naming a reservation out of the batch, as ledger usage recorded one by one."""
+        out = list(charge)
+        for i, raw in enumerate(reservations):
+            if raw is None or not charge[i]:
+                continue
+            reservation = _reservation_id(raw)
+            cost = femto[i]
+            if not reservation or cost is None:
+                continue
+            scopes = context.for_span(maps[i])[0]
+            read, creation, reasoning = (c[i] for c in extras) if extras else (0, 0, 0)
+            usage = (tin[i], tout[i], read, creation, reasoning)
+            plan.reservations.append(
+                _reservation_usage(uids[i], scopes, cost, usage, prices[i], ends[i], reservation)
+            )
+            out[i] = False
+        return out
+
+    # -- the per-span path -----------------------------------------------------------------------
+    def _usages(
+        self, spans: list[Any], tin: list[int], tout: list[int], extras: list[list[bytes | None] | None],
+        ends: list[int], uids: list[bytes], window: WindowPolicy, plan: TracePlan,
+    ) -> list[tuple[int, int, int, int, int] | None]:  # fmt: skip
+        """Inclusive, consistent token counts of each span; ``None`` (counted invalid) when unusable."""
+        names = (CACHE_READ, CACHE_CREATION, REASONING)
+        columns = [[self._tokens[r] if r is not None else 0 for r in c] if c else None for c in extras]
+        out: list[tuple[int, int, int, int, int] | None] = []
+        for i, span in enumerate(spans):
+            counts = [tin[i], tout[i]] + [c[i] if c is not None else 0 for c in columns]
+            bad = next((n for n, v in zip((INPUT, OUTPUT, *names), counts, strict=True) if v < 0), None)
+            if bad is not None:
+                plan.problem(span, f"{bad[0]}: {self._problem(span, bad)}")
+                out.append(None)
+                continue
+            if len(uids[i]) != 24 or ends[i] <= 0 or ends[i] > window.newest_ms:
+                plan.problem(span, _unusable(ends[i], len(uids[i])))
+                out.append(None)
+                continue
+            a, b, read, creation, reasoning = counts
+            # Some instrumentations report cached and reasoning tokens outside the input and output
+            # counts (as Anthropic's and Gemini's APIs do); counts here are inclusive, so add them in.
+            if read + creation > a:
+                a += read + creation
+            if reasoning > b:
+                b += reasoning
+            out.append((a, b, read, creation, reasoning))
+        return out
+
+    def _problem(self, span: Any, names: tuple[str, ...]) -> str:
+        attributes = span.attributes
+        for name in names:
+            if name in attributes:
+                return self._check_count(attributes[name])[1]
+        return "unreadable"
+
+    def _count_of(self, raw: bytes) -> int:
+        """A token count, or -1 when the value is not one (``_check_count`` says why)."""
+        return self._check_count(raw)[0]
+
+    def _check_count(self, raw: bytes) -> tuple[int, str]:
+        value = decode_int(raw)
+        if value is INVALID or value is None:
+            return -1, "must be an integer token count"
+        assert isinstance(value, int)
+        if value < 0:
+            return -1, f"must not be negative, got {value}"
+        if value > self._max_tokens:
+            return (
+                -1,
+                f"{value} exceeds the most one call may report ({self._max_tokens}, pricing.max_tokens_per_span)",
+            )
+        return value, ""
+
+    def _price_of(self, key: tuple[bytes, bytes]) -> ModelPrice:
+        raw_provider, raw_model = key
+        provider = decode_str(raw_provider) if raw_provider else ""
+        model = decode_str(raw_model) if raw_model else ""
+        if not isinstance(provider, str):
+            provider = ""
+        if not isinstance(model, str) or not model.strip():
+            return ModelPrice(
+                provider="", model="", source="unknown", rates=None, reason="the span names no model"
+            )
+        return self._pricer.model(provider, model.strip())
+
+    def _sdk_cost_of(self, raw: bytes) -> int | None:
+        """The SDK's exact cost string in femto-dollars (rounded up); ``None`` when it is not one."""
+        text = decode_str(raw)
+        if not isinstance(text, str):
+            return None
+        try:
+            exact = Decimal(text)
+        except ArithmeticError:
+            return None
+        if not exact.is_finite() or not 0 <= exact <= _MAX_SPAN_USD:
+            return None
+        return femto_ceiling(exact)
+
+
+def _unusable(end_ms: int, id_bytes: int) -> str:
+    if id_bytes != 24:
+        return "trace_id or span_id is missing or malformed"
+    if end_ms <= 0:
+        return "end_time_unix_nano is not set"
+    return "ends in the future (check the clock of the sending host)"
+
+
+def _reservation_id(raw: bytes) -> str:
+    value = decode_str(raw)
+    return value if isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable() else ""
+
+
+def _reservation_usage(
+    uid: bytes,
+    scopes: ScopeSet,
+    femto: int,
+    usage: tuple[int, int, int, int, int],
+    price: ModelPrice,
+    end_ms: int,
+    reservation_id: str,
+) -> RecordUsageCommand:
+    tin, tout, cache_read, cache_creation, reasoning = usage
+    return RecordUsageCommand(
+        usage_id=f"otlp:{uid.hex()}",
+        scopes=scopes,
+        cost_usd=Decimal(femto).scaleb(-15),
+        occurred_ms=end_ms,
+        usage=UsageFacts(
+            provider=price.provider,
+            model=price.model,
+            input_tokens=tin,
+            output_tokens=tout,
+            cache_read_tokens=cache_read,
+            cache_creation_tokens=cache_creation,
+            reasoning_tokens=reasoning,
+        ),
+        reservation_id=reservation_id,
+    )

@@ -1,0 +1,120 @@
+"""The trace processor on hand-built exports: which spans are usage, how they are grouped and priced,
+what the enriched view serialises to."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from collector_processor.otlp._view import TraceRequestView
+from collector_processor.otlp.attribution import Attributor
+from collector_processor.otlp.config import AttributionSection
+from collector_processor.otlp.pricing import SpanPricer
+from collector_processor.otlp.spend_source import SpendSource
+from collector_processor.otlp.traces import TracePlan, TraceProcessor, WindowPolicy
+from paymaster.config import parse_config
+from paymaster.pricing import CostCalculator
+from tests.sidecar.otlp.conftest import PRICES
+from tests.sidecar.otlp.payloads import export, span
+
+NOW_MS = time.time_ns() // 1_000_000
+WINDOW = WindowPolicy(oldest_ms=NOW_MS - 3_600_000, newest_ms=NOW_MS + 60_000)
+GPT4O = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1000,
+         "gen_ai.usage.output_tokens": 500}  # fmt: skip
+
+
+def processor(mode: str = "auto") -> TraceProcessor:
+    return TraceProcessor(
+        pricer=SpanPricer(CostCalculator(parse_config(PRICES))),
+        attributor=Attributor(AttributionSection()),
+        spend_source=SpendSource(mode, hold_ms=0),  # type: ignore[arg-type]
+        max_tokens=100_000_000,
+    )
+
+
+def plan_of(
+    *spans: Any, resource: dict[str, Any] | None = None, enrich: bool = False, mode: str = "auto",
+    window: WindowPolicy = WINDOW,
+) -> tuple[TracePlan, Any]:  # fmt: skip
+    view = TraceRequestView.FromString(export(list(spans), resource).SerializeToString())
+    return processor(mode).process(view, window, enrich=enrich), view
+
+
+def test_only_spans_with_token_counts_are_usage() -> None:
+    plan, _ = plan_of(
+        span(GPT4O),
+        span({"http.request.method": "GET"}),
+        span({"gen_ai.usage.cost": 0.5, "paymaster.cost_usd": "0.5"}),  # a run span: the sum of its steps
+        span({"gen_ai.request.model": "gpt-4o", "gen_ai.usage.completion_tokens": 100}),
+    )
+    assert (plan.spans, plan.genai, len(plan.items)) == (4, 2, 2)
+    assert [item[3] for item in plan.items] == [12_500, 1_500]  # micro-dollars
+
+
+def test_spans_are_grouped_by_scopes_model_and_quarter_hour_and_charged_at_the_latest_end_in_it() -> None:
+    quarter = 1_741_953_600_000  # 2025-03-14 12:00 UTC, on a quarter hour
+    at = {"a": [quarter - 60_000, quarter - 1_000, quarter + 1_000], "b": [quarter - 5_000]}
+    spans = [
+        span({**GPT4O, "paymaster.team": team}, end_ns=end * 1_000_000)
+        for team, ends in at.items()
+        for end in ends
+    ]
+    spans.append(span({**GPT4O, "gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4-5",
+                       "paymaster.team": "b"},
+                      end_ns=(quarter - 2_000) * 1_000_000))  # fmt: skip
+    plan, _ = plan_of(*spans, window=WindowPolicy(oldest_ms=0, newest_ms=quarter + 60_000))
+    groups = sorted((g.scopes.team, g.model, g.occurred_ms) for g in plan.groups)
+    # Each group is charged at the latest end in its quarter hour among the export's spans: never
+    # before any of its own spans, never in another quarter hour (a daily period may end on any of them).
+    assert groups == [
+        ("a", "gpt-4o", quarter - 1_000),
+        ("a", "gpt-4o", quarter + 1_000),
+        ("b", "claude-sonnet-4-5", quarter - 1_000),
+        ("b", "gpt-4o", quarter - 1_000),
+    ]
+    assert sorted(item[2] for item in plan.items) == [0, 0, 1, 2, 3]
+
+
+def test_cache_and_reasoning_counts_reported_outside_input_and_output_are_added_in() -> None:
+    plan, _ = plan_of(
+        span({**GPT4O, "gen_ai.usage.input_tokens": 200, "gen_ai.usage.cache_read_input_tokens": 800})
+    )
+    (item,) = plan.items
+    assert item[4:7] == (1000, 500, 800)  # input, output, cache read
+    assert item[3] == 10_500  # 200 * 0.005 + 800 * 0.0025 + 500 * 0.015, per 1k
+
+
+def test_spans_older_than_the_idempotency_window_are_not_charged() -> None:
+    plan, _ = plan_of(span(GPT4O, end_ns=(WINDOW.oldest_ms - 1) * 1_000_000), span(GPT4O))
+    assert len(plan.items) == 1 and plan.outcomes["stale"] == 1
+
+
+def test_under_spend_source_metrics_spans_are_priced_but_not_charged() -> None:
+    plan, _ = plan_of(span(GPT4O), mode="metrics")
+    assert plan.items == [] and plan.outcomes["skipped"] == 1 and plan.priced["configured"] == 1
+
+
+def test_enrichment_sets_the_cost_attributes_and_the_view_serialises_to_a_valid_export() -> None:
+    plan, view = plan_of(span(GPT4O), span({**GPT4O, "gen_ai.request.model": "mystery-model"}), enrich=True)
+    out = trace_service_pb2.ExportTraceServiceRequest.FromString(view.SerializeToString())
+    attributes = [{a.key: a.value for a in s.attributes} for s in out.resource_spans[0].scope_spans[0].spans]
+    assert attributes[0]["gen_ai.usage.cost"].double_value == 0.0125
+    assert attributes[0]["gen_ai.usage.cost.source"].string_value == "configured"
+    assert "gen_ai.usage.cost" not in attributes[1]
+    assert attributes[1]["gen_ai.usage.cost.source"].string_value == "unknown"
+    assert attributes[0]["gen_ai.usage.input_tokens"].int_value == 1000  # everything else as it came
+    assert plan.outcomes["unpriced"] == 1
+
+
+def test_a_span_naming_a_reservation_is_recorded_under_the_reservation_rules() -> None:
+    plan, _ = plan_of(span({**GPT4O, "paymaster.reservation_id": "r-1"}), resource={"paymaster.team": "ml"})
+    assert plan.items == []
+    (usage,) = plan.reservations
+    assert (usage.reservation_id, usage.scopes.team, str(usage.cost_usd)) == (
+        "r-1",
+        "ml",
+        "0.012500000000000",
+    )
+    assert usage.usage_id.startswith("otlp:") and usage.usage.input_tokens == 1000
