@@ -24,6 +24,10 @@ key                                type      holds
 ``P:due``                          zset      held reservations by expiry (ms)
 ``P:settled``                      zset      settled reservations by settle time (retention)
 ``P:idem``                         hash      Reserve idempotency key -> reservation id
+``P:bk``                           zset      batch item keys ``<instant>:<uid hex>`` by instant (the
+                                             per-item idempotency of ``record_usage_batch``)
+``P:ser``, ``P:sert``              hash,     batch series id -> largest totals; series ids by last
+                                   zset      growth (retention)
 ``P:u``                            hash      usage id -> usage record (fields joined by ``\\x1f``)
 ``P:ut``                           zset      usage ids by time (ms): reports and retention
 ``P:alert:<seq>``                  hash      one alert of the log, with its delivery lease
