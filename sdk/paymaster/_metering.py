@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from paymaster._money import ZERO, to_decimal, to_tokens
 from paymaster.exceptions import UsageReportError
+from paymaster.usage import extract_usage
 
 if TYPE_CHECKING:
     from paymaster.config import PaymasterConfig
@@ -161,8 +162,6 @@ class PricingMeter:
 
     def measure(self, agent: object, output: object) -> MeasuredUsage:
         """What the call that produced ``output`` used and cost."""
-        from paymaster.usage import extract_usage
-
         found = agent_model(agent)
         explicit = explicit_usage(output)
         if explicit is not None:

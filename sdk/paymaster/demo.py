@@ -312,7 +312,6 @@ def run_with_sidecar(config: PaymasterConfig, providers: tuple[Any, Any]) -> Non
 
     from collector_processor.config import parse_config as parse_sidecar_config
     from collector_processor.server import create_sidecar
-
     from paymaster.budget import SidecarBudget
     from paymaster.cli import main as cli
     from paymaster.exceptions import BudgetExceededError

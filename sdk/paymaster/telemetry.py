@@ -76,17 +76,19 @@ INSTRUMENTS: Final[dict[str, tuple[str, str]]] = {
     ),
 }
 
-_BUCKETS: Final[tuple[tuple[int, str], ...]] = ((0, "0"), (1, "<=1"), (10, "<=10"), (100, "<=100"))
 _CENT: Final = Decimal(100)
 
 
 def variance_bucket(delta: Decimal | int) -> str:
     """The ``estimation.variance.count`` bucket of an absolute delta."""
-    size = delta if delta >= 0 else -delta
-    for bound, label in _BUCKETS:
-        if size <= bound:
-            return label
-    return ">100"
+    size = -delta if delta < 0 else delta
+    if not size:
+        return "0"
+    if size <= 1:
+        return "<=1"
+    if size <= 10:
+        return "<=10"
+    return "<=100" if size <= 100 else ">100"
 
 
 class Telemetry:
@@ -159,7 +161,10 @@ class RunMetrics:
 
     def record_estimate(self, strategy: str) -> None:
         """Count which estimator strategy a step used."""
-        self.add("estimator.usage", 1, (("strategy", strategy),))
+        key = _STRATEGY_KEYS.get(strategy)
+        if key is None:
+            key = _STRATEGY_KEYS.setdefault(strategy, ("estimator.usage", (("strategy", strategy),)))
+        self._pending[key] = self._pending.get(key, 0) + 1
 
     def record_denial(self, code: str) -> None:
         """Count a step denied before it ran."""
@@ -195,7 +200,10 @@ class RunMetrics:
 
     def record_outcome(self, outcome: str) -> None:
         """Count an agent step's outcome."""
-        self.add("paymaster.steps", 1, (("outcome", outcome),))
+        key = _OUTCOME_KEYS.get(outcome)
+        if key is None:
+            key = _OUTCOME_KEYS.setdefault(outcome, ("paymaster.steps", (("outcome", outcome),)))
+        self._pending[key] = self._pending.get(key, 0) + 1
 
 
 _Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -217,6 +225,8 @@ def _usage_keys(step: str, model: str | None, provider: str | None, source: str)
     )
 
 
+_STRATEGY_KEYS: dict[str, _Key] = {}
+_OUTCOME_KEYS: dict[str, _Key] = {}
 _VARIANCE_BUCKETS = ("0", "<=1", "<=10", "<=100", ">100")
 _COST_VARIANCE: Final[dict[str, _Key]] = {
     b: ("estimation.variance.count", (("bucket", b), ("type", "cost"))) for b in _VARIANCE_BUCKETS
