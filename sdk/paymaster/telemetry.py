@@ -20,6 +20,7 @@ from opentelemetry import metrics, trace
 
 from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage
+from paymaster._money import ZERO
 
 __all__ = [
     "INSTRUMENTS",
@@ -139,11 +140,12 @@ class RunMetrics:
 
     FLUSH_INTERVAL_S: Final = 1.0
 
-    __slots__ = ("_instruments", "_last_flush", "_pending", "_usage_keys")
+    __slots__ = ("_instruments", "_last_flush", "_pending", "_spent", "_usage_keys")
 
     def __init__(self, instruments: dict[str, Any]) -> None:
         self._instruments = instruments
         self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._spent: dict[tuple[str, tuple[tuple[str, str], ...]], Decimal] = {}
         self._usage_keys: dict[tuple[str, str | None, str | None, str], tuple[_Key, ...]] = {}
         self._last_flush = perf_counter()
 
@@ -156,8 +158,11 @@ class RunMetrics:
         """Hand everything summed so far to the OpenTelemetry instruments."""
         pending, self._pending = self._pending, {}
         self._last_flush = perf_counter()
+        spent, self._spent = self._spent, {}
         for (name, attributes), value in pending.items():
             self._instruments[name].add(value, dict(attributes))
+        for (name, attributes), usd in spent.items():
+            self._instruments[name].add(float(usd), dict(attributes))
 
     def record_estimate(self, strategy: str) -> None:
         """Count which estimator strategy a step used."""
@@ -181,8 +186,9 @@ class RunMetrics:
         pending = self._pending
         cost = usage.cost_usd
         if cost is not None:
-            if cost:
-                pending[keys[0]] = pending.get(keys[0], 0) + float(cost)
+            if cost:  # summed exactly; made a float once, at the flush
+                spent = self._spent
+                spent[keys[0]] = spent.get(keys[0], ZERO) + cost
             bucket = _COST_VARIANCE[variance_bucket((cost - estimate.cost_usd) * _CENT)]
             pending[bucket] = pending.get(bucket, 0) + 1
         elif usage.cost_source == "unknown":
