@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_sidecar import Server
 
 SPANS = 512
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -69,7 +69,11 @@ def build_payload(shape: str) -> tuple[bytes, list[int], int]:
         }.items()
     )  # fmt: skip
     scope_spans = resource_spans.scope_spans.add()
-    scope_spans.scope.name = "opentelemetry.instrumentation.openai_v2" if shape == "semconv" else "opentelemetry.instrumentation.openai.v1"
+    scope_spans.scope.name = (
+        "opentelemetry.instrumentation.openai_v2"
+        if shape == "semconv"
+        else "opentelemetry.instrumentation.openai.v1"
+    )
     end = time.time_ns()
     tokens = 0
     for i in range(SPANS):
@@ -82,13 +86,17 @@ def build_payload(shape: str) -> tuple[bytes, list[int], int]:
         span.kind = 3
         span.start_time_unix_nano, span.end_time_unix_nano = end - 900_000_000, end
         span.status.code = 1
-        span.attributes.extend(kv(k, v) for k, v in _attributes(shape, provider, model, served, tin, tout, i).items())
+        span.attributes.extend(
+            kv(k, v) for k, v in _attributes(shape, provider, model, served, tin, tout, i).items()
+        )
     payload = request.SerializeToString()
     offsets = [payload.index(s.trace_id) for s in scope_spans.spans]
     return payload, offsets, tokens
 
 
-def _attributes(shape: str, provider: str, model: str, served: str, tin: int, tout: int, i: int) -> dict[str, Any]:
+def _attributes(
+    shape: str, provider: str, model: str, served: str, tin: int, tout: int, i: int
+) -> dict[str, Any]:
     user = f"user-{i % USERS:02d}"
     if shape == "semconv":
         return {
@@ -186,9 +194,12 @@ def _serve_parse_only(ready: Any, stop: Any) -> None:
 
     async def main() -> None:
         handler = grpc.method_handlers_generic_handler(
-            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": grpc.unary_unary_rpc_method_handler(export)}
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc.unary_unary_rpc_method_handler(export)},
         )
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)]
+        )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -241,30 +252,12 @@ def _serve_sidecar(ready: Any, stop: Any, directory: str) -> None:
     sidecar.stop(0)
 
 
-class Server:
-    """A server in a child process, for a ``with`` block."""
-
-    def __init__(self, target: Any, *args: Any) -> None:
-        ctx = mp.get_context("spawn")
-        self._ready, self._stop = ctx.Queue(), ctx.Event()
-        self._proc = ctx.Process(target=target, args=(self._ready, self._stop, *args), daemon=True)
-
-    def __enter__(self) -> Any:
-        self._proc.start()
-        return self._ready.get(timeout=120)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._proc.join(20)
-        if self._proc.is_alive():
-            self._proc.kill()
-
-
-# -- the client -------------------------------------------------------------------------------------------
 async def drive(address: str, exports: Exports, clients: int, seconds: float, warmup: float) -> float:
     """Acknowledged spans per second with ``clients`` exports in flight."""
     done = 0
-    async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
         export = channel.unary_unary(EXPORT)
         start = time.perf_counter()
         measure_from, stop_at = start + warmup, start + warmup + seconds
@@ -292,7 +285,9 @@ def ledger_input_tokens(budget_address: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s per measurement and one round")
-    parser.add_argument("--seconds", type=float, default=None, help="seconds per gRPC measurement (default 4)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds per gRPC measurement (default 4)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
     parser.add_argument("--clients", type=int, default=8, help="exports in flight (default 8)")
     parser.add_argument("--shape", choices=("semconv", "openllmetry", "both"), default="both")
@@ -304,28 +299,50 @@ def main() -> int:
     for shape in shapes:
         payload, offsets, tokens = build_payload(shape)
         parse_rate, step_rate, both_rate = in_process(payload, rounds)
-        with tempfile.TemporaryDirectory() as directory, Server(_serve_parse_only) as parse_port, Server(
-            _serve_sidecar, directory
-        ) as (otlp_port, budget_port):
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            Server(_serve_parse_only) as parse_port,
+            Server(_serve_sidecar, directory) as (otlp_port, budget_port),
+        ):
             parse_runs, sidecar_runs = [], []
             sent = 0
             for r in range(rounds):
-                parse_runs.append(asyncio.run(drive(f"127.0.0.1:{parse_port}", Exports(payload, offsets, 2 * r), args.clients, seconds, 0.5)))
+                parse_runs.append(
+                    asyncio.run(
+                        drive(
+                            f"127.0.0.1:{parse_port}",
+                            Exports(payload, offsets, 2 * r),
+                            args.clients,
+                            seconds,
+                            0.5,
+                        )
+                    )
+                )
                 exports = Exports(payload, offsets, 2 * r + 1)
-                sidecar_runs.append(asyncio.run(drive(f"127.0.0.1:{otlp_port}", exports, args.clients, seconds, 0.5)))
+                sidecar_runs.append(
+                    asyncio.run(drive(f"127.0.0.1:{otlp_port}", exports, args.clients, seconds, 0.5))
+                )
                 sent += exports.sent
             charged = ledger_input_tokens(f"127.0.0.1:{budget_port}")
         grpc_parse, sidecar = max(parse_runs), max(sidecar_runs)
         exact = charged == sent * tokens
         failed |= not exact
-        print(f"== {shape}: {SPANS} spans per export, {len(payload):,} bytes; best of {rounds} round(s), same run")
+        print(
+            f"== {shape}: {SPANS} spans per export, {len(payload):,} bytes; best of {rounds} round(s), same run"
+        )
         print("   in process, one core:")
         print(f"     parse only (opentelemetry-proto)      {parse_rate:>10,.0f} spans/s")
-        print(f"     pricing + attribution step alone      {step_rate:>10,.0f} spans/s   ratio {step_rate / parse_rate:.2f}  (target >= 0.40)")
-        print(f"     parse + pricing + attribution         {both_rate:>10,.0f} spans/s   ratio {both_rate / parse_rate:.2f}")
+        print(
+            f"     pricing + attribution step alone      {step_rate:>10,.0f} spans/s   ratio {step_rate / parse_rate:.2f}  (target >= 0.40)"
+        )
+        print(
+            f"     parse + pricing + attribution         {both_rate:>10,.0f} spans/s   ratio {both_rate / parse_rate:.2f}"
+        )
         print(f"   through gRPC, {args.clients} exports in flight, {seconds:g} s per round:")
         print(f"     parse-only OTLP server                {grpc_parse:>10,.0f} spans/s")
-        print(f"     sidecar: ingested, priced, charged    {sidecar:>10,.0f} spans/s   ratio {sidecar / grpc_parse:.2f}  (target >= 100,000 spans/s)")
+        print(
+            f"     sidecar: ingested, priced, charged    {sidecar:>10,.0f} spans/s   ratio {sidecar / grpc_parse:.2f}  (target >= 100,000 spans/s)"
+        )
         print(f"   ledger check: {charged:,} input tokens charged for {sent:,} exports acknowledged: "
               + ("exact" if exact else f"MISMATCH (expected {sent * tokens:,})"))  # fmt: skip
     return 1 if failed else 0

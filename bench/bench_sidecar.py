@@ -45,7 +45,7 @@ def _serve_echo(ready: Any, stop: Any) -> None:
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        ready.put(port)
+        ready.put(f"127.0.0.1:{port}")
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         await server.stop(0)
 
@@ -81,22 +81,23 @@ def _serve_sidecar(ready: Any, stop: Any, directory: str, store_toml: str = "") 
         source="bench",
     )
     sidecar = create_sidecar(config).start()
-    ready.put(sidecar.port)
+    ready.put(f"127.0.0.1:{sidecar.port}")
     stop.wait()
     sidecar.stop(0)
 
 
 class Server:
-    """A server in a child process, for a ``with`` block."""
+    """A server in a child process, for a ``with`` block: the block gets what the server put on its
+    ready queue (its address here; more for servers with several ports)."""
 
     def __init__(self, target: Any, *args: Any) -> None:
         ctx = mp.get_context("spawn")
         self._ready, self._stop = ctx.Queue(), ctx.Event()
         self._proc = ctx.Process(target=target, args=(self._ready, self._stop, *args), daemon=True)
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> Any:
         self._proc.start()
-        return f"127.0.0.1:{self._ready.get(timeout=60)}"
+        return self._ready.get(timeout=120)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
