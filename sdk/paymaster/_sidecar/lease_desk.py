@@ -120,8 +120,21 @@ class LeaseDesk:
                 admission = self.draw(pool, lease, step, estimate, record, span)
         # Steps that queued for this slice (parallel siblings) draw from it before any of them spends,
         # as their reservations would all be in before any commit without a lease.
-        await asyncio.sleep(0)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.give_back(admission)  # cancelled before the step had its admission: undo the draw
+            raise
         return admission
+
+    def give_back(self, admission: Admission) -> None:
+        """A draw whose step will not run to the end (failed, cancelled): its estimate returns to the
+        lease, and a retired lease nobody else draws from is committed (or released) now."""
+        lease = admission.lease
+        assert lease is not None
+        lease.give_back(admission.estimate.cost_usd)
+        if lease.done:
+            self.calls.spawn(self.settle(lease))
 
     def _size(self, estimate: UsageEstimate) -> Decimal:
         return max(self.policy.slice_usd, estimate.cost_usd)

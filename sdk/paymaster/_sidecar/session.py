@@ -150,10 +150,7 @@ class BudgetSession:
         if admission.mode == "reservation" and ticket.reservation_id:
             self.calls.spawn(self.calls.release(ticket.reservation_id))
         elif admission.mode == "lease" and admission.lease is not None and self.leases is not None:
-            lease = admission.lease
-            lease.give_back(ticket.estimate.cost_usd)
-            if lease.done:
-                self.calls.spawn(self.leases.settle(lease))
+            self.leases.give_back(admission)
 
     async def close(self, span: Span | None) -> None:
         if self.leases is not None:
