@@ -124,10 +124,7 @@ class ServiceMetrics:
             if micros:
                 facts = UsageFacts(provider=group.provider, model=group.model)
                 self._charged(group.scopes, facts, micros_to_usd(micros), 0, ())
-        if outcome.alerts_fired:
-            with self._lock:
-                self._pending_alerts.extend(outcome.alerts_fired)
-                del self._pending_alerts[:-_MAX_PENDING_ALERTS]
+        self._note_alerts(outcome.alerts_fired)
 
     def _charged(
         self,
@@ -150,6 +147,10 @@ class ServiceMetrics:
             self.metrics.inc("paymaster_scope_spend_usd_total", cost, labels)
             if tokens:
                 self.metrics.inc("paymaster_scope_spend_tokens_total", tokens, labels)
+        self._note_alerts(alerts)
+
+    def _note_alerts(self, alerts: Sequence[int]) -> None:
+        """Keep fired alerts' sequences until ``resolve_alerts`` reads them (at most the latest few)."""
         if alerts:
             with self._lock:
                 self._pending_alerts.extend(alerts)

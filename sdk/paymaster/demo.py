@@ -26,11 +26,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from paymaster._executor import ExecutorCore
-from paymaster._metering import PricingMeter
 from paymaster._money import format_usd
 from paymaster.config import PaymasterConfig, load_config, parse_config
-from paymaster.estimation import HeuristicEstimator, UsageEstimatorFactory
 from paymaster.exceptions import PaymasterError, UsageLimitExceededError
 from paymaster.limits import UsageLimits
 from paymaster.pricing import CostCalculator
@@ -235,13 +232,10 @@ def history(steps: Sequence[StepResult], depth: int = 0) -> list[str]:
 def _runner(
     limits: UsageLimits, config: PaymasterConfig, providers: tuple[Any, Any], *, budget: Any = None
 ) -> Runner:
-    calculator = CostCalculator(config)
-    executor = ExecutorCore(estimator_factory=UsageEstimatorFactory(heuristic=HeuristicEstimator(calculator)))
     return Runner(
         build_pipeline(),
         usage_limits=limits,
-        executor=executor,
-        meter=PricingMeter(calculator),
+        cost_calculator=CostCalculator(config),  # prices the calls and bounds the estimates
         tracer_provider=providers[0],
         meter_provider=providers[1],
         name="research-assistant",

@@ -201,9 +201,10 @@ class HeuristicEstimator:
         if not declared and learned is not None:
             return None
         found = agent_model(getattr(step, "agent", None))
-        if declared or found is None:
-            return self.estimate_with_strategy(step, None, None, learned=learned)
-        if self.calculator.cost.hint_for(self.calculator.resolve(*found)) is not None:
+        hinted = (
+            found is not None and self.calculator.cost.hint_for(self.calculator.resolve(*found)) is not None
+        )
+        if declared or found is None or hinted:
             return self.estimate_with_strategy(step, None, None, learned=learned)
         return None  # a price bound: it grows with the input
 

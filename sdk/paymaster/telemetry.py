@@ -164,12 +164,16 @@ class RunMetrics:
         for (name, attributes), usd in spent.items():
             self._instruments[name].add(float(usd), dict(attributes))
 
+    def _count(self, keys: dict[str, _Key], name: str, label: str, value: str) -> None:
+        """Add one to a single-label series, its key built once per process (every step counts two)."""
+        key = keys.get(value)
+        if key is None:
+            key = keys.setdefault(value, (name, ((label, value),)))
+        self._pending[key] = self._pending.get(key, 0) + 1
+
     def record_estimate(self, strategy: str) -> None:
         """Count which estimator strategy a step used."""
-        key = _STRATEGY_KEYS.get(strategy)
-        if key is None:
-            key = _STRATEGY_KEYS.setdefault(strategy, ("estimator.usage", (("strategy", strategy),)))
-        self._pending[key] = self._pending.get(key, 0) + 1
+        self._count(_STRATEGY_KEYS, "estimator.usage", "strategy", strategy)
 
     def record_denial(self, code: str) -> None:
         """Count a step denied before it ran."""
@@ -206,10 +210,7 @@ class RunMetrics:
 
     def record_outcome(self, outcome: str) -> None:
         """Count an agent step's outcome."""
-        key = _OUTCOME_KEYS.get(outcome)
-        if key is None:
-            key = _OUTCOME_KEYS.setdefault(outcome, ("paymaster.steps", (("outcome", outcome),)))
-        self._pending[key] = self._pending.get(key, 0) + 1
+        self._count(_OUTCOME_KEYS, "paymaster.steps", "outcome", outcome)
 
 
 _Key = tuple[str, tuple[tuple[str, str], ...]]
