@@ -491,7 +491,7 @@ for _ = 1, nitems do
     local total = tonumber(ARGV[j + 9])
     if total == 0 then total = t[2] + t[3] end
     t[7] = total
-    if not add(groups[tonumber(ARGV[j + 2]) + 1], t) then return {'OVERFLOW', 'batch'} end
+    if not add(groups[tonumber(ARGV[j + 2]) + 1], t) then return {'TOO_LARGE'} end
     fresh[#fresh + 1] = {tonumber(ARGV[j]), member}
   end
   j = j + 10
@@ -506,7 +506,7 @@ for _ = 1, nseries do
   if not known then
     raised[#raised + 1] = {id, new}
     if baseline then duplicates = duplicates + 1
-    elseif not add(grp, new) then return {'OVERFLOW', 'batch'} end
+    elseif not add(grp, new) then return {'TOO_LARGE'} end
   else
     local old, i = {}, 1
     for v in string.gmatch(known, '[^ ]+') do old[i] = tonumber(v); i = i + 1 end
@@ -518,7 +518,7 @@ for _ = 1, nseries do
     end
     if grew then
       raised[#raised + 1] = {id, top}
-      if not add(grp, growth) then return {'OVERFLOW', 'batch'} end
+      if not add(grp, growth) then return {'TOO_LARGE'} end
     else
       duplicates = duplicates + 1
     end

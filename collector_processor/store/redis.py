@@ -89,6 +89,8 @@ log = logging.getLogger("paymaster.sidecar.store.redis")
 SCHEMA_VERSION = 1
 _ATTEMPTS = 8
 _REMEMBERED = 100_000
+_EXACT_LIMIT = 2**53 - 1
+"""The largest sum the batch function adds exactly (Lua numbers are doubles)."""
 _SPEND_CHUNK = 500
 """(budget, entity) pairs read per call by ``budget_spend``, and reservations per pipeline."""
 Matched = list[tuple[LiveBudget, str]]
@@ -573,6 +575,12 @@ class RedisStore:
             return head + tail
 
         _, reply = self._money("batch", build)
+        if reply[0] == "TOO_LARGE":
+            raise InvalidRequestError(
+                "batch",
+                f"the new amounts of one group add up past {_EXACT_LIMIT:,}, the most the Redis store "
+                "sums exactly in one batch; send smaller batches",
+            )
         width = len(batch.groups)
         return UsageBatchOutcome(
             charged_items=tuple(int(n) for n in reply[2 : 2 + width]),

@@ -416,3 +416,27 @@ def test_through_sentinels_a_failover_is_a_pause_and_loses_nothing_answered(tmp_
             store.close()
         for server in (sentinel, replica, primary):
             server.stop()
+
+
+def test_a_batch_whose_sum_a_double_cannot_hold_exactly_is_refused_whole(
+    replicas: Callable[[], Ledger],
+) -> None:
+    """Lua adds the batch's amounts as doubles: past 2^53 it refuses rather than charge a rounded sum."""
+    from collector_processor.errors import InvalidRequestError
+    from collector_processor.ledger_types import UsageBatch, UsageGroup
+
+    ledger = replicas()
+    ledger.create_budget(draft("team", limit="100000000000"))
+    now = ledger.clock.now_ms()
+    big = 2**52 + 1
+    batch = UsageBatch(
+        groups=(UsageGroup(scopes=SCOPES, model="m", occurred_ms=now),),
+        items=[(now, b"a", 0, big, 0, 0, 0, 0, 0, 0), (now, b"b", 0, big, 0, 0, 0, 0, 0, 0)],
+    )
+    with pytest.raises(
+        InvalidRequestError, match=r"^batch: the new amounts of one group add up past 9,007,199,254,740,991"
+    ):
+        ledger.record_usage_batch(batch)
+    # Nothing was written: the same items, one at a time, are new and charged exactly.
+    first = ledger.record_usage_batch(UsageBatch(groups=batch.groups, items=batch.items[:1]))
+    assert first.charged_micros == (big,) and first.duplicates == 0
