@@ -9,10 +9,15 @@ The sidecar runs its real configuration: SQLite in WAL mode (``synchronous=norma
 directory, two matching budgets per request (an organization block budget and a team warn budget with
 alert thresholds). One *pair* is a Reserve followed by a Commit of its reservation.
 
-Printed per concurrency: echo calls/s and p99, sidecar pairs/s and p99 (of the whole pair), and the ratio
-pairs/s ÷ echo calls/s. The two are measured in alternating rounds and each keeps its best round (the
-least disturbed by anything else on the machine). The target is a ratio of at least 0.40: each budget
-call costs little more than the transport.
+Two more servers split the gap between the echo and the sidecar, so a low ratio says where the time
+goes: *api* serves the same ``BudgetService`` with fixed answers (the transport and the protobuf of this
+API, nothing else), and *no store* is the real sidecar whose ledger repeats its first answers (the
+servicer, its conversions, metrics and group-commit batching, without any store work).
+
+Printed per concurrency: echo calls/s and p99, pairs/s of each of the three as a ratio of echo calls/s,
+and the sidecar's p99 (of the whole pair). All four are measured in alternating rounds and each keeps
+its best round (the least disturbed by anything else on the machine). The target is a sidecar ratio
+of at least 0.40: each budget call costs little more than the transport.
 Usage: python bench/bench_sidecar.py [--quick] [--seconds S] [--rounds N]
 """
 
@@ -52,7 +57,64 @@ def _serve_echo(ready: Any, stop: Any) -> None:
     asyncio.run(main())
 
 
-def _serve_sidecar(ready: Any, stop: Any, directory: str, store_toml: str = "") -> None:
+def _serve_api(ready: Any, stop: Any) -> None:
+    """``BudgetService`` answering Reserve and Commit with fixed messages: the transport of this API."""
+    from paymaster.v1 import budget_pb2 as pb
+    from paymaster.v1 import budget_pb2_grpc
+
+    reserved = pb.ReserveResponse(
+        decision=pb.DECISION_ALLOW, reservation_id="0" * 32, reserved_usd="0.012500"
+    )
+    committed = pb.CommitResponse(charged_usd="0.011300", released_usd="0.012500")
+
+    class Fixed(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[misc]
+        async def Reserve(self, request: Any, context: Any) -> Any:
+            return reserved
+
+        async def Commit(self, request: Any, context: Any) -> Any:
+            return committed
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        budget_pb2_grpc.add_BudgetServiceServicer_to_server(Fixed(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ready.put(f"127.0.0.1:{port}")
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
+class _Repeating:
+    """A ledger whose Reserve and Commit repeat their first real answers; everything else is the real one."""
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+        self._answers: dict[str, Any] = {}
+
+    def reserve(self, command: Any) -> Any:
+        if "reserve" not in self._answers:
+            self._answers["reserve"] = self._ledger.reserve(command)
+        return self._answers["reserve"]
+
+    def commit(self, command: Any) -> Any:
+        if "commit" not in self._answers:
+            self._answers["commit"] = self._ledger.commit(command)
+        return self._answers["commit"]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+
+def _serve_no_store(ready: Any, stop: Any, directory: str) -> None:
+    """The sidecar with a ledger that repeats its first answers: everything but the store's work."""
+    _serve_sidecar(ready, stop, directory, repeat_answers=True)
+
+
+def _serve_sidecar(
+    ready: Any, stop: Any, directory: str, store_toml: str = "", *, repeat_answers: bool = False
+) -> None:
     """The sidecar with the benchmark's budgets; ``store_toml`` replaces the SQLite ``[store]`` section."""
     from collector_processor.config import parse_config
     from collector_processor.server import create_sidecar
@@ -80,7 +142,10 @@ def _serve_sidecar(ready: Any, stop: Any, directory: str, store_toml: str = "") 
         """,
         source="bench",
     )
-    sidecar = create_sidecar(config).start()
+    sidecar = create_sidecar(config)
+    if repeat_answers:
+        sidecar.ledger = _Repeating(sidecar.ledger)  # type: ignore[assignment]
+    sidecar.start()
     ready.put(f"127.0.0.1:{sidecar.port}")
     stop.wait()
     sidecar.stop(0)
@@ -178,31 +243,38 @@ def main() -> int:
     rows = []
     with (
         tempfile.TemporaryDirectory() as directory,
+        tempfile.TemporaryDirectory() as no_store_directory,
         Server(_serve_echo) as echo,
+        Server(_serve_api) as api,
+        Server(_serve_no_store, no_store_directory) as no_store,
         Server(_serve_sidecar, directory) as sidecar,
     ):
         for clients in (1, 16, 64):
-            # Alternate the two, and keep each one's best round: the one least disturbed by whatever
-            # else this machine was doing. Both get the same treatment, so the ratio stays fair.
-            echo_runs, pair_runs = [], []
+            # Alternate the four, and keep each one's best round: the one least disturbed by whatever
+            # else this machine was doing. All get the same treatment, so the ratios stay fair.
+            runs: list[list[tuple[float, float]]] = [[], [], [], []]
             for _ in range(rounds):
-                echo_runs.append(asyncio.run(_echo(echo, clients, seconds, warmup)))
-                pair_runs.append(asyncio.run(_pairs(sidecar, clients, seconds, warmup)))
-            (echo_rate, echo_p99), (pair_rate, pair_p99) = max(echo_runs), max(pair_runs)
-            rows.append((clients, echo_rate, echo_p99, pair_rate, pair_p99, pair_rate / echo_rate))
+                runs[0].append(asyncio.run(_echo(echo, clients, seconds, warmup)))
+                for i, address in enumerate((api, no_store, sidecar), start=1):
+                    runs[i].append(asyncio.run(_pairs(address, clients, seconds, warmup)))
+            (echo_rate, echo_p99), (api_rate, _), (bare_rate, _), (pair_rate, pair_p99) = map(max, runs)
+            rows.append((clients, echo_rate, echo_p99, api_rate, bare_rate, pair_rate, pair_p99))
     print(
         f"Reserve+Commit pairs against a bare gRPC echo server "
         f"(best of {rounds} alternating round(s) of {seconds:g} s each, same run)"
     )
     print(
-        f"{'clients':>7}  {'echo calls/s':>12}  {'echo p99 ms':>11}  {'pairs/s':>8}  {'pair p99 ms':>11}  {'ratio':>6}"
+        f"{'clients':>7}  {'echo calls/s':>12}  {'echo p99 ms':>11}  {'api':>13}  {'no store':>13}"
+        f"  {'sidecar':>13}  {'pair p99 ms':>11}"
     )
-    for clients, echo_rate, echo_p99, pair_rate, pair_p99, ratio in rows:
-        print(
-            f"{clients:>7}  {echo_rate:>12.0f}  {echo_p99:>11.2f}  {pair_rate:>8.0f}  {pair_p99:>11.2f}  {ratio:>6.2f}"
+    for clients, echo_rate, echo_p99, api_rate, bare_rate, pair_rate, pair_p99 in rows:
+        cells = "  ".join(
+            f"{rate:>6.0f} {rate / echo_rate:>6.2f}" for rate in (api_rate, bare_rate, pair_rate)
         )
-    worst = min(r[-1] for r in rows)
-    print(f"lowest ratio {worst:.2f} (target >= 0.40: a pair costs at most 2.5 echo calls)")
+        print(f"{clients:>7}  {echo_rate:>12.0f}  {echo_p99:>11.2f}  {cells}  {pair_p99:>11.2f}")
+    print("(each of api, no store and sidecar: pairs/s, then pairs/s / echo calls/s)")
+    worst = min(r[5] / r[1] for r in rows)
+    print(f"lowest sidecar ratio {worst:.2f} (target >= 0.40: a pair costs at most 2.5 echo calls)")
     return 0
 
 
