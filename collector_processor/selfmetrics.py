@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_BUCKETS", "HistogramSnapshot", "Labels", "MetricsSnapshot", "SelfMetrics"]
+__all__ = ["DEFAULT_BUCKETS", "HistogramSnapshot", "Labels", "MetricsSnapshot", "SelfMetrics", "label_key"]
 
 Labels = tuple[tuple[str, str], ...]
 """Label pairs sorted by name: the key of one series."""
@@ -84,16 +84,28 @@ class SelfMetrics:
 
     def inc(self, name: str, value: float = 1.0, labels: Mapping[str, str] | None = None) -> None:
         """Add ``value`` (never negative) to the counter ``name`` with these labels."""
-        if value < 0:
-            raise ValueError(f"counter {name} cannot decrease (got {value})")
-        key = _key(labels)
+        self.add(((name, label_key(labels), value),))
+
+    def add(self, increments: Sequence[tuple[str, Labels, float]]) -> None:
+        """Several ``inc`` at once, each ``(name, label_key(labels), value)``: one lock for all of them,
+        and keys a caller on a hot path computed once."""
+        for name, _, value in increments:
+            if value < 0:
+                raise ValueError(f"counter {name} cannot decrease (got {value})")
+        counters = self._counters
         with self._lock:
-            series = self._counters.setdefault(name, {})
-            series[key] = series.get(key, 0.0) + value
+            for name, key, value in increments:
+                series = counters.get(name)
+                if series is None:
+                    series = counters[name] = {}
+                series[key] = series.get(key, 0.0) + value
 
     def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
         """Record one observation (seconds, for latencies) in the histogram ``name``."""
-        key = _key(labels)
+        self.observe_key(name, label_key(labels), value)
+
+    def observe_key(self, name: str, key: Labels, value: float) -> None:
+        """``observe`` with the key of the labels computed by the caller (``label_key``)."""
         with self._lock:
             series = self._histograms.setdefault(name, {})
             hist = series.get(key)
@@ -121,5 +133,6 @@ class SelfMetrics:
             )
 
 
-def _key(labels: Mapping[str, str] | None) -> Labels:
+def label_key(labels: Mapping[str, str] | None) -> Labels:
+    """The series key of ``labels``: their pairs sorted by name."""
     return tuple(sorted(labels.items())) if labels else ()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from collector_processor.budgets import SCOPE_ORDER, OnExceed, ScopeSet
 from collector_processor.ledger_types import (
@@ -37,7 +38,7 @@ from collector_processor.ledger_types import (
     UsageGroup,
 )
 from collector_processor.money import micros_to_usd
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.selfmetrics import Labels, SelfMetrics, label_key
 from collector_processor.store.base import LedgerStore
 
 __all__ = ["OTHER", "ServiceMetrics"]
@@ -46,6 +47,8 @@ OTHER = "__other__"
 """The label value that stands for every id past a cardinality cap."""
 
 _MAX_PENDING_ALERTS = 10_000
+_MAX_KEYS = 4096
+_OUTCOME_KEYS = {kind: label_key({"outcome": kind}) for kind in ("charged", "late", "duplicate")}
 
 _HELP = {
     "paymaster_rpc_requests_total": "Budget API requests answered, by method and gRPC status code.",
@@ -78,13 +81,23 @@ class ServiceMetrics:
         self._entities: dict[str, set[str]] = {scope.value: set() for scope in SCOPE_ORDER}
         self._models: set[tuple[str, str]] = set()
         self._pending_alerts: list[int] = []
+        # Series keys computed once: by (method, code) and (rpc, decision, budget); by admitted model;
+        # by admitted (scope, id). Each is bounded by the caps above or by _MAX_KEYS.
+        self._keys: dict[tuple[str, ...], Any] = {}
+        self._model_series: dict[tuple[str, str], tuple[Labels, tuple[Labels, ...]]] = {}
+        self._entity_series: dict[tuple[str, str], Labels] = {}
 
     # -- requests --------------------------------------------------------------------------------
     def request(self, method: str, code: str, seconds: float) -> None:
         """One answered request: its method, gRPC status code name and latency."""
-        labels = {"method": method}
-        self.metrics.observe("paymaster_rpc_duration_seconds", seconds, labels)
-        self.metrics.inc("paymaster_rpc_requests_total", 1, {"method": method, "code": code})
+        keys = self._keys.get((method, code))
+        if keys is None:  # methods and codes are fixed sets: this memo stays small
+            keys = self._keys[(method, code)] = (
+                label_key({"method": method}),
+                label_key({"method": method, "code": code}),
+            )
+        self.metrics.observe_key("paymaster_rpc_duration_seconds", keys[0], seconds)
+        self.metrics.add((("paymaster_rpc_requests_total", keys[1], 1),))
 
     def reserved(self, outcome: ReserveOutcome) -> None:
         if not outcome.replayed:  # a retry repeats an answer; it is not a new decision
@@ -99,16 +112,23 @@ class ServiceMetrics:
             warned = next((i for i in infos if i.exceeded and i.action is OnExceed.WARN), None)
             if warned is not None:
                 label, deciding = "warn", warned.budget_id
-        self.metrics.inc("paymaster_decisions_total", 1, {"rpc": rpc, "decision": label, "budget": deciding})
+        key = self._keys.get((rpc, label, deciding))
+        if key is None:
+            key = label_key({"rpc": rpc, "decision": label, "budget": deciding})
+            if len(self._keys) < _MAX_KEYS:  # budget ids are the operators': few, but not a fixed set
+                self._keys[(rpc, label, deciding)] = key
+        self.metrics.add((("paymaster_decisions_total", key, 1),))
 
     # -- spend -----------------------------------------------------------------------------------
     def committed(self, command: CommitCommand, outcome: CommitOutcome) -> None:
         kind = "duplicate" if outcome.duplicate else "late" if outcome.late else "charged"
-        self.metrics.inc("paymaster_commits_total", 1, {"outcome": kind})
-        if not outcome.duplicate:
-            facts = outcome.usage or command.usage
-            tokens = command.actual_tokens or facts.input_tokens + facts.output_tokens
-            self._charged(outcome.scopes, facts, outcome.charged_usd, tokens, outcome.alerts_fired)
+        counted = ("paymaster_commits_total", _OUTCOME_KEYS[kind], 1)
+        if outcome.duplicate:
+            self.metrics.add((counted,))
+            return
+        facts = outcome.usage or command.usage
+        tokens = command.actual_tokens or facts.input_tokens + facts.output_tokens
+        self._charged(outcome.scopes, facts, outcome.charged_usd, tokens, outcome.alerts_fired, counted)
 
     def recorded(self, command: RecordUsageCommand, outcome: RecordUsageOutcome) -> None:
         if not outcome.duplicate:
@@ -133,21 +153,46 @@ class ServiceMetrics:
         usd: Decimal,
         tokens: int,
         alerts: Sequence[int],
+        *also: tuple[str, Labels, float],
     ) -> None:
+        """Count a charge (and the increments in ``also``) under one lock."""
         cost = float(usd)
-        provider, model = self._model(facts.provider or "unknown", facts.model or "unknown")
-        self.metrics.inc("paymaster_spend_usd_total", cost, {"provider": provider, "model": model})
+        by_model, by_type = self._model_keys(facts.provider or "unknown", facts.model or "unknown")
+        counts: list[tuple[str, Labels, float]] = [*also, ("paymaster_spend_usd_total", by_model, cost)]
         other = max(tokens - facts.input_tokens - facts.output_tokens, 0)
-        for kind, count in (("input", facts.input_tokens), ("output", facts.output_tokens), ("other", other)):
+        for key, count in zip(by_type, (facts.input_tokens, facts.output_tokens, other), strict=True):
             if count:
-                labels = {"provider": provider, "model": model, "type": kind}
-                self.metrics.inc("paymaster_spend_tokens_total", count, labels)
+                counts.append(("paymaster_spend_tokens_total", key, count))
         for scope, entity in scopes.pairs() if scopes is not None else ():
-            labels = {"scope": scope.value, "scope_id": self._entity(scope.value, entity)}
-            self.metrics.inc("paymaster_scope_spend_usd_total", cost, labels)
+            key = self._entity_key(scope.value, entity)
+            counts.append(("paymaster_scope_spend_usd_total", key, cost))
             if tokens:
-                self.metrics.inc("paymaster_scope_spend_tokens_total", tokens, labels)
+                counts.append(("paymaster_scope_spend_tokens_total", key, tokens))
+        self.metrics.add(counts)
         self._note_alerts(alerts)
+
+    def _model_keys(self, provider: str, model: str) -> tuple[Labels, tuple[Labels, ...]]:
+        """The series keys of a model's spend and of its three token types (after the model cap)."""
+        keys = self._model_series.get((provider, model))
+        if keys is not None:
+            return keys
+        p, m = self._model(provider, model)
+        keys = (
+            label_key({"provider": p, "model": m}),
+            tuple(label_key({"provider": p, "model": m, "type": t}) for t in ("input", "output", "other")),
+        )
+        if (p, m) == (provider, model):  # only admitted models are kept: their number is capped
+            self._model_series[(provider, model)] = keys
+        return keys
+
+    def _entity_key(self, scope: str, entity: str) -> Labels:
+        key = self._entity_series.get((scope, entity))
+        if key is None:
+            shown = self._entity(scope, entity)
+            key = label_key({"scope": scope, "scope_id": shown})
+            if shown == entity:  # only admitted ids are kept: their number is capped
+                self._entity_series[(scope, entity)] = key
+        return key
 
     def _note_alerts(self, alerts: Sequence[int]) -> None:
         """Keep fired alerts' sequences until ``resolve_alerts`` reads them (at most the latest few)."""

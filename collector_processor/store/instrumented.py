@@ -29,13 +29,14 @@ from collector_processor.ledger_types import (
     ReserveCommand,
     ReserveOutcome,
 )
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.selfmetrics import Labels, SelfMetrics, label_key
 from collector_processor.store.base import BudgetSpend, LedgerStore, UsageFilter, UsageRow
 
 __all__ = ["STORE_ERRORS", "STORE_SECONDS", "InstrumentedStore", "error_kind"]
 
 STORE_SECONDS = "paymaster_store_operation_seconds"
 STORE_ERRORS = "paymaster_store_errors_total"
+_OPERATION_KEYS: dict[str, Labels] = {}  # operations are the store's method names: a fixed set
 T = TypeVar("T")
 
 
@@ -75,7 +76,10 @@ class InstrumentedStore:
             self._failed(operation, exc)
             raise
         finally:
-            self._metrics.observe(STORE_SECONDS, perf_counter() - start, {"operation": operation})
+            key = _OPERATION_KEYS.get(operation)
+            if key is None:
+                key = _OPERATION_KEYS[operation] = label_key({"operation": operation})
+            self._metrics.observe_key(STORE_SECONDS, key, perf_counter() - start)
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         kind = error_kind(exc)
