@@ -222,15 +222,16 @@ def test_a_wildcard_budget_exports_its_biggest_spenders_up_to_the_cap(metered) -
 
 def test_scope_ids_past_the_cap_are_counted_together(metered) -> None:
     running = metered("max_entities_per_scope = 2\nmax_models = 1")
-    for user in ("a", "b", "c", "d"):
+    # Spending again once the caps are full: admitted ids keep their series, later ones stay pooled.
+    for user in ("a", "b", "c", "d", "a", "c"):
         spend(running, "0.1", user=user, model=f"m-{user}")
     s = scrape(running)
     users = {dict(k)["scope_id"]: v for k, v in series(s, "paymaster_scope_spend_usd_total").items()
              if dict(k)["scope"] == "user"}  # fmt: skip
-    assert users == {"a": 0.1, "b": 0.1, "__other__": pytest.approx(0.2)}
+    assert users == {"a": pytest.approx(0.2), "b": 0.1, "__other__": pytest.approx(0.3)}
     models = series(s, "paymaster_spend_usd_total")
-    assert models[(("model", "m-a"), ("provider", "openai"))] == 0.1
-    assert models[(("model", "__other__"), ("provider", "__other__"))] == pytest.approx(0.3)
+    assert models[(("model", "m-a"), ("provider", "openai"))] == pytest.approx(0.2)
+    assert models[(("model", "__other__"), ("provider", "__other__"))] == pytest.approx(0.4)
 
 
 def test_store_operations_are_timed(metered) -> None:
