@@ -38,16 +38,12 @@ import grpc
 ECHO_METHOD = "/paymaster.bench.Echo/Echo"
 
 
-def _serve_echo(ready: Any, stop: Any) -> None:
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
+def _serve_aio(ready: Any, stop: Any, install: Any) -> None:
+    """A ``grpc.aio`` server on one event loop with what ``install(server)`` adds, until ``stop`` is set."""
 
     async def main() -> None:
-        handler = grpc.method_handlers_generic_handler(
-            "paymaster.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-        )
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((handler,))
+        install(server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         ready.put(f"127.0.0.1:{port}")
@@ -55,6 +51,16 @@ def _serve_echo(ready: Any, stop: Any) -> None:
         await server.stop(0)
 
     asyncio.run(main())
+
+
+def _serve_echo(ready: Any, stop: Any) -> None:
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "paymaster.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    _serve_aio(ready, stop, lambda server: server.add_generic_rpc_handlers((handler,)))
 
 
 def _serve_api(ready: Any, stop: Any) -> None:
@@ -74,16 +80,9 @@ def _serve_api(ready: Any, stop: Any) -> None:
         async def Commit(self, request: Any, context: Any) -> Any:
             return committed
 
-    async def main() -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        budget_pb2_grpc.add_BudgetServiceServicer_to_server(Fixed(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        ready.put(f"127.0.0.1:{port}")
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        await server.stop(0)
-
-    asyncio.run(main())
+    _serve_aio(
+        ready, stop, lambda server: budget_pb2_grpc.add_BudgetServiceServicer_to_server(Fixed(), server)
+    )
 
 
 class _Repeating:
