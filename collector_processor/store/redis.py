@@ -518,18 +518,8 @@ class RedisStore:
             )
             if done is not None:
                 index, scopes, reply = done
-                if reply[0] == "DUP":
-                    infos = self._standing_infos(index, scopes, reply, 4, now_ms)
-                    return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
-                infos, fired = self._charged(index, scopes, reply, 5, now_ms=now_ms, at_ms=now_ms)
-                return RecordUsageOutcome(
-                    charged_usd=micros_to_usd(cost),
-                    duplicate=False,
-                    budget_info=infos,
-                    alerts_fired=fired,
-                    scopes=scopes,
-                    usage=_recorded(command.usage, reply),
-                )
+                usage = _recorded(command.usage, reply) if reply[0] != "DUP" else command.usage
+                return self._recorded(index, scopes, reply, (4, 5), cost, usage, now_ms=now_ms, at_ms=now_ms)
         occurred = now_ms if command.occurred_ms is None else command.occurred_ms
         f = command.usage
         total = command.total_tokens or f.input_tokens + f.output_tokens
@@ -543,17 +533,33 @@ class RedisStore:
             ]  # fmt: skip
 
         index, reply = self._money("record", build)
+        return self._recorded(index, scopes, reply, (1, 1), cost, f, now_ms=now_ms, at_ms=occurred)
+
+    def _recorded(
+        self,
+        index: BudgetIndex,
+        scopes: ScopeSet,
+        reply: list[Any],
+        standing_at: tuple[int, int],
+        cost: int,
+        usage: UsageFacts,
+        *,
+        now_ms: int,
+        at_ms: int,
+    ) -> RecordUsageOutcome:
+        """The answer to recorded usage from a function's ``reply``, whose budget standing starts at
+        ``standing_at[0]`` for a duplicate and at ``standing_at[1]`` for a charge."""
         if reply[0] == "DUP":
-            infos = self._standing_infos(index, scopes, reply, 1, now_ms)
+            infos = self._standing_infos(index, scopes, reply, standing_at[0], now_ms)
             return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
-        infos, fired = self._charged(index, scopes, reply, 1, now_ms=now_ms, at_ms=occurred)
+        infos, fired = self._charged(index, scopes, reply, standing_at[1], now_ms=now_ms, at_ms=at_ms)
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(cost),
             duplicate=False,
             budget_info=infos,
             alerts_fired=fired,
             scopes=scopes,
-            usage=f,
+            usage=usage,
         )
 
     def record_usage_batch(self, batch: UsageBatch, *, now_ms: int) -> UsageBatchOutcome:
