@@ -102,9 +102,20 @@ class Attributor:
         self.unattributed = ScopeSet(**{s: section.unattributed_id for s in section.unattributed_scopes})
         self._sets: dict[tuple[str, ...], tuple[ScopeSet, bool]] = {}
         self._values: dict[bytes, str | None] = {}
+        names = [name for scope in _SCOPES for name in self.sources[scope]]
+        self._read = tuple(dict.fromkeys([*names, "service.namespace", "service.name"]))
+        """Every resource attribute ``ResourceScopes`` reads: their raw values decide it."""
+        self._resources: dict[tuple[bytes | None, ...], ResourceScopes] = {}
 
     def for_resource(self, attributes: Mapping[str, bytes]) -> ResourceScopes:
-        return ResourceScopes(self, attributes)
+        """The scopes of a resource with these attributes; one shared instance per distinct values."""
+        key = tuple(map(attributes.get, self._read))
+        found = self._resources.get(key)
+        if found is None:
+            if len(self._resources) >= 4096:
+                self._resources.clear()
+            found = self._resources[key] = ResourceScopes(self, attributes)
+        return found
 
     def value(self, raw: bytes) -> str | None:
         """``scope_value`` with a cache: the same few ids arrive over and over."""

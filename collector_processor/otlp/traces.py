@@ -21,14 +21,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from itertools import compress, repeat
-from operator import add, attrgetter, contains, floordiv, mul, neg
+from operator import add, attrgetter, floordiv, mul
 from typing import Any
 
 from collector_processor.budgets import ScopeSet
 from collector_processor.ledger_types import RecordUsageCommand, UsageFacts, UsageGroup, UsageItem
-from collector_processor.otlp._columns import Cache, column, optional, set_costs
-from collector_processor.otlp._groups import Groups
+from collector_processor.otlp._columns import Cache, Columns, Presence
+from collector_processor.otlp._groups import Groups, Target
 from collector_processor.otlp._view import INVALID, decode_int, decode_str
 from collector_processor.otlp.attribution import Attributor, ResourceScopes
 from collector_processor.otlp.pricing import ModelPrice, SpanPricer, femto_ceiling
@@ -121,10 +122,15 @@ class TraceProcessor:
         self._tokens = Cache(self._count_of, 262_144)
         self._prices = Cache(self._price_of, 4096)
         self._sdk_costs = Cache(self._sdk_cost_of, 65_536)
+        self._target_tables: dict[tuple[ResourceScopes, tuple[str, ...]], Cache] = {}
 
-    def process(self, request: Any, window: WindowPolicy, *, enrich: bool) -> TracePlan:
-        """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes."""
+    def process(
+        self, request: Any, window: WindowPolicy, *, enrich: bool, payload: bytes | None = None
+    ) -> TracePlan:
+        """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes.
+        ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once."""
         plan = TracePlan()
+        presence = Presence(payload)
         groups = Groups(plan.groups, plan.unattributed)
         for resource_spans in request.resource_spans:
             context = self._attributor.for_resource(resource_spans.resource.attributes)
@@ -134,7 +140,7 @@ class TraceProcessor:
                 spans = scope_spans.spans
                 plan.spans += len(spans)
                 if spans:
-                    self._scope(spans, context, charge_spans, window, enrich, plan, groups)
+                    self._scope(spans, context, charge_spans, window, enrich, plan, groups, presence)
             if plan.genai > genai_before:
                 plan.services.add(context.service)
         plan.groups = groups.finish()
@@ -143,28 +149,32 @@ class TraceProcessor:
     # -- one scope's spans, a column at a time ---------------------------------------------------
     def _scope(
         self, spans: Any, context: ResourceScopes, charge_spans: bool, window: WindowPolicy, enrich: bool,
-        plan: TracePlan, groups: Groups,
+        plan: TracePlan, groups: Groups, presence: Presence,
     ) -> None:  # fmt: skip
-        maps = list(map(_ATTRIBUTES, spans))
-        raw_in = column(maps, INPUT, None)
-        raw_out = column(maps, OUTPUT, None)
+        spans = list(spans)
+        columns = Columns(list(map(_ATTRIBUTES, spans)))
+        raw_in = columns.column(INPUT, None)
+        raw_out = columns.column(OUTPUT, None)
+        presence.counts_read(2 * len(spans) - raw_in.count(None) - raw_out.count(None))
         if None in raw_in or None in raw_out:
             keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
             if not any(keep):
                 return
-            spans, maps = list(compress(spans, keep)), list(compress(maps, keep))
+            spans, columns = list(compress(spans, keep)), columns.select(keep)
             raw_in = [_ZERO if x is None else x for x in compress(raw_in, keep)]
             raw_out = [_ZERO if x is None else x for x in compress(raw_out, keep)]
-        else:
-            spans = list(spans)
-        plan.genai += len(maps)
+        plan.genai += len(spans)
         tokens = self._tokens
         tin = list(map(tokens.__getitem__, raw_in))
         tout = list(map(tokens.__getitem__, raw_out))
-        extras = [optional(maps, names) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
+        if presence.only_counts():
+            extras: list[list[bytes | None] | None] = [None, None, None]
+        else:
+            extras = [columns.optional(names, presence) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
         ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
         uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
-        usable = min(tin) >= 0 and min(tout) >= 0 and min(ends) > 0 and max(ends) <= window.newest_ms
+        first_end, last_end = min(ends), max(ends)
+        usable = min(tin) >= 0 and min(tout) >= 0 and first_end > 0 and last_end <= window.newest_ms
         counts: list[list[int]] = []
         if not usable or any(extras) or set(map(len, uids)) != _ID_LENGTH:
             usage = self._usages(spans, tin, tout, extras, ends, uids, window, plan)
@@ -172,46 +182,42 @@ class TraceProcessor:
             if not all(keep):
                 if not any(keep):
                     return
-                spans, maps, ends, uids = (list(compress(c, keep)) for c in (spans, maps, ends, uids))
+                spans, ends, uids = (list(compress(c, keep)) for c in (spans, ends, uids))
+                columns = columns.select(keep)
                 usage = list(compress(usage, keep))
+                first_end = min(ends)
             tin, tout, *counts = (list(c) for c in zip(*usage, strict=True))
             if not any(map(any, counts)):
                 counts = []  # cache and reasoning counts all zero: priced like plain usage
-        prices = list(
-            map(
-                self._prices.__getitem__,
-                zip(column(maps, PROVIDER, _NONE), column(maps, MODEL, _NONE), strict=True),
-            )
-        )
-        femto, sources = self._costs(maps, prices, tin, tout, counts)
+        targets = self._targets(columns, context, presence)
+        femto, sources = self._costs(columns, targets, tin, tout, counts, presence)
         if enrich:
-            set_costs(maps, femto, sources)
+            columns.set_costs(femto, sources)
         plan.priced.update(sources)
-        charge = [f is not None for f in femto]
+        charge = [f is not None for f in femto] if None in femto else [True] * len(femto)
         if not all(charge):
             plan.outcomes["unpriced"] += charge.count(False)
         if not charge_spans:
             plan.outcomes["skipped"] += charge.count(True)
             return
-        if min(ends) < window.oldest_ms:
+        if first_end < window.oldest_ms:
             stale = [end < window.oldest_ms for end in ends]
             plan.outcomes["stale"] += sum(s and c for s, c in zip(stale, charge, strict=True))
             charge = [c and not s for c, s in zip(charge, stale, strict=True)]
-        reservations = optional(maps, (RESERVATION,))
+        reservations = columns.optional((RESERVATION,), presence)
         if reservations is not None:
-            charge = self._reservations(reservations, charge, maps, context, uids, femto, tin, tout, counts, prices,
-                                        ends, plan)  # fmt: skip
+            charge = self._reservations(reservations, charge, columns.maps, context, uids, femto, tin, tout, counts,
+                                        targets, ends, plan)  # fmt: skip
         if not all(charge):
             if not any(charge):
                 return
-            maps, prices, ends, uids, femto, tin, tout = (
-                list(compress(c, charge)) for c in (maps, prices, ends, uids, femto, tin, tout)
+            targets, ends, uids, femto, tin, tout = (
+                list(compress(c, charge)) for c in (targets, ends, uids, femto, tin, tout)
             )
             counts = [list(compress(c, charge)) for c in counts]
-        scopes = self._span_scopes(maps, context)
-        ids = groups.ids(scopes, (context.default, context.default_unattributed), prices, ends)
-        charged: list[int] = femto  # type: ignore[assignment]  # every cost left is known
-        micros = map(neg, map(floordiv, map(neg, charged), repeat(_FEMTO_PER_MICRO)))
+        ids = groups.ids(targets, ends)
+        # Rounded up to whole micro-dollars: ceil(f / d) == (f + d - 1) // d for every integer f.
+        micros = map(floordiv, map(add, femto, repeat(_FEMTO_PER_MICRO - 1)), repeat(_FEMTO_PER_MICRO))  # type: ignore[arg-type]
         zeros = repeat(0)
         cache_read, cache_creation, reasoning = counts if counts else (zeros, zeros, zeros)
         plan.items.extend(
@@ -222,58 +228,83 @@ class TraceProcessor:
 
     def _costs(
         self,
-        maps: list[Any],
-        prices: list[ModelPrice],
+        columns: Columns,
+        targets: list[Target],
         tin: list[int],
         tout: list[int],
         extras: list[list[int]],
+        presence: Presence,
     ) -> tuple[list[int | None], list[str]]:
         """Femto-dollars (``None`` when unknown) and the cost source of each span."""
-        first = prices[0]
-        sdk = optional(maps, (SDK_COST,))
+        sdk = columns.optional((SDK_COST,), presence)
         if sdk is None and not extras:
-            if first.rates is not None and prices.count(first) == len(prices):
-                rates = first.rates
+            first = targets[0]
+            if first.linear and targets.count(first) == len(targets):
                 femto: list[Any] = list(
-                    map(add, map(mul, tin, repeat(rates[0])), map(mul, tout, repeat(rates[1])))
+                    map(
+                        add,
+                        map(mul, tin, repeat(first.rate_input)),
+                        map(mul, tout, repeat(first.rate_output)),
+                    )
                 )
-                return femto, [first.source] * len(prices)
-            if all(p.rates is not None for p in set(prices)):  # a few models, all per-token
+                return femto, [first.source] * len(targets)
+            if all(t.linear for t in set(targets)):  # a few models and scopes, all priced per token
                 femto = list(
-                    map(add, map(mul, tin, map(_RATE_IN, prices)), map(mul, tout, map(_RATE_OUT, prices)))
+                    map(add, map(mul, tin, map(_RATE_IN, targets)), map(mul, tout, map(_RATE_OUT, targets)))
                 )
-                return femto, list(map(_SOURCE, prices))
+                return femto, list(map(_SOURCE, targets))
         femto, sources = [], []
         zeros = repeat(0)
         read, creation, reasoning = extras if extras else (zeros, zeros, zeros)
         cost_femto = self._pricer.cost_femto
-        for i, (price, a, b, c, d, e) in enumerate(
-            zip(prices, tin, tout, read, creation, reasoning, strict=False)
+        for i, (target, a, b, c, d, e) in enumerate(
+            zip(targets, tin, tout, read, creation, reasoning, strict=False)
         ):
             if sdk is not None and sdk[i] is not None and (exact := self._sdk_costs[sdk[i]]) is not None:
                 femto.append(exact)
                 sources.append("sdk")
                 continue
+            price = target.price
             cost = cost_femto(price, a, b, c, d, e)
             femto.append(cost)
             sources.append(price.source if cost is not None else "unknown")
         return femto, sources
 
-    def _span_scopes(self, maps: list[Any], context: ResourceScopes) -> list[tuple[ScopeSet, bool]] | None:
-        """Each span's scopes, or ``None`` when no span overrides its resource's. Spans are resolved
-        once per distinct combination of the raw values that can override."""
-        hits = [name for name, _ in context.checks if any(map(contains, maps, repeat(name)))]
+    def _targets(self, columns: Columns, context: ResourceScopes, presence: Presence) -> list[Target]:
+        """Each span's ``Target``, from its raw provider, model and scope overrides (cached per distinct
+        combination of them)."""
+        hits = tuple(name for name, _ in context.checks if presence.may_have(name) and columns.has(name))
+        raw = zip(
+            columns.column(PROVIDER, _NONE),
+            columns.column(MODEL, _NONE),
+            *(columns.column((name,), None) for name in hits),
+            strict=True,
+        )
+        return list(map(self._targets_of(context, hits).__getitem__, raw))
+
+    def _targets_of(self, context: ResourceScopes, hits: tuple[str, ...]) -> Cache:
+        """Raw (provider, model, *values of ``hits``) -> the span's ``Target``, for this resource."""
+        key = (context, hits)
+        table = self._target_tables.get(key)
+        if table is None:
+            if len(self._target_tables) >= 1024:
+                self._target_tables.clear()
+            table = self._target_tables[key] = Cache(partial(self._target_of, context, hits), 65_536)
+        return table
+
+    def _target_of(
+        self, context: ResourceScopes, hits: tuple[str, ...], raw: tuple[bytes | None, ...]
+    ) -> Target:
+        price = self._prices[raw[:2]]
         if not hits:
-            return None
-        columns = [column(maps, (name,), None) for name in hits]
-        keys = list(zip(*columns, strict=True))
-        resolved = {key: context.resolve(dict(zip(hits, key, strict=True))) for key in set(keys)}
-        return list(map(resolved.__getitem__, keys))
+            return Target(price, context.default, context.default_unattributed)
+        scopes, unattributed = context.resolve(dict(zip(hits, raw[2:], strict=True)))
+        return Target(price, scopes, unattributed)
 
     def _reservations(
         self, reservations: list[bytes | None], charge: list[bool], maps: list[Any], context: ResourceScopes,
         uids: list[bytes], femto: list[int | None], tin: list[int], tout: list[int], extras: list[list[int]],
-        prices: list[ModelPrice], ends: list[int], plan: TracePlan,
+        targets: list[Target], ends: list[int], plan: TracePlan,
     ) -> list[bool]:  # fmt: skip
         """Take spans naming a reservation out of the batch, as ledger usage recorded one by one."""
         out = list(charge)
@@ -288,7 +319,7 @@ class TraceProcessor:
             read, creation, reasoning = (c[i] for c in extras) if extras else (0, 0, 0)
             usage = (tin[i], tout[i], read, creation, reasoning)
             plan.reservations.append(
-                _reservation_usage(uids[i], scopes, cost, usage, prices[i], ends[i], reservation)
+                _reservation_usage(uids[i], scopes, cost, usage, targets[i].price, ends[i], reservation)
             )
             out[i] = False
         return out
