@@ -42,7 +42,7 @@ class Target:
 
 
 class _Slot(dict):  # type: ignore[type-arg]
-    """Target -> group for one quarter hour of an export; a target seen first is assigned in Python."""
+    """Target -> group for one quarter hour of an export; a target new to it is assigned in Python."""
 
     def __init__(self, groups: Groups, slot: int) -> None:
         super().__init__()
@@ -55,13 +55,13 @@ class _Slot(dict):  # type: ignore[type-arg]
 
 
 class Groups:
-    """Assigns spans to groups, appending new ones to ``groups`` and ``unattributed``."""
+    """Assigns spans to groups; ``finish`` lists them, with the unattributed flag of each."""
 
-    def __init__(self, groups: list[UsageGroup], unattributed: list[bool]) -> None:
-        self._groups = groups
-        self._unattributed = unattributed
-        self._index: dict[tuple[ScopeSet, ModelPrice, int], int] = {}
+    def __init__(self) -> None:
+        self._index: dict[tuple[int, ModelPrice, int], int] = {}
         self._slots: dict[int, _Slot] = {}
+        self._targets: list[Target] = []
+        """The first target of each group: its scopes and price."""
         self._end: list[int] = []
         self._slot: list[int] = []
 
@@ -77,9 +77,8 @@ class Groups:
                 if last > end_of[g]:
                     end_of[g] = last
             return ids
-        slots = list(map(floordiv, ends, repeat(SLOT_MS)))
         ids = []
-        for target, s in zip(targets, slots, strict=True):
+        for target, s in zip(targets, map(floordiv, ends, repeat(SLOT_MS)), strict=True):
             table = self._slots.get(s) or self._slots.setdefault(s, _Slot(self, s))
             ids.append(table[target])
         # Each group is charged at the latest end among this scope's spans of its quarter hour: no
@@ -92,26 +91,24 @@ class Groups:
         return ids
 
     def group(self, target: Target, slot: int) -> int:
-        """The group of ``target``'s scopes and price in quarter hour ``slot``, added when new."""
-        key = (target.scopes, target.price, slot)
+        """The group of ``target``'s scopes and price in quarter hour ``slot``, added when new. Scope
+        sets are the attributor's shared instances, kept alive by the targets held here."""
+        key = (id(target.scopes), target.price, slot)
         g = self._index.get(key)
         if g is None:
             g = self._index[key] = len(self._end)
+            self._targets.append(target)
             self._end.append(0)
             self._slot.append(slot)
-            price = target.price
-            self._groups.append(
-                UsageGroup(scopes=target.scopes, provider=price.provider, model=price.model, occurred_ms=0)
-            )
-            self._unattributed.append(target.unattributed)
         return g
 
-    def finish(self) -> list[UsageGroup]:
-        """The groups with the instants they are charged at."""
-        return [
-            UsageGroup(scopes=g.scopes, provider=g.provider, model=g.model, occurred_ms=end)
-            for g, end in zip(self._groups, self._end, strict=True)
+    def finish(self) -> tuple[list[UsageGroup], list[bool]]:
+        """The groups with the instants they are charged at, and which are the unattributed bucket."""
+        groups = [
+            UsageGroup(scopes=t.scopes, provider=t.price.provider, model=t.price.model, occurred_ms=end)
+            for t, end in zip(self._targets, self._end, strict=True)
         ]
+        return groups, [t.unattributed for t in self._targets]
 
 
 def latest_per_slot(ends: list[int]) -> dict[int, int]:

@@ -131,7 +131,7 @@ class TraceProcessor:
         ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once."""
         plan = TracePlan()
         presence = Presence(payload)
-        groups = Groups(plan.groups, plan.unattributed)
+        groups = Groups()
         for resource_spans in request.resource_spans:
             context = self._attributor.for_resource(resource_spans.resource.attributes)
             charge_spans = self._spend_source.spans_charged(context.service)
@@ -143,7 +143,7 @@ class TraceProcessor:
                     self._scope(spans, context, charge_spans, window, enrich, plan, groups, presence)
             if plan.genai > genai_before:
                 plan.services.add(context.service)
-        plan.groups = groups.finish()
+        plan.groups, plan.unattributed = groups.finish()
         return plan
 
     # -- one scope's spans, a column at a time ---------------------------------------------------
@@ -155,8 +155,10 @@ class TraceProcessor:
         columns = Columns(list(map(_ATTRIBUTES, spans)))
         raw_in = columns.column(INPUT, None)
         raw_out = columns.column(OUTPUT, None)
-        presence.counts_read(2 * len(spans) - raw_in.count(None) - raw_out.count(None))
-        if None in raw_in or None in raw_out:
+        # all() first: in C, a value is falsy only when absent (None) or empty (b"", rare)
+        complete = (all(raw_in) and all(raw_out)) or (None not in raw_in and None not in raw_out)
+        presence.counts_read(2 * len(spans) - (0 if complete else raw_in.count(None) + raw_out.count(None)))
+        if not complete:
             keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
             if not any(keep):
                 return
@@ -238,8 +240,8 @@ class TraceProcessor:
         """Femto-dollars (``None`` when unknown) and the cost source of each span."""
         sdk = columns.optional((SDK_COST,), presence)
         if sdk is None and not extras:
-            first = targets[0]
-            if first.linear and targets.count(first) == len(targets):
+            distinct = set(targets)
+            if len(distinct) == 1 and (first := targets[0]).linear:
                 femto: list[Any] = list(
                     map(
                         add,
@@ -248,7 +250,7 @@ class TraceProcessor:
                     )
                 )
                 return femto, [first.source] * len(targets)
-            if all(t.linear for t in set(targets)):  # a few models and scopes, all priced per token
+            if all(t.linear for t in distinct):  # a few models and scopes, all priced per token
                 femto = list(
                     map(add, map(mul, tin, map(_RATE_IN, targets)), map(mul, tout, map(_RATE_OUT, targets)))
                 )
