@@ -23,7 +23,6 @@ __all__ = ["Cache", "Columns", "Presence"]
 _SOURCE_VALUES = {s: encode_str(s) for s in ("configured", "library", "unknown")}
 _DOUBLE_PREFIX = b"\x21"  # an AnyValue double_value
 _PACK_DOUBLE = struct.Struct("<d").pack
-_EMPTY = b""
 # Substring searches of the payload, each ruling out a family of names at once. A search costs about
 # as much as two or three probes of every span, so only families of several names are searched.
 _FAMILIES = {"paymaster.": b"paymaster.", "gen_ai.usage.cache_": b"gen_ai.usage.cache_",
@@ -121,7 +120,7 @@ class Columns:
         for k, name in enumerate(names):
             if name in maps[0]:
                 values = self._read(name)
-                if _EMPTY in values:
+                if not all(values):  # an empty value: a real one, or one the read inserted
                     for i in self._restore(name, values):
                         values[i] = _first(maps[i], names[k + 1 :], default)
                 return values

@@ -72,11 +72,11 @@ class Groups:
         end_of = self._end
         if last // SLOT_MS == slot:  # one quarter hour: the common case
             table = self._slots.get(slot) or self._slots.setdefault(slot, _Slot(self, slot))
-            ids = list(map(table.__getitem__, targets))
-            for g in set(ids):
+            # Targets new to the table get their groups here, in the order they first appear.
+            for g in {table[t]: None for t in dict.fromkeys(targets)}:
                 if last > end_of[g]:
                     end_of[g] = last
-            return ids
+            return list(map(table.__getitem__, targets))
         ids = []
         for target, s in zip(targets, map(floordiv, ends, repeat(SLOT_MS)), strict=True):
             table = self._slots.get(s) or self._slots.setdefault(s, _Slot(self, s))

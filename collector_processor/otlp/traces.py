@@ -59,8 +59,6 @@ _END = attrgetter("end_time_unix_nano")
 _TRACE_ID = attrgetter("trace_id")
 _SPAN_ID = attrgetter("span_id")
 _SOURCE = attrgetter("source")
-_RATE_IN = attrgetter("rate_input")
-_RATE_OUT = attrgetter("rate_output")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -193,9 +191,17 @@ class TraceProcessor:
                 counts = []  # cache and reasoning counts all zero: priced like plain usage
         targets = self._targets(columns, context, presence)
         femto, sources = self._costs(columns, targets, tin, tout, counts, presence)
+        if sources is None:  # each span's source is its target's
+            kinds = {t.source for t in set(targets)}
+            if len(kinds) == 1:
+                plan.priced[kinds.pop()] += len(targets)
+            else:
+                plan.priced.update(map(_SOURCE, targets))
+            sources = list(map(_SOURCE, targets)) if enrich else []
+        else:
+            plan.priced.update(sources)
         if enrich:
             columns.set_costs(femto, sources)
-        plan.priced.update(sources)
         charge = [f is not None for f in femto] if None in femto else [True] * len(femto)
         if not all(charge):
             plan.outcomes["unpriced"] += charge.count(False)
@@ -236,8 +242,9 @@ class TraceProcessor:
         tout: list[int],
         extras: list[list[int]],
         presence: Presence,
-    ) -> tuple[list[int | None], list[str]]:
-        """Femto-dollars (``None`` when unknown) and the cost source of each span."""
+    ) -> tuple[list[int | None], list[str] | None]:
+        """Femto-dollars (``None`` when unknown) and the cost source of each span; sources ``None``:
+        every span is priced at its target's per-token rates, so its source is its target's."""
         sdk = columns.optional((SDK_COST,), presence)
         if sdk is None and not extras:
             distinct = set(targets)
@@ -249,12 +256,14 @@ class TraceProcessor:
                         map(mul, tout, repeat(first.rate_output)),
                     )
                 )
-                return femto, [first.source] * len(targets)
+                return femto, None
             if all(t.linear for t in distinct):  # a few models and scopes, all priced per token
+                rate_in = {t: t.rate_input for t in distinct}.__getitem__
+                rate_out = {t: t.rate_output for t in distinct}.__getitem__
                 femto = list(
-                    map(add, map(mul, tin, map(_RATE_IN, targets)), map(mul, tout, map(_RATE_OUT, targets)))
+                    map(add, map(mul, tin, map(rate_in, targets)), map(mul, tout, map(rate_out, targets)))
                 )
-                return femto, list(map(_SOURCE, targets))
+                return femto, None
         femto, sources = [], []
         zeros = repeat(0)
         read, creation, reasoning = extras if extras else (zeros, zeros, zeros)
