@@ -23,12 +23,15 @@ __all__ = ["Cache", "Columns", "Presence"]
 _SOURCE_VALUES = {s: encode_str(s) for s in ("configured", "library", "unknown")}
 _DOUBLE_PREFIX = b"\x21"  # an AnyValue double_value
 _PACK_DOUBLE = struct.Struct("<d").pack
-# Substring searches of the payload, each ruling out a family of names at once. A search costs about
-# as much as two or three probes of every span, so only families of several names are searched.
+# Substring searches of the payload, each ruling out a family of names at once. On spans of up to
+# _SEARCHED_BYTES_PER_SPAN bytes a search costs about as much as two or three probes of every span, so
+# only families of several names are searched; on spans heavier than that (long prompts recorded as
+# attributes) probing the spans is cheaper.
 _FAMILIES = {"paymaster.": b"paymaster.", "gen_ai.usage.cache_": b"gen_ai.usage.cache_",
              "gen_ai.usage.reasoning": b"gen_ai.usage.reasoning"}  # fmt: skip
 _FAMILY_STARTS = tuple(_FAMILIES)
 _USAGE = b"gen_ai.usage."
+_SEARCHED_BYTES_PER_SPAN = 1536
 
 
 class Cache(dict):  # type: ignore[type-arg]
@@ -51,12 +54,16 @@ class Presence:
 
     An attribute's key is on the wire verbatim (a ``KeyValue`` key is its UTF-8 bytes, in one piece), so
     a name whose bytes do not occur anywhere in the payload is on no span: absence is proven exactly. A
-    name that does occur (as a key, or only inside some value) is looked up as usual.
+    name that does occur (as a key, or only inside some value) is looked up as usual, and so is every
+    name when there is no payload or its spans are too heavy for a search to pay.
     """
 
     __slots__ = ("_counts", "_counts_read", "_found", "_payload")
 
-    def __init__(self, payload: bytes | None) -> None:
+    def __init__(self, payload: bytes | None, spans: int) -> None:
+        """``payload``: the bytes the export was parsed from; ``spans``: how many spans it holds."""
+        if payload is not None and len(payload) > spans * _SEARCHED_BYTES_PER_SPAN:
+            payload = None
         self._payload = payload
         self._found: dict[str, bool] = {}
         self._counts = -1

@@ -65,15 +65,17 @@ class Groups:
         self._end: list[int] = []
         self._slot: list[int] = []
 
-    def ids(self, targets: list[Target], ends: list[int]) -> list[int]:
-        """The group of each span, from its target and its end (epoch ms)."""
-        first, last = min(ends), max(ends)
+    def ids(
+        self, targets: list[Target], distinct: dict[Target, None], ends: list[int], first: int, last: int
+    ) -> list[int]:
+        """The group of each span, from its target and its end (epoch ms); ``distinct`` holds the
+        targets in the order they first appear, ``first`` and ``last`` are the earliest and latest end."""
         slot = first // SLOT_MS
         end_of = self._end
         if last // SLOT_MS == slot:  # one quarter hour: the common case
             table = self._slots.get(slot) or self._slots.setdefault(slot, _Slot(self, slot))
             # Targets new to the table get their groups here, in the order they first appear.
-            for g in {table[t]: None for t in dict.fromkeys(targets)}:
+            for g in {table[t]: None for t in distinct}:
                 if last > end_of[g]:
                     end_of[g] = last
             return list(map(table.__getitem__, targets))

@@ -128,7 +128,8 @@ class TraceProcessor:
         """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes.
         ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once."""
         plan = TracePlan()
-        presence = Presence(payload)
+        plan.spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        presence = Presence(payload, plan.spans)
         groups = Groups()
         for resource_spans in request.resource_spans:
             context = self._attributor.for_resource(resource_spans.resource.attributes)
@@ -136,7 +137,6 @@ class TraceProcessor:
             genai_before = plan.genai
             for scope_spans in resource_spans.scope_spans:
                 spans = scope_spans.spans
-                plan.spans += len(spans)
                 if spans:
                     self._scope(spans, context, charge_spans, window, enrich, plan, groups, presence)
             if plan.genai > genai_before:
@@ -185,14 +185,15 @@ class TraceProcessor:
                 spans, ends, uids = (list(compress(c, keep)) for c in (spans, ends, uids))
                 columns = columns.select(keep)
                 usage = list(compress(usage, keep))
-                first_end = min(ends)
+                first_end, last_end = min(ends), max(ends)
             tin, tout, *counts = (list(c) for c in zip(*usage, strict=True))
             if not any(map(any, counts)):
                 counts = []  # cache and reasoning counts all zero: priced like plain usage
         targets = self._targets(columns, context, presence)
-        femto, sources = self._costs(columns, targets, tin, tout, counts, presence)
+        distinct = dict.fromkeys(targets)
+        femto, sources = self._costs(columns, targets, distinct, tin, tout, counts, presence)
         if sources is None:  # each span's source is its target's
-            kinds = {t.source for t in set(targets)}
+            kinds = {t.source for t in distinct}
             if len(kinds) == 1:
                 plan.priced[kinds.pop()] += len(targets)
             else:
@@ -223,7 +224,9 @@ class TraceProcessor:
                 list(compress(c, charge)) for c in (targets, ends, uids, femto, tin, tout)
             )
             counts = [list(compress(c, charge)) for c in counts]
-        ids = groups.ids(targets, ends)
+            distinct = dict.fromkeys(targets)
+            first_end, last_end = min(ends), max(ends)
+        ids = groups.ids(targets, distinct, ends, first_end, last_end)
         # Rounded up to whole micro-dollars: ceil(f / d) == (f + d - 1) // d for every integer f.
         micros = map(floordiv, map(add, femto, repeat(_FEMTO_PER_MICRO - 1)), repeat(_FEMTO_PER_MICRO))  # type: ignore[arg-type]
         zeros = repeat(0)
@@ -238,6 +241,7 @@ class TraceProcessor:
         self,
         columns: Columns,
         targets: list[Target],
+        distinct: dict[Target, None],
         tin: list[int],
         tout: list[int],
         extras: list[list[int]],
@@ -247,7 +251,6 @@ class TraceProcessor:
         every span is priced at its target's per-token rates, so its source is its target's."""
         sdk = columns.optional((SDK_COST,), presence)
         if sdk is None and not extras:
-            distinct = set(targets)
             if len(distinct) == 1 and (first := targets[0]).linear:
                 femto: list[Any] = list(
                     map(
