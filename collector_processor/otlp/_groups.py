@@ -3,8 +3,8 @@
 One group per scope set, model and quarter hour. A span arrives here as its ``Target``: the price and
 scopes its raw provider, model and scope attributes resolve to, one shared instance per distinct
 combination of those values (cached by the trace processor). Targets hash by identity, so a column of
-spans is assigned its groups by one dictionary probe each, in C; a target's group is looked up by value
-only the first time it shows up in an export. A group is charged at the latest end time in its quarter
+spans is assigned its groups by one dictionary probe each, in C; only each distinct target is looked at
+in Python, once per export and quarter hour. A group is charged at the latest end time in its quarter
 hour among the spans of its instrumentation scope: never before any of its own spans, and never in
 another quarter hour, so never in another period (every real time zone's offset is a multiple of 15
 minutes).
@@ -12,6 +12,7 @@ minutes).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import repeat
 from operator import floordiv
 
@@ -41,25 +42,15 @@ class Target:
         self.source = price.source
 
 
-class _Slot(dict):  # type: ignore[type-arg]
-    """Target -> group for one quarter hour of an export; a target new to it is assigned in Python."""
-
-    def __init__(self, groups: Groups, slot: int) -> None:
-        super().__init__()
-        self._groups = groups
-        self._slot = slot
-
-    def __missing__(self, target: Target) -> int:
-        g = self[target] = self._groups.group(target, self._slot)
-        return g
-
-
 class Groups:
     """Assigns spans to groups; ``finish`` lists them, with the unattributed flag of each."""
 
     def __init__(self) -> None:
         self._index: dict[tuple[int, ModelPrice, int], int] = {}
-        self._slots: dict[int, _Slot] = {}
+        """(scope set, price, quarter hour) -> group. Scope sets are the attributor's shared instances,
+        kept alive by the targets held here, so their ids name them."""
+        self._slots: dict[int, dict[Target, int]] = {}
+        """Quarter hour -> target -> group."""
         self._targets: list[Target] = []
         """The first target of each group: its scopes and price."""
         self._end: list[int] = []
@@ -73,16 +64,15 @@ class Groups:
         slot = first // SLOT_MS
         end_of = self._end
         if last // SLOT_MS == slot:  # one quarter hour: the common case
-            table = self._slots.get(slot) or self._slots.setdefault(slot, _Slot(self, slot))
-            # Targets new to the table get their groups here, in the order they first appear.
+            table = self._table(slot, distinct)
             for g in {table[t]: None for t in distinct}:
                 if last > end_of[g]:
                     end_of[g] = last
             return list(map(table.__getitem__, targets))
-        ids = []
-        for target, s in zip(targets, map(floordiv, ends, repeat(SLOT_MS)), strict=True):
-            table = self._slots.get(s) or self._slots.setdefault(s, _Slot(self, s))
-            ids.append(table[target])
+        slots = list(map(floordiv, ends, repeat(SLOT_MS)))
+        for target, s in dict.fromkeys(zip(targets, slots, strict=True)):  # in the order they first appear
+            self._table(s, (target,))
+        ids = [self._slots[s][t] for t, s in zip(targets, slots, strict=True)]
         # Each group is charged at the latest end among this scope's spans of its quarter hour: no
         # earlier than any of its own spans, and in the same quarter hour, so in the same period.
         latest = latest_per_slot(ends)
@@ -92,17 +82,25 @@ class Groups:
                 end_of[g] = slot_end
         return ids
 
-    def group(self, target: Target, slot: int) -> int:
-        """The group of ``target``'s scopes and price in quarter hour ``slot``, added when new. Scope
-        sets are the attributor's shared instances, kept alive by the targets held here."""
-        key = (id(target.scopes), target.price, slot)
-        g = self._index.get(key)
-        if g is None:
-            g = self._index[key] = len(self._end)
-            self._targets.append(target)
-            self._end.append(0)
-            self._slot.append(slot)
-        return g
+    def _table(self, slot: int, targets: Iterable[Target]) -> dict[Target, int]:
+        """The targets -> groups of quarter hour ``slot``, with ``targets`` in it (new groups appended
+        in the order of ``targets``)."""
+        table = self._slots.get(slot)
+        if table is None:
+            table = self._slots[slot] = {}
+        index = self._index
+        for target in targets:
+            if target in table:
+                continue
+            key = (id(target.scopes), target.price, slot)
+            g = index.get(key)
+            if g is None:
+                g = index[key] = len(self._end)
+                self._targets.append(target)
+                self._end.append(0)
+                self._slot.append(slot)
+            table[target] = g
+        return table
 
     def finish(self) -> tuple[list[UsageGroup], list[bool]]:
         """The groups with the instants they are charged at, and which are the unattributed bucket."""

@@ -54,6 +54,9 @@ _FEMTO_PER_MICRO = 10**9
 _ID_LENGTH = {24}  # trace id + span id
 _MAX_PROBLEMS = 5
 _MAX_SPAN_USD = Decimal(1_000_000)  # an SDK cost above this is not a cost
+# Targets cached: per resource and set of span-level scope attributes, per distinct raw values.
+_MAX_TARGET_TABLES = 64
+_MAX_TARGETS = 8192
 _ATTRIBUTES = attrgetter("attributes")
 _END = attrgetter("end_time_unix_nano")
 _TRACE_ID = attrgetter("trace_id")
@@ -301,9 +304,9 @@ class TraceProcessor:
         key = (context, hits)
         table = self._target_tables.get(key)
         if table is None:
-            if len(self._target_tables) >= 1024:
+            if len(self._target_tables) >= _MAX_TARGET_TABLES:
                 self._target_tables.clear()
-            table = self._target_tables[key] = Cache(partial(self._target_of, context, hits), 65_536)
+            table = self._target_tables[key] = Cache(partial(self._target_of, context, hits), _MAX_TARGETS)
         return table
 
     def _target_of(
