@@ -105,6 +105,62 @@ class TracePlan:
             self.problems.append(f"span {span.trace_id.hex()}/{span.span_id.hex()}: {message}")
 
 
+class _Batch:
+    """One scope's GenAI spans on their way to the ledger, as parallel columns (one entry per span)."""
+
+    __slots__ = ("columns", "counts", "ends", "femto", "first_end", "last_end", "spans", "targets", "tin",
+                 "tout", "uids")  # fmt: skip
+
+    def __init__(self, spans: list[Any]) -> None:
+        self.spans = spans
+        self.columns = Columns(list(map(_ATTRIBUTES, spans)))
+        self.tin: list[int] = []
+        self.tout: list[int] = []
+        self.counts: list[list[int]] = []
+        """Cache read, cache creation and reasoning tokens; empty when all are zero."""
+        self.ends: list[int] = []
+        """End times, epoch ms."""
+        self.first_end = self.last_end = 0
+        self.uids: list[bytes] = []
+        """Trace id + span id."""
+        self.targets: list[Target] = []
+        self.femto: list[int | None] = []
+        """Cost in femto-dollars; ``None`` when unknown."""
+
+    def read_times(self) -> None:
+        spans = self.spans
+        self.ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
+        self.uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
+        self.first_end, self.last_end = min(self.ends), max(self.ends)
+
+    def keep(self, selectors: list[bool]) -> bool:
+        """Drop the spans ``selectors`` does not keep; ``False`` when none is left."""
+        if all(selectors):
+            return True
+        if not any(selectors):
+            return False
+        for name in ("spans", "tin", "tout", "ends", "uids", "targets", "femto"):
+            column = getattr(self, name)
+            if column:
+                setattr(self, name, list(compress(column, selectors)))
+        self.columns = self.columns.select(selectors)
+        self.counts = [list(compress(c, selectors)) for c in self.counts]
+        if self.ends:
+            self.first_end, self.last_end = min(self.ends), max(self.ends)
+        return True
+
+    def add_items(self, ids: list[int], items: list[UsageItem]) -> None:
+        """Append the ledger items of the spans left, every one of them priced, to ``items``."""
+        # Rounded up to whole micro-dollars: ceil(f / d) == (f + d - 1) // d for every integer f.
+        micros = map(floordiv, map(add, self.femto, repeat(_FEMTO_PER_MICRO - 1)), repeat(_FEMTO_PER_MICRO))  # type: ignore[arg-type]
+        zeros = repeat(0)
+        cache_read, cache_creation, reasoning = self.counts if self.counts else (zeros, zeros, zeros)
+        items.extend(
+            zip(self.ends, self.uids, ids, micros, self.tin, self.tout, cache_read, cache_creation, reasoning,
+                zeros, strict=False)
+        )  # fmt: skip
+
+
 class TraceProcessor:
     """Turns parsed exports into ledger plans; one per receiver, reused across exports."""
 
@@ -152,49 +208,12 @@ class TraceProcessor:
         self, spans: Any, context: ResourceScopes, charge_spans: bool, window: WindowPolicy, enrich: bool,
         plan: TracePlan, groups: Groups, presence: Presence,
     ) -> None:  # fmt: skip
-        spans = list(spans)
-        columns = Columns(list(map(_ATTRIBUTES, spans)))
-        raw_in = columns.column(INPUT, None)
-        raw_out = columns.column(OUTPUT, None)
-        # all() first: in C, a value is falsy only when absent (None) or empty (b"", rare)
-        complete = (all(raw_in) and all(raw_out)) or (None not in raw_in and None not in raw_out)
-        presence.counts_read(2 * len(spans) - (0 if complete else raw_in.count(None) + raw_out.count(None)))
-        if not complete:
-            keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
-            if not any(keep):
-                return
-            spans, columns = list(compress(spans, keep)), columns.select(keep)
-            raw_in = [_ZERO if x is None else x for x in compress(raw_in, keep)]
-            raw_out = [_ZERO if x is None else x for x in compress(raw_out, keep)]
-        plan.genai += len(spans)
-        tokens = self._tokens
-        tin = list(map(tokens.__getitem__, raw_in))
-        tout = list(map(tokens.__getitem__, raw_out))
-        if presence.only_counts():
-            extras: list[list[bytes | None] | None] = [None, None, None]
-        else:
-            extras = [columns.optional(names, presence) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
-        ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
-        uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
-        first_end, last_end = min(ends), max(ends)
-        usable = min(tin) >= 0 and min(tout) >= 0 and first_end > 0 and last_end <= window.newest_ms
-        counts: list[list[int]] = []
-        if not usable or any(extras) or set(map(len, uids)) != _ID_LENGTH:
-            usage = self._usages(spans, tin, tout, extras, ends, uids, window, plan)
-            keep = [u is not None for u in usage]
-            if not all(keep):
-                if not any(keep):
-                    return
-                spans, ends, uids = (list(compress(c, keep)) for c in (spans, ends, uids))
-                columns = columns.select(keep)
-                usage = list(compress(usage, keep))
-                first_end, last_end = min(ends), max(ends)
-            tin, tout, *counts = (list(c) for c in zip(*usage, strict=True))
-            if not any(map(any, counts)):
-                counts = []  # cache and reasoning counts all zero: priced like plain usage
-        targets = self._targets(columns, context, presence)
+        batch = self._usage(spans, window, plan, presence)
+        if batch is None:
+            return
+        batch.targets = targets = self._targets(batch.columns, context, presence)
         distinct = dict.fromkeys(targets)
-        femto, sources = self._costs(columns, targets, distinct, tin, tout, counts, presence)
+        femto, sources = self._costs(batch, distinct, presence)
         if sources is None:  # each span's source is its target's
             kinds = {t.source for t in distinct}
             if len(kinds) == 1:
@@ -205,72 +224,83 @@ class TraceProcessor:
         else:
             plan.priced.update(sources)
         if enrich:
-            columns.set_costs(femto, sources)
+            batch.columns.set_costs(femto, sources)
+        batch.femto = femto
         charge = [f is not None for f in femto] if None in femto else [True] * len(femto)
         if not all(charge):
             plan.outcomes["unpriced"] += charge.count(False)
         if not charge_spans:
             plan.outcomes["skipped"] += charge.count(True)
             return
-        if first_end < window.oldest_ms:
-            stale = [end < window.oldest_ms for end in ends]
+        if batch.first_end < window.oldest_ms:
+            stale = [end < window.oldest_ms for end in batch.ends]
             plan.outcomes["stale"] += sum(s and c for s, c in zip(stale, charge, strict=True))
             charge = [c and not s for c, s in zip(charge, stale, strict=True)]
-        reservations = columns.optional((RESERVATION,), presence)
+        reservations = batch.columns.optional((RESERVATION,), presence)
         if reservations is not None:
-            charge = self._reservations(reservations, charge, columns.maps, context, uids, femto, tin, tout, counts,
-                                        targets, ends, plan)  # fmt: skip
+            charge = self._reservations(batch, reservations, charge, context, plan)
         if not all(charge):
-            if not any(charge):
+            if not batch.keep(charge):
                 return
-            targets, ends, uids, femto, tin, tout = (
-                list(compress(c, charge)) for c in (targets, ends, uids, femto, tin, tout)
-            )
-            counts = [list(compress(c, charge)) for c in counts]
-            distinct = dict.fromkeys(targets)
-            first_end, last_end = min(ends), max(ends)
-        ids = groups.ids(targets, distinct, ends, first_end, last_end)
-        # Rounded up to whole micro-dollars: ceil(f / d) == (f + d - 1) // d for every integer f.
-        micros = map(floordiv, map(add, femto, repeat(_FEMTO_PER_MICRO - 1)), repeat(_FEMTO_PER_MICRO))  # type: ignore[arg-type]
-        zeros = repeat(0)
-        cache_read, cache_creation, reasoning = counts if counts else (zeros, zeros, zeros)
-        plan.items.extend(
-            zip(
-                ends, uids, ids, micros, tin, tout, cache_read, cache_creation, reasoning, zeros, strict=False
-            )
-        )
+            distinct = dict.fromkeys(batch.targets)
+        ids = groups.ids(batch.targets, distinct, batch.ends, batch.first_end, batch.last_end)
+        batch.add_items(ids, plan.items)
+
+    def _usage(self, spans: Any, window: WindowPolicy, plan: TracePlan, presence: Presence) -> _Batch | None:
+        """The scope's GenAI spans with their usable token counts, times and ids (``None``: none)."""
+        batch = _Batch(list(spans))
+        raw_in, raw_out = batch.columns.column(INPUT, None), batch.columns.column(OUTPUT, None)
+        # all() first: in C, a value is falsy only when absent (None) or empty (b"", rare)
+        complete = (all(raw_in) and all(raw_out)) or (None not in raw_in and None not in raw_out)
+        presence.counts_read(2 * len(raw_in) - (0 if complete else raw_in.count(None) + raw_out.count(None)))
+        if not complete:
+            keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
+            if not batch.keep(keep):
+                return None
+            raw_in = [_ZERO if x is None else x for x in compress(raw_in, keep)]
+            raw_out = [_ZERO if x is None else x for x in compress(raw_out, keep)]
+        plan.genai += len(batch.spans)
+        batch.tin = list(map(self._tokens.__getitem__, raw_in))
+        batch.tout = list(map(self._tokens.__getitem__, raw_out))
+        if presence.only_counts():
+            extras: list[list[bytes | None] | None] = [None, None, None]
+        else:
+            columns = batch.columns
+            extras = [columns.optional(names, presence) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
+        batch.read_times()
+        usable = (
+            min(batch.tin) >= 0 and min(batch.tout) >= 0 and batch.first_end > 0
+            and batch.last_end <= window.newest_ms
+        )  # fmt: skip
+        if usable and not any(extras) and set(map(len, batch.uids)) == _ID_LENGTH:
+            return batch
+        usage = self._usages(batch, extras, window, plan)
+        keep = [u is not None for u in usage]
+        if not batch.keep(keep):
+            return None
+        batch.tin, batch.tout, *counts = (list(c) for c in zip(*compress(usage, keep), strict=True))
+        if any(map(any, counts)):  # all zero: priced like plain usage
+            batch.counts = counts
+        return batch
 
     def _costs(
-        self,
-        columns: Columns,
-        targets: list[Target],
-        distinct: dict[Target, None],
-        tin: list[int],
-        tout: list[int],
-        extras: list[list[int]],
-        presence: Presence,
+        self, batch: _Batch, distinct: dict[Target, None], presence: Presence
     ) -> tuple[list[int | None], list[str] | None]:
         """Femto-dollars (``None`` when unknown) and the cost source of each span; sources ``None``:
         every span is priced at its target's per-token rates, so its source is its target's."""
-        sdk = columns.optional((SDK_COST,), presence)
-        if sdk is None and not extras:
-            if len(distinct) == 1 and (first := targets[0]).linear:
-                femto: list[Any] = list(
-                    map(
-                        add,
-                        map(mul, tin, repeat(first.rate_input)),
-                        map(mul, tout, repeat(first.rate_output)),
-                    )
-                )
-                return femto, None
-            if all(t.linear for t in distinct):  # a few models and scopes, all priced per token
-                rate_in = {t: t.rate_input for t in distinct}.__getitem__
-                rate_out = {t: t.rate_output for t in distinct}.__getitem__
-                femto = list(
-                    map(add, map(mul, tin, map(rate_in, targets)), map(mul, tout, map(rate_out, targets)))
-                )
-                return femto, None
-        femto, sources = [], []
+        targets, tin, tout, extras = batch.targets, batch.tin, batch.tout, batch.counts
+        sdk = batch.columns.optional((SDK_COST,), presence)
+        if sdk is None and not extras and all(t.linear for t in distinct):
+            if len(distinct) == 1:
+                first = targets[0]
+                rates_in: Any = repeat(first.rate_input)
+                rates_out: Any = repeat(first.rate_output)
+            else:  # a few models and scopes, all priced per token
+                rates_in = map({t: t.rate_input for t in distinct}.__getitem__, targets)
+                rates_out = map({t: t.rate_output for t in distinct}.__getitem__, targets)
+            return list(map(add, map(mul, tin, rates_in), map(mul, tout, rates_out))), None
+        femto: list[int | None] = []
+        sources: list[str] = []
         zeros = repeat(0)
         read, creation, reasoning = extras if extras else (zeros, zeros, zeros)
         cost_femto = self._pricer.cost_femto
@@ -289,7 +319,7 @@ class TraceProcessor:
 
     def _targets(self, columns: Columns, context: ResourceScopes, presence: Presence) -> list[Target]:
         """Each span's ``Target``, from its raw provider, model and scope overrides (cached per distinct
-        combination of them)."""
+        combination of them, per resource)."""
         hits = tuple(name for name, _ in context.checks if presence.may_have(name) and columns.has(name))
         raw = zip(
             columns.column(PROVIDER, _NONE),
@@ -319,9 +349,8 @@ class TraceProcessor:
         return Target(price, scopes, unattributed)
 
     def _reservations(
-        self, reservations: list[bytes | None], charge: list[bool], maps: list[Any], context: ResourceScopes,
-        uids: list[bytes], femto: list[int | None], tin: list[int], tout: list[int], extras: list[list[int]],
-        targets: list[Target], ends: list[int], plan: TracePlan,
+        self, batch: _Batch, reservations: list[bytes | None], charge: list[bool], context: ResourceScopes,
+        plan: TracePlan,
     ) -> list[bool]:  # fmt: skip
         """Take spans naming a reservation out of the batch, as ledger usage recorded one by one."""
         out = list(charge)
@@ -329,28 +358,29 @@ class TraceProcessor:
             if raw is None or not charge[i]:
                 continue
             reservation = _reservation_id(raw)
-            cost = femto[i]
+            cost = batch.femto[i]
             if not reservation or cost is None:
                 continue
-            scopes = context.for_span(maps[i])[0]
-            read, creation, reasoning = (c[i] for c in extras) if extras else (0, 0, 0)
-            usage = (tin[i], tout[i], read, creation, reasoning)
+            scopes = context.for_span(batch.columns.maps[i])[0]
+            read, creation, reasoning = (c[i] for c in batch.counts) if batch.counts else (0, 0, 0)
+            usage = (batch.tin[i], batch.tout[i], read, creation, reasoning)
+            price = batch.targets[i].price
             plan.reservations.append(
-                _reservation_usage(uids[i], scopes, cost, usage, targets[i].price, ends[i], reservation)
+                _reservation_usage(batch.uids[i], scopes, cost, usage, price, batch.ends[i], reservation)
             )
             out[i] = False
         return out
 
     # -- the per-span path -----------------------------------------------------------------------
     def _usages(
-        self, spans: list[Any], tin: list[int], tout: list[int], extras: list[list[bytes | None] | None],
-        ends: list[int], uids: list[bytes], window: WindowPolicy, plan: TracePlan,
-    ) -> list[tuple[int, int, int, int, int] | None]:  # fmt: skip
+        self, batch: _Batch, extras: list[list[bytes | None] | None], window: WindowPolicy, plan: TracePlan
+    ) -> list[tuple[int, int, int, int, int] | None]:
         """Inclusive, consistent token counts of each span; ``None`` (counted invalid) when unusable."""
         names = (CACHE_READ, CACHE_CREATION, REASONING)
+        tin, tout, ends, uids = batch.tin, batch.tout, batch.ends, batch.uids
         columns = [[self._tokens[r] if r is not None else 0 for r in c] if c else None for c in extras]
         out: list[tuple[int, int, int, int, int] | None] = []
-        for i, span in enumerate(spans):
+        for i, span in enumerate(batch.spans):
             counts = [tin[i], tout[i]] + [c[i] if c is not None else 0 for c in columns]
             bad = next((n for n, v in zip((INPUT, OUTPUT, *names), counts, strict=True) if v < 0), None)
             if bad is not None:
