@@ -11,7 +11,9 @@ Measured, in this order:
 
 1. In process, on one core: parsing the export with opentelemetry-proto (the least any receiver does),
    and the receiver's pricing + attribution step (reading usage, pricing by model, resolving scopes,
-   planning the ledger batch) on its own; its throughput as a ratio of parse-only (target >= 0.40).
+   planning the ledger batch) on its own, on exports parsed beforehand and given their bytes as the
+   receiver gives them; its throughput as a ratio of parse-only (target >= 0.40). Then both in turn,
+   as the receiver runs them.
 2. Through gRPC, from a client process with ``--clients`` exports in flight: a parse-only OTLP server
    (it parses each export with opentelemetry-proto and answers), and the real sidecar (SQLite store
    in WAL mode, two budgets matching every export, forwarding off) acknowledging each export only once

@@ -3,8 +3,9 @@
 For each scope the sources are, in order: ``paymaster.<scope>``, then the configured attributes
 (``service.name`` -> agent, ``k8s.namespace.name`` -> team ...), each looked up first on the span and
 then on its resource (attributes of the resource conventions, ``service.*``, ``k8s.*`` ..., on the
-resource only: no instrumentation puts them on spans). Most spans carry none of them and inherit their resource's scopes, so each
-resource is resolved once (``for_resource``) and a span only checks the sources that could still
+resource only: no instrumentation puts them on spans). Most spans carry none of them and inherit their
+resource's scopes, so each resource is resolved once per distinct values of the attributes it is read
+for (``for_resource``, cached across exports) and a span only checks the sources that could still
 override the resource's answer. Spend no source names is charged to the unattributed bucket: a fixed
 id on the configured scopes, so usage reports show it and a budget can cap it.
 """

@@ -11,9 +11,13 @@ not usage and are never charged. A span with ``paymaster.cost_usd`` (the SDK's e
 
 This is the receiver's hot path. It works a column at a time (``_columns``): for each attribute, one
 pass over the spans of a scope in C over the raw attribute maps of ``_view``, so the cost per span is
-a few hash probes rather than a few dozen Python statements. Only spans that
-need it (cache or reasoning counts, a bad value, a reservation, span-level scopes, a price that is
-not per-token) take a per-span path. Decoded values, prices and scope sets are cached.
+a few hash probes rather than a few dozen Python statements. Names no span carries (the SDK's cost and
+reservation, ``paymaster.*`` scopes, cache and reasoning counts) are ruled out from the export's bytes,
+which the receiver passes along, instead of probing every span for each. Each span's raw provider,
+model and scope attributes resolve, once per distinct combination and resource, to a cached ``Target``
+(its price and scopes), which also assigns its group. Only spans that need it (cache or reasoning
+counts, a bad value, a reservation, a price that is not per-token) take a per-span path. Decoded
+values, prices, resources and targets are cached.
 """
 
 from __future__ import annotations
