@@ -27,9 +27,7 @@ _PACK_DOUBLE = struct.Struct("<d").pack
 # _SEARCHED_BYTES_PER_SPAN bytes a search costs about as much as two or three probes of every span, so
 # only families of several names are searched; on spans heavier than that (long prompts recorded as
 # attributes) probing the spans is cheaper.
-_FAMILIES = {"paymaster.": b"paymaster.", "gen_ai.usage.cache_": b"gen_ai.usage.cache_",
-             "gen_ai.usage.reasoning": b"gen_ai.usage.reasoning"}  # fmt: skip
-_FAMILY_STARTS = tuple(_FAMILIES)
+_FAMILIES = ("paymaster.", "gen_ai.usage.cache_", "gen_ai.usage.reasoning")
 _USAGE = b"gen_ai.usage."
 _SEARCHED_BYTES_PER_SPAN = 1536
 
@@ -89,12 +87,12 @@ class Presence:
 
     def may_have(self, name: str) -> bool:
         """``False`` only when no span of the export has an attribute ``name``."""
-        if self._payload is None or not name.startswith(_FAMILY_STARTS):
+        if self._payload is None or not name.startswith(_FAMILIES):
             return True
-        family = next(f for f in _FAMILY_STARTS if name.startswith(f))
+        family = next(f for f in _FAMILIES if name.startswith(f))
         found = self._found.get(family)
         if found is None:
-            found = self._found[family] = _FAMILIES[family] in self._payload
+            found = self._found[family] = family.encode() in self._payload
         return found
 
 
@@ -128,7 +126,7 @@ class Columns:
             if name in maps[0]:
                 values = self._read(name)
                 if not all(values):  # an empty value: a real one, or one the read inserted
-                    for i in self._restore(name, values):
+                    for i in self._restore(name):
                         values[i] = _first(maps[i], names[k + 1 :], default)
                 return values
             if self.has(name):  # on some spans but not the first: span by span
@@ -163,7 +161,7 @@ class Columns:
             self._sizes = list(map(len, self.maps))
         return list(map(getitem, self.maps, repeat(name)))
 
-    def _restore(self, name: str, values: list[bytes]) -> list[int]:
+    def _restore(self, name: str) -> list[int]:
         """Take ``name`` out of the maps the read inserted it into; their indexes."""
         maps = self.maps
         grown = [i for i, changed in enumerate(map(ne, map(len, maps), self._sizes)) if changed]  # type: ignore[arg-type]

@@ -132,6 +132,7 @@ class _Batch:
         """Cost in femto-dollars; ``None`` when unknown."""
 
     def read_times(self) -> None:
+        """Read each span's end time and ids, the ledger item's key."""
         spans = self.spans
         self.ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
         self.uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
