@@ -1,87 +1,114 @@
 """The groups of a trace plan: the spans of an export charged together.
 
-One group per scope set, model and quarter hour. Scope sets and model prices are shared instances
-(the attributor's and the pricer's caches, kept alive by the plan's groups), so their ids key a group
-without hashing their fields for every span. A group is charged at the latest end time in its quarter
-hour among the spans of its scope: never before any of its own spans, and never in another quarter
-hour, so never in another period (every real time zone's offset is a multiple of 15 minutes).
+One group per scope set, model and quarter hour. A span arrives here as its ``Target``: the price and
+scopes its raw provider, model and scope attributes resolve to, one shared instance per distinct
+combination of those values (cached by the trace processor). Targets hash by identity, so a column of
+spans is assigned its groups by one dictionary probe each, in C; only each distinct target is looked at
+in Python, once per export and quarter hour. A group is charged at the latest end time in its quarter
+hour among the spans of its instrumentation scope: never before any of its own spans, and never in
+another quarter hour, so never in another period (every real time zone's offset is a multiple of 15
+minutes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import repeat
-from operator import floordiv, itemgetter
+from operator import floordiv
 
 from collector_processor.budgets import ScopeSet
 from collector_processor.ledger_types import UsageGroup
 from collector_processor.otlp.pricing import ModelPrice
 
-__all__ = ["SLOT_MS", "Groups"]
+__all__ = ["SLOT_MS", "Groups", "Target"]
 
 SLOT_MS = 900_000
 
 
-class Groups:
-    """Assigns spans to groups, appending new ones to ``groups`` and ``unattributed``."""
+class Target:
+    """What spans with one combination of raw provider, model and scope values are charged as."""
 
-    def __init__(self, groups: list[UsageGroup], unattributed: list[bool]) -> None:
-        self._groups = groups
-        self._unattributed = unattributed
+    __slots__ = ("linear", "price", "rate_input", "rate_output", "scopes", "source", "unattributed")
+
+    def __init__(self, price: ModelPrice, scopes: ScopeSet, unattributed: bool) -> None:
+        self.price = price
+        self.scopes = scopes
+        self.unattributed = unattributed
+        """Whether ``scopes`` is the unattributed bucket."""
+        # The price's, as plain attributes for column-wise pricing.
+        self.linear = price.rates is not None
+        self.rate_input = price.rate_input
+        self.rate_output = price.rate_output
+        self.source = price.source
+
+
+class Groups:
+    """Assigns spans to groups; ``finish`` lists them, with the unattributed flag of each."""
+
+    def __init__(self) -> None:
         self._index: dict[tuple[int, ModelPrice, int], int] = {}
+        """(scope set, price, quarter hour) -> group. Scope sets are the attributor's shared instances,
+        kept alive by the targets held here, so their ids name them."""
+        self._slots: dict[int, dict[Target, int]] = {}
+        """Quarter hour -> target -> group."""
+        self._targets: list[Target] = []
+        """The first target of each group: its scopes and price."""
         self._end: list[int] = []
         self._slot: list[int] = []
 
     def ids(
-        self, scopes: list[tuple[ScopeSet, bool]] | None, default: tuple[ScopeSet, bool], prices: list[ModelPrice],
-        ends: list[int],
-    ) -> list[int]:  # fmt: skip
-        """The group of each span (``scopes`` None: every span has ``default``)."""
-        index = self._index
-        first = prices[0]
-        if scopes is None and prices.count(first) == len(prices):
-            slot = ends[0] // SLOT_MS
-            if min(ends) // SLOT_MS == max(ends) // SLOT_MS == slot:  # one group: the common case
-                key = (id(default[0]), first, slot)
-                g = index.get(key)
-                if g is None:
-                    g = self._add(key, default, first)
-                self._end[g] = max(self._end[g], max(ends))
-                return [g] * len(ends)
-        slots = map(floordiv, ends, repeat(SLOT_MS))
-        scope_ids = repeat(id(default[0])) if scopes is None else map(id, map(itemgetter(0), scopes))
-        keys = list(zip(scope_ids, prices, slots, strict=False))  # scope_ids may repeat()
-        new = set(keys).difference(index)
-        if new:  # a scope set, model or quarter hour not seen in this export yet: rare
-            scope_of = dict(zip(keys, repeat(default) if scopes is None else scopes, strict=False))
-            for key in sorted(new, key=keys.index):
-                self._add(key, scope_of[key], key[1])
-        ids = list(map(index.__getitem__, keys))
+        self, targets: list[Target], distinct: dict[Target, None], ends: list[int], first: int, last: int
+    ) -> list[int]:
+        """The group of each span, from its target and its end (epoch ms); ``distinct`` holds the
+        targets in the order they first appear, ``first`` and ``last`` are the earliest and latest end."""
+        slot = first // SLOT_MS
+        end_of = self._end
+        if last // SLOT_MS == slot:  # one quarter hour: the common case
+            table = self._table(slot, distinct)
+            for g in {table[t]: None for t in distinct}:
+                if last > end_of[g]:
+                    end_of[g] = last
+            return list(map(table.__getitem__, targets))
+        slots = list(map(floordiv, ends, repeat(SLOT_MS)))
+        for target, s in dict.fromkeys(zip(targets, slots, strict=True)):  # in the order they first appear
+            self._table(s, (target,))
+        ids = [self._slots[s][t] for t, s in zip(targets, slots, strict=True)]
         # Each group is charged at the latest end among this scope's spans of its quarter hour: no
         # earlier than any of its own spans, and in the same quarter hour, so in the same period.
         latest = latest_per_slot(ends)
-        end_of = self._end
         for g in set(ids):
             slot_end = latest[self._slot[g]]
             if slot_end > end_of[g]:
                 end_of[g] = slot_end
         return ids
 
-    def _add(self, key: tuple[int, ModelPrice, int], scope: tuple[ScopeSet, bool], price: ModelPrice) -> int:
-        g = self._index[key] = len(self._end)
-        self._end.append(0)
-        self._slot.append(key[2])
-        self._groups.append(
-            UsageGroup(scopes=scope[0], provider=price.provider, model=price.model, occurred_ms=0)
-        )
-        self._unattributed.append(scope[1])
-        return g
+    def _table(self, slot: int, targets: Iterable[Target]) -> dict[Target, int]:
+        """The targets -> groups of quarter hour ``slot``, with ``targets`` in it (new groups appended
+        in the order of ``targets``)."""
+        table = self._slots.get(slot)
+        if table is None:
+            table = self._slots[slot] = {}
+        index = self._index
+        for target in targets:
+            if target in table:
+                continue
+            key = (id(target.scopes), target.price, slot)
+            g = index.get(key)
+            if g is None:
+                g = index[key] = len(self._end)
+                self._targets.append(target)
+                self._end.append(0)
+                self._slot.append(slot)
+            table[target] = g
+        return table
 
-    def finish(self) -> list[UsageGroup]:
-        """The groups with the instants they are charged at."""
-        return [
-            UsageGroup(scopes=g.scopes, provider=g.provider, model=g.model, occurred_ms=end)
-            for g, end in zip(self._groups, self._end, strict=True)
+    def finish(self) -> tuple[list[UsageGroup], list[bool]]:
+        """The groups with the instants they are charged at, and which are the unattributed bucket."""
+        groups = [
+            UsageGroup(scopes=t.scopes, provider=t.price.provider, model=t.price.model, occurred_ms=end)
+            for t, end in zip(self._targets, self._end, strict=True)
         ]
+        return groups, [t.unattributed for t in self._targets]
 
 
 def latest_per_slot(ends: list[int]) -> dict[int, int]:

@@ -3,8 +3,9 @@
 For each scope the sources are, in order: ``paymaster.<scope>``, then the configured attributes
 (``service.name`` -> agent, ``k8s.namespace.name`` -> team ...), each looked up first on the span and
 then on its resource (attributes of the resource conventions, ``service.*``, ``k8s.*`` ..., on the
-resource only: no instrumentation puts them on spans). Most spans carry none of them and inherit their resource's scopes, so each
-resource is resolved once (``for_resource``) and a span only checks the sources that could still
+resource only: no instrumentation puts them on spans). Most spans carry none of them and inherit their
+resource's scopes, so each resource is resolved once per distinct values of the attributes it is read
+for (``for_resource``, cached across exports) and a span only checks the sources that could still
 override the resource's answer. Spend no source names is charged to the unattributed bucket: a fixed
 id on the configured scopes, so usage reports show it and a budget can cap it.
 """
@@ -102,9 +103,20 @@ class Attributor:
         self.unattributed = ScopeSet(**{s: section.unattributed_id for s in section.unattributed_scopes})
         self._sets: dict[tuple[str, ...], tuple[ScopeSet, bool]] = {}
         self._values: dict[bytes, str | None] = {}
+        names = [name for scope in _SCOPES for name in self.sources[scope]]
+        self._read = tuple(dict.fromkeys([*names, "service.namespace", "service.name"]))
+        """Every resource attribute ``ResourceScopes`` reads: their raw values decide it."""
+        self._resources: dict[tuple[bytes | None, ...], ResourceScopes] = {}
 
     def for_resource(self, attributes: Mapping[str, bytes]) -> ResourceScopes:
-        return ResourceScopes(self, attributes)
+        """The scopes of a resource with these attributes; one shared instance per distinct values."""
+        key = tuple(map(attributes.get, self._read))
+        found = self._resources.get(key)
+        if found is None:
+            if len(self._resources) >= 4096:
+                self._resources.clear()
+            found = self._resources[key] = ResourceScopes(self, attributes)
+        return found
 
     def value(self, raw: bytes) -> str | None:
         """``scope_value`` with a cache: the same few ids arrive over and over."""

@@ -116,7 +116,7 @@ class OtlpPipeline:
             if signal == TRACES:
                 request = TraceRequestView.FromString(body)
                 plan: TracePlan | MetricsPlan = self._traces.process(
-                    request, window, enrich=TRACES in self._forwarders
+                    request, window, enrich=TRACES in self._forwarders, payload=body
                 )
                 for service in plan.services:  # type: ignore[union-attr]
                     self._spend_source.saw_genai_spans(service)

@@ -11,9 +11,13 @@ not usage and are never charged. A span with ``paymaster.cost_usd`` (the SDK's e
 
 This is the receiver's hot path. It works a column at a time (``_columns``): for each attribute, one
 pass over the spans of a scope in C over the raw attribute maps of ``_view``, so the cost per span is
-a few hash probes rather than a few dozen Python statements. Only spans that
-need it (cache or reasoning counts, a bad value, a reservation, span-level scopes, a price that is
-not per-token) take a per-span path. Decoded values, prices and scope sets are cached.
+a few hash probes rather than a few dozen Python statements. Names no span carries (the SDK's cost and
+reservation, ``paymaster.*`` scopes, cache and reasoning counts) are ruled out from the export's bytes,
+which the receiver passes along, instead of probing every span for each. Each span's raw provider,
+model and scope attributes resolve, once per distinct combination and resource, to a cached ``Target``
+(its price and scopes), which also assigns its group. Only spans that need it (cache or reasoning
+counts, a bad value, a reservation, a price that is not per-token) take a per-span path. Decoded
+values, prices, resources and targets are cached.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from itertools import compress, repeat
-from operator import add, attrgetter, contains, floordiv, mul, neg
+from operator import add, attrgetter, floordiv, mul
 from typing import Any
 
 from collector_processor.budgets import ScopeSet
 from collector_processor.ledger_types import RecordUsageCommand, UsageFacts, UsageGroup, UsageItem
-from collector_processor.otlp._columns import Cache, column, optional, set_costs
-from collector_processor.otlp._groups import Groups
+from collector_processor.otlp._columns import Cache, Columns, Presence
+from collector_processor.otlp._groups import Groups, Target
 from collector_processor.otlp._view import INVALID, decode_int, decode_str
 from collector_processor.otlp.attribution import Attributor, ResourceScopes
 from collector_processor.otlp.pricing import ModelPrice, SpanPricer, femto_ceiling
@@ -53,13 +58,14 @@ _FEMTO_PER_MICRO = 10**9
 _ID_LENGTH = {24}  # trace id + span id
 _MAX_PROBLEMS = 5
 _MAX_SPAN_USD = Decimal(1_000_000)  # an SDK cost above this is not a cost
+# Targets cached: per resource and set of span-level scope attributes, per distinct raw values.
+_MAX_TARGET_TABLES = 64
+_MAX_TARGETS = 8192
 _ATTRIBUTES = attrgetter("attributes")
 _END = attrgetter("end_time_unix_nano")
 _TRACE_ID = attrgetter("trace_id")
 _SPAN_ID = attrgetter("span_id")
 _SOURCE = attrgetter("source")
-_RATE_IN = attrgetter("rate_input")
-_RATE_OUT = attrgetter("rate_output")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -103,6 +109,63 @@ class TracePlan:
             self.problems.append(f"span {span.trace_id.hex()}/{span.span_id.hex()}: {message}")
 
 
+class _Batch:
+    """One scope's GenAI spans on their way to the ledger, as parallel columns (one entry per span)."""
+
+    __slots__ = ("columns", "counts", "ends", "femto", "first_end", "last_end", "spans", "targets", "tin",
+                 "tout", "uids")  # fmt: skip
+
+    def __init__(self, spans: list[Any]) -> None:
+        self.spans = spans
+        self.columns = Columns(list(map(_ATTRIBUTES, spans)))
+        self.tin: list[int] = []
+        self.tout: list[int] = []
+        self.counts: list[list[int]] = []
+        """Cache read, cache creation and reasoning tokens; empty when all are zero."""
+        self.ends: list[int] = []
+        """End times, epoch ms."""
+        self.first_end = self.last_end = 0
+        self.uids: list[bytes] = []
+        """Trace id + span id."""
+        self.targets: list[Target] = []
+        self.femto: list[int | None] = []
+        """Cost in femto-dollars; ``None`` when unknown."""
+
+    def read_times(self) -> None:
+        """Read each span's end time and ids, the ledger item's key."""
+        spans = self.spans
+        self.ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
+        self.uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
+        self.first_end, self.last_end = min(self.ends), max(self.ends)
+
+    def keep(self, selectors: list[bool]) -> bool:
+        """Drop the spans ``selectors`` does not keep; ``False`` when none is left."""
+        if all(selectors):
+            return True
+        if not any(selectors):
+            return False
+        for name in ("spans", "tin", "tout", "ends", "uids", "targets", "femto"):
+            column = getattr(self, name)
+            if column:
+                setattr(self, name, list(compress(column, selectors)))
+        self.columns = self.columns.select(selectors)
+        self.counts = [list(compress(c, selectors)) for c in self.counts]
+        if self.ends:
+            self.first_end, self.last_end = min(self.ends), max(self.ends)
+        return True
+
+    def add_items(self, ids: list[int], items: list[UsageItem]) -> None:
+        """Append the ledger items of the spans left, every one of them priced, to ``items``."""
+        # Rounded up to whole micro-dollars: ceil(f / d) == (f + d - 1) // d for every integer f.
+        micros = map(floordiv, map(add, self.femto, repeat(_FEMTO_PER_MICRO - 1)), repeat(_FEMTO_PER_MICRO))  # type: ignore[arg-type]
+        zeros = repeat(0)
+        cache_read, cache_creation, reasoning = self.counts if self.counts else (zeros, zeros, zeros)
+        items.extend(
+            zip(self.ends, self.uids, ids, micros, self.tin, self.tout, cache_read, cache_creation, reasoning,
+                zeros, strict=False)
+        )  # fmt: skip
+
+
 class TraceProcessor:
     """Turns parsed exports into ledger plans; one per receiver, reused across exports."""
 
@@ -121,159 +184,178 @@ class TraceProcessor:
         self._tokens = Cache(self._count_of, 262_144)
         self._prices = Cache(self._price_of, 4096)
         self._sdk_costs = Cache(self._sdk_cost_of, 65_536)
+        self._target_tables: dict[tuple[ResourceScopes, tuple[str, ...]], Cache] = {}
 
-    def process(self, request: Any, window: WindowPolicy, *, enrich: bool) -> TracePlan:
-        """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes."""
+    def process(
+        self, request: Any, window: WindowPolicy, *, enrich: bool, payload: bytes | None = None
+    ) -> TracePlan:
+        """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes.
+        ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once."""
         plan = TracePlan()
-        groups = Groups(plan.groups, plan.unattributed)
+        plan.spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        presence = Presence(payload, plan.spans)
+        groups = Groups()
         for resource_spans in request.resource_spans:
             context = self._attributor.for_resource(resource_spans.resource.attributes)
             charge_spans = self._spend_source.spans_charged(context.service)
             genai_before = plan.genai
             for scope_spans in resource_spans.scope_spans:
                 spans = scope_spans.spans
-                plan.spans += len(spans)
                 if spans:
-                    self._scope(spans, context, charge_spans, window, enrich, plan, groups)
+                    self._scope(spans, context, charge_spans, window, enrich, plan, groups, presence)
             if plan.genai > genai_before:
                 plan.services.add(context.service)
-        plan.groups = groups.finish()
+        plan.groups, plan.unattributed = groups.finish()
         return plan
 
     # -- one scope's spans, a column at a time ---------------------------------------------------
     def _scope(
         self, spans: Any, context: ResourceScopes, charge_spans: bool, window: WindowPolicy, enrich: bool,
-        plan: TracePlan, groups: Groups,
+        plan: TracePlan, groups: Groups, presence: Presence,
     ) -> None:  # fmt: skip
-        maps = list(map(_ATTRIBUTES, spans))
-        raw_in = column(maps, INPUT, None)
-        raw_out = column(maps, OUTPUT, None)
-        if None in raw_in or None in raw_out:
-            keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
-            if not any(keep):
-                return
-            spans, maps = list(compress(spans, keep)), list(compress(maps, keep))
-            raw_in = [_ZERO if x is None else x for x in compress(raw_in, keep)]
-            raw_out = [_ZERO if x is None else x for x in compress(raw_out, keep)]
+        batch = self._usage(spans, window, plan, presence)
+        if batch is None:
+            return
+        batch.targets = targets = self._targets(batch.columns, context, presence)
+        distinct = dict.fromkeys(targets)
+        femto, sources = self._costs(batch, distinct, presence)
+        if sources is None:  # each span's source is its target's
+            kinds = {t.source for t in distinct}
+            if len(kinds) == 1:
+                plan.priced[kinds.pop()] += len(targets)
+            else:
+                plan.priced.update(map(_SOURCE, targets))
+            sources = list(map(_SOURCE, targets)) if enrich else []
         else:
-            spans = list(spans)
-        plan.genai += len(maps)
-        tokens = self._tokens
-        tin = list(map(tokens.__getitem__, raw_in))
-        tout = list(map(tokens.__getitem__, raw_out))
-        extras = [optional(maps, names) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
-        ends = list(map(floordiv, map(_END, spans), repeat(1_000_000)))
-        uids = list(map(add, map(_TRACE_ID, spans), map(_SPAN_ID, spans)))
-        usable = min(tin) >= 0 and min(tout) >= 0 and min(ends) > 0 and max(ends) <= window.newest_ms
-        counts: list[list[int]] = []
-        if not usable or any(extras) or set(map(len, uids)) != _ID_LENGTH:
-            usage = self._usages(spans, tin, tout, extras, ends, uids, window, plan)
-            keep = [u is not None for u in usage]
-            if not all(keep):
-                if not any(keep):
-                    return
-                spans, maps, ends, uids = (list(compress(c, keep)) for c in (spans, maps, ends, uids))
-                usage = list(compress(usage, keep))
-            tin, tout, *counts = (list(c) for c in zip(*usage, strict=True))
-            if not any(map(any, counts)):
-                counts = []  # cache and reasoning counts all zero: priced like plain usage
-        prices = list(
-            map(
-                self._prices.__getitem__,
-                zip(column(maps, PROVIDER, _NONE), column(maps, MODEL, _NONE), strict=True),
-            )
-        )
-        femto, sources = self._costs(maps, prices, tin, tout, counts)
+            plan.priced.update(sources)
         if enrich:
-            set_costs(maps, femto, sources)
-        plan.priced.update(sources)
-        charge = [f is not None for f in femto]
+            batch.columns.set_costs(femto, sources)
+        batch.femto = femto
+        charge = [f is not None for f in femto] if None in femto else [True] * len(femto)
         if not all(charge):
             plan.outcomes["unpriced"] += charge.count(False)
         if not charge_spans:
             plan.outcomes["skipped"] += charge.count(True)
             return
-        if min(ends) < window.oldest_ms:
-            stale = [end < window.oldest_ms for end in ends]
+        if batch.first_end < window.oldest_ms:
+            stale = [end < window.oldest_ms for end in batch.ends]
             plan.outcomes["stale"] += sum(s and c for s, c in zip(stale, charge, strict=True))
             charge = [c and not s for c, s in zip(charge, stale, strict=True)]
-        reservations = optional(maps, (RESERVATION,))
+        reservations = batch.columns.optional((RESERVATION,), presence)
         if reservations is not None:
-            charge = self._reservations(reservations, charge, maps, context, uids, femto, tin, tout, counts, prices,
-                                        ends, plan)  # fmt: skip
+            charge = self._reservations(batch, reservations, charge, context, plan)
         if not all(charge):
-            if not any(charge):
+            if not batch.keep(charge):
                 return
-            maps, prices, ends, uids, femto, tin, tout = (
-                list(compress(c, charge)) for c in (maps, prices, ends, uids, femto, tin, tout)
-            )
-            counts = [list(compress(c, charge)) for c in counts]
-        scopes = self._span_scopes(maps, context)
-        ids = groups.ids(scopes, (context.default, context.default_unattributed), prices, ends)
-        charged: list[int] = femto  # type: ignore[assignment]  # every cost left is known
-        micros = map(neg, map(floordiv, map(neg, charged), repeat(_FEMTO_PER_MICRO)))
-        zeros = repeat(0)
-        cache_read, cache_creation, reasoning = counts if counts else (zeros, zeros, zeros)
-        plan.items.extend(
-            zip(
-                ends, uids, ids, micros, tin, tout, cache_read, cache_creation, reasoning, zeros, strict=False
-            )
-        )
+            distinct = dict.fromkeys(batch.targets)
+        ids = groups.ids(batch.targets, distinct, batch.ends, batch.first_end, batch.last_end)
+        batch.add_items(ids, plan.items)
+
+    def _usage(self, spans: Any, window: WindowPolicy, plan: TracePlan, presence: Presence) -> _Batch | None:
+        """The scope's GenAI spans with their usable token counts, times and ids (``None``: none)."""
+        batch = _Batch(list(spans))
+        raw_in, raw_out = batch.columns.column(INPUT, None), batch.columns.column(OUTPUT, None)
+        # all() first: in C, a value is falsy only when absent (None) or empty (b"", rare)
+        complete = (all(raw_in) and all(raw_out)) or (None not in raw_in and None not in raw_out)
+        presence.counts_read(2 * len(raw_in) - (0 if complete else raw_in.count(None) + raw_out.count(None)))
+        if not complete:
+            keep = [x is not None or y is not None for x, y in zip(raw_in, raw_out, strict=True)]
+            if not batch.keep(keep):
+                return None
+            raw_in = [_ZERO if x is None else x for x in compress(raw_in, keep)]
+            raw_out = [_ZERO if x is None else x for x in compress(raw_out, keep)]
+        plan.genai += len(batch.spans)
+        batch.tin = list(map(self._tokens.__getitem__, raw_in))
+        batch.tout = list(map(self._tokens.__getitem__, raw_out))
+        if presence.only_counts():
+            extras: list[list[bytes | None] | None] = [None, None, None]
+        else:
+            columns = batch.columns
+            extras = [columns.optional(names, presence) for names in (CACHE_READ, CACHE_CREATION, REASONING)]
+        batch.read_times()
+        usable = (
+            min(batch.tin) >= 0 and min(batch.tout) >= 0 and batch.first_end > 0
+            and batch.last_end <= window.newest_ms
+        )  # fmt: skip
+        if usable and not any(extras) and set(map(len, batch.uids)) == _ID_LENGTH:
+            return batch
+        usage = self._usages(batch, extras, window, plan)
+        keep = [u is not None for u in usage]
+        if not batch.keep(keep):
+            return None
+        batch.tin, batch.tout, *counts = (list(c) for c in zip(*compress(usage, keep), strict=True))
+        if any(map(any, counts)):  # all zero: priced like plain usage
+            batch.counts = counts
+        return batch
 
     def _costs(
-        self,
-        maps: list[Any],
-        prices: list[ModelPrice],
-        tin: list[int],
-        tout: list[int],
-        extras: list[list[int]],
-    ) -> tuple[list[int | None], list[str]]:
-        """Femto-dollars (``None`` when unknown) and the cost source of each span."""
-        first = prices[0]
-        sdk = optional(maps, (SDK_COST,))
-        if sdk is None and not extras:
-            if first.rates is not None and prices.count(first) == len(prices):
-                rates = first.rates
-                femto: list[Any] = list(
-                    map(add, map(mul, tin, repeat(rates[0])), map(mul, tout, repeat(rates[1])))
-                )
-                return femto, [first.source] * len(prices)
-            if all(p.rates is not None for p in set(prices)):  # a few models, all per-token
-                femto = list(
-                    map(add, map(mul, tin, map(_RATE_IN, prices)), map(mul, tout, map(_RATE_OUT, prices)))
-                )
-                return femto, list(map(_SOURCE, prices))
-        femto, sources = [], []
+        self, batch: _Batch, distinct: dict[Target, None], presence: Presence
+    ) -> tuple[list[int | None], list[str] | None]:
+        """Femto-dollars (``None`` when unknown) and the cost source of each span; sources ``None``:
+        every span is priced at its target's per-token rates, so its source is its target's."""
+        targets, tin, tout, extras = batch.targets, batch.tin, batch.tout, batch.counts
+        sdk = batch.columns.optional((SDK_COST,), presence)
+        if sdk is None and not extras and all(t.linear for t in distinct):
+            if len(distinct) == 1:
+                first = targets[0]
+                rates_in: Any = repeat(first.rate_input)
+                rates_out: Any = repeat(first.rate_output)
+            else:  # a few models and scopes, all priced per token
+                rates_in = map({t: t.rate_input for t in distinct}.__getitem__, targets)
+                rates_out = map({t: t.rate_output for t in distinct}.__getitem__, targets)
+            return list(map(add, map(mul, tin, rates_in), map(mul, tout, rates_out))), None
+        femto: list[int | None] = []
+        sources: list[str] = []
         zeros = repeat(0)
         read, creation, reasoning = extras if extras else (zeros, zeros, zeros)
         cost_femto = self._pricer.cost_femto
-        for i, (price, a, b, c, d, e) in enumerate(
-            zip(prices, tin, tout, read, creation, reasoning, strict=False)
+        for i, (target, a, b, c, d, e) in enumerate(
+            zip(targets, tin, tout, read, creation, reasoning, strict=False)
         ):
             if sdk is not None and sdk[i] is not None and (exact := self._sdk_costs[sdk[i]]) is not None:
                 femto.append(exact)
                 sources.append("sdk")
                 continue
+            price = target.price
             cost = cost_femto(price, a, b, c, d, e)
             femto.append(cost)
             sources.append(price.source if cost is not None else "unknown")
         return femto, sources
 
-    def _span_scopes(self, maps: list[Any], context: ResourceScopes) -> list[tuple[ScopeSet, bool]] | None:
-        """Each span's scopes, or ``None`` when no span overrides its resource's. Spans are resolved
-        once per distinct combination of the raw values that can override."""
-        hits = [name for name, _ in context.checks if any(map(contains, maps, repeat(name)))]
+    def _targets(self, columns: Columns, context: ResourceScopes, presence: Presence) -> list[Target]:
+        """Each span's ``Target``, from its raw provider, model and scope overrides (cached per distinct
+        combination of them, per resource)."""
+        hits = tuple(name for name, _ in context.checks if presence.may_have(name) and columns.has(name))
+        raw = zip(
+            columns.column(PROVIDER, _NONE),
+            columns.column(MODEL, _NONE),
+            *(columns.column((name,), None) for name in hits),
+            strict=True,
+        )
+        return list(map(self._targets_of(context, hits).__getitem__, raw))
+
+    def _targets_of(self, context: ResourceScopes, hits: tuple[str, ...]) -> Cache:
+        """Raw (provider, model, *values of ``hits``) -> the span's ``Target``, for this resource."""
+        key = (context, hits)
+        table = self._target_tables.get(key)
+        if table is None:
+            if len(self._target_tables) >= _MAX_TARGET_TABLES:
+                self._target_tables.clear()
+            table = self._target_tables[key] = Cache(partial(self._target_of, context, hits), _MAX_TARGETS)
+        return table
+
+    def _target_of(
+        self, context: ResourceScopes, hits: tuple[str, ...], raw: tuple[bytes | None, ...]
+    ) -> Target:
+        price = self._prices[raw[:2]]
         if not hits:
-            return None
-        columns = [column(maps, (name,), None) for name in hits]
-        keys = list(zip(*columns, strict=True))
-        resolved = {key: context.resolve(dict(zip(hits, key, strict=True))) for key in set(keys)}
-        return list(map(resolved.__getitem__, keys))
+            return Target(price, context.default, context.default_unattributed)
+        scopes, unattributed = context.resolve(dict(zip(hits, raw[2:], strict=True)))
+        return Target(price, scopes, unattributed)
 
     def _reservations(
-        self, reservations: list[bytes | None], charge: list[bool], maps: list[Any], context: ResourceScopes,
-        uids: list[bytes], femto: list[int | None], tin: list[int], tout: list[int], extras: list[list[int]],
-        prices: list[ModelPrice], ends: list[int], plan: TracePlan,
+        self, batch: _Batch, reservations: list[bytes | None], charge: list[bool], context: ResourceScopes,
+        plan: TracePlan,
     ) -> list[bool]:  # fmt: skip
         """Take spans naming a reservation out of the batch, as ledger usage recorded one by one."""
         out = list(charge)
@@ -281,28 +363,29 @@ class TraceProcessor:
             if raw is None or not charge[i]:
                 continue
             reservation = _reservation_id(raw)
-            cost = femto[i]
+            cost = batch.femto[i]
             if not reservation or cost is None:
                 continue
-            scopes = context.for_span(maps[i])[0]
-            read, creation, reasoning = (c[i] for c in extras) if extras else (0, 0, 0)
-            usage = (tin[i], tout[i], read, creation, reasoning)
+            scopes = context.for_span(batch.columns.maps[i])[0]
+            read, creation, reasoning = (c[i] for c in batch.counts) if batch.counts else (0, 0, 0)
+            usage = (batch.tin[i], batch.tout[i], read, creation, reasoning)
+            price = batch.targets[i].price
             plan.reservations.append(
-                _reservation_usage(uids[i], scopes, cost, usage, prices[i], ends[i], reservation)
+                _reservation_usage(batch.uids[i], scopes, cost, usage, price, batch.ends[i], reservation)
             )
             out[i] = False
         return out
 
     # -- the per-span path -----------------------------------------------------------------------
     def _usages(
-        self, spans: list[Any], tin: list[int], tout: list[int], extras: list[list[bytes | None] | None],
-        ends: list[int], uids: list[bytes], window: WindowPolicy, plan: TracePlan,
-    ) -> list[tuple[int, int, int, int, int] | None]:  # fmt: skip
+        self, batch: _Batch, extras: list[list[bytes | None] | None], window: WindowPolicy, plan: TracePlan
+    ) -> list[tuple[int, int, int, int, int] | None]:
         """Inclusive, consistent token counts of each span; ``None`` (counted invalid) when unusable."""
         names = (CACHE_READ, CACHE_CREATION, REASONING)
+        tin, tout, ends, uids = batch.tin, batch.tout, batch.ends, batch.uids
         columns = [[self._tokens[r] if r is not None else 0 for r in c] if c else None for c in extras]
         out: list[tuple[int, int, int, int, int] | None] = []
-        for i, span in enumerate(spans):
+        for i, span in enumerate(batch.spans):
             counts = [tin[i], tout[i]] + [c[i] if c is not None else 0 for c in columns]
             bad = next((n for n, v in zip((INPUT, OUTPUT, *names), counts, strict=True) if v < 0), None)
             if bad is not None:

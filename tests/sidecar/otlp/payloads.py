@@ -14,6 +14,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 def any_value(value: Any) -> common_pb2.AnyValue:
     out = common_pb2.AnyValue()
+    if value is None:  # an empty value
+        return out
     if isinstance(value, bool):
         out.bool_value = value
     elif isinstance(value, int):

@@ -56,3 +56,13 @@ def test_spend_nobody_is_named_for_goes_to_the_configured_unattributed_bucket() 
                                        workflow="unattributed", user="unattributed"), True)  # fmt: skip
     narrow = AttributionSection(unattributed_id="stray", unattributed_scopes=["organization"])
     assert scopes({}, {}, narrow) == (ScopeSet(organization="stray"), True)
+
+
+def test_resources_are_resolved_once_per_distinct_values_of_the_attributes_read() -> None:
+    attributor = Attributor(AttributionSection())
+    first = attributor.for_resource(raw(**{"service.name": "svc", "k8s.pod.name": "pod-1"}))
+    # Another pod of the same service: nothing read differs, so the same resolution.
+    assert attributor.for_resource(raw(**{"service.name": "svc", "k8s.pod.name": "pod-2"})) is first
+    other = attributor.for_resource(raw(**{"service.name": "api", "k8s.pod.name": "pod-1"}))
+    assert (other.default.agent, other.service) == ("api", (None, "api"))
+    assert (first.default.agent, first.service) == ("svc", (None, "svc"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from collector_processor.otlp._view import TraceRequestView
@@ -38,8 +40,21 @@ def plan_of(
     *spans: Any, resource: dict[str, Any] | None = None, enrich: bool = False, mode: str = "auto",
     window: WindowPolicy = WINDOW,
 ) -> tuple[TracePlan, Any]:  # fmt: skip
-    view = TraceRequestView.FromString(export(list(spans), resource).SerializeToString())
-    return processor(mode).process(view, window, enrich=enrich), view
+    return plan_of_export(export(list(spans), resource), enrich=enrich, mode=mode, window=window)
+
+
+def plan_of_export(
+    request: Any, *, enrich: bool = False, mode: str = "auto", window: WindowPolicy = WINDOW
+) -> tuple[TracePlan, Any]:
+    """The plan, as the receiver makes it (with the export's bytes); checked against the plan made
+    without them (every name looked up on every span), which must be the same."""
+    payload = request.SerializeToString()
+    view = TraceRequestView.FromString(payload)
+    plan = processor(mode).process(view, window, enrich=enrich, payload=payload)
+    alone = TraceRequestView.FromString(payload)
+    assert processor(mode).process(alone, window, enrich=enrich) == plan
+    assert alone == view
+    return plan, view
 
 
 def test_only_spans_with_token_counts_are_usage() -> None:
@@ -118,3 +133,85 @@ def test_a_span_naming_a_reservation_is_recorded_under_the_reservation_rules() -
         "0.012500000000000",
     )
     assert usage.usage_id.startswith("otlp:") and usage.usage.input_tokens == 1000
+
+
+def test_a_scope_attribute_on_some_spans_overrides_the_resource_for_those_spans_only() -> None:
+    plan, _ = plan_of(
+        span(GPT4O), span({**GPT4O, "paymaster.team": "ads"}), span(GPT4O), resource={"paymaster.team": "ml"}
+    )
+    teams = [plan.groups[item[2]].scopes.team for item in plan.items]
+    assert teams == ["ml", "ads", "ml"]
+
+
+def test_attribute_names_inside_string_values_are_not_taken_for_attributes() -> None:
+    content = "set paymaster.team=ads, gen_ai.usage.cache_read.input_tokens=800, paymaster.reservation_id=r-1"
+    plan, _ = plan_of(span({**GPT4O, "gen_ai.prompt.0.content": content}), resource={"paymaster.team": "ml"})
+    (item,) = plan.items
+    assert (item[3], item[4:7]) == (12_500, (1000, 500, 0))  # no cache read
+    assert plan.reservations == [] and plan.groups[0].scopes.team == "ml"
+
+
+def test_counts_are_read_from_their_own_spans_when_spans_without_usage_come_between() -> None:
+    plan, _ = plan_of(
+        span({"http.request.method": "GET"}),
+        span(GPT4O),
+        span({"db.system": "redis"}),
+        span({**GPT4O, "gen_ai.usage.input_tokens": 200, "gen_ai.usage.cache_read_input_tokens": 800}),
+    )
+    assert [(item[3], item[4:7]) for item in plan.items] == [
+        (12_500, (1000, 500, 0)),
+        (10_500, (1000, 500, 800)),
+    ]
+
+
+def test_planning_leaves_every_span_as_received_when_not_enriching() -> None:
+    """Columns the first span has are read in one pass; the spans that lack them get nothing added."""
+    request = export([
+        span({**GPT4O, "enduser.id": "ada", "gen_ai.usage.cache_read.input_tokens": 100, "paymaster.team": "x"}),
+        span(GPT4O),
+        span({**GPT4O, "enduser.id": None}),  # an empty value: kept as it is
+        span({"gen_ai.usage.prompt_tokens": 10, "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o"}),
+    ])  # fmt: skip
+    plan, view = plan_of_export(request)
+    assert view == TraceRequestView.FromString(request.SerializeToString())
+    assert [plan.groups[item[2]].scopes.user for item in plan.items] == ["ada", "", "", ""]
+
+
+def test_cache_counts_of_any_scope_of_the_export_are_read() -> None:
+    """The export's bytes prove no span has a cache count only when every usage key is accounted for."""
+    cached = {**GPT4O, "gen_ai.usage.input_tokens": 200, "gen_ai.usage.cache_read_input_tokens": 800}
+    for first, second in ((GPT4O, cached), (cached, GPT4O)):
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        for attributes in (first, second):
+            resource_spans = request.resource_spans.add()
+            resource_spans.scope_spans.add().spans.extend([span(attributes), span(attributes)])
+        plan, _ = plan_of_export(request)
+        reads = [item[6] for item in plan.items]
+        assert reads == ([0, 0, 800, 800] if first is GPT4O else [800, 800, 0, 0])
+
+
+NAMES = [
+    "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "gen_ai.usage.output_tokens",
+    "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_creation_input_tokens",
+    "gen_ai.usage.reasoning_tokens", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model",
+    "paymaster.team", "paymaster.user", "enduser.id", "gen_ai.agent.name", "paymaster.cost_usd",
+    "paymaster.reservation_id", "gen_ai.prompt.0.content",
+]  # fmt: skip
+VALUES = st.sampled_from([0, 7, 1000, -3, "gpt-4o", "openai", "ada", "", "0.01", "r-1", None, 1.5,
+                          "paymaster.team gen_ai.usage.reasoning_tokens"])  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=8), max_size=6), max_size=3)
+)
+def test_the_plan_is_the_same_with_and_without_the_export_bytes(scopes: list[list[dict[str, Any]]]) -> None:
+    """``plan_of_export`` checks it: whatever names the spans carry, in whatever values."""
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(
+        export([], {"service.name": "svc"}).resource_spans[0].resource.attributes
+    )
+    for attributes in scopes:
+        resource_spans.scope_spans.add().spans.extend(span(a) for a in attributes)
+    plan_of_export(request, enrich=True)
