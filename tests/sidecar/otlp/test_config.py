@@ -10,6 +10,7 @@ import pytest
 from collector_processor.config import (
     DEFAULT_OTLP_GRPC_LISTEN,
     DEFAULT_OTLP_HTTP_LISTEN,
+    SidecarConfig,
     create_default_config,
     parse_config,
 )
@@ -101,8 +102,9 @@ def test_a_bad_price_file_stops_the_sidecar_before_any_port_opens(tmp_path: Path
         create_sidecar(missing)
 
 
-def test_an_empty_http_listen_turns_otlp_http_off(tmp_path: Path) -> None:
-    config = parse_config(
+def _with_otlp(tmp_path: Path, http_listen: str) -> SidecarConfig:
+    """A sidecar config with the OTLP receiver on a free gRPC port and ``http_listen`` for OTLP/HTTP."""
+    return parse_config(
         f"""
         [server]
         listen = "127.0.0.1:0"
@@ -111,11 +113,14 @@ def test_an_empty_http_listen_turns_otlp_http_off(tmp_path: Path) -> None:
         [receivers.otlp]
         enabled = true
         grpc_listen = "127.0.0.1:0"
-        http_listen = ""
+        http_listen = "{http_listen}"
         """,
         source="sidecar.toml",
     )
-    sidecar = create_sidecar(config).start()
+
+
+def test_an_empty_http_listen_turns_otlp_http_off(tmp_path: Path) -> None:
+    sidecar = create_sidecar(_with_otlp(tmp_path, "")).start()
     try:
         (receiver,) = sidecar.components
         assert receiver.http is None  # type: ignore[attr-defined]
@@ -131,18 +136,6 @@ def test_a_port_in_use_stops_the_sidecar_at_start(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = parse_config(
-            f"""
-            [server]
-            listen = "127.0.0.1:0"
-            [store]
-            path = "{tmp_path / "s.db"}"
-            [receivers.otlp]
-            enabled = true
-            grpc_listen = "127.0.0.1:0"
-            http_listen = "127.0.0.1:{port}"
-            """,
-            source="sidecar.toml",
-        )
+        config = _with_otlp(tmp_path, f"127.0.0.1:{port}")
         with pytest.raises(ConfigError, match=r"sidecar.toml: OTLP/gRPC on 127.0.0.1:.*: cannot start: "):
             create_sidecar(config).start()
