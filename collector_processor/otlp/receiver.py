@@ -104,6 +104,7 @@ def create_otlp_receiver(
     told of every charged batch once it is durable (the sidecar's spend metrics).
     """
     calculator = CostCalculator(_pricing_config(section, config_dir))
+    calculator.preload()  # at start, not on the first export
     pricer = SpanPricer(calculator)
     attributor = Attributor(section.attribution)
     charging = section.charging

@@ -94,6 +94,16 @@ class CostCalculator:
         """True when every model must be priced in the configuration."""
         return self.cost.strict
 
+    def preload(self) -> None:
+        """Load the pricing library now if this calculator may use it (not strict, library on).
+
+        ``import paymaster`` leaves genai-prices unloaded, so the first call priced from the library
+        pays for loading it (about a third of a second on a small machine). A long-running process
+        calls this at start-up instead; the sidecar's OTLP receiver does.
+        """
+        if self.use_library and not self.strict:
+            _library()
+
     # ------------------------------------------------------------------ public API
     def calculate(
         self, model_name: str, prompt_tokens: int, completion_tokens: int, provider: str | None = None

@@ -358,3 +358,23 @@ def test_price_usage_uses_the_searched_configuration(monkeypatch: pytest.MonkeyP
         assert price_usage(None, "gpt-4o", ModelUsage(input_tokens=500)).cost_usd == Decimal("0.5")
     finally:
         clear_config_cache()
+
+
+def _loads_library(code: str) -> bool:
+    """Whether ``code``, run in a fresh interpreter, leaves genai-prices imported."""
+    import subprocess
+    import sys
+
+    probe = f"import sys\n{code}\nprint('genai_prices' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_preload_loads_the_library_only_when_it_may_be_used() -> None:
+    setup = "from paymaster.config import PaymasterConfig, CostConfig\nfrom paymaster.pricing import CostCalculator\n"
+    assert not _loads_library(setup + "CostCalculator(PaymasterConfig())")
+    assert _loads_library(setup + "CostCalculator(PaymasterConfig()).preload()")
+    assert not _loads_library(setup + "CostCalculator(PaymasterConfig(), use_library=False).preload()")
+    assert not _loads_library(setup + "CostCalculator(CostConfig(strict=True)).preload()")

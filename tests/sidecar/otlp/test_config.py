@@ -139,3 +139,30 @@ def test_a_port_in_use_stops_the_sidecar_at_start(tmp_path: Path) -> None:
         config = _with_otlp(tmp_path, f"127.0.0.1:{port}")
         with pytest.raises(ConfigError, match=r"sidecar.toml: OTLP/gRPC on 127.0.0.1:.*: cannot start: "):
             create_sidecar(config).start()
+
+
+def test_the_receiver_loads_the_pricing_library_at_start_not_on_the_first_export(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = f"""
+import sys
+from collector_processor.config import parse_config
+from collector_processor.server import create_sidecar
+text = '''
+[server]
+listen = "127.0.0.1:0"
+[store]
+path = "{tmp_path / "s.db"}"
+[receivers.otlp]
+enabled = true
+'''
+assert "genai_prices" not in sys.modules
+sidecar = create_sidecar(parse_config(text, source="sidecar.toml"))
+print("genai_prices" in sys.modules)
+sidecar.stop(0)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "True"
