@@ -32,13 +32,13 @@ from collector_processor.errors import FailedPreconditionError, InvalidRequestEr
 from collector_processor.exporters import MetricsExporters, create_exporters
 from collector_processor.ledger import Ledger
 from collector_processor.selfmetrics import SelfMetrics
-from collector_processor.servicer import BudgetServicer
+from collector_processor.servicer import BudgetServicer, add_to_server
 from collector_processor.sinks import OtelLogSink, WebhookSink
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
 from collector_processor.sweeper import Sweeper
 from paymaster.exceptions import ConfigError
-from paymaster.v1 import budget_pb2, budget_pb2_grpc
+from paymaster.v1 import budget_pb2
 
 __all__ = ["SERVICE_NAME", "Sidecar", "create_sidecar", "main"]
 
@@ -212,7 +212,7 @@ class Sidecar:
             maximum_concurrent_rpcs=limit or None,
         )
         self.batcher = Batcher(self.store)
-        budget_pb2_grpc.add_BudgetServiceServicer_to_server(
+        add_to_server(
             BudgetServicer(
                 self.ledger,
                 self.hub,

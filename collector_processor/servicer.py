@@ -16,6 +16,7 @@ from time import perf_counter
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from collector_processor import convert
 from collector_processor.alerts import AlertHub
@@ -35,7 +36,7 @@ from collector_processor.service_metrics import ServiceMetrics
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 
-__all__ = ["BudgetServicer"]
+__all__ = ["BudgetServicer", "add_to_server"]
 
 log = logging.getLogger("paymaster.sidecar")
 
@@ -69,6 +70,52 @@ async def _abort(context: Ctx, exc: Exception) -> None:
     )
 
 
+class _Undecodable:
+    """What a request that is not valid protobuf of its type deserialises to; the handler refuses it
+    with ``INVALID_ARGUMENT`` (gRPC itself would answer ``UNKNOWN``)."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        text = str(error)
+        self.problem = (
+            f"cannot be decoded: {text}" if type_name in text else f"cannot be decoded as {type_name}: {text}"
+        )
+
+
+def _lenient(message_type: Any) -> Callable[[bytes], Any]:
+    parse = message_type.FromString
+    type_name = message_type.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Undecodable(type_name, exc)
+
+    return deserialize
+
+
+def add_to_server(servicer: BudgetServicer, server: Any) -> None:
+    """Serve ``servicer`` on ``server``: the generated registration, with requests that cannot be
+    decoded answered ``INVALID_ARGUMENT`` naming their message type."""
+    service = pb.DESCRIPTOR.services_by_name["BudgetService"]
+    handlers = {}
+    for method in service.methods:
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def _guarded(method: F) -> F:
     name = method.__name__
 
@@ -76,6 +123,8 @@ def _guarded(method: F) -> F:
     async def wrapper(self: BudgetServicer, request: Any, context: Ctx) -> Any:
         start, code = perf_counter(), "OK"
         try:
+            if type(request) is _Undecodable:
+                raise InvalidRequestError("request", request.problem)
             return await method(self, request, context)
         except asyncio.CancelledError:
             code = "CANCELLED"
@@ -193,6 +242,8 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
         return convert.usage_to_pb(await asyncio.to_thread(self._ledger.usage, query))
 
     async def WatchAlerts(self, request: pb.WatchAlertsRequest, context: Ctx) -> AsyncIterator[pb.Alert]:
+        if type(request) is _Undecodable:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {request.problem}")
         try:
             for budget_id in request.budget_ids:
                 check_budget_id(budget_id, "budget_ids")

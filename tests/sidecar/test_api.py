@@ -253,6 +253,25 @@ def test_bad_requests_are_invalid_argument_naming_the_field(
     assert server.stub.ListBudgets(pb.ListBudgetsRequest()).budgets is not None
 
 
+def test_requests_that_are_not_protobuf_are_invalid_argument_naming_their_type(
+    server: RunningSidecar,
+) -> None:
+    service = pb.DESCRIPTOR.services_by_name["BudgetService"]
+    corrupt = b"\x0a\xff\xff\xff\x0f not a message"
+    for method in service.methods:
+        path = f"/{service.full_name}/{method.name}"
+        if method.server_streaming:
+            call = server.channel.unary_stream(path)
+            err = rpc_error(lambda: list(call(corrupt, timeout=10)))  # noqa: B023
+        else:
+            err = rpc_error(lambda: server.channel.unary_unary(path)(corrupt, timeout=10))  # noqa: B023
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (method.name, err.code(), err.details())
+        assert err.details().startswith("request: cannot be decoded"), err.details()
+        assert method.input_type.full_name in err.details(), err.details()
+    # Nothing was harmed: the next well-formed request is served.
+    assert server.stub.ListBudgets(pb.ListBudgetsRequest()).budgets is not None
+
+
 def test_unknown_ids_conflicts_and_wrong_states_get_their_status(server: RunningSidecar) -> None:
     assert (
         rpc_error(lambda: server.stub.GetBudget(pb.GetBudgetRequest(id="nope"))).code()
