@@ -102,10 +102,9 @@ def test_a_bad_price_file_stops_the_sidecar_before_any_port_opens(tmp_path: Path
         create_sidecar(missing)
 
 
-def _with_otlp(tmp_path: Path, http_listen: str) -> SidecarConfig:
+def _otlp_toml(tmp_path: Path, http_listen: str = "") -> str:
     """A sidecar config with the OTLP receiver on a free gRPC port and ``http_listen`` for OTLP/HTTP."""
-    return parse_config(
-        f"""
+    return f"""
         [server]
         listen = "127.0.0.1:0"
         [store]
@@ -114,9 +113,11 @@ def _with_otlp(tmp_path: Path, http_listen: str) -> SidecarConfig:
         enabled = true
         grpc_listen = "127.0.0.1:0"
         http_listen = "{http_listen}"
-        """,
-        source="sidecar.toml",
-    )
+        """
+
+
+def _with_otlp(tmp_path: Path, http_listen: str) -> SidecarConfig:
+    return parse_config(_otlp_toml(tmp_path, http_listen), source="sidecar.toml")
 
 
 def test_an_empty_http_listen_turns_otlp_http_off(tmp_path: Path) -> None:
@@ -149,16 +150,8 @@ def test_the_receiver_loads_the_pricing_library_at_start_not_on_the_first_export
 import sys
 from collector_processor.config import parse_config
 from collector_processor.server import create_sidecar
-text = '''
-[server]
-listen = "127.0.0.1:0"
-[store]
-path = "{tmp_path / "s.db"}"
-[receivers.otlp]
-enabled = true
-'''
 assert "genai_prices" not in sys.modules
-sidecar = create_sidecar(parse_config(text, source="sidecar.toml"))
+sidecar = create_sidecar(parse_config({_otlp_toml(tmp_path)!r}, source="sidecar.toml"))
 print("genai_prices" in sys.modules)
 sidecar.stop(0)
 """
