@@ -140,10 +140,12 @@ class ServiceMetrics:
     def batch_recorded(self, groups: Sequence[UsageGroup], outcome: UsageBatchOutcome) -> None:
         """Count the spend of a durable batch (the OTLP receiver's): each group that charged money, by
         its model and scopes, and the alerts the batch fired."""
+        counts: list[tuple[str, Labels, float]] = []
         for group, micros in zip(groups, outcome.charged_micros, strict=True):
             if micros:
                 facts = UsageFacts(provider=group.provider, model=group.model)
-                self._charged(group.scopes, facts, micros_to_usd(micros), 0, ())
+                self._charge_counts(counts, group.scopes, facts, float(micros_to_usd(micros)), 0)
+        self.metrics.add(counts)  # the whole batch under one lock
         self._note_alerts(outcome.alerts_fired)
 
     def _charged(
@@ -156,9 +158,22 @@ class ServiceMetrics:
         *also: tuple[str, Labels, float],
     ) -> None:
         """Count a charge (and the increments in ``also``) under one lock."""
-        cost = float(usd)
+        counts = list(also)
+        self._charge_counts(counts, scopes, facts, float(usd), tokens)
+        self.metrics.add(counts)
+        self._note_alerts(alerts)
+
+    def _charge_counts(
+        self,
+        counts: list[tuple[str, Labels, float]],
+        scopes: ScopeSet | None,
+        facts: UsageFacts,
+        cost: float,
+        tokens: int,
+    ) -> None:
+        """Append the increments of one charge of ``cost`` USD and ``tokens`` tokens to ``counts``."""
         by_model, by_type = self._model_keys(facts.provider or "unknown", facts.model or "unknown")
-        counts: list[tuple[str, Labels, float]] = [*also, ("paymaster_spend_usd_total", by_model, cost)]
+        counts.append(("paymaster_spend_usd_total", by_model, cost))
         other = max(tokens - facts.input_tokens - facts.output_tokens, 0)
         for key, count in zip(by_type, (facts.input_tokens, facts.output_tokens, other), strict=True):
             if count:
@@ -168,8 +183,6 @@ class ServiceMetrics:
             counts.append(("paymaster_scope_spend_usd_total", key, cost))
             if tokens:
                 counts.append(("paymaster_scope_spend_tokens_total", key, tokens))
-        self.metrics.add(counts)
-        self._note_alerts(alerts)
 
     def _model_keys(self, provider: str, model: str) -> tuple[Labels, tuple[Labels, ...]]:
         """The series keys of a model's spend and of its three token types (after the model cap)."""
