@@ -21,7 +21,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
 from collector_processor.budgets import SCOPE_ORDER, OnExceed, ScopeSet
 from collector_processor.ledger_types import (
@@ -81,18 +80,19 @@ class ServiceMetrics:
         self._entities: dict[str, set[str]] = {scope.value: set() for scope in SCOPE_ORDER}
         self._models: set[tuple[str, str]] = set()
         self._pending_alerts: list[int] = []
-        # Series keys computed once: by (method, code) and (rpc, decision, budget); by admitted model;
-        # by admitted (scope, id). Each is bounded by the caps above or by _MAX_KEYS.
-        self._keys: dict[tuple[str, ...], Any] = {}
+        # Series keys computed once: by (method, code); by (rpc, decision, budget), up to _MAX_KEYS; by
+        # admitted model; by admitted (scope, id). The caps above bound the last two.
+        self._request_keys: dict[tuple[str, str], tuple[Labels, Labels]] = {}
+        self._decision_keys: dict[tuple[str, str, str], Labels] = {}
         self._model_series: dict[tuple[str, str], tuple[Labels, tuple[Labels, ...]]] = {}
         self._entity_series: dict[tuple[str, str], Labels] = {}
 
     # -- requests --------------------------------------------------------------------------------
     def request(self, method: str, code: str, seconds: float) -> None:
         """One answered request: its method, gRPC status code name and latency."""
-        keys = self._keys.get((method, code))
+        keys = self._request_keys.get((method, code))
         if keys is None:  # methods and codes are fixed sets: this memo stays small
-            keys = self._keys[(method, code)] = (
+            keys = self._request_keys[(method, code)] = (
                 label_key({"method": method}),
                 label_key({"method": method, "code": code}),
             )
@@ -112,11 +112,11 @@ class ServiceMetrics:
             warned = next((i for i in infos if i.exceeded and i.action is OnExceed.WARN), None)
             if warned is not None:
                 label, deciding = "warn", warned.budget_id
-        key = self._keys.get((rpc, label, deciding))
+        key = self._decision_keys.get((rpc, label, deciding))
         if key is None:
             key = label_key({"rpc": rpc, "decision": label, "budget": deciding})
-            if len(self._keys) < _MAX_KEYS:  # budget ids are the operators': few, but not a fixed set
-                self._keys[(rpc, label, deciding)] = key
+            if len(self._decision_keys) < _MAX_KEYS:  # budget ids are the operators': few, not a fixed set
+                self._decision_keys[(rpc, label, deciding)] = key
         self.metrics.add((("paymaster_decisions_total", key, 1),))
 
     # -- spend -----------------------------------------------------------------------------------
