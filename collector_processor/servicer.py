@@ -242,9 +242,9 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
         return convert.usage_to_pb(await asyncio.to_thread(self._ledger.usage, query))
 
     async def WatchAlerts(self, request: pb.WatchAlertsRequest, context: Ctx) -> AsyncIterator[pb.Alert]:
-        if type(request) is _Undecodable:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {request.problem}")
         try:
+            if type(request) is _Undecodable:
+                raise InvalidRequestError("request", request.problem)
             for budget_id in request.budget_ids:
                 check_budget_id(budget_id, "budget_ids")
         except InvalidRequestError as exc:
