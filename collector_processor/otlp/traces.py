@@ -184,7 +184,8 @@ class TraceProcessor:
         self._tokens = Cache(self._count_of, 262_144)
         self._prices = Cache(self._price_of, 4096)
         self._sdk_costs = Cache(self._sdk_cost_of, 65_536)
-        self._target_tables: dict[tuple[ResourceScopes, tuple[str, ...]], Cache] = {}
+        self._target_tables = Cache(self._target_table, _MAX_TARGET_TABLES)
+        """(resource, names of the span attributes that override it) -> its ``_target_table``."""
 
     def process(
         self, request: Any, window: WindowPolicy, *, enrich: bool, payload: bytes | None = None
@@ -332,17 +333,12 @@ class TraceProcessor:
             *(columns.column((name,), None) for name in hits),
             strict=True,
         )
-        return list(map(self._targets_of(context, hits).__getitem__, raw))
+        return list(map(self._target_tables[(context, hits)].__getitem__, raw))
 
-    def _targets_of(self, context: ResourceScopes, hits: tuple[str, ...]) -> Cache:
-        """Raw (provider, model, *values of ``hits``) -> the span's ``Target``, for this resource."""
-        key = (context, hits)
-        table = self._target_tables.get(key)
-        if table is None:
-            if len(self._target_tables) >= _MAX_TARGET_TABLES:
-                self._target_tables.clear()
-            table = self._target_tables[key] = Cache(partial(self._target_of, context, hits), _MAX_TARGETS)
-        return table
+    def _target_table(self, key: tuple[ResourceScopes, tuple[str, ...]]) -> Cache:
+        """Raw (provider, model, *values of ``hits``) -> the span's ``Target``, for resource ``context``."""
+        context, hits = key
+        return Cache(partial(self._target_of, context, hits), _MAX_TARGETS)
 
     def _target_of(
         self, context: ResourceScopes, hits: tuple[str, ...], raw: tuple[bytes | None, ...]
