@@ -276,11 +276,10 @@ class SidecarConfig(_Section):
             check_namespace(store.namespace)
         except ValueError as exc:
             raise InvalidRequestError("store.namespace", str(exc)) from None
-        if store.backoff_initial_seconds > store.backoff_max_seconds:
-            raise InvalidRequestError(
-                "store.backoff_initial_seconds",
-                f"{store.backoff_initial_seconds:g} is above store.backoff_max_seconds ({store.backoff_max_seconds:g})",
-            )
+        _at_most(
+            "store.backoff_initial_seconds", store.backoff_initial_seconds,
+            "store.backoff_max_seconds", store.backoff_max_seconds,
+        )  # fmt: skip
 
     def _check_ledger(self) -> None:
         lg = self.ledger
@@ -288,11 +287,9 @@ class SidecarConfig(_Section):
             zone(lg.time_zone)
         except ValueError as exc:
             raise InvalidRequestError("ledger.time_zone", str(exc)) from None
-        if lg.default_ttl_seconds > lg.max_ttl_seconds:
-            raise InvalidRequestError(
-                "ledger.default_ttl_seconds",
-                f"{lg.default_ttl_seconds:g} is above ledger.max_ttl_seconds ({lg.max_ttl_seconds:g})",
-            )
+        _at_most(
+            "ledger.default_ttl_seconds", lg.default_ttl_seconds, "ledger.max_ttl_seconds", lg.max_ttl_seconds
+        )
         check_thresholds(lg.default_alert_thresholds, "ledger.default_alert_thresholds")
 
     def _check_alerts(self) -> None:
@@ -372,3 +369,9 @@ def _describe(error: Any) -> str:
     value = error.get("input")
     shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
     return f"{where}: {error['msg']}{shown}"
+
+
+def _at_most(name: str, value: float, limit_name: str, limit: float) -> None:
+    """Refuse a setting above the setting that bounds it, naming both."""
+    if value > limit:
+        raise InvalidRequestError(name, f"{value:g} is above {limit_name} ({limit:g})")
