@@ -18,6 +18,7 @@ from paymaster.config import CostConfig, load_config, parse_config
 from paymaster.exceptions import PricingNotConfiguredError
 from paymaster.pricing import CostCalculator, PriceQuote, price_usage
 from paymaster.usage import ImageUsage, ModelUsage
+from tests.fresh import loads_pricing_library
 
 DATA = Path(__file__).parent / "data"
 
@@ -360,21 +361,9 @@ def test_price_usage_uses_the_searched_configuration(monkeypatch: pytest.MonkeyP
         clear_config_cache()
 
 
-def _loads_library(code: str) -> bool:
-    """Whether ``code``, run in a fresh interpreter, leaves genai-prices imported."""
-    import subprocess
-    import sys
-
-    probe = f"import sys\n{code}\nprint('genai_prices' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    return out.stdout.strip().splitlines()[-1] == "True"
-
-
 def test_preload_loads_the_library_only_when_it_may_be_used() -> None:
     setup = "from paymaster.config import PaymasterConfig, CostConfig\nfrom paymaster.pricing import CostCalculator\n"
-    assert not _loads_library(setup + "CostCalculator(PaymasterConfig())")
-    assert _loads_library(setup + "CostCalculator(PaymasterConfig()).preload()")
-    assert not _loads_library(setup + "CostCalculator(PaymasterConfig(), use_library=False).preload()")
-    assert not _loads_library(setup + "CostCalculator(CostConfig(strict=True)).preload()")
+    assert not loads_pricing_library(setup + "CostCalculator(PaymasterConfig())")
+    assert loads_pricing_library(setup + "CostCalculator(PaymasterConfig()).preload()")
+    assert not loads_pricing_library(setup + "CostCalculator(PaymasterConfig(), use_library=False).preload()")
+    assert not loads_pricing_library(setup + "CostCalculator(CostConfig(strict=True)).preload()")

@@ -17,6 +17,7 @@ from collector_processor.config import (
 from collector_processor.otlp import create_default_config as otlp_defaults
 from collector_processor.server import create_sidecar
 from paymaster.exceptions import ConfigError
+from tests.fresh import loads_pricing_library
 
 
 def test_the_defaults_are_off_on_the_reserved_ports_with_nothing_forwarded() -> None:
@@ -143,19 +144,8 @@ def test_a_port_in_use_stops_the_sidecar_at_start(tmp_path: Path) -> None:
 
 
 def test_the_receiver_loads_the_pricing_library_at_start_not_on_the_first_export(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    probe = f"""
-import sys
-from collector_processor.config import parse_config
-from collector_processor.server import create_sidecar
-assert "genai_prices" not in sys.modules
-sidecar = create_sidecar(parse_config({_otlp_toml(tmp_path)!r}, source="sidecar.toml"))
-print("genai_prices" in sys.modules)
-sidecar.stop(0)
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    assert loads_pricing_library(
+        "from collector_processor.config import parse_config\n"
+        "from collector_processor.server import create_sidecar\n"
+        f"create_sidecar(parse_config({_otlp_toml(tmp_path)!r}, source='sidecar.toml')).stop(0)"
     )
-    assert out.stdout.strip().splitlines()[-1] == "True"
