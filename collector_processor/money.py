@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import ROUND_FLOOR, Decimal
 
 from collector_processor.errors import InvalidRequestError
-from paymaster._money import to_decimal, to_micros
+from paymaster.money import to_decimal, to_micros
 
 __all__ = [
     "MICROS_PER_USD",

@@ -14,7 +14,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from paymaster._estimate import UsageEstimate
-from paymaster._money import ZERO
+from paymaster.money import ZERO
 from paymaster.exceptions import UsageLimitExceededError
 from paymaster.quota import Quota
 from paymaster.result import StepResult

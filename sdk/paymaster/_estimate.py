@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from paymaster._money import ZERO, to_decimal, to_tokens
+from paymaster.money import ZERO, to_decimal, to_tokens
 
 __all__ = ["UsageEstimate"]
 

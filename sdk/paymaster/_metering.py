@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from paymaster._money import ZERO, to_decimal, to_tokens
+from paymaster.money import ZERO, to_decimal, to_tokens
 from paymaster.exceptions import UsageReportError
 from paymaster.usage import extract_usage
 

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from paymaster._money import to_decimal, to_tokens
+from paymaster.money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
 from paymaster.usage import ModelRef, canonical_provider, parse_model_ref
 

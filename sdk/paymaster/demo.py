@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from paymaster._money import format_usd
+from paymaster.money import format_usd
 from paymaster.config import PaymasterConfig, load_config, parse_config
 from paymaster.exceptions import PaymasterError, UsageLimitExceededError
 from paymaster.limits import UsageLimits

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from paymaster._money import to_decimal, to_tokens
+from paymaster.money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
 
 __all__ = ["UsageLimits"]

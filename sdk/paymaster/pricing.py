@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from paymaster._metering import PricingMeter, default_meter
-from paymaster._money import ZERO, to_decimal
+from paymaster.money import ZERO, to_decimal
 from paymaster.config import CostConfig, ModelPricing, PaymasterConfig, get_config
 from paymaster.exceptions import PricingNotConfiguredError, UsageReportError
 from paymaster.usage import ModelRef, ModelUsage, parse_model_ref

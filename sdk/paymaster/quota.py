@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Final
 
 from paymaster._estimate import UsageEstimate
-from paymaster._money import MICRO, ZERO
+from paymaster.money import MICRO, ZERO
 from paymaster.limits import UsageLimits
 
 __all__ = ["Quota", "QuotaDecision", "UsageEstimate"]

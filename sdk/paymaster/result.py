@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from paymaster._estimate import UsageEstimate
-from paymaster._money import ZERO
+from paymaster.money import ZERO
 
 if TYPE_CHECKING:
     from paymaster.budget import BudgetOutcome

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from paymaster._money import to_decimal, to_tokens
+from paymaster.money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
 from paymaster.limits import UsageLimits
 

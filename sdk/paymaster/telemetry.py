@@ -20,7 +20,7 @@ from opentelemetry import metrics, trace
 
 from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage
-from paymaster._money import ZERO
+from paymaster.money import ZERO
 
 __all__ = [
     "INSTRUMENTS",

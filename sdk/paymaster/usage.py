@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paymaster._money import to_tokens
+from paymaster.money import to_tokens
 from paymaster.exceptions import UsageReportError
 
 __all__ = [

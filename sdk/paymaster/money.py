@@ -1,7 +1,10 @@
-"""Exact money and token arithmetic at the API edge.
+"""Exact money and token arithmetic at the API edge, shared by the SDK and the sidecar.
 
 Floats, ints and strings come in; ``Decimal`` goes out. Floats convert through ``str`` so that
 ``0.1`` means one tenth, not the binary fraction nearest to it, and ``0.1 + 0.2`` totals ``0.3``.
+``to_micros`` rounds up to whole micro-dollars, the unit both the SDK's reservations and the
+sidecar's ledger count in, so the two sides round every amount the same way. This module is public
+(``paymaster.money``): the sidecar parses wire amounts with it rather than keeping a copy of its own.
 """
 
 from __future__ import annotations
