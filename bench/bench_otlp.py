@@ -225,7 +225,7 @@ class _Forgetful:
         self._inner = inner
 
     def record_usage_batch(self, batch: Any, *, now_ms: int) -> Any:
-        from collector_processor.ledger_types import UsageBatchOutcome
+        from collector_processor.domain.types import UsageBatchOutcome
 
         items, micros = [0] * len(batch.groups), [0] * len(batch.groups)
         for item in batch.items:

@@ -21,9 +21,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from collector_processor.clock import Clock
+from collector_processor.domain.clock import Clock
+from collector_processor.domain.types import Alert
 from collector_processor.errors import StoreUnavailableError
-from collector_processor.ledger_types import Alert
 from collector_processor.store.base import LedgerStore
 
 __all__ = ["AlertDispatcher", "AlertHub", "AlertSink"]

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from time import monotonic, perf_counter
 
-from collector_processor.clock import Clock
-from collector_processor.decisions import BudgetState, projection
-from collector_processor.money import micros_to_usd, percentage
-from collector_processor.periods import zone
+from collector_processor.domain.clock import Clock
+from collector_processor.domain.decisions import BudgetState, projection
+from collector_processor.domain.money import micros_to_usd, percentage
+from collector_processor.domain.periods import zone
 from collector_processor.store._index import limit_micros
 from collector_processor.store.base import BudgetSpend, EntitySpend, LedgerStore
 

@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from collector_processor.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
 from collector_processor.otlp.config import OtlpReceiverSection
-from collector_processor.periods import zone
 from collector_processor.store._redis_codec import check_namespace, parse_sentinel_url
 from paymaster.exceptions import ConfigError
 

@@ -13,9 +13,15 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from collector_processor.budgets import Budget, BudgetDraft, BudgetPatch, OnExceed, Scope, ScopeSet
-from collector_processor.errors import InvalidRequestError
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import Budget, BudgetDraft, BudgetPatch, OnExceed, Scope, ScopeSet
+from collector_processor.domain.money import (
+    format_micros,
+    format_percentage,
+    format_percentage_of,
+    format_usd,
+    parse_usd,
+)
+from collector_processor.domain.types import (
     Alert,
     BudgetInfo,
     BudgetStatus,
@@ -31,14 +37,8 @@ from collector_processor.ledger_types import (
     ReserveOutcome,
     UsageFacts,
 )
-from collector_processor.money import (
-    format_micros,
-    format_percentage,
-    format_percentage_of,
-    format_usd,
-    parse_usd,
-)
-from collector_processor.usage import Dimension, UsageQuery, UsageReport, UsageTotals
+from collector_processor.domain.usage import Dimension, UsageQuery, UsageReport, UsageTotals
+from collector_processor.errors import InvalidRequestError
 from paymaster.v1 import budget_pb2 as pb
 
 SCOPE_TO_PB = {

@@ -15,8 +15,8 @@ import os
 from prometheus_client import CollectorRegistry
 
 from collector_processor.budget_metrics import BudgetGauges
-from collector_processor.clock import Clock
 from collector_processor.config import SidecarConfig
+from collector_processor.domain.clock import Clock
 from collector_processor.otlp_metrics import OtlpMetricsPusher
 from collector_processor.prometheus import MetricsEndpoint, SidecarCollector, build_registry
 from collector_processor.selfmetrics import SelfMetrics

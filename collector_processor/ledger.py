@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from collector_processor.budgets import (
+from collector_processor.domain.budgets import (
     Budget,
     BudgetDraft,
     BudgetPatch,
@@ -26,9 +26,10 @@ from collector_processor.budgets import (
     check_scope_id,
     check_thresholds,
 )
-from collector_processor.clock import Clock, SystemClock
-from collector_processor.errors import InvalidRequestError
-from collector_processor.ledger_types import (
+from collector_processor.domain.clock import Clock, SystemClock
+from collector_processor.domain.money import usd_to_micros
+from collector_processor.domain.periods import zone
+from collector_processor.domain.types import (
     BudgetStatus,
     CheckOutcome,
     CommitCommand,
@@ -43,10 +44,15 @@ from collector_processor.ledger_types import (
     UsageFacts,
     UsageGroup,
 )
-from collector_processor.money import usd_to_micros
-from collector_processor.periods import zone
+from collector_processor.domain.usage import (
+    UsageQuery,
+    UsageReport,
+    build_report,
+    check_group_by,
+    columns_for,
+)
+from collector_processor.errors import InvalidRequestError
 from collector_processor.store.base import LedgerStore, UsageFilter
-from collector_processor.usage import UsageQuery, UsageReport, build_report, check_group_by, columns_for
 
 __all__ = ["Ledger", "LedgerSettings"]
 

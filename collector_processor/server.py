@@ -26,8 +26,8 @@ from grpc_reflection.v1alpha import reflection
 
 from collector_processor.alerts import AlertDispatcher, AlertHub, AlertSink
 from collector_processor.batching import Batcher
-from collector_processor.clock import Clock, SystemClock
 from collector_processor.config import SidecarConfig, create_default_config, load_config
+from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
 from collector_processor.exporters import MetricsExporters, create_exporters
 from collector_processor.ledger import Ledger

@@ -22,8 +22,9 @@ import threading
 from collections.abc import Sequence
 from decimal import Decimal
 
-from collector_processor.budgets import SCOPE_ORDER, OnExceed, ScopeSet
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import SCOPE_ORDER, OnExceed, ScopeSet
+from collector_processor.domain.money import micros_to_usd
+from collector_processor.domain.types import (
     BudgetInfo,
     CheckOutcome,
     CommitCommand,
@@ -36,7 +37,6 @@ from collector_processor.ledger_types import (
     UsageFacts,
     UsageGroup,
 )
-from collector_processor.money import micros_to_usd
 from collector_processor.selfmetrics import Labels, SelfMetrics, label_key
 from collector_processor.store.base import LedgerStore
 

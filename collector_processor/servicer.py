@@ -21,7 +21,8 @@ from google.protobuf.message import DecodeError
 from collector_processor import convert
 from collector_processor.alerts import AlertHub
 from collector_processor.batching import Batcher
-from collector_processor.budgets import check_budget_id
+from collector_processor.domain.budgets import check_budget_id
+from collector_processor.domain.money import parse_usd
 from collector_processor.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -30,7 +31,6 @@ from collector_processor.errors import (
     StoreUnavailableError,
 )
 from collector_processor.ledger import Ledger
-from collector_processor.money import parse_usd
 from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.service_metrics import ServiceMetrics
 from paymaster.v1 import budget_pb2 as pb

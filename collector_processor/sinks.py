@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from collector_processor.clock import ms_to_datetime
-from collector_processor.ledger_types import Alert
-from collector_processor.money import format_percentage, format_usd
+from collector_processor.domain.clock import ms_to_datetime
+from collector_processor.domain.money import format_percentage, format_usd
+from collector_processor.domain.types import Alert
 
 __all__ = ["OtelLogSink", "WebhookSink", "WebhookStats", "alert_payload"]
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from itertools import repeat
 from operator import floordiv
 
-from collector_processor.budgets import ScopeSet
-from collector_processor.ledger_types import UsageGroup
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.types import UsageGroup
 from collector_processor.otlp.pricing import ModelPrice
 
 __all__ = ["SLOT_MS", "Groups", "Target"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from collector_processor.budgets import MAX_SCOPE_ID, SCOPE_ORDER, ScopeSet
+from collector_processor.domain.budgets import MAX_SCOPE_ID, SCOPE_ORDER, ScopeSet
 from collector_processor.otlp._view import decode_str
 from collector_processor.otlp.config import AttributionSection
 from collector_processor.otlp.spend_source import Service

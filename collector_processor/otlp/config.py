@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from collector_processor.budgets import SCOPE_ORDER, check_scope_id
+from collector_processor.domain.budgets import SCOPE_ORDER, check_scope_id
 from collector_processor.errors import InvalidRequestError
 
 __all__ = [

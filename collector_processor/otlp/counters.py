@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Final
 
-from collector_processor.ledger_types import UsageBatchOutcome, UsageGroup
+from collector_processor.domain.types import UsageBatchOutcome, UsageGroup
 from collector_processor.selfmetrics import SelfMetrics
 
 __all__ = [

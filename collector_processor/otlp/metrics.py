@@ -21,8 +21,8 @@ from typing import Any
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from collector_processor.budgets import ScopeSet
-from collector_processor.ledger_types import SeriesItem, UsageGroup, UsageItem
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.types import SeriesItem, UsageGroup, UsageItem
 from collector_processor.otlp._view import decode_str
 from collector_processor.otlp.attribution import Attributor, ResourceScopes
 from collector_processor.otlp.pricing import ModelPrice, SpanPricer, femto_to_micros

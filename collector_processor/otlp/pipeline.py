@@ -23,11 +23,11 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from collector_processor.clock import Clock
+from collector_processor.domain.clock import Clock
+from collector_processor.domain.money import usd_to_micros
+from collector_processor.domain.types import UsageBatch, UsageBatchOutcome, UsageGroup
 from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
-from collector_processor.ledger_types import UsageBatch, UsageBatchOutcome, UsageGroup
-from collector_processor.money import usd_to_micros
 from collector_processor.otlp import counters
 from collector_processor.otlp._view import TraceRequestView
 from collector_processor.otlp.charger import Charger

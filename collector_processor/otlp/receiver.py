@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from collector_processor.clock import Clock
+from collector_processor.domain.clock import Clock
+from collector_processor.domain.types import UsageBatchOutcome, UsageGroup
 from collector_processor.ledger import Ledger
-from collector_processor.ledger_types import UsageBatchOutcome, UsageGroup
 from collector_processor.otlp.attribution import Attributor
 from collector_processor.otlp.config import OtlpReceiverSection
 from collector_processor.otlp.forward import Forwarder

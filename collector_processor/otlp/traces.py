@@ -30,8 +30,8 @@ from itertools import compress, repeat
 from operator import add, attrgetter, floordiv, mul
 from typing import Any
 
-from collector_processor.budgets import ScopeSet
-from collector_processor.ledger_types import RecordUsageCommand, UsageFacts, UsageGroup, UsageItem
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.types import RecordUsageCommand, UsageFacts, UsageGroup, UsageItem
 from collector_processor.otlp._columns import Cache, Columns, Presence
 from collector_processor.otlp._groups import Groups, Target
 from collector_processor.otlp._view import INVALID, decode_int, decode_str

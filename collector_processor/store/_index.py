@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo
 
-from collector_processor.budgets import Budget, Scope, ScopeSet
-from collector_processor.periods import zone
+from collector_processor.domain.budgets import Budget, Scope, ScopeSet
+from collector_processor.domain.periods import zone
 
 __all__ = ["BudgetIndex", "LiveBudget", "limit_micros"]
 

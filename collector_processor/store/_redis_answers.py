@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from collector_processor.budgets import ScopeSet
-from collector_processor.decisions import BudgetState, Plan, plan_reservation
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.decisions import BudgetState, Plan, plan_reservation
 from collector_processor.store._index import BudgetIndex
 from collector_processor.store._redis_codec import parse_hold_key
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from collector_processor.budgets import Budget, BudgetPatch, Scope, apply_patch
+from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, apply_patch
 from collector_processor.errors import AlreadyExistsError, NotFoundError, StoreUnavailableError
 from collector_processor.store._redis_codec import budget_from_json, budget_json
 from collector_processor.store._redis_link import RedisLink

@@ -49,9 +49,9 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from collector_processor.budgets import Budget, OnExceed, Scope, ScopeSet
-from collector_processor.ledger_types import UsageFacts
-from collector_processor.periods import parse_period
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.domain.periods import parse_period
+from collector_processor.domain.types import UsageFacts
 from collector_processor.store._index import LiveBudget
 
 __all__ = [

@@ -13,7 +13,7 @@ Lua numbers are doubles, exact only up to 2^53. Amounts are passed and returned 
 Lua numbers. A script refuses (returns an error word) before its first write; past that point nothing
 can fail, so no script ever leaves half an operation behind.
 
-The decision rule in ``verdict`` is ``collector_processor.decisions`` restated: the store re-runs
+The decision rule in ``verdict`` is ``collector_processor.domain.decisions`` restated: the store re-runs
 ``decisions.plan_reservation`` on the exact standing the script decided on, builds every word of the
 answer from it, and refuses to answer if the two ever disagree.
 """

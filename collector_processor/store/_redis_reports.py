@@ -11,11 +11,11 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from collector_processor.budgets import Budget, OnExceed, Scope
-from collector_processor.decisions import alert_message
-from collector_processor.ledger_types import Alert
-from collector_processor.money import micros_to_usd, percentage
-from collector_processor.periods import Window, parse_period
+from collector_processor.domain.budgets import Budget, OnExceed, Scope
+from collector_processor.domain.decisions import alert_message
+from collector_processor.domain.money import micros_to_usd, percentage
+from collector_processor.domain.periods import Window, parse_period
+from collector_processor.domain.types import Alert
 from collector_processor.store._redis_codec import SEP
 from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from collector_processor.budgets import Budget
-from collector_processor.decisions import BudgetState, Plan, budget_infos, evaluate, projection
+from collector_processor.domain.budgets import Budget
+from collector_processor.domain.decisions import BudgetState, Plan, budget_infos, evaluate, projection
+from collector_processor.domain.money import micros_to_usd, percentage
+from collector_processor.domain.types import BudgetStatus, CheckOutcome, ReserveOutcome
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError
-from collector_processor.ledger_types import BudgetStatus, CheckOutcome, ReserveOutcome
-from collector_processor.money import micros_to_usd, percentage
 from collector_processor.store._index import LiveBudget
 
 __all__ = [

@@ -19,9 +19,9 @@ from itertools import chain, groupby, repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from collector_processor.budgets import ScopeSet
-from collector_processor.decisions import BudgetState, crossed_thresholds
-from collector_processor.ledger_types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.decisions import BudgetState, crossed_thresholds
+from collector_processor.domain.types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
 from collector_processor.store._index import BudgetIndex, LiveBudget
 from collector_processor.store._sqlite_spend import INSERT_USAGE_SQL, fire_alerts, rearm_marks
 

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 
-from collector_processor.budgets import Budget
+from collector_processor.domain.budgets import Budget
 from collector_processor.errors import NotFoundError
 from collector_processor.store._shared import plan_config_sync
 from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, budget_to_row

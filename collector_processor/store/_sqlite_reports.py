@@ -10,9 +10,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from collector_processor.budgets import OnExceed, Scope
-from collector_processor.ledger_types import Alert, BudgetStatus
-from collector_processor.money import micros_to_usd, percentage
+from collector_processor.domain.budgets import OnExceed, Scope
+from collector_processor.domain.money import micros_to_usd, percentage
+from collector_processor.domain.types import Alert, BudgetStatus
 from collector_processor.store._index import LiveBudget
 from collector_processor.store._shared import status_from_state
 from collector_processor.store._sqlite_batch import prune_batches

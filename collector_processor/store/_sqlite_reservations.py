@@ -2,7 +2,7 @@
 
 Each function runs inside a transaction the caller (``SqliteStore``) holds, so a reservation is held on
 every matching budget or on none, and an expiry can never half-release one. The decision itself is
-``collector_processor.decisions``; this module only reads what it needs and writes what it decided.
+``collector_processor.domain.decisions``; this module only reads what it needs and writes what it decided.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from collector_processor.budgets import ScopeSet
-from collector_processor.decisions import BudgetState, budget_infos, exceeds, plan_reservation
-from collector_processor.errors import FailedPreconditionError, InvalidRequestError, NotFoundError
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
+from collector_processor.domain.money import micros_to_usd, usd_to_micros
+from collector_processor.domain.types import (
     BudgetInfo,
     Decision,
     ReservationState,
@@ -23,7 +23,7 @@ from collector_processor.ledger_types import (
     ReserveOutcome,
     UsageFacts,
 )
-from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.errors import FailedPreconditionError, InvalidRequestError, NotFoundError
 from collector_processor.store._index import BudgetIndex, LiveBudget
 from collector_processor.store._shared import deciding, reserve_outcome
 from collector_processor.store._sqlite_schema import decode_holds, encode_holds

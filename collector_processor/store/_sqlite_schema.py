@@ -14,8 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from collector_processor.budgets import Budget, OnExceed, Scope
-from collector_processor.periods import parse_period
+from collector_processor.domain.budgets import Budget, OnExceed, Scope
+from collector_processor.domain.periods import parse_period
 
 __all__ = [
     "BUDGET_COLUMNS",

@@ -11,10 +11,10 @@ import sqlite3
 from dataclasses import replace
 from functools import lru_cache
 
-from collector_processor.budgets import ScopeSet
-from collector_processor.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
-from collector_processor.errors import NotFoundError
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
+from collector_processor.domain.money import micros_to_usd, usd_to_micros
+from collector_processor.domain.types import (
     BudgetInfo,
     CommitCommand,
     CommitOutcome,
@@ -22,7 +22,7 @@ from collector_processor.ledger_types import (
     RecordUsageOutcome,
     UsageFacts,
 )
-from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.errors import NotFoundError
 from collector_processor.store._index import BudgetIndex, LiveBudget
 from collector_processor.store._sqlite_reservations import (
     RES_COLS,

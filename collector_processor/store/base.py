@@ -5,7 +5,7 @@ implementation: reserving across every matching budget, committing, releasing, e
 reservations, recording usage (with its idempotency check), and firing alerts (with their
 once-per-period de-duplication). Period roll-over needs no operation at all: spend is kept per period
 bucket, so a new period is simply a new bucket. Several sidecars may share one store (a SQLite file
-on one host, or a cluster store); implementations decide with ``collector_processor.decisions`` so
+on one host, or a cluster store); implementations decide with ``collector_processor.domain.decisions`` so
 that every store answers alike.
 
 Operations refuse a request (raise a ``SidecarError``) only before their first write: a refused
@@ -19,8 +19,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.domain.types import (
     Alert,
     BudgetStatus,
     CheckOutcome,
@@ -34,10 +34,9 @@ from collector_processor.ledger_types import (
     UsageBatch,
     UsageBatchOutcome,
 )
+from collector_processor.domain.usage import USAGE_COLUMNS, UsageRow
 
 __all__ = ["USAGE_COLUMNS", "BudgetSpend", "EntitySpend", "LedgerStore", "UsageFilter", "UsageRow"]
-
-USAGE_COLUMNS = ("organization", "team", "agent", "workflow", "user", "provider", "model")
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -54,26 +53,6 @@ class UsageFilter:
     """Only this provider, when given."""
     model: str = ""
     """Only this model, when given."""
-
-
-@dataclass(kw_only=True, frozen=True, slots=True)
-class UsageRow:
-    """Totals of recorded spend for one combination of grouping columns (and 15-minute slot, if asked)."""
-
-    keys: tuple[str, ...]
-    """Values of the grouping columns, in the order asked."""
-    slot_ms: int | None
-    """Start of the 15-minute slot, when grouping by time; every real time zone offset is a multiple."""
-    cost_micros: int
-    """Spend, micro-dollars."""
-    input_tokens: int
-    """Input tokens."""
-    output_tokens: int
-    """Output tokens."""
-    total_tokens: int
-    """Total tokens."""
-    records: int
-    """Commits and recorded usages counted."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)

@@ -15,9 +15,8 @@ from contextlib import AbstractContextManager, contextmanager
 from time import perf_counter
 from typing import Any, TypeVar
 
-from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet
-from collector_processor.errors import BatchAbortedError, SidecarError, StoreUnavailableError
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.domain.types import (
     Alert,
     BudgetStatus,
     CheckOutcome,
@@ -29,6 +28,7 @@ from collector_processor.ledger_types import (
     ReserveCommand,
     ReserveOutcome,
 )
+from collector_processor.errors import BatchAbortedError, SidecarError, StoreUnavailableError
 from collector_processor.selfmetrics import Labels, SelfMetrics, label_key
 from collector_processor.store.base import BudgetSpend, LedgerStore, UsageFilter, UsageRow
 

@@ -13,7 +13,7 @@ reservations they made, to commit them in one round trip; the function checks th
 Expired reservations need no timer: every function first reclaims the reservations whose TTL has passed
 (whichever replica touches the ledger next), and each replica's sweeper does so between requests.
 
-The decision itself is ``collector_processor.decisions``: the function applies the same rule to the
+The decision itself is ``collector_processor.domain.decisions``: the function applies the same rule to the
 standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the
 answer (reason, warnings, budget info), refusing to answer if the two disagree. The key layout is in
 ``_redis_codec``; Redis being unreachable is ``StoreUnavailableError`` (see ``_redis_link``).
@@ -33,15 +33,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet
-from collector_processor.decisions import BudgetState, budget_infos, exceeds, plan_reservation
-from collector_processor.errors import (
-    FailedPreconditionError,
-    InvalidRequestError,
-    NotFoundError,
-    StoreUnavailableError,
-)
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
+from collector_processor.domain.money import micros_to_usd, usd_to_micros
+from collector_processor.domain.types import (
     Alert,
     BudgetInfo,
     BudgetStatus,
@@ -59,7 +54,12 @@ from collector_processor.ledger_types import (
     UsageBatchOutcome,
     UsageFacts,
 )
-from collector_processor.money import micros_to_usd, usd_to_micros
+from collector_processor.errors import (
+    FailedPreconditionError,
+    InvalidRequestError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from collector_processor.store import _redis_answers as answers
 from collector_processor.store import _redis_housekeeping as housekeeping
 from collector_processor.store import _redis_reports as reports

@@ -2,7 +2,7 @@
 
 Each operation first releases reservations whose TTL has passed (so an expired hold never counts, even
 between sweeps), then reads the standing of the matching budgets, decides with
-``collector_processor.decisions`` and writes, all under the database's write lock. That lock is held
+``collector_processor.domain.decisions`` and writes, all under the database's write lock. That lock is held
 across processes too, so several sidecars on one host can share the file. Reads that need no fresh
 expiry (budget listings, usage reports, the alert log) use a second connection and never wait for writers.
 """
@@ -17,15 +17,10 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from collector_processor.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
-from collector_processor.decisions import BudgetState
-from collector_processor.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    NotFoundError,
-    StoreUnavailableError,
-)
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
+from collector_processor.domain.decisions import BudgetState
+from collector_processor.domain.money import micros_to_usd
+from collector_processor.domain.types import (
     Alert,
     BudgetStatus,
     CheckOutcome,
@@ -40,7 +35,12 @@ from collector_processor.ledger_types import (
     UsageBatch,
     UsageBatchOutcome,
 )
-from collector_processor.money import micros_to_usd
+from collector_processor.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from collector_processor.store import _sqlite_batch as batch_sql
 from collector_processor.store import _sqlite_budgets as budgets_sql
 from collector_processor.store import _sqlite_reports as reports

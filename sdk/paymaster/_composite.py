@@ -14,8 +14,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from paymaster._estimate import UsageEstimate
-from paymaster.money import ZERO
 from paymaster.exceptions import UsageLimitExceededError
+from paymaster.money import ZERO
 from paymaster.quota import Quota
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline

@@ -23,8 +23,8 @@ from opentelemetry.trace import Span, Status, StatusCode
 from paymaster._composite import run_loop, run_parallel
 from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage, UsageMeter
-from paymaster.money import ZERO
 from paymaster.exceptions import ConfigError, PaymasterError, UsageLimitExceededError
+from paymaster.money import ZERO
 from paymaster.quota import Quota
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step

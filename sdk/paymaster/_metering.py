@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from paymaster.money import ZERO, to_decimal, to_tokens
 from paymaster.exceptions import UsageReportError
+from paymaster.money import ZERO, to_decimal, to_tokens
 from paymaster.usage import extract_usage
 
 if TYPE_CHECKING:

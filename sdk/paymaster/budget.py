@@ -29,9 +29,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from paymaster.money import to_decimal
 from paymaster._sidecar.journal import PendingUsage, default_journal_dir
 from paymaster.exceptions import ConfigError
+from paymaster.money import to_decimal
 from paymaster.scopes import Scopes
 
 if TYPE_CHECKING:

@@ -33,8 +33,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from paymaster.money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
+from paymaster.money import to_decimal, to_tokens
 from paymaster.usage import ModelRef, canonical_provider, parse_model_ref
 
 __all__ = [

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from paymaster.money import format_usd
 from paymaster.config import PaymasterConfig, load_config, parse_config
 from paymaster.exceptions import PaymasterError, UsageLimitExceededError
 from paymaster.limits import UsageLimits
+from paymaster.money import format_usd
 from paymaster.pricing import CostCalculator
 from paymaster.result import PipelineResult, StepResult
 from paymaster.runner import Runner

@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from paymaster._estimate import ZERO_ESTIMATE, UsageEstimate
 from paymaster._metering import MeasuredUsage, agent_model
-from paymaster.money import ZERO
 from paymaster.exceptions import ConfigError, PricingNotConfiguredError
+from paymaster.money import ZERO
 from paymaster.pricing import CostCalculator, default_calculator
 from paymaster.usage import ModelRef, ModelUsage
 

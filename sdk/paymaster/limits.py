@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from paymaster.money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
+from paymaster.money import to_decimal, to_tokens
 
 __all__ = ["UsageLimits"]
 

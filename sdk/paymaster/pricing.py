@@ -21,9 +21,9 @@ from types import ModuleType
 from typing import Any, Literal
 
 from paymaster._metering import PricingMeter, default_meter
-from paymaster.money import ZERO, to_decimal
 from paymaster.config import CostConfig, ModelPricing, PaymasterConfig, get_config
 from paymaster.exceptions import PricingNotConfiguredError, UsageReportError
+from paymaster.money import ZERO, to_decimal
 from paymaster.usage import ModelRef, ModelUsage, parse_model_ref
 
 __all__ = [

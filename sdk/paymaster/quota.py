@@ -21,8 +21,8 @@ from fractions import Fraction
 from typing import Final
 
 from paymaster._estimate import UsageEstimate
-from paymaster.money import MICRO, ZERO
 from paymaster.limits import UsageLimits
+from paymaster.money import MICRO, ZERO
 
 __all__ = ["Quota", "QuotaDecision", "UsageEstimate"]
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from paymaster.money import to_decimal, to_tokens
 from paymaster.exceptions import ConfigError
 from paymaster.limits import UsageLimits
+from paymaster.money import to_decimal, to_tokens
 
 if TYPE_CHECKING:
     from paymaster.scopes import Scopes

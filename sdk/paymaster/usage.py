@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paymaster.money import to_tokens
 from paymaster.exceptions import UsageReportError
+from paymaster.money import to_tokens
 
 __all__ = [
     "DEFAULT_IMAGE_QUALITY",

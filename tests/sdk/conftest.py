@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collector_processor.clock import ManualClock, SystemClock
+from collector_processor.domain.clock import ManualClock, SystemClock
 from tests.sidecar.conftest import RunningSidecar, start_sidecar
 
 from .sidecar_support import Admin

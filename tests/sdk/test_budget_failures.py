@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from collector_processor.clock import SystemClock
 from collector_processor.config import parse_config
+from collector_processor.domain.clock import SystemClock
 from collector_processor.server import create_sidecar
 from paymaster import (
     FAIL_CLOSED,

@@ -20,9 +20,9 @@ import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
-from collector_processor.budgets import BudgetDraft, OnExceed, Scope
-from collector_processor.clock import ManualClock
 from collector_processor.config import parse_config
+from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope
+from collector_processor.domain.clock import ManualClock
 from collector_processor.ledger import Ledger, LedgerSettings
 from collector_processor.server import Sidecar, create_sidecar
 from collector_processor.store import LedgerStore, SqliteStore

@@ -9,10 +9,10 @@ from decimal import Decimal
 import pytest
 
 from collector_processor.batching import Batcher
-from collector_processor.budgets import Scope, ScopeSet
+from collector_processor.domain.budgets import Scope, ScopeSet
+from collector_processor.domain.types import CommitCommand, ReserveCommand
 from collector_processor.errors import NotFoundError
 from collector_processor.ledger import Ledger
-from collector_processor.ledger_types import CommitCommand, ReserveCommand
 from tests.sidecar.conftest import StoreFactory, draft
 
 SCOPES = ScopeSet(team="search")

@@ -218,7 +218,7 @@ def test_a_port_in_use_fails_at_start_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_a_config_budget_that_collides_with_an_api_budget_fails_at_start(tmp_path: Path) -> None:
-    from collector_processor.budgets import BudgetDraft, OnExceed, Scope
+    from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope
 
     db = f'[store]\npath = "{tmp_path / "s.db"}"\n[server]\nlisten = "127.0.0.1:0"\n'
     sidecar = create_sidecar(parse_config(db))

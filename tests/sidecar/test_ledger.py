@@ -14,11 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector_processor.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
-from collector_processor.clock import ManualClock
-from collector_processor.errors import FailedPreconditionError, NotFoundError
-from collector_processor.ledger import Ledger, LedgerSettings
-from collector_processor.ledger_types import (
+from collector_processor.domain.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
+from collector_processor.domain.clock import ManualClock
+from collector_processor.domain.types import (
     CommitCommand,
     Decision,
     RecordUsageCommand,
@@ -26,7 +24,9 @@ from collector_processor.ledger_types import (
     ReserveCommand,
     UsageFacts,
 )
-from collector_processor.usage import Dimension, UsageQuery
+from collector_processor.domain.usage import Dimension, UsageQuery
+from collector_processor.errors import FailedPreconditionError, NotFoundError
+from collector_processor.ledger import Ledger, LedgerSettings
 from tests.sidecar.conftest import START, StoreFactory, draft
 
 SEARCH = ScopeSet(organization="acme", team="search", user="ada")
@@ -455,7 +455,7 @@ def series(sid: bytes, group: int, micros: int, *, baseline: bool = False, tin: 
 def test_a_batch_charges_each_group_once_and_each_item_at_most_once(
     ledger: Ledger, clock: ManualClock
 ) -> None:
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
+    from collector_processor.domain.types import UsageBatch, UsageGroup
 
     ledger.create_budget(draft("team", limit="10", thresholds=(50,)))
     ledger.create_budget(draft("other", Scope.TEAM, "ads", "10"))
@@ -490,7 +490,7 @@ def test_a_batch_charges_each_group_once_and_each_item_at_most_once(
 
 
 def test_a_batch_group_is_charged_to_the_period_it_happened_in(ledger: Ledger, clock: ManualClock) -> None:
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
+    from collector_processor.domain.types import UsageBatch, UsageGroup
 
     ledger.create_budget(draft("team", limit="10", period="daily", thresholds=(50,)))
     yesterday = clock.now_ms() - 86_400_000
@@ -517,7 +517,7 @@ def test_a_batch_group_is_charged_to_the_period_it_happened_in(ledger: Ledger, c
 
 
 def test_a_series_is_charged_by_how_much_its_running_total_grew(ledger: Ledger, clock: ManualClock) -> None:
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
+    from collector_processor.domain.types import UsageBatch, UsageGroup
 
     ledger.create_budget(draft("team", limit="10"))
     groups = (UsageGroup(scopes=SEARCH, model="gpt-4o", occurred_ms=clock.now_ms()),)
@@ -541,7 +541,7 @@ def test_a_series_is_charged_by_how_much_its_running_total_grew(ledger: Ledger, 
 def test_batch_keys_outlive_a_restart_until_pruned_after_the_retention(
     store_factory: StoreFactory, clock: ManualClock
 ) -> None:
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
+    from collector_processor.domain.types import UsageBatch, UsageGroup
 
     store = store_factory.open()
     ledger = Ledger(store, clock=clock)
@@ -582,8 +582,8 @@ def test_a_malformed_batch_is_refused_whole_before_anything_is_written(
     change: dict,
     message: str,  # type: ignore[type-arg]
 ) -> None:
+    from collector_processor.domain.types import UsageBatch, UsageGroup
     from collector_processor.errors import InvalidRequestError
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
 
     ledger.create_budget(draft("team"))
     groups = (UsageGroup(scopes=SEARCH, occurred_ms=clock.now_ms()),)
@@ -594,8 +594,8 @@ def test_a_malformed_batch_is_refused_whole_before_anything_is_written(
 
 
 def test_a_batch_group_in_the_future_or_without_scopes_is_refused(ledger: Ledger, clock: ManualClock) -> None:
+    from collector_processor.domain.types import UsageBatch, UsageGroup
     from collector_processor.errors import InvalidRequestError
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
 
     later = UsageGroup(scopes=SEARCH, occurred_ms=clock.now_ms() + 3_600_000)
     with pytest.raises(InvalidRequestError, match=r"groups\[0\].occurred_ms: is in the future"):
@@ -608,7 +608,7 @@ def test_a_batch_group_in_the_future_or_without_scopes_is_refused(ledger: Ledger
 def test_a_batch_fires_each_threshold_once_per_entity_of_a_rolling_wildcard(
     ledger: Ledger, clock: ManualClock
 ) -> None:
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
+    from collector_processor.domain.types import UsageBatch, UsageGroup
 
     ledger.create_budget(draft("per-user", Scope.USER, None, "1", period="rolling_24h", thresholds=(50, 100)))
     now = clock.now_ms()

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
-from collector_processor.clock import ManualClock
 from collector_processor.config import parse_config
+from collector_processor.domain.clock import ManualClock
 from collector_processor.otlp_metrics import to_metrics_data
 from collector_processor.prometheus import SidecarCollector, build_registry
 from collector_processor.selfmetrics import SelfMetrics

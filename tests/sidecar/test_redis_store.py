@@ -17,15 +17,15 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from collector_processor.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
-from collector_processor.clock import ManualClock
 from collector_processor.config import parse_config
+from collector_processor.domain.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
+from collector_processor.domain.clock import ManualClock
+from collector_processor.domain.types import CommitCommand, Decision, RecordUsageCommand, ReserveCommand
+from collector_processor.domain.usage import Dimension, UsageQuery
 from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
-from collector_processor.ledger_types import CommitCommand, Decision, RecordUsageCommand, ReserveCommand
 from collector_processor.server import create_sidecar
 from collector_processor.store.redis import RedisStore
-from collector_processor.usage import Dimension, UsageQuery
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
@@ -422,8 +422,8 @@ def test_a_batch_whose_sum_a_double_cannot_hold_exactly_is_refused_whole(
     replicas: Callable[[], Ledger],
 ) -> None:
     """Lua adds the batch's amounts as doubles: past 2^53 it refuses rather than charge a rounded sum."""
+    from collector_processor.domain.types import UsageBatch, UsageGroup
     from collector_processor.errors import InvalidRequestError
-    from collector_processor.ledger_types import UsageBatch, UsageGroup
 
     ledger = replicas()
     ledger.create_budget(draft("team", limit="100000000000"))

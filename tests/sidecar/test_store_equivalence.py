@@ -13,11 +13,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector_processor.budgets import OnExceed, Scope, ScopeSet
-from collector_processor.clock import ManualClock
+from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet
+from collector_processor.domain.clock import ManualClock
+from collector_processor.domain.types import CommitCommand, RecordUsageCommand, ReserveCommand
 from collector_processor.errors import SidecarError
 from collector_processor.ledger import Ledger, LedgerSettings
-from collector_processor.ledger_types import CommitCommand, RecordUsageCommand, ReserveCommand
 from collector_processor.store import SqliteStore
 from collector_processor.store.redis import RedisStore
 from tests.sidecar.conftest import START, draft

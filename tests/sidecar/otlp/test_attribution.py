@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector_processor.budgets import ScopeSet
+from collector_processor.domain.budgets import ScopeSet
 from collector_processor.otlp.attribution import Attributor
 from collector_processor.otlp.config import AttributionSection
 from tests.sidecar.otlp.payloads import any_value

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from collector_processor.budgets import ScopeSet
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.types import RecordUsageCommand
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import Ledger
-from collector_processor.ledger_types import RecordUsageCommand
 from collector_processor.otlp.charger import Charger
 from collector_processor.store import SqliteStore
 from tests.sidecar.conftest import draft

@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from collector_processor.clock import ManualClock
+from collector_processor.domain.clock import ManualClock
 from paymaster.v1 import budget_pb2 as pb
 from tests.sidecar.otlp.conftest import Downstream, OtlpSidecar, eventually, tracer_provider
 

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector_processor.errors import InvalidRequestError
-from collector_processor.money import (
+from collector_processor.domain.money import (
     format_micros,
     format_percentage,
     format_percentage_of,
@@ -20,6 +19,7 @@ from collector_processor.money import (
     percentage,
     usd_to_micros,
 )
+from collector_processor.errors import InvalidRequestError
 
 
 @given(st.integers(0, 10**17))

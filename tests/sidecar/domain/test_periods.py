@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector_processor.periods import ROLLING_BUCKETS, parse_period, zone
+from collector_processor.domain.periods import ROLLING_BUCKETS, parse_period, zone
 
 
 def ms(*args: int, tz: str = "UTC") -> int:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
 
+from collector_processor.domain.periods import Period, parse_period, zone
 from collector_processor.errors import InvalidRequestError
-from collector_processor.periods import Period, parse_period, zone
 
 __all__ = [
     "SCOPE_ORDER",

@@ -13,8 +13,8 @@ from decimal import Decimal
 from enum import IntEnum, StrEnum
 from typing import TypeAlias
 
-from collector_processor.budgets import Budget, OnExceed, Scope, ScopeSet
-from collector_processor.money import micros_to_usd, percentage
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.domain.money import micros_to_usd, percentage
 
 __all__ = [
     "Alert",

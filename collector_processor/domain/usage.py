@@ -15,20 +15,45 @@ from decimal import Decimal
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from collector_processor.budgets import ScopeSet
+from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.money import micros_to_usd
 from collector_processor.errors import InvalidRequestError
-from collector_processor.money import micros_to_usd
-from collector_processor.store.base import UsageRow
 
 __all__ = [
+    "USAGE_COLUMNS",
     "Dimension",
     "UsageQuery",
     "UsageReport",
     "UsageReportRow",
+    "UsageRow",
     "UsageTotals",
     "build_report",
     "check_group_by",
 ]
+
+
+USAGE_COLUMNS = ("organization", "team", "agent", "workflow", "user", "provider", "model")
+"""The columns a store groups recorded spend by."""
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class UsageRow:
+    """Totals of recorded spend for one combination of grouping columns (and 15-minute slot, if asked)."""
+
+    keys: tuple[str, ...]
+    """Values of the grouping columns, in the order asked."""
+    slot_ms: int | None
+    """Start of the 15-minute slot, when grouping by time; every real time zone offset is a multiple."""
+    cost_micros: int
+    """Spend, micro-dollars."""
+    input_tokens: int
+    """Input tokens."""
+    output_tokens: int
+    """Output tokens."""
+    total_tokens: int
+    """Total tokens."""
+    records: int
+    """Commits and recorded usages counted."""
 
 
 class Dimension(StrEnum):

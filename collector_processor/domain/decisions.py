@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
-from collector_processor.budgets import Budget, OnExceed
-from collector_processor.clock import ms_to_datetime
-from collector_processor.ledger_types import BudgetInfo, Decision
-from collector_processor.money import micros_to_usd
-from collector_processor.periods import Window
+from collector_processor.domain.budgets import Budget, OnExceed
+from collector_processor.domain.clock import ms_to_datetime
+from collector_processor.domain.money import micros_to_usd
+from collector_processor.domain.periods import Window
+from collector_processor.domain.types import BudgetInfo, Decision
 
 _HOUR_MS = 3_600_000
 _BLOCK, _WARN, _DOWNGRADE = OnExceed.BLOCK, OnExceed.WARN, OnExceed.DOWNGRADE

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from collector_processor.budgets import Budget, OnExceed, Scope
-from collector_processor.decisions import BudgetState, evaluate, exceeds, plan_reservation
-from collector_processor.ledger_types import Decision
-from collector_processor.periods import Window, parse_period
+from collector_processor.domain.budgets import Budget, OnExceed, Scope
+from collector_processor.domain.decisions import BudgetState, evaluate, exceeds, plan_reservation
+from collector_processor.domain.periods import Window, parse_period
+from collector_processor.domain.types import Decision
 
 
 def state(
