@@ -279,7 +279,7 @@ def _serve_sidecar(ready: Any, stop: Any, directory: str, *, forget: bool = Fals
     )
     store = None
     if forget:
-        from collector_processor.store.sqlite import SqliteStore
+        from collector_processor.store.sqlite.store import SqliteStore
 
         store = _Forgetful(SqliteStore(Path(directory) / "bench.db"))
     sidecar = create_sidecar(config, store=store).start()

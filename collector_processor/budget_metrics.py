@@ -24,8 +24,8 @@ from collector_processor.domain.clock import Clock
 from collector_processor.domain.decisions import BudgetState, projection
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.periods import zone
-from collector_processor.store._index import limit_micros
 from collector_processor.store.base import BudgetSpend, EntitySpend, LedgerStore
+from collector_processor.store.index import limit_micros
 
 __all__ = ["BudgetGauges", "BudgetReading", "BudgetSample"]
 

@@ -21,7 +21,7 @@ from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
 from collector_processor.otlp.config import OtlpReceiverSection
-from collector_processor.store._redis_codec import check_namespace, parse_sentinel_url
+from collector_processor.store.redis.codec import check_namespace, parse_sentinel_url
 from paymaster.exceptions import ConfigError
 
 __all__ = [
@@ -78,7 +78,7 @@ class StoreSection(_Section):
     def describe(self) -> str:
         """What the start-up line names: the file, or the server without its password."""
         if self.kind == "redis":
-            from collector_processor.store._redis_link import describe_url
+            from collector_processor.store.redis.link import describe_url
 
             return f"redis {describe_url(self.url)} namespace {self.namespace}"
         return f"sqlite {self.path}"

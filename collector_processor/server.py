@@ -284,7 +284,7 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
     s = config.store
     try:
         if s.kind == "redis":
-            from collector_processor.store.redis import RedisStore
+            from collector_processor.store.redis.store import RedisStore
 
             return RedisStore(
                 s.url,

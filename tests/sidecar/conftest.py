@@ -26,7 +26,7 @@ from collector_processor.domain.clock import ManualClock
 from collector_processor.ledger import Ledger, LedgerSettings
 from collector_processor.server import Sidecar, create_sidecar
 from collector_processor.store import LedgerStore, SqliteStore
-from collector_processor.store.redis import RedisStore
+from collector_processor.store.redis.store import RedisStore
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 from tests.sidecar.redisserver import RedisServer

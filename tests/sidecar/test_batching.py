@@ -22,18 +22,18 @@ def fail_charges_to_team_boom(backend: str, monkeypatch: pytest.MonkeyPatch) -> 
     """Make committing spend for team "boom" fail with an unexpected error: in SQLite after the
     reservation was settled in the shared transaction, in Redis as its commit script is sent."""
     if backend == "sqlite":
-        from collector_processor.store import _sqlite_spend
+        from collector_processor.store.sqlite import spend as sqlite_spend
 
-        real_charge = _sqlite_spend.charge
+        real_charge = sqlite_spend.charge
 
         def charge(conn, index, scopes, amount, **kwargs):  # type: ignore[no-untyped-def]
             if scopes.team == "boom":  # after the reservation row and its holds were already written
                 raise RuntimeError("disk on fire")
             return real_charge(conn, index, scopes, amount, **kwargs)
 
-        monkeypatch.setattr(_sqlite_spend, "charge", charge)
+        monkeypatch.setattr(sqlite_spend, "charge", charge)
         return
-    from collector_processor.store._redis_link import RedisLink
+    from collector_processor.store.redis.link import RedisLink
 
     real_script = RedisLink.script
 

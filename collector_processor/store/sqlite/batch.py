@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, crossed_thresholds
 from collector_processor.domain.types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
-from collector_processor.store._index import BudgetIndex, LiveBudget
-from collector_processor.store._sqlite_spend import INSERT_USAGE_SQL, fire_alerts, rearm_marks
+from collector_processor.store.index import BudgetIndex, LiveBudget
+from collector_processor.store.sqlite.spend import INSERT_USAGE_SQL, fire_alerts, rearm_marks
 
 __all__ = ["prune_batches", "record_batch"]
 

@@ -19,7 +19,7 @@ from collector_processor.domain.types import CommitCommand, RecordUsageCommand, 
 from collector_processor.errors import SidecarError
 from collector_processor.ledger import Ledger, LedgerSettings
 from collector_processor.store import SqliteStore
-from collector_processor.store.redis import RedisStore
+from collector_processor.store.redis.store import RedisStore
 from tests.sidecar.conftest import START, draft
 from tests.sidecar.redisserver import RedisServer
 

@@ -24,9 +24,9 @@ from collector_processor.domain.types import (
     UsageFacts,
 )
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, NotFoundError
-from collector_processor.store._index import BudgetIndex, LiveBudget
-from collector_processor.store._shared import deciding, reserve_outcome
-from collector_processor.store._sqlite_schema import decode_holds, encode_holds
+from collector_processor.store.index import BudgetIndex, LiveBudget
+from collector_processor.store.shared import deciding, reserve_outcome
+from collector_processor.store.sqlite.schema import decode_holds, encode_holds
 
 __all__ = [
     "RES_COLS",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
-from collector_processor.store._index import BudgetIndex
-from collector_processor.store._redis_link import RedisLink
+from collector_processor.store.index import BudgetIndex
+from collector_processor.store.redis.link import RedisLink
 
 __all__ = ["prune"]
 

@@ -25,8 +25,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from collector_processor.errors import StoreUnavailableError
-from collector_processor.store._redis_codec import parse_sentinel_url
-from collector_processor.store._redis_lua import FUNCTIONS, LIBRARY
+from collector_processor.store.redis.codec import parse_sentinel_url
+from collector_processor.store.redis.scripts import FUNCTIONS, LIBRARY
 
 __all__ = ["RedisLink", "describe_url"]
 

@@ -52,7 +52,7 @@ from typing import Any
 from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
 from collector_processor.domain.periods import parse_period
 from collector_processor.domain.types import UsageFacts
-from collector_processor.store._index import LiveBudget
+from collector_processor.store.index import LiveBudget
 
 __all__ = [
     "ACTION_LETTER",

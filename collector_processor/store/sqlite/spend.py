@@ -23,8 +23,8 @@ from collector_processor.domain.types import (
     UsageFacts,
 )
 from collector_processor.errors import NotFoundError
-from collector_processor.store._index import BudgetIndex, LiveBudget
-from collector_processor.store._sqlite_reservations import (
+from collector_processor.store.index import BudgetIndex, LiveBudget
+from collector_processor.store.sqlite.reservations import (
     RES_COLS,
     ReservationRow,
     drop_holds,

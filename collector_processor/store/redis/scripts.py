@@ -25,7 +25,7 @@ import hashlib
 __all__ = ["FUNCTIONS", "LIBRARY", "LIBRARY_NAME", "SPEC_FIELDS"]
 
 SPEC_FIELDS = 14
-"""Strings per budget in a script's argument list (see ``_redis_codec.spec``)."""
+"""Strings per budget in a script's argument list (see ``codec.spec``)."""
 
 _COMMON = r"""
 -- Set by each function as it starts: the ledger's key prefix and its decoded arguments.

@@ -13,7 +13,7 @@ from collector_processor.domain.decisions import BudgetState, Plan, budget_infos
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.types import BudgetStatus, CheckOutcome, ReserveOutcome
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError
-from collector_processor.store._index import LiveBudget
+from collector_processor.store.index import LiveBudget
 
 __all__ = [
     "ConfigSync",

@@ -41,16 +41,16 @@ from collector_processor.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from collector_processor.store import _sqlite_batch as batch_sql
-from collector_processor.store import _sqlite_budgets as budgets_sql
-from collector_processor.store import _sqlite_reports as reports
-from collector_processor.store import _sqlite_reservations as holds_sql
-from collector_processor.store import _sqlite_spend as spend_sql
-from collector_processor.store._group_commit import GroupCommitter
-from collector_processor.store._index import BudgetIndex
-from collector_processor.store._shared import check_outcome, entity_for, refuse_config
-from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, connect
 from collector_processor.store.base import BudgetSpend, UsageFilter, UsageRow
+from collector_processor.store.index import BudgetIndex
+from collector_processor.store.shared import check_outcome, entity_for, refuse_config
+from collector_processor.store.sqlite import batch as batch_sql
+from collector_processor.store.sqlite import budgets as budgets_sql
+from collector_processor.store.sqlite import reports
+from collector_processor.store.sqlite import reservations as holds_sql
+from collector_processor.store.sqlite import spend as spend_sql
+from collector_processor.store.sqlite.group_commit import GroupCommitter
+from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_row, connect
 
 __all__ = ["SqliteStore"]
 

@@ -25,7 +25,7 @@ from collector_processor.domain.usage import Dimension, UsageQuery
 from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
 from collector_processor.server import create_sidecar
-from collector_processor.store.redis import RedisStore
+from collector_processor.store.redis.store import RedisStore
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
@@ -168,7 +168,7 @@ def test_every_key_of_a_ledger_is_in_one_hash_slot_and_it_runs_on_a_redis_cluste
 
 
 def test_the_documented_redis_conf_is_accepted_and_makes_the_ledger_durable(tmp_path: Path) -> None:
-    conf = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "redis.conf"
+    conf = Path(__file__).resolve().parents[3] / "deploy" / "redis" / "redis.conf"
     server = RedisServer(tmp_path / "redis", conf=conf).start()
     admin = server.client()
     try:

@@ -1,6 +1,6 @@
 """The Redis store: one ledger shared by any number of sidecar replicas, with no overspend.
 
-Every operation that changes money or alert state is one Redis function (``_redis_lua``), so Redis
+Every operation that changes money or alert state is one Redis function (``scripts``), so Redis
 runs it as one atomic step: a reservation reads the standing of every matching budget, decides and holds on all
 of them or none; a commit swaps the hold for the actual spend, charges every budget and fires each
 threshold once per period; releases, expiries and recorded usage likewise. No replica keeps a balance:
@@ -16,7 +16,7 @@ Expired reservations need no timer: every function first reclaims the reservatio
 The decision itself is ``collector_processor.domain.decisions``: the function applies the same rule to the
 standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the
 answer (reason, warnings, budget info), refusing to answer if the two disagree. The key layout is in
-``_redis_codec``; Redis being unreachable is ``StoreUnavailableError`` (see ``_redis_link``).
+``codec``; Redis being unreachable is ``StoreUnavailableError`` (see ``link``).
 """
 
 from __future__ import annotations
@@ -60,27 +60,25 @@ from collector_processor.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from collector_processor.store import _redis_answers as answers
-from collector_processor.store import _redis_housekeeping as housekeeping
-from collector_processor.store import _redis_reports as reports
-from collector_processor.store._index import BudgetIndex, LiveBudget
-from collector_processor.store._redis_budgets import BudgetRows
-from collector_processor.store._redis_codec import (
+from collector_processor.store.base import BudgetSpend, EntitySpend, UsageFilter, UsageRow
+from collector_processor.store.index import BudgetIndex, LiveBudget
+from collector_processor.store.redis import answers, housekeeping, reports
+from collector_processor.store.redis.budgets import BudgetRows
+from collector_processor.store.redis.codec import (
     check_namespace,
     facts_args,
     hold_key,
     scope_args,
     spec,
 )
-from collector_processor.store._redis_link import RedisLink
-from collector_processor.store._shared import (
+from collector_processor.store.redis.link import RedisLink
+from collector_processor.store.shared import (
     check_outcome,
     deciding,
     entity_for,
     reserve_outcome,
     status_from_state,
 )
-from collector_processor.store.base import BudgetSpend, EntitySpend, UsageFilter, UsageRow
 
 __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
 

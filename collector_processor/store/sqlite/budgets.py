@@ -12,8 +12,8 @@ from dataclasses import replace
 
 from collector_processor.domain.budgets import Budget
 from collector_processor.errors import NotFoundError
-from collector_processor.store._shared import plan_config_sync
-from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row, budget_to_row
+from collector_processor.store.shared import plan_config_sync
+from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_row, budget_to_row
 
 __all__ = [
     "bump_budgets_version",

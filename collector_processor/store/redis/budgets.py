@@ -12,9 +12,9 @@ from dataclasses import replace
 
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, apply_patch
 from collector_processor.errors import AlreadyExistsError, NotFoundError, StoreUnavailableError
-from collector_processor.store._redis_codec import budget_from_json, budget_json
-from collector_processor.store._redis_link import RedisLink
-from collector_processor.store._shared import plan_config_sync, refuse_config
+from collector_processor.store.redis.codec import budget_from_json, budget_json
+from collector_processor.store.redis.link import RedisLink
+from collector_processor.store.shared import plan_config_sync, refuse_config
 
 __all__ = ["BudgetRows"]
 

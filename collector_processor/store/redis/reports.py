@@ -16,8 +16,8 @@ from collector_processor.domain.decisions import alert_message
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.periods import Window, parse_period
 from collector_processor.domain.types import Alert
-from collector_processor.store._redis_codec import SEP
 from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
+from collector_processor.store.redis.codec import SEP
 
 __all__ = ["alerts_after", "load_alerts", "usage_rows"]
 

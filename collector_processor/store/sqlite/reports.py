@@ -1,6 +1,6 @@
 """Reads and housekeeping of the SQLite store: budget status, usage reports, the alert log, pruning.
 
-Like ``_sqlite_reservations`` and ``_sqlite_spend`` these run on a connection the caller holds: claims
+Like ``reservations`` and ``spend`` these run on a connection the caller holds: claims
 and pruning inside a write transaction, log and report reads on the store's reader connection.
 """
 
@@ -13,12 +13,12 @@ from typing import Any
 from collector_processor.domain.budgets import OnExceed, Scope
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.types import Alert, BudgetStatus
-from collector_processor.store._index import LiveBudget
-from collector_processor.store._shared import status_from_state
-from collector_processor.store._sqlite_batch import prune_batches
-from collector_processor.store._sqlite_reservations import read_states
-from collector_processor.store._sqlite_schema import BUDGET_COLUMNS, budget_from_row
 from collector_processor.store.base import USAGE_COLUMNS, BudgetSpend, EntitySpend, UsageFilter, UsageRow
+from collector_processor.store.index import LiveBudget
+from collector_processor.store.shared import status_from_state
+from collector_processor.store.sqlite.batch import prune_batches
+from collector_processor.store.sqlite.reservations import read_states
+from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_row
 
 _SLOT_MS = 900_000
 _ALERT_COLS = (

@@ -13,8 +13,8 @@ from typing import Any
 
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, Plan, plan_reservation
-from collector_processor.store._index import BudgetIndex
-from collector_processor.store._redis_codec import parse_hold_key
+from collector_processor.store.index import BudgetIndex
+from collector_processor.store.redis.codec import parse_hold_key
 
 __all__ = ["agree", "snapshot_plan", "unpack_scopes"]
 
