@@ -31,12 +31,12 @@ from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
 from collector_processor.exporters import MetricsExporters, create_exporters
 from collector_processor.ledger import Ledger
+from collector_processor.ledger.sweeper import Sweeper
 from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.servicer import BudgetServicer, add_to_server
 from collector_processor.sinks import OtelLogSink, WebhookSink
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
-from collector_processor.sweeper import Sweeper
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2
 

@@ -11,7 +11,7 @@ import logging
 import threading
 
 from collector_processor.errors import StoreUnavailableError
-from collector_processor.ledger import Ledger
+from collector_processor.ledger.ledger import Ledger
 
 __all__ = ["Sweeper"]
 
