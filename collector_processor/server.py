@@ -24,7 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from collector_processor.alerts import AlertDispatcher, AlertHub, AlertSink
+from collector_processor.alerts.dispatch import AlertDispatcher, AlertHub, AlertSink
+from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
 from collector_processor.batching import Batcher
 from collector_processor.config import SidecarConfig, create_default_config, load_config
 from collector_processor.domain.clock import Clock, SystemClock
@@ -34,7 +35,6 @@ from collector_processor.ledger import Ledger
 from collector_processor.ledger.sweeper import Sweeper
 from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.servicer import BudgetServicer, add_to_server
-from collector_processor.sinks import OtelLogSink, WebhookSink
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
 from paymaster.exceptions import ConfigError

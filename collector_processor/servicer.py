@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from collector_processor import convert
-from collector_processor.alerts import AlertHub
+from collector_processor.alerts.dispatch import AlertHub
 from collector_processor.batching import Batcher
 from collector_processor.domain.budgets import check_budget_id
 from collector_processor.domain.money import parse_usd
