@@ -22,6 +22,7 @@ from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
 from collector_processor.otlp.config import OtlpReceiverSection
 from collector_processor.store.redis.codec import check_namespace, parse_sentinel_url
+from collector_processor.telemetry.config import DEFAULT_METRICS_LISTEN, MetricsSection, TelemetrySection
 from paymaster.exceptions import ConfigError
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
 DEFAULT_LISTEN = "127.0.0.1:7310"
 DEFAULT_OTLP_GRPC_LISTEN = "127.0.0.1:7317"
 DEFAULT_OTLP_HTTP_LISTEN = "127.0.0.1:7318"
-DEFAULT_METRICS_LISTEN = "127.0.0.1:7319"
 
 _ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
 
@@ -115,31 +115,8 @@ class AlertsSection(_Section):
     webhook: WebhookSection | None = None
 
 
-class TelemetrySection(_Section):
-    otlp_endpoint: str = ""
-    service_name: str = "paymaster-sidecar"
-
-
 class ReceiversSection(_Section):
     otlp: OtlpReceiverSection = OtlpReceiverSection()
-
-
-class MetricsOtlpSection(_Section):
-    endpoint: str = ""
-    protocol: Literal["grpc", "http/protobuf"] = "grpc"
-    headers: dict[str, str] = Field(default_factory=dict)
-    interval_seconds: float = Field(default=30.0, gt=0, le=3600)
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-
-
-class MetricsSection(_Section):
-    enabled: bool = False
-    listen: str = DEFAULT_METRICS_LISTEN
-    max_entities_per_budget: int = Field(default=25, ge=1, le=10_000)
-    max_entities_per_scope: int = Field(default=100, ge=1, le=100_000)
-    max_models: int = Field(default=200, ge=1, le=100_000)
-    refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
-    otlp: MetricsOtlpSection = MetricsOtlpSection()
 
 
 class BudgetEntry(_Section):

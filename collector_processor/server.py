@@ -30,13 +30,13 @@ from collector_processor.batching import Batcher
 from collector_processor.config import SidecarConfig, create_default_config, load_config
 from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
-from collector_processor.exporters import MetricsExporters, create_exporters
 from collector_processor.ledger import Ledger
 from collector_processor.ledger.sweeper import Sweeper
-from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.servicer import BudgetServicer, add_to_server
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
+from collector_processor.telemetry.exporters import MetricsExporters, create_exporters
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2
 
@@ -82,7 +82,7 @@ class Sidecar:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
-        self.exporters = exporters or create_exporters(
+        self.exporters = exporters or _exporters(
             config, store=store, clock=ledger.clock, metrics=self.metrics
         )
         """Its metrics registry, ``/metrics`` endpoint and OTLP push."""
@@ -253,7 +253,7 @@ def create_sidecar(
         store.close()
         raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
-    exporters = create_exporters(config, store=store, clock=clock, metrics=metrics)
+    exporters = _exporters(config, store=store, clock=clock, metrics=metrics)
     components = _components(config, ledger, metrics, clock, store, exporters)
     on_close: list[Any] = []
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
@@ -341,6 +341,19 @@ def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:
             dispatcher.wake()
 
     return on_alert
+
+
+def _exporters(
+    config: SidecarConfig, *, store: LedgerStore, clock: Clock, metrics: SelfMetrics
+) -> MetricsExporters:
+    return create_exporters(
+        config.metrics,
+        service_name=config.telemetry.service_name,
+        source=config.source,
+        store=store,
+        clock=clock,
+        metrics=metrics,
+    )
 
 
 def _dispatcher(

@@ -31,8 +31,8 @@ from collector_processor.errors import (
     StoreUnavailableError,
 )
 from collector_processor.ledger import Ledger
-from collector_processor.selfmetrics import SelfMetrics
-from collector_processor.service_metrics import ServiceMetrics
+from collector_processor.telemetry.selfmetrics import SelfMetrics
+from collector_processor.telemetry.service_metrics import ServiceMetrics
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Final
 
 from collector_processor.domain.types import UsageBatchOutcome, UsageGroup
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 
 __all__ = [
     "CHARGE_OUTCOMES",

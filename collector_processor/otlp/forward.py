@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from collector_processor.otlp import counters
 from collector_processor.otlp.config import ForwardSection
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 
 __all__ = ["Forwarder"]
 

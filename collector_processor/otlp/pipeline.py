@@ -36,7 +36,7 @@ from collector_processor.otlp.forward import Forwarder
 from collector_processor.otlp.metrics import MetricsPlan, MetricsProcessor
 from collector_processor.otlp.spend_source import SpendSource
 from collector_processor.otlp.traces import TracePlan, TraceProcessor, WindowPolicy
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 
 __all__ = ["ExportRefused", "Job", "OtlpPipeline"]
 

@@ -26,7 +26,7 @@ from collector_processor.otlp.pipeline import METRICS, TRACES, OtlpPipeline
 from collector_processor.otlp.pricing import SpanPricer
 from collector_processor.otlp.spend_source import SpendSource
 from collector_processor.otlp.traces import TraceProcessor
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 from paymaster.config import PaymasterConfig, load_config
 from paymaster.exceptions import ConfigError
 from paymaster.pricing import CostCalculator

@@ -10,10 +10,10 @@ so the SQLite store, a cluster store and any later one are measured alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
 from collector_processor.domain.types import (
@@ -29,15 +29,28 @@ from collector_processor.domain.types import (
     ReserveOutcome,
 )
 from collector_processor.errors import BatchAbortedError, SidecarError, StoreUnavailableError
-from collector_processor.selfmetrics import Labels, SelfMetrics, label_key
 from collector_processor.store.base import BudgetSpend, LedgerStore, UsageFilter, UsageRow
 
-__all__ = ["STORE_ERRORS", "STORE_SECONDS", "InstrumentedStore", "error_kind"]
+__all__ = ["STORE_ERRORS", "STORE_SECONDS", "InstrumentedStore", "OperationMeter", "error_kind"]
 
 STORE_SECONDS = "paymaster_store_operation_seconds"
 STORE_ERRORS = "paymaster_store_errors_total"
+Labels = tuple[tuple[str, str], ...]
 _OPERATION_KEYS: dict[str, Labels] = {}  # operations are the store's method names: a fixed set
 T = TypeVar("T")
+
+
+class OperationMeter(Protocol):
+    """What the wrapper counts on: the sidecar's ``SelfMetrics`` (in ``telemetry/``, above the store)
+    has these methods, and a store needs nothing else of it."""
+
+    def describe(self, name: str, help_text: str) -> None: ...
+
+    def inc(self, name: str, value: float = 1.0, labels: Mapping[str, str] | None = None) -> None: ...
+
+    def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None: ...
+
+    def observe_key(self, name: str, key: Labels, value: float) -> None: ...
 
 
 def error_kind(exc: BaseException) -> str | None:
@@ -54,7 +67,7 @@ def error_kind(exc: BaseException) -> str | None:
 class InstrumentedStore:
     """Times and counts the operations of ``inner``; every other attribute is the inner store's."""
 
-    def __init__(self, inner: LedgerStore, metrics: SelfMetrics) -> None:
+    def __init__(self, inner: LedgerStore, metrics: OperationMeter) -> None:
         self.inner = inner
         self._metrics = metrics
         metrics.describe(STORE_SECONDS, "Duration of ledger store operations, by operation.")
@@ -78,7 +91,7 @@ class InstrumentedStore:
         finally:
             key = _OPERATION_KEYS.get(operation)
             if key is None:
-                key = _OPERATION_KEYS[operation] = label_key({"operation": operation})
+                key = _OPERATION_KEYS[operation] = (("operation", operation),)
             self._metrics.observe_key(STORE_SECONDS, key, perf_counter() - start)
 
     def _failed(self, operation: str, exc: BaseException) -> None:

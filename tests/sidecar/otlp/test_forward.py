@@ -10,7 +10,7 @@ import grpc
 
 from collector_processor.otlp.config import ForwardSection
 from collector_processor.otlp.forward import Forwarder
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 from tests.sidecar.otlp.conftest import Downstream, OtlpSidecar, eventually
 from tests.sidecar.otlp.payloads import export, span
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from collector_processor.errors import BatchAbortedError, NotFoundError, StoreUnavailableError
-from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.store import SqliteStore
 from collector_processor.store.instrumented import STORE_ERRORS, STORE_SECONDS, InstrumentedStore, error_kind
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 
 
 def test_operations_are_timed_and_refusals_are_not_errors(tmp_path) -> None:

@@ -37,8 +37,8 @@ from collector_processor.domain.types import (
     UsageFacts,
     UsageGroup,
 )
-from collector_processor.selfmetrics import Labels, SelfMetrics, label_key
 from collector_processor.store.base import LedgerStore
+from collector_processor.telemetry.selfmetrics import Labels, SelfMetrics, label_key
 
 __all__ = ["OTHER", "ServiceMetrics"]
 

@@ -14,10 +14,10 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 
 from collector_processor.config import parse_config
 from collector_processor.domain.clock import ManualClock
-from collector_processor.otlp_metrics import to_metrics_data
-from collector_processor.prometheus import SidecarCollector, build_registry
-from collector_processor.selfmetrics import SelfMetrics
 from collector_processor.server import create_sidecar
+from collector_processor.telemetry.otlp_push import to_metrics_data
+from collector_processor.telemetry.prometheus import SidecarCollector, build_registry
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 

@@ -14,14 +14,14 @@ import os
 
 from prometheus_client import CollectorRegistry
 
-from collector_processor.budget_metrics import BudgetGauges
-from collector_processor.config import SidecarConfig
 from collector_processor.domain.clock import Clock
-from collector_processor.otlp_metrics import OtlpMetricsPusher
-from collector_processor.prometheus import MetricsEndpoint, SidecarCollector, build_registry
-from collector_processor.selfmetrics import SelfMetrics
-from collector_processor.service_metrics import ServiceMetrics
 from collector_processor.store.base import LedgerStore
+from collector_processor.telemetry.budget_gauges import BudgetGauges
+from collector_processor.telemetry.config import MetricsSection
+from collector_processor.telemetry.otlp_push import OtlpMetricsPusher
+from collector_processor.telemetry.prometheus import MetricsEndpoint, SidecarCollector, build_registry
+from collector_processor.telemetry.selfmetrics import SelfMetrics
+from collector_processor.telemetry.service_metrics import ServiceMetrics
 from paymaster.exceptions import ConfigError
 
 __all__ = ["MetricsExporters", "create_exporters"]
@@ -71,11 +71,18 @@ class MetricsExporters:
 
 
 def create_exporters(
-    config: SidecarConfig, *, store: LedgerStore, clock: Clock, metrics: SelfMetrics
+    section: MetricsSection,
+    *,
+    service_name: str,
+    source: str,
+    store: LedgerStore,
+    clock: Clock,
+    metrics: SelfMetrics,
 ) -> MetricsExporters:
+    """Wire ``[metrics]`` to this sidecar's registry; ``source`` names the config file in messages."""
     from paymaster import __version__
 
-    m = config.metrics
+    m = section
     service = ServiceMetrics(
         metrics, max_entities_per_scope=m.max_entities_per_scope, max_models=m.max_models
     )
@@ -92,7 +99,7 @@ def create_exporters(
             interval_s=m.otlp.interval_seconds,
             timeout_s=m.otlp.timeout_seconds,
             resource={
-                "service.name": config.telemetry.service_name,
+                "service.name": service_name,
                 "service.instance.id": f"{os.uname().nodename}:{os.getpid()}",
                 "service.version": __version__,
             },
@@ -102,5 +109,5 @@ def create_exporters(
         service=service,
         endpoint=MetricsEndpoint(registry, m.listen) if m.enabled else None,
         pusher=pusher,
-        source=config.source,
+        source=source,
     )

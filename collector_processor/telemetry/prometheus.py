@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collector_processor.budget_metrics import BudgetGauges, BudgetReading
-from collector_processor.selfmetrics import HistogramSnapshot, Labels, MetricsSnapshot, SelfMetrics
-from collector_processor.service_metrics import ServiceMetrics
 from collector_processor.store.base import LedgerStore
+from collector_processor.telemetry.budget_gauges import BudgetGauges, BudgetReading
+from collector_processor.telemetry.selfmetrics import HistogramSnapshot, Labels, MetricsSnapshot, SelfMetrics
+from collector_processor.telemetry.service_metrics import ServiceMetrics
 
 __all__ = ["MetricsEndpoint", "SidecarCollector", "build_registry"]
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from collector_processor.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import SelfMetrics
 
 
 def test_counters_sum_per_label_set_whatever_the_label_order() -> None:
