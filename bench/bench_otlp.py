@@ -244,8 +244,8 @@ def _serve_no_store(ready: Any, stop: Any, directory: str) -> None:
 def _serve_sidecar(ready: Any, stop: Any, directory: str, *, forget: bool = False) -> None:
     import logging
 
+    from collector_processor.api.server import create_sidecar
     from collector_processor.config import parse_config
-    from collector_processor.server import create_sidecar
 
     logging.disable(logging.WARNING)
     config = parse_config(

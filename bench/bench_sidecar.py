@@ -115,8 +115,8 @@ def _serve_sidecar(
     ready: Any, stop: Any, directory: str, store_toml: str = "", *, repeat_answers: bool = False
 ) -> None:
     """The sidecar with the benchmark's budgets; ``store_toml`` replaces the SQLite ``[store]`` section."""
+    from collector_processor.api.server import create_sidecar
     from collector_processor.config import parse_config
-    from collector_processor.server import create_sidecar
 
     store = store_toml or f'[store]\npath = "{Path(directory) / "bench.db"}"'
     config = parse_config(

@@ -5,7 +5,7 @@ Built like an OpenTelemetry Collector component: ``SidecarConfig`` (validated fr
 receiver to the ``Ledger``, its ``LedgerStore`` (``SqliteStore`` by default) and the alert exporters.
 Run it with ``paymaster sidecar --config sidecar.toml``.
 
-Names are loaded on first use, so that ``python -m collector_processor.protogen`` works even before
+Names are loaded on first use, so that ``python -m collector_processor.api.protogen`` works even before
 the generated code it writes exists.
 """
 
@@ -35,8 +35,8 @@ _WHERE = {
     "SqliteStore": "collector_processor.store",
     "ManualClock": "collector_processor.domain.clock",
     "SystemClock": "collector_processor.domain.clock",
-    "Sidecar": "collector_processor.server",
-    "create_sidecar": "collector_processor.server",
+    "Sidecar": "collector_processor.api.server",
+    "create_sidecar": "collector_processor.api.server",
     "SidecarConfig": "collector_processor.config",
     "create_default_config": "collector_processor.config",
     "load_config": "collector_processor.config",

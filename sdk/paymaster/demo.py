@@ -304,8 +304,8 @@ def run_with_sidecar(config: PaymasterConfig, providers: tuple[Any, Any]) -> Non
     import tempfile
     from pathlib import Path
 
+    from collector_processor.api.server import create_sidecar
     from collector_processor.config import parse_config as parse_sidecar_config
-    from collector_processor.server import create_sidecar
     from paymaster.budget import SidecarBudget
     from paymaster.cli import main as cli
     from paymaster.exceptions import BudgetExceededError

@@ -38,8 +38,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
 
+from collector_processor.api.server import Sidecar, create_sidecar
 from collector_processor.config import parse_config
-from collector_processor.server import Sidecar, create_sidecar
 from paymaster import Runner, Step, StepConfig, UsageLimitExceededError, UsageLimits
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc

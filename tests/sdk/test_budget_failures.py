@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from collector_processor.api.server import create_sidecar
 from collector_processor.config import parse_config
 from collector_processor.domain.clock import SystemClock
-from collector_processor.server import create_sidecar
 from paymaster import (
     FAIL_CLOSED,
     FAIL_OPEN,

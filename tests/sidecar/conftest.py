@@ -20,11 +20,11 @@ import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
+from collector_processor.api.server import Sidecar, create_sidecar
 from collector_processor.config import parse_config
 from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope
 from collector_processor.domain.clock import ManualClock
 from collector_processor.ledger import Ledger, LedgerSettings
-from collector_processor.server import Sidecar, create_sidecar
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.redis.store import RedisStore
 from paymaster.v1 import budget_pb2 as pb

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from collector_processor.api.server import create_sidecar
 from collector_processor.config import create_default_config, load_config, parse_config
-from collector_processor.server import create_sidecar
 from paymaster.exceptions import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "sidecar.example.toml"

@@ -1,4 +1,4 @@
-# DO NOT EDIT: generated from proto/paymaster/v1/budget.proto by `python -m collector_processor.protogen`.
+# DO NOT EDIT: generated from proto/paymaster/v1/budget.proto by `python -m collector_processor.api.protogen`.
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2

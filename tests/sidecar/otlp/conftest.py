@@ -23,9 +23,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from collector_processor.api.server import Sidecar, create_sidecar
 from collector_processor.config import parse_config
 from collector_processor.domain.clock import Clock
-from collector_processor.server import Sidecar, create_sidecar
 from paymaster.v1 import budget_pb2_grpc
 
 PRICES = """

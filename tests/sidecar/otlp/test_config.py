@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from collector_processor.api.server import create_sidecar
 from collector_processor.config import (
     DEFAULT_OTLP_GRPC_LISTEN,
     DEFAULT_OTLP_HTTP_LISTEN,
@@ -15,7 +16,6 @@ from collector_processor.config import (
     parse_config,
 )
 from collector_processor.otlp import create_default_config as otlp_defaults
-from collector_processor.server import create_sidecar
 from paymaster.exceptions import ConfigError
 from tests.fresh import loads_pricing_library
 
@@ -146,6 +146,6 @@ def test_a_port_in_use_stops_the_sidecar_at_start(tmp_path: Path) -> None:
 def test_the_receiver_loads_the_pricing_library_at_start_not_on_the_first_export(tmp_path: Path) -> None:
     assert loads_pricing_library(
         "from collector_processor.config import parse_config\n"
-        "from collector_processor.server import create_sidecar\n"
+        "from collector_processor.api.server import create_sidecar\n"
         f"create_sidecar(parse_config({_otlp_toml(tmp_path)!r}, source='sidecar.toml')).stop(0)"
     )

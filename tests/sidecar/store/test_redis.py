@@ -17,6 +17,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from collector_processor.api.server import create_sidecar
 from collector_processor.config import parse_config
 from collector_processor.domain.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
 from collector_processor.domain.clock import ManualClock
@@ -24,7 +25,6 @@ from collector_processor.domain.types import CommitCommand, Decision, RecordUsag
 from collector_processor.domain.usage import Dimension, UsageQuery
 from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
-from collector_processor.server import create_sidecar
 from collector_processor.store.redis.store import RedisStore
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2 as pb

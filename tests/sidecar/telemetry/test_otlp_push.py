@@ -12,9 +12,9 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
+from collector_processor.api.server import create_sidecar
 from collector_processor.config import parse_config
 from collector_processor.domain.clock import ManualClock
-from collector_processor.server import create_sidecar
 from collector_processor.telemetry.otlp_push import to_metrics_data
 from collector_processor.telemetry.prometheus import SidecarCollector, build_registry
 from collector_processor.telemetry.selfmetrics import SelfMetrics

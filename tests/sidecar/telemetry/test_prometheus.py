@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from collector_processor.api.server import create_sidecar
 from collector_processor.config import parse_config
 from collector_processor.domain.clock import ManualClock
 from collector_processor.errors import StoreUnavailableError
-from collector_processor.server import create_sidecar
 from collector_processor.store import BudgetSpend, SqliteStore
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2 as pb

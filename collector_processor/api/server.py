@@ -26,13 +26,13 @@ from grpc_reflection.v1alpha import reflection
 
 from collector_processor.alerts.dispatch import AlertDispatcher, AlertHub, AlertSink
 from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
-from collector_processor.batching import Batcher
+from collector_processor.api.batching import Batcher
+from collector_processor.api.servicer import BudgetServicer, add_to_server
 from collector_processor.config import SidecarConfig, create_default_config, load_config
 from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
 from collector_processor.ledger import Ledger
 from collector_processor.ledger.sweeper import Sweeper
-from collector_processor.servicer import BudgetServicer, add_to_server
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
 from collector_processor.telemetry.exporters import MetricsExporters, create_exporters

@@ -5,7 +5,7 @@
 ``paymaster.v1.budget_pb2``. Every generated file carries a ``DO NOT EDIT`` header naming its source,
 and a test regenerates into a temporary directory and compares, so committed code is never stale.
 
-Usage: ``python -m collector_processor.protogen [--out DIR] [--check]``
+Usage: ``python -m collector_processor.api.protogen [--out DIR] [--check]``
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 
 __all__ = ["PROTO_ROOT", "generate", "main", "stale_files"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "proto"
 DEFAULT_OUT = REPO_ROOT / "sdk"
 PACKAGE_DIR = Path("paymaster") / "v1"
 
-_HEADER = "# DO NOT EDIT: generated from proto/{source} by `python -m collector_processor.protogen`.\n"
+_HEADER = "# DO NOT EDIT: generated from proto/{source} by `python -m collector_processor.api.protogen`.\n"
 _INIT = '''"""Generated code of the Paymaster budget API (package ``paymaster.v1``).
 
 Import the modules explicitly (``from paymaster.v1 import budget_pb2``); importing ``paymaster``

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from collector_processor.batching import Batcher
+from collector_processor.api.batching import Batcher
 from collector_processor.domain.budgets import Scope, ScopeSet
 from collector_processor.domain.types import CommitCommand, ReserveCommand
 from collector_processor.errors import NotFoundError

@@ -18,9 +18,9 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from collector_processor import convert
 from collector_processor.alerts.dispatch import AlertHub
-from collector_processor.batching import Batcher
+from collector_processor.api import convert
+from collector_processor.api.batching import Batcher
 from collector_processor.domain.budgets import check_budget_id
 from collector_processor.domain.money import parse_usd
 from collector_processor.errors import (

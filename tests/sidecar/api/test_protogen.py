@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from collector_processor.protogen import DEFAULT_OUT, stale_files
-from collector_processor.servicer import BudgetServicer
+from collector_processor.api.protogen import DEFAULT_OUT, stale_files
+from collector_processor.api.servicer import BudgetServicer
 from paymaster.v1 import budget_pb2, budget_pb2_grpc
 
 GENERATED = DEFAULT_OUT / "paymaster" / "v1"
