@@ -8,6 +8,7 @@ Floats in the file are read as exact decimals, so ``limit_usd = 10.1`` means ten
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from collector_processor.auth.config import AuthSection, TlsSection
 from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
 from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
@@ -51,6 +53,8 @@ class _Section(BaseModel):
 
 class ServerSection(_Section):
     listen: str = DEFAULT_LISTEN
+    tls: TlsSection = TlsSection()
+    allow_unauthenticated: bool = False
     max_concurrent_rpcs: int = Field(default=0, ge=0, le=1_000_000)
     max_watchers: int = Field(default=16, ge=0, le=1000)
     grace_seconds: float = Field(default=5.0, ge=0, le=300)
@@ -152,6 +156,7 @@ class SidecarConfig(_Section):
 
     source: str = Field(default="<defaults>", exclude=True)
     server: ServerSection = ServerSection()
+    auth: AuthSection = AuthSection()
     store: StoreSection = StoreSection()
     ledger: LedgerSection = LedgerSection()
     alerts: AlertsSection = AlertsSection()
@@ -174,6 +179,7 @@ class SidecarConfig(_Section):
         """Checks that span keys (addresses, zones, budgets); raises ``ConfigError`` naming file and key."""
         try:
             self._check_addresses()
+            self._check_security()
             self._check_store()
             self._check_ledger()
             self._check_alerts()
@@ -206,6 +212,55 @@ class SidecarConfig(_Section):
             if port and port in ports:
                 raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
             ports[port] = key
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The config file's folder, against which the auth and TLS files' relative paths are read."""
+        source = Path(self.source)
+        return source.parent if self.source not in ("<defaults>", "<string>") else None
+
+    def listeners(self) -> list[Listener]:
+        """Every listener that will open, with its TLS block and whether it authenticates callers."""
+        otlp, metrics = self.receivers.otlp, self.metrics
+        out = [Listener("server", self.server.listen, self.server.tls, self.auth.enabled,
+                        self.server.allow_unauthenticated)]  # fmt: skip
+        if otlp.enabled:
+            out.append(Listener("receivers.otlp", otlp.grpc_listen, otlp.tls, self.auth.enabled,
+                                otlp.allow_unauthenticated, listen_key="grpc_listen"))  # fmt: skip
+            if otlp.http_listen:
+                out.append(Listener("receivers.otlp", otlp.http_listen, otlp.tls, self.auth.enabled,
+                                    otlp.allow_unauthenticated, listen_key="http_listen"))  # fmt: skip
+        if metrics.enabled:
+            out.append(Listener("metrics", metrics.listen, metrics.tls, self.auth.enabled and metrics.require_token,
+                                metrics.allow_unauthenticated))  # fmt: skip
+        return out
+
+    def _check_security(self) -> None:
+        """Every listener's TLS files, the auth sources, and no listener open to other hosts without auth."""
+        base = self.base_dir
+        self.auth.check(base)
+        self.server.tls.check("server.tls", base)
+        self.receivers.otlp.tls.check("receivers.otlp.tls", base)
+        self.metrics.tls.check("metrics.tls", base)
+        if self.metrics.require_token and not self.auth.enabled:
+            raise InvalidRequestError(
+                "metrics.require_token", "needs [auth] enabled = true (tokens come from it)"
+            )
+        if self.auth.clients and not any(listener.tls.client_ca_file for listener in self.listeners()):
+            raise InvalidRequestError(
+                "auth.clients",
+                "maps client certificates, but no listener verifies them: set client_ca_file in the "
+                "tls block of server, receivers.otlp or metrics",
+            )
+        for listener in self.listeners():
+            if listener.authenticated or listener.allow_unauthenticated or is_loopback(listener.address):
+                continue
+            raise InvalidRequestError(
+                listener.key,
+                f"{listener.address} can be reached from other hosts, but callers are not authenticated; "
+                f"turn on [auth] (enabled = true, see docs/security.md), or write "
+                f"{listener.section}.allow_unauthenticated = true to serve anyone who can connect",
+            )
 
     def _check_store(self) -> None:
         store = self.store
@@ -298,6 +353,38 @@ class SidecarConfig(_Section):
                     f"budgets[{i}].id", f"{entry.id!r} is declared already at budgets[{seen[entry.id]}]"
                 )
             seen[entry.id] = i
+
+
+class Listener:
+    """One port the sidecar opens, with the security settings that apply to it."""
+
+    def __init__(
+        self,
+        section: str,
+        address: str,
+        tls: TlsSection,
+        authenticated: bool,
+        allow_unauthenticated: bool,
+        *,
+        listen_key: str = "listen",
+    ) -> None:
+        self.section = section
+        self.key = f"{section}.{listen_key}"
+        self.address = address
+        self.tls = tls
+        self.authenticated = authenticated
+        self.allow_unauthenticated = allow_unauthenticated
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` listens on a loopback address only."""
+    host = address.rsplit(":", 1)[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(address: str, key: str) -> int:

@@ -27,7 +27,10 @@ from grpc_reflection.v1alpha import reflection
 from collector_processor.alerts.dispatch import AlertDispatcher, AlertHub, AlertSink
 from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
 from collector_processor.api.batching import Batcher
+from collector_processor.api.security import Security
 from collector_processor.api.servicer import BudgetServicer, add_to_server
+from collector_processor.auth.desk import TokenDesk
+from collector_processor.auth.interceptor import GateInterceptor
 from collector_processor.config import SidecarConfig, create_default_config, load_config
 from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
@@ -35,6 +38,7 @@ from collector_processor.ledger import Ledger
 from collector_processor.ledger.sweeper import Sweeper
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
+from collector_processor.telemetry.audit_log import OtelAuditLog
 from collector_processor.telemetry.exporters import MetricsExporters, create_exporters
 from collector_processor.telemetry.selfmetrics import SelfMetrics
 from paymaster.exceptions import ConfigError
@@ -78,12 +82,19 @@ class Sidecar:
         metrics: SelfMetrics | None = None,
         exporters: MetricsExporters | None = None,
         components: Sequence[Component] = (),
+        security: Security | None = None,
+        audit_log: OtelAuditLog | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
+        self.security = security or Security(config, store, self.metrics)
+        """The token book, and the gate and TLS of every listener."""
+        self.audit_log = audit_log or OtelAuditLog()
+        """Emits every change to budgets and tokens as an OpenTelemetry log record."""
+        ledger.set_audit_listener(self.audit_log)
         self.exporters = exporters or _exporters(
-            config, store=store, clock=ledger.clock, metrics=self.metrics
+            config, store=store, clock=ledger.clock, metrics=self.metrics, security=self.security
         )
         """Its metrics registry, ``/metrics`` endpoint and OTLP push."""
         self.components = tuple(components)
@@ -170,7 +181,11 @@ class Sidecar:
         self._stop_requested = asyncio.Event()
         try:
             server, health_servicer = self._build_server()
-            self.port = server.add_insecure_port(self.config.server.listen)
+            guard = self.security.api
+            if guard.tls is not None:
+                self.port = server.add_secure_port(self.config.server.listen, guard.tls.grpc_credentials())
+            else:
+                self.port = server.add_insecure_port(self.config.server.listen)
             await server.start()
         except Exception as exc:  # a port in use, an address that does not resolve
             self._startup_error = exc
@@ -206,10 +221,13 @@ class Sidecar:
 
     def _build_server(self) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
         limit = self.config.server.max_concurrent_rpcs
+        guard = self.security.api
         server = grpc.aio.server(
             # Without this, a second sidecar could bind the same port and silently split the traffic.
             options=[("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=limit or None,
+            # Every method but health checking (reflection too) passes the gate when auth is on.
+            interceptors=[GateInterceptor(guard.gate, mutual=guard.mutual)] if guard.gate.required else None,
         )
         self.batcher = Batcher(self.store)
         add_to_server(
@@ -219,6 +237,13 @@ class Sidecar:
                 self.batcher,
                 max_watchers=self.config.server.max_watchers,
                 metrics=self.exporters.service,
+                desk=TokenDesk(
+                    self.store,
+                    now_ms=self.ledger.clock.now_ms,
+                    on_change=self.security.refresh,
+                    on_audit=self.audit_log,
+                ),
+                on_denied=self.security.count_denied,
             ),
             server,
         )
@@ -253,9 +278,11 @@ def create_sidecar(
         store.close()
         raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
-    exporters = _exporters(config, store=store, clock=clock, metrics=metrics)
-    components = _components(config, ledger, metrics, clock, store, exporters)
+    security = Security(config, store, metrics)
+    exporters = _exporters(config, store=store, clock=clock, metrics=metrics, security=security)
+    components = _components(config, ledger, metrics, clock, store, exporters, security)
     on_close: list[Any] = []
+    logger_provider = logger_provider or _otlp_logger_provider(config, on_close)
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
     ledger.set_alert_listener(_listener(hub, dispatcher))
     lg = config.ledger
@@ -277,6 +304,8 @@ def create_sidecar(
         metrics=metrics,
         exporters=exporters,
         components=components,
+        security=security,
+        audit_log=OtelAuditLog(logger_provider),
     )
 
 
@@ -311,6 +340,7 @@ def _components(
     clock: Clock,
     store: LedgerStore,
     exporters: MetricsExporters,
+    security: Security,
 ) -> list[Component]:
     if not config.receivers.otlp.enabled:
         return []
@@ -344,8 +374,14 @@ def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:
 
 
 def _exporters(
-    config: SidecarConfig, *, store: LedgerStore, clock: Clock, metrics: SelfMetrics
+    config: SidecarConfig,
+    *,
+    store: LedgerStore,
+    clock: Clock,
+    metrics: SelfMetrics,
+    security: Security | None = None,
 ) -> MetricsExporters:
+    security = security or Security(config, store, metrics)
     return create_exporters(
         config.metrics,
         service_name=config.telemetry.service_name,
@@ -353,6 +389,8 @@ def _exporters(
         store=store,
         clock=clock,
         metrics=metrics,
+        gate=security.metrics.gate,
+        tls=security.metrics.tls,
     )
 
 
@@ -361,8 +399,7 @@ def _dispatcher(
 ) -> AlertDispatcher | None:
     sinks: list[AlertSink] = []
     if config.alerts.otel_logs:
-        provider = logger_provider or _otlp_logger_provider(config, on_close)
-        sinks.append(OtelLogSink(provider))
+        sinks.append(OtelLogSink(logger_provider))
     hook = config.alerts.webhook
     lease_ms = 30_000
     if hook is not None:

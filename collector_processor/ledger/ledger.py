@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from collector_processor.domain.access import Actor, AuditEvent, budget_record
 from collector_processor.domain.budgets import (
     Budget,
     BudgetDraft,
@@ -45,6 +46,7 @@ from collector_processor.domain.types import (
     UsageGroup,
 )
 from collector_processor.domain.usage import (
+    SCOPE_COLUMNS,
     UsageQuery,
     UsageReport,
     build_report,
@@ -97,14 +99,23 @@ class Ledger:
         self.clock: Clock = clock or SystemClock()
         self.settings = (settings or LedgerSettings()).validate()
         self._on_alert = on_alert
+        self._on_audit: Callable[[AuditEvent], None] | None = None
 
     def set_alert_listener(self, on_alert: Callable[[], None] | None) -> None:
         self._on_alert = on_alert
 
     # -- budgets ---------------------------------------------------------------------------------
-    def create_budget(self, draft: BudgetDraft) -> Budget:
+    def set_audit_listener(self, on_audit: Callable[[AuditEvent], None] | None) -> None:
+        """Called with every change a caller made (its state before and after as this ledger saw it),
+        once it is durable; the store's own log, written in the same step as the change, is the record."""
+        self._on_audit = on_audit
+
+    def create_budget(self, draft: BudgetDraft, *, actor: Actor | None = None) -> Budget:
         budget = self._build(draft, field_prefix="budget.")
-        return self.store.create_budget(budget)
+        audit = self._audit(actor, "budget.create", budget)
+        created = self.store.create_budget(budget, audit=audit)
+        self._audited(audit, after=created)
+        return created
 
     def get_budget(self, budget_id: str) -> Budget:
         return self.store.get_budget(check_budget_id(budget_id))
@@ -130,15 +141,54 @@ class Ledger:
             return budgets[:size], _encode_token(budgets[size - 1].id)
         return budgets, ""
 
-    def update_budget(self, budget_id: str, patch: BudgetPatch) -> Budget:
+    def update_budget(self, budget_id: str, patch: BudgetPatch, *, actor: Actor | None = None) -> Budget:
         if patch.is_empty():
             raise InvalidRequestError(
                 "update", "names no field to change (name, limit_usd, on_exceed, alert_thresholds, enabled)"
             )
-        return self.store.update_budget(check_budget_id(budget_id), patch, now_ms=self.clock.now_ms())
+        now = self.clock.now_ms()
+        budget = self.store.get_budget(check_budget_id(budget_id)) if actor is not None else None
+        audit = self._audit(actor, "budget.update", budget, now_ms=now)
+        updated = self.store.update_budget(budget_id, patch, now_ms=now, audit=audit)
+        self._audited(audit, before=budget, after=updated)
+        return updated
 
-    def delete_budget(self, budget_id: str) -> None:
-        self.store.delete_budget(check_budget_id(budget_id))
+    def delete_budget(self, budget_id: str, *, actor: Actor | None = None) -> None:
+        budget = self.store.get_budget(check_budget_id(budget_id)) if actor is not None else None
+        audit = self._audit(actor, "budget.delete", budget)
+        self.store.delete_budget(budget_id, audit=audit)
+        self._audited(audit, before=budget)
+
+    def _audited(
+        self, event: AuditEvent | None, *, before: Budget | None = None, after: Budget | None = None
+    ) -> None:
+        if event is not None and self._on_audit is not None:
+            self._on_audit(
+                replace(
+                    event,
+                    before=budget_record(before) if before is not None else "",
+                    after=budget_record(after) if after is not None else "",
+                )
+            )
+
+    def _audit(
+        self, actor: Actor | None, action: str, budget: Budget | None, *, now_ms: int | None = None
+    ) -> AuditEvent | None:
+        """The audit event of a change by ``actor`` (the store fills in before and after)."""
+        if actor is None or budget is None:
+            return None
+        return AuditEvent(
+            sequence=0,
+            at_ms=self.clock.now_ms() if now_ms is None else now_ms,
+            principal=actor.principal,
+            address=actor.address,
+            action=action,
+            target=budget.id,
+            scope=budget.scope.value,
+            scope_id=budget.scope_id or "",
+            before="",
+            after="",
+        )
 
     def load_config_budgets(
         self, drafts: Sequence[BudgetDraft], *, field_prefix: str = "budgets"
@@ -260,7 +310,8 @@ class Ledger:
             check_scope_id(scope_id)
         return self.store.budget_status(budget_id, scope_id, now_ms=self.clock.now_ms())
 
-    def usage(self, query: UsageQuery) -> UsageReport:
+    def usage(self, query: UsageQuery, *, visible: Callable[[ScopeSet], bool] | None = None) -> UsageReport:
+        """A usage report; with ``visible``, only the records whose scopes it accepts are counted."""
         group_by = check_group_by(query.group_by)
         query.scopes.validate(required=False)
         try:
@@ -278,9 +329,18 @@ class Ledger:
             provider=query.provider,
             model=query.model,
         )
-        by_slot = len(columns_for(group_by)) != len(group_by)
-        rows = self.store.usage_rows(flt, columns_for(group_by), by_slot=by_slot)
-        return build_report(rows, group_by, tz)
+        columns = columns_for(group_by)
+        by_slot = len(columns) != len(group_by)
+        if visible is None:
+            return build_report(self.store.usage_rows(flt, columns, by_slot=by_slot), group_by, tz)
+        # Group by every scope as well, keep the rows whose ids are visible, then fold them back.
+        fetched = tuple(dict.fromkeys((*SCOPE_COLUMNS, *columns)))
+        rows = [
+            row
+            for row in self.store.usage_rows(flt, fetched, by_slot=by_slot)
+            if visible(ScopeSet(**dict(zip(SCOPE_COLUMNS, row.keys, strict=False))))
+        ]
+        return build_report(rows, group_by, tz, columns=fetched)
 
     def expire_due(self) -> int:
         """Release every reservation whose TTL has passed; the sweeper calls this between requests."""

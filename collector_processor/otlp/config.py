@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from collector_processor.auth.config import TlsSection
 from collector_processor.domain.budgets import SCOPE_ORDER, check_scope_id
 from collector_processor.errors import InvalidRequestError
 
@@ -112,6 +113,10 @@ class OtlpReceiverSection(_Section):
     attribution: AttributionSection = AttributionSection()
     charging: ChargingSection = ChargingSection()
     forward: ForwardSection = ForwardSection()
+    tls: TlsSection = TlsSection()
+    """TLS (and mTLS) for both OTLP listeners."""
+    allow_unauthenticated: bool = False
+    """Serve callers without credentials on a non-loopback address while ``[auth]`` is off."""
 
     def validate_all(self) -> OtlpReceiverSection:
         """Checks that span keys; raises ``InvalidRequestError`` naming the key under ``receivers.otlp``."""

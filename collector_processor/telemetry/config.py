@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from collector_processor.auth.config import TlsSection
+
 __all__ = ["DEFAULT_METRICS_LISTEN", "MetricsOtlpSection", "MetricsSection", "TelemetrySection"]
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:7319"
@@ -42,3 +44,9 @@ class MetricsSection(_Section):
     max_models: int = Field(default=200, ge=1, le=100_000)
     refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
     otlp: MetricsOtlpSection = MetricsOtlpSection()
+    tls: TlsSection = TlsSection()
+    require_token: bool = False
+    """With ``[auth]`` on: ``/metrics`` answers only a bearer token of a reader or admin whose grants
+    cover everything (``*``)."""
+    allow_unauthenticated: bool = False
+    """Serve ``/metrics`` without credentials on a non-loopback address."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from collector_processor.domain.access import AuditEvent, budget_record
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, apply_patch
 from collector_processor.errors import AlreadyExistsError, NotFoundError, StoreUnavailableError
+from collector_processor.store.redis.access import audit_json
 from collector_processor.store.redis.codec import budget_from_json, budget_json
 from collector_processor.store.redis.link import RedisLink
 from collector_processor.store.shared import plan_config_sync, refuse_config
@@ -33,9 +35,10 @@ class BudgetRows:
         reply = self._link.script("load_budgets", [])
         return int(reply[0]), [budget_from_json(reply[i]) for i in range(2, len(reply), 2)]
 
-    def create(self, budget: Budget) -> Budget:
+    def create(self, budget: Budget, audit: AuditEvent | None = None) -> Budget:
+        event = audit_json(replace(audit, after=budget_record(budget))) if audit is not None else ""
         reply = self._link.script(
-            "budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)]
+            "budget_ops", ["create", budget.id, budget_json(budget, with_generation=False), event]
         )
         if reply[0] == "EXISTS":
             raise AlreadyExistsError(f"budget {budget.id!r} exists already")
@@ -61,24 +64,32 @@ class BudgetRows:
             if (scope is None or b.scope is scope) and (scope_id is None or b.scope_id == scope_id)
         ][:limit]
 
-    def update(self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool) -> Budget:
+    def update(
+        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool, audit: AuditEvent | None
+    ) -> Budget:
         for _ in range(_ATTEMPTS):
             raw = self.raw(budget_id)
             current = budget_from_json(raw)
             refuse_config(current, allow_config, "changed")
             updated = apply_patch(current, patch, now_ms=now_ms)
             stored = budget_json(updated, with_generation=True)
-            if self._link.script("budget_ops", ["replace", budget_id, raw, stored])[0] == "OK":
+            event = ""
+            if audit is not None:
+                event = audit_json(
+                    replace(audit, before=budget_record(current), after=budget_record(updated))
+                )
+            if self._link.script("budget_ops", ["replace", budget_id, raw, stored, event])[0] == "OK":
                 return updated
         raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this update was tried; retry")
 
-    def delete(self, budget_id: str, *, allow_config: bool) -> None:
+    def delete(self, budget_id: str, *, allow_config: bool, audit: AuditEvent | None) -> None:
         for _ in range(_ATTEMPTS):
             raw = self.raw(budget_id)
             current = budget_from_json(raw)
             refuse_config(current, allow_config, "deleted")
             dead = f"{current.id}@{current.generation}"  # its state is collected by housekeeping
-            if self._link.script("budget_ops", ["delete", budget_id, raw, dead])[0] == "OK":
+            event = audit_json(replace(audit, before=budget_record(current))) if audit is not None else ""
+            if self._link.script("budget_ops", ["delete", budget_id, raw, dead, event])[0] == "OK":
                 return
         raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this delete was tried; retry")
 

@@ -161,13 +161,32 @@ class RedisLink:
         pipe.fcall(function, 1, self.meta_key, packed)
         pipe.wait(self._wait_replicas, self._wait_timeout_ms)
         reply, acknowledged = pipe.execute()
+        self._check_replicas(acknowledged)
+        return reply
+
+    def eval(self, source: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run a small Lua script outside the function library (rare operations such as issuing a
+        token), with the same replica acknowledgement as the functions."""
+
+        def run() -> Any:
+            if not self._wait_replicas:
+                return self.client.eval(source, len(keys), *keys, *args)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.eval(source, len(keys), *keys, *args)
+            pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+            reply, acknowledged = pipe.execute()
+            self._check_replicas(acknowledged)
+            return reply
+
+        return self.call(run)
+
+    def _check_replicas(self, acknowledged: Any) -> None:
         if int(acknowledged) < self._wait_replicas:
             raise StoreUnavailableError(
                 f"the Redis store at {self.where} applied this change but only {acknowledged} of "
                 f"{self._wait_replicas} replica(s) acknowledged it within {self._wait_timeout_ms} ms, so a "
                 "failover could lose it; retry (the operation is safe to repeat)"
             )
-        return reply
 
     def call(self, fn: Callable[[], T]) -> T:
         if not self._available:

@@ -616,6 +616,13 @@ local function insert(id, body)
   return gen
 end
 local function bump() redis.call('HINCRBY', P .. ':meta', 'version', 1) end
+-- The audit event of the change, appended in the same step (the same layout as the access scripts).
+local function audit(event)
+  if event and event ~= '' then
+    local seq = redis.call('INCR', P .. ':audit:seq')
+    redis.call('ZADD', P .. ':audit', seq, seq .. ' ' .. event)
+  end
+end
 local function remove(id, dead)
   redis.call('HDEL', P .. ':budgets', id)
   redis.call('SADD', P .. ':dead', dead)
@@ -625,12 +632,14 @@ local op = ARGV[1]
 if op == 'create' then
   local gen = insert(ARGV[2], ARGV[3])
   if not gen then return {'EXISTS'} end
+  audit(ARGV[4])
   return {'OK', gen}
 end
 if op == 'replace' or op == 'delete' then
   if redis.call('HGET', P .. ':budgets', ARGV[2]) ~= ARGV[3] then return {'CHANGED'} end
   if op == 'replace' then redis.call('HSET', P .. ':budgets', ARGV[2], ARGV[4]); bump()
   else remove(ARGV[2], ARGV[4]) end
+  audit(ARGV[5])
   return {'OK'}
 end
 if op == 'sync' then

@@ -33,6 +33,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
 from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
 from collector_processor.domain.money import micros_to_usd, usd_to_micros
@@ -63,6 +64,7 @@ from collector_processor.errors import (
 from collector_processor.store.base import BudgetSpend, EntitySpend, UsageFilter, UsageRow
 from collector_processor.store.index import BudgetIndex, LiveBudget
 from collector_processor.store.redis import answers, housekeeping, reports
+from collector_processor.store.redis.access import AccessRows
 from collector_processor.store.redis.budgets import BudgetRows
 from collector_processor.store.redis.codec import (
     check_namespace,
@@ -137,6 +139,7 @@ class RedisStore:
         self._p = self._link.prefix
         self._client = self._link.client
         self._budgets = BudgetRows(self._link)
+        self._access = AccessRows(self._link)
         self._index = BudgetIndex((), version=-1)
         self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str]]] = {}
         self._remembered: dict[str, ScopeSet] = {}
@@ -280,8 +283,8 @@ class RedisStore:
         return scopes
 
     # -- budgets ---------------------------------------------------------------------------------
-    def create_budget(self, budget: Budget) -> Budget:
-        created = self._budgets.create(budget)
+    def create_budget(self, budget: Budget, *, audit: AuditEvent | None = None) -> Budget:
+        created = self._budgets.create(budget, audit)
         self._forget_index()
         return created
 
@@ -294,14 +297,24 @@ class RedisStore:
         return self._budgets.list(scope=scope, scope_id=scope_id, after_id=after_id, limit=limit)
 
     def update_budget(
-        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+        self,
+        budget_id: str,
+        patch: BudgetPatch,
+        *,
+        now_ms: int,
+        allow_config: bool = False,
+        audit: AuditEvent | None = None,
     ) -> Budget:
-        updated = self._budgets.update(budget_id, patch, now_ms=now_ms, allow_config=allow_config)
+        updated = self._budgets.update(
+            budget_id, patch, now_ms=now_ms, allow_config=allow_config, audit=audit
+        )
         self._forget_index()
         return updated
 
-    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
-        self._budgets.delete(budget_id, allow_config=allow_config)
+    def delete_budget(
+        self, budget_id: str, *, allow_config: bool = False, audit: AuditEvent | None = None
+    ) -> None:
+        self._budgets.delete(budget_id, allow_config=allow_config, audit=audit)
         self._forget_index()
 
     def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
@@ -686,6 +699,25 @@ class RedisStore:
             self._link.script("ack_alerts", [str(now_ms), *(str(s) for s in sequences)])
 
     # -- housekeeping ----------------------------------------------------------------------------
+    # -- tokens and audit ------------------------------------------------------------------------
+    def create_token(self, token: TokenRecord, *, event: AuditEvent) -> None:
+        self._access.create_token(token, event)
+
+    def revoke_token(self, token_id: str, *, now_ms: int, event: AuditEvent) -> TokenRecord:
+        return self._access.revoke_token(token_id, now_ms, event)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self._access.list_tokens()
+
+    def tokens_version(self) -> int:
+        return self._access.tokens_version()
+
+    def record_audit(self, event: AuditEvent) -> None:
+        self._access.record_audit(event)
+
+    def audit_events(self, *, after: int, limit: int) -> list[AuditEvent]:
+        return self._access.audit_events(after, limit)
+
     def prune(
         self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
     ) -> None:

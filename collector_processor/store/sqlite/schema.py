@@ -16,6 +16,7 @@ from typing import Any
 
 from collector_processor.domain.budgets import Budget, OnExceed, Scope
 from collector_processor.domain.periods import parse_period
+from collector_processor.store.sqlite.access import ACCESS_SCHEMA
 
 __all__ = [
     "BUDGET_COLUMNS",
@@ -210,6 +211,7 @@ def connect(path: Path | str, *, synchronous: str, busy_timeout_ms: int, create:
     conn.execute("PRAGMA cache_size = -16000")
     if create:
         conn.executescript(_SCHEMA)
+        conn.executescript(ACCESS_SCHEMA)
         version = conn.execute("SELECT value FROM counters WHERE name = 'schema'").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
