@@ -10,8 +10,10 @@ What they cover is decided here, once, for every caller:
   the grants only when **every** id it names is covered, because every named id's budgets are charged;
 * a **budget** is inside them when its target is: ``team=search`` covers the budget of team search;
   a wildcard budget (every team) only by ``team=*``;
-* a **record** someone reads (a usage row, an alert) is visible when **any** of its ids is covered:
-  a reader of team search sees every record of team search, whoever its user was.
+* a **record** someone reads (a usage row) is visible when one of its ids is covered by a grant that
+  names ids (``team=search``; a reader of team search sees every record of team search, whoever its
+  user was), or when every one of its ids is covered (so ``user=*``, which a service needs to charge
+  any end user, does not on its own show other teams' records that carry a user id).
 """
 
 from __future__ import annotations
@@ -91,8 +93,16 @@ class Grants:
         return self.covers(scope, scope_id)
 
     def sees(self, scopes: ScopeSet) -> bool:
-        """Whether a record attributed to ``scopes`` is visible: any of its ids is covered."""
-        return any(self.covers(scope, scope_id) for scope, scope_id in scopes.pairs())
+        """Whether a record attributed to ``scopes`` is visible: one of its ids is covered by a grant
+        that names ids (``team=search``, ``agent=support-*``), or every one of its ids is covered.
+        A ``user=*`` that lets a service charge any end user does not by itself show every team's
+        records that carry a user id."""
+        pairs = scopes.pairs()
+        if not pairs:
+            return False
+        if any(g.pattern != "*" and g.covers(scope, sid) for scope, sid in pairs for g in self.items):
+            return True
+        return all(self.covers(scope, scope_id) for scope, scope_id in pairs)
 
     def sees_scope(self, scope: Scope) -> bool:
         """Whether any grant reaches ids of ``scope`` (a wildcard budget of it may be listed)."""

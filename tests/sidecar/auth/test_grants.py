@@ -56,11 +56,17 @@ def test_a_request_is_inside_only_when_every_id_it_names_is_granted() -> None:
     assert grants.outside(ScopeSet(team="billing")) == (TEAM, "billing")
 
 
-def test_a_record_is_visible_when_any_of_its_ids_is_granted() -> None:
+def test_a_record_is_visible_through_a_named_id_or_when_all_its_ids_are_granted() -> None:
     grants = parse_grants(["team=search"])
     assert grants.sees(ScopeSet(team="search", user="someone"))
     assert not grants.sees(ScopeSet(team="billing", user="someone"))
     assert not grants.sees(ScopeSet())
+    service = parse_grants(["team=search", "user=*"])
+    assert service.sees(ScopeSet(team="search", user="u1"))
+    assert not service.sees(ScopeSet(team="billing", user="u1"))  # user=* alone does not reveal billing
+    assert service.sees(ScopeSet(user="u1"))  # nothing in it is outside the grants
+    assert parse_grants(["agent=support-*"]).sees(ScopeSet(agent="support-bot", team="x"))
+    assert ALL.sees(ScopeSet(team="anything"))
 
 
 def test_a_wildcard_budget_is_covered_only_by_a_wildcard_grant() -> None:
