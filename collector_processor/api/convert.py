@@ -208,8 +208,9 @@ def check_to_pb(o: CheckOutcome) -> pb.CheckBudgetResponse:
     return msg
 
 
-def reserve_from_pb(msg: pb.ReserveRequest) -> ReserveCommand:
+def reserve_from_pb(msg: pb.ReserveRequest, *, owner: str = "") -> ReserveCommand:
     return ReserveCommand(
+        owner=owner,
         scopes=scopes_from_pb(msg.scopes),
         estimate_usd=parse_usd(msg.estimate_usd, "estimate_usd"),
         estimate_tokens=msg.estimate_tokens,
@@ -243,8 +244,9 @@ def reserve_to_pb(o: ReserveOutcome) -> pb.ReserveResponse:
     return msg
 
 
-def commit_from_pb(msg: pb.CommitRequest) -> CommitCommand:
+def commit_from_pb(msg: pb.CommitRequest, *, owner: str = "") -> CommitCommand:
     return CommitCommand(
+        owner=owner,
         reservation_id=msg.reservation_id,
         actual_usd=parse_usd(msg.actual_usd, "actual_usd"),
         actual_tokens=msg.actual_tokens,
@@ -267,8 +269,9 @@ def release_to_pb(o: ReleaseOutcome) -> pb.ReleaseResponse:
     return pb.ReleaseResponse(released_usd=format_usd(o.released_usd), state=STATE_TO_PB[o.state])
 
 
-def record_from_pb(msg: pb.RecordUsageRequest) -> RecordUsageCommand:
+def record_from_pb(msg: pb.RecordUsageRequest, *, owner: str = "") -> RecordUsageCommand:
     return RecordUsageCommand(
+        owner=owner,
         usage_id=msg.usage_id,
         scopes=scopes_from_pb(msg.scopes),
         cost_usd=parse_usd(msg.cost_usd, "cost_usd"),

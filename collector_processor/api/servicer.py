@@ -243,7 +243,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
     @_guarded
     async def Reserve(self, request: pb.ReserveRequest, context: Ctx) -> pb.ReserveResponse:
         principal = authz.require(Action.SPEND)
-        command = convert.reserve_from_pb(request)
+        command = convert.reserve_from_pb(request, owner=principal.owner)
         authz.require_scopes(principal, command.scopes)
         outcome = await self._batcher.run(lambda: self._ledger.reserve(command))
         self._metrics.reserved(outcome)
@@ -251,22 +251,24 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
 
     @_guarded
     async def Commit(self, request: pb.CommitRequest, context: Ctx) -> pb.CommitResponse:
-        authz.require(Action.SPEND)
-        command = convert.commit_from_pb(request)
+        principal = authz.require(Action.SPEND)
+        command = convert.commit_from_pb(request, owner=principal.owner)
         outcome = await self._batcher.run(lambda: self._ledger.commit(command))
         self._metrics.committed(command, outcome)
         return convert.commit_to_pb(outcome)
 
     @_guarded
     async def Release(self, request: pb.ReleaseRequest, context: Ctx) -> pb.ReleaseResponse:
-        authz.require(Action.SPEND)
+        owner = authz.require(Action.SPEND).owner
         reservation_id = request.reservation_id
-        return convert.release_to_pb(await self._batcher.run(lambda: self._ledger.release(reservation_id)))
+        return convert.release_to_pb(
+            await self._batcher.run(lambda: self._ledger.release(reservation_id, owner=owner))
+        )
 
     @_guarded
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Ctx) -> pb.RecordUsageResponse:
         principal = authz.require(Action.SPEND)
-        command = convert.record_from_pb(request)
+        command = convert.record_from_pb(request, owner=principal.owner)
         authz.require_scopes(principal, command.scopes)
         outcome = await self._batcher.run(lambda: self._ledger.record_usage(command))
         self._metrics.recorded(command, outcome)

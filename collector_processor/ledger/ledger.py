@@ -28,6 +28,7 @@ from collector_processor.domain.budgets import (
     check_thresholds,
 )
 from collector_processor.domain.clock import Clock, SystemClock
+from collector_processor.domain.idempotency import owned_key, record_fingerprint, reserve_fingerprint
 from collector_processor.domain.money import usd_to_micros
 from collector_processor.domain.periods import zone
 from collector_processor.domain.types import (
@@ -226,6 +227,11 @@ class Ledger:
     def reserve(self, command: ReserveCommand) -> ReserveOutcome:
         ttl = self._validate_reserve(command)
         now = self.clock.now_ms()
+        command = replace(
+            command,
+            idempotency_key=owned_key(command.owner, command.idempotency_key),
+            fingerprint=reserve_fingerprint(command),
+        )
         return self.store.reserve(
             command, reservation_id=_reservation_id(now), expires_ms=now + ttl, now_ms=now
         )
@@ -262,9 +268,9 @@ class Ledger:
         self._alerted(outcome.alerts_fired)
         return outcome
 
-    def release(self, reservation_id: str) -> ReleaseOutcome:
+    def release(self, reservation_id: str, *, owner: str = "") -> ReleaseOutcome:
         _required_key(reservation_id, "reservation_id")
-        return self.store.release(reservation_id, now_ms=self.clock.now_ms())
+        return self.store.release(reservation_id, now_ms=self.clock.now_ms(), owner=owner)
 
     def record_usage(self, command: RecordUsageCommand) -> RecordUsageOutcome:
         _required_key(command.usage_id, "usage_id")
@@ -277,7 +283,13 @@ class Ledger:
         occurred = now if command.occurred_ms is None else command.occurred_ms
         if occurred > now + _FUTURE_SKEW_MS:
             raise InvalidRequestError("occurred_at", "is in the future")
-        outcome = self.store.record_usage(replace(command, occurred_ms=min(occurred, now)), now_ms=now)
+        command = replace(
+            command,
+            usage_id=owned_key(command.owner, command.usage_id),
+            fingerprint=record_fingerprint(command),
+            occurred_ms=min(occurred, now),
+        )
+        outcome = self.store.record_usage(command, now_ms=now)
         self._alerted(outcome.alerts_fired)
         return outcome
 

@@ -131,19 +131,23 @@ class LedgerStore(Protocol):
         self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
     ) -> ReserveOutcome:
         """Decide and hold on every matching budget, or on none, atomically (including the downgrade re-send);
-        a reservation made or renewed holds until ``expires_ms``."""
+        a reservation made or renewed holds until ``expires_ms``. It keeps ``command.owner`` and
+        ``command.fingerprint``: a repeated idempotency key with another fingerprint is
+        ``AlreadyExistsError``, and a re-send by another owner ``PermissionDeniedError``."""
         ...
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
-        """Replace the hold with the actual spend, charge, fire alerts; idempotent."""
+        """Replace the hold with the actual spend, charge, fire alerts; idempotent. ``PermissionDeniedError``
+        (before anything is written) when ``command.owner`` did not make the reservation."""
         ...
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
-        """Give the hold back; idempotent."""
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
+        """Give the hold back; idempotent. ``PermissionDeniedError`` when ``owner`` did not make it."""
         ...
 
     def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
-        """Charge spend without a reservation, idempotent by usage id; fire alerts."""
+        """Charge spend without a reservation, idempotent by usage id; fire alerts. The same usage id
+        with another fingerprint is ``AlreadyExistsError``; a reservation it names must be the owner's."""
         ...
 
     def record_usage_batch(self, batch: UsageBatch, *, now_ms: int) -> UsageBatchOutcome:

@@ -159,8 +159,8 @@ class InstrumentedStore:
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
         return self._timed("commit", lambda: self.inner.commit(command, now_ms=now_ms))
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
-        return self._timed("release", lambda: self.inner.release(reservation_id, now_ms=now_ms))
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
+        return self._timed("release", lambda: self.inner.release(reservation_id, now_ms=now_ms, owner=owner))
 
     def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
         return self._timed("record_usage", lambda: self.inner.record_usage(command, now_ms=now_ms))

@@ -12,14 +12,21 @@ from collector_processor.domain.budgets import Budget
 from collector_processor.domain.decisions import BudgetState, Plan, budget_infos, evaluate, projection
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.types import BudgetStatus, CheckOutcome, ReserveOutcome
-from collector_processor.errors import FailedPreconditionError, InvalidRequestError
+from collector_processor.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidRequestError,
+    PermissionDeniedError,
+)
 from collector_processor.store.index import LiveBudget
 
 __all__ = [
     "ConfigSync",
+    "check_fingerprint",
     "check_outcome",
     "deciding",
     "entity_for",
+    "not_owner",
     "plan_config_sync",
     "refuse_config",
     "reserve_outcome",
@@ -149,3 +156,22 @@ def _meaning(b: Budget) -> tuple[object, ...]:
 
 def _definition(b: Budget) -> tuple[object, ...]:
     return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.enabled)
+
+
+def check_fingerprint(stored: str, asked: str, field: str, what: str) -> None:
+    """Refuse a repeated idempotency key (or usage id) whose request differs from the first one's.
+    Rows written before keys had fingerprints have none, and are taken as they are."""
+    if stored and asked and stored != asked:
+        raise AlreadyExistsError(
+            f"{field}: was used by an earlier {what} with different scopes, amounts or facts; a retry must "
+            "repeat the request exactly, and a new request needs a new key"
+        )
+
+
+def not_owner(reservation_id: str) -> PermissionDeniedError:
+    """The refusal of a re-send, commit or release by a principal that did not make the reservation."""
+    return PermissionDeniedError(
+        f"reservation {reservation_id!r} was made by another principal; only its maker may commit, release "
+        "or re-send it",
+        "owner",
+    )

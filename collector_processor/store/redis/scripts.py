@@ -216,9 +216,9 @@ local function standing(sp, out)
   end
 end
 
-local function insert_usage(id, ts, scopes, cost, total, prov, model, tin, tout, tcr, tcc, treas, rid)
+local function insert_usage(id, ts, scopes, cost, total, prov, model, tin, tout, tcr, tcc, treas, rid, fp)
   if redis.call('HSETNX', P .. ':u', id, table.concat({ts, scopes[1], scopes[2], scopes[3], scopes[4],
-      scopes[5], prov, model, cost, tin, tout, tcr, tcc, treas, total, rid}, '\31')) == 1 then
+      scopes[5], prov, model, cost, tin, tout, tcr, tcc, treas, total, rid, fp or ''}, '\31')) == 1 then
     redis.call('ZADD', P .. ':ut', ts, id)
   end
 end
@@ -318,7 +318,7 @@ end
 """
 
 # ARGV: version, now, rid, expires, estimate, downgrade estimate ('' for none), idempotency key,
-# organization, team, agent, workflow, user, provider, model, estimate tokens, specs...
+# organization, team, agent, workflow, user, provider, model, estimate tokens, owner, fingerprint, specs...
 _RESERVE = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, idem = ARGV[2], ARGV[3], ARGV[7]
@@ -327,7 +327,7 @@ if idem ~= '' then
   local earlier = redis.call('HGET', P .. ':idem', idem)
   if earlier then return {'REPLAY', earlier} end
 end
-local sp = specs(16)
+local sp = specs(18)
 local out = {'OK', '', '', '0'}
 local states = read_states(sp, out)
 local est, dest = ARGV[5], ARGV[6]
@@ -344,7 +344,7 @@ local full = holds_fit(sp, hold, out, 4)
 if full then return {'OVERFLOW', full} end
 redis.call('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
   'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
-  'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'),
+  'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'), 'ow', ARGV[16], 'fp', ARGV[17],
   'snap', table.concat({now, est, dest, '0', snapshot(out, sp, 4)}, '\30'))
 redis.call('ZADD', P .. ':due', ARGV[4], rid)
 if idem ~= '' then redis.call('HSET', P .. ':idem', idem, rid) end
@@ -352,14 +352,15 @@ add_holds(sp, hold, rid)
 return out
 """
 
-# ARGV: version, now, rid (downgrade_of), expires, estimate, scopes differ ('1'/'0'), specs...
+# ARGV: version, now, rid (downgrade_of), expires, estimate, scopes differ ('1'/'0'), owner, specs...
 _RESEND = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, est = ARGV[2], ARGV[3], ARGV[5]
 reclaim(now, RECLAIM)
 local R = P .. ':r:' .. rid
 if redis.call('EXISTS', R) == 0 then return {'NOTFOUND'} end
-local row = redis.call('HMGET', R, 'st', 'aw', 'dec', 'held')
+local row = redis.call('HMGET', R, 'st', 'aw', 'dec', 'held', 'ow')
+if (row[5] or '') ~= ARGV[7] then return {'OWNER'} end
 if row[1] ~= '1' then return {'STATE', row[1]} end
 if ARGV[6] == '1' then return {'SCOPES'} end
 if row[2] ~= '1' then
@@ -369,7 +370,7 @@ end
 local held = row[4]
 local own = {}
 for h in string.gmatch(redis.call('HGET', R, 'holds') or '', '[^\n]+') do own[h] = true end
-local sp = specs(7)
+local sp = specs(8)
 local out = {'OK', '', '', '0'}
 local states = {}
 for i, s in ipairs(sp) do
@@ -396,16 +397,17 @@ return out
 """
 
 # ARGV: version, now, rid, actual, total tokens, provider, model, input, output, cache read,
-# cache creation, reasoning, organization, team, agent, workflow, user, specs...
+# cache creation, reasoning, organization, team, agent, workflow, user, owner, specs...
 _COMMIT = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, actual = ARGV[2], ARGV[3], ARGV[4]
 reclaim(now, RECLAIM)
 local R = P .. ':r:' .. rid
-local row = redis.call('HMGET', R, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late')
+local row = redis.call('HMGET', R, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late', 'ow')
 if not row[1] then return {'NOTFOUND'} end
+if (row[8] or '') ~= ARGV[18] then return {'OWNER'} end
 if row[2] ~= table.concat(ARGV, '\30', 13, 17) then return {'SCOPES'} end
-local sp = specs(18)
+local sp = specs(19)
 if row[1] == '2' then
   local out = {'DUP', row[5], row[6], row[7]}
   standing(sp, out)
@@ -433,12 +435,13 @@ return out
 """
 
 # ARGV: version, now, usage id, occurred, cost, total tokens, provider, model, input, output,
-# cache read, cache creation, reasoning, organization, team, agent, workflow, user, reservation id, specs...
+# cache read, cache creation, reasoning, organization, team, agent, workflow, user, reservation id,
+# fingerprint, specs...
 _RECORD = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, id, cost = ARGV[2], ARGV[3], ARGV[5]
 reclaim(now, RECLAIM)
-local sp = specs(20)
+local sp = specs(21)
 if redis.call('HEXISTS', P .. ':u', id) == 1 then
   local out = {'DUP'}
   standing(sp, out)
@@ -447,7 +450,7 @@ end
 local full = charge_fits(sp, cost)
 if full then return {'OVERFLOW', full} end
 insert_usage(id, ARGV[4], {ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18]}, cost, ARGV[6], ARGV[7], ARGV[8],
-  ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[19])
+  ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[19], ARGV[20])
 local out = {'OK'}
 charge(sp, cost, now, out)
 return out
@@ -581,12 +584,14 @@ end
 return out
 """
 
-# ARGV: now, rid
+# ARGV: now, rid, owner
 _RELEASE = r"""
 local now, rid = ARGV[1], ARGV[2]
 reclaim(now, RECLAIM)
-local st = redis.call('HGET', P .. ':r:' .. rid, 'st')
+local row = redis.call('HMGET', P .. ':r:' .. rid, 'st', 'ow')
+local st = row[1]
 if not st then return {'NOTFOUND'} end
+if (row[2] or '') ~= ARGV[3] then return {'OWNER'} end
 if st == '2' then return {'COMMITTED'} end
 if st ~= '1' then return {'OK', st, '0'} end
 return {'OK', '3', settle(rid, '3', now)}

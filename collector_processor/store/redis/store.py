@@ -67,6 +67,7 @@ from collector_processor.store.redis import answers, housekeeping, reports
 from collector_processor.store.redis.access import AccessRows
 from collector_processor.store.redis.budgets import BudgetRows
 from collector_processor.store.redis.codec import (
+    SEP,
     check_namespace,
     facts_args,
     hold_key,
@@ -75,9 +76,11 @@ from collector_processor.store.redis.codec import (
 )
 from collector_processor.store.redis.link import RedisLink
 from collector_processor.store.shared import (
+    check_fingerprint,
     check_outcome,
     deciding,
     entity_for,
+    not_owner,
     reserve_outcome,
     status_from_state,
 )
@@ -345,12 +348,13 @@ class RedisStore:
             return [
                 str(now_ms), reservation_id, str(expires_ms), str(estimate), "" if downgrade is None else str(downgrade),
                 command.idempotency_key, *scope_args(scopes), model.provider, model.model, str(command.estimate_tokens),
+                command.owner, command.fingerprint,
                 *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
             ]  # fmt: skip
 
         index, reply = self._money("reserve", build)
         if reply[0] == "REPLAY":
-            return self._replay(reply[1], now_ms)
+            return self._replay(reply[1], now_ms, fingerprint=command.fingerprint)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
         plan = plan_reservation(states, estimate, downgrade_estimate=downgrade, resend=False)
         answers.agree(plan, reply)
@@ -370,7 +374,7 @@ class RedisStore:
 
         def build(index: BudgetIndex) -> list[str]:
             return [
-                str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0",
+                str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0", command.owner,
                 *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
             ]  # fmt: skip
 
@@ -378,6 +382,8 @@ class RedisStore:
         kind = reply[0]
         if kind == "NOTFOUND":
             raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+        if kind == "OWNER":
+            raise not_owner(rid)
         if kind == "STATE":
             state = ReservationState(int(reply[1]))
             raise FailedPreconditionError(
@@ -398,12 +404,14 @@ class RedisStore:
             return reserve_outcome(plan, states, "", 0)
         return reserve_outcome(plan, states, rid, expires_ms)
 
-    def _replay(self, reservation_id: str, now_ms: int) -> ReserveOutcome:
+    def _replay(self, reservation_id: str, now_ms: int, *, fingerprint: str = "") -> ReserveOutcome:
         """The first answer again: its decision and hold as stored, its words rebuilt from the standing
-        it was decided on, and the standing of its budgets now (without its own hold)."""
+        it was decided on, and the standing of its budgets now (without its own hold). A key used
+        for another request (another ``fingerprint``) is refused instead."""
         row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
         if not row:
             raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+        check_fingerprint(row.get("fp", ""), fingerprint, "idempotency_key", "Reserve")
         scopes = answers.unpack_scopes(row["sc"])
 
         def build(index: BudgetIndex) -> list[str]:
@@ -432,9 +440,10 @@ class RedisStore:
         )
 
     def _commit_script(
-        self, reservation_id: str, amount: int, total_tokens: int, facts: UsageFacts, now_ms: int
+        self, reservation_id: str, amount: int, total_tokens: int, facts: UsageFacts, now_ms: int, owner: str
     ) -> tuple[BudgetIndex, ScopeSet, list[Any]] | None:
-        """Settle a reservation as committed with ``amount`` and charge its budgets; ``None`` if unknown."""
+        """Settle a reservation as committed with ``amount`` and charge its budgets; ``None`` if unknown,
+        ``PermissionDeniedError`` (nothing written) if ``owner`` did not make it."""
         total = total_tokens or facts.input_tokens + facts.output_tokens
         scopes = self._scopes_of(reservation_id)
         for _ in range(2):
@@ -445,12 +454,14 @@ class RedisStore:
             def build(index: BudgetIndex, known: ScopeSet = known) -> list[str]:
                 return [
                     str(now_ms), reservation_id, str(amount), str(total), *facts_args(facts), *scope_args(known),
-                    *self._specs(index.match(known, enabled_only=False), now_ms, now_ms),
+                    owner, *self._specs(index.match(known, enabled_only=False), now_ms, now_ms),
                 ]  # fmt: skip
 
             index, reply = self._money("commit", build)
             if reply[0] == "NOTFOUND":
                 return None
+            if reply[0] == "OWNER":
+                raise not_owner(reservation_id)
             if reply[0] != "SCOPES":
                 return index, known, reply
             scopes = self._scopes_of(reservation_id, fresh=True)
@@ -459,7 +470,7 @@ class RedisStore:
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
         amount = usd_to_micros(command.actual_usd)
         done = self._commit_script(
-            command.reservation_id, amount, command.actual_tokens, command.usage, now_ms
+            command.reservation_id, amount, command.actual_tokens, command.usage, now_ms, command.owner
         )
         if done is None:
             raise NotFoundError(
@@ -509,10 +520,12 @@ class RedisStore:
         fired = tuple(int(seq) for seq in reply[offset + 2 * len(enabled) :])
         return budget_infos(states, [s.used > s.limit for s in states]), fired
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
-        reply = self._link.script("release", [str(now_ms), reservation_id])
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
+        reply = self._link.script("release", [str(now_ms), reservation_id, owner])
         if reply[0] == "NOTFOUND":
             raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+        if reply[0] == "OWNER":
+            raise not_owner(reservation_id)
         if reply[0] == "COMMITTED":
             raise FailedPreconditionError(
                 f"reservation {reservation_id!r} is committed already; it cannot be released"
@@ -525,7 +538,7 @@ class RedisStore:
         cost = usd_to_micros(command.cost_usd)
         if command.reservation_id:
             done = self._commit_script(
-                command.reservation_id, cost, command.total_tokens, command.usage, now_ms
+                command.reservation_id, cost, command.total_tokens, command.usage, now_ms, command.owner
             )
             if done is not None:
                 index, scopes, reply = done
@@ -539,11 +552,17 @@ class RedisStore:
         def build(index: BudgetIndex) -> list[str]:
             return [
                 str(now_ms), command.usage_id, str(occurred), str(cost), str(total), *facts_args(f),
-                *scope_args(scopes), command.reservation_id,
+                *scope_args(scopes), command.reservation_id, command.fingerprint,
                 *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred),
             ]  # fmt: skip
 
         index, reply = self._money("record", build)
+        if reply[0] == "DUP" and command.fingerprint:
+            stored = self._link.call(lambda: self._client.hget(f"{self._p}:u", command.usage_id)) or ""
+            fields = stored.split(SEP)
+            check_fingerprint(
+                fields[16] if len(fields) > 16 else "", command.fingerprint, "usage_id", "RecordUsage"
+            )
         return self._recorded(index, scopes, reply, (1, 1), cost, f, now_ms=now_ms, at_ms=occurred)
 
     def _recorded(

@@ -23,7 +23,7 @@ from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, crossed_thresholds
 from collector_processor.domain.types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
 from collector_processor.store.index import BudgetIndex, LiveBudget
-from collector_processor.store.sqlite.spend import INSERT_USAGE_SQL, fire_alerts, rearm_marks
+from collector_processor.store.sqlite.spend import USAGE_INSERT_HEAD, fire_alerts, rearm_marks
 
 __all__ = ["prune_batches", "record_batch"]
 
@@ -252,8 +252,7 @@ def _values(width: int, count: int) -> str:
 
 @lru_cache(maxsize=16)
 def _insert_usage_sql(count: int) -> str:
-    head = INSERT_USAGE_SQL.split(" VALUES ", 1)[0]
-    return f"{head} VALUES {_values(17, count)}"
+    return f"{USAGE_INSERT_HEAD}) VALUES {_values(17, count)}"
 
 
 @lru_cache(maxsize=16)

@@ -95,7 +95,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     settled_ms INTEGER,
     charged_micros INTEGER,
     released_micros INTEGER,
-    late INTEGER
+    late INTEGER,
+    owner TEXT NOT NULL DEFAULT '',
+    fingerprint TEXT NOT NULL DEFAULT ''
 );
 -- Partial indexes: a reservation without a key, or no longer held, costs no index entry.
 CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_key ON reservations (idempotency_key)
@@ -152,7 +154,8 @@ CREATE TABLE IF NOT EXISTS usage_events (
     cache_creation_tokens INTEGER NOT NULL,
     reasoning_tokens INTEGER NOT NULL,
     total_tokens INTEGER NOT NULL,
-    reservation_id TEXT NOT NULL
+    reservation_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage_events (ts_ms);
 
@@ -211,6 +214,7 @@ def connect(path: Path | str, *, synchronous: str, busy_timeout_ms: int, create:
     conn.execute("PRAGMA cache_size = -16000")
     if create:
         conn.executescript(_SCHEMA)
+        _add_columns(conn)
         conn.executescript(ACCESS_SCHEMA)
         version = conn.execute("SELECT value FROM counters WHERE name = 'schema'").fetchone()[0]
         if version != SCHEMA_VERSION:
@@ -218,6 +222,28 @@ def connect(path: Path | str, *, synchronous: str, busy_timeout_ms: int, create:
                 f"{path} has schema version {version}; this sidecar reads {SCHEMA_VERSION}"
             )
     return conn
+
+
+# Columns added after the first release: a file made by an earlier sidecar gets them on open (its rows
+# read as made without a principal and without a fingerprint, which the checks accept).
+_ADDED_COLUMNS = (
+    ("reservations", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("reservations", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
+    ("usage_events", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # another process may be opening the same file
+    try:
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def budget_from_row(row: tuple[Any, ...]) -> Budget:

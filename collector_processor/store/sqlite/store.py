@@ -239,7 +239,7 @@ class SqliteStore:
             if command.downgrade_of:
                 return holds_sql.resend_downgrade(conn, index, command, expires_ms, now_ms)
             if command.idempotency_key:
-                replay = holds_sql.replay_reservation(conn, index, command.idempotency_key, now_ms)
+                replay = holds_sql.replay_reservation(conn, index, command, now_ms)
                 if replay is not None:
                     return replay
             return holds_sql.reserve(conn, index, command, reservation_id, expires_ms, now_ms)
@@ -253,12 +253,13 @@ class SqliteStore:
 
         return self._write(op)
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
         def op(conn: sqlite3.Connection) -> ReleaseOutcome:
             self._begin_op(conn, now_ms)
             row = holds_sql.load_reservation(conn, reservation_id)
             if row is None:
                 raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+            holds_sql.check_owner(row, owner)
             state = ReservationState(row.state)
             if state is ReservationState.COMMITTED:
                 raise FailedPreconditionError(
