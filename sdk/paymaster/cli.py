@@ -86,14 +86,24 @@ class _Client:
         self._grpc = grpc
         self._target = target
         self._timeout = timeout
-        self._connection = self._credentials.connect(target)
+        options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+        self._connection = self._credentials.connect(target, options)
 
     def call(self, method: str, request: Any) -> Any:
+        return self._invoke(getattr(self._connection.stub(), method), request)
+
+    def health(self, service: str) -> str:
+        """The sidecar's gRPC health status of ``service`` (``SERVING``, ``NOT_SERVING`` ...)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._connection.channel())
+        reply = self._invoke(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def _invoke(self, rpc: Any, request: Any) -> Any:
         codes = self._grpc.StatusCode
         try:
-            return getattr(self._connection.stub(), method)(
-                request, timeout=self._timeout, metadata=self._credentials.metadata()
-            )
+            return rpc(request, timeout=self._timeout, metadata=self._credentials.metadata())
         except self._grpc.RpcError as exc:
             code = exc.code()
             if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED):
@@ -304,6 +314,15 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_health(args: argparse.Namespace, client: _Client) -> None:
+    """Exit 0 when the sidecar reports SERVING; a Kubernetes exec probe where TLS rules out the
+    kubelet's own gRPC probe."""
+    status = client.health(args.service)
+    emit(args, {"service": args.service, "status": status}, lambda: status)
+    if status != "SERVING":
+        raise CliError(f"{args.service or 'the server'} is {status}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from paymaster import demo
 
@@ -336,6 +355,9 @@ def _client_flags(parser: argparse.ArgumentParser, *, after_command: bool) -> No
                       help="client certificate for mutual TLS (env PAYMASTER_SIDECAR_CERT)")  # fmt: skip
     auth.add_argument("--key", default=default(None), metavar="FILE",
                       help="its private key (env PAYMASTER_SIDECAR_KEY)")  # fmt: skip
+    auth.add_argument("--server-name", default=default(None), metavar="NAME",
+                      help="the name the sidecar's certificate is for, when --target's host differs "
+                           "(e.g. through kubectl port-forward)")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -368,6 +390,11 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--time-zone", help="IANA zone for day/week/month/quarter/year keys")
 
     _cli_tokens.add_parsers(sub, common)
+    health = sub.add_parser(
+        "health", parents=[common], help="the sidecar's gRPC health status; exit 0 when SERVING"
+    )
+    health.add_argument("--service", default="paymaster.v1.BudgetService",
+                        help="service name to check (default paymaster.v1.BudgetService; '' for the server)")  # fmt: skip
 
     # The demo parses its own options (paymaster demo --help lists them).
     sub.add_parser("demo", help="run a governed pipeline and print its costs", add_help=False)
@@ -440,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cli_tokens.cmd_tokens_new(args)
             return 0
         commands = {"budgets": cmd_budgets, "usage": cmd_usage, "tokens": _cli_tokens.cmd_tokens,
-                    "audit": _cli_tokens.cmd_audit}  # fmt: skip
+                    "audit": _cli_tokens.cmd_audit, "health": cmd_health}  # fmt: skip
         client = _Client(args.target, args.timeout, args)
         try:
             commands[args.command](args, client)

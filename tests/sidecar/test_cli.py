@@ -437,3 +437,30 @@ def test_a_token_expires_by_the_same_clock_that_stamped_it(
     finally:
         running.channel.close()
         running.sidecar.stop(0)
+
+
+def test_health_answers_without_a_token_and_speaks_tls_with_a_server_name(
+    backing: StoreFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the Kubernetes readiness probe runs: TLS to 127.0.0.1 with a certificate for the Service."""
+    ca = Authority()
+    ca_file = ca.write(tmp_path)
+    service = "paymaster-sidecar.paymaster.svc"
+    cert, key = ca.server(common_name=service, dns_names=(service,)).write(tmp_path, "server")
+    running = start_authed(
+        backing, ManualClock(START), tmp_path, f'[server.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    )
+    try:
+        target = ("--target", running.address, "--timeout", "2", "--ca", str(ca_file))
+        assert main([*target, "--server-name", service, "health"]) == 0
+        assert capsys.readouterr().out == "SERVING\n"
+        assert main([*target, "--server-name", service, "--json", "health", "--service", ""]) == 0
+        assert json.loads(capsys.readouterr().out) == {"service": "", "status": "SERVING"}
+        # The certificate is not for 127.0.0.1: without the name, TLS refuses the connection.
+        assert main([*target, "health"]) == 1
+        assert "cannot reach the sidecar" in capsys.readouterr().err
+        assert main([*target, "--server-name", service, "health", "--service", "nope"]) == 1
+        assert "NOT_FOUND" in capsys.readouterr().err
+    finally:
+        running.channel.close()
+        running.sidecar.stop(0)

@@ -354,6 +354,11 @@ class Connection:
             self._follow_files()
         return self._stub
 
+    def channel(self) -> Any:
+        """The current ``grpc.Channel`` (for other services on the same port, such as health)."""
+        self.stub()
+        return self._channel
+
     def _follow_files(self) -> None:
         with self._lock:
             self._checked = time.monotonic()
