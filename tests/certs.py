@@ -62,13 +62,15 @@ class Authority:
         path.write_bytes(self.pem)
         return path
 
-    def server(self, *, common_name: str = "localhost") -> Issued:
-        """A certificate for ``localhost``, 127.0.0.1 and ::1."""
+    def server(self, *, common_name: str = "localhost", dns_names: tuple[str, ...] = ()) -> Issued:
+        """A certificate for ``localhost``, 127.0.0.1 and ::1, or only for ``dns_names`` when given."""
         sans: list[x509.GeneralName] = [
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
         ]
+        if dns_names:
+            sans = [x509.DNSName(name) for name in dns_names]
         return self._issue(common_name, sans, ExtendedKeyUsageOID.SERVER_AUTH)
 
     def client(self, *, common_name: str = "client", uri: str = "") -> Issued:

@@ -22,8 +22,9 @@ grpc is imported when a ``SidecarBudget`` is built, never by ``import paymaster`
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -188,6 +189,17 @@ class SidecarBudget:
     process restarts (``None``: in memory only). ``config`` supplies the ``[downgrade]`` mapping
     (default: the ``paymaster.toml`` the usual search finds).
 
+    Credentials, for a sidecar with ``[auth]`` on: ``token`` is sent as ``authorization: Bearer``
+    on every call — a string, or a callable returning the current token — or ``token_file`` names a
+    file holding it, read again whenever it changes (a mounted Kubernetes Secret that is rotated).
+    ``ca_file`` turns on TLS and verifies the sidecar's certificate; ``cert_file`` and ``key_file``
+    add a client certificate (mutual TLS); the certificate files are followed when they change too.
+    Each unset one comes from ``$PAYMASTER_TOKEN``, ``$PAYMASTER_TOKEN_FILE``, ``$PAYMASTER_SIDECAR_CA``,
+    ``$PAYMASTER_SIDECAR_CERT`` and ``$PAYMASTER_SIDECAR_KEY``; with none, the channel is plaintext
+    without a token (a loopback sidecar without ``[auth]``). A sidecar that refuses the credentials
+    (``UNAUTHENTICATED``) is handled by the fail policy like one that cannot be reached, with a
+    message that says so; the token never appears in ``repr()``, errors or logs.
+
     One ``SidecarBudget`` may serve many runners, in many threads: they share its connection,
     circuit breaker and journal. ``close()`` (or ``with``) ends its background work.
     """
@@ -208,8 +220,12 @@ class SidecarBudget:
         journal_dir: str | Path | Literal["default"] | None = "default",
         config: PaymasterConfig | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        token: str | Callable[[], str | None] | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        import os
 
         self.target = _check_target(target or os.environ.get(TARGET_ENV_VAR) or DEFAULT_TARGET)
         self.scopes = Scopes.coerce(scopes, where="SidecarBudget") or Scopes()
@@ -237,12 +253,19 @@ class SidecarBudget:
         try:
             from paymaster._sidecar.breaker import CircuitBreaker
             from paymaster._sidecar.client import SidecarClient
+            from paymaster._sidecar.credentials import Credentials
             from paymaster._sidecar.journal import Journal
             from paymaster._sidecar.replay import Replayer
         except ImportError as exc:
             raise ConfigError(
                 f"SidecarBudget needs grpc and protobuf ({exc.name} is missing): pip install 'paymaster[sidecar]'"
             ) from None
+        try:
+            credentials = Credentials.resolve(
+                token=token, token_file=token_file, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"SidecarBudget: {exc}") from None
         self._lock = threading.Lock()
         self._telemetry: Telemetry | None = None
         self.breaker = CircuitBreaker(
@@ -255,6 +278,7 @@ class SidecarBudget:
             backoff_s=backoff_s,
             breaker=self.breaker,
             channel_options=channel_options,
+            credentials=credentials,
         )
         self.journal = Journal(None if directory is None else Path(directory), target=self.target)
         self.replayer = Replayer(

@@ -249,7 +249,7 @@ class BudgetSession:
     ) -> Ticket:
         """The fail policy, for a step the sidecar could not decide."""
         policy = self.budget.fail_policy
-        why = f"the budget sidecar at {self.budget.target} did not answer ({exc})"
+        why = f"the budget sidecar at {self.budget.target} {exc.situation}"
         if span is not None:
             span.set_attribute("paymaster.sidecar.outcome", exc.kind)
         if policy == FAIL_CLOSED:
@@ -257,7 +257,7 @@ class BudgetSession:
             self._record(outcome, record, span)
             raise SidecarUnavailableError(
                 f"{why[0].upper()}{why[1:]}; fail_policy='fail_closed' denies step {step.name!r} before it "
-                "runs. Start (or reach) the sidecar, or choose fail_policy='fail_open' or "
+                f"runs. {exc.remedy}, or choose fail_policy='fail_open' or "
                 "'local_only_limits' to keep running through outages."
             )
         if policy == FAIL_OPEN:
