@@ -12,6 +12,7 @@ non-loopback address are flagged by ``paymaster_listener_unauthenticated{listene
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector_processor.auth.config import TlsSection
@@ -46,7 +47,14 @@ class Guarded:
 class Security:
     """The token book and every listener's gate and TLS."""
 
-    def __init__(self, config: SidecarConfig, store: LedgerStore, metrics: SelfMetrics) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        store: LedgerStore,
+        metrics: SelfMetrics,
+        *,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
         self._config = config
         self._metrics = metrics
         metrics.describe(
@@ -62,8 +70,11 @@ class Security:
             bootstrap = auth.bootstrap(base) if auth.enabled else []
         except InvalidRequestError as exc:
             raise ConfigError(f"{config.source}: {exc}") from None
+        # Expiry is judged by the clock that stamps tokens (the ledger's), not by another one.
         self.book = (
-            TokenBook(store, bootstrap=bootstrap, refresh_s=auth.refresh_seconds) if auth.enabled else None
+            TokenBook(store, bootstrap=bootstrap, refresh_s=auth.refresh_seconds, now_ms=now_ms)
+            if auth.enabled
+            else None
         )
         self._clients = auth.principals() if auth.enabled else {}
         self.api = self._guard("api", config.server.tls, "server.tls", required=auth.enabled)

@@ -88,7 +88,7 @@ class Sidecar:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
-        self.security = security or Security(config, store, self.metrics)
+        self.security = security or Security(config, store, self.metrics, now_ms=ledger.clock.now_ms)
         """The token book, and the gate and TLS of every listener."""
         self.audit_log = audit_log or OtelAuditLog()
         """Emits every change to budgets and tokens as an OpenTelemetry log record."""
@@ -278,7 +278,7 @@ def create_sidecar(
         store.close()
         raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
-    security = Security(config, store, metrics)
+    security = Security(config, store, metrics, now_ms=clock.now_ms)
     exporters = _exporters(config, store=store, clock=clock, metrics=metrics, security=security)
     components = _components(config, ledger, metrics, clock, store, exporters, security)
     on_close: list[Any] = []
@@ -381,7 +381,7 @@ def _exporters(
     metrics: SelfMetrics,
     security: Security | None = None,
 ) -> MetricsExporters:
-    security = security or Security(config, store, metrics)
+    security = security or Security(config, store, metrics, now_ms=clock.now_ms)
     return create_exporters(
         config.metrics,
         service_name=config.telemetry.service_name,

@@ -418,11 +418,6 @@ def test_durations() -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/security.py builds the TokenBook without now_ms, so a token's expiry is judged by the "
-    "wall clock while TokenDesk stamps it with the ledger's clock",
-)
 def test_a_token_expires_by_the_same_clock_that_stamped_it(
     backing: StoreFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
