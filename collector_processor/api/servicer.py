@@ -48,6 +48,9 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
 )
 
+# Alert sequences are signed 64-bit integers in both stores.
+_MAX_SEQUENCE = 2**63 - 1
+
 # grpc.aio.ServicerContext; grpc ships no type information, so the alias is only documentation.
 Ctx: TypeAlias = Any
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -247,6 +250,10 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
                 raise InvalidRequestError("request", request.problem)
             for budget_id in request.budget_ids:
                 check_budget_id(budget_id, "budget_ids")
+            if request.HasField("after_sequence") and request.after_sequence > _MAX_SEQUENCE:
+                raise InvalidRequestError(
+                    "after_sequence", f"must be at most {_MAX_SEQUENCE:,}, got {request.after_sequence:,}"
+                )
         except InvalidRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self._watchers >= self._max_watchers:

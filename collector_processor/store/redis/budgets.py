@@ -15,6 +15,7 @@ from collector_processor.errors import AlreadyExistsError, NotFoundError, StoreU
 from collector_processor.store.redis.codec import budget_from_json, budget_json
 from collector_processor.store.redis.link import RedisLink
 from collector_processor.store.shared import plan_config_sync, refuse_config
+from paymaster.exceptions import quote
 
 __all__ = ["BudgetRows"]
 
@@ -38,13 +39,13 @@ class BudgetRows:
             "budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)]
         )
         if reply[0] == "EXISTS":
-            raise AlreadyExistsError(f"budget {budget.id!r} exists already")
+            raise AlreadyExistsError(f"budget {quote(budget.id)} exists already")
         return replace(budget, generation=int(reply[1]))
 
     def raw(self, budget_id: str) -> str:
         found: str | None = self._link.call(lambda: self._link.client.hget(self._key, budget_id))
         if found is None:
-            raise NotFoundError(f"budget {budget_id!r} does not exist")
+            raise NotFoundError(f"budget {quote(budget_id)} does not exist")
         return found
 
     def get(self, budget_id: str) -> Budget:
@@ -70,7 +71,9 @@ class BudgetRows:
             stored = budget_json(updated, with_generation=True)
             if self._link.script("budget_ops", ["replace", budget_id, raw, stored])[0] == "OK":
                 return updated
-        raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this update was tried; retry")
+        raise StoreUnavailableError(
+            f"budget {quote(budget_id)} kept changing while this update was tried; retry"
+        )
 
     def delete(self, budget_id: str, *, allow_config: bool) -> None:
         for _ in range(_ATTEMPTS):
@@ -80,7 +83,9 @@ class BudgetRows:
             dead = f"{current.id}@{current.generation}"  # its state is collected by housekeeping
             if self._link.script("budget_ops", ["delete", budget_id, raw, dead])[0] == "OK":
                 return
-        raise StoreUnavailableError(f"budget {budget_id!r} kept changing while this delete was tried; retry")
+        raise StoreUnavailableError(
+            f"budget {quote(budget_id)} kept changing while this delete was tried; retry"
+        )
 
     def sync(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
         for _ in range(_ATTEMPTS):

@@ -341,7 +341,7 @@ end
 out[2], out[3], out[4] = decision, hold, awaiting
 if decision == 'deny' then return out end
 local full = holds_fit(sp, hold, out, 4)
-if full then return {'OVERFLOW', full} end
+if full then return {'OVERFLOW', full, 'holds'} end
 redis.call('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
   'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
   'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'),
@@ -385,7 +385,7 @@ if verdict(states, est) == 'deny' then
   return out
 end
 local full = holds_fit(sp, est, out, 4)
-if full then return {'OVERFLOW', full} end
+if full then return {'OVERFLOW', full, 'holds'} end
 drop_holds(R, held)
 redis.call('HSET', R, 'held', est, 'holds', keys_of(sp), 'dec', 'downgrade', 'aw', '0', 'exp', ARGV[4],
   'snap', table.concat({now, est, '', '1', snapshot(out, sp, 4)}, '\30'))

@@ -78,7 +78,9 @@ from collector_processor.store.shared import (
     entity_for,
     reserve_outcome,
     status_from_state,
+    total_out_of_range,
 )
+from paymaster.exceptions import quote
 
 __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
 
@@ -172,7 +174,7 @@ class RedisStore:
         schema = self._client.hget(meta, "schema")
         if str(schema) != str(SCHEMA_VERSION):
             raise StoreUnavailableError(
-                f"namespace {self.namespace!r} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
+                f"namespace {quote(self.namespace)} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
             )
 
     def _after_reconnect(self) -> None:
@@ -215,9 +217,7 @@ class RedisStore:
             reply: list[Any] = self._link.script(script, [str(index.version), *build(index)])
             if reply[0] != "STALE":
                 if reply[0] == "OVERFLOW":
-                    raise FailedPreconditionError(
-                        f"budget {reply[1]!r} cannot take this amount: its totals would pass 2^63 micro-dollars"
-                    )
+                    raise total_out_of_range(reply[1], reply[2] if len(reply) > 2 else "spend")
                 return index, reply
             index = self._refresh()
         raise StoreUnavailableError("budget definitions kept changing while this request was tried; retry")
@@ -351,7 +351,7 @@ class RedisStore:
         rid = command.downgrade_of
         scopes = self._scopes_of(rid)
         if scopes is None:
-            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+            raise NotFoundError(f"reservation {quote(rid)} (downgrade_of) is unknown")
         differs = bool(command.scopes.pairs()) and command.scopes != scopes
         estimate = usd_to_micros(command.estimate_usd)
 
@@ -364,18 +364,18 @@ class RedisStore:
         index, reply = self._money("resend", build)
         kind = reply[0]
         if kind == "NOTFOUND":
-            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+            raise NotFoundError(f"reservation {quote(rid)} (downgrade_of) is unknown")
         if kind == "STATE":
             state = ReservationState(int(reply[1]))
             raise FailedPreconditionError(
-                f"reservation {rid!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+                f"reservation {quote(rid)} is {state.name.lower()}; send a new Reserve for the cheaper path"
             )
         if kind == "SCOPES":
             raise InvalidRequestError(
-                "scopes", f"must be omitted or equal to the scopes of reservation {rid!r}"
+                "scopes", f"must be omitted or equal to the scopes of reservation {quote(rid)}"
             )
         if kind == "NOTAWAITING":
-            raise FailedPreconditionError(f"reservation {rid!r} is not awaiting a downgrade estimate")
+            raise FailedPreconditionError(f"reservation {quote(rid)} is not awaiting a downgrade estimate")
         if kind == "REPLAY":
             return self._replay(rid, now_ms)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
@@ -390,7 +390,7 @@ class RedisStore:
         it was decided on, and the standing of its budgets now (without its own hold)."""
         row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
         if not row:
-            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+            raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
         scopes = answers.unpack_scopes(row["sc"])
 
         def build(index: BudgetIndex) -> list[str]:
@@ -441,7 +441,7 @@ class RedisStore:
             if reply[0] != "SCOPES":
                 return index, known, reply
             scopes = self._scopes_of(reservation_id, fresh=True)
-        raise RuntimeError(f"the scopes of reservation {reservation_id!r} do not match what Redis holds")
+        raise RuntimeError(f"the scopes of reservation {quote(reservation_id)} do not match what Redis holds")
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
         amount = usd_to_micros(command.actual_usd)
@@ -450,7 +450,7 @@ class RedisStore:
         )
         if done is None:
             raise NotFoundError(
-                f"reservation {command.reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+                f"reservation {quote(command.reservation_id)} is unknown (never made, or settled longer ago than the retention period)"
             )
         index, scopes, reply = done
         if reply[0] == "DUP":
@@ -499,10 +499,10 @@ class RedisStore:
     def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
         reply = self._link.script("release", [str(now_ms), reservation_id])
         if reply[0] == "NOTFOUND":
-            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+            raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
         if reply[0] == "COMMITTED":
             raise FailedPreconditionError(
-                f"reservation {reservation_id!r} is committed already; it cannot be released"
+                f"reservation {quote(reservation_id)} is committed already; it cannot be released"
             )
         return ReleaseOutcome(
             released_usd=micros_to_usd(int(reply[2])), state=ReservationState(int(reply[1]))
@@ -605,7 +605,7 @@ class RedisStore:
         def build(index: BudgetIndex) -> list[str]:
             live = index.get(budget_id)
             if live is None:
-                raise NotFoundError(f"budget {budget_id!r} does not exist")
+                raise NotFoundError(f"budget {quote(budget_id)} does not exist")
             period = live.budget.period
             key = "0" if period.is_rolling else str(period.window(now_ms, live.tz).start_ms)
             asked[:] = [(live, entity_for(live, entity))]
