@@ -27,16 +27,17 @@ class BudgetRows:
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
-        self._key = f"{link.prefix}:budgets"
+        self._key = link.key("budgets")
+        self._keys = (self._key, link.key("dead"))  # what the budget functions touch besides the meta key
 
     def load(self) -> tuple[int, list[Budget]]:
         """The definitions' version and every budget, read together."""
-        reply = self._link.script("load_budgets", [])
+        reply = self._link.script("load_budgets", [], self._keys)
         return int(reply[0]), [budget_from_json(reply[i]) for i in range(2, len(reply), 2)]
 
     def create(self, budget: Budget) -> Budget:
         reply = self._link.script(
-            "budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)]
+            "budget_ops", ["create", budget.id, budget_json(budget, with_generation=False)], self._keys
         )
         if reply[0] == "EXISTS":
             raise AlreadyExistsError(f"budget {quote(budget.id)} exists already")
@@ -69,7 +70,7 @@ class BudgetRows:
             refuse_config(current, allow_config, "changed")
             updated = apply_patch(current, patch, now_ms=now_ms)
             stored = budget_json(updated, with_generation=True)
-            if self._link.script("budget_ops", ["replace", budget_id, raw, stored])[0] == "OK":
+            if self._link.script("budget_ops", ["replace", budget_id, raw, stored], self._keys)[0] == "OK":
                 return updated
         raise StoreUnavailableError(
             f"budget {quote(budget_id)} kept changing while this update was tried; retry"
@@ -81,7 +82,7 @@ class BudgetRows:
             current = budget_from_json(raw)
             refuse_config(current, allow_config, "deleted")
             dead = f"{current.id}@{current.generation}"  # its state is collected by housekeeping
-            if self._link.script("budget_ops", ["delete", budget_id, raw, dead])[0] == "OK":
+            if self._link.script("budget_ops", ["delete", budget_id, raw, dead], self._keys)[0] == "OK":
                 return
         raise StoreUnavailableError(
             f"budget {quote(budget_id)} kept changing while this delete was tried; retry"
@@ -98,6 +99,6 @@ class BudgetRows:
                 ops += ["i", new.id, budget_json(new, with_generation=False)]
             for changed in plan.replace:
                 ops += ["r", changed.id, budget_json(changed, with_generation=True)]
-            if self._link.script("budget_ops", ["sync", str(version), *ops])[0] == "OK":
+            if self._link.script("budget_ops", ["sync", str(version), *ops], self._keys)[0] == "OK":
                 return
         raise StoreUnavailableError("budgets kept changing while the config budgets were reconciled; retry")
