@@ -22,7 +22,8 @@ from tests.sidecar.otlp.conftest import PRICES
 from tests.sidecar.otlp.payloads import export, span
 
 NOW_MS = time.time_ns() // 1_000_000
-WINDOW = WindowPolicy(oldest_ms=NOW_MS - 3_600_000, newest_ms=NOW_MS + 60_000)
+# Spans end when a test makes them, which in a long suite is minutes after this module was imported.
+WINDOW = WindowPolicy(oldest_ms=NOW_MS - 3_600_000, newest_ms=NOW_MS + 3_600_000)
 GPT4O = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1000,
          "gen_ai.usage.output_tokens": 500}  # fmt: skip
 
