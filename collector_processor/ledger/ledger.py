@@ -3,8 +3,9 @@
 ``Ledger`` is the one entry point for everything that reads or changes budgets and spend: the gRPC
 servicer, the CLI's embedded mode and later receivers call it with domain commands. It validates
 what a store should never see (negative amounts, amounts and token counts above the per-request
-maxima, timestamps out of range, TTLs out of range, unknown scopes), fills the defaults, reads the clock, and hands each operation to the store as one atomic call. It holds no
-state of its own, so any number of ledgers in any number of processes can share one store.
+maxima, timestamps and TTLs out of range, unknown scopes), fills the defaults, reads the clock, and
+hands each operation to the store as one atomic call. It holds no state of its own, so any number of
+ledgers in any number of processes can share one store.
 """
 
 from __future__ import annotations
@@ -292,8 +293,18 @@ class Ledger:
             )
 
     def _facts(self, f: UsageFacts, field: str) -> None:
-        for name in _TOKEN_FIELDS:
-            self._tokens(getattr(f, name), f"{field}.{name}")
+        counts = (
+            f.input_tokens,
+            f.output_tokens,
+            f.cache_read_tokens,
+            f.cache_creation_tokens,
+            f.reasoning_tokens,
+        )
+        if (
+            min(counts) < 0 or max(counts) > self.settings.max_tokens
+        ):  # on every call's path: look closer only then
+            for name in _TOKEN_FIELDS:
+                self._tokens(getattr(f, name), f"{field}.{name}")
         for name, value in (("provider", f.provider), ("model", f.model)):
             if len(value) > _MAX_KEY or not value.isprintable():
                 raise InvalidRequestError(

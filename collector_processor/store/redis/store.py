@@ -547,10 +547,15 @@ class RedisStore:
         if scopes is not None:  # its holds are most likely on the budgets its scopes match now
             for live, entity in self._current().match(scopes, enabled_only=True):
                 keys += state_keys(self._p, live, entity)
-        reply = self._link.script("release", [str(now_ms), reservation_id], keys)
-        if reply[0] == "KEYS":
-            keys += hold_keys(self._p, reply[1])
+        for _ in range(_ATTEMPTS):
             reply = self._link.script("release", [str(now_ms), reservation_id], keys)
+            if reply[0] != "KEYS":
+                break
+            keys += hold_keys(self._p, reply[1])
+        else:
+            raise StoreUnavailableError(
+                f"reservation {quote(reservation_id)} kept changing while it was released; retry"
+            )
         if reply[0] == "NOTFOUND":
             raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
         if reply[0] == "COMMITTED":
