@@ -58,6 +58,7 @@ from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
 from collector_processor.domain.periods import parse_period
 from collector_processor.domain.types import UsageFacts
 from collector_processor.store.index import LiveBudget
+from paymaster.exceptions import quote
 
 __all__ = [
     "ACTION_LETTER",
@@ -96,7 +97,7 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
     for item in match.group("hosts").split(","):
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"sentinel {item!r} must be host:port")
+            raise ValueError(f"sentinel {quote(item)} must be host:port")
         hosts.append((host, int(port)))
     return (
         hosts,
@@ -110,7 +111,7 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
 def check_namespace(namespace: str) -> str:
     """A namespace is the hash tag of every key: 1-64 characters of A-Z a-z 0-9 . _ : -."""
     if not _NAMESPACE.fullmatch(namespace):
-        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {namespace!r}")
+        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {quote(namespace)}")
     return namespace
 
 
