@@ -10,8 +10,11 @@ stale is refused (``STALE``), reloads and tries again, so a budget created throu
 enforced by all of them from the next request on. Replicas also remember the (immutable) scopes of
 reservations they made, to commit them in one round trip; the function checks them.
 
-Expired reservations need no timer: every function first reclaims the reservations whose TTL has passed
-(whichever replica touches the ledger next), and each replica's sweeper does so between requests.
+Expired reservations need no timer: a function that finds reservations whose TTL has passed answers
+``RECLAIM`` before it reads anything, and the replica releases them (``expire_due``, one function handed
+their keys) and runs it again, so whichever replica touches the ledger next reclaims them; each
+replica's sweeper does so between requests. Every function is handed every key it touches (see
+``scripts``).
 
 The decision itself is ``collector_processor.domain.decisions``: the function applies the same rule to the
 standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the

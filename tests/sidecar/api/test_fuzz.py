@@ -251,11 +251,12 @@ def test_no_corrupt_request_is_answered_internal(fuzzed: RunningSidecar, method:
     assert_healthy(fuzzed)
 
 
-def test_the_fuzzer_covers_every_rpc_and_every_field_type() -> None:
-    """A new RPC or a field of a type the fuzzer cannot draw fails here, not silently."""
+def test_the_fuzzer_can_draw_every_field_of_every_request() -> None:
+    """A field of a type the fuzzer has no values for fails here, not silently."""
     seen: set[int] = set()
 
     def walk(descriptor: Descriptor, depth: int = 0) -> None:
+        assert descriptor.full_name in _classes, descriptor.full_name
         for field in descriptor.fields:
             seen.add(field.type)
             field_values(field, depth)  # raises for a type without a strategy
@@ -264,8 +265,5 @@ def test_the_fuzzer_covers_every_rpc_and_every_field_type() -> None:
 
     for method in SERVICE.methods:
         walk(method.input_type)
-        assert method.input_type.full_name in _classes
-    assert {m.name for m in SERVICE.methods} == set(
-        pb.DESCRIPTOR.services_by_name["BudgetService"].methods_by_name
-    )
-    assert FieldDescriptor.TYPE_STRING in seen and FieldDescriptor.TYPE_ENUM in seen
+    assert seen >= {FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_INT64,
+                    FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_MESSAGE}  # fmt: skip

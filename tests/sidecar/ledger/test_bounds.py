@@ -16,7 +16,9 @@ from collector_processor.domain.types import (
     Decision,
     RecordUsageCommand,
     ReserveCommand,
+    UsageBatch,
     UsageFacts,
+    UsageGroup,
 )
 from collector_processor.domain.usage import UsageQuery
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError
@@ -159,6 +161,21 @@ def test_a_commit_that_would_pass_the_exact_range_is_refused_and_the_reservation
     assert ledger.budget_status("team").reserved_usd == 1  # still held: the commit left nothing behind
     done = ledger.commit(CommitCommand(reservation_id=held.reservation_id, actual_usd=D(1)))
     assert (done.charged_usd, done.released_usd, done.duplicate) == (1, 1, False)
+
+
+def test_a_batch_that_would_pass_the_exact_range_is_refused_whole(ledger: Ledger) -> None:
+    """The OTLP receiver's bulk charge: refused like a single one, and its item keys are not kept, so
+    the same spans are charged once there is room."""
+    ledger.create_budget(draft("team", limit="1000000000", period="rolling_24h", on_exceed=OnExceed.WARN))
+    fill_to_the_edge(ledger)
+    now = ledger.clock.now_ms()
+    group = UsageGroup(scopes=SEARCH, provider="openai", model="gpt-4o", occurred_ms=now)
+    items = [(now, b"span-1", 0, 10**15, 10, 5, 0, 0, 0, 0), (now, b"span-2", 0, 1, 10, 5, 0, 0, 0, 0)]
+    batch = UsageBatch(groups=(group,), items=items)  # type: ignore[arg-type]
+    with pytest.raises(FailedPreconditionError, match=r"budget 'team' cannot take this amount"):
+        ledger.record_usage_batch(batch)
+    small = UsageBatch(groups=(group,), items=[(now, b"span-2", 0, 1, 10, 5, 0, 0, 0, 0)])  # type: ignore[arg-type]
+    assert ledger.record_usage_batch(small).charged_micros == (1,)  # span-2 was not remembered
 
 
 def test_holds_that_would_pass_the_exact_range_are_refused(ledger: Ledger) -> None:
