@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from collector_processor.auth.config import AuthSection, TlsSection
 from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.domain.money import MAX_USD
 from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
+from collector_processor.ledger.ledger import MAX_TOKENS_CEILING
 from collector_processor.otlp.config import OtlpReceiverSection
 from collector_processor.store.redis.codec import check_namespace, parse_sentinel_url
 from collector_processor.telemetry.config import DEFAULT_METRICS_LISTEN, MetricsSection, TelemetrySection
@@ -101,6 +103,9 @@ class LedgerSection(_Section):
     reservation_retention_hours: float = Field(default=168, gt=0)
     usage_retention_days: float = Field(default=400, gt=0)
     alert_retention_days: float = Field(default=30, gt=0)
+    # The most one request may carry in a money field (other than a budget's limit) and in a token field.
+    max_amount_usd: Decimal = Field(default=Decimal(1_000_000), gt=0, le=MAX_USD, allow_inf_nan=False)
+    max_tokens: int = Field(default=10**12, gt=0, le=MAX_TOKENS_CEILING)
 
 
 class WebhookSection(_Section):
@@ -196,6 +201,8 @@ class SidecarConfig(_Section):
             default_ttl_ms=int(lg.default_ttl_seconds * 1000),
             max_ttl_ms=int(lg.max_ttl_seconds * 1000),
             default_alert_thresholds=tuple(sorted(lg.default_alert_thresholds)),
+            max_amount_usd=lg.max_amount_usd,
+            max_tokens=lg.max_tokens,
         )
 
     def _check_addresses(self) -> None:

@@ -56,6 +56,9 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
 )
 
+# Alert sequences are signed 64-bit integers in both stores.
+_MAX_SEQUENCE = 2**63 - 1
+
 # grpc.aio.ServicerContext; grpc ships no type information, so the alias is only documentation.
 Ctx: TypeAlias = Any
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -308,6 +311,10 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
                 raise InvalidRequestError("request", request.problem)
             for budget_id in request.budget_ids:
                 check_budget_id(budget_id, "budget_ids")
+            if request.HasField("after_sequence") and request.after_sequence > _MAX_SEQUENCE:
+                raise InvalidRequestError(
+                    "after_sequence", f"must be at most {_MAX_SEQUENCE:,}, got {request.after_sequence:,}"
+                )
         except (InvalidRequestError, PermissionDeniedError) as exc:
             self._denied(exc)
             await context.abort(_status(exc), str(exc))

@@ -137,28 +137,34 @@ class RedisLink:
         """Give Redis the store's function library (idempotent; on a cluster, to every primary)."""
         self.client.function_load(LIBRARY, replace=True)
 
-    def script(self, name: str, args: Sequence[str]) -> Any:
-        """Run one of the store's functions, loading the library first if Redis does not have it (a
+    def script(self, name: str, args: Sequence[str], keys: Sequence[str] = ()) -> Any:
+        """Run one of the store's functions with ``keys`` (full names, besides the ledger's meta key,
+        which is always the first) declared, loading the library first if Redis does not have it (a
         new server, or one restarted without persistence)."""
         function, packed = FUNCTIONS[name], json.dumps(args)
+        declared = [self.meta_key, *dict.fromkeys(keys)]
 
         def run() -> Any:
             try:
-                return self._fcall(function, packed)
+                return self._fcall(function, declared, packed)
             except rexc.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
                 self.load_functions()
-                return self._fcall(function, packed)
+                return self._fcall(function, declared, packed)
 
         return self.call(run)
 
-    def _fcall(self, function: str, packed: str) -> Any:
+    def key(self, *parts: str) -> str:
+        """The full name of one of the ledger's keys: ``key("r", rid)`` is ``{namespace}:r:<rid>``."""
+        return ":".join((self.prefix, *parts))
+
+    def _fcall(self, function: str, keys: list[str], packed: str) -> Any:
         if not self._wait_replicas:
-            return self.client.fcall(function, 1, self.meta_key, packed)
+            return self.client.fcall(function, len(keys), *keys, packed)
         # WAIT counts the replicas that have this connection's writes, so both go down one connection.
         pipe = self.client.pipeline(transaction=False)
-        pipe.fcall(function, 1, self.meta_key, packed)
+        pipe.fcall(function, len(keys), *keys, packed)
         pipe.wait(self._wait_replicas, self._wait_timeout_ms)
         reply, acknowledged = pipe.execute()
         self._check_replicas(acknowledged)

@@ -10,8 +10,11 @@ stale is refused (``STALE``), reloads and tries again, so a budget created throu
 enforced by all of them from the next request on. Replicas also remember the (immutable) scopes of
 reservations they made, to commit them in one round trip; the function checks them.
 
-Expired reservations need no timer: every function first reclaims the reservations whose TTL has passed
-(whichever replica touches the ledger next), and each replica's sweeper does so between requests.
+Expired reservations need no timer: a function that finds reservations whose TTL has passed answers
+``RECLAIM`` before it reads anything, and the replica releases them (``expire_due``, one function handed
+their keys) and runs it again, so whichever replica touches the ledger next reclaims them; each
+replica's sweeper does so between requests. Every function is handed every key it touches (see
+``scripts``).
 
 The decision itself is ``collector_processor.domain.decisions``: the function applies the same rule to the
 standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the
@@ -68,11 +71,14 @@ from collector_processor.store.redis.access import AccessRows
 from collector_processor.store.redis.budgets import BudgetRows
 from collector_processor.store.redis.codec import (
     SEP,
+    FixedKeys,
     check_namespace,
     facts_args,
     hold_key,
+    hold_keys,
     scope_args,
     spec,
+    state_keys,
 )
 from collector_processor.store.redis.link import RedisLink
 from collector_processor.store.shared import (
@@ -83,20 +89,25 @@ from collector_processor.store.shared import (
     not_owner,
     reserve_outcome,
     status_from_state,
+    total_out_of_range,
 )
+from paymaster.exceptions import quote
 
 __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
 
 log = logging.getLogger("paymaster.sidecar.store.redis")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ATTEMPTS = 8
 _REMEMBERED = 100_000
 _EXACT_LIMIT = 2**53 - 1
 """The largest sum the batch function adds exactly (Lua numbers are doubles)."""
 _SPEND_CHUNK = 500
 """(budget, entity) pairs read per call by ``budget_spend``, and reservations per pipeline."""
+_RECLAIM = 1000
+"""Overdue reservations released per call when a function finds some."""
 Matched = list[tuple[LiveBudget, str]]
+Build = Callable[[BudgetIndex, list[str]], list[str]]
 
 
 class RedisStore:
@@ -143,8 +154,9 @@ class RedisStore:
         self._client = self._link.client
         self._budgets = BudgetRows(self._link)
         self._access = AccessRows(self._link)
+        self._k = FixedKeys.of(self._p)
         self._index = BudgetIndex((), version=-1)
-        self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str]]] = {}
+        self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str], list[str]]] = {}
         self._remembered: dict[str, ScopeSet] = {}
         self._remember_lock = threading.Lock()
         self._config: list[Budget] | None = None
@@ -178,7 +190,7 @@ class RedisStore:
         schema = self._client.hget(meta, "schema")
         if str(schema) != str(SCHEMA_VERSION):
             raise StoreUnavailableError(
-                f"namespace {self.namespace!r} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
+                f"namespace {quote(self.namespace)} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
             )
 
     def _after_reconnect(self) -> None:
@@ -214,23 +226,37 @@ class RedisStore:
         index = self._index
         return self._refresh() if index.version < 0 else index
 
-    def _money(self, script: str, build: Callable[[BudgetIndex], list[str]]) -> tuple[BudgetIndex, list[Any]]:
-        """Run a script built from the budget index; rebuild and retry while the index is stale."""
+    def _money(
+        self, script: str, build: Build, now_ms: int, keys: Sequence[str] = ()
+    ) -> tuple[BudgetIndex, list[Any]]:
+        """Run a function built from the budget index, with ``keys`` and the keys ``build`` adds declared.
+        Rebuild and retry while the index is stale; release overdue reservations and retry when the
+        function says some are due; declare a reservation's holds and retry when it names them."""
         index = self._current()
+        extra: list[str] = []
         for _ in range(_ATTEMPTS):
-            reply: list[Any] = self._link.script(script, [str(index.version), *build(index)])
-            if reply[0] != "STALE":
-                if reply[0] == "OVERFLOW":
-                    raise FailedPreconditionError(
-                        f"budget {reply[1]!r} cannot take this amount: its totals would pass 2^63 micro-dollars"
-                    )
+            declared = [*keys, *extra]
+            reply: list[Any] = self._link.script(
+                script, [str(index.version), *build(index, declared)], declared
+            )
+            kind = reply[0]
+            if kind == "STALE":
+                index = self._refresh()
+            elif kind == "RECLAIM":
+                while self.expire_due(now_ms=now_ms, limit=_RECLAIM) >= _RECLAIM:
+                    pass
+            elif kind == "KEYS":
+                extra = hold_keys(self._p, reply[1])
+            elif kind == "OVERFLOW":
+                raise total_out_of_range(reply[1], reply[2])
+            else:
                 return index, reply
-            index = self._refresh()
-        raise StoreUnavailableError("budget definitions kept changing while this request was tried; retry")
+        raise StoreUnavailableError("the ledger kept changing while this request was tried; retry")
 
-    def _specs(self, matched: Matched, now_ms: int, at_ms: int) -> list[str]:
-        """What the functions need of each matched budget. A spec changes only with the budget, the
-        entity and the buckets read and charged, so most requests find theirs made already."""
+    def _specs(self, matched: Matched, now_ms: int, at_ms: int, keys: list[str]) -> list[str]:
+        """What the functions need of each matched budget; the keys of its state are added to ``keys``.
+        A spec changes only with the budget, the entity and the buckets read and charged, so most
+        requests find theirs made already."""
         out = [str(len(matched))]
         cache = self._spec_cache
         if len(cache) > 20_000:
@@ -242,8 +268,10 @@ class RedisStore:
             key = (id(live), entity, period.lowest_bucket(now_ms, tz), period.bucket_of(at_ms, tz), moment)
             found = cache.get(key)
             if found is None or found[0] is not live:  # an id is only unique while its object lives
-                found = cache[key] = (live, spec(live, entity, now_ms=now_ms, at_ms=at_ms))
+                made = spec(live, entity, now_ms=now_ms, at_ms=at_ms)
+                found = cache[key] = (live, made, state_keys(self._p, live, entity))
             out += found[1]
+            keys += found[2]
         return out
 
     @staticmethod
@@ -284,6 +312,11 @@ class RedisStore:
         scopes = answers.unpack_scopes(packed)
         self._remember(reservation_id, scopes)
         return scopes
+
+    def _scopes_of_known(self, reservation_id: str) -> ScopeSet | None:
+        """The scopes of a reservation this replica remembers, without asking Redis."""
+        with self._remember_lock:
+            return self._remembered.get(reservation_id)
 
     # -- budgets ---------------------------------------------------------------------------------
     def create_budget(self, budget: Budget, *, audit: AuditEvent | None = None) -> Budget:
@@ -327,10 +360,14 @@ class RedisStore:
 
     # -- money -----------------------------------------------------------------------------------
     def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
-        def build(index: BudgetIndex) -> list[str]:
-            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            return [
+                str(now_ms),
+                "",
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+            ]
 
-        index, reply = self._money("standing", build)
+        index, reply = self._money("standing", build, now_ms, self._k.due)
         matched = index.match(scopes, enabled_only=True)
         return check_outcome(self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms), estimate_micros)
 
@@ -344,15 +381,17 @@ class RedisStore:
         downgrade = None if cheaper is None else usd_to_micros(cheaper)
         scopes, model = command.scopes, command.model or UsageFacts()
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             return [
                 str(now_ms), reservation_id, str(expires_ms), str(estimate), "" if downgrade is None else str(downgrade),
                 command.idempotency_key, *scope_args(scopes), model.provider, model.model, str(command.estimate_tokens),
                 command.owner, command.fingerprint,
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
             ]  # fmt: skip
 
-        index, reply = self._money("reserve", build)
+        index, reply = self._money(
+            "reserve", build, now_ms, (*self._k.due, *self._k.reserve, self._link.key("r", reservation_id))
+        )
         if reply[0] == "REPLAY":
             return self._replay(reply[1], now_ms, fingerprint=command.fingerprint)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
@@ -368,33 +407,33 @@ class RedisStore:
         rid = command.downgrade_of
         scopes = self._scopes_of(rid)
         if scopes is None:
-            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+            raise NotFoundError(f"reservation {quote(rid)} (downgrade_of) is unknown")
         differs = bool(command.scopes.pairs()) and command.scopes != scopes
         estimate = usd_to_micros(command.estimate_usd)
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             return [
                 str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0", command.owner,
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
             ]  # fmt: skip
 
-        index, reply = self._money("resend", build)
+        index, reply = self._money("resend", build, now_ms, (*self._k.settle, self._link.key("r", rid)))
         kind = reply[0]
         if kind == "NOTFOUND":
-            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+            raise NotFoundError(f"reservation {quote(rid)} (downgrade_of) is unknown")
         if kind == "OWNER":
             raise not_owner(rid)
         if kind == "STATE":
             state = ReservationState(int(reply[1]))
             raise FailedPreconditionError(
-                f"reservation {rid!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+                f"reservation {quote(rid)} is {state.name.lower()}; send a new Reserve for the cheaper path"
             )
         if kind == "SCOPES":
             raise InvalidRequestError(
-                "scopes", f"must be omitted or equal to the scopes of reservation {rid!r}"
+                "scopes", f"must be omitted or equal to the scopes of reservation {quote(rid)}"
             )
         if kind == "NOTAWAITING":
-            raise FailedPreconditionError(f"reservation {rid!r} is not awaiting a downgrade estimate")
+            raise FailedPreconditionError(f"reservation {quote(rid)} is not awaiting a downgrade estimate")
         if kind == "REPLAY":
             return self._replay(rid, now_ms)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
@@ -410,14 +449,18 @@ class RedisStore:
         for another request (another ``fingerprint``) is refused instead."""
         row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
         if not row:
-            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+            raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
         check_fingerprint(row.get("fp", ""), fingerprint, "idempotency_key", "Reserve")
         scopes = answers.unpack_scopes(row["sc"])
 
-        def build(index: BudgetIndex) -> list[str]:
-            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            return [
+                str(now_ms),
+                "",
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+            ]
 
-        index, reply = self._money("standing", build)
+        index, reply = self._money("standing", build, now_ms, self._k.due)
         states = self._states(index.match(scopes, enabled_only=True), reply, 1, now_ms=now_ms, at_ms=now_ms)
         held = int(row["held"])
         if row["st"] == str(int(ReservationState.HELD)):
@@ -451,13 +494,18 @@ class RedisStore:
                 return None
             known = scopes
 
-            def build(index: BudgetIndex, known: ScopeSet = known) -> list[str]:
+            def build(index: BudgetIndex, keys: list[str], known: ScopeSet = known) -> list[str]:
                 return [
                     str(now_ms), reservation_id, str(amount), str(total), *facts_args(facts), *scope_args(known),
-                    owner, *self._specs(index.match(known, enabled_only=False), now_ms, now_ms),
+                    owner, *self._specs(index.match(known, enabled_only=False), now_ms, now_ms, keys),
                 ]  # fmt: skip
 
-            index, reply = self._money("commit", build)
+            index, reply = self._money(
+                "commit",
+                build,
+                now_ms,
+                (*self._k.settle, *self._k.charge, self._link.key("r", reservation_id)),
+            )
             if reply[0] == "NOTFOUND":
                 return None
             if reply[0] == "OWNER":
@@ -465,7 +513,7 @@ class RedisStore:
             if reply[0] != "SCOPES":
                 return index, known, reply
             scopes = self._scopes_of(reservation_id, fresh=True)
-        raise RuntimeError(f"the scopes of reservation {reservation_id!r} do not match what Redis holds")
+        raise RuntimeError(f"the scopes of reservation {quote(reservation_id)} do not match what Redis holds")
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
         amount = usd_to_micros(command.actual_usd)
@@ -474,7 +522,7 @@ class RedisStore:
         )
         if done is None:
             raise NotFoundError(
-                f"reservation {command.reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+                f"reservation {quote(command.reservation_id)} is unknown (never made, or settled longer ago than the retention period)"
             )
         index, scopes, reply = done
         if reply[0] == "DUP":
@@ -521,14 +569,27 @@ class RedisStore:
         return budget_infos(states, [s.used > s.limit for s in states]), fired
 
     def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
-        reply = self._link.script("release", [str(now_ms), reservation_id, owner])
+        keys = [*self._k.settle, self._link.key("r", reservation_id)]
+        scopes = self._scopes_of_known(reservation_id)
+        if scopes is not None:  # its holds are most likely on the budgets its scopes match now
+            for live, entity in self._current().match(scopes, enabled_only=True):
+                keys += state_keys(self._p, live, entity)
+        for _ in range(_ATTEMPTS):
+            reply = self._link.script("release", [str(now_ms), reservation_id, owner], keys)
+            if reply[0] != "KEYS":
+                break
+            keys += hold_keys(self._p, reply[1])
+        else:
+            raise StoreUnavailableError(
+                f"reservation {quote(reservation_id)} kept changing while it was released; retry"
+            )
         if reply[0] == "NOTFOUND":
-            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+            raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
         if reply[0] == "OWNER":
             raise not_owner(reservation_id)
         if reply[0] == "COMMITTED":
             raise FailedPreconditionError(
-                f"reservation {reservation_id!r} is committed already; it cannot be released"
+                f"reservation {quote(reservation_id)} is committed already; it cannot be released"
             )
         return ReleaseOutcome(
             released_usd=micros_to_usd(int(reply[2])), state=ReservationState(int(reply[1]))
@@ -549,14 +610,14 @@ class RedisStore:
         total = command.total_tokens or f.input_tokens + f.output_tokens
         scopes = command.scopes
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             return [
                 str(now_ms), command.usage_id, str(occurred), str(cost), str(total), *facts_args(f),
                 *scope_args(scopes), command.reservation_id, command.fingerprint,
-                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred),
+                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred, keys),
             ]  # fmt: skip
 
-        index, reply = self._money("record", build)
+        index, reply = self._money("record", build, now_ms, (*self._k.due, *self._k.charge))
         if reply[0] == "DUP" and command.fingerprint:
             stored = self._link.call(lambda: self._client.hget(f"{self._p}:u", command.usage_id)) or ""
             fields = stored.split(SEP)
@@ -603,14 +664,14 @@ class RedisStore:
         for series_id, group, baseline, *totals in batch.series:
             tail += (series_id.hex(), str(group), "1" if baseline else "0", *map(str, totals))
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             head = [str(now_ms), prefix, str(len(batch.groups))]
             for g in batch.groups:
                 head += (*scope_args(g.scopes), g.provider, g.model, str(g.occurred_ms))
-                head += self._specs(index.match(g.scopes, enabled_only=False), now_ms, g.occurred_ms)
+                head += self._specs(index.match(g.scopes, enabled_only=False), now_ms, g.occurred_ms, keys)
             return head + tail
 
-        _, reply = self._money("batch", build)
+        _, reply = self._money("batch", build, now_ms, (*self._k.due, *self._k.charge, *self._k.batch))
         if reply[0] == "TOO_LARGE":
             raise InvalidRequestError(
                 "batch",
@@ -626,7 +687,25 @@ class RedisStore:
         )
 
     def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
-        return int(self._link.script("expire", [str(now_ms), str(limit)]))
+        """Release up to ``limit`` reservations whose TTL has passed: read which are due and what they
+        hold, then release them in one function with all of their keys declared."""
+
+        def due() -> tuple[list[str], list[Any]]:
+            ids: list[str] = self._client.zrangebyscore(self._k.due[0], "-inf", now_ms, start=0, num=limit)
+            if not ids:
+                return ids, []
+            pipe = self._client.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hget(self._link.key("r", rid), "holds")
+            return ids, pipe.execute()
+
+        ids, holds = self._link.call(due)
+        if not ids:
+            return 0
+        keys = [*self._k.settle, *(self._link.key("r", rid) for rid in ids)]
+        for found in holds:
+            keys += hold_keys(self._p, found or "")
+        return int(self._link.script("expire", [str(now_ms), *ids], keys))
 
     # -- reading ---------------------------------------------------------------------------------
     def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
@@ -634,16 +713,16 @@ class RedisStore:
             self._refresh()
         asked: list[tuple[LiveBudget, str]] = []
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             live = index.get(budget_id)
             if live is None:
-                raise NotFoundError(f"budget {budget_id!r} does not exist")
+                raise NotFoundError(f"budget {quote(budget_id)} does not exist")
             period = live.budget.period
             key = "0" if period.is_rolling else str(period.window(now_ms, live.tz).start_ms)
             asked[:] = [(live, entity_for(live, entity))]
-            return [str(now_ms), key, *self._specs(asked, now_ms, now_ms)]
+            return [str(now_ms), key, *self._specs(asked, now_ms, now_ms, keys)]
 
-        _, reply = self._money("standing", build)
+        _, reply = self._money("standing", build, now_ms, self._k.due)
         (state,) = self._states(asked, reply, 1, now_ms=now_ms, at_ms=now_ms)
         return status_from_state(state, (int(t) for t in reply[3:]), now_ms)
 
@@ -666,11 +745,13 @@ class RedisStore:
         for start in range(0, len(pairs), _SPEND_CHUNK):
             chunk = pairs[start : start + _SPEND_CHUNK]
 
-            def build(index: BudgetIndex, chunk: list[tuple[LiveBudget, str]] = chunk) -> list[str]:
-                return [str(now_ms), "", *self._specs(chunk, now_ms, now_ms)]
+            def build(
+                index: BudgetIndex, keys: list[str], chunk: list[tuple[LiveBudget, str]] = chunk
+            ) -> list[str]:
+                return [str(now_ms), "", *self._specs(chunk, now_ms, now_ms, keys)]
 
             # The definitions were read just now; a budget changed meanwhile shows next scrape.
-            _, reply = self._money("standing", build)
+            _, reply = self._money("standing", build, now_ms, self._k.due)
             for state in self._states(chunk, reply, 1, now_ms=now_ms, at_ms=now_ms):
                 found.setdefault(state.budget.id, []).append(
                     EntitySpend(entity=state.entity, used_micros=state.used, reserved_micros=state.reserved)
@@ -709,13 +790,13 @@ class RedisStore:
         if limit <= 0:
             return []
         seqs = self._link.script(
-            "claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"]
+            "claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"], self._k.alerts
         )
         return self._link.call(lambda: reports.load_alerts(self._client, self._p, [int(s) for s in seqs]))
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
         if sequences:
-            self._link.script("ack_alerts", [str(now_ms), *(str(s) for s in sequences)])
+            self._link.script("ack_alerts", [str(now_ms), *(str(s) for s in sequences)], self._k.alerts)
 
     # -- housekeeping ----------------------------------------------------------------------------
     # -- tokens and audit ------------------------------------------------------------------------

@@ -29,8 +29,15 @@ from collector_processor.errors import (
     NotFoundError,
 )
 from collector_processor.store.index import BudgetIndex, LiveBudget
-from collector_processor.store.shared import check_fingerprint, deciding, not_owner, reserve_outcome
+from collector_processor.store.shared import (
+    check_fingerprint,
+    deciding,
+    holds_fit,
+    not_owner,
+    reserve_outcome,
+)
 from collector_processor.store.sqlite.schema import decode_holds, encode_holds
+from paymaster.exceptions import quote
 
 __all__ = [
     "RES_COLS",
@@ -198,6 +205,7 @@ def reserve(
     )
     if plan.decision is Decision.DENY:
         return reserve_outcome(plan, states, "", 0)
+    holds_fit(states, plan.hold)
     expires = expires_ms
     holds = _hold_keys(states)
     s, model = command.scopes, command.model or UsageFacts()
@@ -268,24 +276,26 @@ def resend_downgrade(
     """The second half of the downgrade exchange: swap the held estimate for the cheaper path's."""
     row = load_reservation(conn, command.downgrade_of)
     if row is None:
-        raise NotFoundError(f"reservation {command.downgrade_of!r} (downgrade_of) is unknown")
+        raise NotFoundError(f"reservation {quote(command.downgrade_of)} (downgrade_of) is unknown")
     check_owner(row, command.owner)
     state = ReservationState(row.state)
     if state is not ReservationState.HELD:
         raise FailedPreconditionError(
-            f"reservation {row.id!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+            f"reservation {quote(row.id)} is {state.name.lower()}; send a new Reserve for the cheaper path"
         )
     if command.scopes.pairs() and command.scopes != row.scopes:
         raise InvalidRequestError(
-            "scopes", f"must be omitted or equal to the scopes of reservation {row.id!r}"
+            "scopes", f"must be omitted or equal to the scopes of reservation {quote(row.id)}"
         )
     estimate = usd_to_micros(command.estimate_usd)
     if not row.awaiting:
         if row.decision == Decision.DOWNGRADE.value and row.held == estimate:
             return _replay(conn, index, row, now_ms)
-        raise FailedPreconditionError(f"reservation {row.id!r} is not awaiting a downgrade estimate")
+        raise FailedPreconditionError(f"reservation {quote(row.id)} is not awaiting a downgrade estimate")
     states = _states_without_own_hold(conn, index, row, now_ms)
     plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
+    if plan.decision is not Decision.DENY:
+        holds_fit(states, plan.hold)
     drop_holds(conn, row.holds, row.held)
     if plan.decision is Decision.DENY:
         conn.execute(

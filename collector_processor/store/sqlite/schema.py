@@ -21,6 +21,7 @@ from collector_processor.store.sqlite.access import ACCESS_SCHEMA
 __all__ = [
     "BUDGET_COLUMNS",
     "SCHEMA_VERSION",
+    "TOTAL_OUT_OF_RANGE",
     "budget_from_row",
     "budget_to_row",
     "connect",
@@ -182,7 +183,21 @@ CREATE TABLE IF NOT EXISTS usage_series (
     updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_series_by_time ON usage_series (updated_ms);
+
+-- SQLite turns an integer sum past 2^63 - 1 into an inexact REAL. Spend and holds refuse such a value:
+-- the statement fails, and the store rolls the whole operation back and refuses it (TOTAL_OUT_OF_RANGE).
+CREATE TRIGGER IF NOT EXISTS spend_exact_insert BEFORE INSERT ON spend
+    WHEN typeof(NEW.used_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
+CREATE TRIGGER IF NOT EXISTS spend_exact_update BEFORE UPDATE ON spend
+    WHEN typeof(NEW.used_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
+CREATE TRIGGER IF NOT EXISTS holds_exact_insert BEFORE INSERT ON holds
+    WHEN typeof(NEW.reserved_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
+CREATE TRIGGER IF NOT EXISTS holds_exact_update BEFORE UPDATE ON holds
+    WHEN typeof(NEW.reserved_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
 """
+
+TOTAL_OUT_OF_RANGE = "paymaster: total out of range"
+"""The message of the error a spend or hold total past 2^63 - 1 micro-dollars raises."""
 
 BUDGET_COLUMNS = (
     "id, generation, name, scope, scope_id, limit_usd, period, time_zone, on_exceed, thresholds, enabled, "

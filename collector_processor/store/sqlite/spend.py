@@ -3,17 +3,23 @@
 Each function runs inside a transaction the caller holds: the hold is swapped for the actual spend,
 every matching budget is charged, and each threshold the charge reached is marked and logged as an
 alert, all or nothing. The mark row is what makes an alert fire exactly once per period.
+
+A charge that would take a period's spend (or a rolling window's) past 2^63 - 1 micro-dollars is
+refused by the database itself: the spend triggers refuse the inexact value SQLite would make of it,
+and summing a window past that range fails. ``charge`` turns either into ``RefusedAfterWrite``, so the
+whole operation is rolled back and refused with ``FAILED_PRECONDITION`` naming the budget.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
 
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
-from collector_processor.domain.money import micros_to_usd, usd_to_micros
+from collector_processor.domain.money import MAX_TOTAL_MICROS, micros_to_usd, usd_to_micros
 from collector_processor.domain.types import (
     BudgetInfo,
     CommitCommand,
@@ -24,7 +30,8 @@ from collector_processor.domain.types import (
 )
 from collector_processor.errors import NotFoundError
 from collector_processor.store.index import BudgetIndex, LiveBudget
-from collector_processor.store.shared import check_fingerprint
+from collector_processor.store.shared import check_fingerprint, total_out_of_range
+from collector_processor.store.sqlite.group_commit import RefusedAfterWrite
 from collector_processor.store.sqlite.reservations import (
     RES_COLS,
     ReservationRow,
@@ -34,6 +41,8 @@ from collector_processor.store.sqlite.reservations import (
     reservation_from_row,
     standing,
 )
+from collector_processor.store.sqlite.schema import TOTAL_OUT_OF_RANGE
+from paymaster.exceptions import quote
 
 __all__ = [
     "INSERT_USAGE_SQL",
@@ -43,6 +52,7 @@ __all__ = [
     "commit",
     "fire_alerts",
     "insert_usage",
+    "past_range",
     "rearm_marks",
     "record_against_reservation",
     "record_usage",
@@ -98,7 +108,7 @@ def _already_committed(
     row = load_reservation(conn, reservation_id)
     if row is None:
         raise NotFoundError(
-            f"reservation {reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+            f"reservation {quote(reservation_id)} is unknown (never made, or settled longer ago than the retention period)"
         )
     check_owner(row, owner)
     return CommitOutcome(
@@ -225,6 +235,45 @@ def charge(
     """Add ``amount`` spent at ``at_ms`` to every matching budget (disabled ones too: they keep counting),
     then fire the thresholds it reached. Returns the enabled budgets' standing and the alerts fired."""
     matched = index.match(scopes, enabled_only=False)
+    try:
+        return _charge(conn, matched, amount, at_ms=at_ms, now_ms=now_ms)
+    except sqlite3.Error as exc:
+        if not past_range(exc):
+            raise
+        charges = [
+            (live, entity, live.budget.period.bucket_of(at_ms, live.tz), amount) for live, entity in matched
+        ]
+        raise past_range_refusal(conn, charges, now_ms) from None
+
+
+def past_range(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused a total past 2^63 - 1 (a spend or hold trigger, or a sum that overflowed)."""
+    text = str(exc)
+    return TOTAL_OUT_OF_RANGE in text or "integer overflow" in text
+
+
+def past_range_refusal(
+    conn: sqlite3.Connection, charges: Sequence[tuple[LiveBudget, str, int, int]], now_ms: int
+) -> RefusedAfterWrite:
+    """The refusal of charges ``(budget, entity, bucket, amount)`` one of which passed the exact range,
+    naming the first budget whose spend would; read in Python ints, which nothing overflows."""
+    for live, entity, bucket, amount in charges:
+        period = live.budget.period
+        lowest = min(bucket, period.lowest_bucket(now_ms, live.tz)) if period.is_rolling else bucket
+        highest = bucket if not period.is_rolling else None
+        rows = conn.execute(
+            "SELECT bucket_ms, used_micros FROM spend WHERE budget_id = ? AND entity = ? AND bucket_ms >= ?",
+            (live.budget.id, entity, lowest),
+        ).fetchall()
+        spent = sum(int(used) for at, used in rows if highest is None or at == highest)
+        if spent + amount > MAX_TOTAL_MICROS:
+            return RefusedAfterWrite(total_out_of_range(live.budget.id))
+    return RefusedAfterWrite(total_out_of_range(None))
+
+
+def _charge(
+    conn: sqlite3.Connection, matched: list[tuple[LiveBudget, str]], amount: int, *, at_ms: int, now_ms: int
+) -> tuple[tuple[BudgetInfo, ...], list[int]]:
     standing_after = _charge_calendar(
         conn, [m for m in matched if not m[0].budget.period.is_rolling], amount, at_ms
     )

@@ -54,6 +54,7 @@ from collector_processor.store.sqlite import reservations as holds_sql
 from collector_processor.store.sqlite import spend as spend_sql
 from collector_processor.store.sqlite.group_commit import GroupCommitter
 from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_row, connect
+from paymaster.exceptions import quote
 
 __all__ = ["SqliteStore"]
 
@@ -150,7 +151,7 @@ class SqliteStore:
     def create_budget(self, budget: Budget, *, audit: AuditEvent | None = None) -> Budget:
         def op(conn: sqlite3.Connection) -> Budget:
             if conn.execute("SELECT 1 FROM budgets WHERE id = ?", (budget.id,)).fetchone():
-                raise AlreadyExistsError(f"budget {budget.id!r} exists already")
+                raise AlreadyExistsError(f"budget {quote(budget.id)} exists already")
             self._forget_index()
             created = budgets_sql.insert_budget(conn, budget)
             if audit is not None:
@@ -163,7 +164,7 @@ class SqliteStore:
         with self._read() as conn:
             row = conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets WHERE id = ?", (budget_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"budget {budget_id!r} does not exist")
+            raise NotFoundError(f"budget {quote(budget_id)} does not exist")
         return budget_from_row(row)
 
     def list_budgets(
@@ -258,12 +259,12 @@ class SqliteStore:
             self._begin_op(conn, now_ms)
             row = holds_sql.load_reservation(conn, reservation_id)
             if row is None:
-                raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+                raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
             holds_sql.check_owner(row, owner)
             state = ReservationState(row.state)
             if state is ReservationState.COMMITTED:
                 raise FailedPreconditionError(
-                    f"reservation {reservation_id!r} is committed already; it cannot be released"
+                    f"reservation {quote(reservation_id)} is committed already; it cannot be released"
                 )
             if state is not ReservationState.HELD:
                 return ReleaseOutcome(released_usd=micros_to_usd(0), state=state)
@@ -298,7 +299,7 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> BudgetStatus:
             live = self._begin_op(conn, now_ms).get(budget_id)
             if live is None:
-                raise NotFoundError(f"budget {budget_id!r} does not exist")
+                raise NotFoundError(f"budget {quote(budget_id)} does not exist")
             return reports.budget_status(conn, live, entity_for(live, entity), now_ms)
 
         return self._write(op)

@@ -267,7 +267,7 @@ def _unclaimed(server: RunningSidecar) -> int:
         prefix = f"{{{server.backing.namespace}}}"
         with _redis(server) as r:
             return sum(
-                not r.hexists(f"{prefix}:alert:{seq}", "cb") for seq in r.zrange(f"{prefix}:alerts", 0, -1)
+                not r.hexists(f"{prefix}:alerts:lease", seq) for seq in r.zrange(f"{prefix}:alerts", 0, -1)
             )
     return _count(server, "claimed_by IS NULL")
 
