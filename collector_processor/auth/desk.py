@@ -125,6 +125,8 @@ class TokenDesk:
 
     def audit(self, admin: Principal, *, after: int, limit: int) -> tuple[list[AuditEvent], int]:
         """Events after ``after`` that ``admin``'s grants reach, and the sequence to continue from."""
+        if not 0 <= after < 2**63:
+            raise InvalidRequestError("after_sequence", f"must be at most {2**63 - 1:,}, got {after:,}")
         if not 0 <= limit <= _MAX_AUDIT_PAGE:
             raise InvalidRequestError(
                 "page_size", f"must be between 1 and {_MAX_AUDIT_PAGE} (0 means 100), got {limit}"
