@@ -377,17 +377,19 @@ class SidecarBudget:
             telemetry.count(name, 1, attributes)
 
     def _adopt(self) -> None:
+        """Take over the journals of processes that ended, once, on the replayer's thread: the file work
+        and its fsyncs never run on a runner's event loop, and the replayer sends what it adopted."""
         with self._lock:
             if self._adopted:
                 return
             self._adopted = True
+        self.replayer.adopt(self._adopt_orphans)
+
+    def _adopt_orphans(self) -> None:
         try:
-            adopted = self.journal.adopt_orphans()
+            self.journal.adopt_orphans()
         except OSError as exc:
             log.warning("paymaster: cannot read the replay journal in %s: %s", self.journal.directory, exc)
-            return
-        if adopted or len(self.journal):
-            self.replayer.wake()
 
 
 def _check_target(target: str) -> str:
