@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from collector_processor.api.server import Sidecar, create_sidecar
 from collector_processor.config import parse_config
 from paymaster.processor import ReservationSpanProcessor
+from paymaster.telemetry import STEP_ATTRIBUTE
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 from tests.sdk.sidecar_support import free_port
@@ -143,9 +144,9 @@ class LiveSidecar:
 
 
 class SpanPipe(SpanProcessor):
-    """Exports finished spans to the sidecar with the real OTLP/gRPC exporter, as soon as a span with
-    GenAI usage ends (so a lease's spans arrive while the lease is still held), but only while
-    ``sidecar`` is up: what ends during an outage waits for ``flush`` once it is back."""
+    """Exports finished spans to the sidecar with the real OTLP/gRPC exporter as each agent step ends
+    with its usage (so a lease's spans arrive while the lease is still held), but only while
+    ``sidecar`` is up: what ends during an outage waits for the next export once it is back."""
 
     def __init__(self, sidecar: LiveSidecar) -> None:
         self.sidecar = sidecar
@@ -160,7 +161,8 @@ class SpanPipe(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         with self._lock:
             self.waiting.append(span)
-        if "gen_ai.usage.input_tokens" in (span.attributes or {}) and self.sidecar.up:
+        attributes = span.attributes or {}
+        if STEP_ATTRIBUTE in attributes and "gen_ai.usage.input_tokens" in attributes and self.sidecar.up:
             self.flush()
 
     def flush(self) -> None:
