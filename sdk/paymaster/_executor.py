@@ -16,8 +16,8 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from paymaster._composite import run_loop, run_parallel
@@ -223,7 +223,7 @@ class _Run:
                 raise
             run_step, agent = ticket.step, ticket.agent
             sctx = _claim(sctx, ticket.reservation_id, span)
-        elif span is not None:
+        else:
             sctx = _claim(sctx, None, span)
         try:
             if agent is not step.agent:
@@ -407,8 +407,6 @@ def _claim(sctx: Any, reservation_id: str | None, span: Span | None) -> Any:
     (docs/otlp.md, "Who charges a span"): the SDK under ``reservation_id``; else the step's own span,
     which the sidecar's trace ingestion charges; else, untraced and charged by nobody but the
     ingestion, no claim at all (not even an enclosing step's)."""
-    from opentelemetry import baggage
-
     if reservation_id:
         return baggage.set_baggage(RESERVATION_ATTRIBUTE, reservation_id, sctx)
     if span is not None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -103,4 +103,25 @@ def test_an_untraced_governed_step_still_claims_the_spans_its_agent_makes(sideca
     budget.close()
     (client_span,) = spans.get_finished_spans()
     assert claim(client_span) == result.step_history[0].budget.reservation_id  # type: ignore[union-attr]
+    provider.shutdown()
+
+
+def test_an_untraced_step_nobody_else_charges_takes_an_enclosing_claim_out() -> None:
+    """A run without a budget and without spans, called where an upstream claim is in the baggage: its
+    agent's spans are this run's spend, charged by the ingestion, not covered by the upstream step."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(ReservationSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    runner = Runner(
+        Step("draft", Instrumented(provider.get_tracer("model-client"))),
+        tracer_provider=trace.NoOpTracerProvider(),
+    )
+    token = context.attach(baggage.set_baggage("paymaster.reservation_id", "upstream-reservation"))
+    try:
+        runner.run(0)
+    finally:
+        context.detach(token)
+    (client_span,) = spans.get_finished_spans()
+    assert claim(client_span) is None
     provider.shutdown()
