@@ -58,8 +58,8 @@ FAIL_CLOSED: Final = "fail_closed"
 FAIL_OPEN: Final = "fail_open"
 """Run the step anyway; keep its spend in the replay journal and replay it when the sidecar is back."""
 LOCAL_ONLY_LIMITS: Final = "local_only_limits"
-"""Run the step under the runner's own ``UsageLimits`` only; the spend is not replayed (spans
-exported to the sidecar carry no reservation id, so its trace ingestion charges them instead)."""
+"""Run the step under the runner's own ``UsageLimits`` only; the spend is not replayed (the step's span
+carries no reservation id, so the sidecar's trace ingestion charges it instead, if it receives it)."""
 FAIL_POLICIES: Final = (FAIL_CLOSED, FAIL_OPEN, LOCAL_ONLY_LIMITS)
 DEFAULT_TARGET: Final = "127.0.0.1:7310"
 TARGET_ENV_VAR: Final = "PAYMASTER_SIDECAR"

@@ -69,6 +69,8 @@ class Replayer:
     def adopt(self, adopt: Callable[[], None]) -> None:
         """Run ``adopt`` (taking over the journals of ended processes) on this thread, then send."""
         with self._cond:
+            if self._stopped:
+                return
             self._adopt = adopt
         self.wake()
 
