@@ -390,6 +390,8 @@ class SidecarBudget:
             self.journal.adopt_orphans()
         except OSError as exc:
             log.warning("paymaster: cannot read the replay journal in %s: %s", self.journal.directory, exc)
+        except Exception:  # the replayer thread must live on to send what this process journals
+            log.exception("paymaster: adopting the replay journals in %s failed", self.journal.directory)
 
 
 def _check_target(target: str) -> str:

@@ -1,10 +1,11 @@
 """The calls one run makes to the sidecar, made so that none is lost and none leaves a hold behind.
 
 Every call that must finish runs as a task this object tracks; the step that needs the answer awaits
-it through ``asyncio.shield``. Journal writes are such calls too, their fsync on a worker thread. A cancelled step therefore stops waiting at once while its call
+it through ``asyncio.shield``. A cancelled step therefore stops waiting at once while its call
 completes in the background: a reservation that arrives for a step that is gone is released, and a
 commit or a usage record goes on. Spend that cannot be delivered (the sidecar is unreachable, or
-refuses it) goes to the replay journal with an idempotent id. ``drain`` waits for all of it.
+refuses it) goes to the replay journal with an idempotent id, written and fsynced on a worker thread
+so that the event loop never waits for the disk. ``drain`` waits for all of it.
 """
 
 from __future__ import annotations

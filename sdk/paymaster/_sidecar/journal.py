@@ -92,7 +92,7 @@ class Journal:
         self._lock = threading.Lock()
         """Guards ``_pending``; never held while the file is written, so readers never wait on an fsync."""
         self._file_lock = threading.Lock()
-        """Serialises the writes to the file (each one fsynced), and the changes of ``_pending`` they record."""
+        """Serialises the writes to the file (each fsynced) with the changes of ``_pending`` they record."""
         self._pending: dict[str, PendingUsage] = {}
         self._file: IO[str] | None = None
         self.path: Path | None = None

@@ -2,11 +2,12 @@
 ``RecordUsage`` as soon as it answers again, and retries releases that could not be delivered.
 
 It runs only while there is something to send, waking when a runner adds an entry; it also takes
-over the journals of processes that ended (``adopt``), so that no file work runs on a runner's loop. Its attempts go
-through the circuit breaker like every other call, so while the sidecar is down it probes at the
-breaker's pace (no faster than the breaker's cooldown) and its first success closes the breaker for
-every runner. An entry the sidecar refuses for good (a malformed record) is kept in the journal
-directory as ``*.rejected`` with the sidecar's message and logged; it is never dropped silently.
+over the journals of processes that ended (``adopt``), so that no file work runs on a runner's event
+loop. Its attempts go through the circuit breaker like every other call, so while the sidecar is down
+it probes at the breaker's pace (no faster than the breaker's cooldown) and its first success closes
+the breaker for every runner. An entry the sidecar refuses for good (a malformed record) is kept in
+the journal directory as ``*.rejected`` with the sidecar's message and logged; it is never dropped
+silently.
 """
 
 from __future__ import annotations
