@@ -49,7 +49,7 @@ CHARGE_OUTCOMES: Final = (
     "charged",
     "unattributed",
     "duplicate",
-    "reservation",
+    "sdk",
     "unpriced",
     "invalid",
     "skipped",
@@ -64,8 +64,8 @@ _HELP: Final = {
     "unknown, sdk).",
     SPANS_CHARGED: "GenAI spans by what charging did with them; each is counted once: charged (new spend, "
     "attributed), unattributed (new spend, charged to the unattributed bucket), duplicate (seen before), "
-    "reservation (settled through its paymaster.reservation_id), unpriced, invalid, skipped (spend comes "
-    "from this service's metrics), stale (older than the idempotency window).",
+    "sdk (carries paymaster.reservation_id: the SDK charges it, the receiver does not), unpriced, invalid, "
+    "skipped (spend comes from this service's metrics), stale (older than the idempotency window).",
     COST_USD: "USD newly charged to the ledger from OTLP spans and metrics.",
     METRIC_POINTS_RECEIVED: "Metric data points received in accepted exports, by transport.",
     METRIC_POINTS_CHARGED: "Token usage metric points by what charging did with them (charged, unattributed, "

@@ -24,7 +24,6 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from collector_processor.domain.clock import Clock
-from collector_processor.domain.money import usd_to_micros
 from collector_processor.domain.types import UsageBatch, UsageBatchOutcome, UsageGroup
 from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
@@ -222,10 +221,6 @@ class OtlpPipeline:
                 tally.charged["unattributed" if plan.unattributed[g] else "charged"] += charged
             tally.charged["duplicate"] += outcome.duplicates
             tally.cost_micros += sum(outcome.charged_micros)
-        for usage in plan.reservations:
-            recorded = self._ledger.record_usage(usage)
-            tally.charged["reservation"] += 1
-            tally.cost_micros += usd_to_micros(recorded.charged_usd)
 
     def _charge_metrics(self, plan: MetricsPlan, tally: Tally) -> None:
         tally.points_charged.update(plan.outcomes)

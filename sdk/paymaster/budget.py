@@ -59,8 +59,8 @@ FAIL_CLOSED: Final = "fail_closed"
 FAIL_OPEN: Final = "fail_open"
 """Run the step anyway; keep its spend in the replay journal and replay it when the sidecar is back."""
 LOCAL_ONLY_LIMITS: Final = "local_only_limits"
-"""Run the step under the runner's own ``UsageLimits`` only; the spend is not replayed (spans
-exported to the sidecar carry no reservation id, so its trace ingestion charges them instead)."""
+"""Run the step under the runner's own ``UsageLimits`` only; the spend is not replayed (the step's span
+carries no reservation id, so the sidecar's trace ingestion charges it instead, if it receives it)."""
 FAIL_POLICIES: Final = (FAIL_CLOSED, FAIL_OPEN, LOCAL_ONLY_LIMITS)
 DEFAULT_TARGET: Final = "127.0.0.1:7310"
 TARGET_ENV_VAR: Final = "PAYMASTER_SIDECAR"
@@ -401,17 +401,21 @@ class SidecarBudget:
             telemetry.count(name, 1, attributes)
 
     def _adopt(self) -> None:
+        """Take over the journals of processes that ended, once, on the replayer's thread: the file work
+        and its fsyncs never run on a runner's event loop, and the replayer sends what it adopted."""
         with self._lock:
             if self._adopted:
                 return
             self._adopted = True
+        self.replayer.adopt(self._adopt_orphans)
+
+    def _adopt_orphans(self) -> None:
         try:
-            adopted = self.journal.adopt_orphans()
+            self.journal.adopt_orphans()
         except OSError as exc:
             log.warning("paymaster: cannot read the replay journal in %s: %s", self.journal.directory, exc)
-            return
-        if adopted or len(self.journal):
-            self.replayer.wake()
+        except Exception:  # the replayer thread must live on to send what this process journals
+            log.exception("paymaster: adopting the replay journals in %s failed", self.journal.directory)
 
 
 def _check_target(target: str) -> str:

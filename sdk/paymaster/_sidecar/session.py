@@ -133,12 +133,17 @@ class BudgetSession:
             admission.outcome.charged_usd = wire.usd(response.charged_usd)
             return halt_error(response.budget_info)
         if mode == "fail_open":
-            self.calls.journal(
-                admission.outcome.usage_id or "",
-                admission.scopes,
-                cost,
-                usage.total_tokens,
-                usage_facts(usage),
+            # Durable before the step is done; a cancelled step stops waiting, the write goes on.
+            await asyncio.shield(
+                self.calls.spawn(
+                    self.calls.journal(
+                        admission.outcome.usage_id or "",
+                        admission.scopes,
+                        cost,
+                        usage.total_tokens,
+                        usage_facts(usage),
+                    )
+                )
             )
         return None
 

@@ -131,16 +131,20 @@ def test_enrichment_sets_the_cost_attributes_and_the_view_serialises_to_a_valid_
     assert plan.outcomes["unpriced"] == 1
 
 
-def test_a_span_naming_a_reservation_is_recorded_under_the_reservation_rules() -> None:
-    plan, _ = plan_of(span({**GPT4O, "paymaster.reservation_id": "r-1"}), resource={"paymaster.team": "ml"})
-    assert plan.items == []
-    (usage,) = plan.reservations
-    assert (usage.reservation_id, usage.scopes.team, str(usage.cost_usd)) == (
-        "r-1",
-        "ml",
-        "0.012500000000000",
+def test_a_span_carrying_a_reservation_id_is_left_to_the_sdk_whatever_its_price() -> None:
+    """The SDK charges what it claimed (commit, lease, replayed journal): the receiver charges nothing for
+    it, settles no reservation, and counts it ``sdk`` — priced or not; an empty value claims nothing."""
+    plan, _ = plan_of(
+        span({**GPT4O, "paymaster.reservation_id": "r-1"}),
+        span({**GPT4O, "gen_ai.request.model": "mystery-model", "paymaster.reservation_id": "fail-open:9"}),
+        span({**GPT4O, "paymaster.reservation_id": ""}),
+        span({**GPT4O, "gen_ai.request.model": "mystery-model"}),
+        resource={"paymaster.team": "ml"},
     )
-    assert usage.usage_id.startswith("otlp:") and usage.usage.input_tokens == 1000
+    (item,) = plan.items  # the span with an empty value
+    assert item[3] == 12_500
+    assert (plan.outcomes["sdk"], plan.outcomes["unpriced"]) == (2, 1)
+    assert plan.priced == {"configured": 2, "unknown": 2}
 
 
 def test_a_scope_attribute_on_some_spans_overrides_the_resource_for_those_spans_only() -> None:
@@ -156,7 +160,7 @@ def test_attribute_names_inside_string_values_are_not_taken_for_attributes() -> 
     plan, _ = plan_of(span({**GPT4O, "gen_ai.prompt.0.content": content}), resource={"paymaster.team": "ml"})
     (item,) = plan.items
     assert (item[3], item[4:7]) == (12_500, (1000, 500, 0))  # no cache read
-    assert plan.reservations == [] and plan.groups[0].scopes.team == "ml"
+    assert plan.outcomes["sdk"] == 0 and plan.groups[0].scopes.team == "ml"
 
 
 def test_counts_are_read_from_their_own_spans_when_spans_without_usage_come_between() -> None:
