@@ -357,6 +357,8 @@ def _components(
             retention_ms=int(config.ledger.reservation_retention_hours * 3_600_000),
             config_dir=config_dir,
             on_spend=exporters.service.batch_recorded,
+            gate=security.otlp.gate,
+            tls=security.otlp.tls,
         )
     except ConfigError as exc:
         store.close()

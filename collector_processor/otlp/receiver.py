@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from collector_processor.auth.edge import Gate
+from collector_processor.auth.tls import ServerTls
 from collector_processor.domain.clock import Clock
 from collector_processor.domain.types import UsageBatchOutcome, UsageGroup
 from collector_processor.ledger import Ledger
@@ -96,12 +98,15 @@ def create_otlp_receiver(
     retention_ms: int,
     config_dir: Path | None = None,
     on_spend: Callable[[Sequence[UsageGroup], UsageBatchOutcome], None] | None = None,
+    gate: Gate | None = None,
+    tls: ServerTls | None = None,
 ) -> OtlpReceiver:
     """Wire ``section``; ``ConfigError`` (naming ``receivers.otlp.pricing.config``) for a bad price file.
 
     ``retention_ms`` is the ledger's idempotency window (``ledger.reservation_retention_hours``):
     spend older than that is never charged, since its keys may have been forgotten. ``on_spend`` is
-    told of every charged batch once it is durable (the sidecar's spend metrics).
+    told of every charged batch once it is durable (the sidecar's spend metrics). ``gate`` and ``tls``
+    are the listeners' authentication and TLS (``receivers.otlp.tls``), the same for both transports.
     """
     calculator = CostCalculator(_pricing_config(section, config_dir))
     calculator.preload()  # at start, not on the first export
@@ -138,7 +143,7 @@ def create_otlp_receiver(
     limit = charging.max_concurrent_exports
     return OtlpReceiver(
         pipeline=pipeline,
-        grpc=GrpcReceiver(pipeline, listen=section.grpc_listen, max_concurrent=limit),
+        grpc=GrpcReceiver(pipeline, listen=section.grpc_listen, max_concurrent=limit, gate=gate, tls=tls),
         http=HttpReceiver(pipeline, listen=section.http_listen, max_concurrent=limit)
         if section.http_listen
         else None,

@@ -101,6 +101,9 @@ class TracePlan:
     """The first few reasons spans could not be charged, for the partial-success message."""
     services: set[Service] = field(default_factory=set)
     """Services that sent GenAI spans in this export."""
+    trust_cost: bool = True
+    """Whether a cost the span carries (``paymaster.cost_usd``) is believed; otherwise every span is
+    priced from its tokens (the sender's principal is not granted ``trust_reported_cost``)."""
 
     def problem(self, span: Any, message: str) -> None:
         self.outcomes["invalid"] += 1
@@ -188,11 +191,18 @@ class TraceProcessor:
         """(resource, names of the span attributes that override it) -> its ``_target_table``."""
 
     def process(
-        self, request: Any, window: WindowPolicy, *, enrich: bool, payload: bytes | None = None
+        self,
+        request: Any,
+        window: WindowPolicy,
+        *,
+        enrich: bool,
+        payload: bytes | None = None,
+        trust_cost: bool = True,
     ) -> TracePlan:
         """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes.
-        ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once."""
-        plan = TracePlan()
+        ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once.
+        Without ``trust_cost``, costs carried on spans are ignored and every span is priced from its tokens."""
+        plan = TracePlan(trust_cost=trust_cost)
         plan.spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         presence = Presence(payload, plan.spans)
         groups = Groups()
@@ -219,7 +229,7 @@ class TraceProcessor:
             return
         batch.targets = targets = self._targets(batch.columns, context, presence)
         distinct = dict.fromkeys(targets)
-        femto, sources = self._costs(batch, distinct, presence)
+        femto, sources = self._costs(batch, distinct, presence, trust_cost=plan.trust_cost)
         if sources is None:  # each span's source is its target's
             kinds = {t.source for t in distinct}
             if len(kinds) == 1:
@@ -290,12 +300,12 @@ class TraceProcessor:
         return batch
 
     def _costs(
-        self, batch: _Batch, distinct: dict[Target, None], presence: Presence
+        self, batch: _Batch, distinct: dict[Target, None], presence: Presence, *, trust_cost: bool
     ) -> tuple[list[int | None], list[str] | None]:
         """Femto-dollars (``None`` when unknown) and the cost source of each span; sources ``None``:
         every span is priced at its target's per-token rates, so its source is its target's."""
         targets, tin, tout, extras = batch.targets, batch.tin, batch.tout, batch.counts
-        sdk = batch.columns.optional((SDK_COST,), presence)
+        sdk = batch.columns.optional((SDK_COST,), presence) if trust_cost else None
         if sdk is None and not extras and all(t.linear for t in distinct):
             if len(distinct) == 1:
                 first = targets[0]
