@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,6 +39,9 @@ from collector_processor.telemetry.exporters import MetricsExporters, create_exp
 from collector_processor.telemetry.selfmetrics import SelfMetrics
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2
+
+if TYPE_CHECKING:
+    from paymaster.pricing import CostCalculator
 
 __all__ = ["SERVICE_NAME", "Sidecar", "create_sidecar", "main"]
 
@@ -239,6 +242,7 @@ def create_sidecar(
 ) -> Sidecar:
     """Wire ``config`` into a sidecar (not yet started). ``clock``, ``store`` and ``logger_provider`` are for tests."""
     clock = clock or SystemClock()
+    pricing = _otlp_pricing(config)  # a bad price file stops the sidecar before the store is created
     if store is None:
         store = _open_store(config)
     metrics = SelfMetrics()
@@ -254,7 +258,7 @@ def create_sidecar(
         raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
     exporters = _exporters(config, store=store, clock=clock, metrics=metrics)
-    components = _components(config, ledger, metrics, clock, store, exporters)
+    components = _components(config, ledger, metrics, clock, store, exporters, pricing)
     on_close: list[Any] = []
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
     ledger.set_alert_listener(_listener(hub, dispatcher))
@@ -304,6 +308,20 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
         raise ConfigError(f"{config.source}: store.{'url' if s.kind == 'redis' else 'path'}: {exc}") from None
 
 
+def _otlp_pricing(config: SidecarConfig) -> CostCalculator | None:
+    """The OTLP receiver's pricing, read from its price file (None when the receiver is off)."""
+    if not config.receivers.otlp.enabled:
+        return None
+    from collector_processor.otlp import load_pricing
+
+    # A relative price file is found next to the sidecar's own config file.
+    config_dir = None if config.source.startswith("<") else Path(config.source).parent
+    try:
+        return load_pricing(config.receivers.otlp, config_dir=config_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
 def _components(
     config: SidecarConfig,
     ledger: Ledger,
@@ -311,13 +329,12 @@ def _components(
     clock: Clock,
     store: LedgerStore,
     exporters: MetricsExporters,
+    pricing: CostCalculator | None,
 ) -> list[Component]:
-    if not config.receivers.otlp.enabled:
+    if pricing is None:
         return []
     from collector_processor.otlp import create_otlp_receiver
 
-    # A relative price file is found next to the sidecar's own config file.
-    config_dir = None if config.source.startswith("<") else Path(config.source).parent
     try:
         receiver = create_otlp_receiver(
             config.receivers.otlp,
@@ -325,7 +342,7 @@ def _components(
             metrics=metrics,
             clock=clock,
             retention_ms=int(config.ledger.reservation_retention_hours * 3_600_000),
-            config_dir=config_dir,
+            calculator=pricing,
             on_spend=exporters.service.batch_recorded,
         )
     except ConfigError as exc:

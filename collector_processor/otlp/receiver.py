@@ -1,10 +1,11 @@
 """The OTLP component and its factory: config in, a receiver -> processor -> ledger -> exporter chain out.
 
+``load_pricing`` reads the configured ``paymaster.toml`` into the pricing calculator (any mistake in
+it stops the sidecar at start with the file and key named, before the store is opened).
 ``create_otlp_receiver`` wires a validated ``[receivers.otlp]`` section to the sidecar's ledger and
-self-metrics: the pricing calculator (from the configured ``paymaster.toml``; any mistake in it stops
-the sidecar at start with the file and key named), the attribution, the spend-source policy, the
-trace and metric processors, the forwarders, and both transports. ``OtlpReceiver.start`` opens the
-ports; ``stop`` finishes the exports in flight, charges held metric points and drains the forwarders.
+self-metrics: that calculator, the attribution, the spend-source policy, the trace and metric
+processors, the forwarders, and both transports. ``OtlpReceiver.start`` opens the ports; ``stop``
+finishes the exports in flight, charges held metric points and drains the forwarders.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from paymaster.config import PaymasterConfig, load_config
 from paymaster.exceptions import ConfigError
 from paymaster.pricing import CostCalculator
 
-__all__ = ["OtlpReceiver", "create_otlp_receiver"]
+__all__ = ["OtlpReceiver", "create_otlp_receiver", "load_pricing"]
 
 _TICK_S = 1.0
 
@@ -87,6 +88,14 @@ class OtlpReceiver:
             self.pipeline.tick()
 
 
+def load_pricing(section: OtlpReceiverSection, *, config_dir: Path | None = None) -> CostCalculator:
+    """The calculator pricing spans, its data loaded; ``ConfigError`` naming
+    ``receivers.otlp.pricing.config`` for a bad price file."""
+    calculator = CostCalculator(_pricing_config(section, config_dir))
+    calculator.preload()  # at start, not on the first export
+    return calculator
+
+
 def create_otlp_receiver(
     section: OtlpReceiverSection,
     *,
@@ -95,16 +104,18 @@ def create_otlp_receiver(
     clock: Clock,
     retention_ms: int,
     config_dir: Path | None = None,
+    calculator: CostCalculator | None = None,
     on_spend: Callable[[Sequence[UsageGroup], UsageBatchOutcome], None] | None = None,
 ) -> OtlpReceiver:
     """Wire ``section``; ``ConfigError`` (naming ``receivers.otlp.pricing.config``) for a bad price file.
 
-    ``retention_ms`` is the ledger's idempotency window (``ledger.reservation_retention_hours``):
-    spend older than that is never charged, since its keys may have been forgotten. ``on_spend`` is
-    told of every charged batch once it is durable (the sidecar's spend metrics).
+    ``calculator`` is what ``load_pricing`` read (it is read here when not given). ``retention_ms``
+    is the ledger's idempotency window (``ledger.reservation_retention_hours``): spend older than
+    that is never charged, since its keys may have been forgotten. ``on_spend`` is told of every
+    charged batch once it is durable (the sidecar's spend metrics).
     """
-    calculator = CostCalculator(_pricing_config(section, config_dir))
-    calculator.preload()  # at start, not on the first export
+    if calculator is None:
+        calculator = load_pricing(section, config_dir=config_dir)
     pricer = SpanPricer(calculator)
     attributor = Attributor(section.attribution)
     charging = section.charging

@@ -39,7 +39,7 @@ def test_the_defaults_are_off_on_the_reserved_ports_with_nothing_forwarded() -> 
         ),
         (
             "[receivers.otlp.forward]\nqueue_size = 0",
-            "receivers.otlp.forward.queue_size: Input should be greater than or equal to 1",
+            "receivers.otlp.forward.queue_size: must be a whole number from 1 to 100000000, got 0",
         ),
         (
             "[receivers.otlp.charging]\nspend_source = 'both'",
@@ -47,7 +47,7 @@ def test_the_defaults_are_off_on_the_reserved_ports_with_nothing_forwarded() -> 
         ),
         (
             "[receivers.otlp.charging]\nmax_message_bytes = 10",
-            "receivers.otlp.charging.max_message_bytes: Input should be greater than or equal to 1024",
+            "receivers.otlp.charging.max_message_bytes: must be a whole number from 1024 to 268435456, got 10",
         ),
         (
             "[receivers.otlp.attribution]\nteam = ['has space']",
