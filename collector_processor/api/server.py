@@ -28,7 +28,7 @@ from collector_processor.alerts.dispatch import AlertDispatcher, AlertHub, Alert
 from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
 from collector_processor.api.batching import Batcher
 from collector_processor.api.servicer import BudgetServicer, add_to_server
-from collector_processor.config import SidecarConfig, create_default_config, load_config
+from collector_processor.config import SidecarConfig, create_default_config, load_config, parse_address
 from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
 from collector_processor.ledger import Ledger
@@ -459,18 +459,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="override server.listen, e.g. 127.0.0.1:7310")
 
 
+def with_listen(config: SidecarConfig, listen: str) -> SidecarConfig:
+    """``config`` with ``server.listen`` replaced (``--listen``), checked again as a whole.
+
+    Only that key changes: every other section keeps the keys its file set and no more, since some
+    checks depend on which keys were written (the SQLite keys are refused with a Redis store).
+    """
+    try:
+        parse_address(listen, "--listen")
+    except InvalidRequestError as exc:
+        raise ConfigError(str(exc)) from None
+    server = config.server.model_copy(update={"listen": listen})
+    return config.model_copy(update={"server": server}).validate_all()
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config) if args.config else create_default_config()
         if args.listen:
-            config = SidecarConfig.model_validate(
-                {
-                    **config.model_dump(),
-                    "source": config.source,
-                    "server": {**config.server.model_dump(), "listen": args.listen},
-                }
-            ).validate_all()
+            config = with_listen(config, args.listen)
         return run(config)
     except ConfigError as exc:
         print(f"paymaster sidecar: {exc}", file=sys.stderr)
