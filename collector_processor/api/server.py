@@ -125,7 +125,10 @@ class Sidecar:
         for component in self.components:
             try:
                 component.start()
-            except Exception as exc:  # a port in use
+            except ConfigError as exc:  # a port in use, named by its key
+                self.stop(0)
+                raise ConfigError(f"{self.config.source}: {exc}") from None
+            except Exception as exc:
                 self.stop(0)
                 raise ConfigError(
                     f"{self.config.source}: {component.describe()}: cannot start: {exc}"

@@ -46,7 +46,8 @@ class GrpcReceiver:
 
     def __init__(self, pipeline: OtlpPipeline, *, listen: str, max_concurrent: int) -> None:
         self._pipeline = pipeline
-        self._listen = listen
+        self.listen = listen
+        """The configured address (port 0: any free port)."""
         self._max_concurrent = max_concurrent
         self._inflight = 0
         self.port = 0
@@ -59,7 +60,7 @@ class GrpcReceiver:
 
     @property
     def address(self) -> str:
-        return f"{self._listen.rsplit(':', 1)[0]}:{self.port}"
+        return f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
 
     def start(self) -> GrpcReceiver:
         """Open the port; the error (a port in use) is raised here."""
@@ -100,7 +101,7 @@ class GrpcReceiver:
                     ),
                 )
             )
-            self.port = server.add_insecure_port(self._listen)
+            self.port = server.add_insecure_port(self.listen)
             await server.start()
         except Exception as exc:
             self._error = exc

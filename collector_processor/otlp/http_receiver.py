@@ -50,7 +50,8 @@ class HttpReceiver:
 
     def __init__(self, pipeline: OtlpPipeline, *, listen: str, max_concurrent: int) -> None:
         self._pipeline = pipeline
-        self._listen = listen
+        self.listen = listen
+        """The configured address (port 0: any free port)."""
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -58,10 +59,10 @@ class HttpReceiver:
 
     @property
     def address(self) -> str:
-        return f"{self._listen.rsplit(':', 1)[0]}:{self.port}"
+        return f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
 
     def start(self) -> HttpReceiver:
-        host, port = self._listen.rsplit(":", 1)
+        host, port = self.listen.rsplit(":", 1)
         server = _Server((host.strip("[]"), int(port)), _handler(self))
         self._server = server
         self.port = server.server_address[1]

@@ -4,8 +4,9 @@
 it stops the sidecar at start with the file and key named, before the store is opened).
 ``create_otlp_receiver`` wires a validated ``[receivers.otlp]`` section to the sidecar's ledger and
 self-metrics: that calculator, the attribution, the spend-source policy, the trace and metric
-processors, the forwarders, and both transports. ``OtlpReceiver.start`` opens the ports; ``stop``
-finishes the exports in flight, charges held metric points and drains the forwarders.
+processors, the forwarders, and both transports. ``OtlpReceiver.start`` opens the ports (one that
+cannot be bound is a ``ConfigError`` naming its key and address); ``stop`` finishes the exports in
+flight, charges held metric points and drains the forwarders.
 """
 
 from __future__ import annotations
@@ -62,15 +63,19 @@ class OtlpReceiver:
         return f"OTLP/gRPC on {self.grpc.address}{http}" + (f", forwarding to {onward}" if onward else "")
 
     def start(self) -> OtlpReceiver:
+        """Open both ports; ``ConfigError`` naming the key and address of one that cannot be bound."""
         for forwarder in self.forwarders.values():
             forwarder.start()
-        self.grpc.start()
+        try:
+            self.grpc.start()
+        except Exception as exc:  # a port in use, an address that does not resolve
+            raise _cannot_serve("receivers.otlp.grpc_listen", self.grpc.listen, exc) from None
         if self.http is not None:
             try:
                 self.http.start()
-            except OSError:
+            except OSError as exc:
                 self.grpc.stop(0)
-                raise
+                raise _cannot_serve("receivers.otlp.http_listen", self.http.listen, exc) from None
         self._ticker.start()
         return self
 
@@ -86,6 +91,10 @@ class OtlpReceiver:
     def _tick(self) -> None:
         while not self._stop.wait(_TICK_S):
             self.pipeline.tick()
+
+
+def _cannot_serve(key: str, listen: str, exc: BaseException) -> ConfigError:
+    return ConfigError(f"{key}: cannot serve on {listen}: {exc}")
 
 
 def load_pricing(section: OtlpReceiverSection, *, config_dir: Path | None = None) -> CostCalculator:

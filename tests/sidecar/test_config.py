@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from decimal import Decimal
@@ -203,7 +204,41 @@ def test_a_missing_file_is_named() -> None:
         load_config("nowhere.toml")
 
 
-def test_a_port_in_use_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+_LISTENERS = ("server.listen", "receivers.otlp.grpc_listen", "receivers.otlp.http_listen", "metrics.listen")
+
+
+@pytest.mark.parametrize("key", _LISTENERS)
+def test_a_port_in_use_fails_at_start_naming_its_key_and_port(tmp_path: Path, key: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = {k: f"127.0.0.1:{port}" if k == key else "127.0.0.1:0" for k in _LISTENERS}
+        config = parse_config(
+            f"""
+            [server]
+            listen = "{listen["server.listen"]}"
+            [store]
+            path = "{tmp_path / "s.db"}"
+            [receivers.otlp]
+            enabled = true
+            grpc_listen = "{listen["receivers.otlp.grpc_listen"]}"
+            http_listen = "{listen["receivers.otlp.http_listen"]}"
+            [metrics]
+            enabled = true
+            listen = "{listen["metrics.listen"]}"
+            """,
+            source="b.toml",
+        )
+        sidecar = create_sidecar(config)
+        with pytest.raises(ConfigError) as refused:
+            sidecar.start()
+        assert str(refused.value).startswith(f"b.toml: {key}: cannot serve on 127.0.0.1:{port}: "), str(
+            refused.value
+        )
+
+
+def test_a_port_another_sidecar_holds_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     first = create_sidecar(
         parse_config(f'[server]\nlisten = "127.0.0.1:0"\n[store]\npath = "{tmp_path / "a.db"}"\n')
     ).start()

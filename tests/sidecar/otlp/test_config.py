@@ -131,18 +131,6 @@ def test_an_empty_http_listen_turns_otlp_http_off(tmp_path: Path) -> None:
         sidecar.stop(0)
 
 
-def test_a_port_in_use_stops_the_sidecar_at_start(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        config = _with_otlp(tmp_path, f"127.0.0.1:{port}")
-        with pytest.raises(ConfigError, match=r"sidecar.toml: OTLP/gRPC on 127.0.0.1:.*: cannot start: "):
-            create_sidecar(config).start()
-
-
 def test_the_receiver_loads_the_pricing_library_at_start_not_on_the_first_export(tmp_path: Path) -> None:
     assert loads_pricing_library(
         "from collector_processor.config import parse_config\n"
