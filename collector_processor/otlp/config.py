@@ -109,6 +109,14 @@ class OtlpReceiverSection(_Section):
     grpc_listen: str = "127.0.0.1:7317"
     http_listen: str = "127.0.0.1:7318"
     """OTLP/HTTP; an empty string turns it off."""
+    http_max_connections: int = Field(default=128, ge=1, le=10_000)
+    """OTLP/HTTP connections open at once (each holds one thread); one more is answered 503 with
+    ``Retry-After`` and closed without its request being read."""
+    http_request_timeout_seconds: float = Field(default=30.0, ge=0.1, le=3600)
+    """From the first byte of a request until the whole of it (line, headers, body) has arrived, and
+    again for the answer to be taken; a client slower than that loses its connection."""
+    http_idle_timeout_seconds: float = Field(default=60.0, ge=0.1, le=3600)
+    """How long a keep-alive connection may wait for its next request before it is closed."""
     pricing: PricingSection = PricingSection()
     attribution: AttributionSection = AttributionSection()
     charging: ChargingSection = ChargingSection()

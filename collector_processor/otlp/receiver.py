@@ -159,7 +159,14 @@ def create_otlp_receiver(
     return OtlpReceiver(
         pipeline=pipeline,
         grpc=GrpcReceiver(pipeline, listen=section.grpc_listen, max_concurrent=limit),
-        http=HttpReceiver(pipeline, listen=section.http_listen, max_concurrent=limit)
+        http=HttpReceiver(
+            pipeline,
+            listen=section.http_listen,
+            max_concurrent=limit,
+            max_connections=section.http_max_connections,
+            request_timeout_s=section.http_request_timeout_seconds,
+            idle_timeout_s=section.http_idle_timeout_seconds,
+        )
         if section.http_listen
         else None,
         forwarders=forwarders,
