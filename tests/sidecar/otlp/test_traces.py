@@ -21,8 +21,14 @@ from paymaster.pricing import CostCalculator
 from tests.sidecar.otlp.conftest import PRICES
 from tests.sidecar.otlp.payloads import export, span
 
-NOW_MS = time.time_ns() // 1_000_000
-WINDOW = WindowPolicy(oldest_ms=NOW_MS - 3_600_000, newest_ms=NOW_MS + 60_000)
+
+def window_now() -> WindowPolicy:
+    """The receiver's window as of now (an hour back, a minute ahead), taken when a test runs: spans
+    are stamped when a test makes them, however long after collection that is."""
+    now_ms = time.time_ns() // 1_000_000
+    return WindowPolicy(oldest_ms=now_ms - 3_600_000, newest_ms=now_ms + 60_000)
+
+
 GPT4O = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1000,
          "gen_ai.usage.output_tokens": 500}  # fmt: skip
 
@@ -38,16 +44,17 @@ def processor(mode: str = "auto") -> TraceProcessor:
 
 def plan_of(
     *spans: Any, resource: dict[str, Any] | None = None, enrich: bool = False, mode: str = "auto",
-    window: WindowPolicy = WINDOW,
+    window: WindowPolicy | None = None,
 ) -> tuple[TracePlan, Any]:  # fmt: skip
     return plan_of_export(export(list(spans), resource), enrich=enrich, mode=mode, window=window)
 
 
 def plan_of_export(
-    request: Any, *, enrich: bool = False, mode: str = "auto", window: WindowPolicy = WINDOW
+    request: Any, *, enrich: bool = False, mode: str = "auto", window: WindowPolicy | None = None
 ) -> tuple[TracePlan, Any]:
     """The plan, as the receiver makes it (with the export's bytes); checked against the plan made
     without them (every name looked up on every span), which must be the same."""
+    window = window or window_now()
     payload = request.SerializeToString()
     view = TraceRequestView.FromString(payload)
     plan = processor(mode).process(view, window, enrich=enrich, payload=payload)
@@ -102,7 +109,8 @@ def test_cache_and_reasoning_counts_reported_outside_input_and_output_are_added_
 
 
 def test_spans_older_than_the_idempotency_window_are_not_charged() -> None:
-    plan, _ = plan_of(span(GPT4O, end_ns=(WINDOW.oldest_ms - 1) * 1_000_000), span(GPT4O))
+    window = window_now()
+    plan, _ = plan_of(span(GPT4O, end_ns=(window.oldest_ms - 1) * 1_000_000), span(GPT4O), window=window)
     assert len(plan.items) == 1 and plan.outcomes["stale"] == 1
 
 
