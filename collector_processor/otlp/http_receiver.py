@@ -114,12 +114,13 @@ class HttpReceiver:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop accepting and close the idle connections; requests being read or answered finish."""
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, close idle connections at once, and give requests being read or answered
+        up to ``grace_s`` to finish (a slow client does not hold the shutdown past it)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._server.close_idle()
+            self._server.drain(grace_s)
             self._server = None
 
     # -- connections -----------------------------------------------------------------------------
@@ -355,7 +356,7 @@ class _Server(ThreadingHTTPServer):
         self.receiver = receiver
         self._connections = threading.BoundedSemaphore(receiver.max_connections)
         self._open: set[Any] = set()
-        self._open_lock = threading.Lock()
+        self._open_changed = threading.Condition()
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -377,20 +378,28 @@ class _Server(ThreadingHTTPServer):
             self._connections.release()
 
     def opened(self, handler: Any) -> None:
-        with self._open_lock:
+        with self._open_changed:
             self._open.add(handler)
 
     def closed(self, handler: Any) -> None:
-        with self._open_lock:
+        with self._open_changed:
             self._open.discard(handler)
+            self._open_changed.notify_all()
 
-    def close_idle(self) -> None:
-        """End the connections waiting for a next request (their threads return at once)."""
-        with self._open_lock:
-            idle = [h for h in self._open if h.stream.idle]
-        for handler in idle:
-            with contextlib.suppress(OSError):
-                handler.connection.shutdown(socket.SHUT_RDWR)
+    def drain(self, grace_s: float) -> None:
+        """Until every connection is closed or ``grace_s`` has passed, end those waiting for a next
+        request (their threads return at once); the others finish the request they are on first."""
+        deadline = time.monotonic() + grace_s
+        with self._open_changed:
+            while self._open:
+                for handler in self._open:
+                    if handler.stream.idle:
+                        with contextlib.suppress(OSError):
+                            handler.connection.shutdown(socket.SHUT_RDWR)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._open_changed.wait(min(left, 0.05))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("OTLP/HTTP: the connection from %s failed", _peer(client_address))

@@ -85,7 +85,7 @@ class OtlpReceiver:
         self._stop.set()
         self.grpc.stop(grace_s)
         if self.http is not None:
-            self.http.stop()
+            self.http.stop(grace_s)
         self.pipeline.close(grace_s)
 
     def _tick(self) -> None:

@@ -170,3 +170,16 @@ def test_the_413_for_a_body_that_inflates_past_the_limit_reads_correctly(
         "the export is larger than the 4,096 bytes this receiver accepts "
         "(receivers.otlp.charging.max_message_bytes); send smaller batches"
     )
+
+
+def test_stopping_closes_idle_keep_alive_connections_instead_of_waiting_for_them(
+    otlp_sidecar: Callable[..., OtlpSidecar],
+) -> None:
+    running = otlp_sidecar()  # idle connections may wait 60 s for their next request
+    with closing(connect(running)) as idle:
+        stopping = threading.Thread(target=running.receiver.http.stop, args=(30.0,))
+        stopping.start()
+        stopping.join(10)
+        assert not stopping.is_alive(), "the stop waited on an idle connection"
+        assert read_to_end(idle) == b""
+    assert running.counter(DISCONNECTS) == 0
