@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,7 +31,7 @@ from collector_processor.api.security import Security
 from collector_processor.api.servicer import BudgetServicer, add_to_server
 from collector_processor.auth.desk import TokenDesk
 from collector_processor.auth.interceptor import GateInterceptor
-from collector_processor.config import SidecarConfig, create_default_config, load_config
+from collector_processor.config import SidecarConfig, create_default_config, load_config, parse_address
 from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
 from collector_processor.ledger import Ledger
@@ -43,6 +43,9 @@ from collector_processor.telemetry.exporters import MetricsExporters, create_exp
 from collector_processor.telemetry.selfmetrics import SelfMetrics
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2
+
+if TYPE_CHECKING:
+    from paymaster.pricing import CostCalculator
 
 __all__ = ["SERVICE_NAME", "Sidecar", "create_sidecar", "main"]
 
@@ -133,7 +136,10 @@ class Sidecar:
         for component in self.components:
             try:
                 component.start()
-            except Exception as exc:  # a port in use
+            except ConfigError as exc:  # a port in use, named by its key
+                self.stop(0)
+                raise ConfigError(f"{self.config.source}: {exc}") from None
+            except Exception as exc:
                 self.stop(0)
                 raise ConfigError(
                     f"{self.config.source}: {component.describe()}: cannot start: {exc}"
@@ -264,6 +270,7 @@ def create_sidecar(
 ) -> Sidecar:
     """Wire ``config`` into a sidecar (not yet started). ``clock``, ``store`` and ``logger_provider`` are for tests."""
     clock = clock or SystemClock()
+    pricing = _otlp_pricing(config)  # a bad price file stops the sidecar before the store is created
     if store is None:
         store = _open_store(config)
     metrics = SelfMetrics()
@@ -280,7 +287,7 @@ def create_sidecar(
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
     security = Security(config, store, metrics, now_ms=clock.now_ms)
     exporters = _exporters(config, store=store, clock=clock, metrics=metrics, security=security)
-    components = _components(config, ledger, metrics, clock, store, exporters, security)
+    components = _components(config, ledger, metrics, clock, store, exporters, pricing, security)
     on_close: list[Any] = []
     logger_provider = logger_provider or _otlp_logger_provider(config, on_close)
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
@@ -333,6 +340,20 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
         raise ConfigError(f"{config.source}: store.{'url' if s.kind == 'redis' else 'path'}: {exc}") from None
 
 
+def _otlp_pricing(config: SidecarConfig) -> CostCalculator | None:
+    """The OTLP receiver's pricing, read from its price file (None when the receiver is off)."""
+    if not config.receivers.otlp.enabled:
+        return None
+    from collector_processor.otlp import load_pricing
+
+    # A relative price file is found next to the sidecar's own config file.
+    config_dir = None if config.source.startswith("<") else Path(config.source).parent
+    try:
+        return load_pricing(config.receivers.otlp, config_dir=config_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
 def _components(
     config: SidecarConfig,
     ledger: Ledger,
@@ -340,14 +361,13 @@ def _components(
     clock: Clock,
     store: LedgerStore,
     exporters: MetricsExporters,
+    pricing: CostCalculator | None,
     security: Security,
 ) -> list[Component]:
-    if not config.receivers.otlp.enabled:
+    if pricing is None:
         return []
     from collector_processor.otlp import create_otlp_receiver
 
-    # A relative price file is found next to the sidecar's own config file.
-    config_dir = None if config.source.startswith("<") else Path(config.source).parent
     try:
         receiver = create_otlp_receiver(
             config.receivers.otlp,
@@ -355,7 +375,7 @@ def _components(
             metrics=metrics,
             clock=clock,
             retention_ms=int(config.ledger.reservation_retention_hours * 3_600_000),
-            config_dir=config_dir,
+            calculator=pricing,
             on_spend=exporters.service.batch_recorded,
             gate=security.otlp.gate,
             tls=security.otlp.tls,
@@ -481,18 +501,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="override server.listen, e.g. 127.0.0.1:7310")
 
 
+def with_listen(config: SidecarConfig, listen: str) -> SidecarConfig:
+    """``config`` with ``server.listen`` replaced (``--listen``), checked again as a whole.
+
+    Only that key changes: every other section keeps the keys its file set and no more, since some
+    checks depend on which keys were written (the SQLite keys are refused with a Redis store).
+    """
+    try:
+        parse_address(listen, "--listen")
+    except InvalidRequestError as exc:
+        raise ConfigError(str(exc)) from None
+    server = config.server.model_copy(update={"listen": listen})
+    return config.model_copy(update={"server": server}).validate_all()
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config) if args.config else create_default_config()
         if args.listen:
-            config = SidecarConfig.model_validate(
-                {
-                    **config.model_dump(),
-                    "source": config.source,
-                    "server": {**config.server.model_dump(), "listen": args.listen},
-                }
-            ).validate_all()
+            config = with_listen(config, args.listen)
         return run(config)
     except ConfigError as exc:
         print(f"paymaster sidecar: {exc}", file=sys.stderr)

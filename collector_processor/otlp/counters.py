@@ -20,6 +20,8 @@ __all__ = [
     "DROPPED",
     "EXPORT_SECONDS",
     "FORWARDED",
+    "HTTP_CONNECTIONS_REFUSED",
+    "HTTP_DISCONNECTS",
     "METRIC_POINTS_CHARGED",
     "METRIC_POINTS_RECEIVED",
     "PRICE_SOURCES",
@@ -42,8 +44,18 @@ METRIC_POINTS_CHARGED: Final = "paymaster_otlp_metric_points_charged_total"
 FORWARDED: Final = "paymaster_otlp_forwarded_total"
 DROPPED: Final = "paymaster_otlp_dropped_total"
 EXPORT_SECONDS: Final = "paymaster_otlp_export_seconds"
+HTTP_DISCONNECTS: Final = "paymaster_otlp_http_disconnects_total"
+HTTP_CONNECTIONS_REFUSED: Final = "paymaster_otlp_http_connections_refused_total"
 
-REQUEST_OUTCOMES: Final = ("ok", "unauthenticated", "forbidden", "invalid", "too_large", "unavailable", "error")
+REQUEST_OUTCOMES: Final = (
+    "ok",
+    "unauthenticated",
+    "forbidden",
+    "invalid",
+    "too_large",
+    "unavailable",
+    "error",
+)
 PRICE_SOURCES: Final = ("configured", "library", "unknown", "sdk")
 CHARGE_OUTCOMES: Final = (
     "charged",
@@ -75,6 +87,11 @@ _HELP: Final = {
     FORWARDED: "Spans and metric points exported onward, by signal.",
     DROPPED: "Spans and metric points not exported onward, by signal and reason (queue_full, export_failed).",
     EXPORT_SECONDS: "Time from receiving an OTLP export to answering it, by signal and transport.",
+    HTTP_DISCONNECTS: "OTLP/HTTP connections closed mid-request, by reason: closed (the client went away "
+    "before its answer), timeout (its request or the taking of its answer outlasted "
+    "receivers.otlp.http_request_timeout_seconds).",
+    HTTP_CONNECTIONS_REFUSED: "OTLP/HTTP connections answered 503 at once because "
+    "receivers.otlp.http_max_connections were open.",
 }
 
 

@@ -62,7 +62,8 @@ class GrpcReceiver:
         self._pipeline = pipeline
         self._gate = gate
         self._tls = tls
-        self._listen = listen
+        self.listen = listen
+        """The configured address (port 0: any free port)."""
         self._max_concurrent = max_concurrent
         self._inflight = 0
         self.port = 0
@@ -75,7 +76,7 @@ class GrpcReceiver:
 
     @property
     def address(self) -> str:
-        return f"{self._listen.rsplit(':', 1)[0]}:{self.port}"
+        return f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
 
     def start(self) -> GrpcReceiver:
         """Open the port; the error (a port in use) is raised here."""
@@ -117,9 +118,9 @@ class GrpcReceiver:
                 )
             )
             if self._tls is not None:
-                self.port = server.add_secure_port(self._listen, self._tls.grpc_credentials())
+                self.port = server.add_secure_port(self.listen, self._tls.grpc_credentials())
             else:
-                self.port = server.add_insecure_port(self._listen)
+                self.port = server.add_insecure_port(self.listen)
             await server.start()
         except Exception as exc:
             self._error = exc

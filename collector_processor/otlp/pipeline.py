@@ -214,10 +214,10 @@ class OtlpPipeline:
             )
 
     def too_large(self, size: int | None) -> ExportRefused:
-        got = f"{size:,} bytes" if size is not None else "more"
+        got = f"is {size:,} bytes, above" if size is not None else "is larger than"
         return ExportRefused(
             "too_large",
-            f"the export is {got}, above the {self.max_message_bytes:,} bytes this receiver accepts"
+            f"the export {got} the {self.max_message_bytes:,} bytes this receiver accepts"
             " (receivers.otlp.charging.max_message_bytes); send smaller batches",
         )
 

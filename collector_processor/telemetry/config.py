@@ -20,7 +20,8 @@ DEFAULT_METRICS_LISTEN = "127.0.0.1:7319"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number is finite: inf and nan are refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TelemetrySection(_Section):
@@ -32,8 +33,8 @@ class MetricsOtlpSection(_Section):
     endpoint: str = ""
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
     headers: dict[str, str] = Field(default_factory=dict)
-    interval_seconds: float = Field(default=30.0, gt=0, le=3600)
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    interval_seconds: float = Field(default=30.0, ge=0.1, le=3600)
+    timeout_seconds: float = Field(default=10.0, ge=0.01, le=120)
 
 
 class MetricsSection(_Section):

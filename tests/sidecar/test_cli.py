@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import selectors
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -462,12 +466,6 @@ def test_health_answers_without_a_token_and_speaks_tls_with_a_server_name(
         running.sidecar.stop(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/server.py run_from_args rebuilds the config from model_dump(), which marks every "
-    "store key as set, so _check_store refuses the SQLite default ('store.backoff_initial_seconds: "
-    'applies to kind = "redis" only\')',
-)
 def test_sidecar_listen_overrides_the_address_of_the_default_config(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -487,3 +485,71 @@ def test_sidecar_listen_overrides_the_address_of_the_default_config(tmp_path: Pa
         process.terminate()
         process.wait(10)
     assert "listening on 127.0.0.1:" in printed[-1], "".join(printed)
+
+
+# -- paymaster sidecar --listen ---------------------------------------------------------------------
+def _start_sidecar_process(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``paymaster sidecar ARGS`` as its own process, and the address its first line says it serves on."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paymaster.cli", "sidecar", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    with selectors.DefaultSelector() as waiting:
+        waiting.register(process.stdout, selectors.EVENT_READ)
+        ready = waiting.select(timeout=60)
+    line = process.stdout.readline() if ready else ""
+    if not line.startswith("paymaster sidecar listening on "):
+        process.kill()
+        _, err = process.communicate(timeout=30)
+        pytest.fail(f"the sidecar did not start (exit {process.returncode}): {line}{err}")
+    return process, line.split()[4]
+
+
+def _stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.parametrize("with_config", [False, True], ids=["defaults", "config"])
+def test_sidecar_listen_overrides_the_address_and_the_process_answers_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], with_config: bool
+) -> None:
+    args = ["--listen", "127.0.0.1:0"]
+    if with_config:
+        config = tmp_path / "sidecar.toml"
+        config.write_text(
+            '[server]\nlisten = "127.0.0.1:1"\n[store]\npath = "ledger.db"\nbusy_timeout_ms = 100\n'
+            '[[budgets]]\nid = "search-daily"\nscope = "team"\nscope_id = "search"\nlimit_usd = 250\n'
+            'period = "daily"\non_exceed = "block"\n'
+        )
+        args += ["--config", str(config)]
+    process, address = _start_sidecar_process(tmp_path, *args)
+    try:
+        host, port = address.rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) not in (0, 1, 7310)
+        assert main(["--target", address, "--json", "budgets", "list"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [b["id"] for b in listed] == (["search-daily"] if with_config else [])
+    finally:
+        assert _stop(process) == 0
+    assert (tmp_path / ("ledger.db" if with_config else "paymaster-sidecar.db")).exists()
+
+
+def test_sidecar_listen_is_checked_like_the_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "paymaster.cli", "sidecar", "--listen", "localhost"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("paymaster sidecar: --listen: must be host:port")

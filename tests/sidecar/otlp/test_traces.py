@@ -23,8 +23,8 @@ from tests.sidecar.otlp.payloads import export, span
 
 
 def window_now() -> WindowPolicy:
-    """The receiver's window as of now: read when a test runs, not when the module is collected
-    (spans are stamped with the time they are built, and a long suite reaches this file minutes later)."""
+    """The receiver's window as of now (an hour back, a minute ahead), taken when a test runs: spans
+    are stamped when a test makes them, however long after collection that is."""
     now_ms = time.time_ns() // 1_000_000
     return WindowPolicy(oldest_ms=now_ms - 3_600_000, newest_ms=now_ms + 60_000)
 
