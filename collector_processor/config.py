@@ -119,8 +119,8 @@ class LedgerSection(_Section):
     usage_retention_days: float = Field(default=400, ge=0.01, le=36_500)
     alert_retention_days: float = Field(default=30, ge=0.01, le=36_500)
     # The most one request may carry in a money field (other than a budget's limit) and in a token field.
-    max_amount_usd: Decimal = Field(default=Decimal(1_000_000), gt=0, le=MAX_USD, allow_inf_nan=False)
-    max_tokens: int = Field(default=10**12, gt=0, le=MAX_TOKENS_CEILING)
+    max_amount_usd: Decimal = Field(default=Decimal(1_000_000), ge=Decimal("0.000001"), le=MAX_USD)
+    max_tokens: int = Field(default=10**12, ge=1, le=MAX_TOKENS_CEILING)
 
 
 class WebhookSection(_Section):
