@@ -175,11 +175,6 @@ def _wait_for_up(base: str, jobs: set[str], timeout_s: float = 60) -> dict[str, 
 
 
 # -- OTLP through the Collector's settings ------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="the OTLP receivers do not serve receivers.otlp.tls nor ask the gate for an ingester yet "
-    "(collector_processor/otlp/ has no TLS or Gate; api/security.py builds them)",
-)
 def test_the_collectors_export_reaches_the_otlp_receiver_over_tls_with_its_token(stack: Stack) -> None:
     ca = (stack.secrets / "ca.crt").read_bytes()
     token = (stack.secrets / "collector.token").read_text()

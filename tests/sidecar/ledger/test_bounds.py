@@ -243,15 +243,21 @@ def test_the_maxima_are_read_from_the_ledger_section_of_the_config_file() -> Non
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("max_amount_usd = 0", "cfg.toml: ledger.max_amount_usd: Input should be greater than 0"),
+        ("max_amount_usd = 0", "cfg.toml: ledger.max_amount_usd: must be from 0.000001 to 1000000000, got 0"),
         (
             "max_amount_usd = 1000000001",
-            "cfg.toml: ledger.max_amount_usd: Input should be less than or equal",
+            "cfg.toml: ledger.max_amount_usd: must be from 0.000001 to 1000000000",
         ),
-        ("max_amount_usd = 'lots'", "cfg.toml: ledger.max_amount_usd: Input should be a valid decimal"),
-        ("max_tokens = -1", "cfg.toml: ledger.max_tokens: Input should be greater than 0"),
-        ("max_tokens = 1.5", "cfg.toml: ledger.max_tokens: Input should be a valid integer"),
-        ("max_tokens = 10000000000000000", "cfg.toml: ledger.max_tokens: Input should be less than or equal"),
+        (
+            "max_amount_usd = 'lots'",
+            "cfg.toml: ledger.max_amount_usd: must be from 0.000001 to 1000000000, got 'lots'",
+        ),
+        ("max_tokens = -1", "cfg.toml: ledger.max_tokens: must be a whole number from 1 to 1000000000000000"),
+        (
+            "max_tokens = 1.5",
+            "cfg.toml: ledger.max_tokens: must be a whole number from 1 to 1000000000000000",
+        ),
+        ("max_tokens = 10000000000000000", "cfg.toml: ledger.max_tokens: must be a whole number from 1 to"),
     ],
 )
 def test_maxima_out_of_range_in_the_config_file_name_file_and_key(text: str, message: str) -> None:

@@ -136,3 +136,59 @@ def test_a_forged_cost_is_priced_from_the_tokens_unless_the_sender_is_trusted(au
     )
     raw(request.SerializeToString(), metadata=[("authorization", f"Bearer {TRUSTED}")], timeout=5)
     eventually(lambda: used(authed, "search") == 2 * COST_OF_GPT4O + Decimal("0.5"))
+
+
+def test_otlp_http_takes_the_same_token_and_refuses_without_it(authed: OtlpSidecar) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+    def send_http(token: str | None) -> SpanExportResult:
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        out = HttpSpanExporter(endpoint=f"{authed.http_url}/v1/traces", headers=headers, timeout=5)
+        results: list[SpanExportResult] = []
+        real_export = out.export
+        out.export = lambda spans: results.append(real_export(spans)) or results[-1]  # type: ignore[method-assign]
+        provider = tracer_provider(out, **{"service.name": "app", "paymaster.team": "search"})
+        with provider.get_tracer("t").start_as_current_span("chat") as s:
+            s.set_attributes(GPT4O)
+        provider.shutdown()
+        return results[0]
+
+    assert send_http(None) is SpanExportResult.FAILURE
+    assert send_http(SPENDER) is SpanExportResult.FAILURE
+    assert authed.counter("paymaster_otlp_requests_total", transport="http", outcome="unauthenticated") == 1
+    assert authed.counter("paymaster_otlp_requests_total", transport="http", outcome="forbidden") == 1
+    assert send_http(INGESTER) is SpanExportResult.SUCCESS
+    eventually(lambda: used(authed, "search") == COST_OF_GPT4O)
+
+
+def test_otlp_over_tls_on_both_transports(otlp_sidecar: Callable[..., OtlpSidecar], tmp_path: Path) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from tests.certs import Authority
+
+    ca = Authority()
+    cert, key = ca.server().write(tmp_path, "server")
+    running = otlp_sidecar(otlp=f'[receivers.otlp.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n')
+    grpc_out = OTLPSpanExporter(
+        endpoint=f"localhost:{running.receiver.grpc.port}",
+        credentials=grpc.ssl_channel_credentials(root_certificates=ca.pem),
+        timeout=5,
+    )
+    provider = tracer_provider(grpc_out, **{"service.name": "app"})
+    with provider.get_tracer("t").start_as_current_span("chat") as s:
+        s.set_attributes(GPT4O)
+    provider.shutdown()
+    eventually(lambda: running.counter("paymaster_otlp_requests_total", transport="grpc", outcome="ok") == 1)
+    body = export([span(GPT4O)]).SerializeToString()
+    context = ssl.create_default_context(cafile=str(ca.write(tmp_path)))
+    request = urllib.request.Request(
+        f"https://localhost:{running.receiver.http.port}/v1/traces",
+        data=body,
+        headers={"Content-Type": "application/x-protobuf"},
+    )
+    with urllib.request.urlopen(request, context=context, timeout=5) as reply:
+        assert reply.status == 200
+    with pytest.raises(urllib.error.URLError):  # a client that does not trust the CA
+        urllib.request.urlopen(request, context=ssl.create_default_context(), timeout=5)
