@@ -142,3 +142,23 @@ def test_client_mappings_are_checked(tmp_path: Path) -> None:
     assert "auth.clients[0].grants[0]: unknown scope 'tenant'" in refused(
         "[auth]\nenabled = true\n" + bad_grant + tls, tmp_path
     )
+
+
+def test_a_listener_allowed_to_serve_anyone_off_loopback_is_flagged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from collector_processor.api.server import create_sidecar
+
+    config = parse_config(
+        f'[server]\nlisten = "0.0.0.0:0"\nallow_unauthenticated = true\ngrace_seconds = 0\n'
+        f'[store]\npath = "{tmp_path / "l.db"}"\n[alerts]\notel_logs = false\n',
+        source="s.toml",
+    )
+    with caplog.at_level("WARNING", logger="paymaster.sidecar.auth"):
+        sidecar = create_sidecar(config)
+    try:
+        gauges = sidecar.metrics.snapshot().gauges["paymaster_listener_unauthenticated"]
+        assert gauges == {(("listener", "server.listen"),): 1}
+        assert "server.listen: 0.0.0.0:0 serves callers without credentials" in caplog.text
+    finally:
+        sidecar.stop(0)
