@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector_processor.auth.interceptor import current_principal
 from collector_processor.auth.policy import Action, authorize, authorize_scopes
 from collector_processor.auth.principal import Principal
+from collector_processor.auth.rpc import current_principal
 from collector_processor.domain.access import Actor
 from collector_processor.domain.budgets import Budget, Scope, ScopeSet
 from collector_processor.domain.types import Alert

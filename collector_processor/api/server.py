@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from collector_processor.alerts.dispatch import AlertDispatcher, AlertHub, AlertSink
 from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
@@ -30,7 +30,7 @@ from collector_processor.api.batching import Batcher
 from collector_processor.api.security import Security
 from collector_processor.api.servicer import BudgetServicer, add_to_server
 from collector_processor.auth.desk import TokenDesk
-from collector_processor.auth.interceptor import GateInterceptor
+from collector_processor.auth.rpc import GatedServer
 from collector_processor.config import SidecarConfig, create_default_config, load_config, parse_address
 from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
@@ -232,9 +232,9 @@ class Sidecar:
             # Without this, a second sidecar could bind the same port and silently split the traffic.
             options=[("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=limit or None,
-            # Every method but health checking (reflection too) passes the gate when auth is on.
-            interceptors=[GateInterceptor(guard.gate, mutual=guard.mutual)] if guard.gate.required else None,
         )
+        # Every method but health checking (reflection too) passes the gate when auth is on.
+        gated = GatedServer(server, guard.gate, mutual=guard.mutual) if guard.gate.required else server
         self.batcher = Batcher(self.store)
         add_to_server(
             BudgetServicer(
@@ -251,12 +251,14 @@ class Sidecar:
                 ),
                 on_denied=self.security.count_denied,
             ),
-            server,
+            gated,
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        # What reflection.enable_server_reflection does for an aio server, on the gated registrar.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            gated,
         )
         return server, health_servicer
 

@@ -22,9 +22,9 @@ from collector_processor.alerts.dispatch import AlertHub
 from collector_processor.api import authz, convert, convert_access
 from collector_processor.api.batching import Batcher
 from collector_processor.auth.desk import TokenDesk
-from collector_processor.auth.interceptor import current_principal
 from collector_processor.auth.policy import Action
 from collector_processor.auth.principal import Principal
+from collector_processor.auth.rpc import current_principal
 from collector_processor.domain.budgets import ScopeSet, check_budget_id
 from collector_processor.domain.money import parse_usd
 from collector_processor.errors import (
