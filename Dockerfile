@@ -1,6 +1,9 @@
 # The Paymaster sidecar: a small image that runs as an unprivileged user.
 #   docker build -t paymaster-sidecar .
 #   docker run -p 7310:7310 -p 7319:7319 -v $PWD/sidecar.toml:/etc/paymaster/sidecar.toml:ro paymaster-sidecar
+# The built-in config (deploy/sidecar.docker.toml) authenticates every caller over TLS: it starts only
+# with a certificate in /etc/paymaster/tls and a tokens file in /etc/paymaster/tokens (compose and
+# deploy/k8s mount them; docs/security.md).
 FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -8,18 +8,27 @@ Floats in the file are read as exact decimals, so ``limit_usd = 10.1`` means ten
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import math
 import re
 import tomllib
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from collector_processor.auth.config import AuthSection, TlsSection
 from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.domain.money import MAX_USD
 from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
 from collector_processor.ledger import LedgerSettings
+from collector_processor.ledger.ledger import MAX_TOKENS_CEILING
 from collector_processor.otlp.config import OtlpReceiverSection
 from collector_processor.store.redis.codec import check_namespace, parse_sentinel_url
 from collector_processor.telemetry.config import DEFAULT_METRICS_LISTEN, MetricsSection, TelemetrySection
@@ -30,9 +39,13 @@ __all__ = [
     "DEFAULT_METRICS_LISTEN",
     "DEFAULT_OTLP_GRPC_LISTEN",
     "DEFAULT_OTLP_HTTP_LISTEN",
+    "MAX_LIMIT_USD",
+    "NumericKey",
     "SidecarConfig",
     "create_default_config",
     "load_config",
+    "numeric_keys",
+    "parse_address",
 ]
 
 # Ports chosen clear of an OpenTelemetry Collector (4317/4318, 8888, 13133, 55679), Prometheus (9090),
@@ -42,15 +55,23 @@ DEFAULT_LISTEN = "127.0.0.1:7310"
 DEFAULT_OTLP_GRPC_LISTEN = "127.0.0.1:7317"
 DEFAULT_OTLP_HTTP_LISTEN = "127.0.0.1:7318"
 
+# Thirty days: the longest a reservation may be held, and so its TTL.
+_MAX_TTL_S = 2_592_000
+MAX_LIMIT_USD = Decimal(10) ** 9
+"""The largest budget limit, as for every amount on the wire (a billion dollars)."""
+
 _ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number is finite: inf and nan are refused for float and decimal keys alike.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ServerSection(_Section):
     listen: str = DEFAULT_LISTEN
+    tls: TlsSection = TlsSection()
+    allow_unauthenticated: bool = False
     max_concurrent_rpcs: int = Field(default=0, ge=0, le=1_000_000)
     max_watchers: int = Field(default=16, ge=0, le=1000)
     grace_seconds: float = Field(default=5.0, ge=0, le=300)
@@ -66,12 +87,12 @@ class StoreSection(_Section):
     url: str = ""
     namespace: str = "paymaster"
     cluster: bool = False
-    socket_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
-    connect_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    socket_timeout_seconds: float = Field(default=2.0, ge=0.01, le=60)
+    connect_timeout_seconds: float = Field(default=1.0, ge=0.01, le=60)
     max_connections: int = Field(default=64, ge=1, le=10_000)
-    backoff_initial_seconds: float = Field(default=0.1, gt=0, le=60)
-    backoff_max_seconds: float = Field(default=5.0, gt=0, le=600)
-    health_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    backoff_initial_seconds: float = Field(default=0.1, ge=0.001, le=60)
+    backoff_max_seconds: float = Field(default=5.0, ge=0.001, le=600)
+    health_interval_seconds: float = Field(default=1.0, ge=0.01, le=60)
     wait_replicas: int = Field(default=0, ge=0, le=16)
     wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
 
@@ -90,27 +111,30 @@ _REDIS_URL = re.compile(r"(rediss?://[^/\s?]+(/[0-9]+)?(\?\S*)?|unix://\S+|redis
 
 class LedgerSection(_Section):
     time_zone: str = "UTC"
-    default_ttl_seconds: float = Field(default=300, gt=0)
-    max_ttl_seconds: float = Field(default=3600, gt=0)
-    sweep_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    default_ttl_seconds: float = Field(default=300, ge=0.001, le=_MAX_TTL_S)
+    max_ttl_seconds: float = Field(default=3600, ge=0.001, le=_MAX_TTL_S)
+    sweep_interval_seconds: float = Field(default=1.0, ge=0.01, le=60)
     default_alert_thresholds: list[int] = Field(default_factory=lambda: [80, 100])
-    reservation_retention_hours: float = Field(default=168, gt=0)
-    usage_retention_days: float = Field(default=400, gt=0)
-    alert_retention_days: float = Field(default=30, gt=0)
+    reservation_retention_hours: float = Field(default=168, ge=0.01, le=87_600)
+    usage_retention_days: float = Field(default=400, ge=0.01, le=36_500)
+    alert_retention_days: float = Field(default=30, ge=0.01, le=36_500)
+    # The most one request may carry in a money field (other than a budget's limit) and in a token field.
+    max_amount_usd: Decimal = Field(default=Decimal(1_000_000), ge=Decimal("0.000001"), le=MAX_USD)
+    max_tokens: int = Field(default=10**12, ge=1, le=MAX_TOKENS_CEILING)
 
 
 class WebhookSection(_Section):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    timeout_seconds: float = Field(default=5.0, ge=0.01, le=120)
     max_attempts: int = Field(default=5, ge=1, le=100)
-    backoff_initial_seconds: float = Field(default=0.5, gt=0)
-    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    backoff_initial_seconds: float = Field(default=0.5, ge=0.001, le=600)
+    backoff_max_seconds: float = Field(default=30.0, ge=0.001, le=3600)
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
 
 
 class AlertsSection(_Section):
-    poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    poll_interval_seconds: float = Field(default=0.5, ge=0.01, le=60)
     otel_logs: bool = True
     webhook: WebhookSection | None = None
 
@@ -124,7 +148,8 @@ class BudgetEntry(_Section):
     name: str = ""
     scope: Literal["organization", "team", "agent", "workflow", "user"]
     scope_id: str | None = None
-    limit_usd: Decimal
+    limit_usd: Decimal = Field(le=MAX_LIMIT_USD)
+    """Not negative either (refused by the budget rules, like a limit set through the API)."""
     period: str
     time_zone: str = ""
     on_exceed: Literal["warn", "block", "downgrade"]
@@ -152,6 +177,7 @@ class SidecarConfig(_Section):
 
     source: str = Field(default="<defaults>", exclude=True)
     server: ServerSection = ServerSection()
+    auth: AuthSection = AuthSection()
     store: StoreSection = StoreSection()
     ledger: LedgerSection = LedgerSection()
     alerts: AlertsSection = AlertsSection()
@@ -174,6 +200,7 @@ class SidecarConfig(_Section):
         """Checks that span keys (addresses, zones, budgets); raises ``ConfigError`` naming file and key."""
         try:
             self._check_addresses()
+            self._check_security()
             self._check_store()
             self._check_ledger()
             self._check_alerts()
@@ -190,6 +217,8 @@ class SidecarConfig(_Section):
             default_ttl_ms=int(lg.default_ttl_seconds * 1000),
             max_ttl_ms=int(lg.max_ttl_seconds * 1000),
             default_alert_thresholds=tuple(sorted(lg.default_alert_thresholds)),
+            max_amount_usd=lg.max_amount_usd,
+            max_tokens=lg.max_tokens,
         )
 
     def _check_addresses(self) -> None:
@@ -206,6 +235,55 @@ class SidecarConfig(_Section):
             if port and port in ports:
                 raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
             ports[port] = key
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The config file's folder, against which the auth and TLS files' relative paths are read."""
+        source = Path(self.source)
+        return source.parent if self.source not in ("<defaults>", "<string>") else None
+
+    def listeners(self) -> list[Listener]:
+        """Every listener that will open, with its TLS block and whether it authenticates callers."""
+        otlp, metrics = self.receivers.otlp, self.metrics
+        out = [Listener("server", self.server.listen, self.server.tls, self.auth.enabled,
+                        self.server.allow_unauthenticated)]  # fmt: skip
+        if otlp.enabled:
+            out.append(Listener("receivers.otlp", otlp.grpc_listen, otlp.tls, self.auth.enabled,
+                                otlp.allow_unauthenticated, listen_key="grpc_listen"))  # fmt: skip
+            if otlp.http_listen:
+                out.append(Listener("receivers.otlp", otlp.http_listen, otlp.tls, self.auth.enabled,
+                                    otlp.allow_unauthenticated, listen_key="http_listen"))  # fmt: skip
+        if metrics.enabled:
+            out.append(Listener("metrics", metrics.listen, metrics.tls, self.auth.enabled and metrics.require_token,
+                                metrics.allow_unauthenticated))  # fmt: skip
+        return out
+
+    def _check_security(self) -> None:
+        """Every listener's TLS files, the auth sources, and no listener open to other hosts without auth."""
+        base = self.base_dir
+        self.auth.check(base)
+        self.server.tls.check("server.tls", base)
+        self.receivers.otlp.tls.check("receivers.otlp.tls", base)
+        self.metrics.tls.check("metrics.tls", base)
+        if self.metrics.require_token and not self.auth.enabled:
+            raise InvalidRequestError(
+                "metrics.require_token", "needs [auth] enabled = true (tokens come from it)"
+            )
+        if self.auth.clients and not any(listener.tls.client_ca_file for listener in self.listeners()):
+            raise InvalidRequestError(
+                "auth.clients",
+                "maps client certificates, but no listener verifies them: set client_ca_file in the "
+                "tls block of server, receivers.otlp or metrics",
+            )
+        for listener in self.listeners():
+            if listener.authenticated or listener.allow_unauthenticated or is_loopback(listener.address):
+                continue
+            raise InvalidRequestError(
+                listener.key,
+                f"{listener.address} can be reached from other hosts, but callers are not authenticated; "
+                f"turn on [auth] (enabled = true, see docs/security.md), or write "
+                f"{listener.section}.allow_unauthenticated = true to serve anyone who can connect",
+            )
 
     def _check_store(self) -> None:
         store = self.store
@@ -275,6 +353,11 @@ class SidecarConfig(_Section):
             raise InvalidRequestError(
                 "alerts.webhook.url", f"must be an http:// or https:// URL, got {hook.url!r}"
             )
+        if hook is not None:
+            _at_most(
+                "alerts.webhook.backoff_initial_seconds", hook.backoff_initial_seconds,
+                "alerts.webhook.backoff_max_seconds", hook.backoff_max_seconds,
+            )  # fmt: skip
         for key, endpoint in (
             ("telemetry.otlp_endpoint", self.telemetry.otlp_endpoint),
             ("metrics.otlp.endpoint", self.metrics.otlp.endpoint),
@@ -298,6 +381,38 @@ class SidecarConfig(_Section):
                     f"budgets[{i}].id", f"{entry.id!r} is declared already at budgets[{seen[entry.id]}]"
                 )
             seen[entry.id] = i
+
+
+class Listener:
+    """One port the sidecar opens, with the security settings that apply to it."""
+
+    def __init__(
+        self,
+        section: str,
+        address: str,
+        tls: TlsSection,
+        authenticated: bool,
+        allow_unauthenticated: bool,
+        *,
+        listen_key: str = "listen",
+    ) -> None:
+        self.section = section
+        self.key = f"{section}.{listen_key}"
+        self.address = address
+        self.tls = tls
+        self.authenticated = authenticated
+        self.allow_unauthenticated = allow_unauthenticated
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` listens on a loopback address only."""
+    host = address.rsplit(":", 1)[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(address: str, key: str) -> int:
@@ -344,8 +459,124 @@ def _describe(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key (check the spelling; see deploy/sidecar.example.toml)"
     value = error.get("input")
-    shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+    numeric = _numeric_key(error["loc"])
+    if numeric is not None and error["type"] in _NUMBER_ERRORS:
+        return f"{where}: {numeric.refusal(value)}"
+    shown = "" if isinstance(value, dict | list) or value is None else f" (got {_show(value)})"
     return f"{where}: {error['msg']}{shown}"
+
+
+# -- the range of every number ----------------------------------------------------------------------
+_NUMBER_ERRORS = frozenset(
+    {
+        "finite_number", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
+        "int_from_float", "int_parsing", "int_type", "float_parsing", "float_type", "decimal_parsing",
+        "decimal_type",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NumericKey:
+    """One number in the file and the range it must lie in (both ends included)."""
+
+    key: str
+    """Its dotted name, ``budgets[].limit_usd`` for a key of every budget."""
+    whole: bool
+    """Only whole numbers."""
+    low: Decimal
+    high: Decimal
+
+    def range(self) -> str:
+        return f"{_plain(self.low)} to {_plain(self.high)}"
+
+    def refusal(self, value: Any) -> str:
+        """Why ``value`` is refused, with the range."""
+        shown = _show(value)
+        if isinstance(value, Decimal | float) and not math.isfinite(value):
+            return (
+                f"must be finite, {'a whole number ' if self.whole else ''}from {self.range()}, got {shown}"
+            )
+        kind = "a whole number from" if self.whole else "from"
+        return f"must be {kind} {self.range()}, got {shown}"
+
+
+# Numbers whose range a domain rule checks (the same rule the budget API applies), not a Field bound.
+_DOMAIN_RANGES = {
+    "budgets[].limit_usd": (Decimal(0), MAX_LIMIT_USD),
+    "budgets[].alert_thresholds": (Decimal(1), Decimal(1000)),
+    "ledger.default_alert_thresholds": (Decimal(1), Decimal(1000)),
+}
+
+
+def numeric_keys() -> tuple[NumericKey, ...]:
+    """Every number the file may hold, with its range: what docs/sidecar.md lists."""
+    return tuple(_numeric_keys_of(SidecarConfig, ""))
+
+
+def _numeric_keys_of(model: type[BaseModel], prefix: str) -> Iterator[NumericKey]:
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        nested, number, many = _field_shape(field.annotation)
+        if nested is not None:
+            yield from _numeric_keys_of(nested, f"{key}[]." if many else f"{key}.")
+            continue
+        if number is None:
+            continue
+        low, high = _DOMAIN_RANGES.get(key, (None, None))
+        for bound in field.metadata:
+            low = Decimal(str(bound.ge)) if hasattr(bound, "ge") else low
+            high = Decimal(str(bound.le)) if hasattr(bound, "le") else high
+        if low is None or high is None:  # a programming error: every number needs Field(ge=..., le=...)
+            raise TypeError(f"{key}: a number without a range; give it Field(ge=..., le=...)")
+        yield NumericKey(key=key, whole=number is int, low=low, high=high)
+
+
+def _field_shape(annotation: Any, many: bool = False) -> tuple[type[BaseModel] | None, type | None, bool]:
+    """The section a field nests, or the number type it holds, and whether it is a list of them
+    (``X | None`` is ``X``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, None, many
+    if annotation in (int, float, Decimal):
+        return None, annotation, many
+    if typing.get_origin(annotation) is dict:
+        return None, None, many
+    for arg in typing.get_args(annotation):
+        found = _field_shape(arg, many or typing.get_origin(annotation) is list)
+        if found[0] is not None or found[1] is not None:
+            return found
+    return None, None, many
+
+
+@functools.cache
+def _numeric_by_key() -> dict[str, NumericKey]:
+    return {numeric.key: numeric for numeric in numeric_keys()}
+
+
+def _numeric_key(loc: tuple[Any, ...]) -> NumericKey | None:
+    """The number an error's location points at: ``("budgets", 0, "limit_usd")`` is
+    ``budgets[].limit_usd``; an element of a list of numbers is that list's key."""
+    key = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            key += "[]" if i < len(loc) - 1 else ""
+        else:
+            key += f".{part}" if key else str(part)
+    return _numeric_by_key().get(key)
+
+
+def _show(value: Any) -> str:
+    """A value as the file would spell it: ``inf``, ``nan``, ``1E+300``, ``'x'``."""
+    if isinstance(value, Decimal | float) and not math.isfinite(value):
+        return ("-inf" if value < 0 else "inf") if not math.isnan(value) else "nan"
+    if isinstance(value, Decimal):
+        return str(value)
+    return repr(value)
+
+
+def _plain(value: Decimal) -> str:
+    """``2592000``, ``0.001``: no exponent, no trailing zeros."""
+    return f"{value.normalize():f}"
 
 
 def _at_most(name: str, value: float, limit_name: str, limit: float) -> None:

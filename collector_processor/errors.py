@@ -13,8 +13,10 @@ __all__ = [
     "FailedPreconditionError",
     "InvalidRequestError",
     "NotFoundError",
+    "PermissionDeniedError",
     "SidecarError",
     "StoreUnavailableError",
+    "UnauthenticatedError",
 ]
 
 
@@ -45,6 +47,21 @@ class AlreadyExistsError(SidecarError):
 
 class FailedPreconditionError(SidecarError):
     """The request is well formed but does not fit the current state (gRPC ``FAILED_PRECONDITION``)."""
+
+
+class UnauthenticatedError(SidecarError):
+    """The caller presented no valid credentials (gRPC ``UNAUTHENTICATED``, HTTP 401)."""
+
+
+class PermissionDeniedError(SidecarError):
+    """The caller may not do this, or not to these scopes (gRPC ``PERMISSION_DENIED``, HTTP 403).
+
+    ``reason`` is a fixed word (``role``, ``scope``, ``owner``) for the denial metrics.
+    """
+
+    def __init__(self, message: str, reason: str = "scope") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StoreUnavailableError(SidecarError):

@@ -99,7 +99,12 @@ class WebhookStats:
 
 
 class WebhookSink:
-    """POSTs each alert as JSON to ``url`` from a worker thread, retrying with exponential backoff."""
+    """POSTs each alert as JSON to ``url`` from a worker thread, retrying with exponential backoff.
+
+    The pause before attempt ``n + 1`` is ``backoff_initial_s * 2 ** (n - 1)``, capped at
+    ``backoff_max_s``. ``pause`` waits that long and says whether the sink is closing meanwhile; it
+    is the sink's own stop flag unless given (tests give one that records the pauses).
+    """
 
     def __init__(
         self,
@@ -111,6 +116,7 @@ class WebhookSink:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         queue_size: int = 1000,
+        pause: Callable[[float], bool] | None = None,
     ) -> None:
         self.url = url
         self._headers = {
@@ -123,6 +129,7 @@ class WebhookSink:
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._queue: queue.Queue[tuple[Alert, Callable[[], None]] | None] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
+        self._pause = pause or self._stop.wait
         self.stats = WebhookStats()
         self._thread = threading.Thread(target=self._run, name="paymaster-webhook", daemon=True)
         self._thread.start()
@@ -163,7 +170,7 @@ class WebhookSink:
                 self.stats.failed += 1
                 log.warning("webhook gave up on alert %s after %d attempt(s)", alert.alert_id, attempt)
                 return True
-            if self._stop.wait(delay):
+            if self._pause(delay) or self._stop.is_set():
                 return False
             delay = min(delay * 2, self._backoff[1])
         return True

@@ -38,7 +38,7 @@ from collector_processor.domain.types import (
     UsageFacts,
 )
 from collector_processor.domain.usage import Dimension, UsageQuery, UsageReport, UsageTotals
-from collector_processor.errors import InvalidRequestError
+from collector_processor.errors import FailedPreconditionError, InvalidRequestError
 from paymaster.v1 import budget_pb2 as pb
 
 SCOPE_TO_PB = {
@@ -112,7 +112,19 @@ def ts(ms: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
-def ts_to_ms(msg: timestamp_pb2.Timestamp) -> int:
+# The range google.protobuf.Timestamp defines: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+
+def ts_to_ms(msg: timestamp_pb2.Timestamp, field: str) -> int:
+    """Milliseconds since the epoch; ``field`` names a timestamp outside the range a Timestamp defines."""
+    if not _MIN_SECONDS <= msg.seconds <= _MAX_SECONDS:
+        raise InvalidRequestError(
+            field, f"must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, got {msg.seconds} s"
+        )
+    if not 0 <= msg.nanos <= 999_999_999:
+        raise InvalidRequestError(field, f"nanos must be 0 to 999,999,999, got {msg.nanos}")
     return int(msg.seconds * 1000 + msg.nanos // 1_000_000)
 
 
@@ -208,8 +220,9 @@ def check_to_pb(o: CheckOutcome) -> pb.CheckBudgetResponse:
     return msg
 
 
-def reserve_from_pb(msg: pb.ReserveRequest) -> ReserveCommand:
+def reserve_from_pb(msg: pb.ReserveRequest, *, owner: str = "") -> ReserveCommand:
     return ReserveCommand(
+        owner=owner,
         scopes=scopes_from_pb(msg.scopes),
         estimate_usd=parse_usd(msg.estimate_usd, "estimate_usd"),
         estimate_tokens=msg.estimate_tokens,
@@ -243,8 +256,9 @@ def reserve_to_pb(o: ReserveOutcome) -> pb.ReserveResponse:
     return msg
 
 
-def commit_from_pb(msg: pb.CommitRequest) -> CommitCommand:
+def commit_from_pb(msg: pb.CommitRequest, *, owner: str = "") -> CommitCommand:
     return CommitCommand(
+        owner=owner,
         reservation_id=msg.reservation_id,
         actual_usd=parse_usd(msg.actual_usd, "actual_usd"),
         actual_tokens=msg.actual_tokens,
@@ -267,14 +281,15 @@ def release_to_pb(o: ReleaseOutcome) -> pb.ReleaseResponse:
     return pb.ReleaseResponse(released_usd=format_usd(o.released_usd), state=STATE_TO_PB[o.state])
 
 
-def record_from_pb(msg: pb.RecordUsageRequest) -> RecordUsageCommand:
+def record_from_pb(msg: pb.RecordUsageRequest, *, owner: str = "") -> RecordUsageCommand:
     return RecordUsageCommand(
+        owner=owner,
         usage_id=msg.usage_id,
         scopes=scopes_from_pb(msg.scopes),
         cost_usd=parse_usd(msg.cost_usd, "cost_usd"),
         total_tokens=msg.total_tokens,
         usage=facts_from_pb(msg.usage),
-        occurred_ms=ts_to_ms(msg.occurred_at) if msg.HasField("occurred_at") else None,
+        occurred_ms=ts_to_ms(msg.occurred_at, "occurred_at") if msg.HasField("occurred_at") else None,
         reservation_id=msg.reservation_id,
     )
 
@@ -310,8 +325,8 @@ def usage_query_from_pb(msg: pb.GetUsageRequest) -> UsageQuery:
             raise InvalidRequestError(f"group_by[{i}]", f"unknown dimension {value}")
         group_by.append(DIMENSION_FROM_PB[value])
     return UsageQuery(
-        start_ms=ts_to_ms(msg.start) if msg.HasField("start") else None,
-        end_ms=ts_to_ms(msg.end) if msg.HasField("end") else None,
+        start_ms=ts_to_ms(msg.start, "start") if msg.HasField("start") else None,
+        end_ms=ts_to_ms(msg.end, "end") if msg.HasField("end") else None,
         scopes=scopes_from_pb(msg.scopes),
         provider=msg.provider,
         model=msg.model,
@@ -320,7 +335,17 @@ def usage_query_from_pb(msg: pb.GetUsageRequest) -> UsageQuery:
     )
 
 
+_MAX_INT64 = 2**63 - 1
+
+
 def _totals_to_pb(t: UsageTotals) -> pb.UsageTotals:
+    for name in ("input_tokens", "output_tokens", "total_tokens", "records"):
+        if getattr(t, name) > _MAX_INT64:
+            # The sums are exact; the wire's int64 cannot carry this one. A narrower report can.
+            raise FailedPreconditionError(
+                f"the report's {name} add up to {getattr(t, name):,}, past the int64 range of "
+                "UsageTotals; ask for a shorter time range or a narrower filter"
+            )
     return pb.UsageTotals(
         cost_usd=format_usd(t.cost_usd),
         input_tokens=t.input_tokens,

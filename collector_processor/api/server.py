@@ -17,28 +17,35 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from collector_processor.alerts.dispatch import AlertDispatcher, AlertHub, AlertSink
 from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
 from collector_processor.api.batching import Batcher
+from collector_processor.api.security import Security
 from collector_processor.api.servicer import BudgetServicer, add_to_server
-from collector_processor.config import SidecarConfig, create_default_config, load_config
+from collector_processor.auth.desk import TokenDesk
+from collector_processor.auth.rpc import GatedServer
+from collector_processor.config import SidecarConfig, create_default_config, load_config, parse_address
 from collector_processor.domain.clock import Clock, SystemClock
 from collector_processor.errors import FailedPreconditionError, InvalidRequestError, StoreUnavailableError
 from collector_processor.ledger import Ledger
 from collector_processor.ledger.sweeper import Sweeper
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
+from collector_processor.telemetry.audit_log import OtelAuditLog
 from collector_processor.telemetry.exporters import MetricsExporters, create_exporters
 from collector_processor.telemetry.selfmetrics import SelfMetrics
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2
+
+if TYPE_CHECKING:
+    from paymaster.pricing import CostCalculator
 
 __all__ = ["SERVICE_NAME", "Sidecar", "create_sidecar", "main"]
 
@@ -78,12 +85,19 @@ class Sidecar:
         metrics: SelfMetrics | None = None,
         exporters: MetricsExporters | None = None,
         components: Sequence[Component] = (),
+        security: Security | None = None,
+        audit_log: OtelAuditLog | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
+        self.security = security or Security(config, store, self.metrics, now_ms=ledger.clock.now_ms)
+        """The token book, and the gate and TLS of every listener."""
+        self.audit_log = audit_log or OtelAuditLog()
+        """Emits every change to budgets and tokens as an OpenTelemetry log record."""
+        ledger.set_audit_listener(self.audit_log)
         self.exporters = exporters or _exporters(
-            config, store=store, clock=ledger.clock, metrics=self.metrics
+            config, store=store, clock=ledger.clock, metrics=self.metrics, security=self.security
         )
         """Its metrics registry, ``/metrics`` endpoint and OTLP push."""
         self.components = tuple(components)
@@ -122,7 +136,10 @@ class Sidecar:
         for component in self.components:
             try:
                 component.start()
-            except Exception as exc:  # a port in use
+            except ConfigError as exc:  # a port in use, named by its key
+                self.stop(0)
+                raise ConfigError(f"{self.config.source}: {exc}") from None
+            except Exception as exc:
                 self.stop(0)
                 raise ConfigError(
                     f"{self.config.source}: {component.describe()}: cannot start: {exc}"
@@ -170,7 +187,11 @@ class Sidecar:
         self._stop_requested = asyncio.Event()
         try:
             server, health_servicer = self._build_server()
-            self.port = server.add_insecure_port(self.config.server.listen)
+            guard = self.security.api
+            if guard.tls is not None:
+                self.port = server.add_secure_port(self.config.server.listen, guard.tls.grpc_credentials())
+            else:
+                self.port = server.add_insecure_port(self.config.server.listen)
             await server.start()
         except Exception as exc:  # a port in use, an address that does not resolve
             self._startup_error = exc
@@ -206,11 +227,14 @@ class Sidecar:
 
     def _build_server(self) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
         limit = self.config.server.max_concurrent_rpcs
+        guard = self.security.api
         server = grpc.aio.server(
             # Without this, a second sidecar could bind the same port and silently split the traffic.
             options=[("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=limit or None,
         )
+        # Every method but health checking (reflection too) passes the gate when auth is on.
+        gated = GatedServer(server, guard.gate, mutual=guard.mutual) if guard.gate.required else server
         self.batcher = Batcher(self.store)
         add_to_server(
             BudgetServicer(
@@ -219,13 +243,22 @@ class Sidecar:
                 self.batcher,
                 max_watchers=self.config.server.max_watchers,
                 metrics=self.exporters.service,
+                desk=TokenDesk(
+                    self.store,
+                    now_ms=self.ledger.clock.now_ms,
+                    on_change=self.security.refresh,
+                    on_audit=self.audit_log,
+                ),
+                on_denied=self.security.count_denied,
             ),
-            server,
+            gated,
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        # What reflection.enable_server_reflection does for an aio server, on the gated registrar.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            gated,
         )
         return server, health_servicer
 
@@ -239,6 +272,7 @@ def create_sidecar(
 ) -> Sidecar:
     """Wire ``config`` into a sidecar (not yet started). ``clock``, ``store`` and ``logger_provider`` are for tests."""
     clock = clock or SystemClock()
+    pricing = _otlp_pricing(config)  # a bad price file stops the sidecar before the store is created
     if store is None:
         store = _open_store(config)
     metrics = SelfMetrics()
@@ -253,9 +287,11 @@ def create_sidecar(
         store.close()
         raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
-    exporters = _exporters(config, store=store, clock=clock, metrics=metrics)
-    components = _components(config, ledger, metrics, clock, store, exporters)
+    security = Security(config, store, metrics, now_ms=clock.now_ms)
+    exporters = _exporters(config, store=store, clock=clock, metrics=metrics, security=security)
+    components = _components(config, ledger, metrics, clock, store, exporters, pricing, security)
     on_close: list[Any] = []
+    logger_provider = logger_provider or _otlp_logger_provider(config, on_close)
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
     ledger.set_alert_listener(_listener(hub, dispatcher))
     lg = config.ledger
@@ -277,6 +313,8 @@ def create_sidecar(
         metrics=metrics,
         exporters=exporters,
         components=components,
+        security=security,
+        audit_log=OtelAuditLog(logger_provider),
     )
 
 
@@ -304,6 +342,20 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
         raise ConfigError(f"{config.source}: store.{'url' if s.kind == 'redis' else 'path'}: {exc}") from None
 
 
+def _otlp_pricing(config: SidecarConfig) -> CostCalculator | None:
+    """The OTLP receiver's pricing, read from its price file (None when the receiver is off)."""
+    if not config.receivers.otlp.enabled:
+        return None
+    from collector_processor.otlp import load_pricing
+
+    # A relative price file is found next to the sidecar's own config file.
+    config_dir = None if config.source.startswith("<") else Path(config.source).parent
+    try:
+        return load_pricing(config.receivers.otlp, config_dir=config_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
 def _components(
     config: SidecarConfig,
     ledger: Ledger,
@@ -311,13 +363,13 @@ def _components(
     clock: Clock,
     store: LedgerStore,
     exporters: MetricsExporters,
+    pricing: CostCalculator | None,
+    security: Security,
 ) -> list[Component]:
-    if not config.receivers.otlp.enabled:
+    if pricing is None:
         return []
     from collector_processor.otlp import create_otlp_receiver
 
-    # A relative price file is found next to the sidecar's own config file.
-    config_dir = None if config.source.startswith("<") else Path(config.source).parent
     try:
         receiver = create_otlp_receiver(
             config.receivers.otlp,
@@ -325,8 +377,10 @@ def _components(
             metrics=metrics,
             clock=clock,
             retention_ms=int(config.ledger.reservation_retention_hours * 3_600_000),
-            config_dir=config_dir,
+            calculator=pricing,
             on_spend=exporters.service.batch_recorded,
+            gate=security.otlp.gate,
+            tls=security.otlp.tls,
         )
     except ConfigError as exc:
         store.close()
@@ -344,8 +398,14 @@ def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:
 
 
 def _exporters(
-    config: SidecarConfig, *, store: LedgerStore, clock: Clock, metrics: SelfMetrics
+    config: SidecarConfig,
+    *,
+    store: LedgerStore,
+    clock: Clock,
+    metrics: SelfMetrics,
+    security: Security | None = None,
 ) -> MetricsExporters:
+    security = security or Security(config, store, metrics, now_ms=clock.now_ms)
     return create_exporters(
         config.metrics,
         service_name=config.telemetry.service_name,
@@ -353,6 +413,8 @@ def _exporters(
         store=store,
         clock=clock,
         metrics=metrics,
+        gate=security.metrics.gate,
+        tls=security.metrics.tls,
     )
 
 
@@ -361,8 +423,7 @@ def _dispatcher(
 ) -> AlertDispatcher | None:
     sinks: list[AlertSink] = []
     if config.alerts.otel_logs:
-        provider = logger_provider or _otlp_logger_provider(config, on_close)
-        sinks.append(OtelLogSink(provider))
+        sinks.append(OtelLogSink(logger_provider))
     hook = config.alerts.webhook
     lease_ms = 30_000
     if hook is not None:
@@ -442,18 +503,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="override server.listen, e.g. 127.0.0.1:7310")
 
 
+def with_listen(config: SidecarConfig, listen: str) -> SidecarConfig:
+    """``config`` with ``server.listen`` replaced (``--listen``), checked again as a whole.
+
+    Only that key changes: every other section keeps the keys its file set and no more, since some
+    checks depend on which keys were written (the SQLite keys are refused with a Redis store).
+    """
+    try:
+        parse_address(listen, "--listen")
+    except InvalidRequestError as exc:
+        raise ConfigError(str(exc)) from None
+    server = config.server.model_copy(update={"listen": listen})
+    return config.model_copy(update={"server": server}).validate_all()
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config) if args.config else create_default_config()
         if args.listen:
-            config = SidecarConfig.model_validate(
-                {
-                    **config.model_dump(),
-                    "source": config.source,
-                    "server": {**config.server.model_dump(), "listen": args.listen},
-                }
-            ).validate_all()
+            config = with_listen(config, args.listen)
         return run(config)
     except ConfigError as exc:
         print(f"paymaster sidecar: {exc}", file=sys.stderr)

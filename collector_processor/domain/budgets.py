@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from collector_processor.domain.periods import Period, parse_period, zone
 from collector_processor.errors import InvalidRequestError
+from paymaster.exceptions import quote
 
 __all__ = [
     "SCOPE_ORDER",
@@ -199,7 +200,7 @@ class BudgetPatch:
 def check_budget_id(value: str, field_name: str = "id") -> str:
     if not _ID.fullmatch(value):
         raise InvalidRequestError(
-            field_name, f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {value!r}"
+            field_name, f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {quote(value)}"
         )
     return value
 
@@ -207,7 +208,7 @@ def check_budget_id(value: str, field_name: str = "id") -> str:
 def check_scope_id(value: str, field_name: str = "scope_id") -> str:
     if not value or len(value) > MAX_SCOPE_ID or not value.isprintable():
         raise InvalidRequestError(
-            field_name, f"must be 1-{MAX_SCOPE_ID} printable characters, got {value[:40]!r}"
+            field_name, f"must be 1-{MAX_SCOPE_ID} printable characters, got {quote(value)}"
         )
     return value
 
@@ -217,7 +218,7 @@ def check_thresholds(values: Iterable[int], field_name: str = "alert_thresholds"
     for value in out:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
             raise InvalidRequestError(
-                field_name, f"each threshold must be a whole percentage 1-1000, got {value!r}"
+                field_name, f"each threshold must be a whole percentage 1-1000, got {quote(value)}"
             )
     if len(set(out)) != len(out):
         raise InvalidRequestError(field_name, f"thresholds must be unique, got {out}")

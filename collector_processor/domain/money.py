@@ -3,6 +3,11 @@
 The store keeps whole micro-dollars (integers add exactly and atomically inside a database); the
 domain and the API speak ``Decimal`` and exact decimal strings. Amounts finer than a micro-dollar
 round *up*, so a budget is never charged less than was spent and a reservation never shrinks to fit.
+
+Every amount on the wire is at most ``MAX_USD`` (a billion dollars); the ledger applies the smaller,
+configurable maximum per request (``ledger.max_amount_usd``). What a store adds up stays within
+``MAX_TOTAL_MICROS``, the range of a signed 64-bit integer that SQLite and Redis add exactly: a
+charge or hold that would take a total past it is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 from decimal import ROUND_FLOOR, Decimal
 
 from collector_processor.errors import InvalidRequestError
+from paymaster.exceptions import quote
 from paymaster.money import to_decimal, to_micros
 
 __all__ = [
+    "MAX_TOTAL_MICROS",
+    "MAX_USD",
     "MICROS_PER_USD",
     "format_micros",
     "format_percentage",
@@ -25,9 +33,11 @@ __all__ = [
 ]
 
 MICROS_PER_USD = 1_000_000
-# A billion dollars per amount: sums of many such amounts in micro-dollars still fit a signed 64-bit
-# integer, which is what SQLite and Redis add atomically.
-_MAX_USD = Decimal(10) ** 9
+MAX_USD = Decimal(10) ** 9
+"""The largest amount any money field may carry (a budget's limit, an estimate, a cost)."""
+MAX_TOTAL_MICROS = 2**63 - 1
+"""The largest total a store keeps (spend per period or window, holds), in micro-dollars: about
+$9.2 trillion, the range of the signed 64-bit integers SQLite and Redis add exactly."""
 _HUNDREDTH = Decimal("0.01")
 
 
@@ -41,8 +51,8 @@ def parse_usd(text: str, field: str, *, required: bool = True) -> Decimal:
         value = to_decimal(text, what="amount")
     except ValueError as exc:
         raise InvalidRequestError(field, f"{exc}".replace("amount ", "")) from None
-    if value > _MAX_USD:
-        raise InvalidRequestError(field, f"must be at most {_MAX_USD:,} dollars, got {text!r}")
+    if value > MAX_USD:
+        raise InvalidRequestError(field, f"must be at most {MAX_USD:,} dollars, got {quote(text)}")
     return value
 
 

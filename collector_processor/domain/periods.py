@@ -19,6 +19,8 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from paymaster.exceptions import quote
+
 __all__ = ["CALENDAR_PERIODS", "Period", "Window", "parse_period", "zone"]
 
 CalendarUnit = Literal["daily", "weekly", "monthly", "quarterly", "yearly"]
@@ -93,12 +95,12 @@ def parse_period(spec: str) -> Period:
     match = _ROLLING.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(
-            f"unknown period {spec!r}: expected one of {', '.join(CALENDAR_PERIODS)} "
+            f"unknown period {quote(spec)}: expected one of {', '.join(CALENDAR_PERIODS)} "
             "or a rolling window such as 'rolling_24h', 'rolling_7d', 'rolling_90m'"
         )
     window = int(match.group(1)) * _UNIT_MS[match.group(2)]
     if not _MIN_WINDOW_MS <= window <= _MAX_WINDOW_MS:
-        raise ValueError(f"rolling window {spec!r} must be between 1 minute and 366 days")
+        raise ValueError(f"rolling window {quote(spec)} must be between 1 minute and 366 days")
     return Period(spec=text, unit=None, window_ms=window)
 
 
@@ -107,9 +109,9 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name``; ``ValueError`` for an unknown one."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name no file system takes
         raise ValueError(
-            f"unknown time zone {name!r}: expected an IANA name such as 'UTC' or 'Europe/Berlin'"
+            f"unknown time zone {quote(name)}: expected an IANA name such as 'UTC' or 'Europe/Berlin'"
         ) from None
 
 

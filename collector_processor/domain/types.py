@@ -170,6 +170,12 @@ class ReserveCommand:
     """Re-send the cheaper estimate for this reservation, which is awaiting one."""
     model: UsageFacts | None = None
     """The model the caller intends to call."""
+    owner: str = ""
+    """The principal making it (empty where callers are not authenticated): its idempotency keys are
+    its own, and only it may re-send, commit or release the reservation."""
+    fingerprint: str = ""
+    """What the request asked (``domain.idempotency``), filled by the ledger: a retry with the same
+    key must ask the same."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -210,6 +216,8 @@ class CommitCommand:
     """Total tokens; 0 means input + output of ``usage``."""
     usage: UsageFacts = UsageFacts()
     """Model and token facts."""
+    owner: str = ""
+    """The principal committing; it must be the one that made the reservation."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -262,6 +270,10 @@ class RecordUsageCommand:
     """Model and token facts."""
     reservation_id: str = ""
     """A reservation this spend belongs to: committed instead of charged twice."""
+    owner: str = ""
+    """The principal recording it: its usage ids are its own, and a reservation it names must be its own."""
+    fingerprint: str = ""
+    """What the request asked, filled by the ledger: a retry with the same usage id must ask the same."""
 
 
 @dataclass(kw_only=True, slots=True)

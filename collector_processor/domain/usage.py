@@ -20,6 +20,7 @@ from collector_processor.domain.money import micros_to_usd
 from collector_processor.errors import InvalidRequestError
 
 __all__ = [
+    "SCOPE_COLUMNS",
     "USAGE_COLUMNS",
     "Dimension",
     "UsageQuery",
@@ -34,6 +35,8 @@ __all__ = [
 
 USAGE_COLUMNS = ("organization", "team", "agent", "workflow", "user", "provider", "model")
 """The columns a store groups recorded spend by."""
+SCOPE_COLUMNS = USAGE_COLUMNS[:5]
+"""The columns that are scope ids, in scope order."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -150,8 +153,15 @@ def columns_for(group_by: Sequence[Dimension]) -> tuple[str, ...]:
     return tuple(d.value for d in group_by if d not in PERIOD_DIMENSIONS)
 
 
-def build_report(rows: Sequence[UsageRow], group_by: Sequence[Dimension], tz: ZoneInfo) -> UsageReport:
-    columns = columns_for(group_by)
+def build_report(
+    rows: Sequence[UsageRow],
+    group_by: Sequence[Dimension],
+    tz: ZoneInfo,
+    *,
+    columns: Sequence[str] | None = None,
+) -> UsageReport:
+    """Fold a store's rows (grouped by ``columns``, by default exactly the breakdown's) into a report."""
+    columns = columns_for(group_by) if columns is None else columns
     sums: dict[tuple[str, ...], list[int]] = {}
     labels: dict[int, dict[Dimension, str]] = {}
     total = [0, 0, 0, 0, 0]

@@ -2,9 +2,10 @@
 
 ``Ledger`` is the one entry point for everything that reads or changes budgets and spend: the gRPC
 servicer, the CLI's embedded mode and later receivers call it with domain commands. It validates
-what a store should never see (negative amounts, TTLs out of range, unknown scopes), fills the
-defaults, reads the clock, and hands each operation to the store as one atomic call. It holds no
-state of its own, so any number of ledgers in any number of processes can share one store.
+what a store should never see (negative amounts, amounts and token counts above the per-request
+maxima, timestamps and TTLs out of range, unknown scopes), fills the defaults, reads the clock, and
+hands each operation to the store as one atomic call. It holds no state of its own, so any number of
+ledgers in any number of processes can share one store.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from collector_processor.domain.access import Actor, AuditEvent, budget_record
 from collector_processor.domain.budgets import (
     Budget,
     BudgetDraft,
@@ -27,7 +29,8 @@ from collector_processor.domain.budgets import (
     check_thresholds,
 )
 from collector_processor.domain.clock import Clock, SystemClock
-from collector_processor.domain.money import usd_to_micros
+from collector_processor.domain.idempotency import owned_key, record_fingerprint, reserve_fingerprint
+from collector_processor.domain.money import MAX_USD, usd_to_micros
 from collector_processor.domain.periods import zone
 from collector_processor.domain.types import (
     BudgetStatus,
@@ -45,6 +48,7 @@ from collector_processor.domain.types import (
     UsageGroup,
 )
 from collector_processor.domain.usage import (
+    SCOPE_COLUMNS,
     UsageQuery,
     UsageReport,
     build_report,
@@ -53,12 +57,19 @@ from collector_processor.domain.usage import (
 )
 from collector_processor.errors import InvalidRequestError
 from collector_processor.store.base import LedgerStore, UsageFilter
+from paymaster.exceptions import quote
 
 __all__ = ["Ledger", "LedgerSettings"]
 
 _MAX_KEY = 256
 _MAX_BATCH_KEY = 64
 _FUTURE_SKEW_MS = 60_000
+MAX_TOKENS_CEILING = 10**15
+"""The most ``ledger.max_tokens`` may be set to."""
+MIN_TIME_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z, the earliest instant a ``google.protobuf.Timestamp`` may carry."""
+MAX_TIME_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the latest."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -73,12 +84,21 @@ class LedgerSettings:
     """Longest TTL a reservation may ask for."""
     default_alert_thresholds: tuple[int, ...] = (80, 100)
     """Thresholds of a budget created without any."""
+    max_amount_usd: Decimal = Decimal(1_000_000)
+    """The largest amount one request may carry in any money field but a budget's limit (an
+    estimate, an actual cost, recorded usage)."""
+    max_tokens: int = 10**12
+    """The largest token count one request may carry in any token field."""
 
     def validate(self) -> LedgerSettings:
         zone(self.time_zone)
         if not 0 < self.default_ttl_ms <= self.max_ttl_ms:
             raise ValueError("default_ttl must be positive and at most max_ttl")
         check_thresholds(self.default_alert_thresholds, "default_alert_thresholds")
+        if not 0 < self.max_amount_usd <= MAX_USD:
+            raise ValueError(f"max_amount_usd must be above 0 and at most {MAX_USD:,}")
+        if not 0 < self.max_tokens <= MAX_TOKENS_CEILING:
+            raise ValueError(f"max_tokens must be above 0 and at most {MAX_TOKENS_CEILING:,}")
         return self
 
 
@@ -97,14 +117,23 @@ class Ledger:
         self.clock: Clock = clock or SystemClock()
         self.settings = (settings or LedgerSettings()).validate()
         self._on_alert = on_alert
+        self._on_audit: Callable[[AuditEvent], None] | None = None
 
     def set_alert_listener(self, on_alert: Callable[[], None] | None) -> None:
         self._on_alert = on_alert
 
     # -- budgets ---------------------------------------------------------------------------------
-    def create_budget(self, draft: BudgetDraft) -> Budget:
+    def set_audit_listener(self, on_audit: Callable[[AuditEvent], None] | None) -> None:
+        """Called with every change a caller made (its state before and after as this ledger saw it),
+        once it is durable; the store's own log, written in the same step as the change, is the record."""
+        self._on_audit = on_audit
+
+    def create_budget(self, draft: BudgetDraft, *, actor: Actor | None = None) -> Budget:
         budget = self._build(draft, field_prefix="budget.")
-        return self.store.create_budget(budget)
+        audit = self._audit(actor, "budget.create", budget)
+        created = self.store.create_budget(budget, audit=audit)
+        self._audited(audit, after=created)
+        return created
 
     def get_budget(self, budget_id: str) -> Budget:
         return self.store.get_budget(check_budget_id(budget_id))
@@ -130,15 +159,54 @@ class Ledger:
             return budgets[:size], _encode_token(budgets[size - 1].id)
         return budgets, ""
 
-    def update_budget(self, budget_id: str, patch: BudgetPatch) -> Budget:
+    def update_budget(self, budget_id: str, patch: BudgetPatch, *, actor: Actor | None = None) -> Budget:
         if patch.is_empty():
             raise InvalidRequestError(
                 "update", "names no field to change (name, limit_usd, on_exceed, alert_thresholds, enabled)"
             )
-        return self.store.update_budget(check_budget_id(budget_id), patch, now_ms=self.clock.now_ms())
+        now = self.clock.now_ms()
+        budget = self.store.get_budget(check_budget_id(budget_id)) if actor is not None else None
+        audit = self._audit(actor, "budget.update", budget, now_ms=now)
+        updated = self.store.update_budget(budget_id, patch, now_ms=now, audit=audit)
+        self._audited(audit, before=budget, after=updated)
+        return updated
 
-    def delete_budget(self, budget_id: str) -> None:
-        self.store.delete_budget(check_budget_id(budget_id))
+    def delete_budget(self, budget_id: str, *, actor: Actor | None = None) -> None:
+        budget = self.store.get_budget(check_budget_id(budget_id)) if actor is not None else None
+        audit = self._audit(actor, "budget.delete", budget)
+        self.store.delete_budget(budget_id, audit=audit)
+        self._audited(audit, before=budget)
+
+    def _audited(
+        self, event: AuditEvent | None, *, before: Budget | None = None, after: Budget | None = None
+    ) -> None:
+        if event is not None and self._on_audit is not None:
+            self._on_audit(
+                replace(
+                    event,
+                    before=budget_record(before) if before is not None else "",
+                    after=budget_record(after) if after is not None else "",
+                )
+            )
+
+    def _audit(
+        self, actor: Actor | None, action: str, budget: Budget | None, *, now_ms: int | None = None
+    ) -> AuditEvent | None:
+        """The audit event of a change by ``actor`` (the store fills in before and after)."""
+        if actor is None or budget is None:
+            return None
+        return AuditEvent(
+            sequence=0,
+            at_ms=self.clock.now_ms() if now_ms is None else now_ms,
+            principal=actor.principal,
+            address=actor.address,
+            action=action,
+            target=budget.id,
+            scope=budget.scope.value,
+            scope_id=budget.scope_id or "",
+            before="",
+            after="",
+        )
 
     def load_config_budgets(
         self, drafts: Sequence[BudgetDraft], *, field_prefix: str = "budgets"
@@ -151,7 +219,7 @@ class Ledger:
                 replace(draft, declared_in_config=True), field_prefix=f"{field_prefix}[{i}]."
             )
             if budget.id in seen:
-                raise InvalidRequestError(f"{field_prefix}[{i}].id", f"{budget.id!r} is declared twice")
+                raise InvalidRequestError(f"{field_prefix}[{i}].id", f"{quote(budget.id)} is declared twice")
             seen.add(budget.id)
             budgets.append(budget)
         self.store.sync_config_budgets(budgets, now_ms=self.clock.now_ms())
@@ -170,12 +238,17 @@ class Ledger:
     # -- decisions and spend ---------------------------------------------------------------------
     def check(self, scopes: ScopeSet, estimate_usd: Decimal = Decimal(0)) -> CheckOutcome:
         scopes.validate()
-        _non_negative(estimate_usd, "estimate_usd")
+        self._amount(estimate_usd, "estimate_usd")
         return self.store.check(scopes, usd_to_micros(estimate_usd), now_ms=self.clock.now_ms())
 
     def reserve(self, command: ReserveCommand) -> ReserveOutcome:
         ttl = self._validate_reserve(command)
         now = self.clock.now_ms()
+        command = replace(
+            command,
+            idempotency_key=owned_key(command.owner, command.idempotency_key),
+            fingerprint=reserve_fingerprint(command),
+        )
         return self.store.reserve(
             command, reservation_id=_reservation_id(now), expires_ms=now + ttl, now_ms=now
         )
@@ -183,10 +256,10 @@ class Ledger:
     def _validate_reserve(self, c: ReserveCommand) -> int:
         """Refuse a malformed reservation; return its TTL in milliseconds."""
         c.scopes.validate(required=not c.downgrade_of)
-        _non_negative(c.estimate_usd, "estimate_usd")
-        _tokens(c.estimate_tokens, "estimate_tokens")
+        self._amount(c.estimate_usd, "estimate_usd")
+        self._tokens(c.estimate_tokens, "estimate_tokens")
         if c.downgrade_estimate_usd is not None:
-            _non_negative(c.downgrade_estimate_usd, "downgrade_estimate_usd")
+            self._amount(c.downgrade_estimate_usd, "downgrade_estimate_usd")
             if c.downgrade_of:
                 raise InvalidRequestError(
                     "downgrade_estimate_usd", "must not be set together with downgrade_of"
@@ -194,7 +267,7 @@ class Ledger:
         _key(c.idempotency_key, "idempotency_key")
         _key(c.downgrade_of, "downgrade_of")
         if c.model is not None:
-            _facts(c.model, "model")
+            self._facts(c.model, "model")
         ttl = self.settings.default_ttl_ms if c.ttl_ms is None else c.ttl_ms
         if not 0 < ttl <= self.settings.max_ttl_ms:
             raise InvalidRequestError(
@@ -205,29 +278,37 @@ class Ledger:
 
     def commit(self, command: CommitCommand) -> CommitOutcome:
         _required_key(command.reservation_id, "reservation_id")
-        _non_negative(command.actual_usd, "actual_usd")
-        _tokens(command.actual_tokens, "actual_tokens")
-        _facts(command.usage, "usage")
+        self._amount(command.actual_usd, "actual_usd")
+        self._tokens(command.actual_tokens, "actual_tokens")
+        self._facts(command.usage, "usage")
         outcome = self.store.commit(command, now_ms=self.clock.now_ms())
         self._alerted(outcome.alerts_fired)
         return outcome
 
-    def release(self, reservation_id: str) -> ReleaseOutcome:
+    def release(self, reservation_id: str, *, owner: str = "") -> ReleaseOutcome:
         _required_key(reservation_id, "reservation_id")
-        return self.store.release(reservation_id, now_ms=self.clock.now_ms())
+        return self.store.release(reservation_id, now_ms=self.clock.now_ms(), owner=owner)
 
     def record_usage(self, command: RecordUsageCommand) -> RecordUsageOutcome:
         _required_key(command.usage_id, "usage_id")
         _key(command.reservation_id, "reservation_id")
         command.scopes.validate()
-        _non_negative(command.cost_usd, "cost_usd")
-        _tokens(command.total_tokens, "total_tokens")
-        _facts(command.usage, "usage")
+        self._amount(command.cost_usd, "cost_usd")
+        self._tokens(command.total_tokens, "total_tokens")
+        self._facts(command.usage, "usage")
         now = self.clock.now_ms()
         occurred = now if command.occurred_ms is None else command.occurred_ms
         if occurred > now + _FUTURE_SKEW_MS:
             raise InvalidRequestError("occurred_at", "is in the future")
-        outcome = self.store.record_usage(replace(command, occurred_ms=min(occurred, now)), now_ms=now)
+        if occurred < 0:
+            raise InvalidRequestError("occurred_at", "must not be before 1970-01-01T00:00:00Z")
+        command = replace(
+            command,
+            usage_id=owned_key(command.owner, command.usage_id),
+            fingerprint=record_fingerprint(command),
+            occurred_ms=min(occurred, now),
+        )
+        outcome = self.store.record_usage(command, now_ms=now)
         self._alerted(outcome.alerts_fired)
         return outcome
 
@@ -244,10 +325,53 @@ class Ledger:
 
     def _batch_group(self, group: UsageGroup, i: int, now: int) -> UsageGroup:
         group.scopes.validate(f"groups[{i}].scopes")
-        _facts(UsageFacts(provider=group.provider, model=group.model), f"groups[{i}]")
+        self._facts(UsageFacts(provider=group.provider, model=group.model), f"groups[{i}]")
         if group.occurred_ms > now + _FUTURE_SKEW_MS:
             raise InvalidRequestError(f"groups[{i}].occurred_ms", "is in the future")
+        if group.occurred_ms < 0:
+            raise InvalidRequestError(f"groups[{i}].occurred_ms", "must not be before 1970-01-01T00:00:00Z")
         return group if group.occurred_ms <= now else replace(group, occurred_ms=now)
+
+    # -- bounds ----------------------------------------------------------------------------------
+    def _amount(self, value: Decimal, field: str) -> None:
+        """A money field of a request: finite, not negative, at most the per-request maximum."""
+        if not value.is_finite() or value < 0:
+            raise InvalidRequestError(field, f"must be a finite amount >= 0, got {quote(str(value))}")
+        limit = self.settings.max_amount_usd
+        if value > limit:
+            raise InvalidRequestError(
+                field,
+                f"must be at most {limit:,} dollars per request (ledger.max_amount_usd), got {quote(str(value))}",
+            )
+
+    def _tokens(self, value: int, field: str) -> None:
+        """A token field of a request: not negative, at most the per-request maximum."""
+        if value < 0:
+            raise InvalidRequestError(field, f"must not be negative, got {value}")
+        if value > self.settings.max_tokens:
+            raise InvalidRequestError(
+                field,
+                f"must be at most {self.settings.max_tokens:,} tokens per request (ledger.max_tokens), got {value}",
+            )
+
+    def _facts(self, f: UsageFacts, field: str) -> None:
+        counts = (
+            f.input_tokens,
+            f.output_tokens,
+            f.cache_read_tokens,
+            f.cache_creation_tokens,
+            f.reasoning_tokens,
+        )
+        if (
+            min(counts) < 0 or max(counts) > self.settings.max_tokens
+        ):  # on every call's path: look closer only then
+            for name in _TOKEN_FIELDS:
+                self._tokens(getattr(f, name), f"{field}.{name}")
+        for name, value in (("provider", f.provider), ("model", f.model)):
+            if len(value) > _MAX_KEY or not value.isprintable():
+                raise InvalidRequestError(
+                    f"{field}.{name}", f"must be at most {_MAX_KEY} printable characters"
+                )
 
     def _alerted(self, fired: Sequence[int]) -> None:
         if fired and self._on_alert is not None:
@@ -260,13 +384,17 @@ class Ledger:
             check_scope_id(scope_id)
         return self.store.budget_status(budget_id, scope_id, now_ms=self.clock.now_ms())
 
-    def usage(self, query: UsageQuery) -> UsageReport:
+    def usage(self, query: UsageQuery, *, visible: Callable[[ScopeSet], bool] | None = None) -> UsageReport:
+        """A usage report; with ``visible``, only the records whose scopes it accepts are counted."""
         group_by = check_group_by(query.group_by)
         query.scopes.validate(required=False)
         try:
             tz = zone(query.time_zone or self.settings.time_zone)
         except ValueError as exc:
             raise InvalidRequestError("time_zone", str(exc)) from None
+        for field, at in (("start", query.start_ms), ("end", query.end_ms)):
+            if at is not None and not MIN_TIME_MS <= at <= MAX_TIME_MS:
+                raise InvalidRequestError(field, "must be between 0001-01-01 and 9999-12-31")
         # Without an end, everything up to and including this millisecond.
         end = self.clock.now_ms() + 1 if query.end_ms is None else query.end_ms
         if query.start_ms is not None and query.start_ms >= end:
@@ -278,9 +406,18 @@ class Ledger:
             provider=query.provider,
             model=query.model,
         )
-        by_slot = len(columns_for(group_by)) != len(group_by)
-        rows = self.store.usage_rows(flt, columns_for(group_by), by_slot=by_slot)
-        return build_report(rows, group_by, tz)
+        columns = columns_for(group_by)
+        by_slot = len(columns) != len(group_by)
+        if visible is None:
+            return build_report(self.store.usage_rows(flt, columns, by_slot=by_slot), group_by, tz)
+        # Group by every scope as well, keep the rows whose ids are visible, then fold them back.
+        fetched = tuple(dict.fromkeys((*SCOPE_COLUMNS, *columns)))
+        rows = [
+            row
+            for row in self.store.usage_rows(flt, fetched, by_slot=by_slot)
+            if visible(ScopeSet(**dict(zip(SCOPE_COLUMNS, row.keys, strict=False))))
+        ]
+        return build_report(rows, group_by, tz, columns=fetched)
 
     def expire_due(self) -> int:
         """Release every reservation whose TTL has passed; the sweeper calls this between requests."""
@@ -318,16 +455,6 @@ def _check_batch_rows(batch: UsageBatch, groups: int) -> None:
             raise InvalidRequestError(f"{name}.key", "appears twice in one batch")
 
 
-def _non_negative(value: Decimal, field: str) -> None:
-    if not value.is_finite() or value < 0:
-        raise InvalidRequestError(field, f"must be a finite amount >= 0, got '{value}'")
-
-
-def _tokens(value: int, field: str) -> None:
-    if value < 0:
-        raise InvalidRequestError(field, f"must not be negative, got {value}")
-
-
 _TOKEN_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -335,18 +462,6 @@ _TOKEN_FIELDS = (
     "cache_creation_tokens",
     "reasoning_tokens",
 )
-
-
-def _facts(f: UsageFacts, field: str) -> None:
-    if (
-        min(f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_creation_tokens, f.reasoning_tokens)
-        < 0
-    ):
-        for name in _TOKEN_FIELDS:
-            _tokens(getattr(f, name), f"{field}.{name}")
-    for name, value in (("provider", f.provider), ("model", f.model)):
-        if len(value) > _MAX_KEY or not value.isprintable():
-            raise InvalidRequestError(f"{field}.{name}", f"must be at most {_MAX_KEY} printable characters")
 
 
 def _key(value: str, field: str) -> None:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from collector_processor.auth.config import TlsSection
 from collector_processor.domain.budgets import SCOPE_ORDER, check_scope_id
 from collector_processor.errors import InvalidRequestError
 
@@ -33,7 +34,8 @@ _URL = re.compile(r"https?://[^/\s]+(/\S*)?")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number is finite: inf and nan are refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PricingSection(_Section):
@@ -91,15 +93,15 @@ class ForwardSection(_Section):
     """OTLP/gRPC, or OTLP/HTTP with ``/v1/traces`` and ``/v1/metrics`` appended to the endpoint."""
     headers: dict[str, str] = Field(default_factory=dict)
     compression: Literal["gzip", "none"] = "gzip"
-    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    timeout_seconds: float = Field(default=10.0, ge=0.01, le=300)
     queue_size: int = Field(default=100_000, ge=1, le=100_000_000)
     """Spans (or metric points) waiting to be forwarded, per signal; an export that does not fit is
     dropped (counted). Bounds the memory the queue holds."""
     max_batch_items: int = Field(default=8192, ge=1, le=1_000_000)
     """Spans (or metric points) per onward export; queued exports are joined up to this."""
-    backoff_initial_seconds: float = Field(default=0.5, gt=0, le=60)
-    backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
-    max_elapsed_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    backoff_initial_seconds: float = Field(default=0.5, ge=0.001, le=60)
+    backoff_max_seconds: float = Field(default=30.0, ge=0.001, le=600)
+    max_elapsed_seconds: float = Field(default=300.0, ge=0.01, le=86_400)
     """Retrying one onward export stops after this long; its items are then dropped (counted)."""
 
 
@@ -108,10 +110,22 @@ class OtlpReceiverSection(_Section):
     grpc_listen: str = "127.0.0.1:7317"
     http_listen: str = "127.0.0.1:7318"
     """OTLP/HTTP; an empty string turns it off."""
+    http_max_connections: int = Field(default=128, ge=1, le=10_000)
+    """OTLP/HTTP connections open at once (each holds one thread); one more is answered 503 with
+    ``Retry-After`` and closed without its request being read."""
+    http_request_timeout_seconds: float = Field(default=30.0, ge=0.1, le=3600)
+    """From the first byte of a request until the whole of it (line, headers, body) has arrived, and
+    again for the answer to be taken; a client slower than that loses its connection."""
+    http_idle_timeout_seconds: float = Field(default=60.0, ge=0.1, le=3600)
+    """How long a keep-alive connection may wait for its next request before it is closed."""
     pricing: PricingSection = PricingSection()
     attribution: AttributionSection = AttributionSection()
     charging: ChargingSection = ChargingSection()
     forward: ForwardSection = ForwardSection()
+    tls: TlsSection = TlsSection()
+    """TLS (and mTLS) for both OTLP listeners."""
+    allow_unauthenticated: bool = False
+    """Serve callers without credentials on a non-loopback address while ``[auth]`` is off."""
 
     def validate_all(self) -> OtlpReceiverSection:
         """Checks that span keys; raises ``InvalidRequestError`` naming the key under ``receivers.otlp``."""

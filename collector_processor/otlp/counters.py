@@ -20,6 +20,8 @@ __all__ = [
     "DROPPED",
     "EXPORT_SECONDS",
     "FORWARDED",
+    "HTTP_CONNECTIONS_REFUSED",
+    "HTTP_DISCONNECTS",
     "METRIC_POINTS_CHARGED",
     "METRIC_POINTS_RECEIVED",
     "PRICE_SOURCES",
@@ -42,37 +44,54 @@ METRIC_POINTS_CHARGED: Final = "paymaster_otlp_metric_points_charged_total"
 FORWARDED: Final = "paymaster_otlp_forwarded_total"
 DROPPED: Final = "paymaster_otlp_dropped_total"
 EXPORT_SECONDS: Final = "paymaster_otlp_export_seconds"
+HTTP_DISCONNECTS: Final = "paymaster_otlp_http_disconnects_total"
+HTTP_CONNECTIONS_REFUSED: Final = "paymaster_otlp_http_connections_refused_total"
 
-REQUEST_OUTCOMES: Final = ("ok", "invalid", "too_large", "unavailable", "error")
+REQUEST_OUTCOMES: Final = (
+    "ok",
+    "unauthenticated",
+    "forbidden",
+    "invalid",
+    "too_large",
+    "unavailable",
+    "error",
+)
 PRICE_SOURCES: Final = ("configured", "library", "unknown", "sdk")
 CHARGE_OUTCOMES: Final = (
     "charged",
     "unattributed",
     "duplicate",
-    "reservation",
+    "sdk",
     "unpriced",
     "invalid",
     "skipped",
     "stale",
+    "forbidden",
 )
 
 _HELP: Final = {
     REQUESTS: "OTLP export requests answered, by signal (traces, metrics), transport (grpc, http) and outcome "
-    "(ok, invalid, too_large, unavailable, error).",
+    "(ok, unauthenticated, forbidden, invalid, too_large, unavailable, error).",
     SPANS_RECEIVED: "Spans received in accepted exports, by transport.",
     SPANS_PRICED: "GenAI spans with usable token usage, by where their cost came from (configured, library, "
     "unknown, sdk).",
     SPANS_CHARGED: "GenAI spans by what charging did with them; each is counted once: charged (new spend, "
     "attributed), unattributed (new spend, charged to the unattributed bucket), duplicate (seen before), "
-    "reservation (settled through its paymaster.reservation_id), unpriced, invalid, skipped (spend comes "
-    "from this service's metrics), stale (older than the idempotency window).",
+    "sdk (carries paymaster.reservation_id: the SDK charges it, the receiver does not), unpriced, invalid, "
+    "skipped (spend comes from this service's metrics), stale (older than the idempotency window), "
+    "forbidden (attributed to scopes outside the sender's grants).",
     COST_USD: "USD newly charged to the ledger from OTLP spans and metrics.",
     METRIC_POINTS_RECEIVED: "Metric data points received in accepted exports, by transport.",
     METRIC_POINTS_CHARGED: "Token usage metric points by what charging did with them (charged, unattributed, "
-    "duplicate, unpriced, invalid, skipped, held).",
+    "duplicate, unpriced, invalid, skipped, held, forbidden).",
     FORWARDED: "Spans and metric points exported onward, by signal.",
     DROPPED: "Spans and metric points not exported onward, by signal and reason (queue_full, export_failed).",
     EXPORT_SECONDS: "Time from receiving an OTLP export to answering it, by signal and transport.",
+    HTTP_DISCONNECTS: "OTLP/HTTP connections closed mid-request, by reason: closed (the client went away "
+    "before its answer), timeout (its request or the taking of its answer outlasted "
+    "receivers.otlp.http_request_timeout_seconds).",
+    HTTP_CONNECTIONS_REFUSED: "OTLP/HTTP connections answered 503 at once because "
+    "receivers.otlp.http_max_connections were open.",
 }
 
 

@@ -9,6 +9,8 @@ counts it; gRPC itself refuses anything larger still (four times the limit, and 
 before it is read, so such a body never fills memory. Each method is registered as stream-unary,
 which is the same thing on the wire as unary, so that a request gRPC refused still reaches the
 handler as an empty stream and is counted too.
+Where the sidecar's ``[auth]`` is on, an export without valid credentials is UNAUTHENTICATED and one
+whose principal lacks the ``ingester`` role PERMISSION_DENIED, before it is decoded.
 Statuses follow the OTLP specification: INVALID_ARGUMENT (not retried) for a malformed export,
 RESOURCE_EXHAUSTED without RetryInfo (not retried) for one too large, UNAVAILABLE with RetryInfo
 when the ledger or the receiver is busy, INTERNAL for a bug.
@@ -24,6 +26,8 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
+from collector_processor.auth.edge import Gate, PeerCertificate
+from collector_processor.auth.tls import ServerTls, grpc_peer_certificate
 from collector_processor.otlp.pipeline import METRICS, TRACES, ExportRefused, OtlpPipeline
 
 __all__ = ["GrpcReceiver"]
@@ -34,6 +38,8 @@ TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 
 _CODES = {
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
@@ -44,9 +50,20 @@ _CODES = {
 class GrpcReceiver:
     """Serves OTLP/gRPC on ``listen`` until ``stop``."""
 
-    def __init__(self, pipeline: OtlpPipeline, *, listen: str, max_concurrent: int) -> None:
+    def __init__(
+        self,
+        pipeline: OtlpPipeline,
+        *,
+        listen: str,
+        max_concurrent: int,
+        gate: Gate | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         self._pipeline = pipeline
-        self._listen = listen
+        self._gate = gate
+        self._tls = tls
+        self.listen = listen
+        """The configured address (port 0: any free port)."""
         self._max_concurrent = max_concurrent
         self._inflight = 0
         self.port = 0
@@ -59,7 +76,7 @@ class GrpcReceiver:
 
     @property
     def address(self) -> str:
-        return f"{self._listen.rsplit(':', 1)[0]}:{self.port}"
+        return f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
 
     def start(self) -> GrpcReceiver:
         """Open the port; the error (a port in use) is raised here."""
@@ -100,7 +117,10 @@ class GrpcReceiver:
                     ),
                 )
             )
-            self.port = server.add_insecure_port(self._listen)
+            if self._tls is not None:
+                self.port = server.add_secure_port(self.listen, self._tls.grpc_credentials())
+            else:
+                self.port = server.add_insecure_port(self.listen)
             await server.start()
         except Exception as exc:
             self._error = exc
@@ -128,12 +148,16 @@ class GrpcReceiver:
         if body is None:  # gRPC refused the message before it was read: larger than allowed
             pipeline.count(signal, "grpc", "too_large")
             return b""
+        try:
+            principal = pipeline.admit(self._gate, *_credentials(context, self._tls))
+        except ExportRefused as refused:
+            return await self._refuse(signal, context, refused)
         if self._inflight >= self._max_concurrent:
             busy = ExportRefused("unavailable", "too many exports in flight; retry", retry_after_s=1.0)
             return await self._refuse(signal, context, busy)
         self._inflight += 1
         try:
-            job = pipeline.prepare(signal, body, "grpc")
+            job = pipeline.prepare(signal, body, "grpc", principal)
             await asyncio.wrap_future(pipeline.submit(job))
             return pipeline.answer(job)
         except ExportRefused as refused:
@@ -152,6 +176,13 @@ class GrpcReceiver:
             context.set_trailing_metadata((("google.rpc.retryinfo-bin", _retry_info(refused.retry_after_s)),))
         await context.abort(_CODES[refused.outcome], refused.message)
         return b""  # not reached: abort raises
+
+
+def _credentials(context: Any, tls: ServerTls | None) -> tuple[str | None, PeerCertificate | None]:
+    """The ``authorization`` metadata of a call and, over mTLS, its verified client certificate."""
+    authorization = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+    certificate = grpc_peer_certificate(context) if tls is not None and tls.mutual else None
+    return authorization, certificate
 
 
 def _transport_limit(limit: int) -> int:

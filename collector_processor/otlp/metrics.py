@@ -16,6 +16,7 @@ import hashlib
 import math
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.types import SeriesItem, UsageGroup, UsageItem
 from collector_processor.otlp._view import decode_str
+from collector_processor.otlp.access import forbidden_message
 from collector_processor.otlp.attribution import Attributor, ResourceScopes
 from collector_processor.otlp.pricing import ModelPrice, SpanPricer, femto_to_micros
 from collector_processor.otlp.semconv import MODEL, PROVIDER
@@ -86,6 +88,12 @@ class MetricsPlan:
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append(message)
 
+    def forbid(self, scopes: ScopeSet) -> None:
+        """A point attributed outside the sender's grants: counted, named, not charged."""
+        self.outcomes["forbidden"] += 1
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append(forbidden_message(scopes))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Held:
@@ -118,8 +126,17 @@ class MetricsProcessor:
         self._held: list[_Held] = []
         self._held_lock = threading.Lock()
 
-    def process(self, request: Any, window: WindowPolicy, now_ms: int) -> MetricsPlan:
-        """Plan the charge for ``request`` (an ``ExportMetricsServiceRequest``), with due held points."""
+    def process(
+        self,
+        request: Any,
+        window: WindowPolicy,
+        now_ms: int,
+        *,
+        permitted: Callable[[ScopeSet], bool] | None = None,
+    ) -> MetricsPlan:
+        """Plan the charge for ``request`` (an ``ExportMetricsServiceRequest``), with due held points.
+        A point attributed to scopes ``permitted`` refuses (outside the sender's grants) is not charged
+        nor held: it is counted ``forbidden``."""
         plan = MetricsPlan()
         for resource_metrics in request.resource_metrics:
             resource = _raw(resource_metrics.resource.attributes)
@@ -137,7 +154,7 @@ class MetricsProcessor:
                         (identity, scope.name.encode(), scope.version.encode(), metric.name.encode())
                     )
                     for point in points:
-                        self._point(point, temporality, prefix, context, verdict, window, plan)
+                        self._point(point, temporality, prefix, context, verdict, window, plan, permitted)
         self._release_due(plan, now_ms)
         return plan.finish()
 
@@ -150,7 +167,7 @@ class MetricsProcessor:
 
     def _point(
         self, point: Any, temporality: int, prefix: bytes, context: ResourceScopes, verdict: str,
-        window: WindowPolicy, plan: MetricsPlan,
+        window: WindowPolicy, plan: MetricsPlan, permitted: Callable[[ScopeSet], bool] | None,
     ) -> None:  # fmt: skip
         attributes = _raw(point.attributes)
         token_type = decode_str(attributes.get(_TOKEN_TYPE, b""))
@@ -176,6 +193,9 @@ class MetricsProcessor:
             plan.outcomes["unpriced"] += 1
             return
         scopes = context.resolve(attributes)
+        if permitted is not None and not permitted(scopes[0]):
+            plan.forbid(scopes[0])
+            return
         series_id = hashlib.blake2b(
             b"\x00".join((prefix, _canonical(attributes), str(start_ms).encode())), digest_size=24
         ).digest()

@@ -23,13 +23,17 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from collector_processor.auth.edge import Gate, PeerCertificate
+from collector_processor.auth.policy import Action, authorize
+from collector_processor.auth.principal import ANONYMOUS, Principal
+from collector_processor.auth.tokens import Unauthenticated
 from collector_processor.domain.clock import Clock
-from collector_processor.domain.money import usd_to_micros
 from collector_processor.domain.types import UsageBatch, UsageBatchOutcome, UsageGroup
 from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
 from collector_processor.otlp import counters
 from collector_processor.otlp._view import TraceRequestView
+from collector_processor.otlp.access import permitted_for, screen_trace_plan
 from collector_processor.otlp.charger import Charger
 from collector_processor.otlp.counters import Tally
 from collector_processor.otlp.forward import Forwarder
@@ -104,8 +108,26 @@ class OtlpPipeline:
         counters.describe(metrics)
 
     # -- the transports' entry points ------------------------------------------------------------
-    def prepare(self, signal: str, body: bytes, transport: str) -> Job:
-        """Decode and plan one export; ``ExportRefused`` for an export that cannot be taken."""
+    def admit(
+        self, gate: Gate | None, authorization: str | None, certificate: PeerCertificate | None
+    ) -> Principal:
+        """The sender of an export, if it may export at all: ``ExportRefused`` (``unauthenticated`` or
+        ``forbidden``) otherwise, counted on the gate. Without a gate that requires it, ``anonymous``."""
+        if gate is None or not gate.required:
+            return ANONYMOUS
+        try:
+            principal = gate.identify(authorization, certificate)
+        except Unauthenticated as exc:
+            raise ExportRefused("unauthenticated", str(exc)) from None
+        denial = authorize(principal, Action.INGEST)
+        if denial is not None:
+            gate.denied(principal.name, denial.reason)
+            raise ExportRefused("forbidden", denial.message)
+        return principal
+
+    def prepare(self, signal: str, body: bytes, transport: str, principal: Principal = ANONYMOUS) -> Job:
+        """Decode and plan one export from ``principal``; ``ExportRefused`` for an export that cannot be
+        taken. Spans and points outside its grants are left uncharged (``otlp.access``)."""
         started = time.perf_counter()
         if self._closed.is_set():
             raise ExportRefused("unavailable", "the sidecar is shutting down; retry", retry_after_s=1.0)
@@ -113,16 +135,26 @@ class OtlpPipeline:
             raise self.too_large(len(body))
         window = self._window()
         try:
+            permitted = permitted_for(principal)
             if signal == TRACES:
                 request = TraceRequestView.FromString(body)
-                plan: TracePlan | MetricsPlan = self._traces.process(
-                    request, window, enrich=TRACES in self._forwarders, payload=body
+                traces = self._traces.process(
+                    request,
+                    window,
+                    enrich=TRACES in self._forwarders,
+                    payload=body,
+                    trust_cost=principal.trust_reported_cost,
                 )
-                for service in plan.services:  # type: ignore[union-attr]
+                for service in traces.services:
                     self._spend_source.saw_genai_spans(service)
+                if permitted is not None:
+                    screen_trace_plan(traces, permitted)
+                plan: TracePlan | MetricsPlan = traces
             else:
                 request = metrics_service_pb2.ExportMetricsServiceRequest.FromString(body)
-                plan = self._metrics_processor.process(request, window, self._clock.now_ms())
+                plan = self._metrics_processor.process(
+                    request, window, self._clock.now_ms(), permitted=permitted
+                )
         except DecodeError as exc:
             raise ExportRefused(
                 "invalid", f"the request is not a valid OTLP {signal} export: {exc}"
@@ -153,18 +185,16 @@ class OtlpPipeline:
             self.metrics.inc(counters.SPANS_RECEIVED, plan.spans, labels)
             response = trace_service_pb2.ExportTraceServiceResponse()
             if plan.problems:
-                response.partial_success.error_message = _warning(
-                    plan.outcomes["invalid"], "span", plan.problems
-                )
+                refused = plan.outcomes["invalid"] + plan.outcomes["forbidden"]
+                response.partial_success.error_message = _warning(refused, "span", plan.problems)
             items = plan.spans
         else:
             assert isinstance(plan, MetricsPlan)
             self.metrics.inc(counters.METRIC_POINTS_RECEIVED, plan.points, labels)
             response = metrics_service_pb2.ExportMetricsServiceResponse()
             if plan.problems:
-                response.partial_success.error_message = _warning(
-                    plan.outcomes["invalid"], "metric point", plan.problems
-                )
+                refused = plan.outcomes["invalid"] + plan.outcomes["forbidden"]
+                response.partial_success.error_message = _warning(refused, "metric point", plan.problems)
             items = plan.points
         self.count(job.signal, job.transport, "ok", job.started)
         forwarder = self._forwarders.get(job.signal)
@@ -184,10 +214,10 @@ class OtlpPipeline:
             )
 
     def too_large(self, size: int | None) -> ExportRefused:
-        got = f"{size:,} bytes" if size is not None else "more"
+        got = f"is {size:,} bytes, above" if size is not None else "is larger than"
         return ExportRefused(
             "too_large",
-            f"the export is {got}, above the {self.max_message_bytes:,} bytes this receiver accepts"
+            f"the export {got} the {self.max_message_bytes:,} bytes this receiver accepts"
             " (receivers.otlp.charging.max_message_bytes); send smaller batches",
         )
 
@@ -222,10 +252,6 @@ class OtlpPipeline:
                 tally.charged["unattributed" if plan.unattributed[g] else "charged"] += charged
             tally.charged["duplicate"] += outcome.duplicates
             tally.cost_micros += sum(outcome.charged_micros)
-        for usage in plan.reservations:
-            recorded = self._ledger.record_usage(usage)
-            tally.charged["reservation"] += 1
-            tally.cost_micros += usd_to_micros(recorded.charged_usd)
 
     def _charge_metrics(self, plan: MetricsPlan, tally: Tally) -> None:
         tally.points_charged.update(plan.outcomes)

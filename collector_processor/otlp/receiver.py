@@ -1,10 +1,12 @@
 """The OTLP component and its factory: config in, a receiver -> processor -> ledger -> exporter chain out.
 
+``load_pricing`` reads the configured ``paymaster.toml`` into the pricing calculator (any mistake in
+it stops the sidecar at start with the file and key named, before the store is opened).
 ``create_otlp_receiver`` wires a validated ``[receivers.otlp]`` section to the sidecar's ledger and
-self-metrics: the pricing calculator (from the configured ``paymaster.toml``; any mistake in it stops
-the sidecar at start with the file and key named), the attribution, the spend-source policy, the
-trace and metric processors, the forwarders, and both transports. ``OtlpReceiver.start`` opens the
-ports; ``stop`` finishes the exports in flight, charges held metric points and drains the forwarders.
+self-metrics: that calculator, the attribution, the spend-source policy, the trace and metric
+processors, the forwarders, and both transports. ``OtlpReceiver.start`` opens the ports (one that
+cannot be bound is a ``ConfigError`` naming its key and address); ``stop`` finishes the exports in
+flight, charges held metric points and drains the forwarders.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from collector_processor.auth.edge import Gate
+from collector_processor.auth.tls import ServerTls
 from collector_processor.domain.clock import Clock
 from collector_processor.domain.types import UsageBatchOutcome, UsageGroup
 from collector_processor.ledger import Ledger
@@ -31,7 +35,7 @@ from paymaster.config import PaymasterConfig, load_config
 from paymaster.exceptions import ConfigError
 from paymaster.pricing import CostCalculator
 
-__all__ = ["OtlpReceiver", "create_otlp_receiver"]
+__all__ = ["OtlpReceiver", "create_otlp_receiver", "load_pricing"]
 
 _TICK_S = 1.0
 
@@ -61,15 +65,19 @@ class OtlpReceiver:
         return f"OTLP/gRPC on {self.grpc.address}{http}" + (f", forwarding to {onward}" if onward else "")
 
     def start(self) -> OtlpReceiver:
+        """Open both ports; ``ConfigError`` naming the key and address of one that cannot be bound."""
         for forwarder in self.forwarders.values():
             forwarder.start()
-        self.grpc.start()
+        try:
+            self.grpc.start()
+        except Exception as exc:  # a port in use, an address that does not resolve
+            raise _cannot_serve("receivers.otlp.grpc_listen", self.grpc.listen, exc) from None
         if self.http is not None:
             try:
                 self.http.start()
-            except OSError:
+            except OSError as exc:
                 self.grpc.stop(0)
-                raise
+                raise _cannot_serve("receivers.otlp.http_listen", self.http.listen, exc) from None
         self._ticker.start()
         return self
 
@@ -79,12 +87,24 @@ class OtlpReceiver:
         self._stop.set()
         self.grpc.stop(grace_s)
         if self.http is not None:
-            self.http.stop()
+            self.http.stop(grace_s)
         self.pipeline.close(grace_s)
 
     def _tick(self) -> None:
         while not self._stop.wait(_TICK_S):
             self.pipeline.tick()
+
+
+def _cannot_serve(key: str, listen: str, exc: BaseException) -> ConfigError:
+    return ConfigError(f"{key}: cannot serve on {listen}: {exc}")
+
+
+def load_pricing(section: OtlpReceiverSection, *, config_dir: Path | None = None) -> CostCalculator:
+    """The calculator pricing spans, its data loaded; ``ConfigError`` naming
+    ``receivers.otlp.pricing.config`` for a bad price file."""
+    calculator = CostCalculator(_pricing_config(section, config_dir))
+    calculator.preload()  # at start, not on the first export
+    return calculator
 
 
 def create_otlp_receiver(
@@ -95,16 +115,21 @@ def create_otlp_receiver(
     clock: Clock,
     retention_ms: int,
     config_dir: Path | None = None,
+    calculator: CostCalculator | None = None,
     on_spend: Callable[[Sequence[UsageGroup], UsageBatchOutcome], None] | None = None,
+    gate: Gate | None = None,
+    tls: ServerTls | None = None,
 ) -> OtlpReceiver:
     """Wire ``section``; ``ConfigError`` (naming ``receivers.otlp.pricing.config``) for a bad price file.
 
-    ``retention_ms`` is the ledger's idempotency window (``ledger.reservation_retention_hours``):
-    spend older than that is never charged, since its keys may have been forgotten. ``on_spend`` is
-    told of every charged batch once it is durable (the sidecar's spend metrics).
+    ``calculator`` is what ``load_pricing`` read (it is read here when not given). ``retention_ms``
+    is the ledger's idempotency window (``ledger.reservation_retention_hours``): spend older than
+    that is never charged, since its keys may have been forgotten. ``on_spend`` is told of every
+    charged batch once it is durable (the sidecar's spend metrics). ``gate`` and ``tls`` are the
+    listeners' authentication and TLS (``receivers.otlp.tls``), the same for both transports.
     """
-    calculator = CostCalculator(_pricing_config(section, config_dir))
-    calculator.preload()  # at start, not on the first export
+    if calculator is None:
+        calculator = load_pricing(section, config_dir=config_dir)
     pricer = SpanPricer(calculator)
     attributor = Attributor(section.attribution)
     charging = section.charging
@@ -138,8 +163,17 @@ def create_otlp_receiver(
     limit = charging.max_concurrent_exports
     return OtlpReceiver(
         pipeline=pipeline,
-        grpc=GrpcReceiver(pipeline, listen=section.grpc_listen, max_concurrent=limit),
-        http=HttpReceiver(pipeline, listen=section.http_listen, max_concurrent=limit)
+        grpc=GrpcReceiver(pipeline, listen=section.grpc_listen, max_concurrent=limit, gate=gate, tls=tls),
+        http=HttpReceiver(
+            pipeline,
+            listen=section.http_listen,
+            max_concurrent=limit,
+            max_connections=section.http_max_connections,
+            request_timeout_s=section.http_request_timeout_seconds,
+            idle_timeout_s=section.http_idle_timeout_seconds,
+            gate=gate,
+            tls=tls,
+        )
         if section.http_listen
         else None,
         forwarders=forwarders,

@@ -30,7 +30,9 @@ MODEL = ("gen_ai.response.model", "gen_ai.request.model")
 SDK_COST = "paymaster.cost_usd"
 """The SDK's exact cost of a call, a decimal string."""
 RESERVATION = "paymaster.reservation_id"
-"""The reservation the SDK made (and committed) for a call."""
+"""The SDK's claim on a span: the id under which the SDK charges its spend itself (a reservation, a
+lease, a replayed journal entry, or the SDK step span that records the call). A span carrying any
+non-empty value is never charged by the receiver, which does nothing else with the id."""
 COST = "gen_ai.usage.cost"
 """Set by the receiver: USD, a double."""
 COST_SOURCE = "gen_ai.usage.cost.source"

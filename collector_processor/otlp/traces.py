@@ -1,13 +1,15 @@
 """The pricing processor for traces: read GenAI usage from spans, price it, attribute it, plan the charge.
 
 ``TraceProcessor.process`` walks one parsed export and returns a ``TracePlan``: the ledger batch (one
-item per span to charge, one group per distinct scopes, model and quarter hour; see ``_groups``), the
-spans that name a reservation, and what was counted. With ``enrich`` it also sets ``gen_ai.usage.cost`` (USD, a
-double) and ``gen_ai.usage.cost.source`` on each span it priced, for the exporter downstream.
+item per span to charge, one group per distinct scopes, model and quarter hour; see ``_groups``) and
+what was counted. With ``enrich`` it also sets ``gen_ai.usage.cost`` (USD, a double) and
+``gen_ai.usage.cost.source`` on each span it priced, for the exporter downstream.
 
 Which spans are GenAI usage: those with input or output token counts (current or deprecated names).
 Spans that only carry a cost (the SDK's run, loop and parallel spans, which sum their children) are
 not usage and are never charged. A span with ``paymaster.cost_usd`` (the SDK's exact cost) keeps it.
+A span with ``paymaster.reservation_id`` is the SDK's to charge, never this receiver's (counted ``sdk``;
+docs/otlp.md, "Who charges a span").
 
 This is the receiver's hot path. It works a column at a time (``_columns``): for each attribute, one
 pass over the spans of a scope in C over the raw attribute maps of ``_view``, so the cost per span is
@@ -16,7 +18,7 @@ reservation, ``paymaster.*`` scopes, cache and reasoning counts) are ruled out f
 which the receiver passes along, instead of probing every span for each. Each span's raw provider,
 model and scope attributes resolve, once per distinct combination and resource, to a cached ``Target``
 (its price and scopes), which also assigns its group. Only spans that need it (cache or reasoning
-counts, a bad value, a reservation, a price that is not per-token) take a per-span path. Decoded
+counts, a bad value, a price that is not per-token) take a per-span path. Decoded
 values, prices, resources and targets are cached.
 """
 
@@ -30,8 +32,7 @@ from itertools import compress, repeat
 from operator import add, attrgetter, floordiv, mul
 from typing import Any
 
-from collector_processor.domain.budgets import ScopeSet
-from collector_processor.domain.types import RecordUsageCommand, UsageFacts, UsageGroup, UsageItem
+from collector_processor.domain.types import UsageGroup, UsageItem
 from collector_processor.otlp._columns import Cache, Columns, Presence
 from collector_processor.otlp._groups import Groups, Target
 from collector_processor.otlp._view import INVALID, decode_int, decode_str
@@ -88,8 +89,6 @@ class TracePlan:
     """Per group: charged to the unattributed bucket."""
     items: list[UsageItem] = field(default_factory=list)
     """One per span to charge."""
-    reservations: list[RecordUsageCommand] = field(default_factory=list)
-    """Spans naming a reservation: recorded one by one under the ledger's reservation rules."""
     spans: int = 0
     """Spans in the export."""
     genai: int = 0
@@ -97,11 +96,14 @@ class TracePlan:
     priced: Counter[str] = field(default_factory=Counter)
     """GenAI spans by cost source."""
     outcomes: Counter[str] = field(default_factory=Counter)
-    """GenAI spans settled without charging: unpriced, invalid, skipped, stale."""
+    """GenAI spans settled without charging: sdk, unpriced, invalid, skipped, stale."""
     problems: list[str] = field(default_factory=list)
     """The first few reasons spans could not be charged, for the partial-success message."""
     services: set[Service] = field(default_factory=set)
     """Services that sent GenAI spans in this export."""
+    trust_cost: bool = True
+    """Whether a cost the span carries (``paymaster.cost_usd``) is believed; otherwise every span is
+    priced from its tokens (the sender's principal is not granted ``trust_reported_cost``)."""
 
     def problem(self, span: Any, message: str) -> None:
         self.outcomes["invalid"] += 1
@@ -184,15 +186,23 @@ class TraceProcessor:
         self._tokens = Cache(self._count_of, 262_144)
         self._prices = Cache(self._price_of, 4096)
         self._sdk_costs = Cache(self._sdk_cost_of, 65_536)
+        self._claims = Cache(_is_claim, 65_536)
         self._target_tables = Cache(self._target_table, _MAX_TARGET_TABLES)
         """(resource, names of the span attributes that override it) -> its ``_target_table``."""
 
     def process(
-        self, request: Any, window: WindowPolicy, *, enrich: bool, payload: bytes | None = None
+        self,
+        request: Any,
+        window: WindowPolicy,
+        *,
+        enrich: bool,
+        payload: bytes | None = None,
+        trust_cost: bool = True,
     ) -> TracePlan:
         """Plan the charge for ``request`` (a ``TraceRequestView``); with ``enrich``, set the cost attributes.
-        ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once."""
-        plan = TracePlan()
+        ``payload``, the bytes ``request`` was parsed from, lets names no span carries be ruled out at once.
+        Without ``trust_cost``, costs carried on spans are ignored and every span is priced from its tokens."""
+        plan = TracePlan(trust_cost=trust_cost)
         plan.spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         presence = Presence(payload, plan.spans)
         groups = Groups()
@@ -219,7 +229,7 @@ class TraceProcessor:
             return
         batch.targets = targets = self._targets(batch.columns, context, presence)
         distinct = dict.fromkeys(targets)
-        femto, sources = self._costs(batch, distinct, presence)
+        femto, sources = self._costs(batch, distinct, presence, trust_cost=plan.trust_cost)
         if sources is None:  # each span's source is its target's
             kinds = {t.source for t in distinct}
             if len(kinds) == 1:
@@ -233,7 +243,10 @@ class TraceProcessor:
             batch.columns.set_costs(femto, sources)
         batch.femto = femto
         charge = [f is not None for f in femto] if None in femto else [True] * len(femto)
-        if not all(charge):
+        claims = batch.columns.optional((RESERVATION,), presence)
+        if claims is not None:
+            charge = self._leave_to_sdk(claims, charge, plan)
+        elif not all(charge):
             plan.outcomes["unpriced"] += charge.count(False)
         if not charge_spans:
             plan.outcomes["skipped"] += charge.count(True)
@@ -242,9 +255,6 @@ class TraceProcessor:
             stale = [end < window.oldest_ms for end in batch.ends]
             plan.outcomes["stale"] += sum(s and c for s, c in zip(stale, charge, strict=True))
             charge = [c and not s for c, s in zip(charge, stale, strict=True)]
-        reservations = batch.columns.optional((RESERVATION,), presence)
-        if reservations is not None:
-            charge = self._reservations(batch, reservations, charge, context, plan)
         if not all(charge):
             if not batch.keep(charge):
                 return
@@ -290,12 +300,12 @@ class TraceProcessor:
         return batch
 
     def _costs(
-        self, batch: _Batch, distinct: dict[Target, None], presence: Presence
+        self, batch: _Batch, distinct: dict[Target, None], presence: Presence, *, trust_cost: bool
     ) -> tuple[list[int | None], list[str] | None]:
         """Femto-dollars (``None`` when unknown) and the cost source of each span; sources ``None``:
         every span is priced at its target's per-token rates, so its source is its target's."""
         targets, tin, tout, extras = batch.targets, batch.tin, batch.tout, batch.counts
-        sdk = batch.columns.optional((SDK_COST,), presence)
+        sdk = batch.columns.optional((SDK_COST,), presence) if trust_cost else None
         if sdk is None and not extras and all(t.linear for t in distinct):
             if len(distinct) == 1:
                 first = targets[0]
@@ -349,28 +359,15 @@ class TraceProcessor:
         scopes, unattributed = context.resolve(dict(zip(hits, raw[2:], strict=True)))
         return Target(price, scopes, unattributed)
 
-    def _reservations(
-        self, batch: _Batch, reservations: list[bytes | None], charge: list[bool], context: ResourceScopes,
-        plan: TracePlan,
-    ) -> list[bool]:  # fmt: skip
-        """Take spans naming a reservation out of the batch, as ledger usage recorded one by one."""
-        out = list(charge)
-        for i, raw in enumerate(reservations):
-            if raw is None or not charge[i]:
-                continue
-            reservation = _reservation_id(raw)
-            cost = batch.femto[i]
-            if not reservation or cost is None:
-                continue
-            scopes = context.for_span(batch.columns.maps[i])[0]
-            read, creation, reasoning = (c[i] for c in batch.counts) if batch.counts else (0, 0, 0)
-            usage = (batch.tin[i], batch.tout[i], read, creation, reasoning)
-            price = batch.targets[i].price
-            plan.reservations.append(
-                _reservation_usage(batch.uids[i], scopes, cost, usage, price, batch.ends[i], reservation)
-            )
-            out[i] = False
-        return out
+    def _leave_to_sdk(self, claims: list[bytes | None], priced: list[bool], plan: TracePlan) -> list[bool]:
+        """Which spans to charge: priced ones that carry no ``paymaster.reservation_id``. A span that
+        carries one is the SDK's to charge (its commit, its lease's, or its replayed journal) and is
+        counted ``sdk`` whatever its price; the receiver does nothing with the id itself."""
+        claimed = [raw is not None and self._claims[raw] for raw in claims]
+        plan.outcomes["sdk"] += claimed.count(True)
+        charge = [p and not c for p, c in zip(priced, claimed, strict=True)]
+        plan.outcomes["unpriced"] += sum(not p and not c for p, c in zip(priced, claimed, strict=True))
+        return charge
 
     # -- the per-span path -----------------------------------------------------------------------
     def _usages(
@@ -461,34 +458,7 @@ def _unusable(end_ms: int, id_bytes: int) -> str:
     return "ends in the future (check the clock of the sending host)"
 
 
-def _reservation_id(raw: bytes) -> str:
+def _is_claim(raw: bytes) -> bool:
+    """Whether a raw ``paymaster.reservation_id`` value claims its span for the SDK: any non-empty string."""
     value = decode_str(raw)
-    return value if isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable() else ""
-
-
-def _reservation_usage(
-    uid: bytes,
-    scopes: ScopeSet,
-    femto: int,
-    usage: tuple[int, int, int, int, int],
-    price: ModelPrice,
-    end_ms: int,
-    reservation_id: str,
-) -> RecordUsageCommand:
-    tin, tout, cache_read, cache_creation, reasoning = usage
-    return RecordUsageCommand(
-        usage_id=f"otlp:{uid.hex()}",
-        scopes=scopes,
-        cost_usd=Decimal(femto).scaleb(-15),
-        occurred_ms=end_ms,
-        usage=UsageFacts(
-            provider=price.provider,
-            model=price.model,
-            input_tokens=tin,
-            output_tokens=tout,
-            cache_read_tokens=cache_read,
-            cache_creation_tokens=cache_creation,
-            reasoning_tokens=reasoning,
-        ),
-        reservation_id=reservation_id,
-    )
+    return isinstance(value, str) and value != ""

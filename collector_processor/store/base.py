@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
 from collector_processor.domain.types import (
     Alert,
@@ -83,8 +84,9 @@ class LedgerStore(Protocol):
     """Durable budgets, spend, reservations and alerts. Implementations must be safe to call from many threads."""
 
     # -- budgets ---------------------------------------------------------------------------------
-    def create_budget(self, budget: Budget) -> Budget:
-        """Insert; ``AlreadyExistsError`` if the id is taken. Returns it with its generation set."""
+    def create_budget(self, budget: Budget, *, audit: AuditEvent | None = None) -> Budget:
+        """Insert; ``AlreadyExistsError`` if the id is taken. Returns it with its generation set.
+        With ``audit``, the event (its ``after`` filled with the budget) is logged in the same step."""
         ...
 
     def get_budget(self, budget_id: str) -> Budget:
@@ -98,13 +100,22 @@ class LedgerStore(Protocol):
         ...
 
     def update_budget(
-        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+        self,
+        budget_id: str,
+        patch: BudgetPatch,
+        *,
+        now_ms: int,
+        allow_config: bool = False,
+        audit: AuditEvent | None = None,
     ) -> Budget:
-        """Apply ``patch`` atomically; ``FailedPreconditionError`` for a config budget unless ``allow_config``."""
+        """Apply ``patch`` atomically; ``FailedPreconditionError`` for a config budget unless ``allow_config``.
+        With ``audit``, the event (``before`` and ``after`` filled) is logged in the same step."""
         ...
 
-    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
-        """Delete the budget with its spend, holds and alert marks, atomically."""
+    def delete_budget(
+        self, budget_id: str, *, allow_config: bool = False, audit: AuditEvent | None = None
+    ) -> None:
+        """Delete the budget with its spend, holds and alert marks, atomically (and log ``audit``)."""
         ...
 
     def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
@@ -120,19 +131,23 @@ class LedgerStore(Protocol):
         self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
     ) -> ReserveOutcome:
         """Decide and hold on every matching budget, or on none, atomically (including the downgrade re-send);
-        a reservation made or renewed holds until ``expires_ms``."""
+        a reservation made or renewed holds until ``expires_ms``. It keeps ``command.owner`` and
+        ``command.fingerprint``: a repeated idempotency key with another fingerprint is
+        ``AlreadyExistsError``, and a re-send by another owner ``PermissionDeniedError``."""
         ...
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
-        """Replace the hold with the actual spend, charge, fire alerts; idempotent."""
+        """Replace the hold with the actual spend, charge, fire alerts; idempotent. ``PermissionDeniedError``
+        (before anything is written) when ``command.owner`` did not make the reservation."""
         ...
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
-        """Give the hold back; idempotent."""
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
+        """Give the hold back; idempotent. ``PermissionDeniedError`` when ``owner`` did not make it."""
         ...
 
     def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
-        """Charge spend without a reservation, idempotent by usage id; fire alerts."""
+        """Charge spend without a reservation, idempotent by usage id; fire alerts. The same usage id
+        with another fingerprint is ``AlreadyExistsError``; a reservation it names must be the owner's."""
         ...
 
     def record_usage_batch(self, batch: UsageBatch, *, now_ms: int) -> UsageBatchOutcome:
@@ -191,6 +206,33 @@ class LedgerStore(Protocol):
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
         """Mark alerts as notified."""
+        ...
+
+    # -- tokens and audit ------------------------------------------------------------------------
+    def create_token(self, token: TokenRecord, *, event: AuditEvent) -> None:
+        """Store a new token and its audit event in one atomic step; ``AlreadyExistsError`` for a
+        taken id. Moves the tokens version."""
+        ...
+
+    def revoke_token(self, token_id: str, *, now_ms: int, event: AuditEvent) -> TokenRecord:
+        """Mark a token revoked (once; revoking it again changes nothing) with its audit event;
+        ``NotFoundError`` for an unknown id. Moves the tokens version."""
+        ...
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token issued, live or not, oldest first."""
+        ...
+
+    def tokens_version(self) -> int:
+        """A counter every token change moves; sidecars poll it to refresh what they hold in memory."""
+        ...
+
+    def record_audit(self, event: AuditEvent) -> None:
+        """Append one event to the audit log."""
+        ...
+
+    def audit_events(self, *, after: int, limit: int) -> list[AuditEvent]:
+        """Audit events with a sequence above ``after``, oldest first."""
         ...
 
     def batch(self) -> AbstractContextManager[None]:

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from time import perf_counter
 from typing import Any, Protocol, TypeVar
 
+from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
 from collector_processor.domain.types import (
     Alert,
@@ -100,8 +101,8 @@ class InstrumentedStore:
             self._metrics.inc(STORE_ERRORS, 1, {"operation": operation, "kind": kind})
 
     # -- budgets ---------------------------------------------------------------------------------
-    def create_budget(self, budget: Budget) -> Budget:
-        return self._timed("create_budget", lambda: self.inner.create_budget(budget))
+    def create_budget(self, budget: Budget, *, audit: AuditEvent | None = None) -> Budget:
+        return self._timed("create_budget", lambda: self.inner.create_budget(budget, audit=audit))
 
     def get_budget(self, budget_id: str) -> Budget:
         return self._timed("get_budget", lambda: self.inner.get_budget(budget_id))
@@ -115,15 +116,28 @@ class InstrumentedStore:
         )
 
     def update_budget(
-        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+        self,
+        budget_id: str,
+        patch: BudgetPatch,
+        *,
+        now_ms: int,
+        allow_config: bool = False,
+        audit: AuditEvent | None = None,
     ) -> Budget:
         return self._timed(
             "update_budget",
-            lambda: self.inner.update_budget(budget_id, patch, now_ms=now_ms, allow_config=allow_config),
+            lambda: self.inner.update_budget(
+                budget_id, patch, now_ms=now_ms, allow_config=allow_config, audit=audit
+            ),
         )
 
-    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
-        self._timed("delete_budget", lambda: self.inner.delete_budget(budget_id, allow_config=allow_config))
+    def delete_budget(
+        self, budget_id: str, *, allow_config: bool = False, audit: AuditEvent | None = None
+    ) -> None:
+        self._timed(
+            "delete_budget",
+            lambda: self.inner.delete_budget(budget_id, allow_config=allow_config, audit=audit),
+        )
 
     def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
         self._timed("sync_config_budgets", lambda: self.inner.sync_config_budgets(budgets, now_ms=now_ms))
@@ -145,8 +159,8 @@ class InstrumentedStore:
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
         return self._timed("commit", lambda: self.inner.commit(command, now_ms=now_ms))
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
-        return self._timed("release", lambda: self.inner.release(reservation_id, now_ms=now_ms))
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
+        return self._timed("release", lambda: self.inner.release(reservation_id, now_ms=now_ms, owner=owner))
 
     def record_usage(self, command: RecordUsageCommand, *, now_ms: int) -> RecordUsageOutcome:
         return self._timed("record_usage", lambda: self.inner.record_usage(command, now_ms=now_ms))
@@ -204,6 +218,27 @@ class InstrumentedStore:
             raise
         finally:
             self._metrics.observe(STORE_SECONDS, perf_counter() - start, {"operation": "batch"})
+
+    # -- tokens and audit ------------------------------------------------------------------------
+    def create_token(self, token: TokenRecord, *, event: AuditEvent) -> None:
+        self._timed("create_token", lambda: self.inner.create_token(token, event=event))
+
+    def revoke_token(self, token_id: str, *, now_ms: int, event: AuditEvent) -> TokenRecord:
+        return self._timed(
+            "revoke_token", lambda: self.inner.revoke_token(token_id, now_ms=now_ms, event=event)
+        )
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self._timed("list_tokens", self.inner.list_tokens)
+
+    def tokens_version(self) -> int:
+        return self._timed("tokens_version", self.inner.tokens_version)
+
+    def record_audit(self, event: AuditEvent) -> None:
+        self._timed("record_audit", lambda: self.inner.record_audit(event))
+
+    def audit_events(self, *, after: int, limit: int) -> list[AuditEvent]:
+        return self._timed("audit_events", lambda: self.inner.audit_events(after=after, limit=limit))
 
     # -- housekeeping ----------------------------------------------------------------------------
     def prune(

@@ -1,6 +1,7 @@
 """Rules every store applies the same way, outside its atomic operations: who may change a budget,
 which entity a status read is for, how a status and the answers to Check and Reserve are built from
-a standing, and how the budgets a config file declares are reconciled with the ones a store holds.
+a standing, how the budgets a config file declares are reconciled with the ones a store holds, and
+how both stores refuse a total that would leave their exact range.
 """
 
 from __future__ import annotations
@@ -10,21 +11,47 @@ from dataclasses import dataclass, replace
 
 from collector_processor.domain.budgets import Budget
 from collector_processor.domain.decisions import BudgetState, Plan, budget_infos, evaluate, projection
-from collector_processor.domain.money import micros_to_usd, percentage
+from collector_processor.domain.money import MAX_TOTAL_MICROS, micros_to_usd, percentage
 from collector_processor.domain.types import BudgetStatus, CheckOutcome, ReserveOutcome
-from collector_processor.errors import FailedPreconditionError, InvalidRequestError
+from collector_processor.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidRequestError,
+    PermissionDeniedError,
+)
 from collector_processor.store.index import LiveBudget
+from paymaster.exceptions import quote
 
 __all__ = [
     "ConfigSync",
+    "check_fingerprint",
     "check_outcome",
     "deciding",
     "entity_for",
+    "holds_fit",
+    "not_owner",
     "plan_config_sync",
     "refuse_config",
     "reserve_outcome",
     "status_from_state",
+    "total_out_of_range",
 ]
+
+
+def total_out_of_range(budget_id: str | None, what: str = "spend") -> FailedPreconditionError:
+    """The refusal of an operation that would take a total past ``MAX_TOTAL_MICROS`` (both stores)."""
+    whose = f"budget {quote(budget_id)}" if budget_id else "a budget"
+    return FailedPreconditionError(
+        f"{whose} cannot take this amount: its {what} would pass {micros_to_usd(MAX_TOTAL_MICROS):,} "
+        f"dollars (2^63 - 1 micro-dollars), the most the store counts exactly; nothing was written"
+    )
+
+
+def holds_fit(states: Sequence[BudgetState], hold: int) -> None:
+    """Refuse a hold that would take what any budget holds past the store's exact range."""
+    for s in states:
+        if s.reserved + hold > MAX_TOTAL_MICROS:
+            raise total_out_of_range(s.budget.id, "holds")
 
 
 def deciding(plan: Plan) -> str:
@@ -65,7 +92,7 @@ def check_outcome(states: Sequence[BudgetState], estimate_micros: int) -> CheckO
 def refuse_config(budget: Budget, allow_config: bool, verb: str) -> None:
     if budget.declared_in_config and not allow_config:
         raise FailedPreconditionError(
-            f"budget {budget.id!r} is declared in the sidecar's config file; it can only be {verb} there"
+            f"budget {quote(budget.id)} is declared in the sidecar's config file; it can only be {verb} there"
         )
 
 
@@ -74,12 +101,14 @@ def entity_for(live: LiveBudget, entity: str) -> str:
     if budget.scope_id is None:
         if not entity:
             raise InvalidRequestError(
-                "scope_id", f"is required: budget {budget.id!r} is a wildcard over every {budget.scope.value}"
+                "scope_id",
+                f"is required: budget {quote(budget.id)} is a wildcard over every {budget.scope.value}",
             )
         return entity
     if entity and entity != budget.scope_id:
         raise InvalidRequestError(
-            "scope_id", f"budget {budget.id!r} governs {budget.scope.value}={budget.scope_id}, not {entity!r}"
+            "scope_id",
+            f"budget {quote(budget.id)} governs {budget.scope.value}={budget.scope_id}, not {quote(entity)}",
         )
     return budget.scope_id
 
@@ -121,7 +150,7 @@ def plan_config_sync(existing: Sequence[Budget], declared: Sequence[Budget], *, 
         old = by_id.get(budget.id)
         if old is not None and not old.declared_in_config:
             raise FailedPreconditionError(
-                f"budget {budget.id!r} exists already, created through the API; delete it or declare another id"
+                f"budget {quote(budget.id)} exists already, created through the API; delete it or declare another id"
             )
     delete: list[Budget] = []
     insert: list[Budget] = []
@@ -149,3 +178,22 @@ def _meaning(b: Budget) -> tuple[object, ...]:
 
 def _definition(b: Budget) -> tuple[object, ...]:
     return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.enabled)
+
+
+def check_fingerprint(stored: str, asked: str, field: str, what: str) -> None:
+    """Refuse a repeated idempotency key (or usage id) whose request differs from the first one's.
+    Rows written before keys had fingerprints have none, and are taken as they are."""
+    if stored and asked and stored != asked:
+        raise AlreadyExistsError(
+            f"{field}: was used by an earlier {what} with different scopes, amounts or facts; a retry must "
+            "repeat the request exactly, and a new request needs a new key"
+        )
+
+
+def not_owner(reservation_id: str) -> PermissionDeniedError:
+    """The refusal of a re-send, commit or release by a principal that did not make the reservation."""
+    return PermissionDeniedError(
+        f"reservation {reservation_id!r} was made by another principal; only its maker may commit, release "
+        "or re-send it",
+        "owner",
+    )

@@ -12,13 +12,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from collector_processor.auth.config import TlsSection
+
 __all__ = ["DEFAULT_METRICS_LISTEN", "MetricsOtlpSection", "MetricsSection", "TelemetrySection"]
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:7319"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number is finite: inf and nan are refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TelemetrySection(_Section):
@@ -30,8 +33,8 @@ class MetricsOtlpSection(_Section):
     endpoint: str = ""
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
     headers: dict[str, str] = Field(default_factory=dict)
-    interval_seconds: float = Field(default=30.0, gt=0, le=3600)
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    interval_seconds: float = Field(default=30.0, ge=0.1, le=3600)
+    timeout_seconds: float = Field(default=10.0, ge=0.01, le=120)
 
 
 class MetricsSection(_Section):
@@ -42,3 +45,9 @@ class MetricsSection(_Section):
     max_models: int = Field(default=200, ge=1, le=100_000)
     refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
     otlp: MetricsOtlpSection = MetricsOtlpSection()
+    tls: TlsSection = TlsSection()
+    require_token: bool = False
+    """With ``[auth]`` on: ``/metrics`` answers only a bearer token of a reader or admin whose grants
+    cover everything (``*``)."""
+    allow_unauthenticated: bool = False
+    """Serve ``/metrics`` without credentials on a non-loopback address."""

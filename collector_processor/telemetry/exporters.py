@@ -14,6 +14,8 @@ import os
 
 from prometheus_client import CollectorRegistry
 
+from collector_processor.auth.edge import Gate
+from collector_processor.auth.tls import ServerTls
 from collector_processor.domain.clock import Clock
 from collector_processor.store.base import LedgerStore
 from collector_processor.telemetry.budget_gauges import BudgetGauges
@@ -78,6 +80,8 @@ def create_exporters(
     store: LedgerStore,
     clock: Clock,
     metrics: SelfMetrics,
+    gate: Gate | None = None,
+    tls: ServerTls | None = None,
 ) -> MetricsExporters:
     """Wire ``[metrics]`` to this sidecar's registry; ``source`` names the config file in messages."""
     from paymaster import __version__
@@ -107,7 +111,7 @@ def create_exporters(
     return MetricsExporters(
         registry=registry,
         service=service,
-        endpoint=MetricsEndpoint(registry, m.listen) if m.enabled else None,
+        endpoint=MetricsEndpoint(registry, m.listen, gate=gate, tls=tls) if m.enabled else None,
         pusher=pusher,
         source=source,
     )

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+import ssl
+import threading
 from collections.abc import Iterable, Iterator
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from collector_processor.auth.edge import Gate
+from collector_processor.auth.policy import Action, authorize
+from collector_processor.auth.tls import ServerTls, ssl_peer_certificate
+from collector_processor.auth.tokens import Unauthenticated
 from collector_processor.store.base import LedgerStore
 from collector_processor.telemetry.budget_gauges import BudgetGauges, BudgetReading
 from collector_processor.telemetry.selfmetrics import HistogramSnapshot, Labels, MetricsSnapshot, SelfMetrics
@@ -190,6 +199,11 @@ def _snapshot_families(snap: MetricsSnapshot) -> Iterator[Metric]:
         for labels, value in sorted(series.items()):
             family.add_sample(name, dict(labels), value)
         yield family
+    for name, gseries in sorted(snap.gauges.items()):
+        family = Metric(name, snap.help.get(name, name), "gauge")
+        for labels, value in sorted(gseries.items()):
+            family.add_sample(name, dict(labels), value)
+        yield family
     for name, hseries in sorted(snap.histograms.items()):
         family = Metric(name, snap.help.get(name, name), "histogram")
         for labels, hist in sorted(hseries.items(), key=lambda item: item[0]):
@@ -213,23 +227,109 @@ def _le(bound: float) -> str:
 
 # -- the endpoint ----------------------------------------------------------------------------------
 class MetricsEndpoint:
-    """Serves a registry on ``http://<listen>/metrics`` from a background thread."""
+    """Serves a registry on ``http(s)://<listen>/metrics`` from a background thread.
 
-    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+    With a ``gate`` that requires authentication, a scrape must carry a bearer token (Prometheus's
+    ``authorization: credentials_file``) or a mapped client certificate of a principal that may read
+    metrics and whose grants cover everything: ``/metrics`` shows every tenant's figures. With ``tls``,
+    each connection is wrapped with the listener's current certificate (re-read when it changes)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        listen: str,
+        *,
+        gate: Gate | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.registry = registry
         self.listen = listen
         self.port = 0
+        self._gate = gate
+        self._tls = tls
         self._server: WSGIServer | None = None
 
     def start(self) -> None:
         """Open the port; ``OSError`` if it cannot be bound."""
         host, _, port = self.listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        host = host.strip("[]")
+        server_class = _Server6 if ":" in host else _Server
+        server = make_server(host, int(port), self._app(), server_class, handler_class=_Handler)
+        server.tls = self._tls  # type: ignore[attr-defined]
         self._server = server
         self.port = server.server_port
+        threading.Thread(target=server.serve_forever, name="paymaster-metrics", daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def _app(self) -> Any:
+        scrape = make_wsgi_app(self.registry)
+        gate = self._gate
+        if gate is None or not gate.required:
+            return scrape
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            try:
+                principal = gate.identify(environ.get("HTTP_AUTHORIZATION"), environ.get("paymaster.peer"))
+            except Unauthenticated as exc:
+                return _refuse(start_response, "401 Unauthorized", str(exc), [("WWW-Authenticate", "Bearer")])
+            denial = authorize(principal, Action.SCRAPE_METRICS)
+            if denial is None and not principal.grants.unrestricted:
+                denial_reason, message = (
+                    "scope",
+                    f"{principal.name} may not read /metrics: it shows every tenant, and its grants ({principal.grants}) do not cover everything (*)",
+                )
+            elif denial is not None:
+                denial_reason, message = denial.reason, denial.message
+            else:
+                return scrape(environ, start_response)
+            gate.denied(principal.name, denial_reason)
+            return _refuse(start_response, "403 Forbidden", message, [])
+
+        return app
+
+
+def _refuse(start_response: Any, status: str, message: str, headers: list[tuple[str, str]]) -> list[bytes]:
+    body = (message + "\n").encode()
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *headers]
+    )
+    return [body]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per scrape; with TLS, each accepted connection is wrapped (the handshake runs in the
+    connection's own thread, so a slow client never holds up the others)."""
+
+    daemon_threads = True
+    tls: ServerTls | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(WSGIRequestHandler):
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        environ["paymaster.peer"] = ssl_peer_certificate(self.connection)
+        return environ
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            log.info("a /metrics client failed or left: %s", exc)
+
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a line each
+        pass

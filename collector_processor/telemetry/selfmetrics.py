@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["DEFAULT_BUCKETS", "HistogramSnapshot", "Labels", "MetricsSnapshot", "SelfMetrics", "label_key"]
 
@@ -53,6 +53,8 @@ class MetricsSnapshot:
     """Histogram name -> series -> snapshot."""
     help: dict[str, str]
     """Help text of every described metric."""
+    gauges: dict[str, dict[Labels, float]] = field(default_factory=dict)
+    """Gauge name -> series -> current value."""
 
 
 class _Histogram:
@@ -75,6 +77,7 @@ class SelfMetrics:
         self._lock = threading.Lock()
         self._counters: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, _Histogram]] = {}
+        self._gauges: dict[str, dict[Labels, float]] = {}
         self._help: dict[str, str] = {}
 
     def describe(self, name: str, help_text: str) -> None:
@@ -99,6 +102,11 @@ class SelfMetrics:
                 if series is None:
                     series = counters[name] = {}
                 series[key] = series.get(key, 0.0) + value
+
+    def set_gauge(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        """Set the gauge ``name`` with these labels to ``value`` (a state, such as a listener's)."""
+        with self._lock:
+            self._gauges.setdefault(name, {})[label_key(labels)] = value
 
     def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
         """Record one observation (seconds, for latencies) in the histogram ``name``."""
@@ -130,6 +138,7 @@ class SelfMetrics:
                     for name, series in self._histograms.items()
                 },
                 help=dict(self._help),
+                gauges={name: dict(series) for name, series in self._gauges.items()},
             )
 
 

@@ -16,8 +16,8 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from paymaster._composite import run_loop, run_parallel
@@ -28,7 +28,14 @@ from paymaster.money import ZERO
 from paymaster.quota import Quota
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
-from paymaster.telemetry import RESERVATION_ATTRIBUTE, RunMetrics, Telemetry, usage_attributes
+from paymaster.telemetry import (
+    LOCAL_CLAIM_PREFIX,
+    RESERVATION_ATTRIBUTE,
+    STEP_ATTRIBUTE,
+    RunMetrics,
+    Telemetry,
+    usage_attributes,
+)
 
 if TYPE_CHECKING:
     from paymaster._gate import BudgetGate, Ticket
@@ -215,10 +222,9 @@ class _Run:
                 self._not_admitted(exc, estimate, quota, record, span, sctx, started)
                 raise
             run_step, agent = ticket.step, ticket.agent
-            if span is not None and ticket.reservation_id:
-                from opentelemetry import baggage  # only traced runs with a budget pay for it
-
-                sctx = baggage.set_baggage(RESERVATION_ATTRIBUTE, ticket.reservation_id, sctx)
+            sctx = _claim(sctx, ticket.reservation_id, span)
+        else:
+            sctx = _claim(sctx, None, span)
         try:
             if agent is not step.agent:
                 self.meter.preflight(agent)
@@ -306,7 +312,7 @@ class _Run:
     async def _call(self, step: Step, agent: Any, data: Any, record: StepResult, sctx: Any) -> Any:
         """Call the agent, retrying on exceptions up to ``max_retries``; the span is current meanwhile."""
         cfg = step.config
-        token = otel_context.attach(sctx) if self.spans else None
+        token = otel_context.attach(sctx) if sctx is not None else None
         try:
             while True:
                 record.attempts += 1
@@ -369,7 +375,7 @@ class _Run:
             attributes={
                 "gen_ai.operation.name": "invoke_agent",
                 "gen_ai.agent.name": step.name,
-                "paymaster.step.name": step.name,
+                STEP_ATTRIBUTE: step.name,
                 "paymaster.step.kind": step.kind,
             },
         )
@@ -394,6 +400,21 @@ class _Run:
             return None, octx
         span = self.tracer.start_span(name, context=octx, attributes=attributes)
         return span, trace.set_span_in_context(span, octx)
+
+
+def _claim(sctx: Any, reservation_id: str | None, span: Span | None) -> Any:
+    """The context the agent runs in, its baggage saying who charges the spans started inside the step
+    (docs/otlp.md, "Who charges a span"): the SDK under ``reservation_id``; else the step's own span,
+    which the sidecar's trace ingestion charges; else, untraced and charged by nobody but the
+    ingestion, no claim at all (not even an enclosing step's)."""
+    if reservation_id:
+        return baggage.set_baggage(RESERVATION_ATTRIBUTE, reservation_id, sctx)
+    if span is not None:
+        local = f"{LOCAL_CLAIM_PREFIX}{span.get_span_context().span_id:016x}"
+        return baggage.set_baggage(RESERVATION_ATTRIBUTE, local, sctx)
+    if baggage.get_baggage(RESERVATION_ATTRIBUTE, sctx) is not None:
+        return baggage.remove_baggage(RESERVATION_ATTRIBUTE, sctx)
+    return sctx
 
 
 def _is_paymaster_error(exc: BaseException) -> bool:

@@ -22,8 +22,9 @@ grpc is imported when a ``SidecarBudget`` is built, never by ``import paymaster`
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -58,8 +59,8 @@ FAIL_CLOSED: Final = "fail_closed"
 FAIL_OPEN: Final = "fail_open"
 """Run the step anyway; keep its spend in the replay journal and replay it when the sidecar is back."""
 LOCAL_ONLY_LIMITS: Final = "local_only_limits"
-"""Run the step under the runner's own ``UsageLimits`` only; the spend is not replayed (spans
-exported to the sidecar carry no reservation id, so its trace ingestion charges them instead)."""
+"""Run the step under the runner's own ``UsageLimits`` only; the spend is not replayed (the step's span
+carries no reservation id, so the sidecar's trace ingestion charges it instead, if it receives it)."""
 FAIL_POLICIES: Final = (FAIL_CLOSED, FAIL_OPEN, LOCAL_ONLY_LIMITS)
 DEFAULT_TARGET: Final = "127.0.0.1:7310"
 TARGET_ENV_VAR: Final = "PAYMASTER_SIDECAR"
@@ -188,6 +189,17 @@ class SidecarBudget:
     process restarts (``None``: in memory only). ``config`` supplies the ``[downgrade]`` mapping
     (default: the ``paymaster.toml`` the usual search finds).
 
+    Credentials, for a sidecar with ``[auth]`` on: ``token`` is sent as ``authorization: Bearer``
+    on every call — a string, or a callable returning the current token — or ``token_file`` names a
+    file holding it, read again whenever it changes (a mounted Kubernetes Secret that is rotated).
+    ``ca_file`` turns on TLS and verifies the sidecar's certificate; ``cert_file`` and ``key_file``
+    add a client certificate (mutual TLS); the certificate files are followed when they change too.
+    Each unset one comes from ``$PAYMASTER_TOKEN``, ``$PAYMASTER_TOKEN_FILE``, ``$PAYMASTER_SIDECAR_CA``,
+    ``$PAYMASTER_SIDECAR_CERT`` and ``$PAYMASTER_SIDECAR_KEY``; with none, the channel is plaintext
+    without a token (a loopback sidecar without ``[auth]``). A sidecar that refuses the credentials
+    (``UNAUTHENTICATED``) is handled by the fail policy like one that cannot be reached, with a
+    message that says so; the token never appears in ``repr()``, errors or logs.
+
     One ``SidecarBudget`` may serve many runners, in many threads: they share its connection,
     circuit breaker and journal. ``close()`` (or ``with``) ends its background work.
     """
@@ -208,8 +220,12 @@ class SidecarBudget:
         journal_dir: str | Path | Literal["default"] | None = "default",
         config: PaymasterConfig | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        token: str | Callable[[], str | None] | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        import os
 
         self.target = _check_target(target or os.environ.get(TARGET_ENV_VAR) or DEFAULT_TARGET)
         self.scopes = Scopes.coerce(scopes, where="SidecarBudget") or Scopes()
@@ -237,12 +253,19 @@ class SidecarBudget:
         try:
             from paymaster._sidecar.breaker import CircuitBreaker
             from paymaster._sidecar.client import SidecarClient
+            from paymaster._sidecar.credentials import Credentials
             from paymaster._sidecar.journal import Journal
             from paymaster._sidecar.replay import Replayer
         except ImportError as exc:
             raise ConfigError(
                 f"SidecarBudget needs grpc and protobuf ({exc.name} is missing): pip install 'paymaster[sidecar]'"
             ) from None
+        try:
+            credentials = Credentials.resolve(
+                token=token, token_file=token_file, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"SidecarBudget: {exc}") from None
         self._lock = threading.Lock()
         self._telemetry: Telemetry | None = None
         self.breaker = CircuitBreaker(
@@ -255,6 +278,7 @@ class SidecarBudget:
             backoff_s=backoff_s,
             breaker=self.breaker,
             channel_options=channel_options,
+            credentials=credentials,
         )
         self.journal = Journal(None if directory is None else Path(directory), target=self.target)
         self.replayer = Replayer(
@@ -377,17 +401,21 @@ class SidecarBudget:
             telemetry.count(name, 1, attributes)
 
     def _adopt(self) -> None:
+        """Take over the journals of processes that ended, once, on the replayer's thread: the file work
+        and its fsyncs never run on a runner's event loop, and the replayer sends what it adopted."""
         with self._lock:
             if self._adopted:
                 return
             self._adopted = True
+        self.replayer.adopt(self._adopt_orphans)
+
+    def _adopt_orphans(self) -> None:
         try:
-            adopted = self.journal.adopt_orphans()
+            self.journal.adopt_orphans()
         except OSError as exc:
             log.warning("paymaster: cannot read the replay journal in %s: %s", self.journal.directory, exc)
-            return
-        if adopted or len(self.journal):
-            self.replayer.wake()
+        except Exception:  # the replayer thread must live on to send what this process journals
+            log.exception("paymaster: adopting the replay journals in %s failed", self.journal.directory)
 
 
 def _check_target(target: str) -> str:

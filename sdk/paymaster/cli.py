@@ -1,9 +1,14 @@
 """The ``paymaster`` console script: run the budget sidecar, manage budgets and read usage from a shell.
 
-``paymaster sidecar --config sidecar.toml`` runs the sidecar; ``paymaster budgets ...`` and
-``paymaster usage`` talk to a running one over gRPC (``--target``, or ``PAYMASTER_SIDECAR``, default
-``127.0.0.1:7310``) and print tables (or JSON with ``--json``). grpc, the generated API and the sidecar
-are imported inside the commands, so ``import paymaster`` never pays for them.
+``paymaster sidecar --config sidecar.toml`` runs the sidecar; ``paymaster budgets ...``,
+``paymaster usage``, ``paymaster tokens ...`` and ``paymaster audit`` talk to a running one over gRPC
+(``--target``, or ``PAYMASTER_SIDECAR``, default ``127.0.0.1:7310``) and print tables (or JSON with
+``--json``). With ``[auth]`` on, they present a token (``--token``, ``--token-file``, or
+``PAYMASTER_TOKEN`` / ``PAYMASTER_TOKEN_FILE``) and, for TLS, verify the sidecar with ``--ca`` and
+present a client certificate with ``--cert`` and ``--key`` (``PAYMASTER_SIDECAR_CA``, ``_CERT``,
+``_KEY``). These flags go before the command or after it. A refused credential is reported on one
+line that never shows the token. grpc, the generated API and the sidecar are imported inside the
+commands, so ``import paymaster`` never pays for them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["CliError", "emit", "main", "table"]
 
 DEFAULT_TARGET = "127.0.0.1:7310"
 SCOPES = ("organization", "team", "agent", "workflow", "user")
@@ -41,7 +46,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def _emit(args: argparse.Namespace, payload: Any, render: Callable[[], str]) -> None:
+def emit(args: argparse.Namespace, payload: Any, render: Callable[[], str]) -> None:
+    """JSON with ``--json``, else what ``render`` returns."""
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
@@ -55,32 +61,68 @@ def _time(ts: Any) -> str:
 
 
 # -- talking to the sidecar ------------------------------------------------------------------------
-class _Client:
-    """A stub with the CLI's deadline and error reporting."""
+_FLAGS = {"token": "--token", "token_file": "--token-file", "ca_file": "--ca", "cert_file": "--cert",
+          "key_file": "--key"}  # fmt: skip
 
-    def __init__(self, target: str, timeout: float) -> None:
+
+class _Client:
+    """A stub with the CLI's credentials, deadline and error reporting."""
+
+    def __init__(self, target: str, timeout: float, args: argparse.Namespace) -> None:
         import grpc
 
-        from paymaster.v1 import budget_pb2, budget_pb2_grpc
+        from paymaster._sidecar.credentials import Credentials
+        from paymaster.exceptions import ConfigError
+        from paymaster.v1 import budget_pb2
 
+        try:
+            self._credentials = Credentials.resolve(
+                token=args.token, token_file=args.token_file, ca_file=args.ca, cert_file=args.cert,
+                key_file=args.key, label=_FLAGS.__getitem__,
+            )  # fmt: skip
+        except ConfigError as exc:
+            raise CliError(str(exc), 2) from None
         self.pb = budget_pb2
         self._grpc = grpc
         self._target = target
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(target)
-        self._stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
+        options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+        self._connection = self._credentials.connect(target, options)
 
     def call(self, method: str, request: Any) -> Any:
+        return self._invoke(getattr(self._connection.stub(), method), request)
+
+    def health(self, service: str) -> str:
+        """The sidecar's gRPC health status of ``service`` (``SERVING``, ``NOT_SERVING`` ...)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._connection.channel())
+        reply = self._invoke(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def _invoke(self, rpc: Any, request: Any) -> Any:
+        codes = self._grpc.StatusCode
         try:
-            return getattr(self._stub, method)(request, timeout=self._timeout)
+            return rpc(request, timeout=self._timeout, metadata=self._credentials.metadata())
         except self._grpc.RpcError as exc:
             code = exc.code()
-            if code in (self._grpc.StatusCode.UNAVAILABLE, self._grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED):
                 raise CliError(f"cannot reach the sidecar at {self._target}: {exc.details()}") from None
+            if code == codes.UNAUTHENTICATED:
+                raise CliError(
+                    f"the sidecar refused the credentials ({self._whose()}): {exc.details()}"
+                ) from None
+            if code == codes.PERMISSION_DENIED:
+                raise CliError(f"not permitted with these credentials: {exc.details()}") from None
             raise CliError(f"{code.name}: {exc.details()}") from None
 
+    def _whose(self) -> str:
+        if not self._credentials.has_token:
+            return "no token was sent; give --token-file or --token, or set PAYMASTER_TOKEN_FILE or PAYMASTER_TOKEN"
+        return self._credentials.describe_token()
+
     def close(self) -> None:
-        self._channel.close()
+        self._connection.close()
 
 
 def _budget_row(b: Any) -> list[Any]:
@@ -147,28 +189,28 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
         if args.scope_id:
             budget.scope_id = args.scope_id
         created = client.call("CreateBudget", pb.CreateBudgetRequest(budget=budget))
-        _emit(args, _as_dict(created), lambda: table(_BUDGET_HEADERS, [_budget_row(created)]))
+        emit(args, _as_dict(created), lambda: table(_BUDGET_HEADERS, [_budget_row(created)]))
     elif action == "get":
         found = client.call("GetBudget", pb.GetBudgetRequest(id=args.id))
-        _emit(args, _as_dict(found), lambda: table(_BUDGET_HEADERS, [_budget_row(found)]))
+        emit(args, _as_dict(found), lambda: table(_BUDGET_HEADERS, [_budget_row(found)]))
     elif action == "list":
         budgets = _list_budgets(args, client)
-        _emit(
+        emit(
             args,
             [_as_dict(b) for b in budgets],
             lambda: table(_BUDGET_HEADERS, [_budget_row(b) for b in budgets]),
         )
     elif action == "update":
         updated = client.call("UpdateBudget", _update_request(args, pb))
-        _emit(args, _as_dict(updated), lambda: table(_BUDGET_HEADERS, [_budget_row(updated)]))
+        emit(args, _as_dict(updated), lambda: table(_BUDGET_HEADERS, [_budget_row(updated)]))
     elif action == "delete":
         client.call("DeleteBudget", pb.DeleteBudgetRequest(id=args.id))
-        _emit(args, {"deleted": args.id}, lambda: f"deleted budget {args.id}")
+        emit(args, {"deleted": args.id}, lambda: f"deleted budget {args.id}")
     elif action == "status":
         status = client.call(
             "GetBudgetStatus", pb.GetBudgetStatusRequest(budget_id=args.id, scope_id=args.scope_id or "")
         )
-        _emit(args, _as_dict(status), lambda: _status_table(status))
+        emit(args, _as_dict(status), lambda: _status_table(status))
 
 
 def _list_budgets(args: argparse.Namespace, client: _Client) -> list[Any]:
@@ -258,7 +300,7 @@ def cmd_usage(args: argparse.Namespace, client: _Client) -> None:
 
     rows = [list(row.key) + figures(row.totals) for row in report.rows]
     rows.append(["TOTAL"] + [""] * (len(dims) - 1) + figures(report.total) if dims else figures(report.total))
-    _emit(args, _as_dict(report), lambda: table(headers, rows))
+    emit(args, _as_dict(report), lambda: table(headers, rows))
 
 
 # -- sidecar and demo ------------------------------------------------------------------------------
@@ -272,6 +314,15 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_health(args: argparse.Namespace, client: _Client) -> None:
+    """Exit 0 when the sidecar reports SERVING; a Kubernetes exec probe where TLS rules out the
+    kubelet's own gRPC probe."""
+    status = client.health(args.service)
+    emit(args, {"service": args.service, "status": status}, lambda: status)
+    if status != "SERVING":
+        raise CliError(f"{args.service or 'the server'} is {status}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from paymaster import demo
 
@@ -279,25 +330,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- arguments -------------------------------------------------------------------------------------
+def _client_flags(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The flags of every command that talks to the sidecar. Before the command they carry the
+    defaults; after it (``after_command``) they are only set when given, so either place works."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    parser.add_argument("--target", default=default(os.environ.get("PAYMASTER_SIDECAR", DEFAULT_TARGET)),
+                        help=f"sidecar address (env PAYMASTER_SIDECAR, default {DEFAULT_TARGET})")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=default(5.0),
+                        help="seconds to wait for the sidecar (default 5)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print JSON instead of tables")  # fmt: skip
+    auth = parser.add_argument_group("credentials (a sidecar with [auth] and TLS)")
+    auth.add_argument("--token-file", default=default(None), metavar="FILE",
+                      help="file holding the bearer token, read for each call (env PAYMASTER_TOKEN_FILE)")  # fmt: skip
+    auth.add_argument("--token", default=default(None),
+                      help="bearer token (env PAYMASTER_TOKEN; prefer the env or --token-file: a command "
+                           "line is visible to other users of the machine)")  # fmt: skip
+    auth.add_argument("--ca", default=default(None), metavar="FILE",
+                      help="CA certificate that signed the sidecar's: turns on TLS (env PAYMASTER_SIDECAR_CA)")  # fmt: skip
+    auth.add_argument("--cert", default=default(None), metavar="FILE",
+                      help="client certificate for mutual TLS (env PAYMASTER_SIDECAR_CERT)")  # fmt: skip
+    auth.add_argument("--key", default=default(None), metavar="FILE",
+                      help="its private key (env PAYMASTER_SIDECAR_KEY)")  # fmt: skip
+    auth.add_argument("--server-name", default=default(None), metavar="NAME",
+                      help="the name the sidecar's certificate is for, when --target's host differs "
+                           "(e.g. through kubectl port-forward)")  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
+    from paymaster import _cli_tokens
+
     parser = argparse.ArgumentParser(
         prog="paymaster", description="Paymaster: budget governance for LLM pipelines."
     )
-    parser.add_argument("--target", default=os.environ.get("PAYMASTER_SIDECAR", DEFAULT_TARGET),
-                        help=f"sidecar address (env PAYMASTER_SIDECAR, default {DEFAULT_TARGET})")  # fmt: skip
-    parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the sidecar (default 5)"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _client_flags(parser, after_command=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _client_flags(common, after_command=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sidecar = sub.add_parser("sidecar", help="run the budget sidecar")
     sidecar.add_argument("--config", help="sidecar.toml (default: built-in defaults)")
     sidecar.add_argument("--listen", help="override server.listen, e.g. 127.0.0.1:7310")
 
-    _budget_parsers(sub.add_parser("budgets", help="create, read, change and delete budgets"))
+    _budget_parsers(sub.add_parser("budgets", help="create, read, change and delete budgets"), common)
 
-    usage = sub.add_parser("usage", help="spend and tokens, broken down by scope, model, provider or period")
+    usage = sub.add_parser(
+        "usage", parents=[common], help="spend and tokens, broken down by scope, model, provider or period"
+    )
     usage.add_argument("--by", help=f"comma-separated dimensions: {', '.join(DIMENSIONS)}")
     usage.add_argument("--since", help="start (ISO date or time, UTC unless it names an offset)")
     usage.add_argument("--until", help="end, exclusive (default: now)")
@@ -307,14 +389,21 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--model")
     usage.add_argument("--time-zone", help="IANA zone for day/week/month/quarter/year keys")
 
+    _cli_tokens.add_parsers(sub, common)
+    health = sub.add_parser(
+        "health", parents=[common], help="the sidecar's gRPC health status; exit 0 when SERVING"
+    )
+    health.add_argument("--service", default="paymaster.v1.BudgetService",
+                        help="service name to check (default paymaster.v1.BudgetService; '' for the server)")  # fmt: skip
+
     # The demo parses its own options (paymaster demo --help lists them).
     sub.add_parser("demo", help="run a governed pipeline and print its costs", add_help=False)
     return parser
 
 
-def _budget_parsers(budgets: argparse.ArgumentParser) -> None:
+def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     sub = budgets.add_subparsers(dest="budgets_command", required=True)
-    create = sub.add_parser("create", help="create a budget")
+    create = sub.add_parser("create", parents=[common], help="create a budget")
     create.add_argument("--id", help="budget id (generated when omitted)")
     create.add_argument("--name")
     create.add_argument("--scope", required=True, choices=SCOPES)
@@ -331,19 +420,21 @@ def _budget_parsers(budgets: argparse.ArgumentParser) -> None:
     create.add_argument("--disabled", action="store_true", help="create it disabled")
 
     for name, text in (("get", "show one budget"), ("delete", "delete a budget and its spend")):
-        sub.add_parser(name, help=text).add_argument("id")
-    status = sub.add_parser("status", help="used, reserved, remaining and projection for the current period")
+        sub.add_parser(name, parents=[common], help=text).add_argument("id")
+    status = sub.add_parser(
+        "status", parents=[common], help="used, reserved, remaining and projection for the current period"
+    )
     status.add_argument("id")
     status.add_argument("--scope-id", help="the entity (required for a wildcard budget)")
 
-    listing = sub.add_parser("list", help="list budgets")
+    listing = sub.add_parser("list", parents=[common], help="list budgets")
     listing.add_argument("--scope", choices=SCOPES)
     listing.add_argument("--scope-id")
     listing.add_argument("--page-size", type=int, default=100)
     listing.add_argument("--all", action="store_true", help="follow every page")
 
     update = sub.add_parser(
-        "update", help="change a budget's name, limit, action, thresholds or enabled flag"
+        "update", parents=[common], help="change a budget's name, limit, action, thresholds or enabled flag"
     )
     update.add_argument("id")
     update.add_argument("--name")
@@ -370,9 +461,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sidecar(args)
         if args.command == "demo":
             return cmd_demo(args)
-        client = _Client(args.target, args.timeout)
+        from paymaster import _cli_tokens
+
+        if args.command == "tokens" and args.tokens_command == "new":
+            _cli_tokens.cmd_tokens_new(args)
+            return 0
+        commands = {"budgets": cmd_budgets, "usage": cmd_usage, "tokens": _cli_tokens.cmd_tokens,
+                    "audit": _cli_tokens.cmd_audit, "health": cmd_health}  # fmt: skip
+        client = _Client(args.target, args.timeout, args)
         try:
-            (cmd_budgets if args.command == "budgets" else cmd_usage)(args, client)
+            commands[args.command](args, client)
         finally:
             client.close()
         return 0
@@ -382,4 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the package, so the command modules share this module's CliError.
+    from paymaster.cli import main as _main
+
+    sys.exit(_main())

@@ -5,6 +5,9 @@ runs and fixed by editing a file; and runtime refusals (``UsageLimitExceededErro
 ``BudgetExceededError`` from the sidecar's budgets, ``SidecarUnavailableError`` when a fail-closed
 runner cannot reach it), raised when spending would pass a limit and carrying the partial result of
 the run.
+
+Messages quote the values they refuse through ``quote``, which keeps at most about 80 characters of
+one: a megabyte of bad input makes a one-line error, never a megabyte of error.
 """
 
 from __future__ import annotations
@@ -22,7 +25,27 @@ __all__ = [
     "SidecarUnavailableError",
     "UsageLimitExceededError",
     "UsageReportError",
+    "quote",
 ]
+
+QUOTE_LIMIT = 80
+"""The most characters of a value that ``quote`` shows."""
+
+
+def quote(value: object, *, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters.
+
+    A longer string shows its first ``limit`` characters and its length (``'aaaa…' (1,000,000
+    characters)``); any other value shows the start of its ``repr`` followed by ``…``. Integers too
+    long to print are described by their size."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}… ({len(value):,} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"an integer of {value.bit_length():,} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class PaymasterError(Exception):

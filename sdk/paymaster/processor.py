@@ -1,15 +1,20 @@
-"""``ReservationSpanProcessor``: the reservation id on every span a governed agent call starts.
+"""``ReservationSpanProcessor``: the step's claim on every span a governed agent call starts.
 
-A step run under a ``SidecarBudget`` carries ``paymaster.reservation_id`` on its own span, and puts
-it in the OpenTelemetry baggage while its agent runs. Spans started meanwhile — an instrumented model
-client's ``chat gpt-4o`` span with its GenAI usage attributes, an HTTP call to a model gateway — are
-the sidecar's trace ingestion's to charge unless they say the spend is accounted for already. Add
-this processor to your tracer provider and each of them gets the attribute too::
+The SDK's step span says who charges its step's spend (``paymaster.reservation_id``: the SDK, under
+that id; absent: the sidecar's trace ingestion, from the step span itself). Spans started while the
+agent runs — an instrumented model client's ``chat gpt-4o`` span with its GenAI usage attributes, an
+HTTP call to a model gateway — record the same spend a second time, and the ingestion would charge them
+unless they say it is accounted for. The step puts its claim in the OpenTelemetry baggage while its
+agent runs; add this processor to your tracer provider and each of those spans gets it as the
+``paymaster.reservation_id`` attribute::
 
     provider.add_span_processor(ReservationSpanProcessor())
 
-Baggage also crosses process boundaries when your propagators include W3C baggage (the default
-``tracecontext,baggage``), so a downstream service with this processor stamps its spans as well.
+The SDK's own step spans are left alone: each states its own claim. A span that already carries the
+attribute keeps it. Baggage also crosses process boundaries when your propagators include W3C baggage
+(the default ``tracecontext,baggage``), so a downstream service with this processor stamps its spans
+too: install it there only when that service's spend is part of what the calling step reports (a model
+gateway whose usage the agent returns); docs/otlp.md, "Who charges a span", has the whole contract.
 This module imports the OpenTelemetry SDK; ``import paymaster`` does not.
 """
 
@@ -19,18 +24,22 @@ from opentelemetry import baggage
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from paymaster.telemetry import RESERVATION_ATTRIBUTE
+from paymaster.telemetry import RESERVATION_ATTRIBUTE, STEP_ATTRIBUTE
 
 __all__ = ["ReservationSpanProcessor"]
 
 
 class ReservationSpanProcessor(SpanProcessor):
-    """Copies the ``paymaster.reservation_id`` baggage entry onto every span as it starts."""
+    """Copies the ``paymaster.reservation_id`` baggage entry onto every span as it starts, except the
+    SDK's own step spans and spans that carry the attribute already."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        reservation = baggage.get_baggage(RESERVATION_ATTRIBUTE, parent_context)
-        if reservation and RESERVATION_ATTRIBUTE not in (span.attributes or {}):
-            span.set_attribute(RESERVATION_ATTRIBUTE, str(reservation))
+        claim = baggage.get_baggage(RESERVATION_ATTRIBUTE, parent_context)
+        if not claim:
+            return
+        attributes = span.attributes or {}
+        if RESERVATION_ATTRIBUTE not in attributes and STEP_ATTRIBUTE not in attributes:
+            span.set_attribute(RESERVATION_ATTRIBUTE, str(claim))
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

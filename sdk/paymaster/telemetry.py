@@ -24,7 +24,9 @@ from paymaster.money import ZERO
 
 __all__ = [
     "INSTRUMENTS",
+    "LOCAL_CLAIM_PREFIX",
     "RESERVATION_ATTRIBUTE",
+    "STEP_ATTRIBUTE",
     "RunMetrics",
     "Telemetry",
     "usage_attributes",
@@ -33,8 +35,17 @@ __all__ = [
 
 SCOPE: Final = "paymaster"
 RESERVATION_ATTRIBUTE: Final = "paymaster.reservation_id"
-"""Span attribute (and baggage entry) naming the sidecar reservation that accounts for a step's spend:
-trace ingestion does not charge spans that carry it."""
+"""Span attribute and baggage entry: the claim that a span's spend is charged elsewhere, so the sidecar's
+trace ingestion never charges a span that carries it (docs/otlp.md, "Who charges a span"). On an agent
+step's span: the id the SDK charges the step under itself (a reservation, a lease, or under fail_open
+the journal's usage id), and absent when the SDK charges nothing (``local_only_limits``, no budget), so
+the ingestion charges that span. In the baggage while the agent runs, for the spans started inside the
+step (``paymaster.processor.ReservationSpanProcessor``): the step's own id, or ``local:<span id>`` when
+the step's span, charged by the ingestion, is the record of their spend."""
+LOCAL_CLAIM_PREFIX: Final = "local:"
+"""The baggage claim of a step the SDK does not charge: its span (this id) records the spend."""
+STEP_ATTRIBUTE: Final = "paymaster.step.name"
+"""On the SDK's step spans (agent, loop, parallel) from their start: each states its own claim."""
 
 # name -> (unit, description); Prometheus names after a Collector: dots become underscores,
 # counters gain ``_total``, and ``{annotation}`` units add no suffix.

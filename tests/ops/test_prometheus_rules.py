@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import yaml
 
 from tests.ops.conftest import DEPLOY, require_tool
+from tests.ops.secure import lay_out, make_secrets, rooted
 
 PROMETHEUS = DEPLOY / "prometheus"
 
@@ -46,5 +48,29 @@ def test_every_alert_has_a_severity_and_a_summary() -> None:
             assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
 
 
-def test_the_scrape_config_is_valid() -> None:
-    assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
+def test_the_scrape_config_is_valid(tmp_path: Path) -> None:
+    """promtool also checks that the token and CA files exist: they are where compose mounts them,
+    made by deploy/compose/make-secrets.sh."""
+    root = lay_out(make_secrets(tmp_path / "secrets"), tmp_path / "root")
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(rooted((PROMETHEUS / "prometheus.yml").read_text(), root))
+    (tmp_path / "rules").symlink_to(PROMETHEUS / "rules")
+    assert "SUCCESS" in promtool("check", "config", str(checked))
+
+
+def test_the_kubernetes_scrape_job_is_valid(tmp_path: Path) -> None:
+    """The job for a cluster's Prometheus, with its two files (a reader token and the CA) in place."""
+    text = (PROMETHEUS / "scrape-kubernetes.yml").read_text()
+    job = yaml.safe_load(text)["scrape_configs"][0]
+    assert job["job_name"] == "paymaster-sidecar" and job["scheme"] == "https"
+    (names,) = [sd["names"] for sd in job["dns_sd_configs"]]
+    manifests = yaml.safe_load_all((DEPLOY / "k8s" / "service.yaml").read_text())
+    headless = {m["metadata"]["name"] for m in manifests if m["spec"].get("clusterIP") == "None"}
+    assert [name.split(".")[0] for name in names] == sorted(headless)
+    for path in (job["authorization"]["credentials_file"], job["tls_config"]["ca_file"]):
+        placed = tmp_path / path.lstrip("/")
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        placed.write_text("placeholder")
+    checked = tmp_path / "scrape.yml"
+    checked.write_text(rooted(text, tmp_path))
+    assert "SUCCESS" in promtool("check", "config", str(checked))

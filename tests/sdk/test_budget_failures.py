@@ -3,6 +3,8 @@ sidecar from costing a deadline per step, and fail-open spend is replayed — ev
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,12 +26,13 @@ from paymaster import (
     Scopes,
     SidecarBudget,
     SidecarUnavailableError,
+    Step,
     UsageLimitExceededError,
     UsageLimits,
 )
 
 from .agents import FixedMetricAgent, MetricOutput
-from .sidecar_support import Admin, free_port, loop_of
+from .sidecar_support import Admin, free_port, loop_of, wait_until
 from .test_telemetry import Providers
 
 
@@ -222,6 +225,50 @@ def test_pending_spend_survives_the_process_and_the_next_one_replays_it(tmp_path
     assert list(journal.glob("pending-*.jsonl")) == []
     admin.close()
     sidecar.stop(0)
+
+
+def test_the_journals_fsync_never_runs_on_the_event_loop_yet_each_step_is_on_disk_when_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fail-open step waits for its journal line to be fsynced before it is done, but the write runs
+    on a worker thread, so other steps and branches go on meanwhile; adopting a dead process's journal
+    happens off the loop too."""
+    journal, target = tmp_path / "journal", nowhere()
+    dead = budget_at(target, FAIL_OPEN, journal_dir=journal)
+    Runner(Step("once", FixedMetricAgent(cost="0.02")), budget=dead).run(0)
+    dead.close()  # a dead process's journal, for the next budget to adopt
+    on_loop: list[str] = []
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(threading.current_thread().name)
+        except RuntimeError:
+            pass
+        real_fsync(fd)
+        synced.append(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    lines: list[int] = []
+
+    class Watcher:
+        """Reads the journal as each step starts: the steps before it must be on disk already."""
+
+        async def run(self, data: Any) -> MetricOutput:
+            lines.append(
+                sum(f.read_text().count('"cost_usd":"0.01"') for f in journal.glob("pending-*.jsonl"))
+            )
+            return MetricOutput(value=data, cost_usd=0.01, token_counts=1)
+
+    budget = budget_at(target, FAIL_OPEN, journal_dir=journal)
+    Runner(loop_of(Watcher(), times=4), budget=budget).run(0)
+    assert lines == [0, 1, 2, 3]  # each step's line is on disk before the next step starts
+    assert wait_until(lambda: len(budget.pending_usage()) == 5)  # and the dead process's one adopted
+    budget.close()
+    assert synced  # the journal was written, and durably
+    assert on_loop == [], f"fsync ran on the event loop ({len(on_loop)} times)"
 
 
 def test_a_commit_that_cannot_reach_the_sidecar_is_replayed_against_its_reservation(tmp_path: Path) -> None:

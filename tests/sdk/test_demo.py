@@ -1,13 +1,57 @@
-"""The demo the README's first command runs: a priced table per run, the halt, and its history."""
+"""The demo the README's first command runs: a priced table per run, the halt, and its history.
+
+The demo leaves gpt-4o to the genai-prices library on purpose (its table shows a "library" row), so
+its figures, and where the tight run halts, follow that library's price of gpt-4o. The tests pin it
+to the price the figures below were worked out with, so an update of the library's data cannot
+change them; the pinned snapshot is otherwise the library's own.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from collections.abc import Iterator
+from decimal import Decimal
 
+import genai_prices
 import pytest
+from genai_prices import data_snapshot
 
 from paymaster import demo
+
+GPT_4O = genai_prices.types.ModelPrice(
+    input_mtok=Decimal("2.5"), output_mtok=Decimal("10"), cache_read_mtok=Decimal("1.25")
+)
+"""gpt-4o per million tokens: $2.50 input, $10 output, $1.25 cached input."""
+
+
+@pytest.fixture(autouse=True)
+def pinned_gpt_4o_price() -> Iterator[None]:
+    bundled = data_snapshot.get_snapshot()
+    providers = [
+        dataclasses.replace(
+            provider,
+            models=[
+                dataclasses.replace(m, prices=GPT_4O) if m.id == "gpt-4o" else m for m in provider.models
+            ],
+        )
+        if provider.id == "openai"
+        else provider
+        for provider in bundled.providers
+    ]
+    openai = next(p for p in providers if p.id == "openai")
+    assert [m.prices for m in openai.models if m.id == "gpt-4o"] == [GPT_4O], "gpt-4o was not found to pin"
+    pinned = data_snapshot.DataSnapshot(providers=providers, from_auto_update=False)
+    data_snapshot.set_custom_snapshot(pinned)
+    try:
+        yield
+    finally:
+        data_snapshot.set_custom_snapshot(None)
+        _KEEP.append(pinned)  # alive, so no later snapshot reuses its id in the SDK's per-snapshot cache
+
+
+_KEEP: list[object] = []
 
 
 def test_the_demo_prices_every_call_shows_its_source_and_halts_the_tight_run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from decimal import Decimal
@@ -86,7 +87,7 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
         ),
         (
             "[metrics]\nmax_entities_per_budget = 0\n",
-            "cfg.toml: metrics.max_entities_per_budget: Input should be greater than or equal to 1",
+            "cfg.toml: metrics.max_entities_per_budget: must be a whole number from 1 to 10000, got 0",
         ),
         (
             "[metrics.otlp]\nendpoint = 'collector:4317'\n",
@@ -144,7 +145,7 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
         ),
         (
             "[store]\nkind = 'redis'\nurl = 'redis://h:1'\nsocket_timeout_seconds = 0\n",
-            "cfg.toml: store.socket_timeout_seconds: Input should be greater than 0",
+            "cfg.toml: store.socket_timeout_seconds: must be from 0.01 to 60, got 0",
         ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "-1"\nperiod = "daily"\non_exceed = "warn"\n',
@@ -164,7 +165,7 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
         ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "x"\nperiod = "daily"\non_exceed = "warn"\n',
-            "cfg.toml: budgets[0].limit_usd: Input should be a valid decimal",
+            "cfg.toml: budgets[0].limit_usd: must be from 0 to 1000000000, got 'x'",
         ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = 1\nperiod = "daily"\non_exceed = "warn"\ntime_zone = "X/Y"\n',
@@ -203,7 +204,41 @@ def test_a_missing_file_is_named() -> None:
         load_config("nowhere.toml")
 
 
-def test_a_port_in_use_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+_LISTENERS = ("server.listen", "receivers.otlp.grpc_listen", "receivers.otlp.http_listen", "metrics.listen")
+
+
+@pytest.mark.parametrize("key", _LISTENERS)
+def test_a_port_in_use_fails_at_start_naming_its_key_and_port(tmp_path: Path, key: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = {k: f"127.0.0.1:{port}" if k == key else "127.0.0.1:0" for k in _LISTENERS}
+        config = parse_config(
+            f"""
+            [server]
+            listen = "{listen["server.listen"]}"
+            [store]
+            path = "{tmp_path / "s.db"}"
+            [receivers.otlp]
+            enabled = true
+            grpc_listen = "{listen["receivers.otlp.grpc_listen"]}"
+            http_listen = "{listen["receivers.otlp.http_listen"]}"
+            [metrics]
+            enabled = true
+            listen = "{listen["metrics.listen"]}"
+            """,
+            source="b.toml",
+        )
+        sidecar = create_sidecar(config)
+        with pytest.raises(ConfigError) as refused:
+            sidecar.start()
+        assert str(refused.value).startswith(f"b.toml: {key}: cannot serve on 127.0.0.1:{port}: "), str(
+            refused.value
+        )
+
+
+def test_a_port_another_sidecar_holds_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     first = create_sidecar(
         parse_config(f'[server]\nlisten = "127.0.0.1:0"\n[store]\npath = "{tmp_path / "a.db"}"\n')
     ).start()

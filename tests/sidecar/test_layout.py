@@ -2,7 +2,7 @@
 
 The house, from the top: the budget API receiver and the factory that wires a sidecar (``api``), the
 config that composes every section (``config``), the OTLP receiver (``otlp``), the sidecar's own
-telemetry (``telemetry``), the ledger (``ledger``), alert delivery (``alerts``), the stores
+telemetry (``telemetry``), authentication and authorization (``auth``), the ledger (``ledger``), alert delivery (``alerts``), the stores
 (``store``), the vocabulary and rules (``domain``) and the errors (``errors``). The imports of every
 module are read with ``ast`` (function-level and type-checking imports included) and checked
 against that order; the SDK is reached only through its public modules.
@@ -23,6 +23,7 @@ LAYERS: tuple[str, ...] = (
     "config",
     "otlp",
     "telemetry",
+    "auth",
     "ledger",
     "alerts",
     "store",

@@ -30,7 +30,8 @@ key                                type      holds
                                    zset      growth (retention)
 ``P:u``                            hash      usage id -> usage record (fields joined by ``\\x1f``)
 ``P:ut``                           zset      usage ids by time (ms): reports and retention
-``P:alert:<seq>``                  hash      one alert of the log, with its delivery lease
+``P:alert``                        hash      the alert log: sequence -> one alert (JSON)
+``P:alerts:lease``                 hash      sequence -> ``<owner> <until ms>``: a delivery lease
 ``P:alerts``                       zset      the alert log by sequence
 ``P:alerts:pending``               zset      undelivered alerts; ``P:alerts:fired`` by fire time;
                                              ``P:alerts:b:<id>`` one budget's alerts
@@ -40,12 +41,16 @@ key                                type      holds
 Budget ids cannot contain ``@`` or ``/`` and entities are printable (no newline), so the state-key
 suffix ``<id>@<gen>/<entity>`` is unambiguous and a reservation's holds are its suffixes joined by
 newlines. The generation keeps a re-created budget apart from the spend and holds of a deleted one.
+
+Every function is handed the keys it touches (see ``scripts``): ``FixedKeys`` are the ones whose names
+never change, ``state_keys`` those of one budget and entity, ``hold_keys`` those of a reservation's holds.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -53,19 +58,23 @@ from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
 from collector_processor.domain.periods import parse_period
 from collector_processor.domain.types import UsageFacts
 from collector_processor.store.index import LiveBudget
+from paymaster.exceptions import quote
 
 __all__ = [
     "ACTION_LETTER",
+    "FixedKeys",
     "budget_body",
     "budget_from_json",
     "budget_json",
     "check_namespace",
     "facts_args",
     "hold_key",
+    "hold_keys",
     "parse_hold_key",
     "parse_sentinel_url",
     "scope_args",
     "spec",
+    "state_keys",
 ]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -88,7 +97,7 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
     for item in match.group("hosts").split(","):
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"sentinel {item!r} must be host:port")
+            raise ValueError(f"sentinel {quote(item)} must be host:port")
         hosts.append((host, int(port)))
     return (
         hosts,
@@ -102,7 +111,7 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
 def check_namespace(namespace: str) -> str:
     """A namespace is the hash tag of every key: 1-64 characters of A-Z a-z 0-9 . _ : -."""
     if not _NAMESPACE.fullmatch(namespace):
-        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {namespace!r}")
+        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {quote(namespace)}")
     return namespace
 
 
@@ -193,6 +202,55 @@ def spec(live: LiveBudget, entity: str, *, now_ms: int, at_ms: int) -> list[str]
         str(period.bucket_of(at_ms, live.tz)),
         *alerting,
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class FixedKeys:
+    """The keys whose names do not depend on a request, grouped by the functions that touch them."""
+
+    due: tuple[str, ...]
+    """``P:due``: every money function checks it for overdue reservations."""
+    settle: tuple[str, ...]
+    """``P:due``, ``P:settled``: settling a reservation."""
+    reserve: tuple[str, ...]
+    """``P:idem``: Reserve's idempotency keys."""
+    charge: tuple[str, ...]
+    """Usage records and the alert log: what charging spend (and firing alerts) writes."""
+    batch: tuple[str, ...]
+    """Batch item keys and series."""
+    alerts: tuple[str, ...]
+    """Pending alerts and their delivery leases."""
+
+    @classmethod
+    def of(cls, p: str) -> FixedKeys:
+        return cls(
+            due=(f"{p}:due",),
+            settle=(f"{p}:due", f"{p}:settled"),
+            reserve=(f"{p}:idem",),
+            charge=(
+                f"{p}:u",
+                f"{p}:ut",
+                *(f"{p}:{k}" for k in ("alerts:seq", "alert", "alerts", "alerts:pending", "alerts:fired")),
+            ),
+            batch=(f"{p}:bk", f"{p}:ser", f"{p}:sert"),
+            alerts=(f"{p}:alerts:pending", f"{p}:alerts:lease"),
+        )
+
+
+def state_keys(p: str, live: LiveBudget, entity: str) -> list[str]:
+    """The keys of one budget's state for one entity: what a function reading, holding on or charging
+    it touches (its alert index too, when it has thresholds)."""
+    b = live.budget
+    key = hold_key(b, entity)
+    keys = [f"{p}:s:{key}", f"{p}:z:{key}", f"{p}:ents:{b.id}@{b.generation}"]
+    if b.alert_thresholds:
+        keys.append(f"{p}:alerts:b:{b.id}")
+    return keys
+
+
+def hold_keys(p: str, holds: str) -> list[str]:
+    """The state keys of a reservation's holds (its ``holds`` field: state-key suffixes, one a line)."""
+    return [f"{p}:s:{h}" for h in holds.split("\n") if h]
 
 
 def scope_args(s: ScopeSet) -> list[str]:

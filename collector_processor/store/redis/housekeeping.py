@@ -9,6 +9,7 @@ more; the state of deleted budgets is collected. Any number of replicas may run 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 
 from collector_processor.store.index import BudgetIndex
@@ -34,19 +35,53 @@ def prune(
         ("alerts", alert_retention_ms),
         ("batches", reservation_retention_ms),
     ):
-        while int(link.script("prune", [what, str(now_ms - keep), str(_CHUNK)])) >= _CHUNK:
+        while _prune_chunk(link, what, now_ms - keep) >= _CHUNK:
             pass
     for live in index:
         budget = live.budget
         base = f"{budget.id}@{budget.generation}"
         lowest = str(budget.period.lowest_bucket(now_ms, live.tz))
         rolling = "1" if budget.period.is_rolling else "0"
-        for entities, _ in _scan_set(link, f"{link.prefix}:ents:{base}"):
-            link.script("prune_state", [base, rolling, lowest, *entities])
-    dead: set[str] = link.call(lambda: link.client.smembers(f"{link.prefix}:dead"))
+        for entities, _ in _scan_set(link, link.key("ents", base)):
+            link.script("prune_state", [base, rolling, lowest, *entities], _entity_keys(link, base, entities))
+    dead: set[str] = link.call(lambda: link.client.smembers(link.key("dead")))
     for base in dead:
-        for entities, last in _scan_set(link, f"{link.prefix}:ents:{base}"):
-            link.script("collect_dead", [base, "1" if last else "0", *entities])
+        for entities, last in _scan_set(link, link.key("ents", base)):
+            keys = [*_entity_keys(link, base, entities), link.key("dead")]
+            link.script("collect_dead", [base, "1" if last else "0", *entities], keys)
+
+
+def _prune_chunk(link: RedisLink, what: str, cut: int) -> int:
+    """Forget one chunk of ``what`` older than ``cut``; return how many were looked at. Settled
+    reservations and fired alerts are read here first, so that the function is handed their keys."""
+    args = [what, str(cut), str(_CHUNK)]
+    if what == "usage":
+        return int(link.script("prune", args, [link.key("u"), link.key("ut")]))
+    if what == "batches":
+        return int(link.script("prune", args, [link.key("bk"), link.key("ser"), link.key("sert")]))
+    if what == "reservations":
+        ids = link.call(
+            lambda: link.client.zrangebyscore(link.key("settled"), "-inf", f"({cut}", start=0, num=_CHUNK)
+        )
+        keys = [link.key("settled"), link.key("idem"), *(link.key("r", rid) for rid in ids)]
+        return int(link.script("prune", [*args, *ids], keys)) if ids else 0
+    seqs = link.call(
+        lambda: link.client.zrangebyscore(link.key("alerts:fired"), "-inf", f"({cut}", start=0, num=_CHUNK)
+    )
+    if not seqs:
+        return 0
+    records = link.call(lambda: link.client.hmget(link.key("alert"), seqs))
+    budgets = {json.loads(r)["b"] for r in records if r}
+    keys = [link.key(k) for k in ("alerts:fired", "alert", "alerts:lease", "alerts", "alerts:pending")]
+    keys += [link.key("alerts:b", bid) for bid in sorted(budgets)]
+    return int(link.script("prune", [*args, *seqs], keys))
+
+
+def _entity_keys(link: RedisLink, base: str, entities: list[str]) -> list[str]:
+    keys = [link.key("ents", base)]
+    for entity in entities:
+        keys += (link.key("s", f"{base}/{entity}"), link.key("z", f"{base}/{entity}"))
+    return keys
 
 
 def _scan_set(link: RedisLink, key: str) -> Iterator[tuple[list[str], bool]]:

@@ -137,37 +137,62 @@ class RedisLink:
         """Give Redis the store's function library (idempotent; on a cluster, to every primary)."""
         self.client.function_load(LIBRARY, replace=True)
 
-    def script(self, name: str, args: Sequence[str]) -> Any:
-        """Run one of the store's functions, loading the library first if Redis does not have it (a
+    def script(self, name: str, args: Sequence[str], keys: Sequence[str] = ()) -> Any:
+        """Run one of the store's functions with ``keys`` (full names, besides the ledger's meta key,
+        which is always the first) declared, loading the library first if Redis does not have it (a
         new server, or one restarted without persistence)."""
         function, packed = FUNCTIONS[name], json.dumps(args)
+        declared = [self.meta_key, *dict.fromkeys(keys)]
 
         def run() -> Any:
             try:
-                return self._fcall(function, packed)
+                return self._fcall(function, declared, packed)
             except rexc.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
                 self.load_functions()
-                return self._fcall(function, packed)
+                return self._fcall(function, declared, packed)
 
         return self.call(run)
 
-    def _fcall(self, function: str, packed: str) -> Any:
+    def key(self, *parts: str) -> str:
+        """The full name of one of the ledger's keys: ``key("r", rid)`` is ``{namespace}:r:<rid>``."""
+        return ":".join((self.prefix, *parts))
+
+    def _fcall(self, function: str, keys: list[str], packed: str) -> Any:
         if not self._wait_replicas:
-            return self.client.fcall(function, 1, self.meta_key, packed)
+            return self.client.fcall(function, len(keys), *keys, packed)
         # WAIT counts the replicas that have this connection's writes, so both go down one connection.
         pipe = self.client.pipeline(transaction=False)
-        pipe.fcall(function, 1, self.meta_key, packed)
+        pipe.fcall(function, len(keys), *keys, packed)
         pipe.wait(self._wait_replicas, self._wait_timeout_ms)
         reply, acknowledged = pipe.execute()
+        self._check_replicas(acknowledged)
+        return reply
+
+    def eval(self, source: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run a small Lua script outside the function library (rare operations such as issuing a
+        token), with the same replica acknowledgement as the functions."""
+
+        def run() -> Any:
+            if not self._wait_replicas:
+                return self.client.eval(source, len(keys), *keys, *args)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.eval(source, len(keys), *keys, *args)
+            pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+            reply, acknowledged = pipe.execute()
+            self._check_replicas(acknowledged)
+            return reply
+
+        return self.call(run)
+
+    def _check_replicas(self, acknowledged: Any) -> None:
         if int(acknowledged) < self._wait_replicas:
             raise StoreUnavailableError(
                 f"the Redis store at {self.where} applied this change but only {acknowledged} of "
                 f"{self._wait_replicas} replica(s) acknowledged it within {self._wait_timeout_ms} ms, so a "
                 "failover could lose it; retry (the operation is safe to repeat)"
             )
-        return reply
 
     def call(self, fn: Callable[[], T]) -> T:
         if not self._available:

@@ -7,6 +7,7 @@ stored, with the same message the SQLite store writes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -91,10 +92,8 @@ def _by_score(client: Any, key: str, low: str, high: str) -> Iterator[list[str]]
 def load_alerts(client: Any, prefix: str, sequences: Sequence[int]) -> list[Alert]:
     if not sequences:
         return []
-    pipe = client.pipeline(transaction=False)
-    for seq in sequences:
-        pipe.hgetall(f"{prefix}:alert:{seq}")
-    out = [_alert(seq, fields) for seq, fields in zip(sequences, pipe.execute(), strict=True) if fields]
+    records = client.hmget(f"{prefix}:alert", [str(seq) for seq in sequences])
+    out = [_alert(seq, json.loads(record)) for seq, record in zip(sequences, records, strict=True) if record]
     return sorted(out, key=lambda a: a.sequence)
 
 

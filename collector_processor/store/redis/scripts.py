@@ -2,16 +2,40 @@
 
 Redis runs a function to completion before it serves any other command, so each one below is one
 atomic step however many budgets, reservations and alerts it touches (the text calls them scripts).
-Every function derives its key names from ``KEYS[1]`` (the ledger's ``{namespace}:meta`` key), and
-every key of a ledger carries the same ``{namespace}`` hash tag, so a function never leaves its hash
+Every key of a ledger carries the same ``{namespace}`` hash tag, so a function never leaves its hash
 slot on a Redis Cluster. Functions (Redis 7) are loaded once and kept by Redis with its data, so the
 shared helpers are not re-run on every call as an ``EVAL`` script's would be.
+
+Every key a function touches is declared in its KEYS, as the Redis Functions contract asks (``KEYS[1]``
+is always the ledger's ``{namespace}:meta``, from which the others' prefix is taken). The library holds
+itself to it: every command goes through ``R``, which refuses a key that was not declared. Most keys
+follow from what the caller sends: the fixed ones (``due``, ``idem``, the usage and alert log keys),
+and for each budget it sends, that budget's state, window and entity keys and its alert index
+(``codec.state_keys``); a reservation's key follows from its id. Three kinds depend on data the
+function reads, and each is handled without reaching past KEYS:
+
+- *The holds of a stored reservation* (commit, release, a downgrade re-send). The caller declares the
+  state keys of the budgets the reservation's scopes match now, which are its holds unless a budget
+  was deleted or re-created since. The function compares the stored holds with what was declared
+  before its first write, and when one is missing answers ``KEYS`` with the holds; the caller declares
+  them and calls again.
+- *Overdue reservations.* An operation must not count a hold whose TTL has passed, but which
+  reservations are due, and which budgets they hold on, is known only inside Redis. An operation
+  therefore answers ``RECLAIM`` (before anything else) when any reservation is overdue; the caller
+  reads the due reservations and their holds, releases them with ``expire`` (which declares every one
+  of those keys and skips a reservation whose holds changed meanwhile), and calls again. The sweeper
+  releases them through the same function between requests, so this is rare on the request path.
+- *Housekeeping* of settled reservations and fired alerts: the caller reads which are past their
+  retention (and which budgets' alert indexes the alerts are in) and names them; the function forgets
+  only those it was handed. The alert log is one hash keyed by sequence (``P:alert``), so firing an
+  alert writes only keys known beforehand.
 
 Money is integer micro-dollars. Redis adds them exactly (``HINCRBY`` is 64-bit integer arithmetic);
 the scripts only *compare* and *multiply* amounts, and do it on exact pairs ``hi * 1e9 + lo`` because
 Lua numbers are doubles, exact only up to 2^53. Amounts are passed and returned as strings, never as
-Lua numbers. A script refuses (returns an error word) before its first write; past that point nothing
-can fail, so no script ever leaves half an operation behind.
+Lua numbers. A total that would pass 2^63 - 1 is refused (``OVERFLOW``) before anything is written.
+A script refuses (returns an error word) before its first write; past that point nothing can fail,
+so no script ever leaves half an operation behind.
 
 The decision rule in ``verdict`` is ``collector_processor.domain.decisions`` restated: the store re-runs
 ``decisions.plan_reservation`` on the exact standing the script decided on, builds every word of the
@@ -28,11 +52,19 @@ SPEC_FIELDS = 14
 """Strings per budget in a script's argument list (see ``codec.spec``)."""
 
 _COMMON = r"""
--- Set by each function as it starts: the ledger's key prefix and its decoded arguments.
-local P, ARGV
+-- Set by each function as it starts: the ledger's key prefix, its decoded arguments, and the set of
+-- keys its caller declared.
+local P, ARGV, DECLARED
+
+-- Every command goes through R, which refuses a key the caller did not declare: a function touches
+-- only its KEYS. Functions check the keys that depend on what they read before their first write
+-- (see ``holds_declared``), so this never fires half-way through an operation; it catches a bug.
+local function R(cmd, key, ...)
+  if not DECLARED[key] then error('paymaster: ' .. cmd .. ' on the undeclared key ' .. tostring(key)) end
+  return redis.call(cmd, key, ...)
+end
 local B = 1000000000
 local MAXV = '9223372036854775807'
-local RECLAIM = 1000
 
 local function pair(s)
   s = s or '0'
@@ -91,7 +123,7 @@ local function fits(v, amt)
 end
 
 local function stale(version)
-  return (redis.call('HGET', P .. ':meta', 'version') or '0') ~= version
+  return (R('HGET', P .. ':meta', 'version') or '0') ~= version
 end
 
 local F = 14
@@ -116,21 +148,21 @@ local function ents(s) return P .. ':ents:' .. string.match(s.key, '^([^/]*)/') 
 -- whose running total is kept in 't'; buckets that left the window are retired here first).
 local function used_of(s)
   local S = skey(s)
-  if not s.rolling then return redis.call('HGET', S, 'u:' .. s.rb) or '0' end
+  if not s.rolling then return R('HGET', S, 'u:' .. s.rb) or '0' end
   local Z = P .. ':z:' .. s.key
-  local old = redis.call('ZRANGEBYSCORE', Z, '-inf', '(' .. s.rb)
+  local old = R('ZRANGEBYSCORE', Z, '-inf', '(' .. s.rb)
   for _, b in ipairs(old) do
-    local v = redis.call('HGET', S, 'u:' .. b)
+    local v = R('HGET', S, 'u:' .. b)
     if v then
-      redis.call('HDEL', S, 'u:' .. b)
-      redis.call('HINCRBY', S, 't', neg(v))
+      R('HDEL', S, 'u:' .. b)
+      R('HINCRBY', S, 't', neg(v))
     end
   end
-  if #old > 0 then redis.call('ZREMRANGEBYSCORE', Z, '-inf', '(' .. s.rb) end
-  return redis.call('HGET', S, 't') or '0'
+  if #old > 0 then R('ZREMRANGEBYSCORE', Z, '-inf', '(' .. s.rb) end
+  return R('HGET', S, 't') or '0'
 end
 
-local function reserved_of(s) return redis.call('HGET', skey(s), 'r') or '0' end
+local function reserved_of(s) return R('HGET', skey(s), 'r') or '0' end
 
 local function exceeds(st, est, ezero)
   local c
@@ -164,36 +196,43 @@ local function verdict(states, est)
   return 'allow'
 end
 
-local function drop_holds(R, held)
+local function drop_holds(Rk, held)
   if held == '0' then return end
-  local holds = redis.call('HGET', R, 'holds') or ''
+  local holds = R('HGET', Rk, 'holds') or ''
   for h in string.gmatch(holds, '[^\n]+') do
     local S = P .. ':s:' .. h
     -- A missing state key belongs to a deleted budget whose state was collected already.
-    if redis.call('EXISTS', S) == 1 then redis.call('HINCRBY', S, 'r', neg(held)) end
+    if R('EXISTS', S) == 1 then R('HINCRBY', S, 'r', neg(held)) end
   end
 end
 
 -- Settle a held reservation (released: 3, expired: 4): its hold leaves every budget it was on.
 local function settle(rid, state, now)
-  local R = P .. ':r:' .. rid
-  redis.call('ZREM', P .. ':due', rid)
-  if redis.call('EXISTS', R) == 0 then return '0' end
-  local held = redis.call('HGET', R, 'held') or '0'
-  drop_holds(R, held)
-  redis.call('HSET', R, 'st', state, 'set', now, 'rel', held)
-  redis.call('ZADD', P .. ':settled', now, rid)
+  local Rk = P .. ':r:' .. rid
+  R('ZREM', P .. ':due', rid)
+  if R('EXISTS', Rk) == 0 then return '0' end
+  local held = R('HGET', Rk, 'held') or '0'
+  drop_holds(Rk, held)
+  R('HSET', Rk, 'st', state, 'set', now, 'rel', held)
+  R('ZADD', P .. ':settled', now, rid)
   return held
 end
 
--- Expired reservations are reclaimed by whichever operation comes next, before it reads anything.
-local function reclaim(now, cap)
-  local due = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'LIMIT', 0, cap)
-  for _, rid in ipairs(due) do
-    if redis.call('HGET', P .. ':r:' .. rid, 'st') == '1' then settle(rid, '4', now)
-    else redis.call('ZREM', P .. ':due', rid) end
+-- A reservation whose TTL has passed must not count. Operations do not release such reservations
+-- themselves (their keys are not known in advance): they answer RECLAIM before anything else, the
+-- caller releases them through the expire function and tries again.
+local function overdue(now)
+  return #R('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'LIMIT', 0, 1) > 0
+end
+
+-- The holds of reservation R when one of their state keys was not declared (nil when all were):
+-- the caller declares them and tries again.
+local function holds_declared(Rk)
+  local holds = R('HGET', Rk, 'holds') or ''
+  for h in string.gmatch(holds, '[^\n]+') do
+    if not DECLARED[P .. ':s:' .. h] then return holds end
   end
-  return #due
+  return nil
 end
 
 local function read_states(sp, out)
@@ -216,10 +255,10 @@ local function standing(sp, out)
   end
 end
 
-local function insert_usage(id, ts, scopes, cost, total, prov, model, tin, tout, tcr, tcc, treas, rid)
-  if redis.call('HSETNX', P .. ':u', id, table.concat({ts, scopes[1], scopes[2], scopes[3], scopes[4],
-      scopes[5], prov, model, cost, tin, tout, tcr, tcc, treas, total, rid}, '\31')) == 1 then
-    redis.call('ZADD', P .. ':ut', ts, id)
+local function insert_usage(id, ts, scopes, cost, total, prov, model, tin, tout, tcr, tcc, treas, rid, fp)
+  if R('HSETNX', P .. ':u', id, table.concat({ts, scopes[1], scopes[2], scopes[3], scopes[4],
+      scopes[5], prov, model, cost, tin, tout, tcr, tcc, treas, total, rid, fp or ''}, '\31')) == 1 then
+    R('ZADD', P .. ':ut', ts, id)
   end
 end
 
@@ -228,20 +267,20 @@ local function fire(s, S, used, now, fired)
   for t in string.gmatch(s.th, '[^,]+') do ths[#ths + 1] = t end
   if s.rolling then  -- a rolling window re-arms a threshold once its spend falls back below it
     for _, t in ipairs(ths) do
-      if not reached(used, s.limit, tonumber(t)) then redis.call('HDEL', S, 'a:0:' .. t) end
+      if not reached(used, s.limit, tonumber(t)) then R('HDEL', S, 'a:0:' .. t) end
     end
   end
   for _, t in ipairs(ths) do
-    if reached(used, s.limit, tonumber(t)) and redis.call('HSETNX', S, 'a:' .. s.pk .. ':' .. t, now) == 1 then
-      local seq = redis.call('INCR', P .. ':alerts:seq')
+    if reached(used, s.limit, tonumber(t)) and R('HSETNX', S, 'a:' .. s.pk .. ':' .. t, now) == 1 then
+      local seq = R('INCR', P .. ':alerts:seq')
       local occurrence = s.pk
       if s.rolling then occurrence = 'rolling@' .. now end
-      redis.call('HSET', P .. ':alert:' .. seq, 'id', s.bid .. '/' .. s.entity .. '/' .. occurrence .. '/' .. t,
-        'b', s.bid, 'e', s.entity, 'th', t, 'u', used, 'l', s.limit, 'ps', s.ws, 'pe', s.we, 'f', now, 'm', s.meta)
-      redis.call('ZADD', P .. ':alerts', seq, seq)
-      redis.call('ZADD', P .. ':alerts:pending', seq, seq)
-      redis.call('ZADD', P .. ':alerts:fired', now, seq)
-      redis.call('ZADD', P .. ':alerts:b:' .. s.bid, seq, seq)
+      R('HSET', P .. ':alert', seq, cjson.encode({id = s.bid .. '/' .. s.entity .. '/' .. occurrence .. '/' .. t,
+        b = s.bid, e = s.entity, th = t, u = used, l = s.limit, ps = s.ws, pe = s.we, f = now, m = s.meta}))
+      R('ZADD', P .. ':alerts', seq, seq)
+      R('ZADD', P .. ':alerts:pending', seq, seq)
+      R('ZADD', P .. ':alerts:fired', now, seq)
+      R('ZADD', P .. ':alerts:b:' .. s.bid, seq, seq)
       fired[#fired + 1] = seq
     end
   end
@@ -251,8 +290,8 @@ end
 local function charge_fits(sp, amt)
   for _, s in ipairs(sp) do
     local S = skey(s)
-    if not fits(redis.call('HGET', S, 'u:' .. s.cb) or '0', amt) then return s.bid end
-    if s.rolling and not fits(redis.call('HGET', S, 't') or '0', amt) then return s.bid end
+    if not fits(R('HGET', S, 'u:' .. s.cb) or '0', amt) then return s.bid end
+    if s.rolling and not fits(R('HGET', S, 't') or '0', amt) then return s.bid end
   end
   return nil
 end
@@ -264,18 +303,18 @@ local function charge(sp, amt, now, out)
   local fired = {}
   for _, s in ipairs(sp) do
     local S = skey(s)
-    redis.call('SADD', ents(s), s.entity)
+    R('SADD', ents(s), s.entity)
     local used
     if s.rolling then
       if tonumber(s.cb) >= tonumber(s.rb) then
-        redis.call('HINCRBY', S, 'u:' .. s.cb, amt)
-        redis.call('HINCRBY', S, 't', amt)
-        redis.call('ZADD', P .. ':z:' .. s.key, s.cb, s.cb)
+        R('HINCRBY', S, 'u:' .. s.cb, amt)
+        R('HINCRBY', S, 't', amt)
+        R('ZADD', P .. ':z:' .. s.key, s.cb, s.cb)
       end
       used = used_of(s)
     else
-      redis.call('HINCRBY', S, 'u:' .. s.cb, amt)
-      used = redis.call('HGET', S, 'u:' .. s.cb)
+      R('HINCRBY', S, 'u:' .. s.cb, amt)
+      used = R('HGET', S, 'u:' .. s.cb)
     end
     if s.enabled then
       out[#out + 1] = used
@@ -303,8 +342,8 @@ end
 local function add_holds(sp, hold, rid)
   if hold == '0' then return end
   for _, s in ipairs(sp) do
-    redis.call('HINCRBY', skey(s), 'r', hold)
-    redis.call('SADD', ents(s), s.entity)
+    R('HINCRBY', skey(s), 'r', hold)
+    R('SADD', ents(s), s.entity)
   end
 end
 
@@ -318,16 +357,16 @@ end
 """
 
 # ARGV: version, now, rid, expires, estimate, downgrade estimate ('' for none), idempotency key,
-# organization, team, agent, workflow, user, provider, model, estimate tokens, specs...
+# organization, team, agent, workflow, user, provider, model, estimate tokens, owner, fingerprint, specs...
 _RESERVE = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, idem = ARGV[2], ARGV[3], ARGV[7]
-reclaim(now, RECLAIM)
+if overdue(now) then return {'RECLAIM'} end
 if idem ~= '' then
-  local earlier = redis.call('HGET', P .. ':idem', idem)
+  local earlier = R('HGET', P .. ':idem', idem)
   if earlier then return {'REPLAY', earlier} end
 end
-local sp = specs(16)
+local sp = specs(18)
 local out = {'OK', '', '', '0'}
 local states = read_states(sp, out)
 local est, dest = ARGV[5], ARGV[6]
@@ -341,25 +380,26 @@ end
 out[2], out[3], out[4] = decision, hold, awaiting
 if decision == 'deny' then return out end
 local full = holds_fit(sp, hold, out, 4)
-if full then return {'OVERFLOW', full} end
-redis.call('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
+if full then return {'OVERFLOW', full, 'holds'} end
+R('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
   'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
-  'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'),
+  'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'), 'ow', ARGV[16], 'fp', ARGV[17],
   'snap', table.concat({now, est, dest, '0', snapshot(out, sp, 4)}, '\30'))
-redis.call('ZADD', P .. ':due', ARGV[4], rid)
-if idem ~= '' then redis.call('HSET', P .. ':idem', idem, rid) end
+R('ZADD', P .. ':due', ARGV[4], rid)
+if idem ~= '' then R('HSET', P .. ':idem', idem, rid) end
 add_holds(sp, hold, rid)
 return out
 """
 
-# ARGV: version, now, rid (downgrade_of), expires, estimate, scopes differ ('1'/'0'), specs...
+# ARGV: version, now, rid (downgrade_of), expires, estimate, scopes differ ('1'/'0'), owner, specs...
 _RESEND = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, est = ARGV[2], ARGV[3], ARGV[5]
-reclaim(now, RECLAIM)
-local R = P .. ':r:' .. rid
-if redis.call('EXISTS', R) == 0 then return {'NOTFOUND'} end
-local row = redis.call('HMGET', R, 'st', 'aw', 'dec', 'held')
+if overdue(now) then return {'RECLAIM'} end
+local Rk = P .. ':r:' .. rid
+if R('EXISTS', Rk) == 0 then return {'NOTFOUND'} end
+local row = R('HMGET', Rk, 'st', 'aw', 'dec', 'held', 'ow')
+if (row[5] or '') ~= ARGV[7] then return {'OWNER'} end
 if row[1] ~= '1' then return {'STATE', row[1]} end
 if ARGV[6] == '1' then return {'SCOPES'} end
 if row[2] ~= '1' then
@@ -367,9 +407,11 @@ if row[2] ~= '1' then
   return {'NOTAWAITING'}
 end
 local held = row[4]
+local missing = holds_declared(Rk)
+if missing then return {'KEYS', missing} end
 local own = {}
-for h in string.gmatch(redis.call('HGET', R, 'holds') or '', '[^\n]+') do own[h] = true end
-local sp = specs(7)
+for h in string.gmatch(R('HGET', Rk, 'holds') or '', '[^\n]+') do own[h] = true end
+local sp = specs(8)
 local out = {'OK', '', '', '0'}
 local states = {}
 for i, s in ipairs(sp) do
@@ -385,42 +427,47 @@ if verdict(states, est) == 'deny' then
   return out
 end
 local full = holds_fit(sp, est, out, 4)
-if full then return {'OVERFLOW', full} end
-drop_holds(R, held)
-redis.call('HSET', R, 'held', est, 'holds', keys_of(sp), 'dec', 'downgrade', 'aw', '0', 'exp', ARGV[4],
+if full then return {'OVERFLOW', full, 'holds'} end
+drop_holds(Rk, held)
+R('HSET', Rk, 'held', est, 'holds', keys_of(sp), 'dec', 'downgrade', 'aw', '0', 'exp', ARGV[4],
   'snap', table.concat({now, est, '', '1', snapshot(out, sp, 4)}, '\30'))
-redis.call('ZADD', P .. ':due', ARGV[4], rid)
+R('ZADD', P .. ':due', ARGV[4], rid)
 add_holds(sp, est, rid)
 out[2], out[3] = 'downgrade', est
 return out
 """
 
 # ARGV: version, now, rid, actual, total tokens, provider, model, input, output, cache read,
-# cache creation, reasoning, organization, team, agent, workflow, user, specs...
+# cache creation, reasoning, organization, team, agent, workflow, user, owner, specs...
 _COMMIT = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, actual = ARGV[2], ARGV[3], ARGV[4]
-reclaim(now, RECLAIM)
-local R = P .. ':r:' .. rid
-local row = redis.call('HMGET', R, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late')
+if overdue(now) then return {'RECLAIM'} end
+local Rk = P .. ':r:' .. rid
+local row = R('HMGET', Rk, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late', 'ow')
 if not row[1] then return {'NOTFOUND'} end
+if (row[8] or '') ~= ARGV[18] then return {'OWNER'} end
 if row[2] ~= table.concat(ARGV, '\30', 13, 17) then return {'SCOPES'} end
-local sp = specs(18)
+local sp = specs(19)
 if row[1] == '2' then
   local out = {'DUP', row[5], row[6], row[7]}
   standing(sp, out)
   return out
 end
 local full = charge_fits(sp, actual)
-if full then return {'OVERFLOW', full} end
+if full then return {'OVERFLOW', full, 'spend'} end
+if row[1] == '1' and row[3] ~= '0' then
+  local missing = holds_declared(Rk)
+  if missing then return {'KEYS', missing} end
+end
 local released, late = '0', '1'
 if row[1] == '1' then
   released, late = row[3], '0'
-  drop_holds(R, released)
-  redis.call('ZREM', P .. ':due', rid)
+  drop_holds(Rk, released)
+  R('ZREM', P .. ':due', rid)
 end
-redis.call('HSET', R, 'st', '2', 'set', now, 'charged', actual, 'rel', released, 'late', late)
-redis.call('ZADD', P .. ':settled', now, rid)
+R('HSET', Rk, 'st', '2', 'set', now, 'charged', actual, 'rel', released, 'late', late)
+R('ZADD', P .. ':settled', now, rid)
 local prov, model = ARGV[6], ARGV[7]
 local rprov, rmodel = string.match(row[4] or '', '^([^\30]*)\30([^\30]*)')
 if prov == '' then prov = rprov or '' end
@@ -433,21 +480,22 @@ return out
 """
 
 # ARGV: version, now, usage id, occurred, cost, total tokens, provider, model, input, output,
-# cache read, cache creation, reasoning, organization, team, agent, workflow, user, reservation id, specs...
+# cache read, cache creation, reasoning, organization, team, agent, workflow, user, reservation id,
+# fingerprint, specs...
 _RECORD = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, id, cost = ARGV[2], ARGV[3], ARGV[5]
-reclaim(now, RECLAIM)
-local sp = specs(20)
-if redis.call('HEXISTS', P .. ':u', id) == 1 then
+if overdue(now) then return {'RECLAIM'} end
+local sp = specs(21)
+if R('HEXISTS', P .. ':u', id) == 1 then
   local out = {'DUP'}
   standing(sp, out)
   return out
 end
 local full = charge_fits(sp, cost)
-if full then return {'OVERFLOW', full} end
+if full then return {'OVERFLOW', full, 'spend'} end
 insert_usage(id, ARGV[4], {ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18]}, cost, ARGV[6], ARGV[7], ARGV[8],
-  ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[19])
+  ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[19], ARGV[20])
 local out = {'OK'}
 charge(sp, cost, now, out)
 return out
@@ -460,7 +508,7 @@ return out
 _BATCH = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, prefix = ARGV[2], ARGV[3]
-reclaim(now, RECLAIM)
+if overdue(now) then return {'RECLAIM'} end
 local MAX = 9007199254740991  -- sums stay exact doubles below 2^53
 local groups, j = {}, 5
 for g = 1, tonumber(ARGV[4]) do
@@ -483,7 +531,7 @@ local fresh, duplicates = {}, 0
 local nitems = tonumber(ARGV[j]); j = j + 1
 for _ = 1, nitems do
   local member = ARGV[j] .. ':' .. ARGV[j + 1]
-  if redis.call('ZSCORE', K, member) then
+  if R('ZSCORE', K, member) then
     duplicates = duplicates + 1
   else
     local t = {}
@@ -502,7 +550,7 @@ for _ = 1, nseries do
   local id, grp, baseline = ARGV[j], groups[tonumber(ARGV[j + 1]) + 1], ARGV[j + 2] == '1'
   local new = {}
   for i = 1, 7 do new[i] = tonumber(ARGV[j + 2 + i]) end
-  local known = redis.call('HGET', SER, id)
+  local known = R('HGET', SER, id)
   if not known then
     raised[#raised + 1] = {id, new}
     if baseline then duplicates = duplicates + 1
@@ -529,15 +577,15 @@ local function int(x) return string.format('%.0f', x) end
 for _, grp in ipairs(groups) do
   if grp.n > 0 and grp.sums[1] > 0 then
     local full = charge_fits(grp.sp, int(grp.sums[1]))
-    if full then return {'OVERFLOW', full} end
+    if full then return {'OVERFLOW', full, 'spend'} end
   end
 end
-for _, f in ipairs(fresh) do redis.call('ZADD', K, f[1], f[2]) end
+for _, f in ipairs(fresh) do R('ZADD', K, f[1], f[2]) end
 for _, r in ipairs(raised) do
   local parts = {}
   for k = 1, 7 do parts[k] = int(r[2][k]) end
-  redis.call('HSET', SER, r[1], table.concat(parts, ' '))
-  redis.call('ZADD', SERT, now, r[1])
+  R('HSET', SER, r[1], table.concat(parts, ' '))
+  R('ZADD', SERT, now, r[1])
 end
 local counts, charged, fired = {}, {}, {}
 for g, grp in ipairs(groups) do
@@ -568,39 +616,55 @@ return reply
 # ARGV: version, now, alert period key for marks ('' for none), specs...
 _STANDING = r"""
 if stale(ARGV[1]) then return {'STALE'} end
-reclaim(ARGV[2], RECLAIM)
+if overdue(ARGV[2]) then return {'RECLAIM'} end
 local sp = specs(4)
 local out = {'OK'}
 read_states(sp, out)
 if ARGV[3] ~= '' and #sp > 0 then
   local prefix = 'a:' .. ARGV[3] .. ':'
-  for _, f in ipairs(redis.call('HKEYS', skey(sp[1]))) do
+  for _, f in ipairs(R('HKEYS', skey(sp[1]))) do
     if string.sub(f, 1, #prefix) == prefix then out[#out + 1] = string.sub(f, #prefix + 1) end
   end
 end
 return out
 """
 
-# ARGV: now, rid
+# ARGV: now, rid, owner
 _RELEASE = r"""
 local now, rid = ARGV[1], ARGV[2]
-reclaim(now, RECLAIM)
-local st = redis.call('HGET', P .. ':r:' .. rid, 'st')
+local Rk = P .. ':r:' .. rid
+local row = R('HMGET', Rk, 'st', 'ow')
+local st = row[1]
 if not st then return {'NOTFOUND'} end
+if (row[2] or '') ~= ARGV[3] then return {'OWNER'} end
 if st == '2' then return {'COMMITTED'} end
 if st ~= '1' then return {'OK', st, '0'} end
+local missing = holds_declared(Rk)
+if missing then return {'KEYS', missing} end
 return {'OK', '3', settle(rid, '3', now)}
 """
 
-# ARGV: now, limit
+# Release the reservations the caller found due, whose keys and holds' keys it declared; one whose
+# holds changed since it read them (or that is no longer due) is left for the next call.
+# ARGV: now, reservation ids...
 _EXPIRE = r"""
-return reclaim(ARGV[1], tonumber(ARGV[2]))
+local now, n = tonumber(ARGV[1]), 0
+for i = 2, #ARGV do
+  local rid = ARGV[i]
+  local Rk = P .. ':r:' .. rid
+  local at = R('ZSCORE', P .. ':due', rid)
+  if at and tonumber(at) <= now then
+    if R('HGET', Rk, 'st') ~= '1' then R('ZREM', P .. ':due', rid)
+    elseif not holds_declared(Rk) then settle(rid, '4', ARGV[1]); n = n + 1 end
+  end
+end
+return n
 """
 
 # -- budgets -----------------------------------------------------------------------------------------
 _LOAD_BUDGETS = r"""
-local out = {redis.call('HGET', P .. ':meta', 'version') or '0'}
-for _, v in ipairs(redis.call('HGETALL', P .. ':budgets')) do out[#out + 1] = v end
+local out = {R('HGET', P .. ':meta', 'version') or '0'}
+for _, v in ipairs(R('HGETALL', P .. ':budgets')) do out[#out + 1] = v end
 return out
 """
 
@@ -608,38 +672,47 @@ return out
 # generation, which keys its state apart from any earlier budget with the same id.
 _BUDGET_OPS = r"""
 local function insert(id, body)
-  if redis.call('HEXISTS', P .. ':budgets', id) == 1 then return nil end
-  redis.call('HINCRBY', P .. ':meta', 'version', 1)
+  if R('HEXISTS', P .. ':budgets', id) == 1 then return nil end
+  R('HINCRBY', P .. ':meta', 'version', 1)
   -- Read back as a string: a Lua number would be formatted with 14 significant digits.
-  local gen = redis.call('HGET', P .. ':meta', 'version')
-  redis.call('HSET', P .. ':budgets', id, body .. ',"generation":' .. gen .. '}')
+  local gen = R('HGET', P .. ':meta', 'version')
+  R('HSET', P .. ':budgets', id, body .. ',"generation":' .. gen .. '}')
   return gen
 end
-local function bump() redis.call('HINCRBY', P .. ':meta', 'version', 1) end
+local function bump() R('HINCRBY', P .. ':meta', 'version', 1) end
+-- The audit event of the change, appended in the same step (the layout of ``access``'s scripts).
+local function audit(event)
+  if event and event ~= '' then
+    local seq = R('INCR', P .. ':audit:seq')
+    R('ZADD', P .. ':audit', seq, seq .. ' ' .. event)
+  end
+end
 local function remove(id, dead)
-  redis.call('HDEL', P .. ':budgets', id)
-  redis.call('SADD', P .. ':dead', dead)
+  R('HDEL', P .. ':budgets', id)
+  R('SADD', P .. ':dead', dead)
   bump()
 end
 local op = ARGV[1]
 if op == 'create' then
   local gen = insert(ARGV[2], ARGV[3])
   if not gen then return {'EXISTS'} end
+  audit(ARGV[4])
   return {'OK', gen}
 end
 if op == 'replace' or op == 'delete' then
-  if redis.call('HGET', P .. ':budgets', ARGV[2]) ~= ARGV[3] then return {'CHANGED'} end
-  if op == 'replace' then redis.call('HSET', P .. ':budgets', ARGV[2], ARGV[4]); bump()
+  if R('HGET', P .. ':budgets', ARGV[2]) ~= ARGV[3] then return {'CHANGED'} end
+  if op == 'replace' then R('HSET', P .. ':budgets', ARGV[2], ARGV[4]); bump()
   else remove(ARGV[2], ARGV[4]) end
+  audit(ARGV[5])
   return {'OK'}
 end
 if op == 'sync' then
-  if (redis.call('HGET', P .. ':meta', 'version') or '0') ~= ARGV[2] then return {'CHANGED'} end
+  if (R('HGET', P .. ':meta', 'version') or '0') ~= ARGV[2] then return {'CHANGED'} end
   local i = 3
   while i <= #ARGV do
     local kind, id, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if kind == 'i' then insert(id, body)
-    elseif kind == 'r' then redis.call('HSET', P .. ':budgets', id, body); bump()
+    elseif kind == 'r' then R('HSET', P .. ':budgets', id, body); bump()
     else remove(id, body) end
     i = i + 3
   end
@@ -652,12 +725,11 @@ return redis.error_reply('unknown budget operation ' .. tostring(op))
 # ARGV: owner, now, lease until, limit, scan cap
 _CLAIM_ALERTS = r"""
 local out = {}
-local now, limit = tonumber(ARGV[2]), tonumber(ARGV[4])
-for _, seq in ipairs(redis.call('ZRANGE', P .. ':alerts:pending', 0, tonumber(ARGV[5]) - 1)) do
-  local A = P .. ':alert:' .. seq
-  local cu = redis.call('HGET', A, 'cu')
-  if not cu or tonumber(cu) <= now then
-    redis.call('HSET', A, 'cb', ARGV[1], 'cu', ARGV[3])
+local now, limit, L = tonumber(ARGV[2]), tonumber(ARGV[4]), P .. ':alerts:lease'
+for _, seq in ipairs(R('ZRANGE', P .. ':alerts:pending', 0, tonumber(ARGV[5]) - 1)) do
+  local lease = R('HGET', L, seq)
+  if not lease or tonumber(string.match(lease, '(%d+)$')) <= now then
+    R('HSET', L, seq, ARGV[1] .. ' ' .. ARGV[3])
     out[#out + 1] = seq
     if #out >= limit then break end
   end
@@ -665,55 +737,61 @@ end
 return out
 """
 
-# ARGV: now, sequences...
+# A delivered alert leaves the pending set; its lease stays, as a record of who delivered it, until
+# the alert itself is pruned. ARGV: now, sequences...
 _ACK_ALERTS = r"""
-for i = 2, #ARGV do
-  local A = P .. ':alert:' .. ARGV[i]
-  if redis.call('EXISTS', A) == 1 then
-    redis.call('HSET', A, 'd', ARGV[1])
-    redis.call('ZREM', P .. ':alerts:pending', ARGV[i])
-  end
-end
+for i = 2, #ARGV do R('ZREM', P .. ':alerts:pending', ARGV[i]) end
 return #ARGV - 1
 """
 
 # -- housekeeping ------------------------------------------------------------------------------------
-# ARGV: what, cut, chunk
+# What the caller found past its retention: settled reservations and fired alerts are named in ARGV
+# (their keys, and the per-budget alert indexes, are declared), usage and batch keys are taken here.
+# ARGV: what, cut, chunk, reservation ids or alert sequences...
 _PRUNE = r"""
 local what, cut, chunk = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n = 0
 if what == 'reservations' then
-  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
-    local R = P .. ':r:' .. rid
-    local k = string.match(redis.call('HGET', R, 'x') or '', '([^\30]*)$')
-    if k and k ~= '' and redis.call('HGET', P .. ':idem', k) == rid then redis.call('HDEL', P .. ':idem', k) end
-    redis.call('DEL', R)
-    redis.call('ZREM', P .. ':settled', rid)
+  for i = 4, #ARGV do
+    local rid = ARGV[i]
+    local at = R('ZSCORE', P .. ':settled', rid)
+    if at and tonumber(at) < tonumber(cut) then
+      local Rk = P .. ':r:' .. rid
+      local k = string.match(R('HGET', Rk, 'x') or '', '([^\30]*)$')
+      if k and k ~= '' and R('HGET', P .. ':idem', k) == rid then R('HDEL', P .. ':idem', k) end
+      R('DEL', Rk)
+      R('ZREM', P .. ':settled', rid)
+    end
     n = n + 1
   end
 elseif what == 'usage' then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':ut', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
-    redis.call('HDEL', P .. ':u', id)
-    redis.call('ZREM', P .. ':ut', id)
+  for _, id in ipairs(R('ZRANGEBYSCORE', P .. ':ut', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
+    R('HDEL', P .. ':u', id)
+    R('ZREM', P .. ':ut', id)
     n = n + 1
   end
 elseif what == 'batches' then
   -- Item keys by their instant, series by their last growth (LedgerStore.record_usage_batch).
-  n = redis.call('ZREMRANGEBYSCORE', P .. ':bk', '-inf', '(' .. cut)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':sert', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
-    redis.call('HDEL', P .. ':ser', id)
-    redis.call('ZREM', P .. ':sert', id)
+  n = R('ZREMRANGEBYSCORE', P .. ':bk', '-inf', '(' .. cut)
+  for _, id in ipairs(R('ZRANGEBYSCORE', P .. ':sert', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
+    R('HDEL', P .. ':ser', id)
+    R('ZREM', P .. ':sert', id)
     n = n + 1
   end
 elseif what == 'alerts' then
-  for _, seq in ipairs(redis.call('ZRANGEBYSCORE', P .. ':alerts:fired', '-inf', '(' .. cut, 'LIMIT', 0, chunk)) do
-    local A = P .. ':alert:' .. seq
-    local bid = redis.call('HGET', A, 'b')
-    if bid then redis.call('ZREM', P .. ':alerts:b:' .. bid, seq) end
-    redis.call('DEL', A)
-    redis.call('ZREM', P .. ':alerts', seq)
-    redis.call('ZREM', P .. ':alerts:pending', seq)
-    redis.call('ZREM', P .. ':alerts:fired', seq)
+  for i = 4, #ARGV do
+    local seq = ARGV[i]
+    local at = R('ZSCORE', P .. ':alerts:fired', seq)
+    local record = R('HGET', P .. ':alert', seq)
+    local B = record and P .. ':alerts:b:' .. cjson.decode(record).b
+    if at and tonumber(at) < tonumber(cut) and (not B or DECLARED[B]) then
+      if B then R('ZREM', B, seq) end
+      R('HDEL', P .. ':alert', seq)
+      R('HDEL', P .. ':alerts:lease', seq)
+      R('ZREM', P .. ':alerts', seq)
+      R('ZREM', P .. ':alerts:pending', seq)
+      R('ZREM', P .. ':alerts:fired', seq)
+    end
     n = n + 1
   end
 end
@@ -731,16 +809,16 @@ for i = 4, #ARGV do
   if rolling then
     used_of({key = key, rolling = true, rb = ARGV[3]})
   else
-    for _, f in ipairs(redis.call('HKEYS', S)) do
+    for _, f in ipairs(R('HKEYS', S)) do
       local kind, at = string.match(f, '^([ua]):(%d+)')
-      if kind and tonumber(at) < lowest then redis.call('HDEL', S, f) end
+      if kind and tonumber(at) < lowest then R('HDEL', S, f) end
     end
   end
-  if redis.call('HGET', S, 'r') == '0' then redis.call('HDEL', S, 'r') end
-  if rolling and redis.call('HGET', S, 't') == '0' and redis.call('EXISTS', P .. ':z:' .. key) == 0 then
-    redis.call('HDEL', S, 't')
+  if R('HGET', S, 'r') == '0' then R('HDEL', S, 'r') end
+  if rolling and R('HGET', S, 't') == '0' and R('EXISTS', P .. ':z:' .. key) == 0 then
+    R('HDEL', S, 't')
   end
-  if redis.call('EXISTS', S) == 0 then redis.call('SREM', E, ARGV[i]) end
+  if R('EXISTS', S) == 0 then R('SREM', E, ARGV[i]) end
 end
 return #ARGV - 3
 """
@@ -749,12 +827,13 @@ return #ARGV - 3
 _COLLECT_DEAD = r"""
 local base = ARGV[1]
 for i = 3, #ARGV do
-  redis.call('DEL', P .. ':s:' .. base .. '/' .. ARGV[i], P .. ':z:' .. base .. '/' .. ARGV[i])
-  redis.call('SREM', P .. ':ents:' .. base, ARGV[i])
+  R('DEL', P .. ':s:' .. base .. '/' .. ARGV[i])
+  R('DEL', P .. ':z:' .. base .. '/' .. ARGV[i])
+  R('SREM', P .. ':ents:' .. base, ARGV[i])
 end
-if ARGV[2] == '1' and redis.call('SCARD', P .. ':ents:' .. base) == 0 then
-  redis.call('DEL', P .. ':ents:' .. base)
-  redis.call('SREM', P .. ':dead', base)
+if ARGV[2] == '1' and R('SCARD', P .. ':ents:' .. base) == 0 then
+  R('DEL', P .. ':ents:' .. base)
+  R('SREM', P .. ':dead', base)
 end
 return #ARGV - 2
 """
@@ -788,6 +867,8 @@ FUNCTIONS: dict[str, str] = {name: f"pm_{_VERSION}_{name}" for name in _BODIES}
 _REGISTER = """
 redis.register_function('{name}', function(keys, args)
   P = string.sub(keys[1], 1, -6)
+  DECLARED = {{}}
+  for _, k in ipairs(keys) do DECLARED[k] = true end
   ARGV = cjson.decode(args[1])
 {body}
 end)

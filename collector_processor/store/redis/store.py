@@ -10,8 +10,11 @@ stale is refused (``STALE``), reloads and tries again, so a budget created throu
 enforced by all of them from the next request on. Replicas also remember the (immutable) scopes of
 reservations they made, to commit them in one round trip; the function checks them.
 
-Expired reservations need no timer: every function first reclaims the reservations whose TTL has passed
-(whichever replica touches the ledger next), and each replica's sweeper does so between requests.
+Expired reservations need no timer: a function that finds reservations whose TTL has passed answers
+``RECLAIM`` before it reads anything, and the replica releases them (``expire_due``, one function handed
+their keys) and runs it again, so whichever replica touches the ledger next reclaims them; each
+replica's sweeper does so between requests. Every function is handed every key it touches (see
+``scripts``).
 
 The decision itself is ``collector_processor.domain.decisions``: the function applies the same rule to the
 standing it read, returns that standing, and the store re-runs ``plan_reservation`` on it to build the
@@ -33,6 +36,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
 from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
 from collector_processor.domain.money import micros_to_usd, usd_to_micros
@@ -63,35 +67,47 @@ from collector_processor.errors import (
 from collector_processor.store.base import BudgetSpend, EntitySpend, UsageFilter, UsageRow
 from collector_processor.store.index import BudgetIndex, LiveBudget
 from collector_processor.store.redis import answers, housekeeping, reports
+from collector_processor.store.redis.access import AccessRows
 from collector_processor.store.redis.budgets import BudgetRows
 from collector_processor.store.redis.codec import (
+    SEP,
+    FixedKeys,
     check_namespace,
     facts_args,
     hold_key,
+    hold_keys,
     scope_args,
     spec,
+    state_keys,
 )
 from collector_processor.store.redis.link import RedisLink
 from collector_processor.store.shared import (
+    check_fingerprint,
     check_outcome,
     deciding,
     entity_for,
+    not_owner,
     reserve_outcome,
     status_from_state,
+    total_out_of_range,
 )
+from paymaster.exceptions import quote
 
 __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
 
 log = logging.getLogger("paymaster.sidecar.store.redis")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ATTEMPTS = 8
 _REMEMBERED = 100_000
 _EXACT_LIMIT = 2**53 - 1
 """The largest sum the batch function adds exactly (Lua numbers are doubles)."""
 _SPEND_CHUNK = 500
 """(budget, entity) pairs read per call by ``budget_spend``, and reservations per pipeline."""
+_RECLAIM = 1000
+"""Overdue reservations released per call when a function finds some."""
 Matched = list[tuple[LiveBudget, str]]
+Build = Callable[[BudgetIndex, list[str]], list[str]]
 
 
 class RedisStore:
@@ -137,8 +153,10 @@ class RedisStore:
         self._p = self._link.prefix
         self._client = self._link.client
         self._budgets = BudgetRows(self._link)
+        self._access = AccessRows(self._link)
+        self._k = FixedKeys.of(self._p)
         self._index = BudgetIndex((), version=-1)
-        self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str]]] = {}
+        self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str], list[str]]] = {}
         self._remembered: dict[str, ScopeSet] = {}
         self._remember_lock = threading.Lock()
         self._config: list[Budget] | None = None
@@ -172,7 +190,7 @@ class RedisStore:
         schema = self._client.hget(meta, "schema")
         if str(schema) != str(SCHEMA_VERSION):
             raise StoreUnavailableError(
-                f"namespace {self.namespace!r} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
+                f"namespace {quote(self.namespace)} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
             )
 
     def _after_reconnect(self) -> None:
@@ -208,23 +226,37 @@ class RedisStore:
         index = self._index
         return self._refresh() if index.version < 0 else index
 
-    def _money(self, script: str, build: Callable[[BudgetIndex], list[str]]) -> tuple[BudgetIndex, list[Any]]:
-        """Run a script built from the budget index; rebuild and retry while the index is stale."""
+    def _money(
+        self, script: str, build: Build, now_ms: int, keys: Sequence[str] = ()
+    ) -> tuple[BudgetIndex, list[Any]]:
+        """Run a function built from the budget index, with ``keys`` and the keys ``build`` adds declared.
+        Rebuild and retry while the index is stale; release overdue reservations and retry when the
+        function says some are due; declare a reservation's holds and retry when it names them."""
         index = self._current()
+        extra: list[str] = []
         for _ in range(_ATTEMPTS):
-            reply: list[Any] = self._link.script(script, [str(index.version), *build(index)])
-            if reply[0] != "STALE":
-                if reply[0] == "OVERFLOW":
-                    raise FailedPreconditionError(
-                        f"budget {reply[1]!r} cannot take this amount: its totals would pass 2^63 micro-dollars"
-                    )
+            declared = [*keys, *extra]
+            reply: list[Any] = self._link.script(
+                script, [str(index.version), *build(index, declared)], declared
+            )
+            kind = reply[0]
+            if kind == "STALE":
+                index = self._refresh()
+            elif kind == "RECLAIM":
+                while self.expire_due(now_ms=now_ms, limit=_RECLAIM) >= _RECLAIM:
+                    pass
+            elif kind == "KEYS":
+                extra = hold_keys(self._p, reply[1])
+            elif kind == "OVERFLOW":
+                raise total_out_of_range(reply[1], reply[2])
+            else:
                 return index, reply
-            index = self._refresh()
-        raise StoreUnavailableError("budget definitions kept changing while this request was tried; retry")
+        raise StoreUnavailableError("the ledger kept changing while this request was tried; retry")
 
-    def _specs(self, matched: Matched, now_ms: int, at_ms: int) -> list[str]:
-        """What the functions need of each matched budget. A spec changes only with the budget, the
-        entity and the buckets read and charged, so most requests find theirs made already."""
+    def _specs(self, matched: Matched, now_ms: int, at_ms: int, keys: list[str]) -> list[str]:
+        """What the functions need of each matched budget; the keys of its state are added to ``keys``.
+        A spec changes only with the budget, the entity and the buckets read and charged, so most
+        requests find theirs made already."""
         out = [str(len(matched))]
         cache = self._spec_cache
         if len(cache) > 20_000:
@@ -236,8 +268,10 @@ class RedisStore:
             key = (id(live), entity, period.lowest_bucket(now_ms, tz), period.bucket_of(at_ms, tz), moment)
             found = cache.get(key)
             if found is None or found[0] is not live:  # an id is only unique while its object lives
-                found = cache[key] = (live, spec(live, entity, now_ms=now_ms, at_ms=at_ms))
+                made = spec(live, entity, now_ms=now_ms, at_ms=at_ms)
+                found = cache[key] = (live, made, state_keys(self._p, live, entity))
             out += found[1]
+            keys += found[2]
         return out
 
     @staticmethod
@@ -279,9 +313,14 @@ class RedisStore:
         self._remember(reservation_id, scopes)
         return scopes
 
+    def _scopes_of_known(self, reservation_id: str) -> ScopeSet | None:
+        """The scopes of a reservation this replica remembers, without asking Redis."""
+        with self._remember_lock:
+            return self._remembered.get(reservation_id)
+
     # -- budgets ---------------------------------------------------------------------------------
-    def create_budget(self, budget: Budget) -> Budget:
-        created = self._budgets.create(budget)
+    def create_budget(self, budget: Budget, *, audit: AuditEvent | None = None) -> Budget:
+        created = self._budgets.create(budget, audit)
         self._forget_index()
         return created
 
@@ -294,14 +333,24 @@ class RedisStore:
         return self._budgets.list(scope=scope, scope_id=scope_id, after_id=after_id, limit=limit)
 
     def update_budget(
-        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+        self,
+        budget_id: str,
+        patch: BudgetPatch,
+        *,
+        now_ms: int,
+        allow_config: bool = False,
+        audit: AuditEvent | None = None,
     ) -> Budget:
-        updated = self._budgets.update(budget_id, patch, now_ms=now_ms, allow_config=allow_config)
+        updated = self._budgets.update(
+            budget_id, patch, now_ms=now_ms, allow_config=allow_config, audit=audit
+        )
         self._forget_index()
         return updated
 
-    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
-        self._budgets.delete(budget_id, allow_config=allow_config)
+    def delete_budget(
+        self, budget_id: str, *, allow_config: bool = False, audit: AuditEvent | None = None
+    ) -> None:
+        self._budgets.delete(budget_id, allow_config=allow_config, audit=audit)
         self._forget_index()
 
     def sync_config_budgets(self, budgets: Sequence[Budget], *, now_ms: int) -> None:
@@ -311,10 +360,14 @@ class RedisStore:
 
     # -- money -----------------------------------------------------------------------------------
     def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
-        def build(index: BudgetIndex) -> list[str]:
-            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            return [
+                str(now_ms),
+                "",
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+            ]
 
-        index, reply = self._money("standing", build)
+        index, reply = self._money("standing", build, now_ms, self._k.due)
         matched = index.match(scopes, enabled_only=True)
         return check_outcome(self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms), estimate_micros)
 
@@ -328,16 +381,19 @@ class RedisStore:
         downgrade = None if cheaper is None else usd_to_micros(cheaper)
         scopes, model = command.scopes, command.model or UsageFacts()
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             return [
                 str(now_ms), reservation_id, str(expires_ms), str(estimate), "" if downgrade is None else str(downgrade),
                 command.idempotency_key, *scope_args(scopes), model.provider, model.model, str(command.estimate_tokens),
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+                command.owner, command.fingerprint,
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
             ]  # fmt: skip
 
-        index, reply = self._money("reserve", build)
+        index, reply = self._money(
+            "reserve", build, now_ms, (*self._k.due, *self._k.reserve, self._link.key("r", reservation_id))
+        )
         if reply[0] == "REPLAY":
-            return self._replay(reply[1], now_ms)
+            return self._replay(reply[1], now_ms, fingerprint=command.fingerprint)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
         plan = plan_reservation(states, estimate, downgrade_estimate=downgrade, resend=False)
         answers.agree(plan, reply)
@@ -351,31 +407,33 @@ class RedisStore:
         rid = command.downgrade_of
         scopes = self._scopes_of(rid)
         if scopes is None:
-            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+            raise NotFoundError(f"reservation {quote(rid)} (downgrade_of) is unknown")
         differs = bool(command.scopes.pairs()) and command.scopes != scopes
         estimate = usd_to_micros(command.estimate_usd)
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             return [
-                str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0",
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms),
+                str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0", command.owner,
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
             ]  # fmt: skip
 
-        index, reply = self._money("resend", build)
+        index, reply = self._money("resend", build, now_ms, (*self._k.settle, self._link.key("r", rid)))
         kind = reply[0]
         if kind == "NOTFOUND":
-            raise NotFoundError(f"reservation {rid!r} (downgrade_of) is unknown")
+            raise NotFoundError(f"reservation {quote(rid)} (downgrade_of) is unknown")
+        if kind == "OWNER":
+            raise not_owner(rid)
         if kind == "STATE":
             state = ReservationState(int(reply[1]))
             raise FailedPreconditionError(
-                f"reservation {rid!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+                f"reservation {quote(rid)} is {state.name.lower()}; send a new Reserve for the cheaper path"
             )
         if kind == "SCOPES":
             raise InvalidRequestError(
-                "scopes", f"must be omitted or equal to the scopes of reservation {rid!r}"
+                "scopes", f"must be omitted or equal to the scopes of reservation {quote(rid)}"
             )
         if kind == "NOTAWAITING":
-            raise FailedPreconditionError(f"reservation {rid!r} is not awaiting a downgrade estimate")
+            raise FailedPreconditionError(f"reservation {quote(rid)} is not awaiting a downgrade estimate")
         if kind == "REPLAY":
             return self._replay(rid, now_ms)
         states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
@@ -385,18 +443,24 @@ class RedisStore:
             return reserve_outcome(plan, states, "", 0)
         return reserve_outcome(plan, states, rid, expires_ms)
 
-    def _replay(self, reservation_id: str, now_ms: int) -> ReserveOutcome:
+    def _replay(self, reservation_id: str, now_ms: int, *, fingerprint: str = "") -> ReserveOutcome:
         """The first answer again: its decision and hold as stored, its words rebuilt from the standing
-        it was decided on, and the standing of its budgets now (without its own hold)."""
+        it was decided on, and the standing of its budgets now (without its own hold). A key used
+        for another request (another ``fingerprint``) is refused instead."""
         row: dict[str, str] = self._link.call(lambda: self._client.hgetall(f"{self._p}:r:{reservation_id}"))
         if not row:
-            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+            raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
+        check_fingerprint(row.get("fp", ""), fingerprint, "idempotency_key", "Reserve")
         scopes = answers.unpack_scopes(row["sc"])
 
-        def build(index: BudgetIndex) -> list[str]:
-            return [str(now_ms), "", *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms)]
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            return [
+                str(now_ms),
+                "",
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+            ]
 
-        index, reply = self._money("standing", build)
+        index, reply = self._money("standing", build, now_ms, self._k.due)
         states = self._states(index.match(scopes, enabled_only=True), reply, 1, now_ms=now_ms, at_ms=now_ms)
         held = int(row["held"])
         if row["st"] == str(int(ReservationState.HELD)):
@@ -419,9 +483,10 @@ class RedisStore:
         )
 
     def _commit_script(
-        self, reservation_id: str, amount: int, total_tokens: int, facts: UsageFacts, now_ms: int
+        self, reservation_id: str, amount: int, total_tokens: int, facts: UsageFacts, now_ms: int, owner: str
     ) -> tuple[BudgetIndex, ScopeSet, list[Any]] | None:
-        """Settle a reservation as committed with ``amount`` and charge its budgets; ``None`` if unknown."""
+        """Settle a reservation as committed with ``amount`` and charge its budgets; ``None`` if unknown,
+        ``PermissionDeniedError`` (nothing written) if ``owner`` did not make it."""
         total = total_tokens or facts.input_tokens + facts.output_tokens
         scopes = self._scopes_of(reservation_id)
         for _ in range(2):
@@ -429,28 +494,35 @@ class RedisStore:
                 return None
             known = scopes
 
-            def build(index: BudgetIndex, known: ScopeSet = known) -> list[str]:
+            def build(index: BudgetIndex, keys: list[str], known: ScopeSet = known) -> list[str]:
                 return [
                     str(now_ms), reservation_id, str(amount), str(total), *facts_args(facts), *scope_args(known),
-                    *self._specs(index.match(known, enabled_only=False), now_ms, now_ms),
+                    owner, *self._specs(index.match(known, enabled_only=False), now_ms, now_ms, keys),
                 ]  # fmt: skip
 
-            index, reply = self._money("commit", build)
+            index, reply = self._money(
+                "commit",
+                build,
+                now_ms,
+                (*self._k.settle, *self._k.charge, self._link.key("r", reservation_id)),
+            )
             if reply[0] == "NOTFOUND":
                 return None
+            if reply[0] == "OWNER":
+                raise not_owner(reservation_id)
             if reply[0] != "SCOPES":
                 return index, known, reply
             scopes = self._scopes_of(reservation_id, fresh=True)
-        raise RuntimeError(f"the scopes of reservation {reservation_id!r} do not match what Redis holds")
+        raise RuntimeError(f"the scopes of reservation {quote(reservation_id)} do not match what Redis holds")
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
         amount = usd_to_micros(command.actual_usd)
         done = self._commit_script(
-            command.reservation_id, amount, command.actual_tokens, command.usage, now_ms
+            command.reservation_id, amount, command.actual_tokens, command.usage, now_ms, command.owner
         )
         if done is None:
             raise NotFoundError(
-                f"reservation {command.reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+                f"reservation {quote(command.reservation_id)} is unknown (never made, or settled longer ago than the retention period)"
             )
         index, scopes, reply = done
         if reply[0] == "DUP":
@@ -496,13 +568,28 @@ class RedisStore:
         fired = tuple(int(seq) for seq in reply[offset + 2 * len(enabled) :])
         return budget_infos(states, [s.used > s.limit for s in states]), fired
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
-        reply = self._link.script("release", [str(now_ms), reservation_id])
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
+        keys = [*self._k.settle, self._link.key("r", reservation_id)]
+        scopes = self._scopes_of_known(reservation_id)
+        if scopes is not None:  # its holds are most likely on the budgets its scopes match now
+            for live, entity in self._current().match(scopes, enabled_only=True):
+                keys += state_keys(self._p, live, entity)
+        for _ in range(_ATTEMPTS):
+            reply = self._link.script("release", [str(now_ms), reservation_id, owner], keys)
+            if reply[0] != "KEYS":
+                break
+            keys += hold_keys(self._p, reply[1])
+        else:
+            raise StoreUnavailableError(
+                f"reservation {quote(reservation_id)} kept changing while it was released; retry"
+            )
         if reply[0] == "NOTFOUND":
-            raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+            raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
+        if reply[0] == "OWNER":
+            raise not_owner(reservation_id)
         if reply[0] == "COMMITTED":
             raise FailedPreconditionError(
-                f"reservation {reservation_id!r} is committed already; it cannot be released"
+                f"reservation {quote(reservation_id)} is committed already; it cannot be released"
             )
         return ReleaseOutcome(
             released_usd=micros_to_usd(int(reply[2])), state=ReservationState(int(reply[1]))
@@ -512,7 +599,7 @@ class RedisStore:
         cost = usd_to_micros(command.cost_usd)
         if command.reservation_id:
             done = self._commit_script(
-                command.reservation_id, cost, command.total_tokens, command.usage, now_ms
+                command.reservation_id, cost, command.total_tokens, command.usage, now_ms, command.owner
             )
             if done is not None:
                 index, scopes, reply = done
@@ -523,14 +610,20 @@ class RedisStore:
         total = command.total_tokens or f.input_tokens + f.output_tokens
         scopes = command.scopes
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             return [
                 str(now_ms), command.usage_id, str(occurred), str(cost), str(total), *facts_args(f),
-                *scope_args(scopes), command.reservation_id,
-                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred),
+                *scope_args(scopes), command.reservation_id, command.fingerprint,
+                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred, keys),
             ]  # fmt: skip
 
-        index, reply = self._money("record", build)
+        index, reply = self._money("record", build, now_ms, (*self._k.due, *self._k.charge))
+        if reply[0] == "DUP" and command.fingerprint:
+            stored = self._link.call(lambda: self._client.hget(f"{self._p}:u", command.usage_id)) or ""
+            fields = stored.split(SEP)
+            check_fingerprint(
+                fields[16] if len(fields) > 16 else "", command.fingerprint, "usage_id", "RecordUsage"
+            )
         return self._recorded(index, scopes, reply, (1, 1), cost, f, now_ms=now_ms, at_ms=occurred)
 
     def _recorded(
@@ -571,14 +664,14 @@ class RedisStore:
         for series_id, group, baseline, *totals in batch.series:
             tail += (series_id.hex(), str(group), "1" if baseline else "0", *map(str, totals))
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             head = [str(now_ms), prefix, str(len(batch.groups))]
             for g in batch.groups:
                 head += (*scope_args(g.scopes), g.provider, g.model, str(g.occurred_ms))
-                head += self._specs(index.match(g.scopes, enabled_only=False), now_ms, g.occurred_ms)
+                head += self._specs(index.match(g.scopes, enabled_only=False), now_ms, g.occurred_ms, keys)
             return head + tail
 
-        _, reply = self._money("batch", build)
+        _, reply = self._money("batch", build, now_ms, (*self._k.due, *self._k.charge, *self._k.batch))
         if reply[0] == "TOO_LARGE":
             raise InvalidRequestError(
                 "batch",
@@ -594,7 +687,25 @@ class RedisStore:
         )
 
     def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
-        return int(self._link.script("expire", [str(now_ms), str(limit)]))
+        """Release up to ``limit`` reservations whose TTL has passed: read which are due and what they
+        hold, then release them in one function with all of their keys declared."""
+
+        def due() -> tuple[list[str], list[Any]]:
+            ids: list[str] = self._client.zrangebyscore(self._k.due[0], "-inf", now_ms, start=0, num=limit)
+            if not ids:
+                return ids, []
+            pipe = self._client.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hget(self._link.key("r", rid), "holds")
+            return ids, pipe.execute()
+
+        ids, holds = self._link.call(due)
+        if not ids:
+            return 0
+        keys = [*self._k.settle, *(self._link.key("r", rid) for rid in ids)]
+        for found in holds:
+            keys += hold_keys(self._p, found or "")
+        return int(self._link.script("expire", [str(now_ms), *ids], keys))
 
     # -- reading ---------------------------------------------------------------------------------
     def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
@@ -602,16 +713,16 @@ class RedisStore:
             self._refresh()
         asked: list[tuple[LiveBudget, str]] = []
 
-        def build(index: BudgetIndex) -> list[str]:
+        def build(index: BudgetIndex, keys: list[str]) -> list[str]:
             live = index.get(budget_id)
             if live is None:
-                raise NotFoundError(f"budget {budget_id!r} does not exist")
+                raise NotFoundError(f"budget {quote(budget_id)} does not exist")
             period = live.budget.period
             key = "0" if period.is_rolling else str(period.window(now_ms, live.tz).start_ms)
             asked[:] = [(live, entity_for(live, entity))]
-            return [str(now_ms), key, *self._specs(asked, now_ms, now_ms)]
+            return [str(now_ms), key, *self._specs(asked, now_ms, now_ms, keys)]
 
-        _, reply = self._money("standing", build)
+        _, reply = self._money("standing", build, now_ms, self._k.due)
         (state,) = self._states(asked, reply, 1, now_ms=now_ms, at_ms=now_ms)
         return status_from_state(state, (int(t) for t in reply[3:]), now_ms)
 
@@ -634,11 +745,13 @@ class RedisStore:
         for start in range(0, len(pairs), _SPEND_CHUNK):
             chunk = pairs[start : start + _SPEND_CHUNK]
 
-            def build(index: BudgetIndex, chunk: list[tuple[LiveBudget, str]] = chunk) -> list[str]:
-                return [str(now_ms), "", *self._specs(chunk, now_ms, now_ms)]
+            def build(
+                index: BudgetIndex, keys: list[str], chunk: list[tuple[LiveBudget, str]] = chunk
+            ) -> list[str]:
+                return [str(now_ms), "", *self._specs(chunk, now_ms, now_ms, keys)]
 
             # The definitions were read just now; a budget changed meanwhile shows next scrape.
-            _, reply = self._money("standing", build)
+            _, reply = self._money("standing", build, now_ms, self._k.due)
             for state in self._states(chunk, reply, 1, now_ms=now_ms, at_ms=now_ms):
                 found.setdefault(state.budget.id, []).append(
                     EntitySpend(entity=state.entity, used_micros=state.used, reserved_micros=state.reserved)
@@ -677,15 +790,34 @@ class RedisStore:
         if limit <= 0:
             return []
         seqs = self._link.script(
-            "claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"]
+            "claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"], self._k.alerts
         )
         return self._link.call(lambda: reports.load_alerts(self._client, self._p, [int(s) for s in seqs]))
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
         if sequences:
-            self._link.script("ack_alerts", [str(now_ms), *(str(s) for s in sequences)])
+            self._link.script("ack_alerts", [str(now_ms), *(str(s) for s in sequences)], self._k.alerts)
 
     # -- housekeeping ----------------------------------------------------------------------------
+    # -- tokens and audit ------------------------------------------------------------------------
+    def create_token(self, token: TokenRecord, *, event: AuditEvent) -> None:
+        self._access.create_token(token, event)
+
+    def revoke_token(self, token_id: str, *, now_ms: int, event: AuditEvent) -> TokenRecord:
+        return self._access.revoke_token(token_id, now_ms, event)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self._access.list_tokens()
+
+    def tokens_version(self) -> int:
+        return self._access.tokens_version()
+
+    def record_audit(self, event: AuditEvent) -> None:
+        self._access.record_audit(event)
+
+    def audit_events(self, *, after: int, limit: int) -> list[AuditEvent]:
+        return self._access.audit_events(after, limit)
+
     def prune(
         self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
     ) -> None:

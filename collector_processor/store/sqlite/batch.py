@@ -23,7 +23,13 @@ from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, crossed_thresholds
 from collector_processor.domain.types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
 from collector_processor.store.index import BudgetIndex, LiveBudget
-from collector_processor.store.sqlite.spend import INSERT_USAGE_SQL, fire_alerts, rearm_marks
+from collector_processor.store.sqlite.spend import (
+    USAGE_INSERT_HEAD,
+    fire_alerts,
+    past_range,
+    past_range_refusal,
+    rearm_marks,
+)
 
 __all__ = ["prune_batches", "record_batch"]
 
@@ -89,8 +95,19 @@ def charge_many(
                 found[4] = max(found[4], at_ms)
     if not totals:
         return []
-    calendar = [t for t in totals.values() if not t[0].budget.period.is_rolling]
-    rolling = [t for t in totals.values() if t[0].budget.period.is_rolling]
+    try:
+        return _charge_totals(conn, list(totals.values()), now_ms)
+    except sqlite3.Error as exc:
+        if not past_range(exc):
+            raise
+        summed = [(live, entity, bucket, amount) for live, entity, bucket, amount, _ in totals.values()]
+        raise past_range_refusal(conn, summed, now_ms) from None
+
+
+def _charge_totals(conn: sqlite3.Connection, totals: list[list[Any]], now_ms: int) -> list[int]:
+    """``charge_many`` once the amounts are summed per budget, entity and bucket."""
+    calendar = [t for t in totals if not t[0].budget.period.is_rolling]
+    rolling = [t for t in totals if t[0].budget.period.is_rolling]
     states: list[tuple[LiveBudget, BudgetState]] = []
     # Every statement is one step of SQLite: the sqlite3 module lets go of the interpreter lock around
     # each step, and taking it back next to a busy receiver thread costs more than the step itself.
@@ -105,13 +122,16 @@ def charge_many(
                 states.append(
                     (live, _state(live, entity, used, held, live.budget.period.window(at_ms, live.tz)))
                 )
-    pairs = {(t[0].budget.id, t[1]): t[0] for t in rolling if t[0].budget.enabled}
+    # Disabled windows are read too: summing a window is what finds one charged past the exact range.
+    pairs = {(t[0].budget.id, t[1]): t[0] for t in rolling}
     for chunk in _chunks(list(pairs.items())):
         args = []
         for (bid, entity), live in chunk:
             args += (bid, entity, live.budget.period.lowest_bucket(now_ms, live.tz), live.budget.generation)
         for bid, entity, used, held in _json_rows(conn, _rolling_standing_sql(len(chunk)), args):
             live = pairs[(bid, entity)]
+            if not live.budget.enabled:
+                continue
             states.append(
                 (live, _state(live, entity, used, held, live.budget.period.window(now_ms, live.tz)))
             )
@@ -252,8 +272,7 @@ def _values(width: int, count: int) -> str:
 
 @lru_cache(maxsize=16)
 def _insert_usage_sql(count: int) -> str:
-    head = INSERT_USAGE_SQL.split(" VALUES ", 1)[0]
-    return f"{head} VALUES {_values(17, count)}"
+    return f"{USAGE_INSERT_HEAD}) VALUES {_values(17, count)}"
 
 
 @lru_cache(maxsize=16)

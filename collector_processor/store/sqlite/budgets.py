@@ -14,6 +14,7 @@ from collector_processor.domain.budgets import Budget
 from collector_processor.errors import NotFoundError
 from collector_processor.store.shared import plan_config_sync
 from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_row, budget_to_row
+from paymaster.exceptions import quote
 
 __all__ = [
     "bump_budgets_version",
@@ -36,7 +37,7 @@ def bump_budgets_version(conn: sqlite3.Connection) -> int:
 def load_budget(conn: sqlite3.Connection, budget_id: str) -> Budget:
     row = conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets WHERE id = ?", (budget_id,)).fetchone()
     if row is None:
-        raise NotFoundError(f"budget {budget_id!r} does not exist")
+        raise NotFoundError(f"budget {quote(budget_id)} does not exist")
     return budget_from_row(row)
 
 

@@ -9,7 +9,10 @@ its own transaction with no hand-off to another thread, so a single client pays 
 Operations refuse requests (raise ``SidecarError``) only before their first write, so a refused
 request leaves nothing behind in a shared transaction and its neighbours carry on without a savepoint
 each. Any other exception may have left a half-done write: the whole transaction is rolled back and
-every operation in it runs again alone, so only the failing one fails.
+every operation in it runs again alone, so only the failing one fails. An operation that finds out
+only after a write that it must refuse (the database itself refused a total out of range) raises
+``RefusedAfterWrite``: its transaction is rolled back like any other failure's, and its caller gets the
+refusal it carries.
 """
 
 from __future__ import annotations
@@ -21,8 +24,18 @@ from contextlib import contextmanager
 from typing import Any
 
 from collector_processor.errors import BatchAbortedError, SidecarError, StoreUnavailableError
+from collector_processor.store.shared import total_out_of_range
+from collector_processor.store.sqlite.schema import TOTAL_OUT_OF_RANGE
 
-__all__ = ["GroupCommitter"]
+__all__ = ["GroupCommitter", "RefusedAfterWrite"]
+
+
+class RefusedAfterWrite(Exception):
+    """A refusal raised after the operation wrote: roll its transaction back, then refuse with ``error``."""
+
+    def __init__(self, error: SidecarError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Job:
@@ -172,6 +185,10 @@ class GroupCommitter:
         self._on_rollback()
 
     def _translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, RefusedAfterWrite):
+            return exc.error
+        if isinstance(exc, sqlite3.IntegrityError) and TOTAL_OUT_OF_RANGE in str(exc):
+            return total_out_of_range(None)  # a total no operation checked for itself
         if isinstance(exc, sqlite3.OperationalError):
             return StoreUnavailableError(f"the store at {self._describe} is busy or failing: {exc}")
         return exc

@@ -2,6 +2,11 @@
 
 Like ``reservations`` and ``spend`` these run on a connection the caller holds: claims
 and pruning inside a write transaction, log and report reads on the store's reader connection.
+
+Sums over many rows (report totals, what all held reservations hold) must stay exact however large
+they get, and SQLite's ``SUM`` fails past 2^63 - 1. Each column is summed as two halves, its high and
+its low 32 bits, neither of which can reach that range before there are 2^31 rows, and the halves
+are joined in Python integers, which have no range to leave.
 """
 
 from __future__ import annotations
@@ -77,10 +82,19 @@ def _budget_spend(
 
 
 def held_reservations(conn: sqlite3.Connection) -> tuple[int, int]:
-    count, held = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(held_micros), 0) FROM reservations WHERE state = 1"
+    count, *halves = conn.execute(
+        f"SELECT COUNT(*), {_exact_sum('held_micros')} FROM reservations WHERE state = 1"
     ).fetchone()
-    return int(count), int(held)
+    return int(count), _joined(*halves)
+
+
+def _exact_sum(column: str) -> str:
+    """The two SQL sums whose ``_joined`` is the exact sum of ``column`` (see the module docstring)."""
+    return f"COALESCE(SUM({column} >> 32), 0), COALESCE(SUM({column} & 4294967295), 0)"
+
+
+def _joined(high: int, low: int) -> int:
+    return (int(high) << 32) + int(low)
 
 
 def usage_rows(
@@ -102,7 +116,7 @@ def usage_rows(
             where.append(f"{column} = ?")
             args.append(value)
     groups = [*columns, *([f"ts_ms - ts_ms % {_SLOT_MS}"] if by_slot else [])]
-    sums = ["SUM(cost_micros)", "SUM(input_tokens)", "SUM(output_tokens)", "SUM(total_tokens)", "COUNT(*)"]
+    sums = [*map(_exact_sum, ("cost_micros", "input_tokens", "output_tokens", "total_tokens")), "COUNT(*)"]
     select = ", ".join([*groups, *sums])
     sql = f"SELECT {select} FROM usage_events WHERE {' AND '.join(where)}"
     if groups:
@@ -113,14 +127,15 @@ def usage_rows(
     for row in rows:
         if row[-1] == 0:
             continue  # an aggregate over no rows
+        cost, tin, tout, total = (_joined(row[i], row[i + 1]) for i in range(-9, -1, 2))
         out.append(
             UsageRow(
                 keys=tuple(row[:width]),
                 slot_ms=row[width] if by_slot else None,
-                cost_micros=row[-5],
-                input_tokens=row[-4],
-                output_tokens=row[-3],
-                total_tokens=row[-2],
+                cost_micros=cost,
+                input_tokens=tin,
+                output_tokens=tout,
+                total_tokens=total,
                 records=row[-1],
             )
         )

@@ -23,15 +23,27 @@ from collector_processor.domain.types import (
     ReserveOutcome,
     UsageFacts,
 )
-from collector_processor.errors import FailedPreconditionError, InvalidRequestError, NotFoundError
+from collector_processor.errors import (
+    FailedPreconditionError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from collector_processor.store.index import BudgetIndex, LiveBudget
-from collector_processor.store.shared import deciding, reserve_outcome
+from collector_processor.store.shared import (
+    check_fingerprint,
+    deciding,
+    holds_fit,
+    not_owner,
+    reserve_outcome,
+)
 from collector_processor.store.sqlite.schema import decode_holds, encode_holds
+from paymaster.exceptions import quote
 
 __all__ = [
     "RES_COLS",
     "ReservationRow",
     "add_holds",
+    "check_owner",
     "drop_holds",
     "expire_due",
     "load_reservation",
@@ -46,12 +58,14 @@ __all__ = [
 
 RES_COLS = (
     "id, state, organization, team, agent, workflow, user, held_micros, holds, decision, awaiting, "
-    "deciding_budget_id, reason, warnings, expires_ms, charged_micros, released_micros, late, provider, model"
+    "deciding_budget_id, reason, warnings, expires_ms, charged_micros, released_micros, late, provider, model,"
+    " owner, fingerprint"
 )
 _INSERT_RESERVATION_SQL = (
     "INSERT INTO reservations (id, idempotency_key, state, organization, team, agent, workflow, user,"
     " held_micros, holds, decision, awaiting, deciding_budget_id, reason, warnings, estimate_tokens,"
-    " provider, model, created_ms, expires_ms) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " provider, model, created_ms, expires_ms, owner, fingerprint)"
+    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -74,6 +88,8 @@ class ReservationRow(NamedTuple):
     late: int | None
     provider: str
     model: str
+    owner: str
+    fingerprint: str
 
 
 def reservation_from_row(r: tuple[object, ...]) -> ReservationRow:
@@ -189,6 +205,7 @@ def reserve(
     )
     if plan.decision is Decision.DENY:
         return reserve_outcome(plan, states, "", 0)
+    holds_fit(states, plan.hold)
     expires = expires_ms
     holds = _hold_keys(states)
     s, model = command.scopes, command.model or UsageFacts()
@@ -198,7 +215,7 @@ def reserve(
             reservation_id, command.idempotency_key or None, s.organization, s.team, s.agent, s.workflow, s.user,
             plan.hold, encode_holds(holds), plan.decision.value, int(plan.awaiting_downgrade_estimate),
             deciding(plan), plan.verdict.reason, "\n".join(plan.verdict.warnings), command.estimate_tokens,
-            model.provider, model.model, now_ms, expires,
+            model.provider, model.model, now_ms, expires, command.owner, command.fingerprint,
         ),
     )  # fmt: skip
     add_holds(conn, holds, plan.hold)
@@ -206,10 +223,23 @@ def reserve(
 
 
 def replay_reservation(
-    conn: sqlite3.Connection, index: BudgetIndex, key: str, now_ms: int
+    conn: sqlite3.Connection, index: BudgetIndex, command: ReserveCommand, now_ms: int
 ) -> ReserveOutcome | None:
-    row = conn.execute(f"SELECT {RES_COLS} FROM reservations WHERE idempotency_key = ?", (key,)).fetchone()
-    return None if row is None else _replay(conn, index, reservation_from_row(row), now_ms)
+    """The first answer to ``command``'s idempotency key, if any; ``AlreadyExistsError`` when the key
+    was used for a different request."""
+    key = command.idempotency_key
+    found = conn.execute(f"SELECT {RES_COLS} FROM reservations WHERE idempotency_key = ?", (key,)).fetchone()
+    if found is None:
+        return None
+    row = reservation_from_row(found)
+    check_fingerprint(row.fingerprint, command.fingerprint, "idempotency_key", "Reserve")
+    return _replay(conn, index, row, now_ms)
+
+
+def check_owner(row: ReservationRow, owner: str) -> None:
+    """Only the principal that made a reservation may re-send, commit or release it."""
+    if row.owner != owner:
+        raise not_owner(row.id)
 
 
 def _replay(conn: sqlite3.Connection, index: BudgetIndex, row: ReservationRow, now_ms: int) -> ReserveOutcome:
@@ -246,23 +276,26 @@ def resend_downgrade(
     """The second half of the downgrade exchange: swap the held estimate for the cheaper path's."""
     row = load_reservation(conn, command.downgrade_of)
     if row is None:
-        raise NotFoundError(f"reservation {command.downgrade_of!r} (downgrade_of) is unknown")
+        raise NotFoundError(f"reservation {quote(command.downgrade_of)} (downgrade_of) is unknown")
+    check_owner(row, command.owner)
     state = ReservationState(row.state)
     if state is not ReservationState.HELD:
         raise FailedPreconditionError(
-            f"reservation {row.id!r} is {state.name.lower()}; send a new Reserve for the cheaper path"
+            f"reservation {quote(row.id)} is {state.name.lower()}; send a new Reserve for the cheaper path"
         )
     if command.scopes.pairs() and command.scopes != row.scopes:
         raise InvalidRequestError(
-            "scopes", f"must be omitted or equal to the scopes of reservation {row.id!r}"
+            "scopes", f"must be omitted or equal to the scopes of reservation {quote(row.id)}"
         )
     estimate = usd_to_micros(command.estimate_usd)
     if not row.awaiting:
         if row.decision == Decision.DOWNGRADE.value and row.held == estimate:
             return _replay(conn, index, row, now_ms)
-        raise FailedPreconditionError(f"reservation {row.id!r} is not awaiting a downgrade estimate")
+        raise FailedPreconditionError(f"reservation {quote(row.id)} is not awaiting a downgrade estimate")
     states = _states_without_own_hold(conn, index, row, now_ms)
     plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
+    if plan.decision is not Decision.DENY:
+        holds_fit(states, plan.hold)
     drop_holds(conn, row.holds, row.held)
     if plan.decision is Decision.DENY:
         conn.execute(

@@ -16,10 +16,12 @@ from typing import Any
 
 from collector_processor.domain.budgets import Budget, OnExceed, Scope
 from collector_processor.domain.periods import parse_period
+from collector_processor.store.sqlite.access import ACCESS_SCHEMA
 
 __all__ = [
     "BUDGET_COLUMNS",
     "SCHEMA_VERSION",
+    "TOTAL_OUT_OF_RANGE",
     "budget_from_row",
     "budget_to_row",
     "connect",
@@ -94,7 +96,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     settled_ms INTEGER,
     charged_micros INTEGER,
     released_micros INTEGER,
-    late INTEGER
+    late INTEGER,
+    owner TEXT NOT NULL DEFAULT '',
+    fingerprint TEXT NOT NULL DEFAULT ''
 );
 -- Partial indexes: a reservation without a key, or no longer held, costs no index entry.
 CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_key ON reservations (idempotency_key)
@@ -151,7 +155,8 @@ CREATE TABLE IF NOT EXISTS usage_events (
     cache_creation_tokens INTEGER NOT NULL,
     reasoning_tokens INTEGER NOT NULL,
     total_tokens INTEGER NOT NULL,
-    reservation_id TEXT NOT NULL
+    reservation_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage_events (ts_ms);
 
@@ -178,7 +183,21 @@ CREATE TABLE IF NOT EXISTS usage_series (
     updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_series_by_time ON usage_series (updated_ms);
+
+-- SQLite turns an integer sum past 2^63 - 1 into an inexact REAL. Spend and holds refuse such a value:
+-- the statement fails, and the store rolls the whole operation back and refuses it (TOTAL_OUT_OF_RANGE).
+CREATE TRIGGER IF NOT EXISTS spend_exact_insert BEFORE INSERT ON spend
+    WHEN typeof(NEW.used_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
+CREATE TRIGGER IF NOT EXISTS spend_exact_update BEFORE UPDATE ON spend
+    WHEN typeof(NEW.used_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
+CREATE TRIGGER IF NOT EXISTS holds_exact_insert BEFORE INSERT ON holds
+    WHEN typeof(NEW.reserved_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
+CREATE TRIGGER IF NOT EXISTS holds_exact_update BEFORE UPDATE ON holds
+    WHEN typeof(NEW.reserved_micros) <> 'integer' BEGIN SELECT RAISE(ABORT, 'paymaster: total out of range'); END;
 """
+
+TOTAL_OUT_OF_RANGE = "paymaster: total out of range"
+"""The message of the error a spend or hold total past 2^63 - 1 micro-dollars raises."""
 
 BUDGET_COLUMNS = (
     "id, generation, name, scope, scope_id, limit_usd, period, time_zone, on_exceed, thresholds, enabled, "
@@ -210,12 +229,36 @@ def connect(path: Path | str, *, synchronous: str, busy_timeout_ms: int, create:
     conn.execute("PRAGMA cache_size = -16000")
     if create:
         conn.executescript(_SCHEMA)
+        _add_columns(conn)
+        conn.executescript(ACCESS_SCHEMA)
         version = conn.execute("SELECT value FROM counters WHERE name = 'schema'").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"{path} has schema version {version}; this sidecar reads {SCHEMA_VERSION}"
             )
     return conn
+
+
+# Columns added after the first release: a file made by an earlier sidecar gets them on open (its rows
+# read as made without a principal and without a fingerprint, which the checks accept).
+_ADDED_COLUMNS = (
+    ("reservations", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("reservations", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
+    ("usage_events", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # another process may be opening the same file
+    try:
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def budget_from_row(row: tuple[Any, ...]) -> Budget:

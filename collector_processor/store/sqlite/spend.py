@@ -3,17 +3,23 @@
 Each function runs inside a transaction the caller holds: the hold is swapped for the actual spend,
 every matching budget is charged, and each threshold the charge reached is marked and logged as an
 alert, all or nothing. The mark row is what makes an alert fire exactly once per period.
+
+A charge that would take a period's spend (or a rolling window's) past 2^63 - 1 micro-dollars is
+refused by the database itself: the spend triggers refuse the inexact value SQLite would make of it,
+and summing a window past that range fails. ``charge`` turns either into ``RefusedAfterWrite``, so the
+whole operation is rolled back and refused with ``FAILED_PRECONDITION`` naming the budget.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
 
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
-from collector_processor.domain.money import micros_to_usd, usd_to_micros
+from collector_processor.domain.money import MAX_TOTAL_MICROS, micros_to_usd, usd_to_micros
 from collector_processor.domain.types import (
     BudgetInfo,
     CommitCommand,
@@ -24,22 +30,29 @@ from collector_processor.domain.types import (
 )
 from collector_processor.errors import NotFoundError
 from collector_processor.store.index import BudgetIndex, LiveBudget
+from collector_processor.store.shared import check_fingerprint, total_out_of_range
+from collector_processor.store.sqlite.group_commit import RefusedAfterWrite
 from collector_processor.store.sqlite.reservations import (
     RES_COLS,
     ReservationRow,
+    check_owner,
     drop_holds,
     load_reservation,
     reservation_from_row,
     standing,
 )
+from collector_processor.store.sqlite.schema import TOTAL_OUT_OF_RANGE
+from paymaster.exceptions import quote
 
 __all__ = [
     "INSERT_USAGE_SQL",
     "REARM_SQL",
+    "USAGE_INSERT_HEAD",
     "charge",
     "commit",
     "fire_alerts",
     "insert_usage",
+    "past_range",
     "rearm_marks",
     "record_against_reservation",
     "record_usage",
@@ -59,13 +72,16 @@ _UPSERT_SPEND_SQL = (
 _COMMIT_SQL = (
     "UPDATE reservations SET state = 2, settled_ms = ?, charged_micros = ?,"
     " released_micros = CASE WHEN state = 1 THEN held_micros ELSE 0 END, late = (state <> 1)"
-    f" WHERE id = ? AND state <> 2 RETURNING {RES_COLS}"
+    f" WHERE id = ? AND state <> 2 AND owner = ? RETURNING {RES_COLS}"
 )
-INSERT_USAGE_SQL = (
+USAGE_INSERT_HEAD = (
     "INSERT OR IGNORE INTO usage_events (usage_id, ts_ms, organization, team, agent, workflow, user, provider,"
     " model, cost_micros, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,"
-    " reasoning_tokens, total_tokens, reservation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " reasoning_tokens, total_tokens, reservation_id"
 )
+"""The columns every usage record has (batched OTLP items leave ``fingerprint`` empty: span ids are
+their own keys)."""
+INSERT_USAGE_SQL = f"{USAGE_INSERT_HEAD}, fingerprint) VALUES ({', '.join('?' * 18)})"
 _INSERT_ALERT_SQL = (
     "INSERT INTO alerts (alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros,"
     " action, period_start_ms, period_end_ms, fired_ms, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -78,21 +94,23 @@ def commit(
 ) -> CommitOutcome:
     """Replace the reservation's hold with the actual spend; a second commit changes nothing."""
     actual = usd_to_micros(command.actual_usd)
-    found = conn.execute(_COMMIT_SQL, (now_ms, actual, command.reservation_id)).fetchone()
+    found = conn.execute(_COMMIT_SQL, (now_ms, actual, command.reservation_id, command.owner)).fetchone()
     if found is None:
-        return _already_committed(conn, index, command.reservation_id, now_ms)
+        return _already_committed(conn, index, command.reservation_id, now_ms, command.owner)
     row = reservation_from_row(found)
     return _charge_reservation(conn, index, row, actual, command.actual_tokens, command.usage, now_ms)
 
 
 def _already_committed(
-    conn: sqlite3.Connection, index: BudgetIndex, reservation_id: str, now_ms: int
+    conn: sqlite3.Connection, index: BudgetIndex, reservation_id: str, now_ms: int, owner: str
 ) -> CommitOutcome:
+    """Why a commit settled nothing: another principal's reservation, an unknown one, or a duplicate."""
     row = load_reservation(conn, reservation_id)
     if row is None:
         raise NotFoundError(
-            f"reservation {reservation_id!r} is unknown (never made, or settled longer ago than the retention period)"
+            f"reservation {quote(reservation_id)} is unknown (never made, or settled longer ago than the retention period)"
         )
+    check_owner(row, owner)
     return CommitOutcome(
         charged_usd=micros_to_usd(row.charged or 0),
         released_usd=micros_to_usd(row.released or 0),
@@ -137,9 +155,13 @@ def record_usage(
     occurred = now_ms if command.occurred_ms is None else command.occurred_ms
     inserted = insert_usage(
         conn, command.usage_id, occurred, command.scopes, cost, command.total_tokens, command.usage,
-        command.reservation_id,
+        command.reservation_id, command.fingerprint,
     )  # fmt: skip
     if not inserted:
+        stored = conn.execute(
+            "SELECT fingerprint FROM usage_events WHERE usage_id = ?", (command.usage_id,)
+        ).fetchone()
+        check_fingerprint(stored[0] if stored else "", command.fingerprint, "usage_id", "RecordUsage")
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(0),
             duplicate=True,
@@ -161,11 +183,12 @@ def record_against_reservation(
 ) -> RecordUsageOutcome | None:
     """Usage naming a known reservation commits it (or is a duplicate of its commit); ``None`` if unknown."""
     cost = usd_to_micros(command.cost_usd)
-    found = conn.execute(_COMMIT_SQL, (now_ms, cost, command.reservation_id)).fetchone()
+    found = conn.execute(_COMMIT_SQL, (now_ms, cost, command.reservation_id, command.owner)).fetchone()
     if found is None:
         row = load_reservation(conn, command.reservation_id)
         if row is None:
             return None
+        check_owner(row, command.owner)
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(0),
             duplicate=True,
@@ -193,6 +216,7 @@ def insert_usage(
     total_tokens: int,
     f: UsageFacts,
     reservation_id: str,
+    fingerprint: str = "",
 ) -> bool:
     """Record one unit of spend for reports; False when ``usage_id`` was recorded before."""
     total = total_tokens or f.input_tokens + f.output_tokens
@@ -200,7 +224,7 @@ def insert_usage(
         INSERT_USAGE_SQL,
         (usage_id, ts_ms, s.organization, s.team, s.agent, s.workflow, s.user, f.provider, f.model, cost,
          f.input_tokens, f.output_tokens, f.cache_read_tokens, f.cache_creation_tokens, f.reasoning_tokens, total,
-         reservation_id),
+         reservation_id, fingerprint),
     )  # fmt: skip
     return cur.rowcount == 1
 
@@ -211,6 +235,45 @@ def charge(
     """Add ``amount`` spent at ``at_ms`` to every matching budget (disabled ones too: they keep counting),
     then fire the thresholds it reached. Returns the enabled budgets' standing and the alerts fired."""
     matched = index.match(scopes, enabled_only=False)
+    try:
+        return _charge(conn, matched, amount, at_ms=at_ms, now_ms=now_ms)
+    except sqlite3.Error as exc:
+        if not past_range(exc):
+            raise
+        charges = [
+            (live, entity, live.budget.period.bucket_of(at_ms, live.tz), amount) for live, entity in matched
+        ]
+        raise past_range_refusal(conn, charges, now_ms) from None
+
+
+def past_range(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused a total past 2^63 - 1 (a spend or hold trigger, or a sum that overflowed)."""
+    text = str(exc)
+    return TOTAL_OUT_OF_RANGE in text or "integer overflow" in text
+
+
+def past_range_refusal(
+    conn: sqlite3.Connection, charges: Sequence[tuple[LiveBudget, str, int, int]], now_ms: int
+) -> RefusedAfterWrite:
+    """The refusal of charges ``(budget, entity, bucket, amount)`` one of which passed the exact range,
+    naming the first budget whose spend would; read in Python ints, which nothing overflows."""
+    for live, entity, bucket, amount in charges:
+        period = live.budget.period
+        lowest = min(bucket, period.lowest_bucket(now_ms, live.tz)) if period.is_rolling else bucket
+        highest = bucket if not period.is_rolling else None
+        rows = conn.execute(
+            "SELECT bucket_ms, used_micros FROM spend WHERE budget_id = ? AND entity = ? AND bucket_ms >= ?",
+            (live.budget.id, entity, lowest),
+        ).fetchall()
+        spent = sum(int(used) for at, used in rows if highest is None or at == highest)
+        if spent + amount > MAX_TOTAL_MICROS:
+            return RefusedAfterWrite(total_out_of_range(live.budget.id))
+    return RefusedAfterWrite(total_out_of_range(None))
+
+
+def _charge(
+    conn: sqlite3.Connection, matched: list[tuple[LiveBudget, str]], amount: int, *, at_ms: int, now_ms: int
+) -> tuple[tuple[BudgetInfo, ...], list[int]]:
     standing_after = _charge_calendar(
         conn, [m for m in matched if not m[0].budget.period.is_rolling], amount, at_ms
     )

@@ -14,9 +14,11 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from collector_processor.domain.access import AuditEvent, TokenRecord, budget_record
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
 from collector_processor.domain.decisions import BudgetState
 from collector_processor.domain.money import micros_to_usd
@@ -44,6 +46,7 @@ from collector_processor.errors import (
 from collector_processor.store.base import BudgetSpend, UsageFilter, UsageRow
 from collector_processor.store.index import BudgetIndex
 from collector_processor.store.shared import check_outcome, entity_for, refuse_config
+from collector_processor.store.sqlite import access as access_sql
 from collector_processor.store.sqlite import batch as batch_sql
 from collector_processor.store.sqlite import budgets as budgets_sql
 from collector_processor.store.sqlite import reports
@@ -51,6 +54,7 @@ from collector_processor.store.sqlite import reservations as holds_sql
 from collector_processor.store.sqlite import spend as spend_sql
 from collector_processor.store.sqlite.group_commit import GroupCommitter
 from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_row, connect
+from paymaster.exceptions import quote
 
 __all__ = ["SqliteStore"]
 
@@ -144,12 +148,15 @@ class SqliteStore:
         return self._index
 
     # -- budgets ---------------------------------------------------------------------------------
-    def create_budget(self, budget: Budget) -> Budget:
+    def create_budget(self, budget: Budget, *, audit: AuditEvent | None = None) -> Budget:
         def op(conn: sqlite3.Connection) -> Budget:
             if conn.execute("SELECT 1 FROM budgets WHERE id = ?", (budget.id,)).fetchone():
-                raise AlreadyExistsError(f"budget {budget.id!r} exists already")
+                raise AlreadyExistsError(f"budget {quote(budget.id)} exists already")
             self._forget_index()
-            return budgets_sql.insert_budget(conn, budget)
+            created = budgets_sql.insert_budget(conn, budget)
+            if audit is not None:
+                access_sql.insert_audit(conn, replace(audit, after=budget_record(created)))
+            return created
 
         return self._write(op)
 
@@ -157,7 +164,7 @@ class SqliteStore:
         with self._read() as conn:
             row = conn.execute(f"SELECT {BUDGET_COLUMNS} FROM budgets WHERE id = ?", (budget_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"budget {budget_id!r} does not exist")
+            raise NotFoundError(f"budget {quote(budget_id)} does not exist")
         return budget_from_row(row)
 
     def list_budgets(
@@ -176,7 +183,13 @@ class SqliteStore:
         return [budget_from_row(r) for r in rows]
 
     def update_budget(
-        self, budget_id: str, patch: BudgetPatch, *, now_ms: int, allow_config: bool = False
+        self,
+        budget_id: str,
+        patch: BudgetPatch,
+        *,
+        now_ms: int,
+        allow_config: bool = False,
+        audit: AuditEvent | None = None,
     ) -> Budget:
         def op(conn: sqlite3.Connection) -> Budget:
             current = budgets_sql.load_budget(conn, budget_id)
@@ -184,15 +197,23 @@ class SqliteStore:
             updated = apply_patch(current, patch, now_ms=now_ms)
             self._forget_index()
             budgets_sql.replace_budget(conn, updated)
+            if audit is not None:
+                event = replace(audit, before=budget_record(current), after=budget_record(updated))
+                access_sql.insert_audit(conn, event)
             return updated
 
         return self._write(op)
 
-    def delete_budget(self, budget_id: str, *, allow_config: bool = False) -> None:
+    def delete_budget(
+        self, budget_id: str, *, allow_config: bool = False, audit: AuditEvent | None = None
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            refuse_config(budgets_sql.load_budget(conn, budget_id), allow_config, "deleted")
+            current = budgets_sql.load_budget(conn, budget_id)
+            refuse_config(current, allow_config, "deleted")
             self._forget_index()
             budgets_sql.delete_budget(conn, budget_id)
+            if audit is not None:
+                access_sql.insert_audit(conn, replace(audit, before=budget_record(current)))
 
         self._write(op)
 
@@ -219,7 +240,7 @@ class SqliteStore:
             if command.downgrade_of:
                 return holds_sql.resend_downgrade(conn, index, command, expires_ms, now_ms)
             if command.idempotency_key:
-                replay = holds_sql.replay_reservation(conn, index, command.idempotency_key, now_ms)
+                replay = holds_sql.replay_reservation(conn, index, command, now_ms)
                 if replay is not None:
                     return replay
             return holds_sql.reserve(conn, index, command, reservation_id, expires_ms, now_ms)
@@ -233,16 +254,17 @@ class SqliteStore:
 
         return self._write(op)
 
-    def release(self, reservation_id: str, *, now_ms: int) -> ReleaseOutcome:
+    def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
         def op(conn: sqlite3.Connection) -> ReleaseOutcome:
             self._begin_op(conn, now_ms)
             row = holds_sql.load_reservation(conn, reservation_id)
             if row is None:
-                raise NotFoundError(f"reservation {reservation_id!r} is unknown")
+                raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
+            holds_sql.check_owner(row, owner)
             state = ReservationState(row.state)
             if state is ReservationState.COMMITTED:
                 raise FailedPreconditionError(
-                    f"reservation {reservation_id!r} is committed already; it cannot be released"
+                    f"reservation {quote(reservation_id)} is committed already; it cannot be released"
                 )
             if state is not ReservationState.HELD:
                 return ReleaseOutcome(released_usd=micros_to_usd(0), state=state)
@@ -277,7 +299,7 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> BudgetStatus:
             live = self._begin_op(conn, now_ms).get(budget_id)
             if live is None:
-                raise NotFoundError(f"budget {budget_id!r} does not exist")
+                raise NotFoundError(f"budget {quote(budget_id)} does not exist")
             return reports.budget_status(conn, live, entity_for(live, entity), now_ms)
 
         return self._write(op)
@@ -313,6 +335,28 @@ class SqliteStore:
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
         rows = [(now_ms, s) for s in sequences]
         self._write(lambda conn: conn.executemany("UPDATE alerts SET delivered_ms = ? WHERE seq = ?", rows))
+
+    # -- tokens and audit ------------------------------------------------------------------------
+    def create_token(self, token: TokenRecord, *, event: AuditEvent) -> None:
+        self._write(lambda conn: access_sql.insert_token(conn, token, event))
+
+    def revoke_token(self, token_id: str, *, now_ms: int, event: AuditEvent) -> TokenRecord:
+        return self._write(lambda conn: access_sql.revoke_token(conn, token_id, now_ms, event))
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._read() as conn:
+            return access_sql.list_tokens(conn)
+
+    def tokens_version(self) -> int:
+        with self._read() as conn:
+            return access_sql.tokens_version(conn)
+
+    def record_audit(self, event: AuditEvent) -> None:
+        self._write(lambda conn: access_sql.insert_audit(conn, event))
+
+    def audit_events(self, *, after: int, limit: int) -> list[AuditEvent]:
+        with self._read() as conn:
+            return access_sql.audit_events(conn, after, limit)
 
     # -- housekeeping ----------------------------------------------------------------------------
     def prune(

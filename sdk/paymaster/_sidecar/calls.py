@@ -4,7 +4,8 @@ Every call that must finish runs as a task this object tracks; the step that nee
 it through ``asyncio.shield``. A cancelled step therefore stops waiting at once while its call
 completes in the background: a reservation that arrives for a step that is gone is released, and a
 commit or a usage record goes on. Spend that cannot be delivered (the sidecar is unreachable, or
-refuses it) goes to the replay journal with an idempotent id. ``drain`` waits for all of it.
+refuses it) goes to the replay journal with an idempotent id, written and fsynced on a worker thread
+so that the event loop never waits for the disk. ``drain`` waits for all of it.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class Calls:
             return await self.client.call("Commit", request, count=self.count)
         except (Unreachable, Refused) as exc:
             log.warning("paymaster: commit of %s failed (%s); kept for replay", reservation_id, exc)
-            self.journal(
+            await self.journal(
                 f"commit:{reservation_id}", scopes, cost, total_tokens, facts, reservation_id, reason
             )
             return None
@@ -220,10 +221,10 @@ class Calls:
             return await self.client.call("RecordUsage", request, count=self.count)
         except (Unreachable, Refused) as exc:
             log.warning("paymaster: usage %s could not be recorded (%s); kept for replay", usage_id, exc)
-            self.journal(usage_id, scopes, cost, total_tokens, facts, "", reason)
+            await self.journal(usage_id, scopes, cost, total_tokens, facts, "", reason)
             return None
 
-    def journal(
+    async def journal(
         self,
         usage_id: str,
         scopes: Scopes,
@@ -233,7 +234,9 @@ class Calls:
         reservation_id: str = "",
         reason: str = "fail_open",
     ) -> None:
-        """Keep spend for the replayer (durably when the journal has a directory)."""
+        """Keep spend for the replayer, durably when the journal has a directory: the write and its fsync
+        run on a worker thread and this returns once they are done, so the spend is on disk before the
+        step that made it is done, and the event loop runs other steps meanwhile."""
         entry = PendingUsage(
             usage_id=usage_id,
             target=self.client.target,
@@ -247,7 +250,10 @@ class Calls:
         )
         journal = self.budget.journal
         try:
-            journal.append(entry)
+            if journal.directory is None:
+                journal.append(entry)  # memory only: nothing to wait for
+            else:
+                await asyncio.to_thread(journal.append, entry)
         except OSError as exc:
             # The durable journal cannot be written: keep the entry in memory rather than lose it.
             log.error("paymaster: cannot write the replay journal (%s); keeping %s in memory", exc, usage_id)

@@ -8,8 +8,11 @@ bound to no event loop, so one connection serves every run of every runner in th
 callers await its futures through the running loop.
 
 Outcomes: a response; ``Unreachable`` (no answer within the deadline, or the breaker is open — the
-fail policy decides what happens next); or ``Refused`` (the sidecar answered that the request is
-wrong — a bug or a misconfiguration, reported as is).
+fail policy decides what happens next); ``Unauthenticated``, a kind of ``Unreachable`` (the sidecar
+refused this client's credentials: not retried, and the fail policy decides as for an outage, so
+spend kept for replay waits for valid credentials instead of being dropped); or ``Refused`` (the
+sidecar answered that the request is wrong — a bug or a misconfiguration, reported as is). The
+channel and the token sent with every call come from ``credentials.Credentials``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from typing import Any, Final
 import grpc
 
 from paymaster._sidecar.breaker import CircuitBreaker
-from paymaster.v1 import budget_pb2_grpc
+from paymaster._sidecar.credentials import Credentials
 
-__all__ = ["Refused", "SidecarClient", "Unreachable"]
+__all__ = ["Refused", "SidecarClient", "Unauthenticated", "Unreachable"]
 
 # Transport-level failures: the request may not have been decided. All are retried.
 _UNREACHABLE: Final = {
@@ -53,10 +56,35 @@ Count = Callable[[str, str], None]
 class Unreachable(Exception):
     """No answer from the sidecar: ``kind`` is ``breaker_open``, ``unavailable``, ``deadline_exceeded`` ..."""
 
+    remedy = "Start (or reach) the sidecar"
+    """What to do about it, as the start of a sentence."""
+
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
         self.detail = detail
+
+    @property
+    def situation(self) -> str:
+        """What happened, to follow "the budget sidecar at <target>"."""
+        return f"did not answer ({self})"
+
+
+class Unauthenticated(Unreachable):
+    """The sidecar answered ``UNAUTHENTICATED``: no credentials, or a token it does not accept
+    (unknown, revoked, expired) or a client certificate it does not map."""
+
+    remedy = (
+        "Give the SidecarBudget a valid token (token=, token_file=, $PAYMASTER_TOKEN or "
+        "$PAYMASTER_TOKEN_FILE) or client certificate"
+    )
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("unauthenticated", detail)
+
+    @property
+    def situation(self) -> str:
+        return f"refused this client's credentials ({self.detail})"
 
 
 class Refused(Exception):
@@ -80,15 +108,21 @@ class SidecarClient:
         backoff_s: float,
         breaker: CircuitBreaker,
         channel_options: Sequence[tuple[str, Any]] = (),
+        credentials: Credentials | None = None,
     ) -> None:
         self.target = target
         self.deadline_s = deadline_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.breaker = breaker
-        self._channel = grpc.insecure_channel(target, options=[*_CHANNEL_OPTIONS, *channel_options])
-        self.stub = budget_pb2_grpc.BudgetServiceStub(self._channel)
+        self.credentials = credentials or Credentials.none()
+        self._connection = self.credentials.connect(target, [*_CHANNEL_OPTIONS, *channel_options])
         self._closed = False
+
+    @property
+    def stub(self) -> Any:
+        """The stub of the current channel (a new one after the TLS files change)."""
+        return self._connection.stub()
 
     # ------------------------------------------------------------------ async
     async def call(
@@ -101,14 +135,19 @@ class SidecarClient:
                 "breaker_open", f"the circuit breaker is open after repeated failures to reach {self.target}"
             )
         rpc = getattr(self.stub, method)
+        metadata = self.credentials.metadata()
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
             try:
-                response = await _bridge(loop, rpc.future(request, timeout=max(remaining, 0.001)))
+                response = await _bridge(
+                    loop, rpc.future(request, timeout=max(remaining, 0.001), metadata=metadata)
+                )
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise self._unauthenticated(method, exc, count) from None
                 kind = _UNREACHABLE.get(exc.code())
                 if kind is None:
                     self.breaker.success()  # it answered: the transport is fine
@@ -143,8 +182,12 @@ class SidecarClient:
             _count(count, method, "breaker_open")
             raise Unreachable("breaker_open", "the circuit breaker is open")
         try:
-            response = getattr(self.stub, method)(request, timeout=timeout_s)
+            response = getattr(self.stub, method)(
+                request, timeout=timeout_s, metadata=self.credentials.metadata()
+            )
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise self._unauthenticated(method, exc, count) from None
             kind = _UNREACHABLE.get(exc.code())
             if kind is None:
                 self.breaker.success()
@@ -157,10 +200,16 @@ class SidecarClient:
         _count(count, method, "ok")
         return response
 
+    def _unauthenticated(self, method: str, exc: grpc.RpcError, count: Count | None) -> Unauthenticated:
+        # It answered, so the transport is fine; retrying the same credentials cannot help.
+        self.breaker.success()
+        _count(count, method, "unauthenticated")
+        return Unauthenticated(f"{self.credentials.describe_token()}: {exc.details() or 'UNAUTHENTICATED'}")
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._channel.close()
+            self._connection.close()
 
 
 def _count(count: Count | None, method: str, outcome: str) -> None:

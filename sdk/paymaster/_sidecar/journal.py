@@ -90,6 +90,9 @@ class Journal:
         self.directory = None if directory is None else Path(directory)
         self.target = target
         self._lock = threading.Lock()
+        """Guards ``_pending``; never held while the file is written, so readers never wait on an fsync."""
+        self._file_lock = threading.Lock()
+        """Serialises the writes to the file (each fsynced) with the changes of ``_pending`` they record."""
         self._pending: dict[str, PendingUsage] = {}
         self._file: IO[str] | None = None
         self.path: Path | None = None
@@ -112,12 +115,15 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
     def append(self, entry: PendingUsage) -> None:
-        """Keep ``entry`` (durably, when there is a directory) until ``done``."""
-        with self._lock:
-            if entry.usage_id in self._pending:
-                return
+        """Keep ``entry`` (durably, when there is a directory: written and fsynced before this returns)
+        until ``done``. Blocks for the fsync: call it from a thread, never from an event loop."""
+        with self._file_lock:
+            with self._lock:
+                if entry.usage_id in self._pending:
+                    return
             self._write(entry.to_json())
-            self._pending[entry.usage_id] = entry
+            with self._lock:
+                self._pending[entry.usage_id] = entry
 
     def keep_in_memory(self, entry: PendingUsage) -> None:
         """Keep ``entry`` without writing it (the file could not be written); it is replayed all the same."""
@@ -126,17 +132,20 @@ class Journal:
 
     def done(self, usage_id: str) -> None:
         """The sidecar confirmed the entry (charged, or a duplicate of an earlier charge)."""
-        with self._lock:
-            if self._pending.pop(usage_id, None) is None:
-                return
+        with self._file_lock:
+            with self._lock:
+                if self._pending.pop(usage_id, None) is None:
+                    return
+                empty = not self._pending
             self._write({"op": "done", "usage_id": usage_id})
-            if not self._pending:
+            if empty:
                 self._truncate()
 
     def rejected(self, usage_id: str, error: str) -> None:
         """The sidecar refused the entry for good; it stays in the file with the error, for an operator."""
-        with self._lock:
-            entry = self._pending.pop(usage_id, None)
+        with self._file_lock:
+            with self._lock:
+                entry = self._pending.pop(usage_id, None)
             if entry is None:
                 return
             self._write({"op": "rejected", "usage_id": usage_id, "error": error})
@@ -157,11 +166,11 @@ class Journal:
 
     def close(self) -> None:
         """Close this process's file (its entries stay for the next process to adopt)."""
-        with self._lock:
+        with self._file_lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-                if not self._pending and self.path is not None:
+                if not len(self) and self.path is not None:
                     self.path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the file
@@ -205,11 +214,8 @@ class Journal:
             except OSError:
                 return 0  # its process is alive and replays it itself
             ours, others, corrupt = _read_pending(path, handle.read(), self.target)
-            with self._lock:
-                for entry in ours:
-                    if entry.usage_id not in self._pending:
-                        self._write(entry.to_json())
-                        self._pending[entry.usage_id] = entry
+            for entry in ours:
+                self.append(entry)
             if corrupt:
                 with open(path.with_suffix(".corrupt"), "a", encoding="utf-8") as out:
                     out.writelines(line + "\n" for line in corrupt)

@@ -1,11 +1,13 @@
 """The replayer: a background thread that hands the journal's pending spend to the sidecar with
 ``RecordUsage`` as soon as it answers again, and retries releases that could not be delivered.
 
-It runs only while there is something to send, waking when a runner adds an entry. Its attempts go
-through the circuit breaker like every other call, so while the sidecar is down it probes at the
-breaker's pace (no faster than the breaker's cooldown) and its first success closes the breaker for
-every runner. An entry the sidecar refuses for good (a malformed record) is kept in the journal
-directory as ``*.rejected`` with the sidecar's message and logged; it is never dropped silently.
+It runs only while there is something to send, waking when a runner adds an entry; it also takes
+over the journals of processes that ended (``adopt``), so that no file work runs on a runner's event
+loop. Its attempts go through the circuit breaker like every other call, so while the sidecar is down
+it probes at the breaker's pace (no faster than the breaker's cooldown) and its first success closes
+the breaker for every runner. An entry the sidecar refuses for good (a malformed record) is kept in
+the journal directory as ``*.rejected`` with the sidecar's message and logged; it is never dropped
+silently.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Replayer:
         self._timeout_s = timeout_s
         self._max_backoff_s = max_backoff_s
         self._releases: deque[str] = deque()
+        self._adopt: Callable[[], None] | None = None
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,6 +66,14 @@ class Replayer:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="paymaster-replay", daemon=True)
                 self._thread.start()
+
+    def adopt(self, adopt: Callable[[], None]) -> None:
+        """Run ``adopt`` (taking over the journals of ended processes) on this thread, then send."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._adopt = adopt
+        self.wake()
 
     def add_release(self, reservation_id: str) -> None:
         """Release ``reservation_id`` once the sidecar answers (its TTL is the backstop)."""
@@ -98,11 +109,15 @@ class Replayer:
 
     # ------------------------------------------------------------------ the thread
     def _busy(self) -> bool:
-        return bool(len(self.journal) or self._releases)
+        return bool(self._adopt is not None or len(self.journal) or self._releases)
 
     def _run(self) -> None:
         backoff = 0.05
         while True:
+            with self._cond:
+                adopt, self._adopt = self._adopt, None
+            if adopt is not None:
+                adopt()
             with self._cond:
                 if self._stopped or not self._busy():
                     self._thread = None

@@ -133,12 +133,17 @@ class BudgetSession:
             admission.outcome.charged_usd = wire.usd(response.charged_usd)
             return halt_error(response.budget_info)
         if mode == "fail_open":
-            self.calls.journal(
-                admission.outcome.usage_id or "",
-                admission.scopes,
-                cost,
-                usage.total_tokens,
-                usage_facts(usage),
+            # Durable before the step is done; a cancelled step stops waiting, the write goes on.
+            await asyncio.shield(
+                self.calls.spawn(
+                    self.calls.journal(
+                        admission.outcome.usage_id or "",
+                        admission.scopes,
+                        cost,
+                        usage.total_tokens,
+                        usage_facts(usage),
+                    )
+                )
             )
         return None
 
@@ -249,7 +254,7 @@ class BudgetSession:
     ) -> Ticket:
         """The fail policy, for a step the sidecar could not decide."""
         policy = self.budget.fail_policy
-        why = f"the budget sidecar at {self.budget.target} did not answer ({exc})"
+        why = f"the budget sidecar at {self.budget.target} {exc.situation}"
         if span is not None:
             span.set_attribute("paymaster.sidecar.outcome", exc.kind)
         if policy == FAIL_CLOSED:
@@ -257,7 +262,7 @@ class BudgetSession:
             self._record(outcome, record, span)
             raise SidecarUnavailableError(
                 f"{why[0].upper()}{why[1:]}; fail_policy='fail_closed' denies step {step.name!r} before it "
-                "runs. Start (or reach) the sidecar, or choose fail_policy='fail_open' or "
+                f"runs. {exc.remedy}, or choose fail_policy='fail_open' or "
                 "'local_only_limits' to keep running through outages."
             )
         if policy == FAIL_OPEN:

@@ -102,6 +102,26 @@ class BudgetServiceStub:
                 request_serializer=paymaster_dot_v1_dot_budget__pb2.WatchAlertsRequest.SerializeToString,
                 response_deserializer=paymaster_dot_v1_dot_budget__pb2.Alert.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/paymaster.v1.BudgetService/CreateToken',
+                request_serializer=paymaster_dot_v1_dot_budget__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=paymaster_dot_v1_dot_budget__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/paymaster.v1.BudgetService/ListTokens',
+                request_serializer=paymaster_dot_v1_dot_budget__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=paymaster_dot_v1_dot_budget__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/paymaster.v1.BudgetService/RevokeToken',
+                request_serializer=paymaster_dot_v1_dot_budget__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=paymaster_dot_v1_dot_budget__pb2.Token.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/paymaster.v1.BudgetService/ListAuditEvents',
+                request_serializer=paymaster_dot_v1_dot_budget__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=paymaster_dot_v1_dot_budget__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetServiceServicer:
@@ -193,6 +213,33 @@ class BudgetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Issue a bearer token (admin); its secret is in the response only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revoke a token; every sidecar sharing the store refuses it within auth.refresh_seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """The audit log of changes to budgets and tokens (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +307,26 @@ def add_BudgetServiceServicer_to_server(servicer, server):
                     servicer.WatchAlerts,
                     request_deserializer=paymaster_dot_v1_dot_budget__pb2.WatchAlertsRequest.FromString,
                     response_serializer=paymaster_dot_v1_dot_budget__pb2.Alert.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=paymaster_dot_v1_dot_budget__pb2.CreateTokenRequest.FromString,
+                    response_serializer=paymaster_dot_v1_dot_budget__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=paymaster_dot_v1_dot_budget__pb2.ListTokensRequest.FromString,
+                    response_serializer=paymaster_dot_v1_dot_budget__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=paymaster_dot_v1_dot_budget__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=paymaster_dot_v1_dot_budget__pb2.Token.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=paymaster_dot_v1_dot_budget__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=paymaster_dot_v1_dot_budget__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +682,114 @@ class BudgetService:
             '/paymaster.v1.BudgetService/WatchAlerts',
             paymaster_dot_v1_dot_budget__pb2.WatchAlertsRequest.SerializeToString,
             paymaster_dot_v1_dot_budget__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paymaster.v1.BudgetService/CreateToken',
+            paymaster_dot_v1_dot_budget__pb2.CreateTokenRequest.SerializeToString,
+            paymaster_dot_v1_dot_budget__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paymaster.v1.BudgetService/ListTokens',
+            paymaster_dot_v1_dot_budget__pb2.ListTokensRequest.SerializeToString,
+            paymaster_dot_v1_dot_budget__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paymaster.v1.BudgetService/RevokeToken',
+            paymaster_dot_v1_dot_budget__pb2.RevokeTokenRequest.SerializeToString,
+            paymaster_dot_v1_dot_budget__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paymaster.v1.BudgetService/ListAuditEvents',
+            paymaster_dot_v1_dot_budget__pb2.ListAuditEventsRequest.SerializeToString,
+            paymaster_dot_v1_dot_budget__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

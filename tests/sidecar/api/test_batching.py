@@ -37,10 +37,10 @@ def fail_charges_to_team_boom(backend: str, monkeypatch: pytest.MonkeyPatch) -> 
 
     real_script = RedisLink.script
 
-    def script(self, name, args):  # type: ignore[no-untyped-def]
+    def script(self, name, args, keys=()):  # type: ignore[no-untyped-def]
         if name == "commit" and "boom" in args:
             raise RuntimeError("disk on fire")
-        return real_script(self, name, args)
+        return real_script(self, name, args, keys)
 
     monkeypatch.setattr(RedisLink, "script", script)
 

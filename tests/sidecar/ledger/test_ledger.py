@@ -406,12 +406,18 @@ def test_recorded_usage_is_charged_to_the_period_it_happened_in(ledger: Ledger, 
         )
 
 
-def test_money_stays_exact_beyond_what_a_double_can_hold(ledger: Ledger) -> None:
+def test_money_stays_exact_beyond_what_a_double_can_hold(
+    store_factory: StoreFactory, clock: ManualClock
+) -> None:
     """Past 2^53 micro-dollars binary floats stop counting by ones (2^53 + 1 rounds to 2^53); every
     decision there is still exact to the micro-dollar."""
+    ledger = Ledger(store_factory.open(), clock=clock, settings=LedgerSettings(max_amount_usd=D(10**9)))
     edge = 2**53
     ledger.create_budget(draft("team", limit=str(D(edge + 2).scaleb(-6))))
-    ledger.record_usage(RecordUsageCommand(usage_id="big", scopes=SEARCH, cost_usd=D(edge + 1).scaleb(-6)))
+    for i in range(9):
+        ledger.record_usage(RecordUsageCommand(usage_id=f"big-{i}", scopes=SEARCH, cost_usd=D(10**9)))
+    rest = D(edge + 1 - 9 * 10**15).scaleb(-6)
+    ledger.record_usage(RecordUsageCommand(usage_id="big", scopes=SEARCH, cost_usd=rest))
     assert reserve(ledger, "0.000001").decision is Decision.ALLOW  # type: ignore[attr-defined]  # reaches the limit
     assert reserve(ledger, "0.000001").decision is Decision.DENY  # type: ignore[attr-defined]  # one past it
     assert standing(ledger, "team") == (D(edge + 1).scaleb(-6), D("0.000001"))

@@ -39,7 +39,7 @@ def test_the_defaults_are_off_on_the_reserved_ports_with_nothing_forwarded() -> 
         ),
         (
             "[receivers.otlp.forward]\nqueue_size = 0",
-            "receivers.otlp.forward.queue_size: Input should be greater than or equal to 1",
+            "receivers.otlp.forward.queue_size: must be a whole number from 1 to 100000000, got 0",
         ),
         (
             "[receivers.otlp.charging]\nspend_source = 'both'",
@@ -47,7 +47,7 @@ def test_the_defaults_are_off_on_the_reserved_ports_with_nothing_forwarded() -> 
         ),
         (
             "[receivers.otlp.charging]\nmax_message_bytes = 10",
-            "receivers.otlp.charging.max_message_bytes: Input should be greater than or equal to 1024",
+            "receivers.otlp.charging.max_message_bytes: must be a whole number from 1024 to 268435456, got 10",
         ),
         (
             "[receivers.otlp.attribution]\nteam = ['has space']",
@@ -129,18 +129,6 @@ def test_an_empty_http_listen_turns_otlp_http_off(tmp_path: Path) -> None:
         assert receiver.describe().startswith("OTLP/gRPC on 127.0.0.1:")
     finally:
         sidecar.stop(0)
-
-
-def test_a_port_in_use_stops_the_sidecar_at_start(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        config = _with_otlp(tmp_path, f"127.0.0.1:{port}")
-        with pytest.raises(ConfigError, match=r"sidecar.toml: OTLP/gRPC on 127.0.0.1:.*: cannot start: "):
-            create_sidecar(config).start()
 
 
 def test_the_receiver_loads_the_pricing_library_at_start_not_on_the_first_export(tmp_path: Path) -> None:

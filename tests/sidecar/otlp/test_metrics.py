@@ -91,10 +91,10 @@ def test_delta_token_metrics_are_charged_once_per_point_even_when_an_export_is_r
     sent: list[bytes] = []
     original = running.receiver.pipeline.prepare
 
-    def remember(signal: str, body: bytes, transport: str) -> Any:
+    def remember(signal: str, body: bytes, transport: str, *principal: Any) -> Any:
         if signal == "metrics":
             sent.append(body)
-        return original(signal, body, transport)
+        return original(signal, body, transport, *principal)
 
     running.receiver.pipeline.prepare = remember
     with token_meter(running, "batch-job", delta=True) as (histogram, flush):

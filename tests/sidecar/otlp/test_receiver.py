@@ -138,9 +138,11 @@ def test_a_retried_export_never_charges_twice(otlp_sidecar: Callable[..., OtlpSi
     provider.shutdown()
 
 
-def test_spans_the_sdk_committed_through_a_reservation_are_not_charged_again(
+def test_spans_carrying_a_reservation_id_are_left_to_the_sdk(
     otlp_sidecar: Callable[..., OtlpSidecar],
 ) -> None:
+    """Committed, still held or never seen (a fail-open replay id): the receiver charges none of them and
+    never settles the reservation on a span's word — the SDK's own commit charges the held one."""
     running = otlp_sidecar()
     budgets = running.budgets
     budgets.CreateBudget(pb.CreateBudgetRequest(budget=pb.Budget(
@@ -153,22 +155,22 @@ def test_spans_the_sdk_committed_through_a_reservation_are_not_charged_again(
     provider = tracer_provider(exporter, **{"service.name": "ml-runner", "paymaster.team": "ml"})
     sdk_attributes = {**GPT4O, "paymaster.cost_usd": "0.0125", "gen_ai.usage.cost": 0.0125,
                       "gen_ai.usage.cost.source": "configured"}  # fmt: skip
-    emit(
-        provider,
-        "invoke_agent summarise",
-        {**sdk_attributes, "paymaster.reservation_id": committed.reservation_id},
-    )
-    # A span whose SDK never got to commit (it crashed): the span commits the reservation, once.
-    emit(
-        provider, "invoke_agent classify", {**sdk_attributes, "paymaster.reservation_id": held.reservation_id}
-    )
+    for name, claim in (
+        ("invoke_agent summarise", committed.reservation_id),
+        ("invoke_agent classify", held.reservation_id),  # a lease, or a step whose commit is on its way
+        ("invoke_agent draft", "fail-open:6f1c"),  # spend the SDK's journal replays
+    ):
+        emit(provider, name, {**sdk_attributes, "paymaster.reservation_id": claim})
+    status = budgets.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="ml"))
+    assert (status.used_usd, status.reserved_usd) == ("0.012500", "0.050000")
+    commit = budgets.Commit(pb.CommitRequest(reservation_id=held.reservation_id, actual_usd="0.0125"))
+    assert not commit.duplicate
     status = budgets.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="ml"))
     assert (status.used_usd, status.reserved_usd) == ("0.025000", "0.000000")
-    late = budgets.Commit(pb.CommitRequest(reservation_id=held.reservation_id, actual_usd="0.0125"))
-    assert late.duplicate
-    assert budgets.GetBudgetStatus(pb.GetBudgetStatusRequest(budget_id="ml")).used_usd == "0.025000"
-    assert running.counter("paymaster_otlp_spans_charged_total", outcome="reservation") == 2
-    assert running.counter("paymaster_otlp_spans_priced_total", source="sdk") == 2
+    assert running.counter("paymaster_otlp_spans_charged_total", outcome="sdk") == 3
+    assert running.counter("paymaster_otlp_spans_charged_total") == 3
+    assert running.counter("paymaster_otlp_cost_usd_total") == 0
+    assert running.counter("paymaster_otlp_spans_priced_total", source="sdk") == 3
     provider.shutdown()
 
 

@@ -21,8 +21,14 @@ from paymaster.pricing import CostCalculator
 from tests.sidecar.otlp.conftest import PRICES
 from tests.sidecar.otlp.payloads import export, span
 
-NOW_MS = time.time_ns() // 1_000_000
-WINDOW = WindowPolicy(oldest_ms=NOW_MS - 3_600_000, newest_ms=NOW_MS + 60_000)
+
+def window_now() -> WindowPolicy:
+    """The receiver's window as of now (an hour back, a minute ahead), taken when a test runs: spans
+    are stamped when a test makes them, however long after collection that is."""
+    now_ms = time.time_ns() // 1_000_000
+    return WindowPolicy(oldest_ms=now_ms - 3_600_000, newest_ms=now_ms + 60_000)
+
+
 GPT4O = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1000,
          "gen_ai.usage.output_tokens": 500}  # fmt: skip
 
@@ -38,16 +44,17 @@ def processor(mode: str = "auto") -> TraceProcessor:
 
 def plan_of(
     *spans: Any, resource: dict[str, Any] | None = None, enrich: bool = False, mode: str = "auto",
-    window: WindowPolicy = WINDOW,
+    window: WindowPolicy | None = None,
 ) -> tuple[TracePlan, Any]:  # fmt: skip
     return plan_of_export(export(list(spans), resource), enrich=enrich, mode=mode, window=window)
 
 
 def plan_of_export(
-    request: Any, *, enrich: bool = False, mode: str = "auto", window: WindowPolicy = WINDOW
+    request: Any, *, enrich: bool = False, mode: str = "auto", window: WindowPolicy | None = None
 ) -> tuple[TracePlan, Any]:
     """The plan, as the receiver makes it (with the export's bytes); checked against the plan made
     without them (every name looked up on every span), which must be the same."""
+    window = window or window_now()
     payload = request.SerializeToString()
     view = TraceRequestView.FromString(payload)
     plan = processor(mode).process(view, window, enrich=enrich, payload=payload)
@@ -102,7 +109,8 @@ def test_cache_and_reasoning_counts_reported_outside_input_and_output_are_added_
 
 
 def test_spans_older_than_the_idempotency_window_are_not_charged() -> None:
-    plan, _ = plan_of(span(GPT4O, end_ns=(WINDOW.oldest_ms - 1) * 1_000_000), span(GPT4O))
+    window = window_now()
+    plan, _ = plan_of(span(GPT4O, end_ns=(window.oldest_ms - 1) * 1_000_000), span(GPT4O), window=window)
     assert len(plan.items) == 1 and plan.outcomes["stale"] == 1
 
 
@@ -123,16 +131,20 @@ def test_enrichment_sets_the_cost_attributes_and_the_view_serialises_to_a_valid_
     assert plan.outcomes["unpriced"] == 1
 
 
-def test_a_span_naming_a_reservation_is_recorded_under_the_reservation_rules() -> None:
-    plan, _ = plan_of(span({**GPT4O, "paymaster.reservation_id": "r-1"}), resource={"paymaster.team": "ml"})
-    assert plan.items == []
-    (usage,) = plan.reservations
-    assert (usage.reservation_id, usage.scopes.team, str(usage.cost_usd)) == (
-        "r-1",
-        "ml",
-        "0.012500000000000",
+def test_a_span_carrying_a_reservation_id_is_left_to_the_sdk_whatever_its_price() -> None:
+    """The SDK charges what it claimed (commit, lease, replayed journal): the receiver charges nothing for
+    it, settles no reservation, and counts it ``sdk`` — priced or not; an empty value claims nothing."""
+    plan, _ = plan_of(
+        span({**GPT4O, "paymaster.reservation_id": "r-1"}),
+        span({**GPT4O, "gen_ai.request.model": "mystery-model", "paymaster.reservation_id": "fail-open:9"}),
+        span({**GPT4O, "paymaster.reservation_id": ""}),
+        span({**GPT4O, "gen_ai.request.model": "mystery-model"}),
+        resource={"paymaster.team": "ml"},
     )
-    assert usage.usage_id.startswith("otlp:") and usage.usage.input_tokens == 1000
+    (item,) = plan.items  # the span with an empty value
+    assert item[3] == 12_500
+    assert (plan.outcomes["sdk"], plan.outcomes["unpriced"]) == (2, 1)
+    assert plan.priced == {"configured": 2, "unknown": 2}
 
 
 def test_a_scope_attribute_on_some_spans_overrides_the_resource_for_those_spans_only() -> None:
@@ -148,7 +160,7 @@ def test_attribute_names_inside_string_values_are_not_taken_for_attributes() -> 
     plan, _ = plan_of(span({**GPT4O, "gen_ai.prompt.0.content": content}), resource={"paymaster.team": "ml"})
     (item,) = plan.items
     assert (item[3], item[4:7]) == (12_500, (1000, 500, 0))  # no cache read
-    assert plan.reservations == [] and plan.groups[0].scopes.team == "ml"
+    assert plan.outcomes["sdk"] == 0 and plan.groups[0].scopes.team == "ml"
 
 
 def test_counts_are_read_from_their_own_spans_when_spans_without_usage_come_between() -> None:

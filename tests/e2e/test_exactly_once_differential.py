@@ -1,0 +1,389 @@
+"""Differential: whatever the pipeline, the SDK mode and the outages, the sidecar holds exactly what the
+SDK reports spent — to the micro-dollar.
+
+Hypothesis draws pipelines (agent steps, sequences, loops, parallel branches under shared and split
+quotas; agents that report an explicit cost or token usage priced by ``paymaster.toml``, some calling
+an instrumented model client whose own ``chat`` span records the same call, some failing before they
+succeed, some with a cheaper path), budgets that deny, halt or downgrade, run limits that halt, and
+where the sidecar goes down and comes back mid-run. Each runs against a real sidecar (in this process,
+restarted on the same ports and store for an outage; SQLite and a real redis-server) in every SDK
+mode — per-step reservations, leases, downgrades, ``fail_open`` (a journal replayed later),
+``fail_closed``, ``local_only_limits`` and no budget at all — with OTLP ingestion on (the SDK's spans
+exported by its real OTLP exporter as each step ends, with the reservation span processor installed)
+and off. Afterwards the sidecar's committed total for the run's team must equal:
+
+* with ingestion on, the SDK's reported total (``result.total_cost_usd``);
+* with ingestion off, the part the SDK charged itself (steps run under a reservation, a lease or
+  ``fail_open``): spend the SDK charges nobody for, with nobody ingesting its spans, is charged nowhere.
+
+Every amount is a whole number of micro-dollars (prices too), so "equal" is exact. Pipelines where two
+split parallels would split one quota at once are not drawn: the SDK refuses them before any spend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+
+from paymaster import (
+    FAIL_CLOSED,
+    FAIL_OPEN,
+    LOCAL_ONLY_LIMITS,
+    LeasePolicy,
+    Pipeline,
+    Runner,
+    Scopes,
+    SidecarBudget,
+    Step,
+    StepConfig,
+    UsageLimitExceededError,
+    UsageLimits,
+)
+from paymaster.config import PaymasterConfig, parse_config
+from paymaster.pricing import PricingMeter
+from paymaster.result import PipelineResult
+from paymaster.v1 import budget_pb2 as pb
+from tests.e2e.live_sidecar import PRICES, LiveSidecar, SpanPipe, traced
+from tests.sdk.agents import MetricOutput
+from tests.sidecar.redisserver import RedisServer
+
+pytestmark = pytest.mark.slow
+
+MODES = ("reserve", "lease", "downgrade", "fail_open", "fail_closed", "local_only", "no_budget")
+OUTAGES = {"fail_open", "fail_closed", "local_only"}
+SDK_CHARGED = {"reservation", "lease", "fail_open"}
+"""Step modes (``StepResult.budget.mode``) whose spend the SDK charges itself."""
+MICRO = Decimal("0.000001")
+SDK_CONFIG: PaymasterConfig = parse_config(PRICES + '\n[downgrade]\n"openai:gpt-4o" = "openai:gpt-4o-mini"\n')
+
+
+# ---------------------------------------------------------------------------------------- sidecars
+@pytest.fixture(scope="module")
+def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveSidecar]]:
+    """One sidecar per store for the module (each example has a team of its own), OTLP on."""
+    redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    lite = tmp_path_factory.mktemp("sqlite")
+    live = {
+        "sqlite": LiveSidecar(lite, store=f'path = "{lite / "sidecar.db"}"'),
+        "redis": LiveSidecar(
+            tmp_path_factory.mktemp("redis-sidecar"),
+            store=f'kind = "redis"\nurl = "{redis.url}"\nnamespace = "diff-{uuid.uuid4().hex[:8]}"',
+        ),
+    }
+    for side in live.values():
+        side.start()
+    yield live
+    for side in live.values():
+        side.close()
+    redis.stop()
+
+
+# ---------------------------------------------------------------------------------------- pipelines
+@dataclass(frozen=True)
+class Call:
+    """One agent step."""
+
+    micros: int | None
+    """Explicit cost in micro-dollars; ``None``: token usage priced at gpt-4o (2 and 8 micros a token)."""
+    tokens: tuple[int, int]
+    declared: int | None
+    """Declared estimate (``StepConfig.expected_cost_usd``) in micro-dollars."""
+    instrumented: bool
+    """The agent calls an instrumented client: a ``chat`` span with the call's GenAI usage."""
+    failures: int
+    """Attempts that raise before one succeeds (the step retries that often)."""
+    delay: bool
+    cheaper: bool
+    """Has a cheaper path (``Step(downgrade=...)``; token agents also have the config's mapping)."""
+
+
+@dataclass(frozen=True)
+class Seq:
+    parts: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Loop:
+    body: Any
+    times: int
+
+
+@dataclass(frozen=True)
+class Par:
+    branches: tuple[Any, ...]
+    quota: str
+
+
+calls = st.builds(
+    Call,
+    micros=st.none() | st.integers(0, 3000),
+    tokens=st.tuples(st.integers(0, 200), st.integers(0, 100)),
+    declared=st.none() | st.integers(0, 3000),
+    instrumented=st.booleans(),
+    failures=st.sampled_from([0, 0, 0, 1]),
+    delay=st.booleans(),
+    cheaper=st.booleans(),
+)
+nodes = st.recursive(
+    calls,
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=2, max_size=3).map(lambda xs: Seq(tuple(xs))),
+        st.builds(Loop, inner, st.integers(1, 3)),
+        st.builds(
+            Par, st.lists(inner, min_size=2, max_size=3).map(tuple), st.sampled_from(["shared", "split"])
+        ),
+    ),
+    max_leaves=6,
+)
+
+
+def splits(node: Any) -> int:
+    """Split parallels that would split the quota ``node`` runs on (not one of their own parts)."""
+    if isinstance(node, Call):
+        return 0
+    if isinstance(node, Seq):
+        return sum(map(splits, node.parts))
+    if isinstance(node, Loop):
+        return splits(node.body)
+    return 1 if node.quota == "split" else sum(map(splits, node.branches))
+
+
+def concurrent_splits(node: Any) -> bool:
+    """Two split parallels splitting one quota at once, in sibling branches of a shared parallel: the
+    SDK refuses that (``quota ... is already split``), so these pipelines are not drawn."""
+    if isinstance(node, Call):
+        return False
+    if isinstance(node, Seq):
+        return any(map(concurrent_splits, node.parts))
+    if isinstance(node, Loop):
+        return concurrent_splits(node.body)
+    if node.quota == "shared" and sum(1 for b in node.branches if splits(b)) >= 2:
+        return True
+    return any(map(concurrent_splits, node.branches))
+
+
+pipelines = (
+    st.lists(nodes, min_size=2, max_size=4)
+    .map(lambda xs: Seq(tuple(xs)))
+    .filter(lambda p: not concurrent_splits(p))
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    pipeline: Any
+    lease: LeasePolicy | None
+    block_usd: str | None
+    """A block budget on the team."""
+    downgrade_usd: str
+    """The downgrade budget's limit (downgrade mode)."""
+    run_limit_usd: str | None
+    down_at: int
+    """The agent call at which the sidecar goes down (modes with outages)."""
+    down_for: int | None
+    """Agent calls until it is back; ``None``: back only after the run."""
+
+
+scenarios = st.builds(
+    Scenario,
+    pipeline=pipelines,
+    lease=st.none() | st.sampled_from(["0.0005", "0.002", "0.02"]).map(lambda s: LeasePolicy(slice_usd=s)),
+    block_usd=st.sampled_from([None, "0.002", "0.01", "1"]),
+    downgrade_usd=st.sampled_from(["0", "0.001", "0.004"]),
+    run_limit_usd=st.sampled_from([None, None, "0.003", "0.02"]),
+    down_at=st.integers(1, 4),
+    down_for=st.none() | st.integers(1, 4),
+)
+
+
+class World:
+    """What every agent of one run shares: the call counter that takes the sidecar down and back."""
+
+    def __init__(
+        self, live: LiveSidecar, provider: TracerProvider, down_at: int | None, down_for: int | None
+    ):
+        self.live = live
+        self.tracer = provider.get_tracer("model-client")
+        self.calls = 0
+        self.down_at = down_at
+        self.up_at = None if down_at is None or down_for is None else down_at + down_for
+        self.went_down = False
+
+    def tick(self) -> None:
+        self.calls += 1
+        if self.calls == self.down_at and self.live.up:
+            self.live.stop()
+            self.went_down = True
+        elif self.calls == self.up_at and not self.live.up:
+            self.live.start()
+
+
+class Agent:
+    """Reports ``call``'s cost; ``model_id`` for token agents (priced, and mapped by ``[downgrade]``)."""
+
+    def __init__(self, call: Call, world: World, *, scale: int = 1) -> None:
+        self.call = call
+        self.world = world
+        self.scale = scale
+        self.attempts = 0
+        if call.micros is None:
+            self.model_id = "openai:gpt-4o"
+
+    async def run(self, data: Any) -> Any:
+        self.world.tick()
+        self.attempts += 1
+        call = self.call
+        if call.delay:
+            await asyncio.sleep(0.002)
+        tokens_in, tokens_out = call.tokens
+        if call.instrumented:
+            model = getattr(self, "model_id", "openai:gpt-4o").split(":")[1]
+            attributes = {"gen_ai.provider.name": "openai", "gen_ai.request.model": model,
+                          "gen_ai.usage.input_tokens": tokens_in, "gen_ai.usage.output_tokens": tokens_out}  # fmt: skip
+            with self.world.tracer.start_as_current_span(f"chat {model}", attributes=attributes):
+                pass
+        if self.attempts % (call.failures + 1):
+            raise RuntimeError(f"attempt {self.attempts} failed")
+        if call.micros is None:
+            return {"usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}}
+        return MetricOutput(
+            value=data, cost_usd=str(call.micros // self.scale * MICRO), token_counts=tokens_in
+        )
+
+
+def build(node: Any, world: World, names: Iterator[int]) -> Step | Pipeline:
+    if isinstance(node, Call):
+        name = f"s{next(names)}"
+        config = StepConfig(
+            expected_cost_usd=None if node.declared is None else node.declared * MICRO,
+            max_retries=node.failures,
+        )
+        cheaper = Agent(node, world, scale=2) if node.cheaper else None
+        return Step(name, Agent(node, world), config=config, downgrade=cheaper)
+    if isinstance(node, Seq):
+        return Pipeline([s for part in node.parts for s in Pipeline.coerce(build(part, world, names)).steps])
+    if isinstance(node, Loop):
+        exits = itertools.count(1)
+        times = node.times
+        return Step.loop_until(
+            name=f"loop{next(names)}",
+            loop_body_pipeline=build(node.body, world, names),
+            exit_condition_callable=lambda out, ctx: next(exits) % times == 0,
+            max_loops=times,
+        )
+    assert isinstance(node, Par)
+    branches = {f"b{i}": build(b, world, names) for i, b in enumerate(node.branches)}
+    return Step.parallel(f"par{next(names)}", branches, quota=node.quota)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------- the run
+def run_once(
+    live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario, team: str
+) -> tuple[PipelineResult, World]:
+    """Run the scenario's pipeline in ``mode``, then bring the sidecar back, replay the journal and
+    export the spans still waiting: after this, every path that will ever charge has charged."""
+    pipe = SpanPipe(live) if ingestion else None
+    provider = traced(team, pipe)
+    outage = mode in OUTAGES
+    world = World(live, provider, scenario.down_at if outage else None, scenario.down_for)
+    pipeline = build(scenario.pipeline, world, itertools.count())
+    budget = None
+    if mode != "no_budget":
+        if scenario.block_usd is not None:
+            live.budget(f"{team}-block", team, scenario.block_usd)
+        if mode == "downgrade":
+            live.budget(f"{team}-soft", team, scenario.downgrade_usd, on_exceed=pb.ON_EXCEED_DOWNGRADE)
+        policy = {"fail_open": FAIL_OPEN, "local_only": LOCAL_ONLY_LIMITS}.get(mode, FAIL_CLOSED)
+        budget = SidecarBudget(
+            live.address,
+            scopes=Scopes(team=team),
+            fail_policy=policy,  # type: ignore[arg-type]
+            lease=lease_for(mode, scenario),
+            journal_dir=live.workdir / "journals" / team,  # durable: written off the event loop
+            deadline_s=2.0,
+            retries=1,
+            backoff_s=0.01,
+            breaker_failures=2,
+            breaker_reset_s=0.05,
+            config=SDK_CONFIG,
+        )
+    limit = scenario.run_limit_usd or ("1" if mode == "local_only" else None)
+    runner = Runner(
+        pipeline,
+        budget=budget,
+        usage_limits=UsageLimits(total_cost_usd_limit=limit),
+        meter=PricingMeter(config=SDK_CONFIG),
+        tracer_provider=provider,
+    )
+    try:
+        result = runner.run(0)
+    except UsageLimitExceededError as exc:
+        assert exc.result is not None
+        result = exc.result
+    if not live.up:
+        live.start()
+    if budget is not None:
+        assert budget.flush(timeout_s=30) == 0, "the journal was not replayed"
+        budget.close()
+    provider.force_flush()
+    provider.shutdown()
+    return result, world
+
+
+def lease_for(mode: str, scenario: Scenario) -> LeasePolicy | None:
+    """Per-step reservations only in ``reserve``, always leases in ``lease``, either in the others."""
+    if mode == "reserve":
+        return None
+    if mode == "lease":
+        return scenario.lease or LeasePolicy(slice_usd="0.002")
+    return scenario.lease  # the other modes, with or without
+
+
+def check(live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario) -> None:
+    team = f"t-{uuid.uuid4().hex[:12]}"
+    note(f"team {team}")
+    result, world = run_once(live, mode, ingestion, scenario, team)
+    steps = [s for s in result.walk() if s.kind == "agent"]
+    costs = [s.cost_usd or Decimal(0) for s in steps]
+    modes = [s.budget.mode if s.budget else None for s in steps]
+    note(f"steps: {list(zip([s.name for s in steps], costs, modes, strict=True))}")
+    note(f"sidecar went down: {world.went_down}; agent calls: {world.calls}")
+    reported = result.total_cost_usd
+    assert reported == sum(costs, Decimal(0))
+    by_sdk = sum((c for c, m in zip(costs, modes, strict=True) if m in SDK_CHARGED), Decimal(0))
+    expected = reported if ingestion else by_sdk
+    assert live.charged(team) == expected, f"the SDK reported ${reported}, ${by_sdk} of it charged by itself"
+    if not world.went_down and scenario.block_usd is not None and mode != "no_budget":
+        assert live.reserved(f"{team}-block") == 0  # nothing left held once the run is over
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("ingestion", [True, False], ids=["otlp", "no-otlp"])
+@pytest.mark.parametrize("mode", MODES)
+def test_the_sidecar_holds_exactly_what_the_sdk_reports(
+    sidecars: dict[str, LiveSidecar], mode: str, ingestion: bool, store: str
+) -> None:
+    live = sidecars[store]
+
+    @settings(
+        max_examples=8 if mode in OUTAGES else 5,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(scenarios)
+    def differential(scenario: Scenario) -> None:
+        if not live.up:
+            live.start()
+        check(live, mode, ingestion, scenario)
+
+    differential()
