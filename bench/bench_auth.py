@@ -1,7 +1,7 @@
 """Reserve+Commit pairs per second with bearer tokens, with TLS and with both, as ratios of the same
 sidecar without either, measured in one run.
 
-Five sidecars in their own processes, with the same budgets and SQLite settings as bench_sidecar.py:
+Five sidecars in their own processes, with bench_sidecar.py's budgets and SQLite settings:
 *plain* (no authentication, plaintext), *token* (``[auth]`` on, every call carries a bearer token,
 plaintext), *tls* (TLS, no authentication), *token+tls* (both) and *mtls* (TLS with a client
 certificate mapped to a principal, no token). The same asyncio client process drives each with 1, 16
@@ -24,7 +24,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.certs makes the certificates
 
-from bench_sidecar import Server, _drive, _reserve_request
+from bench_sidecar import BUDGETS_TOML, Server, _drive, _reserve_request
 
 TOKEN = "bench-spender-token-" + "b" * 32
 ROOT = "bench-root-token-" + "r" * 32
@@ -56,28 +56,7 @@ def _serve(ready: Any, stop: Any, directory: str, kind: str) -> None:
         if kind == "mtls":
             tls += f'client_ca_file = "{folder / "ca.crt"}"\n'
     config = parse_config(
-        f"""
-        [server]
-        listen = "127.0.0.1:0"
-        {tls}
-        {auth}
-        [store]
-        path = "{folder / f"{kind}.db"}"
-        [[budgets]]
-        id = "org-monthly"
-        scope = "organization"
-        scope_id = "acme"
-        limit_usd = "1000000000"
-        period = "monthly"
-        on_exceed = "block"
-        [[budgets]]
-        id = "team-daily"
-        scope = "team"
-        limit_usd = "500000000"
-        period = "daily"
-        on_exceed = "warn"
-        alert_thresholds = [50, 80, 100]
-        """,
+        f'[server]\nlisten = "127.0.0.1:0"\n{tls}\n{auth}\n[store]\npath = "{folder / f"{kind}.db"}"\n{BUDGETS_TOML}',
         source="bench",
     )
     sidecar = create_sidecar(config).start()

@@ -36,6 +36,23 @@ from typing import Any
 import grpc
 
 ECHO_METHOD = "/paymaster.bench.Echo/Echo"
+BUDGETS_TOML = """
+[[budgets]]
+id = "org-monthly"
+scope = "organization"
+scope_id = "acme"
+limit_usd = "1000000000"
+period = "monthly"
+on_exceed = "block"
+[[budgets]]
+id = "team-daily"
+scope = "team"
+limit_usd = "500000000"
+period = "daily"
+on_exceed = "warn"
+alert_thresholds = [50, 80, 100]
+"""
+"""Two budgets every request matches: an organization block budget and a team warn budget with alerts."""
 
 
 def _serve_aio(ready: Any, stop: Any, install: Any) -> None:
@@ -119,28 +136,7 @@ def _serve_sidecar(
     from collector_processor.config import parse_config
 
     store = store_toml or f'[store]\npath = "{Path(directory) / "bench.db"}"'
-    config = parse_config(
-        f"""
-        [server]
-        listen = "127.0.0.1:0"
-        {store}
-        [[budgets]]
-        id = "org-monthly"
-        scope = "organization"
-        scope_id = "acme"
-        limit_usd = "1000000000"
-        period = "monthly"
-        on_exceed = "block"
-        [[budgets]]
-        id = "team-daily"
-        scope = "team"
-        limit_usd = "500000000"
-        period = "daily"
-        on_exceed = "warn"
-        alert_thresholds = [50, 80, 100]
-        """,
-        source="bench",
-    )
+    config = parse_config(f'[server]\nlisten = "127.0.0.1:0"\n{store}\n{BUDGETS_TOML}', source="bench")
     sidecar = create_sidecar(config)
     if repeat_answers:
         sidecar.ledger = _Repeating(sidecar.ledger)  # type: ignore[assignment]

@@ -63,15 +63,20 @@ class TlsSection(_Section):
         return resolve(self.cert_file, base), resolve(self.key_file, base), ca
 
 
-class ClientCertificate(_Section):
-    """A client certificate mapped to a principal: by a URI SAN (a SPIFFE id) or by its common name."""
+class _PrincipalEntry(_Section):
+    """Who a credential stands for: its name, roles and grants (as in a token)."""
 
     name: str = Field(min_length=1, max_length=128)
-    uri: str = ""
-    common_name: str = ""
     roles: list[str]
     grants: list[str]
     trust_reported_cost: bool = False
+
+
+class ClientCertificate(_PrincipalEntry):
+    """A client certificate mapped to a principal: by a URI SAN (a SPIFFE id) or by its common name."""
+
+    uri: str = ""
+    common_name: str = ""
 
 
 class AuthSection(_Section):
@@ -143,13 +148,9 @@ class AuthSection(_Section):
         return tokens
 
 
-class _BootstrapEntry(_Section):
-    name: str = Field(min_length=1, max_length=128)
+class _BootstrapEntry(_PrincipalEntry):
     token: str = ""
     sha256: str = ""
-    roles: list[str]
-    grants: list[str]
-    trust_reported_cost: bool = False
 
 
 class _BootstrapFile(_Section):

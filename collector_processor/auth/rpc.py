@@ -54,52 +54,31 @@ async def identify(gate: Gate, context: Any, *, mutual: bool) -> Principal:
 def gated(handler: Any, gate: Gate, *, mutual: bool) -> Any:
     """``handler`` (a method handler of any kind) behind ``gate``: the call is answered
     ``UNAUTHENTICATED`` unless the caller is identified, and its principal is set for the handler."""
-    if handler.unary_unary is not None:
-        unary = handler.unary_unary
+    if handler.unary_unary is not None or handler.stream_unary is not None:
+        inner = handler.unary_unary or handler.stream_unary
 
-        async def unary_unary(request: Any, context: Any) -> Any:
+        async def answer(request: Any, context: Any) -> Any:
             _PRINCIPAL.set(await identify(gate, context, mutual=mutual))
-            return await _result(unary(request, context))
+            return await _result(inner(request, context))
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        stream = handler.unary_stream
+        behavior: Any = answer
+    else:
+        inner = handler.unary_stream or handler.stream_stream
 
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             _PRINCIPAL.set(await identify(gate, context, mutual=mutual))
-            async for item in _items(stream(request, context)):
+            async for item in _items(inner(request, context)):
                 yield item
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: Any) -> Any:
-            _PRINCIPAL.set(await identify(gate, context, mutual=mutual))
-            return await _result(inner_su(requests, context))
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-        _PRINCIPAL.set(await identify(gate, context, mutual=mutual))
-        async for item in _items(inner_ss(requests, context)):
-            yield item
-
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream,
+        behavior = stream
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(
+        behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -85,15 +86,16 @@ class Replica:
         self.log.close()
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Replica]]:
-    config = tmp_path / "sidecar.toml"
+@contextmanager
+def three_replicas(folder: Path, redis_url: str, extra_toml: str = "") -> Iterator[list[Replica]]:
+    """Three sidecar processes on one Redis namespace, listening; stopped when the block ends."""
+    config = folder / "sidecar.toml"
     config.write_text(
-        f'[server]\nlisten = "127.0.0.1:0"\ngrace_seconds = 0\n'
-        f'[store]\nkind = "redis"\nurl = "{redis_server.url}"\nnamespace = "cluster-{uuid.uuid4().hex[:8]}"\n'
+        f'[server]\nlisten = "127.0.0.1:0"\ngrace_seconds = 0\n{extra_toml}\n'
+        f'[store]\nkind = "redis"\nurl = "{redis_url}"\nnamespace = "cluster-{uuid.uuid4().hex[:8]}"\n'
         "[ledger]\nsweep_interval_seconds = 0.2\n[alerts]\notel_logs = false\npoll_interval_seconds = 0.1\n"
     )
-    started = [Replica(config, tmp_path / f"replica-{i}.log") for i in range(3)]
+    started = [Replica(config, folder / f"replica-{i}.log") for i in range(3)]
     try:
         for replica in started:
             replica.wait_listening()
@@ -101,6 +103,12 @@ def replicas(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Replica
     finally:
         for replica in started:
             replica.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Replica]]:
+    with three_replicas(tmp_path, redis_server.url) as started:
+        yield started
 
 
 class Load:

@@ -4,7 +4,6 @@ through another it is refused by every one of them within ``auth.refresh_seconds
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
 from tests.sidecar.auth.conftest import TOKENS, tokens_toml
 from tests.sidecar.redisserver import RedisServer
-from tests.sidecar.test_cluster import Replica
+from tests.sidecar.test_cluster import Replica, three_replicas
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +26,9 @@ BOUND_S = REFRESH_S + 2.0  # the documented bound, with room for a loaded machin
 def replicas(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Replica]]:
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(tokens_toml())
-    config = tmp_path / "sidecar.toml"
-    config.write_text(
-        f'[server]\nlisten = "127.0.0.1:0"\ngrace_seconds = 0\n'
-        f'[auth]\nenabled = true\ntokens_file = "{tokens}"\nrefresh_seconds = {REFRESH_S}\n'
-        f'[store]\nkind = "redis"\nurl = "{redis_server.url}"\nnamespace = "auth-{uuid.uuid4().hex[:8]}"\n'
-        "[alerts]\notel_logs = false\n"
-    )
-    started = [Replica(config, tmp_path / f"replica-{i}.log") for i in range(3)]
-    try:
-        for replica in started:
-            replica.wait_listening()
+    auth = f'[auth]\nenabled = true\ntokens_file = "{tokens}"\nrefresh_seconds = {REFRESH_S}\n'
+    with three_replicas(tmp_path, redis_server.url, auth) as started:
         yield started
-    finally:
-        for replica in started:
-            replica.stop()
 
 
 def stub(address: str) -> budget_pb2_grpc.BudgetServiceStub:
