@@ -35,6 +35,7 @@ from collector_processor.telemetry.config import DEFAULT_METRICS_LISTEN, Metrics
 from paymaster.exceptions import ConfigError
 
 __all__ = [
+    "DEFAULT_HTTP_LISTEN",
     "DEFAULT_LISTEN",
     "DEFAULT_METRICS_LISTEN",
     "DEFAULT_OTLP_GRPC_LISTEN",
@@ -54,6 +55,7 @@ __all__ = [
 DEFAULT_LISTEN = "127.0.0.1:7310"
 DEFAULT_OTLP_GRPC_LISTEN = "127.0.0.1:7317"
 DEFAULT_OTLP_HTTP_LISTEN = "127.0.0.1:7318"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:7311"
 
 # Thirty days: the longest a reservation may be held, and so its TTL.
 _MAX_TTL_S = 2_592_000
@@ -75,6 +77,23 @@ class ServerSection(_Section):
     max_concurrent_rpcs: int = Field(default=0, ge=0, le=1_000_000)
     max_watchers: int = Field(default=16, ge=0, le=1000)
     grace_seconds: float = Field(default=5.0, ge=0, le=300)
+
+
+class HttpSection(_Section):
+    """The budget API over HTTP/JSON (``api/http``): the gRPC service's operations, AxonFlow's REST
+    paths and ``/openapi.json``, on a port of its own, with the same gate and TLS as every listener."""
+
+    enabled: bool = False
+    listen: str = DEFAULT_HTTP_LISTEN
+    tls: TlsSection = TlsSection()
+    allow_unauthenticated: bool = False
+    basic_auth: bool = True
+    """Accept ``Authorization: Basic`` (AxonFlow's client_id/client_secret) where the secret is a token
+    and the id is the token's name."""
+    max_concurrent_requests: int = Field(default=256, ge=1, le=100_000)
+    max_streams: int = Field(default=16, ge=0, le=1000)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=67_108_864)
+    keepalive_seconds: float = Field(default=5.0, ge=0.1, le=600)
 
 
 class StoreSection(_Section):
@@ -177,6 +196,7 @@ class SidecarConfig(_Section):
 
     source: str = Field(default="<defaults>", exclude=True)
     server: ServerSection = ServerSection()
+    http: HttpSection = HttpSection()
     auth: AuthSection = AuthSection()
     store: StoreSection = StoreSection()
     ledger: LedgerSection = LedgerSection()
@@ -228,9 +248,13 @@ class SidecarConfig(_Section):
             ("receivers.otlp.grpc_listen", self.receivers.otlp.grpc_listen),
             ("receivers.otlp.http_listen", self.receivers.otlp.http_listen),
             ("metrics.listen", self.metrics.listen),
+            ("http.listen", self.http.listen),
         ):
             if not address and key == "receivers.otlp.http_listen":
                 continue  # OTLP/HTTP turned off
+            if key == "http.listen" and not self.http.enabled:
+                parse_address(address, key)
+                continue
             port = parse_address(address, key)
             if port and port in ports:
                 raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
@@ -253,6 +277,9 @@ class SidecarConfig(_Section):
             if otlp.http_listen:
                 out.append(Listener("receivers.otlp", otlp.http_listen, otlp.tls, self.auth.enabled,
                                     otlp.allow_unauthenticated, listen_key="http_listen"))  # fmt: skip
+        if self.http.enabled:
+            out.append(Listener("http", self.http.listen, self.http.tls, self.auth.enabled,
+                                self.http.allow_unauthenticated))  # fmt: skip
         if metrics.enabled:
             out.append(Listener("metrics", metrics.listen, metrics.tls, self.auth.enabled and metrics.require_token,
                                 metrics.allow_unauthenticated))  # fmt: skip
@@ -265,6 +292,7 @@ class SidecarConfig(_Section):
         self.server.tls.check("server.tls", base)
         self.receivers.otlp.tls.check("receivers.otlp.tls", base)
         self.metrics.tls.check("metrics.tls", base)
+        self.http.tls.check("http.tls", base)
         if self.metrics.require_token and not self.auth.enabled:
             raise InvalidRequestError(
                 "metrics.require_token", "needs [auth] enabled = true (tokens come from it)"
@@ -273,7 +301,7 @@ class SidecarConfig(_Section):
             raise InvalidRequestError(
                 "auth.clients",
                 "maps client certificates, but no listener verifies them: set client_ca_file in the "
-                "tls block of server, receivers.otlp or metrics",
+                "tls block of server, http, receivers.otlp or metrics",
             )
         for listener in self.listeners():
             if listener.authenticated or listener.allow_unauthenticated or is_loopback(listener.address):

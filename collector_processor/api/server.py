@@ -293,7 +293,7 @@ def create_sidecar(
     on_close: list[Any] = []
     logger_provider = logger_provider or _otlp_logger_provider(config, on_close)
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
-    ledger.set_alert_listener(_listener(hub, dispatcher))
+    ledger.set_alert_listener(_listener(hub, dispatcher, components))
     lg = config.ledger
     sweeper = Sweeper(
         ledger,
@@ -366,8 +366,11 @@ def _components(
     pricing: CostCalculator | None,
     security: Security,
 ) -> list[Component]:
+    components: list[Component] = []
+    if config.http.enabled:
+        components.append(_http_api(config, ledger, metrics, exporters, pricing, security))
     if pricing is None:
-        return []
+        return components
     from collector_processor.otlp import create_otlp_receiver
 
     try:
@@ -385,14 +388,46 @@ def _components(
     except ConfigError as exc:
         store.close()
         raise ConfigError(f"{config.source}: {exc}") from None
-    return [receiver]
+    return [receiver, *components]
 
 
-def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None) -> Any:
+def _http_api(
+    config: SidecarConfig,
+    ledger: Ledger,
+    metrics: SelfMetrics,
+    exporters: MetricsExporters,
+    pricing: CostCalculator | None,
+    security: Security,
+) -> Component:
+    """The HTTP/JSON API (``[http]``); its pricing endpoint reads the OTLP receiver's prices."""
+    from collector_processor.api.http import create_http_api
+
+    if pricing is None:
+        from collector_processor.otlp import load_pricing
+
+        config_dir = None if config.source.startswith("<") else Path(config.source).parent
+        pricing = load_pricing(config.receivers.otlp, config_dir=config_dir)
+    return create_http_api(
+        config,
+        ledger=ledger,
+        metrics=metrics,
+        service_metrics=exporters.service,
+        guard=security.http,
+        on_denied=security.count_denied,
+        calculator=pricing,
+    )
+
+
+def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None, components: Sequence[Component] = ()) -> Any:
+    # Components that stream alerts on their own event loop (the HTTP API) are woken too.
+    wakers = [c.notify_alerts for c in components if hasattr(c, "notify_alerts")]
+
     def on_alert() -> None:
         hub.notify()
         if dispatcher is not None:
             dispatcher.wake()
+        for wake in wakers:
+            wake()
 
     return on_alert
 

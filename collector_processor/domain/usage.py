@@ -24,6 +24,7 @@ __all__ = [
     "USAGE_COLUMNS",
     "Dimension",
     "UsageQuery",
+    "UsageRecord",
     "UsageReport",
     "UsageReportRow",
     "UsageRow",
@@ -146,6 +147,33 @@ def check_group_by(group_by: Sequence[Dimension]) -> tuple[Dimension, ...]:
             "group_by", f"at most one period dimension, got {[d.value for d in periods]}"
         )
     return tuple(group_by)
+
+
+@dataclass(kw_only=True, frozen=True, slots=True)
+class UsageRecord:
+    """One recorded unit of spend (a commit, a recorded usage, an OTLP charge), as reports read it."""
+
+    id: str
+    """The store's key of the record: ``reservation:<id>`` for a commit, the usage id (in its
+    owner's namespace) for recorded usage."""
+    at_ms: int
+    """When the spend happened, epoch milliseconds UTC."""
+    scopes: ScopeSet
+    """Who it was charged to."""
+    provider: str
+    """``gen_ai.provider.name``, or empty."""
+    model: str
+    """The model, or empty."""
+    cost_micros: int
+    """What it cost, micro-dollars."""
+    input_tokens: int
+    """Input tokens."""
+    output_tokens: int
+    """Output tokens."""
+    total_tokens: int
+    """Total tokens."""
+    reservation_id: str
+    """The reservation it settled, or empty."""
 
 
 def columns_for(group_by: Sequence[Dimension]) -> tuple[str, ...]:

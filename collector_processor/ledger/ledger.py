@@ -50,6 +50,7 @@ from collector_processor.domain.types import (
 from collector_processor.domain.usage import (
     SCOPE_COLUMNS,
     UsageQuery,
+    UsageRecord,
     UsageReport,
     build_report,
     check_group_by,
@@ -392,20 +393,7 @@ class Ledger:
             tz = zone(query.time_zone or self.settings.time_zone)
         except ValueError as exc:
             raise InvalidRequestError("time_zone", str(exc)) from None
-        for field, at in (("start", query.start_ms), ("end", query.end_ms)):
-            if at is not None and not MIN_TIME_MS <= at <= MAX_TIME_MS:
-                raise InvalidRequestError(field, "must be between 0001-01-01 and 9999-12-31")
-        # Without an end, everything up to and including this millisecond.
-        end = self.clock.now_ms() + 1 if query.end_ms is None else query.end_ms
-        if query.start_ms is not None and query.start_ms >= end:
-            raise InvalidRequestError("start", "must be before end")
-        flt = UsageFilter(
-            start_ms=query.start_ms,
-            end_ms=end,
-            scopes=query.scopes,
-            provider=query.provider,
-            model=query.model,
-        )
+        flt = self._usage_filter(query)
         columns = columns_for(group_by)
         by_slot = len(columns) != len(group_by)
         if visible is None:
@@ -418,6 +406,61 @@ class Ledger:
             if visible(ScopeSet(**dict(zip(SCOPE_COLUMNS, row.keys, strict=False))))
         ]
         return build_report(rows, group_by, tz, columns=fetched)
+
+    def usage_records(
+        self,
+        query: UsageQuery,
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        visible: Callable[[ScopeSet], bool] | None = None,
+    ) -> tuple[list[UsageRecord], int]:
+        """One page of the recorded units of spend ``query`` covers, newest first, and how many there
+        are in all; with ``visible``, only those whose scopes it accepts."""
+        query.scopes.validate(required=False)
+        flt = self._usage_filter(query)
+        page: list[UsageRecord] = []
+        skipped, cursor = 0, None
+        while len(page) < limit:
+            batch = self.store.usage_records(flt, before=cursor, limit=max(limit, 100))
+            for record in batch:
+                if visible is not None and not visible(record.scopes):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                page.append(record)
+                if len(page) == limit:
+                    break
+            if len(batch) < max(limit, 100):
+                break
+            cursor = (batch[-1].at_ms, batch[-1].id)
+        if visible is None:
+            total = sum(row.records for row in self.store.usage_rows(flt, (), by_slot=False))
+        else:
+            rows = self.store.usage_rows(flt, SCOPE_COLUMNS, by_slot=False)
+            total = sum(
+                row.records
+                for row in rows
+                if visible(ScopeSet(**dict(zip(SCOPE_COLUMNS, row.keys, strict=True))))
+            )
+        return page, total
+
+    def _usage_filter(self, query: UsageQuery) -> UsageFilter:
+        for field, at in (("start", query.start_ms), ("end", query.end_ms)):
+            if at is not None and not MIN_TIME_MS <= at <= MAX_TIME_MS:
+                raise InvalidRequestError(field, "must be between 0001-01-01 and 9999-12-31")
+        # Without an end, everything up to and including this millisecond.
+        end = self.clock.now_ms() + 1 if query.end_ms is None else query.end_ms
+        if query.start_ms is not None and query.start_ms >= end:
+            raise InvalidRequestError("start", "must be before end")
+        return UsageFilter(
+            start_ms=query.start_ms,
+            end_ms=end,
+            scopes=query.scopes,
+            provider=query.provider,
+            model=query.model,
+        )
 
     def expire_due(self) -> int:
         """Release every reservation whose TTL has passed; the sweeper calls this between requests."""

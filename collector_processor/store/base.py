@@ -35,7 +35,7 @@ from collector_processor.domain.types import (
     UsageBatch,
     UsageBatchOutcome,
 )
-from collector_processor.domain.usage import USAGE_COLUMNS, UsageRow
+from collector_processor.domain.usage import USAGE_COLUMNS, UsageRecord, UsageRow
 
 __all__ = ["USAGE_COLUMNS", "BudgetSpend", "EntitySpend", "LedgerStore", "UsageFilter", "UsageRow"]
 
@@ -178,6 +178,13 @@ class LedgerStore(Protocol):
 
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         """Recorded spend grouped by ``columns`` (a subset of ``USAGE_COLUMNS``) and optionally 15-minute slot."""
+        ...
+
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        """At most ``limit`` recorded units of spend matching ``flt``, newest first (by time, then id,
+        both descending), after ``before`` (the ``(at_ms, id)`` of the last one of the previous page)."""
         ...
 
     def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:

@@ -29,6 +29,7 @@ from collector_processor.domain.types import (
     ReserveCommand,
     ReserveOutcome,
 )
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.errors import BatchAbortedError, SidecarError, StoreUnavailableError
 from collector_processor.store.base import BudgetSpend, LedgerStore, UsageFilter, UsageRow
 
@@ -176,6 +177,11 @@ class InstrumentedStore:
 
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         return self._timed("usage_rows", lambda: self.inner.usage_rows(flt, columns, by_slot=by_slot))
+
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        return self._timed("usage_records", lambda: self.inner.usage_records(flt, before=before, limit=limit))
 
     def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
         return self._timed(

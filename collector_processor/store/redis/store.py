@@ -58,6 +58,7 @@ from collector_processor.domain.types import (
     UsageBatchOutcome,
     UsageFacts,
 )
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.errors import (
     FailedPreconditionError,
     InvalidRequestError,
@@ -774,6 +775,13 @@ class RedisStore:
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         return self._link.call(
             lambda: reports.usage_rows(self._client, self._p, flt, columns, by_slot=by_slot)
+        )
+
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        return self._link.call(
+            lambda: reports.usage_records(self._client, self._p, flt, before=before, limit=limit)
         )
 
     # -- alerts ----------------------------------------------------------------------------------

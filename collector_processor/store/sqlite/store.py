@@ -37,6 +37,7 @@ from collector_processor.domain.types import (
     UsageBatch,
     UsageBatchOutcome,
 )
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -307,6 +308,12 @@ class SqliteStore:
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         with self._read() as conn:
             return reports.usage_rows(conn, flt, columns, by_slot=by_slot)
+
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        with self._read() as conn:
+            return reports.usage_records(conn, flt, before=before, limit=limit)
 
     def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
         with self._read() as conn:
