@@ -74,7 +74,9 @@ class BudgetCheckIn(_AxIn):
     agent_id: str | None = None
     workflow_id: str | None = None
     user_id: str | None = None
-    estimate_usd: Decimal | None = Field(default=None, description="Paymaster: the estimate to test (default 0).")
+    estimate_usd: Decimal | None = Field(
+        default=None, description="Paymaster: the estimate to test (default 0)."
+    )
 
 
 # -- answers -----------------------------------------------------------------------------------------

@@ -4,12 +4,11 @@
 ``docs/openapi.json`` and a test keeps the two equal. Regenerate the file after changing an endpoint
 or a model::
 
-    python -m collector_processor.api.http.openapi --write
+    python -m collector_processor.api.http --write-openapi
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -124,23 +123,3 @@ def _operation(e: Endpoint) -> dict[str, Any]:
 
 def render(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    from collector_processor.api.http import ENDPOINTS
-
-    parser = argparse.ArgumentParser(
-        description="Print (or --write to docs/openapi.json) the HTTP API's document."
-    )
-    parser.add_argument("--write", action="store_true")
-    args = parser.parse_args(argv)
-    text = render(document(ENDPOINTS))
-    if args.write:
-        COMMITTED.write_text(text, encoding="utf-8")
-    else:
-        print(text, end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -92,12 +92,18 @@ class BudgetIn(_In):
     id: str = Field(default="", description="1-128 characters of [A-Za-z0-9._:-]; generated when empty.")
     name: str = Field(default="", description="Defaults to the id.")
     scope: ScopeName | None = None
-    scope_id: str | None = Field(default=None, description="Absent or null: every entity of the scope, each apart.")
+    scope_id: str | None = Field(
+        default=None, description="Absent or null: every entity of the scope, each apart."
+    )
     limit_usd: str | None = Field(default=None, json_schema_extra=MONEY)
-    period: str = Field(default="", description="daily, weekly, monthly, quarterly, yearly or rolling_<N>m|h|d.")
+    period: str = Field(
+        default="", description="daily, weekly, monthly, quarterly, yearly or rolling_<N>m|h|d."
+    )
     time_zone: str = ""
     on_exceed: ActionName | None = None
-    alert_thresholds: list[int] | None = Field(default=None, description="Percentages 1-1000; absent: the defaults.")
+    alert_thresholds: list[int] | None = Field(
+        default=None, description="Percentages 1-1000; absent: the defaults."
+    )
     enabled: bool = True
 
 

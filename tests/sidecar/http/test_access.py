@@ -27,7 +27,12 @@ from tests.sidecar.http.conftest import HTTP_ON, base_url, headers
 GRPC_TO_HTTP = {
     "OK": 200, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "UNAUTHENTICATED": 401,
 }  # fmt: skip
-CREATED = {"create_budget": 201, "axonflow_create_budget": 201, "delete_budget": 204, "axonflow_delete_budget": 204}
+CREATED = {
+    "create_budget": 201,
+    "axonflow_create_budget": 201,
+    "delete_budget": 204,
+    "axonflow_delete_budget": 204,
+}
 BY_NAME = {e.name: e for e in ENDPOINTS}
 OUTSIDE_HTTP = {"axonflow_budget_alerts": 404}
 """Where the HTTP operation names a budget that its gRPC method does not: a budget outside the grants
@@ -71,7 +76,9 @@ def scopes(side: str) -> dict[str, str]:
 def reservation(sidecar: RunningSidecar, who: str, side: str) -> str:
     """A reservation the caller made itself inside; one made by someone else outside."""
     maker = who if side == "inside" and who == "spender" else "root"
-    reply = Caller(sidecar, maker)("Reserve", pb.ReserveRequest(scopes=pb.ScopeIds(**scopes(side)), estimate_usd="0.01"))
+    reply = Caller(sidecar, maker)(
+        "Reserve", pb.ReserveRequest(scopes=pb.ScopeIds(**scopes(side)), estimate_usd="0.01")
+    )
     return str(reply.reservation_id)
 
 
@@ -84,14 +91,26 @@ def request_for(name: str, sidecar: RunningSidecar, who: str, side: str) -> tupl
         case "create_budget":
             return "/v1/budgets", {"json": {"id": f"new-{unique}", **budget}}
         case "axonflow_create_budget":
-            return "/api/v1/budgets", {"json": {"id": f"ax-{unique}", "name": "n", **budget, "limit_usd": 5.0}}
+            return "/api/v1/budgets", {
+                "json": {"id": f"ax-{unique}", "name": "n", **budget, "limit_usd": 5.0}
+            }
         case "list_budgets":
             return "/v1/budgets", {"params": {"scope": "team", "scope_id": team}}
         case "axonflow_list_budgets":
             return "/api/v1/budgets", {"params": {"scope": "team"}}
-        case "get_budget" | "axonflow_get_budget" | "budget_status" | "axonflow_budget_status" | "axonflow_budget_alerts":
+        case (
+            "get_budget"
+            | "axonflow_get_budget"
+            | "budget_status"
+            | "axonflow_budget_status"
+            | "axonflow_budget_alerts"
+        ):
             prefix = "/api/v1" if name.startswith("axonflow") else "/v1"
-            suffix = {"budget_status": "/status", "axonflow_budget_status": "/status", "axonflow_budget_alerts": "/alerts"}
+            suffix = {
+                "budget_status": "/status",
+                "axonflow_budget_status": "/status",
+                "axonflow_budget_alerts": "/alerts",
+            }
             return f"{prefix}/budgets/b-{team}{suffix.get(name, '')}", {}
         case "update_budget":
             return f"/v1/budgets/b-{team}", {"json": {"name": f"renamed {unique}"}}
@@ -108,19 +127,27 @@ def request_for(name: str, sidecar: RunningSidecar, who: str, side: str) -> tupl
         case "reserve":
             return "/v1/reservations", {"json": {"scopes": scopes(side), "estimate_usd": "0.01"}}
         case "commit":
-            return f"/v1/reservations/{reservation(sidecar, who, side)}/commit", {"json": {"actual_usd": "0.01"}}
+            return f"/v1/reservations/{reservation(sidecar, who, side)}/commit", {
+                "json": {"actual_usd": "0.01"}
+            }
         case "release":
             return f"/v1/reservations/{reservation(sidecar, who, side)}/release", {}
         case "record_usage":
-            return "/v1/usage", {"json": {"usage_id": f"u-{unique}", "scopes": scopes(side), "cost_usd": "0.01"}}
+            return "/v1/usage", {
+                "json": {"usage_id": f"u-{unique}", "scopes": scopes(side), "cost_usd": "0.01"}
+            }
         case "get_usage":
             return "/v1/usage", {"params": {"team": team}}
         case "axonflow_usage_summary" | "axonflow_usage_records":
-            return "/api/v1/usage" + ("/records" if name.endswith("records") else ""), {"params": {"team": team}}
+            return "/api/v1/usage" + ("/records" if name.endswith("records") else ""), {
+                "params": {"team": team}
+            }
         case "axonflow_usage_breakdown":
             return "/api/v1/usage/breakdown", {"params": {"group_by": "model", "team": team}}
         case "poll_alerts" | "stream_alerts":
-            return "/v1/alerts" + ("/stream" if name == "stream_alerts" else ""), {"params": {"budget_id": f"b-{team}"}}
+            return "/v1/alerts" + ("/stream" if name == "stream_alerts" else ""), {
+                "params": {"budget_id": f"b-{team}"}
+            }
         case "axonflow_pricing":
             return "/api/v1/pricing", {}
         case "openapi" | "health":
@@ -144,7 +171,9 @@ def test_every_operation_answers_every_role_as_the_model_says(
     sidecar: RunningSidecar, name: str, who: str, side: str
 ) -> None:
     endpoint = BY_NAME[name]
-    assert status_of(sidecar, endpoint, who, side) == expected(endpoint, who, side), f"{name} as {who}, {side}"
+    assert status_of(sidecar, endpoint, who, side) == expected(endpoint, who, side), (
+        f"{name} as {who}, {side}"
+    )
 
 
 def test_every_operation_of_the_grpc_service_but_tokens_and_audit_has_an_http_route() -> None:
