@@ -368,7 +368,11 @@ def _components(
 ) -> list[Component]:
     components: list[Component] = []
     if config.http.enabled:
-        components.append(_http_api(config, ledger, metrics, exporters, pricing, security))
+        try:
+            components.append(_http_api(config, ledger, metrics, exporters, pricing, security))
+        except ConfigError as exc:
+            store.close()
+            raise ConfigError(f"{config.source}: {exc}") from None
     if pricing is None:
         return components
     from collector_processor.otlp import create_otlp_receiver
