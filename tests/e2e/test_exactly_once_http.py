@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from paymaster.v1 import budget_pb2 as pb
 from tests.e2e.live_sidecar import LiveSidecar
-from tests.sidecar.redisserver import RedisServer
 from tests.sdk.sidecar_support import free_port
+from tests.sidecar.redisserver import RedisServer
 
 pytestmark = pytest.mark.slow
 
