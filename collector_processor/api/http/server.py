@@ -101,7 +101,10 @@ class HttpApi:
         host = host.strip("[]")
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP named, so that asyncio turns Nagle off on every accepted connection (it
+            # checks the protocol); SO_REUSEADDR lets a restart rebind over connections in TIME_WAIT.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, int(port)))
         except OSError as exc:
             raise ConfigError(f"http.listen: cannot serve on {self.listen}: {exc}") from None
