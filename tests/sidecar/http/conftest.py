@@ -40,8 +40,9 @@ class Http:
     who: str = "root"
 
     def __call__(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        extra = kwargs.pop("headers", {})
         with httpx.Client(base_url=base_url(self.running), timeout=10) as client:
-            return client.request(method, path, headers=headers(self.who), **kwargs)
+            return client.request(method, path, headers={**headers(self.who), **extra}, **kwargs)
 
 
 def start_http(backing: StoreFactory, tmp: Path, *, auth: bool = True, extra: str = "") -> RunningSidecar:
