@@ -87,6 +87,11 @@ def _refusal(exc: ValidationError) -> InvalidRequestError:
         return InvalidRequestError(where, f"must be {_TYPE_WORDS[kind]}{hint}, got {_shown(value)}")
     if kind == "greater_than_equal" and error.get("ctx", {}).get("ge") == 0:
         return InvalidRequestError(where, f"must not be negative, got {_shown(value)}")
+    if kind in ("less_than_equal", "greater_than"):
+        bound = error.get("ctx", {}).get("le" if kind == "less_than_equal" else "gt")
+        words = "must be at most" if kind == "less_than_equal" else "must be more than"
+        shown_bound = int(bound) if isinstance(bound, int | float) and float(bound).is_integer() else bound
+        return InvalidRequestError(where, f"{words} {shown_bound}, got {_shown(value)}")
     if kind == "literal_error":
         return InvalidRequestError(where, f"must be one of {error['ctx']['expected']}, got {_shown(value)}")
     return InvalidRequestError(where, f"{error['msg'][0].lower()}{error['msg'][1:]}, got {_shown(value)}")

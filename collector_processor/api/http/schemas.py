@@ -126,7 +126,9 @@ class ReserveIn(_In):
     scopes: ScopesIn = ScopesIn()
     estimate_usd: str = _money("Required.")
     estimate_tokens: int = Field(default=0, ge=0, le=_MAX_INT64)
-    ttl_seconds: float | None = Field(default=None, gt=0, description="Absent: the sidecar's default TTL.")
+    ttl_seconds: float | None = Field(
+        default=None, gt=0, le=2_592_000, description="Absent: the sidecar's default TTL (at most 30 days)."
+    )
     idempotency_key: str = Field(default="", description="Or the Idempotency-Key header.")
     downgrade_estimate_usd: str = _money("The cheaper path's estimate, used on a downgrade.")
     downgrade_of: str = ""

@@ -63,6 +63,10 @@ def test_errors_name_the_field_and_speak_the_grpc_words(http_sidecar: RunningSid
         ({"scopes": {"team": "search"}, "estimate_usd": "1", "ttl": 3}, "ttl", "ttl: unknown field (check the spelling)"),
         ({"scopes": {}, "estimate_usd": "1"}, "scopes",
          "scopes: at least one of organization, team, agent, workflow, user is required"),
+        ({"scopes": {"team": "search"}, "estimate_usd": "1", "ttl_seconds": 1.6e308}, "ttl_seconds",
+         "ttl_seconds: must be at most 2592000, got 1.6E+308"),
+        ({"scopes": {"team": "search"}, "estimate_usd": "1", "ttl_seconds": 0}, "ttl_seconds",
+         "ttl_seconds: must be more than 0, got 0"),
     ]  # fmt: skip
     for body, field, message in cases:
         reply = root("POST", "/v1/reservations", json=body)
