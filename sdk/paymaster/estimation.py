@@ -5,7 +5,9 @@ decides every step; otherwise the first rule of ``ExecutorCore(estimator_factory
 predicate matches the step; otherwise the default heuristic, which tries in turn
 
 1. the step's own ``StepConfig.expected_cost_usd`` / ``expected_tokens`` (``heuristic``),
-2. the ``LearningEstimator``, once it has seen enough runs of this step and model (``learned``),
+2. the ``LearningEstimator`` (by default the process's in-memory ``default_learner()``), once it has
+   seen enough runs of this step and model (``learned``): one for an agent that reports its own
+   cost, five for one priced from its tokens,
 3. ``[cost.estimators.<provider>."<model>"]`` hints from ``paymaster.toml`` (``config_hint``),
 4. a bound from the model's price and the request: input tokens approximated as characters / 4,
    plus the agent's ``max_tokens`` of output (``heuristic``),
@@ -49,6 +51,7 @@ __all__ = [
     "UsageEstimator",
     "UsageEstimatorFactory",
     "default_heuristic",
+    "default_learner",
     "resolve_estimate",
 ]
 
@@ -342,12 +345,14 @@ class LearnedStats:
 class _Series:
     """The recent actual usage of one (step, model)."""
 
-    __slots__ = ("costs", "observations", "stats", "tokens")
+    __slots__ = ("costs", "explicit", "observations", "stats", "tokens")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, *, explicit: bool = False) -> None:
         self.costs: deque[Decimal] = deque(maxlen=window)
         self.tokens: deque[int] = deque(maxlen=window)
         self.observations = 0
+        self.explicit = explicit
+        """Every observation was a cost the agent reported itself (nothing else could estimate it)."""
         self.stats: LearnedStats | None = None  # computed on demand, dropped on every observation
 
 
@@ -358,9 +363,14 @@ class LearningEstimator:
     of the latest ``window`` calls; once ``min_samples`` are in, the estimate is the ``quantile``
     (nearest rank) of the window's costs and, separately, of its token counts: a high quantile
     reserves enough for nearly every call without reserving for the single worst one ever seen.
-    Calls whose cost is unknown teach nothing and are skipped. ``save()`` writes the windows to
-    ``path`` atomically (write a temporary file, then rename), and a new estimator on the same path
-    starts calibrated. Several processes may share a file; the last to save wins.
+    A step whose every call reported its own cost (``explicit``: a paid tool, an agent that prices
+    itself) has no price to bound it otherwise, so ``min_explicit_samples`` calls calibrate it.
+    Calls whose cost is unknown teach nothing and are skipped. At most ``max_series`` (step, model)
+    pairs are kept: past it, the one observed longest ago is forgotten. ``save()`` writes the windows
+    to ``path`` atomically (write a temporary file, then rename), and a new estimator on the same
+    path starts calibrated. Several processes may share a file; the last to save wins.
+
+    Every runner learns by default, in memory, through the process's ``default_learner()``.
     """
 
     def __init__(
@@ -368,22 +378,31 @@ class LearningEstimator:
         path: str | Path | None = None,
         *,
         min_samples: int = 5,
+        min_explicit_samples: int | None = None,
         quantile: float = 0.95,
         window: int = 100,
+        max_series: int | None = None,
         autosave_every: int | None = None,
         fallback: UsageEstimator | None = None,
     ) -> None:
-        if min_samples < 1 or window < min_samples or not 0 < quantile <= 1:
+        explicit = min_samples if min_explicit_samples is None else min_explicit_samples
+        if min_samples < 1 or explicit < 1 or window < max(min_samples, explicit) or not 0 < quantile <= 1:
             raise ConfigError(
-                f"LearningEstimator: need 1 <= min_samples <= window and 0 < quantile <= 1, got "
-                f"min_samples={min_samples}, window={window}, quantile={quantile}"
+                f"LearningEstimator: need 1 <= min_samples, min_explicit_samples <= window and "
+                f"0 < quantile <= 1, got min_samples={min_samples}, min_explicit_samples={explicit}, "
+                f"window={window}, quantile={quantile}"
             )
+        if max_series is not None and max_series < 1:
+            raise ConfigError(f"LearningEstimator: max_series must be positive, got {max_series}")
         if autosave_every is not None and (autosave_every < 1 or path is None):
             raise ConfigError("LearningEstimator: autosave_every needs a path and a positive count")
         self.path = None if path is None else Path(path)
         self.min_samples, self.quantile, self.window = min_samples, quantile, window
+        self.min_explicit_samples = explicit
+        self.max_series = max_series
         self.autosave_every = autosave_every
         self.fallback = fallback
+        # In insertion order of the last observation: the first is the one to forget.
         self._series: dict[tuple[str, str], _Series] = {}
         self._lock = threading.Lock()
         self._unsaved = 0
@@ -396,10 +415,15 @@ class LearningEstimator:
         if usage.cost_usd is None:
             return
         key = _key(step)
+        explicit = usage.cost_source == "explicit"
         with self._lock:
-            series = self._series.get(key)
+            series = self._series.pop(key, None)  # re-inserted last: the most recently observed
             if series is None:
-                series = self._series[key] = _Series(self.window)
+                series = _Series(self.window, explicit=explicit)
+                if self.max_series is not None and len(self._series) >= self.max_series:
+                    del self._series[next(iter(self._series))]
+            self._series[key] = series
+            series.explicit = series.explicit and explicit
             series.costs.append(usage.cost_usd)
             series.tokens.append(usage.total_tokens)
             series.observations += 1
@@ -412,7 +436,10 @@ class LearningEstimator:
     def stats(self, step: Any) -> LearnedStats | None:
         """What is known of this step and its model, once ``min_samples`` calls were observed."""
         series = self._series.get(_key(step))
-        if series is None or len(series.costs) < self.min_samples:
+        if series is None:
+            return None
+        needed = self.min_explicit_samples if series.explicit else self.min_samples
+        if len(series.costs) < needed:
             return None
         found = series.stats
         if found is None:
@@ -438,6 +465,12 @@ class LearningEstimator:
             return known
         fallback = self.fallback if self.fallback is not None else default_heuristic()
         return fallback.estimate(step, data, context)
+
+    def clear(self) -> None:
+        """Forget everything observed (a saved file is left as it is)."""
+        with self._lock:
+            self._series.clear()
+            self._unsaved = 0
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path | None = None) -> Path:
@@ -487,6 +520,25 @@ class LearningEstimator:
             series.costs.extend(entry.cost_usd)
             series.tokens.extend(entry.tokens)
             series.observations = max(entry.observations, len(entry.cost_usd))
+
+
+_learner: LearningEstimator | None = None
+
+
+def default_learner() -> LearningEstimator:
+    """The process's in-memory ``LearningEstimator``, which every ``ExecutorCore`` learns with unless
+    given another (or ``learned=None``). Once a step has run with a model, its runs estimate what it
+    really cost before: a step whose agent reports its own cost after one call, a priced one after
+    five (until then its price bounds it). Its windows hold the latest 20 calls of at most 1,000
+    (step, model) pairs; ``clear()`` forgets them."""
+    global _learner
+    if _learner is None:
+        with _default_lock:
+            if _learner is None:
+                _learner = LearningEstimator(
+                    min_samples=5, min_explicit_samples=1, window=20, max_series=1000
+                )
+    return _learner
 
 
 def _key(step: Any) -> tuple[str, str]:
