@@ -110,23 +110,26 @@ class ExecutorCore:
             learned=self.learned,
         )
 
-    def plan(self, step: Step) -> tuple[UsageEstimate, str] | None:
-        """The estimate of ``step`` for a whole run when it cannot change from call to call (see
-        ``HeuristicEstimator.static_estimate``), else ``None``: an injected estimator and a matching
-        registry rule are asked at every call."""
+    def plan(self, step: Step) -> tuple[tuple[UsageEstimate, str] | None, bool]:
+        """How to estimate ``step`` for a whole run: its estimate when it cannot change from call to
+        call but by learning (see ``HeuristicEstimator.static_estimate``), else ``None`` (an injected
+        estimator, a matching registry rule and a price bound are asked at every call); and whether
+        what ``learned`` knows of it comes first (it declares no figures of its own)."""
         if self.usage_estimator is not None:
-            return None
+            return None, False
         factory = self.estimator_factory
         if factory is not None:
             if factory.select(step) is not None:
-                return None
+                return None, False
             heuristic = factory.heuristic
         else:
             from paymaster.estimation import default_heuristic
 
             heuristic = default_heuristic()
-        fixed: tuple[UsageEstimate, str] | None = heuristic.static_estimate(step, learned=self.learned)
-        return fixed
+        fixed: tuple[UsageEstimate, str] | None = heuristic.static_estimate(step)
+        config = step.config
+        declared = config.expected_cost_usd is not None or config.expected_tokens is not None
+        return fixed, self.learned is not None and not declared and step.kind == "agent"
 
     def observe(self, step: Step, usage: MeasuredUsage) -> None:
         """Feed a finished call's actual usage to a learning estimator, if there is one."""
@@ -151,9 +154,9 @@ class _Run:
         self.ctx = ctx
         self.spans = spans
         self.warned_models: set[str] = set()
-        self.plans: dict[int, tuple[Step, tuple[UsageEstimate, str] | None]] = {}
+        self.plans: dict[int, tuple[Step, tuple[UsageEstimate, str] | None, bool]] = {}
         """Per step (by id; the run holds the step, so the id stays its own): its fixed estimate, or
-        ``None`` when it must be estimated at every call."""
+        ``None`` when it must be estimated at every call, and whether a learned estimate comes first."""
         self.gate: BudgetGate | None = None
         """The remote budget consulted around every agent step, when the runner has one."""
 
@@ -183,8 +186,12 @@ class _Run:
         """What to reserve for ``step`` now: its fixed estimate for this run, or a fresh one."""
         found = self.plans.get(id(step))
         if found is None or found[0] is not step:
-            found = self.plans[id(step)] = (step, self.core.plan(step))
-        fixed = found[1]
+            found = self.plans[id(step)] = (step, *self.core.plan(step))
+        _, fixed, learnable = found
+        if learnable:
+            known = self.core.learned.lookup(step)
+            if known is not None:
+                return known, "learned"
         return fixed if fixed is not None else self.core.estimate(step, data, self.ctx)
 
     async def run_adapter(self, step: Step, data: Any, record: StepResult) -> None:

@@ -21,12 +21,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from paymaster import vocabulary
+
 __all__ = ["CliError", "emit", "main", "table"]
 
 DEFAULT_TARGET = "127.0.0.1:7310"
-SCOPES = ("organization", "team", "agent", "workflow", "user")
-ACTIONS = ("warn", "block", "downgrade")
-DIMENSIONS = (*SCOPES, "provider", "model", "day", "week", "month", "quarter", "year")
+SCOPES = vocabulary.SCOPES
+ACTIONS = vocabulary.ON_EXCEED
+DIMENSIONS = vocabulary.DIMENSIONS
 
 
 class CliError(Exception):
@@ -47,7 +49,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def emit(args: argparse.Namespace, payload: Any, render: Callable[[], str]) -> None:
-    """JSON with ``--json``, else what ``render`` returns."""
+    """JSON with ``--json`` (``payload``, in the shape of ``paymaster.vocabulary``), else what
+    ``render`` returns."""
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
@@ -130,11 +133,11 @@ def _budget_row(b: Any) -> list[Any]:
     return [
         b.id,
         b.name,
-        pb.Scope.Name(b.scope).removeprefix("SCOPE_").lower(),
+        vocabulary.enum_word(pb.Scope, b.scope),
         b.scope_id if b.HasField("scope_id") else "*",
         b.limit_usd,
         b.period,
-        pb.OnExceed.Name(b.on_exceed).removeprefix("ON_EXCEED_").lower(),
+        vocabulary.enum_word(pb.OnExceed, b.on_exceed),
         ",".join(str(t) for t in b.alert_thresholds) or "-",
         "yes" if b.enabled else "no",
         "config" if b.declared_in_config else "api",
@@ -156,9 +159,7 @@ _BUDGET_HEADERS = (
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
-
-    return dict(MessageToDict(message, preserving_proto_field_name=True))
+    return vocabulary.to_json(message)
 
 
 # -- budgets ---------------------------------------------------------------------------------------
@@ -178,11 +179,11 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
         budget = pb.Budget(
             id=args.id or "",
             name=args.name or "",
-            scope=pb.Scope.Value(f"SCOPE_{args.scope.upper()}"),
+            scope=vocabulary.enum_number(pb.Scope, args.scope),
             limit_usd=args.limit,
             period=args.period,
             time_zone=args.time_zone or "",
-            on_exceed=pb.OnExceed.Value(f"ON_EXCEED_{args.on_exceed.upper()}"),
+            on_exceed=vocabulary.enum_number(pb.OnExceed, args.on_exceed),
             alert_thresholds=_thresholds(args.thresholds) if args.thresholds else [],
             enabled=not args.disabled,
         )
@@ -217,7 +218,7 @@ def _list_budgets(args: argparse.Namespace, client: _Client) -> list[Any]:
     pb = client.pb
     request = pb.ListBudgetsRequest(page_size=args.page_size)
     if args.scope:
-        request.scope = pb.Scope.Value(f"SCOPE_{args.scope.upper()}")
+        request.scope = vocabulary.enum_number(pb.Scope, args.scope)
     if args.scope_id:
         request.scope_id = args.scope_id
     budgets: list[Any] = []
@@ -236,7 +237,7 @@ def _update_request(args: argparse.Namespace, pb: Any) -> Any:
     if args.limit is not None:
         request.limit_usd = args.limit
     if args.on_exceed is not None:
-        request.on_exceed = pb.OnExceed.Value(f"ON_EXCEED_{args.on_exceed.upper()}")
+        request.on_exceed = vocabulary.enum_number(pb.OnExceed, args.on_exceed)
     if args.thresholds is not None:
         request.alert_thresholds.CopyFrom(pb.AlertThresholds(percent=_thresholds(args.thresholds)))
     if args.enabled is not None:
@@ -285,7 +286,7 @@ def cmd_usage(args: argparse.Namespace, client: _Client) -> None:
         scopes=pb.ScopeIds(**{s: getattr(args, s) or "" for s in SCOPES}),
         provider=args.provider or "",
         model=args.model or "",
-        group_by=[pb.Dimension.Value(f"DIMENSION_{d.upper()}") for d in dims],
+        group_by=[vocabulary.enum_number(pb.Dimension, d) for d in dims],
         time_zone=args.time_zone or "",
     )
     for flag, field in (("--since", "start"), ("--until", "end")):
@@ -300,7 +301,7 @@ def cmd_usage(args: argparse.Namespace, client: _Client) -> None:
 
     rows = [list(row.key) + figures(row.totals) for row in report.rows]
     rows.append(["TOTAL"] + [""] * (len(dims) - 1) + figures(report.total) if dims else figures(report.total))
-    emit(args, _as_dict(report), lambda: table(headers, rows))
+    emit(args, {"group_by": dims, **_as_dict(report)}, lambda: table(headers, rows))
 
 
 # -- sidecar and demo ------------------------------------------------------------------------------
@@ -369,7 +370,8 @@ def _parser() -> argparse.ArgumentParser:
     _client_flags(parser, after_command=False)
     common = argparse.ArgumentParser(add_help=False)
     _client_flags(common, after_command=True)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
+    _choose(parser, sub)
 
     sidecar = sub.add_parser("sidecar", help="run the budget sidecar")
     sidecar.add_argument("--config", help="sidecar.toml (default: built-in defaults)")
@@ -401,8 +403,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _choose(parser: argparse.ArgumentParser, sub: Any) -> None:
+    """What ``parser`` says when its command is left out: the choices, on the usage line and as an
+    error (argparse would name its internal ``dest``). ``main`` calls it when the command is None."""
+
+    def missing() -> None:
+        parser.error(f"choose a command: {', '.join(sub.choices)}")
+
+    parser.set_defaults(missing_command=missing)
+
+
 def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    sub = budgets.add_subparsers(dest="budgets_command", required=True)
+    sub = budgets.add_subparsers(dest="budgets_command")
+    _choose(budgets, sub)
     create = sub.add_parser("create", parents=[common], help="create a budget")
     create.add_argument("--id", help="budget id (generated when omitted)")
     create.add_argument("--name")
@@ -452,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo's own options (--limit ...) pass through untouched; argparse's REMAINDER would take
     # them for this parser's.
     args, extra = _parser().parse_known_args(argv)
+    if args.command is None or getattr(args, f"{args.command}_command", "") is None:
+        args.missing_command()  # exits 2 naming the choices
     if extra and args.command != "demo":
         _parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
