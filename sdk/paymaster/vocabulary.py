@@ -35,6 +35,7 @@ __all__ = [
     "ALERT_KINDS",
     "DECISIONS",
     "DIMENSIONS",
+    "NO_MODEL",
     "ON_EXCEED",
     "RESERVATION_STATES",
     "ROLES",
@@ -59,6 +60,10 @@ ALERT_KINDS = ("threshold",)
 """What fired an alert (``AlertKind``)."""
 ROLES = ("admin", "spender", "ingester", "reader")
 """What a principal may do (a token's ``roles``: strings on the wire, not an enum)."""
+NO_MODEL = "__none__"
+"""The ``provider`` and ``model`` of spend that named none (an explicit cost: a paid tool, a flat
+fee), in usage reports and in the metrics of the SDK and the sidecar alike — never blank, never
+``unknown`` (which would say a model was used but not known)."""
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _DURATION = "google.protobuf.Duration"
