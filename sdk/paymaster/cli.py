@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,8 +92,18 @@ class _Client:
         options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
         self._connection = self._credentials.connect(target, options)
 
+    @property
+    def target(self) -> str:
+        return self._target
+
     def call(self, method: str, request: Any) -> Any:
         return self._invoke(getattr(self._connection.stub(), method), request)
+
+    def stream(self, method: str, request: Any) -> _Stream:
+        """A server stream with the CLI's credentials and no deadline; ``cancel()`` it to stop. Its
+        errors are reported as ``call``'s are, when iterated."""
+        rpc = getattr(self._connection.stub(), method)
+        return _Stream(rpc(request, metadata=self._credentials.metadata()), self)
 
     def health(self, service: str) -> str:
         """The sidecar's gRPC health status of ``service`` (``SERVING``, ``NOT_SERVING`` ...)."""
@@ -104,20 +114,22 @@ class _Client:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     def _invoke(self, rpc: Any, request: Any) -> Any:
-        codes = self._grpc.StatusCode
         try:
             return rpc(request, timeout=self._timeout, metadata=self._credentials.metadata())
         except self._grpc.RpcError as exc:
-            code = exc.code()
-            if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED):
-                raise CliError(f"cannot reach the sidecar at {self._target}: {exc.details()}") from None
-            if code == codes.UNAUTHENTICATED:
-                raise CliError(
-                    f"the sidecar refused the credentials ({self._whose()}): {exc.details()}"
-                ) from None
-            if code == codes.PERMISSION_DENIED:
-                raise CliError(f"not permitted with these credentials: {exc.details()}") from None
-            raise CliError(f"{code.name}: {exc.details()}") from None
+            raise self.failure(exc) from None
+
+    def failure(self, exc: Any) -> CliError:
+        """The one-line error for a refused or failed call."""
+        codes = self._grpc.StatusCode
+        code = exc.code()
+        if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED):
+            return CliError(f"cannot reach the sidecar at {self._target}: {exc.details()}")
+        if code == codes.UNAUTHENTICATED:
+            return CliError(f"the sidecar refused the credentials ({self._whose()}): {exc.details()}")
+        if code == codes.PERMISSION_DENIED:
+            return CliError(f"not permitted with these credentials: {exc.details()}")
+        return CliError(f"{code.name}: {exc.details()}")
 
     def _whose(self) -> str:
         if not self._credentials.has_token:
@@ -126,6 +138,24 @@ class _Client:
 
     def close(self) -> None:
         self._connection.close()
+
+
+class _Stream:
+    """A server stream whose failures read like the other commands' (``CliError``); a cancelled one
+    just ends."""
+
+    def __init__(self, call: Any, client: _Client) -> None:
+        self._call, self._client = call, client
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._call
+        except self._client._grpc.RpcError as exc:
+            if exc.code() != self._client._grpc.StatusCode.CANCELLED:
+                raise self._client.failure(exc) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 def _budget_row(b: Any) -> list[Any]:
@@ -362,7 +392,7 @@ def _client_flags(parser: argparse.ArgumentParser, *, after_command: bool) -> No
 
 
 def _parser() -> argparse.ArgumentParser:
-    from paymaster import _cli_tokens
+    from paymaster import _cli_tokens, _cli_top
 
     parser = argparse.ArgumentParser(
         prog="paymaster", description="Paymaster: budget governance for LLM pipelines."
@@ -392,6 +422,7 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--time-zone", help="IANA zone for day/week/month/quarter/year keys")
 
     _cli_tokens.add_parsers(sub, common)
+    _cli_top.add_parser(sub, common)
     health = sub.add_parser(
         "health", parents=[common], help="the sidecar's gRPC health status; exit 0 when SERVING"
     )
@@ -476,13 +507,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sidecar(args)
         if args.command == "demo":
             return cmd_demo(args)
-        from paymaster import _cli_tokens
+        from paymaster import _cli_tokens, _cli_top
 
         if args.command == "tokens" and args.tokens_command == "new":
             _cli_tokens.cmd_tokens_new(args)
             return 0
         commands = {"budgets": cmd_budgets, "usage": cmd_usage, "tokens": _cli_tokens.cmd_tokens,
-                    "audit": _cli_tokens.cmd_audit, "health": cmd_health}  # fmt: skip
+                    "audit": _cli_tokens.cmd_audit, "health": cmd_health, "top": _cli_top.cmd_top}  # fmt: skip
         client = _Client(args.target, args.timeout, args)
         try:
             commands[args.command](args, client)

@@ -173,7 +173,7 @@ def test_the_global_flags_work_after_the_command_as_before_it(
     [
         (["budgets"], "paymaster budgets", "create, get, delete, status, list, update"),
         (["tokens"], "paymaster tokens", "create, list, revoke, new"),
-        ([], "paymaster", "sidecar, budgets, usage, tokens, audit, health, demo"),
+        ([], "paymaster", "sidecar, budgets, usage, tokens, audit, top, health, demo"),
     ],
 )
 def test_a_command_left_out_lists_the_choices(
