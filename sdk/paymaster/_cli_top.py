@@ -121,14 +121,16 @@ class Reader:
             entities = [self.args.scope_id]
         else:
             entities = self._spenders(budget)
-        return [
-            Row(
-                self.client.call(
-                    "GetBudgetStatus", self.pb.GetBudgetStatusRequest(budget_id=budget.id, scope_id=e)
-                )
-            )
-            for e in entities
-        ]
+        rows = []
+        for entity in entities:
+            request = self.pb.GetBudgetStatusRequest(budget_id=budget.id, scope_id=entity)
+            try:
+                rows.append(Row(self.client.call("GetBudgetStatus", request)))
+            except CliError as exc:
+                if not str(exc).startswith("NOT_FOUND"):
+                    raise
+                # deleted since it was listed: it is gone from the next refresh too
+        return rows
 
     def _spenders(self, budget: Any) -> list[str]:
         """The entities of a wildcard budget that spent most in (about) its period."""
