@@ -116,7 +116,7 @@ class StoreSection(_Section):
     wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
 
     def describe(self) -> str:
-        """What the start-up line names: the file, or the server without its password."""
+        """The store as messages name it: the file as written, or the server without its password."""
         if self.kind == "redis":
             from collector_processor.store.redis.link import describe_url
 
@@ -262,9 +262,24 @@ class SidecarConfig(_Section):
 
     @property
     def base_dir(self) -> Path | None:
-        """The config file's folder, against which the auth and TLS files' relative paths are read."""
+        """The config file's folder, against which every relative path in it is read: ``store.path``,
+        the auth and TLS files, the OTLP receiver's price file."""
         source = Path(self.source)
         return source.parent if self.source not in ("<defaults>", "<string>") else None
+
+    def sqlite_path(self) -> Path:
+        """``store.path`` as the store opens it: a relative path is read from the config file's
+        folder, as every path in the file is (the working directory for the built-in defaults)."""
+        path = Path(self.store.path).expanduser()
+        base = self.base_dir
+        return path if path.is_absolute() or base is None else base / path
+
+    def store_description(self) -> str:
+        """The store for the start-up line: the SQLite file's full path, or the Redis server without
+        its password."""
+        if self.store.kind == "sqlite":
+            return f"sqlite {self.sqlite_path().resolve()}"
+        return self.store.describe()
 
     def listeners(self) -> list[Listener]:
         """Every listener that will open, with its TLS block and whether it authenticates callers."""

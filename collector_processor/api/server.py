@@ -29,6 +29,7 @@ from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
 from collector_processor.api.batching import Batcher
 from collector_processor.api.security import Security
 from collector_processor.api.servicer import BudgetServicer, add_to_server
+from collector_processor.api.startup import startup_lines
 from collector_processor.auth.desk import TokenDesk
 from collector_processor.auth.rpc import GatedServer
 from collector_processor.config import SidecarConfig, create_default_config, load_config, parse_address
@@ -337,7 +338,7 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
                 wait_replicas=s.wait_replicas,
                 wait_timeout_ms=s.wait_timeout_ms,
             )
-        return SqliteStore(s.path, synchronous=s.synchronous, busy_timeout_ms=s.busy_timeout_ms)
+        return SqliteStore(config.sqlite_path(), synchronous=s.synchronous, busy_timeout_ms=s.busy_timeout_ms)
     except StoreUnavailableError as exc:
         raise ConfigError(f"{config.source}: store.{'url' if s.kind == 'redis' else 'path'}: {exc}") from None
 
@@ -511,14 +512,10 @@ def _otlp_logger_provider(config: SidecarConfig, on_close: list[Any]) -> Any:
 
 
 def run(config: SidecarConfig) -> int:
-    """Run a sidecar until SIGTERM or SIGINT; print where it listens."""
+    """Run a sidecar until SIGTERM or SIGINT; print every port it listens on and its store."""
     sidecar = create_sidecar(config).start()
-    print(
-        f"paymaster sidecar listening on {sidecar.address} (store: {config.store.describe()})",
-        flush=True,
-    )
-    for component in sidecar.components:
-        print(f"paymaster sidecar: {component.describe()}", flush=True)
+    for line in startup_lines(sidecar):
+        print(line, flush=True)
 
     def shutdown(signum: int, frame: object) -> None:
         threading.Thread(target=sidecar.stop, name="paymaster-shutdown").start()

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.money import micros_to_usd
 from collector_processor.errors import InvalidRequestError
+from paymaster.vocabulary import NO_MODEL
 
 __all__ = [
     "SCOPE_COLUMNS",
@@ -80,6 +81,8 @@ class Dimension(StrEnum):
 PERIOD_DIMENSIONS = frozenset(
     {Dimension.DAY, Dimension.WEEK, Dimension.MONTH, Dimension.QUARTER, Dimension.YEAR}
 )
+_FACT_DIMENSIONS = frozenset({Dimension.PROVIDER, Dimension.MODEL})
+"""Spend that named no provider or model is reported under ``NO_MODEL``, as the metrics count it."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -196,7 +199,9 @@ def build_report(
     for row in rows:
         values = dict(zip(columns, row.keys, strict=True))
         key = tuple(
-            _period_label(d, row.slot_ms, tz, labels) if d in PERIOD_DIMENSIONS else values[d.value] or ""
+            _period_label(d, row.slot_ms, tz, labels)
+            if d in PERIOD_DIMENSIONS
+            else values[d.value] or (NO_MODEL if d in _FACT_DIMENSIONS else "")
             for d in group_by
         )
         figures = (row.cost_micros, row.input_tokens, row.output_tokens, row.total_tokens, row.records)

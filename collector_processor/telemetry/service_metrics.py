@@ -39,6 +39,7 @@ from collector_processor.domain.types import (
 )
 from collector_processor.store.base import LedgerStore
 from collector_processor.telemetry.selfmetrics import Labels, SelfMetrics, label_key
+from paymaster.vocabulary import NO_MODEL
 
 __all__ = ["OTHER", "ServiceMetrics"]
 
@@ -172,7 +173,7 @@ class ServiceMetrics:
         tokens: int,
     ) -> None:
         """Append the increments of one charge of ``cost`` USD and ``tokens`` tokens to ``counts``."""
-        by_model, by_type = self._model_keys(facts.provider or "unknown", facts.model or "unknown")
+        by_model, by_type = self._model_keys(facts.provider or NO_MODEL, facts.model or NO_MODEL)
         counts.append(("paymaster_spend_usd_total", by_model, cost))
         other = max(tokens - facts.input_tokens - facts.output_tokens, 0)
         for key, count in zip(by_type, (facts.input_tokens, facts.output_tokens, other), strict=True):

@@ -31,7 +31,10 @@ def test_split_quota_without_estimates_halts_the_branch_that_passes_its_equal_sh
     par = Step.parallel("p", branches(0.06, 0.01), quota="split")
     with pytest.raises(UsageLimitExceededError) as info:
         Runner(par, usage_limits=UsageLimits(total_cost_usd_limit=0.10)).run(0)
-    assert str(info.value) == "Cost share of $0.05 for parallel branch 'a' of 'run' exceeded"
+    assert str(info.value) == (
+        "step 'a' spent $0.06 (estimated $0.00), taking spend from $0.00 to $0.06, "
+        "over the cost share of $0.05 of branch 'a' of parallel step 'p'"
+    )
     assert info.value.result.total_cost_usd == Decimal("0.06")
 
 
