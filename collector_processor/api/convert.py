@@ -166,7 +166,7 @@ def budget_to_pb(b: Budget) -> pb.Budget:
         id=b.id,
         name=b.name,
         scope=SCOPE_TO_PB[b.scope],
-        limit_usd=str(b.limit_usd),
+        limit_usd=format_usd(b.limit_usd),
         period=b.period.spec,
         time_zone=b.time_zone,
         on_exceed=ACTION_TO_PB[b.on_exceed],

@@ -27,6 +27,7 @@ _NAMES = {
     "receivers.otlp.grpc_listen": "OTLP/gRPC",
     "receivers.otlp.http_listen": "OTLP/HTTP",
     "metrics.listen": "metrics",
+    "http.listen": "budget API, HTTP/JSON",
 }
 
 

@@ -248,7 +248,9 @@ def test_an_unquoted_dotted_name_is_joined_back_unless_a_shorter_name_is_priced_
     joined = parse_config(f"[cost.providers.openai.gpt-4.1]\n{prices}", path="p.toml")
     assert set(joined.cost.providers["openai"]) == {"gpt-4.1"}
     both = f"[cost.providers.openai.gpt-4]\n{prices}[cost.providers.openai.gpt-4.1]\n{prices}"
-    with pytest.raises(ConfigError, match=r"""^p.toml:1: \[cost.providers.openai."gpt-4"\]: unknown key '1'"""):
+    with pytest.raises(
+        ConfigError, match=r"""^p.toml:1: \[cost.providers.openai."gpt-4"\]: unknown key '1'"""
+    ):
         parse_config(both, path="p.toml")
     quoted = f'[cost.providers.openai."gpt-4"]\n{prices}[cost.providers.openai."gpt-4.1"]\n{prices}'
     assert set(parse_config(quoted, path="p.toml").cost.providers["openai"]) == {"gpt-4", "gpt-4.1"}

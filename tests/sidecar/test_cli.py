@@ -71,7 +71,7 @@ def test_budgets_create_list_update_status_delete(
         "daily",
         "team",
         "search",
-        "12.50",
+        "12.500000",
         "daily",
         "block",
         "50,100",

@@ -143,7 +143,7 @@ def test_top_in_a_terminal_shows_spend_bars_and_alerts_live_sorts_and_quits(
     try:
         term.wait_for(lambda s: "search-daily" in s and "bob" in s and "ada" in s, "every budget's rows")
         search = term.row("search-daily", "search")
-        assert search[:7] == ["search-daily", "team", "search", "0.300000", "0.100000", "1.00", "30.00"]
+        assert search[:7] == ["search-daily", "team", "search", "0.300000", "0.100000", "1.000000", "30.00"]
         # 30 % used and 10 % reserved of a 20-cell bar: 6 used, 2 reserved, 12 free.
         assert search[7] == "█" * 6 + "▒" * 2 + "·" * 12
         now = status(authed, "search-daily")
@@ -158,7 +158,7 @@ def test_top_in_a_terminal_shows_spend_bars_and_alerts_live_sorts_and_quits(
             "bob",
             "1.500000",
             "0.000000",
-            "2",
+            "2.000000",
             "75.00",
             "█" * 15 + "·" * 5,
         ]

@@ -91,6 +91,10 @@ class HttpApi:
         scheme = "https" if self.tls is not None else "http"
         return f"HTTP API on {scheme}://{self.address} (OpenAPI at /openapi.json)"
 
+    def addresses(self) -> dict[str, str]:
+        """Its bound address, by the key that configures it (the start-up line)."""
+        return {"http.listen": self.address}
+
     def notify_alerts(self) -> None:
         """Alerts were fired in this process: wake the alert streams now."""
         if self.listener.hub is not None:

@@ -1,5 +1,5 @@
-"""``paymaster sidecar`` says on its first line every port it opened — the budget API, OTLP/gRPC,
-OTLP/HTTP, /metrics — with its transport and whether callers authenticate, and the store; and every
+"""``paymaster sidecar`` says on its first line every port it opened — the budget API over gRPC and
+over HTTP/JSON, OTLP/gRPC, OTLP/HTTP, /metrics — with its transport and whether callers authenticate, and the store; and every
 relative path in its config file is read from the file's folder, ``store.path`` included."""
 
 from __future__ import annotations
@@ -80,6 +80,12 @@ def test_the_first_line_names_every_listener_its_security_and_the_store(tmp_path
         cert_file = "server.crt"
         key_file = "server.key"
         client_ca_file = "ca.crt"
+        [http]
+        enabled = true
+        listen = "127.0.0.1:0"
+        [http.tls]
+        cert_file = "server.crt"
+        key_file = "server.key"
         """
     )
     line, forwarding = first_lines(config, elsewhere, 2)
@@ -87,6 +93,7 @@ def test_the_first_line_names_every_listener_its_security_and_the_store(tmp_path
     assert re.fullmatch(
         f"paymaster sidecar listening on {port} \\(budget API, gRPC: plaintext, auth\\); "
         f"OTLP/gRPC on {port} \\(TLS, auth\\); OTLP/HTTP on {port} \\(TLS, auth\\); "
+        f"budget API, HTTP/JSON on {port} \\(TLS, auth\\); "
         f"metrics on https://{port}/metrics \\(mutual TLS, no auth\\); "
         f"store: sqlite {re.escape(str((folder / 'ledger.db').resolve()))}",
         line,
