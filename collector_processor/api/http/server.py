@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+try:  # the C parser when it is installed (the sidecar extra asks for it), else the pure-Python one
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
+except ImportError:  # pragma: no cover - httptools missing
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
 
 from collector_processor.alerts.dispatch import AlertHub
 from collector_processor.api.batching import Batcher
@@ -36,8 +39,8 @@ __all__ = ["HttpApi"]
 log = logging.getLogger("paymaster.sidecar.http")
 
 
-class _PeerProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, with the connection's verified client certificate put where the
+class _PeerProtocol(_Base):
+    """uvicorn's HTTP/1.1 protocol (httptools' parser), with the connection's verified client certificate put where the
     gate reads it (the ASGI scope's ``state``; each connection has its own copy)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
