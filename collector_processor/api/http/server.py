@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
+
 try:  # the C parser when it is installed (the sidecar extra asks for it), else the pure-Python one
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
 except ImportError:  # pragma: no cover - httptools missing
