@@ -23,7 +23,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from collector_processor.auth.config import AuthSection, TlsSection
-from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.domain.budgets import (
+    BudgetDraft,
+    OnExceed,
+    Scope,
+    Tier,
+    build_budget,
+    check_thresholds,
+)
 from collector_processor.domain.money import MAX_USD
 from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
@@ -143,6 +150,13 @@ class ReceiversSection(_Section):
     otlp: OtlpReceiverSection = OtlpReceiverSection()
 
 
+class TierEntry(_Section):
+    """One tier of a budget: ``{at = 80, action = "downgrade"}``."""
+
+    at: int = Field(ge=1, le=1000)
+    action: Literal["warn", "block", "downgrade"]
+
+
 class BudgetEntry(_Section):
     id: str
     name: str = ""
@@ -152,8 +166,10 @@ class BudgetEntry(_Section):
     """Not negative either (refused by the budget rules, like a limit set through the API)."""
     period: str
     time_zone: str = ""
-    on_exceed: Literal["warn", "block", "downgrade"]
+    on_exceed: Literal["warn", "block", "downgrade"] | None = None
+    """Required unless ``tiers`` are given (refused by the budget rules, naming the key)."""
     alert_thresholds: list[int] | None = None
+    tiers: list[TierEntry] = Field(default_factory=list)
     enabled: bool = True
 
     def draft(self) -> BudgetDraft:
@@ -165,8 +181,9 @@ class BudgetEntry(_Section):
             limit_usd=self.limit_usd,
             period=self.period,
             time_zone=self.time_zone,
-            on_exceed=OnExceed(self.on_exceed),
+            on_exceed=None if self.on_exceed is None else OnExceed(self.on_exceed),
             alert_thresholds=None if self.alert_thresholds is None else tuple(self.alert_thresholds),
+            tiers=tuple(Tier(t.at, OnExceed(t.action)) for t in self.tiers),
             enabled=self.enabled,
             declared_in_config=True,
         )

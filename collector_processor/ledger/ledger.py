@@ -162,7 +162,8 @@ class Ledger:
     def update_budget(self, budget_id: str, patch: BudgetPatch, *, actor: Actor | None = None) -> Budget:
         if patch.is_empty():
             raise InvalidRequestError(
-                "update", "names no field to change (name, limit_usd, on_exceed, alert_thresholds, enabled)"
+                "update",
+                "names no field to change (name, limit_usd, on_exceed, alert_thresholds, tiers, enabled)",
             )
         now = self.clock.now_ms()
         budget = self.store.get_budget(check_budget_id(budget_id)) if actor is not None else None

@@ -69,11 +69,12 @@ def reserve_outcome(
         reservation_id=reservation_id,
         reserved_usd=micros_to_usd(plan.hold),
         expires_ms=expires_ms,
-        budget_info=budget_infos(states, verdict.exceeded),
+        budget_info=budget_infos(states, verdict.exceeded, verdict.tiers),
         deciding_budget_id=deciding(plan),
         reason=verdict.reason,
         warnings=verdict.warnings,
         awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
+        deciding_tier=verdict.tier,
     )
 
 
@@ -82,10 +83,11 @@ def check_outcome(states: Sequence[BudgetState], estimate_micros: int) -> CheckO
     verdict = evaluate(states, estimate_micros)
     return CheckOutcome(
         decision=verdict.decision,
-        budget_info=budget_infos(states, verdict.exceeded),
+        budget_info=budget_infos(states, verdict.exceeded, verdict.tiers),
         deciding_budget_id=verdict.deciding.budget.id if verdict.deciding else "",
         reason=verdict.reason,
         warnings=verdict.warnings,
+        deciding_tier=verdict.tier,
     )
 
 
@@ -177,7 +179,7 @@ def _meaning(b: Budget) -> tuple[object, ...]:
 
 
 def _definition(b: Budget) -> tuple[object, ...]:
-    return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.enabled)
+    return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.tiers, b.enabled)
 
 
 def check_fingerprint(stored: str, asked: str, field: str, what: str) -> None:

@@ -161,7 +161,7 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
         ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "1"\nperiod = "daily"\n',
-            "cfg.toml: budgets[0].on_exceed: Field required",
+            "cfg.toml: budgets[0].on_exceed: is required: one of warn, block, downgrade (or give tiers)",
         ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "x"\nperiod = "daily"\non_exceed = "warn"\n',

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet, decode_tiers, encode_tiers
 from collector_processor.domain.periods import parse_period
 from collector_processor.domain.types import UsageFacts
 from collector_processor.store.index import LiveBudget
@@ -63,6 +63,7 @@ from paymaster.exceptions import quote
 __all__ = [
     "ACTION_LETTER",
     "FixedKeys",
+    "action_code",
     "budget_body",
     "budget_from_json",
     "budget_json",
@@ -126,6 +127,7 @@ def budget_body(b: Budget) -> dict[str, Any]:
         "time_zone": b.time_zone,
         "on_exceed": b.on_exceed.value,
         "alert_thresholds": list(b.alert_thresholds),
+        "tiers": encode_tiers(b.tiers),
         "enabled": b.enabled,
         "declared_in_config": b.declared_in_config,
         "created_ms": b.created_ms,
@@ -154,12 +156,21 @@ def budget_from_json(text: str) -> Budget:
         time_zone=d["time_zone"],
         on_exceed=OnExceed(d["on_exceed"]),
         alert_thresholds=tuple(int(t) for t in d["alert_thresholds"]),
+        tiers=decode_tiers(d.get("tiers", "")),
         enabled=bool(d["enabled"]),
         declared_in_config=bool(d["declared_in_config"]),
         generation=int(d["generation"]),
         created_ms=int(d["created_ms"]),
         updated_ms=int(d["updated_ms"]),
     )
+
+
+def action_code(b: Budget) -> str:
+    """How a function reads a budget's action: one letter (``b``, ``w``, ``d``) for a single-action
+    budget, its tiers ascending (``50w,80d,100b``) for a tiered one."""
+    if not b.tiers:
+        return ACTION_LETTER[b.on_exceed]
+    return ",".join(f"{t.at}{ACTION_LETTER[t.action]}" for t in b.tiers)
 
 
 def hold_key(b: Budget, entity: str) -> str:
@@ -179,14 +190,17 @@ def spec(live: LiveBudget, entity: str, *, now_ms: int, at_ms: int) -> list[str]
     b = live.budget
     period = b.period
     rolling = period.is_rolling
-    if b.alert_thresholds and b.enabled:
+    points = b.alert_points
+    if points and b.enabled:
         window = period.window(now_ms if rolling else at_ms, live.tz)
         alerting = [
-            ",".join(str(t) for t in b.alert_thresholds),
+            ",".join(str(t) for t in points),
             "0" if rolling else str(window.start_ms),
             str(window.start_ms),
             str(window.end_ms),
-            SEP.join((b.name, b.scope.value, b.on_exceed.value, period.spec, b.time_zone)),
+            SEP.join(
+                (b.name, b.scope.value, b.on_exceed.value, period.spec, b.time_zone, encode_tiers(b.tiers))
+            ),
         ]
     else:
         alerting = ["", "0", "0", "0", ""]
@@ -195,7 +209,7 @@ def spec(live: LiveBudget, entity: str, *, now_ms: int, at_ms: int) -> list[str]
         b.id,
         entity,
         str(live.limit),
-        ACTION_LETTER[b.on_exceed],
+        action_code(b),
         "1" if b.enabled else "0",
         "1" if rolling else "0",
         str(period.lowest_bucket(now_ms, live.tz)),
@@ -243,7 +257,7 @@ def state_keys(p: str, live: LiveBudget, entity: str) -> list[str]:
     b = live.budget
     key = hold_key(b, entity)
     keys = [f"{p}:s:{key}", f"{p}:z:{key}", f"{p}:ents:{b.id}@{b.generation}"]
-    if b.alert_thresholds:
+    if b.alert_points:
         keys.append(f"{p}:alerts:b:{b.id}")
     return keys
 

@@ -175,21 +175,50 @@ local function exceeds(st, est, ezero)
   return c > 0 or (ezero and c >= 0)
 end
 
+-- decisions.reached_tier, for one tier: (used + reserved + estimate) * 100 > at * limit, or >= for a
+-- zero estimate (at is at most 1000).
+local function past(st, est, ezero, at)
+  local c
+  if #st.u <= 13 and #st.r <= 13 and #st.l <= 12 and #est <= 13 then
+    local lhs, rhs = (tonumber(st.u) + tonumber(st.r) + tonumber(est)) * 100, at * tonumber(st.l)
+    if lhs > rhs then c = 1 elseif lhs == rhs then c = 0 else c = -1 end
+  else
+    c = cmp(mul(add(add(pair(st.u), pair(st.r)), pair(est)), 100), mul(pair(st.l), at))
+  end
+  return c > 0 or (ezero and c >= 0)
+end
+
+-- The action letter of the highest tier the estimate reaches, or nil. A budget's tiers come as
+-- '50w,80d,100b' (ascending); a single letter is one tier at 100%, which is exactly ``exceeds``.
+local function tier_action(st, est, ezero)
+  local a = st.action
+  if #a == 1 then
+    if exceeds(st, est, ezero) then return a end
+    return nil
+  end
+  local found = nil
+  for at, letter in string.gmatch(a, '(%d+)(%a)') do
+    if not past(st, est, ezero, tonumber(at)) then break end
+    found = letter
+  end
+  return found
+end
+
 -- decisions.crossed_thresholds: used * 100 >= threshold * limit (thresholds are at most 1000).
 local function reached(used, limit, t)
   if #used <= 13 and #limit <= 12 then return tonumber(used) * 100 >= t * tonumber(limit) end
   return cmp(mul(pair(used), 100), mul(pair(limit), t)) >= 0
 end
 
--- decisions.evaluate: any block budget exceeded denies, else any downgrade budget downgrades.
+-- decisions.evaluate: any budget whose reached tier blocks denies, else any whose tier downgrades
+-- downgrades.
 local function verdict(states, est)
   local ezero = est == '0'
   local blocker, downgrader = nil, nil
   for i, st in ipairs(states) do
-    if exceeds(st, est, ezero) then
-      if st.action == 'b' then blocker = blocker or i
-      elseif st.action == 'd' then downgrader = downgrader or i end
-    end
+    local act = tier_action(st, est, ezero)
+    if act == 'b' then blocker = blocker or i
+    elseif act == 'd' then downgrader = downgrader or i end
   end
   if blocker then return 'deny' end
   if downgrader then return 'downgrade' end

@@ -38,7 +38,7 @@ from redis.exceptions import ResponseError
 
 from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
-from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
+from collector_processor.domain.decisions import BudgetState, charged_infos, estimate_infos, plan_reservation
 from collector_processor.domain.money import micros_to_usd, usd_to_micros
 from collector_processor.domain.types import (
     Alert,
@@ -264,7 +264,7 @@ class RedisStore:
         for live, entity in matched:
             period, tz = live.budget.period, live.tz
             # A rolling window's alerts name the window ending now, so their specs are good for one ms.
-            moment = now_ms if period.is_rolling and live.budget.alert_thresholds else 0
+            moment = now_ms if period.is_rolling and live.budget.alert_points else 0
             key = (id(live), entity, period.lowest_bucket(now_ms, tz), period.bucket_of(at_ms, tz), moment)
             found = cache.get(key)
             if found is None or found[0] is not live:  # an id is only unique while its object lives
@@ -474,12 +474,13 @@ class RedisStore:
             reservation_id=reservation_id,
             reserved_usd=micros_to_usd(held),
             expires_ms=int(row["exp"]),
-            budget_info=budget_infos(states, [exceeds(s, held) for s in states]),
+            budget_info=estimate_infos(states, held),
             deciding_budget_id=deciding(original),
             reason=original.verdict.reason,
             warnings=original.verdict.warnings,
             awaiting_downgrade_estimate=row["aw"] == "1",
             replayed=True,
+            deciding_tier=original.verdict.tier,
         )
 
     def _commit_script(
@@ -551,7 +552,7 @@ class RedisStore:
         states = self._states(
             index.match(scopes, enabled_only=True), reply, offset, now_ms=now_ms, at_ms=now_ms
         )
-        return budget_infos(states, [s.used > s.limit for s in states])
+        return charged_infos(states)
 
     def _charged(
         self,
@@ -566,7 +567,7 @@ class RedisStore:
         enabled = index.match(scopes, enabled_only=True)
         states = self._states(enabled, reply, offset, now_ms=now_ms, at_ms=at_ms)
         fired = tuple(int(seq) for seq in reply[offset + 2 * len(enabled) :])
-        return budget_infos(states, [s.used > s.limit for s in states]), fired
+        return charged_infos(states), fired
 
     def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
         keys = [*self._k.settle, self._link.key("r", reservation_id)]

@@ -135,13 +135,13 @@ def _charge_totals(conn: sqlite3.Connection, totals: list[list[Any]], now_ms: in
             states.append(
                 (live, _state(live, entity, used, held, live.budget.period.window(now_ms, live.tz)))
             )
-    alerting = [(live, state) for live, state in states if live.budget.alert_thresholds]
+    alerting = [(live, state) for live, state in states if live.budget.alert_points]
     rearm = [m for live, st in alerting if live.budget.period.is_rolling for m in rearm_marks(st)]
     for marks in _chunks(rearm):
         conn.execute(_rearm_sql(len(marks)), list(chain.from_iterable(marks)))
     fired: list[int] = []
     for live, state in alerting:
-        if crossed_thresholds(live.budget.alert_thresholds, state.used, state.limit):
+        if crossed_thresholds(live.budget.alert_points, state.used, state.limit):
             fired.extend(fire_alerts(conn, live, state, now_ms, rearm=False))
     return fired
 

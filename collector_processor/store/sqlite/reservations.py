@@ -12,8 +12,14 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from collector_processor.domain.budgets import ScopeSet
-from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
+from collector_processor.domain.budgets import ScopeSet, decode_tiers, encode_tiers
+from collector_processor.domain.decisions import (
+    BudgetState,
+    Plan,
+    charged_infos,
+    estimate_infos,
+    plan_reservation,
+)
 from collector_processor.domain.money import micros_to_usd, usd_to_micros
 from collector_processor.domain.types import (
     BudgetInfo,
@@ -59,13 +65,13 @@ __all__ = [
 RES_COLS = (
     "id, state, organization, team, agent, workflow, user, held_micros, holds, decision, awaiting, "
     "deciding_budget_id, reason, warnings, expires_ms, charged_micros, released_micros, late, provider, model,"
-    " owner, fingerprint"
+    " owner, fingerprint, tier"
 )
 _INSERT_RESERVATION_SQL = (
     "INSERT INTO reservations (id, idempotency_key, state, organization, team, agent, workflow, user,"
     " held_micros, holds, decision, awaiting, deciding_budget_id, reason, warnings, estimate_tokens,"
-    " provider, model, created_ms, expires_ms, owner, fingerprint)"
-    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " provider, model, created_ms, expires_ms, owner, fingerprint, tier)"
+    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -90,6 +96,8 @@ class ReservationRow(NamedTuple):
     model: str
     owner: str
     fingerprint: str
+    tier: str
+    """The deciding tier, ``encode_tiers`` of it ('' when none decided)."""
 
 
 def reservation_from_row(r: tuple[object, ...]) -> ReservationRow:
@@ -146,7 +154,7 @@ def standing(
     conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, now_ms: int
 ) -> tuple[BudgetInfo, ...]:
     states = read_states(conn, index.match(scopes, enabled_only=True), now_ms)
-    return budget_infos(states, [s.used > s.limit for s in states])
+    return charged_infos(states)
 
 
 def _hold_keys(states: Sequence[BudgetState]) -> list[tuple[str, int, str]]:
@@ -215,7 +223,7 @@ def reserve(
             reservation_id, command.idempotency_key or None, s.organization, s.team, s.agent, s.workflow, s.user,
             plan.hold, encode_holds(holds), plan.decision.value, int(plan.awaiting_downgrade_estimate),
             deciding(plan), plan.verdict.reason, "\n".join(plan.verdict.warnings), command.estimate_tokens,
-            model.provider, model.model, now_ms, expires, command.owner, command.fingerprint,
+            model.provider, model.model, now_ms, expires, command.owner, command.fingerprint, _tier_code(plan),
         ),
     )  # fmt: skip
     add_holds(conn, holds, plan.hold)
@@ -249,13 +257,19 @@ def _replay(conn: sqlite3.Connection, index: BudgetIndex, row: ReservationRow, n
         reservation_id=row.id,
         reserved_usd=micros_to_usd(row.held),
         expires_ms=row.expires_ms,
-        budget_info=budget_infos(states, [exceeds(s, row.held) for s in states]),
+        budget_info=estimate_infos(states, row.held),
         deciding_budget_id=row.deciding,
         reason=row.reason,
         warnings=tuple(w for w in row.warnings.split("\n") if w),
         awaiting_downgrade_estimate=bool(row.awaiting),
         replayed=True,
+        deciding_tier=decode_tiers(row.tier)[0] if row.tier else None,
     )
+
+
+def _tier_code(plan: Plan) -> str:
+    tier = plan.verdict.tier
+    return "" if tier is None else encode_tiers((tier,))
 
 
 def _states_without_own_hold(
@@ -308,9 +322,9 @@ def resend_downgrade(
     expires = expires_ms
     conn.execute(
         "UPDATE reservations SET held_micros = ?, holds = ?, decision = ?, awaiting = 0, deciding_budget_id = ?,"
-        " reason = ?, warnings = ?, expires_ms = ? WHERE id = ?",
+        " reason = ?, warnings = ?, expires_ms = ?, tier = ? WHERE id = ?",
         (plan.hold, encode_holds(holds), plan.decision.value, deciding(plan), plan.verdict.reason,
-         "\n".join(plan.verdict.warnings), expires, row.id),
+         "\n".join(plan.verdict.warnings), expires, _tier_code(plan), row.id),
     )  # fmt: skip
     return reserve_outcome(plan, states, row.id, expires)
 

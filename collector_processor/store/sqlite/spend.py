@@ -18,7 +18,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from collector_processor.domain.budgets import ScopeSet
-from collector_processor.domain.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
+from collector_processor.domain.decisions import BudgetState, alert_message, charged_infos, crossed_thresholds
 from collector_processor.domain.money import MAX_TOTAL_MICROS, micros_to_usd, usd_to_micros
 from collector_processor.domain.types import (
     BudgetInfo,
@@ -84,8 +84,8 @@ their own keys)."""
 INSERT_USAGE_SQL = f"{USAGE_INSERT_HEAD}, fingerprint) VALUES ({', '.join('?' * 18)})"
 _INSERT_ALERT_SQL = (
     "INSERT INTO alerts (alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros,"
-    " action, period_start_ms, period_end_ms, fired_ms, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " RETURNING seq"
+    " action, period_start_ms, period_end_ms, fired_ms, message, tier)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
 )
 
 
@@ -298,9 +298,9 @@ def _charge(
             budget=budget, entity=entity, limit=live.limit, used=used, reserved=held or 0, window=window
         )
         states.append(state)
-        if budget.alert_thresholds:
+        if budget.alert_points:
             fired.extend(fire_alerts(conn, live, state, now_ms))
-    return budget_infos(states, [s.used > s.limit for s in states]), fired
+    return charged_infos(states), fired
 
 
 def _charge_calendar(
@@ -333,7 +333,7 @@ def _charge_calendar_sql(count: int) -> str:
 def rearm_marks(s: BudgetState) -> list[tuple[str, str, int]]:
     """The alert marks of a rolling window to delete: its spend has fallen back below those thresholds."""
     budget = s.budget
-    return [(budget.id, s.entity, t) for t in budget.alert_thresholds if s.used * 100 < t * s.limit]
+    return [(budget.id, s.entity, t) for t in budget.alert_points if s.used * 100 < t * s.limit]
 
 
 REARM_SQL = "DELETE FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = 0 AND threshold = ?"
@@ -345,7 +345,7 @@ def fire_alerts(
     """Each threshold fires once per period: the mark row is the de-duplication record, written in the
     same transaction as the spend, so neither a restart nor another sidecar can fire it again.
     ``rearm=False``: the caller has re-armed rolling thresholds itself (``rearm_marks``)."""
-    budget, thresholds = live.budget, live.budget.alert_thresholds
+    budget, thresholds = live.budget, live.budget.alert_points
     rolling = budget.period.is_rolling
     period_key = 0 if rolling else s.window.start_ms
     if rolling and rearm:
@@ -360,11 +360,13 @@ def fire_alerts(
         if cur.rowcount != 1:
             continue
         occurrence = f"rolling@{now_ms}" if rolling else str(period_key)
+        tier = budget.tier_at(threshold)
+        action = budget.on_exceed if tier is None else tier.action
         seq = conn.execute(
             _INSERT_ALERT_SQL,
             (f"{budget.id}/{s.entity}/{occurrence}/{threshold}", budget.id, budget.name, budget.scope.value, s.entity,
-             threshold, s.used, s.limit, budget.on_exceed.value, s.window.start_ms, s.window.end_ms,
-             now_ms, alert_message(budget, s.entity, threshold, s.used, s.limit, s.window)),
+             threshold, s.used, s.limit, action.value, s.window.start_ms, s.window.end_ms,
+             now_ms, alert_message(budget, s.entity, threshold, s.used, s.limit, s.window), int(tier is not None)),
         ).fetchone()[0]  # fmt: skip
         fired.append(seq)
     return fired

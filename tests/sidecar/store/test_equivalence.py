@@ -1,6 +1,8 @@
-"""Both stores answer alike: random budgets and random sequences of reservations, downgrades, commits,
-releases, recorded usage and the passing of time, run against SQLite and Redis side by side, get the
-same decisions, holds, reasons, warnings, budget standings and alerts, to the micro-dollar and word."""
+"""Both stores answer alike: random budgets (single-action and tiered) and random sequences of
+reservations, downgrades, commits, releases, recorded usage and the passing of time, run against SQLite
+and Redis side by side, get the same decisions, tiers, holds, reasons, warnings, budget standings and
+alerts, to the micro-dollar and word. (Redis restates the tier rule in Lua; this is where the two
+statements are held to each other.)"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet, Tier
 from collector_processor.domain.clock import ManualClock
 from collector_processor.domain.types import CommitCommand, RecordUsageCommand, ReserveCommand
 from collector_processor.errors import SidecarError
@@ -34,6 +36,16 @@ _BUDGET = st.tuples(
     st.one_of(st.integers(0, 3_000_000), st.just(2**53 + 3)),  # micro-dollars, past 2^53 too
     st.sampled_from(["daily", "monthly", "rolling_1h"]),
     st.sampled_from([(), (50,), (80, 100)]),
+    st.sampled_from(
+        [
+            (),
+            (),
+            (Tier(50, OnExceed.WARN), Tier(80, OnExceed.DOWNGRADE), Tier(100, OnExceed.BLOCK)),
+            (Tier(100, OnExceed.WARN), Tier(150, OnExceed.BLOCK)),
+            (Tier(30, OnExceed.DOWNGRADE),),
+            (Tier(1, OnExceed.WARN), Tier(999, OnExceed.DOWNGRADE), Tier(1000, OnExceed.BLOCK)),
+        ]
+    ),
 )
 _OP = st.one_of(
     st.tuples(
@@ -145,7 +157,7 @@ def test_sqlite_and_redis_give_the_same_answers(
             for store in (sqlite, redis)
         ]
         ids = []
-        for i, (target, action, limit, period, thresholds) in enumerate(budgets):
+        for i, (target, action, limit, period, thresholds, tiers) in enumerate(budgets):
             scope, scope_id = target
             budget_id = f"b{i}-{scope.value}"
             for ledger in ledgers:
@@ -156,8 +168,9 @@ def test_sqlite_and_redis_give_the_same_answers(
                         scope_id,
                         str(D(limit).scaleb(-6)),
                         period=period,
-                        on_exceed=action,
+                        on_exceed=None if tiers else action,
                         thresholds=thresholds,
+                        tiers=tiers,
                     )
                 )
             ids.append(budget_id)
@@ -168,7 +181,10 @@ def test_sqlite_and_redis_give_the_same_answers(
             assert answers[0] == answers[1], f"step {step}: {op}"
             assert _statuses(ledgers[0], ids) == _statuses(ledgers[1], ids), f"after step {step}: {op}"
         alerts = [
-            [(a.budget_id, a.scope_id, a.threshold_percent, a.message) for a in s.alerts_after(0, limit=1000)]
+            [
+                (a.budget_id, a.scope_id, a.threshold_percent, a.tier, a.action, a.message)
+                for a in s.alerts_after(0, limit=1000)
+            ]
             for s in (sqlite, redis)
         ]
         assert alerts[0] == alerts[1]
