@@ -211,7 +211,10 @@ class Budget:
         return None
 
     def label(self, entity: str) -> str:
-        """``'Search daily' (team=search)`` — how messages name the budget and the entity."""
+        """``'Search daily' (team=search)`` — how messages name the budget and the entity (a request
+        budget named by its id alone: ``'rq_5f0c…'``)."""
+        if self.scope is Scope.REQUEST and self.name == entity:
+            return f"'{self.name}' (request)"
         return f"'{self.name}' ({self.scope.value}={entity})"
 
 

@@ -183,6 +183,10 @@ class ReserveCommand:
     fingerprint: str = ""
     """What the request asked (``domain.idempotency``), filled by the ledger: a retry with the same
     key must ask the same."""
+    request_budget: str = ""
+    """A request budget (``domain.requests``) held to as well, with every ancestor of it."""
+    service: str = ""
+    """The service reserving (``service.name``), for a request budget's spend by service."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -283,6 +287,11 @@ class RecordUsageCommand:
     """The principal recording it: its usage ids are its own, and a reservation it names must be its own."""
     fingerprint: str = ""
     """What the request asked, filled by the ledger: a retry with the same usage id must ask the same."""
+    request_budget: str = ""
+    """A request budget charged as well (while it is open), with every ancestor of it; ignored when
+    ``reservation_id`` names a reservation, which charges its own."""
+    service: str = ""
+    """The service that spent it, for a request budget's spend by service."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -334,6 +343,10 @@ class UsageGroup:
     """The model."""
     occurred_ms: int
     """When it happened: the group is charged to the period (or window bucket) of this instant."""
+    request_budget: str = ""
+    """A request budget charged as well (while it is open), with its ancestors."""
+    service: str = ""
+    """The service that spent it (``service.name``), for the request budget's spend by service."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)

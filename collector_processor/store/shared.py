@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from collector_processor.domain.budgets import Budget
 from collector_processor.domain.decisions import BudgetState, Plan, budget_infos, evaluate, projection
 from collector_processor.domain.money import MAX_TOTAL_MICROS, micros_to_usd, percentage
+from collector_processor.domain.requests import closed_plan
 from collector_processor.domain.types import BudgetStatus, CheckOutcome, ReserveOutcome
 from collector_processor.errors import (
     AlreadyExistsError,
@@ -78,9 +79,12 @@ def reserve_outcome(
     )
 
 
-def check_outcome(states: Sequence[BudgetState], estimate_micros: int) -> CheckOutcome:
-    """The answer to a CheckBudget: the decision a reservation of the estimate would get now."""
-    verdict = evaluate(states, estimate_micros)
+def check_outcome(states: Sequence[BudgetState], estimate_micros: int, *, closed: str = "") -> CheckOutcome:
+    """The answer to a CheckBudget: the decision a reservation of the estimate would get now
+    (``closed``: the id of a request budget named that is not open, which denies)."""
+    verdict = (
+        closed_plan(states, closed, estimate_micros).verdict if closed else evaluate(states, estimate_micros)
+    )
     return CheckOutcome(
         decision=verdict.decision,
         budget_info=budget_infos(states, verdict.exceeded, verdict.tiers),

@@ -23,6 +23,7 @@ from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, crossed_thresholds
 from collector_processor.domain.types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
 from collector_processor.store.index import BudgetIndex, LiveBudget
+from collector_processor.store.sqlite import requests as req_sql
 from collector_processor.store.sqlite.spend import (
     USAGE_INSERT_HEAD,
     fire_alerts,
@@ -69,12 +70,22 @@ def record_batch(
         [(g.scopes, charged[i], g.occurred_ms) for i, g in enumerate(batch.groups) if charged[i]],
         now_ms,
     )
+    for i, group in enumerate(batch.groups):
+        if charged[i] and group.request_budget:
+            _charge_request(conn, group.request_budget, charged[i], group.service, now_ms)
     return UsageBatchOutcome(
         charged_items=tuple(counts),
         charged_micros=tuple(charged),
         duplicates=duplicates,
         alerts_fired=tuple(fired),
     )
+
+
+def _charge_request(
+    conn: sqlite3.Connection, request_id: str, amount: int, service: str, now_ms: int
+) -> None:
+    """A group's spend on the request budget its spans name and its ancestors, each while it is open."""
+    req_sql.charge(conn, req_sql.members(conn, request_id), amount, service, now_ms)
 
 
 def charge_many(

@@ -17,6 +17,7 @@ from typing import Any
 from collector_processor.domain.budgets import Budget, OnExceed, Scope, decode_tiers, encode_tiers
 from collector_processor.domain.periods import parse_period
 from collector_processor.store.sqlite.access import ACCESS_SCHEMA
+from collector_processor.store.sqlite.requests import REQUEST_SCHEMA
 
 __all__ = [
     "BUDGET_COLUMNS",
@@ -231,6 +232,7 @@ def connect(path: Path | str, *, synchronous: str, busy_timeout_ms: int, create:
         conn.executescript(_SCHEMA)
         _add_columns(conn)
         conn.executescript(ACCESS_SCHEMA)
+        conn.executescript(REQUEST_SCHEMA)
         version = conn.execute("SELECT value FROM counters WHERE name = 'schema'").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
@@ -248,6 +250,8 @@ _ADDED_COLUMNS = (
     ("budgets", "tiers", "TEXT NOT NULL DEFAULT ''"),
     ("alerts", "tier", "INTEGER NOT NULL DEFAULT 0"),
     ("reservations", "tier", "TEXT NOT NULL DEFAULT ''"),
+    ("reservations", "request_holds", "TEXT NOT NULL DEFAULT ''"),
+    ("reservations", "service", "TEXT NOT NULL DEFAULT ''"),
 )
 
 

@@ -31,6 +31,7 @@ from collector_processor.domain.types import (
 from collector_processor.errors import NotFoundError
 from collector_processor.store.index import BudgetIndex, LiveBudget
 from collector_processor.store.shared import check_fingerprint, total_out_of_range
+from collector_processor.store.sqlite import requests as req_sql
 from collector_processor.store.sqlite.group_commit import RefusedAfterWrite
 from collector_processor.store.sqlite.reservations import (
     RES_COLS,
@@ -116,8 +117,17 @@ def _already_committed(
         released_usd=micros_to_usd(row.released or 0),
         duplicate=True,
         late=bool(row.late),
-        budget_info=standing(conn, index, row.scopes, now_ms),
+        budget_info=_standing(
+            conn, index, row.scopes, now_ms, req_sql.decode_request_holds(row.request_holds)
+        ),
     )
+
+
+def _standing(
+    conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, now_ms: int, held: list[tuple[str, int]]
+) -> tuple[BudgetInfo, ...]:
+    """The standing of a duplicate's budgets and of its request budgets that are open."""
+    return standing(conn, index, scopes, now_ms) + charged_infos(req_sql.standing_of(conn, held, now_ms))
 
 
 def _charge_reservation(
@@ -132,10 +142,16 @@ def _charge_reservation(
     """The rest of a commit, once ``row`` has been settled as committed (``row.released`` is what it held)."""
     released = row.released or 0
     drop_holds(conn, row.holds, released)
+    req_sql.drop(conn, row.request_holds, released)
     if (row.provider and not facts.provider) or (row.model and not facts.model):
         facts = replace(facts, provider=facts.provider or row.provider, model=facts.model or row.model)
     insert_usage(conn, f"reservation:{row.id}", now_ms, row.scopes, actual, total_tokens, facts, row.id)
     infos, fired = charge(conn, index, row.scopes, actual, at_ms=now_ms, now_ms=now_ms)
+    requests = req_sql.charge(
+        conn, req_sql.decode_request_holds(row.request_holds), actual, row.service, now_ms
+    )
+    if requests:
+        infos += charged_infos(requests)
     return CommitOutcome(
         charged_usd=micros_to_usd(actual),
         released_usd=micros_to_usd(released),
@@ -162,12 +178,16 @@ def record_usage(
             "SELECT fingerprint FROM usage_events WHERE usage_id = ?", (command.usage_id,)
         ).fetchone()
         check_fingerprint(stored[0] if stored else "", command.fingerprint, "usage_id", "RecordUsage")
+        held = req_sql.members(conn, command.request_budget) if command.request_budget else []
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(0),
             duplicate=True,
-            budget_info=standing(conn, index, command.scopes, now_ms),
+            budget_info=_standing(conn, index, command.scopes, now_ms, held),
         )
     infos, fired = charge(conn, index, command.scopes, cost, at_ms=occurred, now_ms=now_ms)
+    if command.request_budget:  # each of its request budgets that is still open counts it
+        held = req_sql.members(conn, command.request_budget)
+        infos += charged_infos(req_sql.charge(conn, held, cost, command.service, now_ms))
     return RecordUsageOutcome(
         charged_usd=micros_to_usd(cost),
         duplicate=False,
@@ -189,10 +209,11 @@ def record_against_reservation(
         if row is None:
             return None
         check_owner(row, command.owner)
+        held = req_sql.decode_request_holds(row.request_holds)
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(0),
             duplicate=True,
-            budget_info=standing(conn, index, row.scopes, now_ms),
+            budget_info=_standing(conn, index, row.scopes, now_ms, held),
         )
     out = _charge_reservation(
         conn, index, reservation_from_row(found), cost, command.total_tokens, command.usage, now_ms

@@ -1,8 +1,9 @@
-"""Both stores answer alike: random budgets (single-action and tiered) and random sequences of
-reservations, downgrades, commits, releases, recorded usage and the passing of time, run against SQLite
-and Redis side by side, get the same decisions, tiers, holds, reasons, warnings, budget standings and
-alerts, to the micro-dollar and word. (Redis restates the tier rule in Lua; this is where the two
-statements are held to each other.)"""
+"""Both stores answer alike: random budgets (single-action and tiered), a request budget with a child,
+and random sequences of reservations (some held to the request budget), downgrades, commits, releases,
+recorded usage and the passing of time, run against SQLite and Redis side by side, get the same
+decisions, tiers, holds, reasons, warnings, budget and request-budget standings and alerts, to the
+micro-dollar and word. (Redis restates the tier rule in Lua; this is where the two statements are held
+to each other.)"""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet, Tier
 from collector_processor.domain.clock import ManualClock
+from collector_processor.domain.requests import OpenRequestCommand
 from collector_processor.domain.types import CommitCommand, RecordUsageCommand, ReserveCommand
 from collector_processor.errors import SidecarError
 from collector_processor.ledger import Ledger, LedgerSettings
@@ -26,7 +28,9 @@ from tests.sidecar.conftest import START, draft
 from tests.sidecar.redisserver import RedisServer
 
 D = Decimal
-ORGS = ("acme", "beta")
+ORGS = ("acme", "beta", "gamma")
+REQUEST = {"beta": "rq_equivalence_000001", "gamma": "rq_equivalence_child1"}
+"""Requests of these organizations are held to a request budget (gamma's is beta's child)."""
 
 _BUDGET = st.tuples(
     st.sampled_from(
@@ -76,6 +80,7 @@ def _answer(outcome: Any) -> Any:
 def _run(ledger: Ledger, op: tuple[Any, ...], held: list[str], counter: list[int]) -> Any:
     kind, a, b, org = op
     scopes = ScopeSet(organization=org or "acme", team="search", user="ada")
+    request = REQUEST.get(org or "", "")
     try:
         if kind == "reserve":
             cheaper = None if b is None else D(b).scaleb(-6)
@@ -85,6 +90,8 @@ def _run(ledger: Ledger, op: tuple[Any, ...], held: list[str], counter: list[int
                     estimate_usd=D(a).scaleb(-6),
                     downgrade_estimate_usd=cheaper,
                     ttl_ms=600_000,
+                    request_budget=request,
+                    service=org or "",
                 )
             )
             if r.reservation_id:
@@ -107,11 +114,13 @@ def _run(ledger: Ledger, op: tuple[Any, ...], held: list[str], counter: list[int
             usage_id = f"u{counter[0] - b % 2}"  # every other one repeats the previous id
             return _answer(
                 ledger.record_usage(
-                    RecordUsageCommand(usage_id=usage_id, scopes=scopes, cost_usd=D(a).scaleb(-6))
+                    RecordUsageCommand(
+                        usage_id=usage_id, scopes=scopes, cost_usd=D(a).scaleb(-6), request_budget=request
+                    )
                 )
             )
         if kind == "check":
-            return _answer(ledger.check(scopes, D(a).scaleb(-6)))
+            return _answer(ledger.check(scopes, D(a).scaleb(-6), request_budget=request))
         if kind == "prune":  # forgetting settled reservations makes their late commits unknown alike
             ms = a * 1000
             now = ledger.clock.now_ms()
@@ -141,13 +150,28 @@ def _statuses(ledger: Ledger, budgets: list[str]) -> list[Any]:
         status = asdict(ledger.budget_status(budget_id, entity))
         status["budget"].pop("generation")  # each store numbers its own
         out.append(status)
+    for request_id in REQUEST.values():
+        try:
+            out.append(asdict(ledger.request_status(request_id)))
+        except SidecarError as exc:
+            out.append(str(exc))
     return out
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(budgets=st.lists(_BUDGET, min_size=1, max_size=4), ops=st.lists(_OP, max_size=30))
+@given(
+    budgets=st.lists(_BUDGET, min_size=1, max_size=4),
+    ops=st.lists(_OP, max_size=30),
+    request=st.tuples(
+        st.integers(0, 3_000_000), st.sampled_from([None, D("0.5"), D(1)]), st.sampled_from([60, 600])
+    ),
+)
 def test_sqlite_and_redis_give_the_same_answers(
-    redis_server: RedisServer, tmp_path: Path, budgets: list[Any], ops: list[tuple[Any, ...]]
+    redis_server: RedisServer,
+    tmp_path: Path,
+    budgets: list[Any],
+    ops: list[tuple[Any, ...]],
+    request: tuple[int, Decimal | None, int],
 ) -> None:
     sqlite = SqliteStore(tmp_path / f"{uuid.uuid4().hex}.db")
     redis = RedisStore(redis_server.url, namespace=f"eq-{uuid.uuid4().hex[:12]}")
@@ -174,6 +198,16 @@ def test_sqlite_and_redis_give_the_same_answers(
                     )
                 )
             ids.append(budget_id)
+        limit, share, idle_s = request
+        for ledger in ledgers:
+            ledger.open_request_budget(
+                OpenRequestCommand(
+                    request_id=REQUEST["beta"], limit_usd=D(limit).scaleb(-6), idle_ttl_ms=idle_s * 1000
+                )
+            )
+            ledger.open_request_budget(
+                OpenRequestCommand(request_id=REQUEST["gamma"], parent_id=REQUEST["beta"], fraction=share)
+            )
         held: list[list[str]] = [[], []]
         counters = [[0], [0]]
         for step, op in enumerate(ops):
