@@ -64,6 +64,7 @@ DEFAULT_OTLP_HTTP_LISTEN = "127.0.0.1:7318"
 
 # Thirty days: the longest a reservation may be held, and so its TTL.
 _MAX_TTL_S = 2_592_000
+_MAX_REQUEST_IDLE_S = 604_800
 MAX_LIMIT_USD = Decimal(10) ** 9
 """The largest budget limit, as for every amount on the wire (a billion dollars)."""
 
@@ -128,6 +129,10 @@ class LedgerSection(_Section):
     # The most one request may carry in a money field (other than a budget's limit) and in a token field.
     max_amount_usd: Decimal = Field(default=Decimal(1_000_000), ge=Decimal("0.000001"), le=MAX_USD)
     max_tokens: int = Field(default=10**12, ge=1, le=MAX_TOKENS_CEILING)
+    # Request budgets: how long one stays open without activity when it asks for nothing else, and the
+    # longest a caller may ask for (a week at most).
+    request_idle_ttl_seconds: float = Field(default=600, ge=1, le=_MAX_REQUEST_IDLE_S)
+    max_request_idle_ttl_seconds: float = Field(default=86_400, ge=1, le=_MAX_REQUEST_IDLE_S)
 
 
 class WebhookSection(_Section):
@@ -236,6 +241,8 @@ class SidecarConfig(_Section):
             default_alert_thresholds=tuple(sorted(lg.default_alert_thresholds)),
             max_amount_usd=lg.max_amount_usd,
             max_tokens=lg.max_tokens,
+            request_idle_ttl_ms=int(lg.request_idle_ttl_seconds * 1000),
+            max_request_idle_ttl_ms=int(lg.max_request_idle_ttl_seconds * 1000),
         )
 
     def _check_addresses(self) -> None:
@@ -361,6 +368,12 @@ class SidecarConfig(_Section):
             raise InvalidRequestError("ledger.time_zone", str(exc)) from None
         _at_most(
             "ledger.default_ttl_seconds", lg.default_ttl_seconds, "ledger.max_ttl_seconds", lg.max_ttl_seconds
+        )
+        _at_most(
+            "ledger.request_idle_ttl_seconds",
+            lg.request_idle_ttl_seconds,
+            "ledger.max_request_idle_ttl_seconds",
+            lg.max_request_idle_ttl_seconds,
         )
         check_thresholds(lg.default_alert_thresholds, "ledger.default_alert_thresholds")
 

@@ -29,6 +29,7 @@ from collector_processor.domain.money import (
     format_usd,
     parse_usd,
 )
+from collector_processor.domain.requests import OpenRequestCommand, RequestStatus
 from collector_processor.domain.types import (
     Alert,
     BudgetInfo,
@@ -267,6 +268,8 @@ def reserve_from_pb(msg: pb.ReserveRequest, *, owner: str = "") -> ReserveComman
         ),
         downgrade_of=msg.downgrade_of,
         model=facts_from_pb(msg.model) if msg.HasField("model") else None,
+        request_budget=msg.request_budget_id,
+        service=msg.service,
     )
 
 
@@ -325,6 +328,8 @@ def record_from_pb(msg: pb.RecordUsageRequest, *, owner: str = "") -> RecordUsag
         usage=facts_from_pb(msg.usage),
         occurred_ms=ts_to_ms(msg.occurred_at, "occurred_at") if msg.HasField("occurred_at") else None,
         reservation_id=msg.reservation_id,
+        request_budget=msg.request_budget_id,
+        service=msg.service,
     )
 
 
@@ -350,6 +355,67 @@ def status_to_pb(s: BudgetStatus) -> pb.BudgetStatus:
         projected_usd=format_usd(s.projected_usd),
         alerts_fired=s.alerts_fired,
     )
+
+
+# -- request budgets -------------------------------------------------------------------------------
+def open_request_from_pb(msg: pb.OpenRequestBudgetRequest, *, owner: str = "") -> OpenRequestCommand:
+    fraction = None
+    if msg.fraction:
+        fraction = parse_usd(msg.fraction, "fraction")  # the same exact-decimal rule as money
+    return OpenRequestCommand(
+        request_id=msg.id,
+        name=msg.name,
+        parent_id=msg.parent_id,
+        limit_usd=parse_usd(msg.limit_usd, "limit_usd") if msg.limit_usd else None,
+        fraction=fraction,
+        tiers=tiers_from_pb(msg.tiers, "tiers"),
+        idle_ttl_ms=ttl_ms(msg.idle_ttl, "idle_ttl") if msg.HasField("idle_ttl") else None,
+        owner=owner,
+    )
+
+
+def request_to_pb(r: RequestStatus) -> pb.RequestBudget:
+    b = r.budget
+    msg = pb.RequestBudget(
+        id=b.id,
+        name=b.name,
+        ancestor_ids=b.chain,
+        limit_usd=format_micros(b.limit_micros),
+        tiers=[tier_to_pb(t) for t in b.tiers],
+        used_usd=format_micros(r.used_micros),
+        reserved_usd=format_micros(r.reserved_micros),
+        remaining_usd=format_micros(max(b.limit_micros - r.used_micros - r.reserved_micros, 0)),
+        opened_at=ts(b.created_ms),
+        expires_at=ts(r.expires_ms),
+        by_service=[
+            pb.ServiceSpend(service=name, used_usd=format_micros(used)) for name, used in r.by_service
+        ],
+        clamped=r.clamped,
+    )
+    msg.idle_ttl.FromMilliseconds(b.idle_ttl_ms)
+    return msg
+
+
+def request_status_to_pb(r: RequestStatus) -> pb.BudgetStatus:
+    """A request budget's standing as a ``BudgetStatus`` (scope ``request``, period ``request``)."""
+    state = r.state()
+    budget = state.budget
+    msg = pb.BudgetStatus(
+        budget=budget_to_pb(budget),
+        scope_id=budget.id,
+        used_usd=format_micros(r.used_micros),
+        reserved_usd=format_micros(r.reserved_micros),
+        remaining_usd=format_micros(max(state.limit - r.used_micros - r.reserved_micros, 0)),
+        percentage=format_percentage_of(r.used_micros, state.limit),
+        exceeded=r.used_micros >= state.limit,
+        period_start=ts(budget.created_ms),
+        period_end=ts(r.expires_ms),
+        burn_rate_usd_per_hour="0.000000",
+        projected_usd=format_micros(r.used_micros),
+        request=request_to_pb(r),
+    )
+    msg.budget.ClearField("updated_at")
+    return msg
 
 
 def usage_query_from_pb(msg: pb.GetUsageRequest) -> UsageQuery:

@@ -63,7 +63,7 @@ def _request_table(pb: Any, s: Any) -> str:
     r = s.request
     rows = [
         ("request budget", f"{r.id} ({r.name})" if r.name and r.name != r.id else r.id),
-        ("parent", r.parent_id or "-"),
+        ("inside", " < ".join(r.ancestor_ids) or "-"),
         ("limit USD", r.limit_usd),
         ("tiers", tiers_text(pb, s.budget.tiers) or "block at 100%"),
         ("used USD", s.used_usd),
@@ -73,6 +73,7 @@ def _request_table(pb: Any, s: Any) -> str:
         ("exceeded", "yes" if s.exceeded else "no"),
         ("opened", _time(s.period_start)),
         ("expires if idle", _time(s.period_end)),
+        ("idle TTL", f"{r.idle_ttl.ToTimedelta().total_seconds():g} s"),
     ]
     out = table(("FIELD", "VALUE"), rows)
     if r.by_service:

@@ -164,6 +164,10 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
             "cfg.toml: budgets[0].on_exceed: is required: one of warn, block, downgrade (or give tiers)",
         ),
         (
+            "[ledger]\nrequest_idle_ttl_seconds = 7200\nmax_request_idle_ttl_seconds = 3600\n",
+            "cfg.toml: ledger.request_idle_ttl_seconds: 7200 is above ledger.max_request_idle_ttl_seconds (3600)",
+        ),
+        (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "x"\nperiod = "daily"\non_exceed = "warn"\n',
             "cfg.toml: budgets[0].limit_usd: must be from 0 to 1000000000, got 'x'",
         ),

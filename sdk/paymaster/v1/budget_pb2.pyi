@@ -279,12 +279,14 @@ class DeleteBudgetResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CheckBudgetRequest(_message.Message):
-    __slots__ = ("scopes", "estimate_usd")
+    __slots__ = ("scopes", "estimate_usd", "request_budget_id")
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_USD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     scopes: ScopeIds
     estimate_usd: str
-    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ...) -> None: ...
+    request_budget_id: str
+    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ..., request_budget_id: _Optional[str] = ...) -> None: ...
 
 class CheckBudgetResponse(_message.Message):
     __slots__ = ("decision", "budget_info", "deciding_budget_id", "reason", "warn", "warnings", "deciding_tier")
@@ -305,7 +307,7 @@ class CheckBudgetResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., budget_info: _Optional[_Iterable[_Union[BudgetInfo, _Mapping]]] = ..., deciding_budget_id: _Optional[str] = ..., reason: _Optional[str] = ..., warn: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., deciding_tier: _Optional[_Union[Tier, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("scopes", "estimate_usd", "estimate_tokens", "ttl", "idempotency_key", "downgrade_estimate_usd", "downgrade_of", "model")
+    __slots__ = ("scopes", "estimate_usd", "estimate_tokens", "ttl", "idempotency_key", "downgrade_estimate_usd", "downgrade_of", "model", "request_budget_id", "service")
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_USD_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +316,8 @@ class ReserveRequest(_message.Message):
     DOWNGRADE_ESTIMATE_USD_FIELD_NUMBER: _ClassVar[int]
     DOWNGRADE_OF_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     scopes: ScopeIds
     estimate_usd: str
     estimate_tokens: int
@@ -322,7 +326,9 @@ class ReserveRequest(_message.Message):
     downgrade_estimate_usd: str
     downgrade_of: str
     model: UsageFacts
-    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ..., estimate_tokens: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., downgrade_estimate_usd: _Optional[str] = ..., downgrade_of: _Optional[str] = ..., model: _Optional[_Union[UsageFacts, _Mapping]] = ...) -> None: ...
+    request_budget_id: str
+    service: str
+    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ..., estimate_tokens: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., downgrade_estimate_usd: _Optional[str] = ..., downgrade_of: _Optional[str] = ..., model: _Optional[_Union[UsageFacts, _Mapping]] = ..., request_budget_id: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("decision", "reservation_id", "reserved_usd", "expires_at", "budget_info", "deciding_budget_id", "reason", "warn", "warnings", "awaiting_downgrade_estimate", "replayed", "deciding_tier")
@@ -393,7 +399,7 @@ class ReleaseResponse(_message.Message):
     def __init__(self, released_usd: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
-    __slots__ = ("usage_id", "scopes", "cost_usd", "total_tokens", "usage", "occurred_at", "reservation_id")
+    __slots__ = ("usage_id", "scopes", "cost_usd", "total_tokens", "usage", "occurred_at", "reservation_id", "request_budget_id", "service")
     USAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -401,6 +407,8 @@ class RecordUsageRequest(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     usage_id: str
     scopes: ScopeIds
     cost_usd: str
@@ -408,7 +416,9 @@ class RecordUsageRequest(_message.Message):
     usage: UsageFacts
     occurred_at: _timestamp_pb2.Timestamp
     reservation_id: str
-    def __init__(self, usage_id: _Optional[str] = ..., scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., cost_usd: _Optional[str] = ..., total_tokens: _Optional[int] = ..., usage: _Optional[_Union[UsageFacts, _Mapping]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    request_budget_id: str
+    service: str
+    def __init__(self, usage_id: _Optional[str] = ..., scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., cost_usd: _Optional[str] = ..., total_tokens: _Optional[int] = ..., usage: _Optional[_Union[UsageFacts, _Mapping]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reservation_id: _Optional[str] = ..., request_budget_id: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
 
 class RecordUsageResponse(_message.Message):
     __slots__ = ("charged_usd", "duplicate", "budget_info")
@@ -421,15 +431,17 @@ class RecordUsageResponse(_message.Message):
     def __init__(self, charged_usd: _Optional[str] = ..., duplicate: _Optional[bool] = ..., budget_info: _Optional[_Iterable[_Union[BudgetInfo, _Mapping]]] = ...) -> None: ...
 
 class GetBudgetStatusRequest(_message.Message):
-    __slots__ = ("budget_id", "scope_id")
+    __slots__ = ("budget_id", "scope_id", "request_budget_id")
     BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     budget_id: str
     scope_id: str
-    def __init__(self, budget_id: _Optional[str] = ..., scope_id: _Optional[str] = ...) -> None: ...
+    request_budget_id: str
+    def __init__(self, budget_id: _Optional[str] = ..., scope_id: _Optional[str] = ..., request_budget_id: _Optional[str] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
-    __slots__ = ("budget", "scope_id", "used_usd", "reserved_usd", "remaining_usd", "percentage", "exceeded", "period_start", "period_end", "burn_rate_usd_per_hour", "projected_usd", "alerts_fired")
+    __slots__ = ("budget", "scope_id", "used_usd", "reserved_usd", "remaining_usd", "percentage", "exceeded", "period_start", "period_end", "burn_rate_usd_per_hour", "projected_usd", "alerts_fired", "request")
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
     USED_USD_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +454,7 @@ class BudgetStatus(_message.Message):
     BURN_RATE_USD_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     PROJECTED_USD_FIELD_NUMBER: _ClassVar[int]
     ALERTS_FIRED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     budget: Budget
     scope_id: str
     used_usd: str
@@ -454,7 +467,64 @@ class BudgetStatus(_message.Message):
     burn_rate_usd_per_hour: str
     projected_usd: str
     alerts_fired: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ..., scope_id: _Optional[str] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., exceeded: _Optional[bool] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., burn_rate_usd_per_hour: _Optional[str] = ..., projected_usd: _Optional[str] = ..., alerts_fired: _Optional[_Iterable[int]] = ...) -> None: ...
+    request: RequestBudget
+    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ..., scope_id: _Optional[str] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., exceeded: _Optional[bool] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., burn_rate_usd_per_hour: _Optional[str] = ..., projected_usd: _Optional[str] = ..., alerts_fired: _Optional[_Iterable[int]] = ..., request: _Optional[_Union[RequestBudget, _Mapping]] = ...) -> None: ...
+
+class OpenRequestBudgetRequest(_message.Message):
+    __slots__ = ("id", "name", "parent_id", "limit_usd", "fraction", "tiers", "idle_ttl")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TTL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    parent_id: str
+    limit_usd: str
+    fraction: str
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    idle_ttl: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., parent_id: _Optional[str] = ..., limit_usd: _Optional[str] = ..., fraction: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., idle_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ServiceSpend(_message.Message):
+    __slots__ = ("service", "used_usd")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    USED_USD_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    used_usd: str
+    def __init__(self, service: _Optional[str] = ..., used_usd: _Optional[str] = ...) -> None: ...
+
+class RequestBudget(_message.Message):
+    __slots__ = ("id", "name", "ancestor_ids", "limit_usd", "tiers", "used_usd", "reserved_usd", "remaining_usd", "opened_at", "expires_at", "idle_ttl", "by_service", "clamped")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ANCESTOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    USED_USD_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_USD_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_USD_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TTL_FIELD_NUMBER: _ClassVar[int]
+    BY_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CLAMPED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    ancestor_ids: _containers.RepeatedScalarFieldContainer[str]
+    limit_usd: str
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    used_usd: str
+    reserved_usd: str
+    remaining_usd: str
+    opened_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    idle_ttl: _duration_pb2.Duration
+    by_service: _containers.RepeatedCompositeFieldContainer[ServiceSpend]
+    clamped: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., ancestor_ids: _Optional[_Iterable[str]] = ..., limit_usd: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idle_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., by_service: _Optional[_Iterable[_Union[ServiceSpend, _Mapping]]] = ..., clamped: _Optional[bool] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("start", "end", "scopes", "provider", "model", "group_by", "time_zone")
