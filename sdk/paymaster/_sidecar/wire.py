@@ -22,6 +22,7 @@ __all__ = [
     "facts",
     "halting_budgets",
     "headroom",
+    "request_budget_request",
     "scope_ids",
     "usd",
     "wire_usd",
@@ -37,6 +38,7 @@ ACTION_NAMES: Final = {
     pb.ON_EXCEED_BLOCK: "block",
     pb.ON_EXCEED_DOWNGRADE: "downgrade",
 }
+_ACTION_VALUES: Final = {name: value for value, name in ACTION_NAMES.items()}
 SCOPE_NAMES: Final = {
     pb.SCOPE_ORGANIZATION: "organization",
     pb.SCOPE_TEAM: "team",
@@ -45,6 +47,30 @@ SCOPE_NAMES: Final = {
     pb.SCOPE_USER: "user",
     pb.SCOPE_REQUEST: "request",
 }
+
+
+def request_budget_request(
+    *,
+    request_id: str,
+    name: str,
+    parent_id: str,
+    limit_usd: Decimal | None,
+    fraction: Decimal | None,
+    tiers: Sequence[tuple[int, str]],
+    idle_ttl_s: float | None,
+) -> Any:
+    """An ``OpenRequestBudgetRequest``."""
+    request = pb.OpenRequestBudgetRequest(
+        id=request_id,
+        name=name,
+        parent_id=parent_id,
+        limit_usd="" if limit_usd is None else wire_usd(limit_usd),
+        fraction="" if fraction is None else wire_usd(fraction),
+        tiers=[pb.Tier(at_percent=at, action=_ACTION_VALUES[action]) for at, action in tiers],
+    )
+    if idle_ttl_s is not None:
+        request.idle_ttl.FromMilliseconds(int(idle_ttl_s * 1000))
+    return request
 
 
 def wire_usd(value: Decimal) -> str:
