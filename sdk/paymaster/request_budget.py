@@ -79,6 +79,8 @@ class RequestBudget:
         if idle_ttl_s is not None and not 0 < idle_ttl_s <= 604_800:
             raise ConfigError(f"{where}: idle_ttl_s must be in (0, 604800] seconds, got {idle_ttl_s!r}")
         for at, action in tiers:
+            if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at <= 1000:
+                raise ConfigError(f"{where}: a tier's percentage must be a whole number 1-1000, got {at!r}")
             if action not in _ACTIONS:
                 raise ConfigError(f"{where}: a tier's action must be one of {list(_ACTIONS)}, got {action!r}")
         self.name = name

@@ -130,17 +130,17 @@ def test_an_id_of_the_callers_own_is_used_and_reopening_it_is_a_retry(sidecar: I
 
 def test_an_unreachable_sidecar_is_decided_by_the_fail_policy() -> None:
     target = f"127.0.0.1:{free_port()}"
-    with SidecarBudget(target, scopes=Scopes(team="t"), journal_dir=None, deadline_s=0.2) as closed:
-        with pytest.raises(
-            SidecarUnavailableError, match="does not run a request without its request budget"
-        ):
-            with closed.request_budget(limit_usd="1"):
-                pass
-    with SidecarBudget(
+    closed = SidecarBudget(target, scopes=Scopes(team="t"), journal_dir=None, deadline_s=0.2)
+    refused = pytest.raises(
+        SidecarUnavailableError, match="does not run a request without its request budget"
+    )
+    with closed, refused, closed.request_budget(limit_usd="1"):
+        pass
+    open_ = SidecarBudget(
         target, scopes=Scopes(team="t"), journal_dir=None, deadline_s=0.2, fail_policy=FAIL_OPEN
-    ) as open_:
-        with open_.request_budget(limit_usd="1") as request:
-            assert request.id is None and current_request_budget() is None
+    )
+    with open_, open_.request_budget(limit_usd="1") as request:
+        assert request.id is None and current_request_budget() is None
 
 
 @pytest.mark.parametrize(
@@ -151,6 +151,10 @@ def test_an_unreachable_sidecar_is_decided_by_the_fail_policy() -> None:
         ({"limit_usd": "-1"}, "request_budget:"),
         ({"limit_usd": "1", "idle_ttl_s": 0}, "request_budget: idle_ttl_s must be in (0, 604800]"),
         ({"limit_usd": "1", "tiers": [(50, "maybe")]}, "request_budget: a tier's action must be one of"),
+        (
+            {"limit_usd": "1", "tiers": [(0, "warn")]},
+            "request_budget: a tier's percentage must be a whole number",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_calling(
