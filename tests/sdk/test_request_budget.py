@@ -160,16 +160,20 @@ def test_an_unreachable_sidecar_is_decided_by_the_fail_policy() -> None:
 def test_bad_arguments_are_refused_before_calling(
     sidecar: InProcessSidecar, kwargs: dict[str, Any], message: str
 ) -> None:
-    with _budget(sidecar, "planner") as budget, pytest.raises(ConfigError) as refused:
-        with budget.request_budget(**kwargs):
-            pass
+    budget = _budget(sidecar, "planner")
+    with budget, pytest.raises(ConfigError) as refused, budget.request_budget(**kwargs):
+        pass
     assert str(refused.value).startswith(message)
 
 
 def test_a_refused_request_budget_is_a_config_error_naming_the_field(sidecar: InProcessSidecar) -> None:
-    with _budget(sidecar, "planner") as budget, pytest.raises(ConfigError) as refused:
-        with budget.request_budget(limit_usd="1", request_id="short"):
-            pass
+    budget = _budget(sidecar, "planner")
+    with (
+        budget,
+        pytest.raises(ConfigError) as refused,
+        budget.request_budget(limit_usd="1", request_id="short"),
+    ):
+        pass
     assert "refused to open a request budget: INVALID_ARGUMENT: id: must be 16-128 characters" in str(
         refused.value
     )
