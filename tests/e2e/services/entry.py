@@ -65,13 +65,13 @@ def main() -> None:
     pipeline = Pipeline(
         [Step(f"plan-{i}", planner, config=StepConfig(expected_cost_usd=COST)) for i in range(int(steps))]
     )
-    with SidecarBudget(sidecar, scopes=Scopes(team="planner"), journal_dir=None, deadline_s=5) as budget:
-        with budget.request_budget(limit_usd=limit, name="user question") as request:
-            try:
-                result = Runner(pipeline, budget=budget, tracer_provider=provider).run(0)
-            except UsageLimitExceededError as exc:
-                assert exc.result is not None
-                result = exc.result
+    budget = SidecarBudget(sidecar, scopes=Scopes(team="planner"), journal_dir=None, deadline_s=5)
+    with budget, budget.request_budget(limit_usd=limit, name="user question") as request:
+        try:
+            result = Runner(pipeline, budget=budget, tracer_provider=provider).run(0)
+        except UsageLimitExceededError as exc:
+            assert exc.result is not None
+            result = exc.result
     provider.shutdown()
     report = {
         "request_id": request.id,
