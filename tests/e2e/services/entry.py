@@ -84,7 +84,7 @@ def main() -> None:
                 "decision": s.budget.decision if s.budget else None,
             }
             for s in result.step_history
-        ],  # fmt: skip
+        ],
         "spans": [{"name": s.name, **dict(s.attributes or {})} for s in spans.get_finished_spans()],
         "replies": replies,
     }
