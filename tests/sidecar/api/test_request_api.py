@@ -127,3 +127,17 @@ def test_the_command_line_shows_a_live_request_by_service(
         "NOT_FOUND: request_budget_id: request budget 'rq_nobody_00000000000' is not open"
         in capsys.readouterr().err
     )
+
+
+def test_decisions_of_request_budgets_are_counted_under_one_label(server: RunningSidecar) -> None:
+    """A request budget's id is one per request: as a metric label it would grow without bound."""
+    for _ in range(3):
+        opened = server.stub.OpenRequestBudget(pb.OpenRequestBudgetRequest(limit_usd="0.01"))
+        denied = server.stub.Reserve(
+            pb.ReserveRequest(scopes=PLANNER, estimate_usd="1", request_budget_id=opened.id)
+        )
+        assert denied.deciding_budget_id == opened.id
+    series = server.sidecar.metrics.snapshot().counters["paymaster_decisions_total"]
+    budgets = {dict(key)["budget"] for key in series}
+    assert budgets == {"(request budget)"}
+    assert sum(series.values()) == 3
