@@ -14,7 +14,9 @@ on any failure or cancellation it releases. The sidecar's decision is applied be
 spends it locally step by step (see ``LeasePolicy`` for the trade-off). When the sidecar cannot be
 reached within the deadline, the fail policy decides: ``fail_closed`` denies, ``fail_open`` runs and
 replays the spend with ``RecordUsage`` once the sidecar is back, ``local_only_limits`` runs under the
-runner's own limits only. docs/sdk.md has the whole story.
+runner's own limits only. ``budget.request_budget(limit_usd=...)`` opens a request budget for a
+``with`` block: every governed step inside it, in every service the request reaches, is held to it as
+well (``paymaster.request_budget``). docs/sdk.md has the whole story.
 
 grpc is imported when a ``SidecarBudget`` is built, never by ``import paymaster``.
 """
