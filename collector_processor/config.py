@@ -23,7 +23,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from collector_processor.auth.config import AuthSection, TlsSection
-from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.domain.budgets import (
+    BudgetDraft,
+    OnExceed,
+    Scope,
+    Tier,
+    build_budget,
+    check_thresholds,
+)
 from collector_processor.domain.money import MAX_USD
 from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
@@ -59,6 +66,7 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:7311"
 
 # Thirty days: the longest a reservation may be held, and so its TTL.
 _MAX_TTL_S = 2_592_000
+_MAX_REQUEST_IDLE_S = 604_800
 MAX_LIMIT_USD = Decimal(10) ** 9
 """The largest budget limit, as for every amount on the wire (a billion dollars)."""
 
@@ -140,6 +148,10 @@ class LedgerSection(_Section):
     # The most one request may carry in a money field (other than a budget's limit) and in a token field.
     max_amount_usd: Decimal = Field(default=Decimal(1_000_000), ge=Decimal("0.000001"), le=MAX_USD)
     max_tokens: int = Field(default=10**12, ge=1, le=MAX_TOKENS_CEILING)
+    # Request budgets: how long one stays open without activity when it asks for nothing else, and the
+    # longest a caller may ask for (a week at most).
+    request_idle_ttl_seconds: float = Field(default=600, ge=1, le=_MAX_REQUEST_IDLE_S)
+    max_request_idle_ttl_seconds: float = Field(default=86_400, ge=1, le=_MAX_REQUEST_IDLE_S)
 
 
 class WebhookSection(_Section):
@@ -162,6 +174,13 @@ class ReceiversSection(_Section):
     otlp: OtlpReceiverSection = OtlpReceiverSection()
 
 
+class TierEntry(_Section):
+    """One tier of a budget: ``{at = 80, action = "downgrade"}``."""
+
+    at: int = Field(ge=1, le=1000)
+    action: Literal["warn", "block", "downgrade"]
+
+
 class BudgetEntry(_Section):
     id: str
     name: str = ""
@@ -171,8 +190,10 @@ class BudgetEntry(_Section):
     """Not negative either (refused by the budget rules, like a limit set through the API)."""
     period: str
     time_zone: str = ""
-    on_exceed: Literal["warn", "block", "downgrade"]
+    on_exceed: Literal["warn", "block", "downgrade"] | None = None
+    """Required unless ``tiers`` are given (refused by the budget rules, naming the key)."""
     alert_thresholds: list[int] | None = None
+    tiers: list[TierEntry] = Field(default_factory=list)
     enabled: bool = True
 
     def draft(self) -> BudgetDraft:
@@ -184,8 +205,9 @@ class BudgetEntry(_Section):
             limit_usd=self.limit_usd,
             period=self.period,
             time_zone=self.time_zone,
-            on_exceed=OnExceed(self.on_exceed),
+            on_exceed=None if self.on_exceed is None else OnExceed(self.on_exceed),
             alert_thresholds=None if self.alert_thresholds is None else tuple(self.alert_thresholds),
+            tiers=tuple(Tier(t.at, OnExceed(t.action)) for t in self.tiers),
             enabled=self.enabled,
             declared_in_config=True,
         )
@@ -239,6 +261,8 @@ class SidecarConfig(_Section):
             default_alert_thresholds=tuple(sorted(lg.default_alert_thresholds)),
             max_amount_usd=lg.max_amount_usd,
             max_tokens=lg.max_tokens,
+            request_idle_ttl_ms=int(lg.request_idle_ttl_seconds * 1000),
+            max_request_idle_ttl_ms=int(lg.max_request_idle_ttl_seconds * 1000),
         )
 
     def _check_addresses(self) -> None:
@@ -387,6 +411,12 @@ class SidecarConfig(_Section):
             raise InvalidRequestError("ledger.time_zone", str(exc)) from None
         _at_most(
             "ledger.default_ttl_seconds", lg.default_ttl_seconds, "ledger.max_ttl_seconds", lg.max_ttl_seconds
+        )
+        _at_most(
+            "ledger.request_idle_ttl_seconds",
+            lg.request_idle_ttl_seconds,
+            "ledger.max_request_idle_ttl_seconds",
+            lg.max_request_idle_ttl_seconds,
         )
         check_thresholds(lg.default_alert_thresholds, "ledger.default_alert_thresholds")
 

@@ -26,6 +26,7 @@ from paymaster._metering import MeasuredUsage, UsageMeter
 from paymaster.exceptions import ConfigError, PaymasterError, UsageLimitExceededError
 from paymaster.money import ZERO
 from paymaster.quota import COST_LIMIT, Quota
+from paymaster.request_budget import REQUEST_BUDGET_KEY
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
 from paymaster.telemetry import (
@@ -394,16 +395,17 @@ class _Run:
     def _open_agent_span(
         self, step: Step, estimate: UsageEstimate, strategy: str, octx: Any
     ) -> tuple[Span, Any]:
+        attributes = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": step.name,
+            STEP_ATTRIBUTE: step.name,
+            "paymaster.step.kind": step.kind,
+        }
+        request_budget = baggage.get_baggage(REQUEST_BUDGET_KEY, octx)
+        if request_budget:  # the span the ingestion charges, when the SDK does not, names it too
+            attributes[REQUEST_BUDGET_KEY] = str(request_budget)
         span = self.tracer.start_span(
-            f"invoke_agent {step.name}",
-            context=octx,
-            kind=trace.SpanKind.INTERNAL,
-            attributes={
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": step.name,
-                STEP_ATTRIBUTE: step.name,
-                "paymaster.step.kind": step.kind,
-            },
+            f"invoke_agent {step.name}", context=octx, kind=trace.SpanKind.INTERNAL, attributes=attributes
         )
         sctx = trace.set_span_in_context(span, octx)
         self._child_span(

@@ -29,6 +29,7 @@ DEFAULT_TARGET = "127.0.0.1:7310"
 SCOPES = vocabulary.SCOPES
 ACTIONS = vocabulary.ON_EXCEED
 DIMENSIONS = vocabulary.DIMENSIONS
+_TIERS_HELP = "ordered tiers instead of one action, e.g. 50:warn,80:downgrade,100:block"
 
 
 class CliError(Exception):
@@ -167,11 +168,17 @@ def _budget_row(b: Any) -> list[Any]:
         b.scope_id if b.HasField("scope_id") else "*",
         b.limit_usd,
         b.period,
-        vocabulary.enum_word(pb.OnExceed, b.on_exceed),
+        _tiers_or_action(pb, b),
         ",".join(str(t) for t in b.alert_thresholds) or "-",
         "yes" if b.enabled else "no",
         "config" if b.declared_in_config else "api",
     ]
+
+
+def _tiers_or_action(pb: Any, b: Any) -> str:
+    from paymaster._cli_budgets import tiers_text
+
+    return tiers_text(pb, b.tiers) or vocabulary.enum_word(pb.OnExceed, b.on_exceed)
 
 
 _BUDGET_HEADERS = (
@@ -206,6 +213,10 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
     pb = client.pb
     action = args.budgets_command
     if action == "create":
+        from paymaster._cli_budgets import parse_tiers
+
+        if not args.on_exceed and not args.tiers:
+            raise CliError("give --on-exceed or --tiers", 2)
         budget = pb.Budget(
             id=args.id or "",
             name=args.name or "",
@@ -215,6 +226,7 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
             time_zone=args.time_zone or "",
             on_exceed=vocabulary.enum_number(pb.OnExceed, args.on_exceed),
             alert_thresholds=_thresholds(args.thresholds) if args.thresholds else [],
+            tiers=parse_tiers(pb, args.tiers or ""),
             enabled=not args.disabled,
         )
         if args.scope_id:
@@ -237,7 +249,13 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
     elif action == "delete":
         client.call("DeleteBudget", pb.DeleteBudgetRequest(id=args.id))
         emit(args, {"deleted": args.id}, lambda: f"deleted budget {args.id}")
+    elif action == "status" and args.request:
+        from paymaster._cli_budgets import request_status
+
+        request_status(args, client)
     elif action == "status":
+        if not args.id:
+            raise CliError("give a budget id, or --request ID for a request budget", 2)
         status = client.call(
             "GetBudgetStatus", pb.GetBudgetStatusRequest(budget_id=args.id, scope_id=args.scope_id or "")
         )
@@ -270,6 +288,10 @@ def _update_request(args: argparse.Namespace, pb: Any) -> Any:
         request.on_exceed = vocabulary.enum_number(pb.OnExceed, args.on_exceed)
     if args.thresholds is not None:
         request.alert_thresholds.CopyFrom(pb.AlertThresholds(percent=_thresholds(args.thresholds)))
+    if args.tiers is not None:
+        from paymaster._cli_budgets import parse_tiers
+
+        request.tiers.CopyFrom(pb.Tiers(tiers=parse_tiers(pb, args.tiers)))
     if args.enabled is not None:
         request.enabled = args.enabled
     return request
@@ -459,7 +481,10 @@ def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentP
         "--period", required=True, help="daily, weekly, monthly, quarterly, yearly, rolling_24h, ..."
     )
     create.add_argument("--time-zone", help="IANA zone for calendar periods (default: the sidecar's)")
-    create.add_argument("--on-exceed", required=True, choices=ACTIONS)
+    create.add_argument(
+        "--on-exceed", choices=ACTIONS, help="what a request past the limit gets (or --tiers)"
+    )
+    create.add_argument("--tiers", help=_TIERS_HELP)
     create.add_argument("--thresholds", help="alert percentages, e.g. 50,80,100 (default: the sidecar's)")
     create.add_argument("--disabled", action="store_true", help="create it disabled")
 
@@ -468,8 +493,9 @@ def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentP
     status = sub.add_parser(
         "status", parents=[common], help="used, reserved, remaining and projection for the current period"
     )
-    status.add_argument("id")
+    status.add_argument("id", nargs="?")
     status.add_argument("--scope-id", help="the entity (required for a wildcard budget)")
+    status.add_argument("--request", metavar="ID", help="a live request budget instead: its spend by service")
 
     listing = sub.add_parser("list", parents=[common], help="list budgets")
     listing.add_argument("--scope", choices=SCOPES)
@@ -484,6 +510,7 @@ def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentP
     update.add_argument("--name")
     update.add_argument("--limit")
     update.add_argument("--on-exceed", choices=ACTIONS)
+    update.add_argument("--tiers", help=_TIERS_HELP + "; an empty string makes the budget single-action")
     update.add_argument(
         "--thresholds", help="new alert percentages, e.g. 50,80; an empty string turns them off"
     )

@@ -10,7 +10,9 @@ restarted on the same ports and store for an outage; SQLite and a real redis-ser
 mode — per-step reservations, leases, downgrades, ``fail_open`` (a journal replayed later),
 ``fail_closed``, ``local_only_limits`` and no budget at all — with OTLP ingestion on (the SDK's spans
 exported by its real OTLP exporter as each step ends, with the reservation span processor installed)
-and off. Afterwards the sidecar's committed total for the run's team must equal:
+and off; and half of them inside a request budget (opened by the SDK, or — with no budget at all — by
+an upstream service that only puts its id in the baggage), some large, some small enough to deny.
+Afterwards the sidecar's committed total for the run's team, and the request budget's, must each equal:
 
 * with ingestion on, the SDK's reported total (``result.total_cost_usd``);
 * with ingestion off, the part the SDK charged itself (steps run under a reservation, a lease or
@@ -33,6 +35,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from opentelemetry import baggage, context
 from opentelemetry.sdk.trace import TracerProvider
 
 from paymaster import (
@@ -192,6 +195,8 @@ class Scenario:
     """The agent call at which the sidecar goes down (modes with outages)."""
     down_for: int | None
     """Agent calls until it is back; ``None``: back only after the run."""
+    request_usd: str | None
+    """Run inside a request budget of this limit."""
 
 
 scenarios = st.builds(
@@ -203,6 +208,7 @@ scenarios = st.builds(
     run_limit_usd=st.sampled_from([None, None, "0.003", "0.02"]),
     down_at=st.integers(1, 4),
     down_for=st.none() | st.integers(1, 4),
+    request_usd=st.sampled_from([None, None, "0.004", "1"]),
 )
 
 
@@ -289,7 +295,7 @@ def build(node: Any, world: World, names: Iterator[int]) -> Step | Pipeline:
 # ---------------------------------------------------------------------------------------- the run
 def run_once(
     live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario, team: str
-) -> tuple[PipelineResult, World]:
+) -> tuple[PipelineResult, World, str | None]:
     """Run the scenario's pipeline in ``mode``, then bring the sidecar back, replay the journal and
     export the spans still waiting: after this, every path that will ever charge has charged."""
     pipe = SpanPipe(live) if ingestion else None
@@ -325,8 +331,22 @@ def run_once(
         meter=PricingMeter(config=SDK_CONFIG),
         tracer_provider=provider,
     )
+    request_id = None
     try:
-        result = runner.run(0)
+        if scenario.request_usd is None:
+            result = runner.run(0)
+        elif budget is not None:
+            with budget.request_budget(limit_usd=scenario.request_usd) as request:
+                request_id = request.id
+                result = runner.run(0)
+        else:  # an upstream service opened it; this process only has its id in the baggage
+            opened = live.stub.OpenRequestBudget(pb.OpenRequestBudgetRequest(limit_usd=scenario.request_usd))
+            request_id = opened.id
+            token = context.attach(baggage.set_baggage("paymaster.request_budget", request_id))
+            try:
+                result = runner.run(0)
+            finally:
+                context.detach(token)
     except UsageLimitExceededError as exc:
         assert exc.result is not None
         result = exc.result
@@ -337,7 +357,7 @@ def run_once(
         budget.close()
     provider.force_flush()
     provider.shutdown()
-    return result, world
+    return result, world, request_id
 
 
 def lease_for(mode: str, scenario: Scenario) -> LeasePolicy | None:
@@ -352,7 +372,7 @@ def lease_for(mode: str, scenario: Scenario) -> LeasePolicy | None:
 def check(live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario) -> None:
     team = f"t-{uuid.uuid4().hex[:12]}"
     note(f"team {team}")
-    result, world = run_once(live, mode, ingestion, scenario, team)
+    result, world, request_id = run_once(live, mode, ingestion, scenario, team)
     steps = [s for s in result.walk() if s.kind == "agent"]
     costs = [s.cost_usd or Decimal(0) for s in steps]
     modes = [s.budget.mode if s.budget else None for s in steps]
@@ -363,6 +383,11 @@ def check(live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario) -> 
     by_sdk = sum((c for c, m in zip(costs, modes, strict=True) if m in SDK_CHARGED), Decimal(0))
     expected = reported if ingestion else by_sdk
     assert live.charged(team) == expected, f"the SDK reported ${reported}, ${by_sdk} of it charged by itself"
+    if request_id is not None:
+        status = live.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(request_budget_id=request_id), timeout=5)
+        assert Decimal(status.used_usd) == expected, f"request budget {request_id}"
+        if not world.went_down:
+            assert Decimal(status.reserved_usd) == 0
     if not world.went_down and scenario.block_usd is not None and mode != "no_budget":
         assert live.reserved(f"{team}-block") == 0  # nothing left held once the run is over
 

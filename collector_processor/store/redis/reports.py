@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet, decode_tiers
 from collector_processor.domain.decisions import alert_message
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.periods import Window, parse_period
@@ -160,7 +160,8 @@ def alerts_after(
 
 
 def _alert(seq: int, h: dict[str, str]) -> Alert:
-    name, scope, action, spec, zone_name = h["m"].split(SEP)
+    name, scope, action, spec, zone_name, *rest = h["m"].split(SEP)
+    tiers = decode_tiers(rest[0]) if rest else ()  # alerts fired before tiers existed carry none
     used, limit, threshold = int(h["u"]), int(h["l"]), int(h["th"])
     budget = Budget(
         id=h["b"],
@@ -172,7 +173,9 @@ def _alert(seq: int, h: dict[str, str]) -> Alert:
         time_zone=zone_name,
         on_exceed=OnExceed(action),
         alert_thresholds=(),
+        tiers=tiers,
     )
+    tier = budget.tier_at(threshold)
     window = Window(int(h["ps"]), int(h["pe"]))
     return Alert(
         sequence=seq,
@@ -185,9 +188,10 @@ def _alert(seq: int, h: dict[str, str]) -> Alert:
         used_usd=micros_to_usd(used),
         limit_usd=micros_to_usd(limit),
         percentage=percentage(used, limit),
-        action=OnExceed(action),
+        action=OnExceed(action) if tier is None else tier.action,
         period_start_ms=window.start_ms,
         period_end_ms=window.end_ms,
         fired_ms=int(h["f"]),
         message=alert_message(budget, h["e"], threshold, used, limit, window),
+        tier=tier is not None,
     )

@@ -29,7 +29,7 @@ from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_
 _SLOT_MS = 900_000
 _ALERT_COLS = (
     "seq, alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros, action,"
-    " period_start_ms, period_end_ms, fired_ms, message"
+    " period_start_ms, period_end_ms, fired_ms, message, tier"
 )
 
 
@@ -166,6 +166,7 @@ def _alert(r: tuple[Any, ...]) -> Alert:
         period_end_ms=r[11],
         fired_ms=r[12],
         message=r[13],
+        tier=bool(r[14]),
     )
 
 
