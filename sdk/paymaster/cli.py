@@ -178,7 +178,7 @@ def _budget_row(b: Any) -> list[Any]:
 def _tiers_or_action(pb: Any, b: Any) -> str:
     from paymaster._cli_budgets import tiers_text
 
-    return tiers_text(pb, b.tiers) or vocabulary.enum_word(pb.OnExceed, b.on_exceed)
+    return tiers_text(pb, b.tiers) or vocabulary.enum_word(pb.OnExceed, b.on_exceed) or "-"
 
 
 _BUDGET_HEADERS = (
