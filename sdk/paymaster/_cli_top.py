@@ -434,7 +434,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "top", parents=[common],
         help="budgets' spend, live: used, reserved, burn rate, projection, alerts as they fire",
     )  # fmt: skip
-    top.add_argument("--scope", choices=vocabulary.SCOPES, help="only budgets of this scope")
+    top.add_argument("--scope", choices=vocabulary.SPEND_SCOPES, help="only budgets of this scope")
     top.add_argument("--scope-id", help="only budgets of this entity (and wildcard budgets, for it)")
     top.add_argument("--sort", choices=SORTS, default="used",
                      help="order: used (%% of the limit, the default), spend, burn, projected or budget")  # fmt: skip

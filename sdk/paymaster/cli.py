@@ -26,7 +26,7 @@ from paymaster import vocabulary
 __all__ = ["CliError", "emit", "main", "table"]
 
 DEFAULT_TARGET = "127.0.0.1:7310"
-SCOPES = vocabulary.SCOPES
+SCOPES = vocabulary.SPEND_SCOPES
 ACTIONS = vocabulary.ON_EXCEED
 DIMENSIONS = vocabulary.DIMENSIONS
 _TIERS_HELP = "ordered tiers instead of one action, e.g. 50:warn,80:downgrade,100:block"

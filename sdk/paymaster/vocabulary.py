@@ -40,19 +40,24 @@ __all__ = [
     "RESERVATION_STATES",
     "ROLES",
     "SCOPES",
+    "SPEND_SCOPES",
     "enum_number",
     "enum_word",
     "to_json",
     "words",
 ]
 
-SCOPES = ("organization", "team", "agent", "workflow", "user")
-"""What a budget governs (``Scope``); also the scope attributes ``paymaster.<scope>``."""
+SCOPES = ("organization", "team", "agent", "workflow", "user", "request")
+"""What a budget governs (``Scope``): ``request`` is the scope of request budgets only, which are
+opened per request and reached by their id."""
+SPEND_SCOPES = SCOPES[:5]
+"""The scopes a unit of spend names ids for, and a period budget may govern; also the scope attributes
+``paymaster.<scope>``."""
 ON_EXCEED = ("warn", "block", "downgrade")
 """What a budget does to a request that would pass its limit (``OnExceed``)."""
 DECISIONS = ("allow", "deny", "downgrade")
 """The answer to a reservation or a check (``Decision``)."""
-DIMENSIONS = (*SCOPES, "provider", "model", "day", "week", "month", "quarter", "year")
+DIMENSIONS = (*SPEND_SCOPES, "provider", "model", "day", "week", "month", "quarter", "year")
 """What a usage report is broken down by (``Dimension``)."""
 RESERVATION_STATES = ("held", "committed", "released", "expired")
 """Where a reservation stands (``ReservationState``)."""

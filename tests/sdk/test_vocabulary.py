@@ -51,6 +51,7 @@ def test_every_field_is_present_under_its_proto_name_null_when_unset() -> None:
         "id": "b", "name": "", "scope": "team", "scope_id": None, "limit_usd": "12.50", "period": "",
         "time_zone": "", "on_exceed": "downgrade", "alert_thresholds": [], "enabled": None,
         "declared_in_config": False, "created_at": "2025-03-14T00:00:00.250Z", "updated_at": None,
+        "tiers": [],
     }  # fmt: skip
     assert json.loads(json.dumps(shown)) == shown
 

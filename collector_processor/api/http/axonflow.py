@@ -22,7 +22,15 @@ from collector_processor.api.http import convert
 from collector_processor.api.http.app import Call, Endpoint, Param
 from collector_processor.api.http.json import dumps, instant
 from collector_processor.auth.policy import Action
-from collector_processor.domain.budgets import Budget, BudgetDraft, BudgetPatch, OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import (
+    SCOPE_ORDER,
+    Budget,
+    BudgetDraft,
+    BudgetPatch,
+    OnExceed,
+    Scope,
+    ScopeSet,
+)
 from collector_processor.domain.money import micros_to_usd, parse_usd
 from collector_processor.domain.periods import parse_period, zone
 from collector_processor.domain.types import Alert, BudgetStatus, Decision
@@ -253,20 +261,11 @@ async def get_budget(call: Call) -> Response:
 async def list_budgets(call: Call) -> Response:
     p = call.params
     name = p.get("scope", "")
-    scope = _scope_of(name) if name else None
+    scope = convert.scope_named(name, "scope") if name else None
     limit = convert.integer(p, "limit", 50, 1, 500)
     offset = convert.integer(p, "offset", 0, 0, 10**9)
     found = call.ops.all_budgets(call.principal, scope=scope)
     return _reply({"budgets": [budget(b) for b in found[offset : offset + limit]], "total": len(found)})
-
-
-def _scope_of(name: str) -> Scope:
-    try:
-        return Scope(name)
-    except ValueError:
-        raise InvalidRequestError(
-            "scope", f"unknown scope {name[:60]!r}: expected organization, team, agent, workflow or user"
-        ) from None
 
 
 async def update_budget(call: Call) -> Response:
@@ -515,7 +514,7 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> Par
 _ID = Param("id", "path", {"type": "string"}, required=True)
 _PERIOD = _q("period", "daily, weekly, monthly (default), quarterly or yearly: the current one.",
              {"type": "string", "enum": list(_CALENDAR)})  # fmt: skip
-_SCOPES = tuple(_q(s.value, f"Paymaster: only spend of this {s.value} id.") for s in Scope)
+_SCOPES = tuple(_q(s.value, f"Paymaster: only spend of this {s.value} id.") for s in SCOPE_ORDER)
 _T = "axonflow"
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -523,7 +522,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "AxonFlow: create a budget.", CreateBudgetIn, AxBudget, status=201, tag=_T),
     Endpoint("axonflow_list_budgets", "GET", "/api/v1/budgets", list_budgets, "ListBudgets",
              "AxonFlow: list budgets.", None, AxBudgets, tag=_T,
-             params=(_q("scope", "Only this scope.", {"type": "string", "enum": [s.value for s in Scope]}),
+             params=(_q("scope", "Only this scope.", {"type": "string", "enum": [s.value for s in SCOPE_ORDER]}),
                      _q("limit", "1-500 (default 50).", {"type": "integer", "minimum": 1, "maximum": 500}),
                      _q("offset", "Skip this many.", {"type": "integer", "minimum": 0, "maximum": 10**9}))),
     Endpoint("axonflow_check_budget", "POST", "/api/v1/budgets/check", check_budget, "CheckBudget",

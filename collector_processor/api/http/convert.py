@@ -17,8 +17,17 @@ from pydantic import BaseModel, ValidationError
 
 from collector_processor.api.http import schemas as s
 from collector_processor.api.http.json import parse_instant
-from collector_processor.domain.budgets import BudgetDraft, BudgetPatch, OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import (
+    SCOPE_ORDER,
+    BudgetDraft,
+    BudgetPatch,
+    OnExceed,
+    Scope,
+    ScopeSet,
+    Tier,
+)
 from collector_processor.domain.money import parse_usd
+from collector_processor.domain.requests import OpenRequestCommand
 from collector_processor.domain.types import CommitCommand, RecordUsageCommand, ReserveCommand, UsageFacts
 from collector_processor.domain.usage import Dimension, UsageQuery
 from collector_processor.errors import InvalidRequestError
@@ -28,9 +37,11 @@ __all__ = [
     "commit",
     "draft",
     "integer",
+    "open_request",
     "patch",
     "record",
     "reserve",
+    "scope_named",
     "scopes",
     "scopes_from_query",
     "usage_query",
@@ -143,7 +154,31 @@ def integer(params: Mapping[str, str], name: str, default: int, low: int, high: 
 
 
 def scopes_from_query(params: Mapping[str, str]) -> ScopeSet:
-    return ScopeSet(**{scope.value: params.get(scope.value, "") for scope in Scope})
+    return ScopeSet(**{scope.value: params.get(scope.value, "") for scope in SCOPE_ORDER})
+
+
+def scope_named(name: str, field: str) -> Scope:
+    """A scope that budgets govern, by its word (``request`` is reached by a request budget's id)."""
+    for scope in SCOPE_ORDER:
+        if scope.value == name:
+            return scope
+    raise InvalidRequestError(
+        field, f"unknown scope {_shown(name)}: expected organization, team, agent, workflow or user"
+    )
+
+
+def tiers(items: list[s.TierIn] | None) -> tuple[Tier, ...] | None:
+    """Tiers as sent (``check_tiers`` orders and checks them, naming the tier it refuses)."""
+    return None if items is None else tuple(Tier(t.at_percent, OnExceed(t.action)) for t in items)
+
+
+def _seconds_ms(value: float | None, field: str) -> int | None:
+    if value is None:
+        return None
+    ms = round(value * 1000)
+    if ms <= 0:
+        raise InvalidRequestError(field, f"must be at least 0.001, got {value}")
+    return ms
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -158,6 +193,7 @@ def draft(m: s.BudgetIn) -> BudgetDraft:
         time_zone=m.time_zone,
         on_exceed=OnExceed(m.on_exceed) if m.on_exceed is not None else None,
         alert_thresholds=tuple(m.alert_thresholds) if m.alert_thresholds is not None else None,
+        tiers=tiers(m.tiers) or (),
         enabled=m.enabled,
     )
 
@@ -168,6 +204,7 @@ def patch(m: s.BudgetPatchIn) -> BudgetPatch:
         limit_usd=parse_usd(m.limit_usd, "limit_usd") if m.limit_usd is not None else None,
         on_exceed=OnExceed(m.on_exceed) if m.on_exceed is not None else None,
         alert_thresholds=tuple(m.alert_thresholds) if m.alert_thresholds is not None else None,
+        tiers=tiers(m.tiers),
         enabled=m.enabled,
     )
 
@@ -180,11 +217,7 @@ def reserve(m: s.ReserveIn, *, owner: str, idempotency_header: str | None = None
                 "idempotency_key", "differs from the Idempotency-Key header; send one of them"
             )
         key = idempotency_header
-    ttl = None
-    if m.ttl_seconds is not None:
-        ttl = round(m.ttl_seconds * 1000)
-        if ttl <= 0:
-            raise InvalidRequestError("ttl_seconds", f"must be at least 0.001, got {m.ttl_seconds}")
+    ttl = _seconds_ms(m.ttl_seconds, "ttl_seconds")
     return ReserveCommand(
         owner=owner,
         scopes=scopes(m.scopes),
@@ -199,6 +232,8 @@ def reserve(m: s.ReserveIn, *, owner: str, idempotency_header: str | None = None
         ),
         downgrade_of=m.downgrade_of,
         model=facts(m.model) if m.model is not None else None,
+        request_budget=m.request_budget_id,
+        service=m.service,
     )
 
 
@@ -222,6 +257,21 @@ def record(m: s.RecordIn, *, owner: str) -> RecordUsageCommand:
         usage=facts(m.usage),
         occurred_ms=parse_instant(m.occurred_at, "occurred_at") if m.occurred_at is not None else None,
         reservation_id=m.reservation_id,
+        request_budget=m.request_budget_id,
+        service=m.service,
+    )
+
+
+def open_request(m: s.RequestBudgetIn, *, owner: str) -> OpenRequestCommand:
+    return OpenRequestCommand(
+        request_id=m.id,
+        name=m.name,
+        parent_id=m.parent_id,
+        limit_usd=parse_usd(m.limit_usd, "limit_usd") if m.limit_usd else None,
+        fraction=parse_usd(m.fraction, "fraction") if m.fraction else None,
+        tiers=tiers(m.tiers) or (),
+        idle_ttl_ms=_seconds_ms(m.idle_ttl_seconds, "idle_ttl_seconds"),
+        owner=owner,
     )
 
 

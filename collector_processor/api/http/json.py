@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from collector_processor.domain.budgets import Budget
+from collector_processor.domain.budgets import Budget, Tier
 from collector_processor.domain.money import (
     format_micros,
     format_percentage,
     format_percentage_of,
     format_usd,
 )
+from collector_processor.domain.requests import RequestStatus
 from collector_processor.domain.types import (
     Alert,
     BudgetInfo,
@@ -47,8 +48,11 @@ __all__ = [
     "parse_instant",
     "record",
     "release",
+    "request",
+    "request_status",
     "reserve",
     "status",
+    "tier",
     "usage",
 ]
 
@@ -77,6 +81,10 @@ def parse_instant(text: str, field: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+def tier(t: Tier | None) -> dict[str, Any] | None:
+    return None if t is None else {"at_percent": t.at, "action": t.action.value}
+
+
 def budget(b: Budget) -> dict[str, Any]:
     return {
         "id": b.id,
@@ -92,6 +100,7 @@ def budget(b: Budget) -> dict[str, Any]:
         "declared_in_config": b.declared_in_config,
         "created_at": instant(b.created_ms),
         "updated_at": instant(b.updated_ms),
+        "tiers": [tier(t) for t in b.tiers],
     }
 
 
@@ -111,6 +120,8 @@ def infos(items: Iterable[BudgetInfo]) -> list[dict[str, Any]]:
             "action": i.action.value,
             "period_start": instant(i.period_start_ms),
             "period_end": instant(i.period_end_ms),
+            "tier": tier(i.tier),
+            "tiers": [tier(t) for t in i.tiers],
         }
         for i in items
     ]
@@ -124,6 +135,7 @@ def check(o: CheckOutcome) -> dict[str, Any]:
         "reason": o.reason,
         "warn": bool(o.warnings),
         "warnings": list(o.warnings),
+        "deciding_tier": tier(o.deciding_tier),
     }
 
 
@@ -140,6 +152,7 @@ def reserve(o: ReserveOutcome) -> dict[str, Any]:
         "warnings": list(o.warnings),
         "awaiting_downgrade_estimate": o.awaiting_downgrade_estimate,
         "replayed": o.replayed,
+        "deciding_tier": tier(o.deciding_tier),
     }
 
 
@@ -179,6 +192,50 @@ def status(s: BudgetStatus) -> dict[str, Any]:
         "burn_rate_usd_per_hour": format_usd(s.burn_rate_usd_per_hour),
         "projected_usd": format_usd(s.projected_usd),
         "alerts_fired": list(s.alerts_fired),
+        "request": None,
+    }
+
+
+def request(r: RequestStatus) -> dict[str, Any]:
+    """An open request budget (``RequestBudget``), with its spend by service."""
+    b = r.budget
+    return {
+        "id": b.id,
+        "name": b.name,
+        "ancestor_ids": list(b.chain),
+        "limit_usd": format_micros(b.limit_micros),
+        "tiers": [tier(t) for t in b.tiers],
+        "used_usd": format_micros(r.used_micros),
+        "reserved_usd": format_micros(r.reserved_micros),
+        "remaining_usd": format_micros(max(b.limit_micros - r.used_micros - r.reserved_micros, 0)),
+        "opened_at": instant(b.created_ms),
+        "expires_at": instant(r.expires_ms),
+        "idle_ttl": b.idle_ttl_ms / 1000,
+        "by_service": [{"service": name, "used_usd": format_micros(used)} for name, used in r.by_service],
+        "clamped": r.clamped,
+    }
+
+
+def request_status(r: RequestStatus) -> dict[str, Any]:
+    """A request budget's standing as a budget status: scope ``request``, period ``request``, from when
+    it was opened to when it expires, with ``request`` holding the request budget itself."""
+    state = r.state()
+    shown = budget(state.budget)
+    shown["updated_at"] = None
+    return {
+        "budget": shown,
+        "scope_id": state.budget.id,
+        "used_usd": format_micros(r.used_micros),
+        "reserved_usd": format_micros(r.reserved_micros),
+        "remaining_usd": format_micros(max(state.limit - r.used_micros - r.reserved_micros, 0)),
+        "percentage": format_percentage_of(r.used_micros, state.limit),
+        "exceeded": r.used_micros >= state.limit,
+        "period_start": instant(state.budget.created_ms),
+        "period_end": instant(r.expires_ms),
+        "burn_rate_usd_per_hour": "0.000000",
+        "projected_usd": format_micros(r.used_micros),
+        "alerts_fired": [],
+        "request": request(r),
     }
 
 
@@ -217,6 +274,7 @@ def alert(a: Alert) -> dict[str, Any]:
         "period_end": instant(a.period_end_ms),
         "fired_at": instant(a.fired_ms),
         "message": a.message,
+        "tier": a.tier,
     }
 
 

@@ -9,6 +9,8 @@
 | Reserve | ``POST /v1/reservations`` |
 | Commit, Release | ``POST /v1/reservations/{id}/commit``, ``/release`` |
 | RecordUsage, GetUsage | ``POST``, ``GET /v1/usage`` |
+| OpenRequestBudget | ``POST /v1/requests`` |
+| GetBudgetStatus of a request budget | ``GET /v1/requests/{id}/status`` |
 | WatchAlerts | ``GET /v1/alerts`` (long poll), ``GET /v1/alerts/stream`` (Server-Sent Events) |
 
 Bodies and answers use the vocabulary of ``json.py``; every handler converts, calls ``Operations`` and
@@ -27,9 +29,8 @@ from starlette.responses import Response, StreamingResponse
 
 from collector_processor.api.http import convert, json, schemas
 from collector_processor.api.http.app import Call, Endpoint, Param, Refused, json_response
-from collector_processor.domain.budgets import Scope
+from collector_processor.domain.budgets import SCOPE_ORDER
 from collector_processor.domain.money import parse_usd
-from collector_processor.errors import InvalidRequestError
 
 __all__ = ["ENDPOINTS"]
 
@@ -50,7 +51,7 @@ async def create_budget(call: Call) -> Response:
 async def list_budgets(call: Call) -> Response:
     p = call.params
     scope_name = p.get("scope", "")
-    scope = _scope(scope_name, "scope") if scope_name else None
+    scope = convert.scope_named(scope_name, "scope") if scope_name else None
     budgets, token = call.ops.list_budgets(
         call.principal,
         scope=scope,
@@ -81,21 +82,13 @@ async def budget_status(call: Call) -> Response:
     return json_response(json.status(found))
 
 
-def _scope(name: str, field: str) -> Scope:
-    try:
-        return Scope(name)
-    except ValueError:
-        raise InvalidRequestError(
-            field, f"unknown scope {name[:60]!r}: expected organization, team, agent, workflow or user"
-        ) from None
-
-
 # -- decisions and spend -----------------------------------------------------------------------------
 async def check(call: Call) -> Response:
     m = convert.body(schemas.CheckIn, await call.body())
     scopes = convert.scopes(m.scopes)
     estimate = parse_usd(m.estimate_usd, "estimate_usd", required=False)
-    return json_response(json.check(await call.ops.check(call.principal, scopes, estimate)))
+    outcome = await call.ops.check(call.principal, scopes, estimate, m.request_budget_id)
+    return json_response(json.check(outcome))
 
 
 async def reserve(call: Call) -> Response:
@@ -121,6 +114,17 @@ async def record_usage(call: Call) -> Response:
     m = convert.body(schemas.RecordIn, await call.body())
     command = convert.record(m, owner=call.principal.owner)
     return json_response(json.record(await call.ops.record_usage(call.principal, command)))
+
+
+async def open_request_budget(call: Call) -> Response:
+    m = convert.body(schemas.RequestBudgetIn, await call.body())
+    command = convert.open_request(m, owner=call.principal.owner)
+    return json_response(json.request(await call.ops.open_request_budget(call.principal, command)), 201)
+
+
+async def request_status(call: Call) -> Response:
+    found = await call.ops.request_status(call.principal, call.path("id"))
+    return json_response(json.request_status(found))
 
 
 async def get_usage(call: Call) -> Response:
@@ -210,7 +214,14 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> Par
     return Param(name, "query", schema or _STRING, description)
 
 
-_SCOPE_QUERY = tuple(_q(s.value, f"Only spend attributed to this {s.value} id.") for s in Scope)
+_SCOPE_QUERY = tuple(_q(s.value, f"Only spend attributed to this {s.value} id.") for s in SCOPE_ORDER)
+_REQUEST_ID = Param(
+    "id",
+    "path",
+    {"type": "string", "pattern": "^[A-Za-z0-9._:-]{16,128}$"},
+    "The request budget's id.",
+    required=True,
+)
 _INT = {"type": "integer", "minimum": 0}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -218,7 +229,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              schemas.BudgetIn, schemas.BudgetOut, status=201),
     Endpoint("list_budgets", "GET", "/v1/budgets", list_budgets, "ListBudgets",
              "List the budgets the caller may see, by id.", None, schemas.BudgetListOut,
-             params=(_q("scope", "Only budgets of this scope.", {"type": "string", "enum": [s.value for s in Scope]}),
+             params=(_q("scope", "Only budgets of this scope.", {"type": "string", "enum": [s.value for s in SCOPE_ORDER]}),
                      _q("scope_id", "Only budgets for exactly this entity."),
                      _q("page_size", "1-500; 0 or absent means 50.", {"type": "integer", "minimum": 0, "maximum": 500}),
                      _q("page_token", "next_page_token of the previous page."))),
@@ -247,6 +258,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("record_usage", "POST", "/v1/usage", record_usage, "RecordUsage",
              "Charge spend that had no reservation; idempotent by usage_id.", schemas.RecordIn,
              schemas.RecordOut, tag="spend"),
+    Endpoint("open_request_budget", "POST", "/v1/requests", open_request_budget, "OpenRequestBudget",
+             "Open a request budget: a limit on what one request may cost across every service it touches "
+             "(opening an open id again with the same body returns it).", schemas.RequestBudgetIn,
+             schemas.RequestBudgetOut, status=201, tag="spend"),
+    Endpoint("request_status", "GET", "/v1/requests/{id}/status", request_status, "GetBudgetStatus",
+             "A live request budget's standing, with its spend by service; 404 once it has expired.", None,
+             schemas.StatusOut, tag="reports", params=(_REQUEST_ID,)),
     Endpoint("get_usage", "GET", "/v1/usage", get_usage, "GetUsage",
              "Totals of recorded spend, broken down by the dimensions asked.", None, schemas.UsageOut,
              tag="reports",

@@ -26,6 +26,7 @@ from collector_processor.domain.budgets import (
     ScopeSet,
     check_budget_id,
 )
+from collector_processor.domain.requests import OpenRequestCommand, RequestStatus
 from collector_processor.domain.types import (
     Alert,
     BudgetStatus,
@@ -116,10 +117,14 @@ class Operations:
         authz.require_manage(p, budget.scope, budget.scope_id, "id")
 
     # -- decisions and spend ---------------------------------------------------------------------
-    async def check(self, p: Principal, scopes: ScopeSet, estimate: Decimal) -> CheckOutcome:
+    async def check(
+        self, p: Principal, scopes: ScopeSet, estimate: Decimal, request_budget: str = ""
+    ) -> CheckOutcome:
         authz.require(RPC_ACTIONS["CheckBudget"], p)
         authz.require_scopes(p, scopes)
-        outcome = await self._batcher.run(lambda: self.ledger.check(scopes, estimate))
+        outcome = await self._batcher.run(
+            lambda: self.ledger.check(scopes, estimate, request_budget=request_budget)
+        )
         self._metrics.checked(outcome)
         return outcome
 
@@ -147,7 +152,19 @@ class Operations:
         self._metrics.recorded(command, outcome)
         return outcome
 
+    async def open_request_budget(self, p: Principal, command: OpenRequestCommand) -> RequestStatus:
+        # A spender may open one: it names no scope, so no grant is involved, and it can only deny
+        # more (docs/security.md, "Request budgets").
+        authz.require(RPC_ACTIONS["OpenRequestBudget"], p)
+        return await self._batcher.run(lambda: self.ledger.open_request_budget(command))
+
     # -- reports and alerts ----------------------------------------------------------------------
+    async def request_status(self, p: Principal, request_id: str) -> RequestStatus:
+        """A live request budget's standing (GetBudgetStatus with a request_budget_id): its id is the
+        capability, as over gRPC."""
+        authz.require(RPC_ACTIONS["GetBudgetStatus"], p)
+        return await self._batcher.run(lambda: self.ledger.request_status(request_id))
+
     async def status(self, p: Principal, budget_id: str, scope_id: str) -> BudgetStatus:
         authz.require(RPC_ACTIONS["GetBudgetStatus"], p)
         if not p.grants.unrestricted:

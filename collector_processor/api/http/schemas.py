@@ -30,15 +30,22 @@ __all__ = [
     "RecordIn",
     "RecordOut",
     "ReleaseOut",
+    "RequestBudgetIn",
+    "RequestBudgetOut",
     "ReserveIn",
     "ReserveOut",
     "ScopesIn",
     "StatusOut",
+    "TierIn",
+    "TierOut",
     "UsageFactsIn",
     "UsageOut",
 ]
 
-ScopeName = Literal["organization", "team", "agent", "workflow", "user"]
+SpendScopeName = Literal["organization", "team", "agent", "workflow", "user"]
+"""The scopes spend names ids for and period budgets govern."""
+ScopeName = Literal["organization", "team", "agent", "workflow", "user", "request"]
+"""Every scope an answer may name: ``request`` is a request budget's."""
 ActionName = Literal["warn", "block", "downgrade"]
 MONEY: dict[str, Any] = {
     "pattern": r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$",
@@ -49,6 +56,7 @@ _MONEY_OUT: dict[str, Any] = {"pattern": r"^-?[0-9]+\.[0-9]{6}$", "examples": ["
 _PERCENT_OUT: dict[str, Any] = {"pattern": r"^[0-9]+\.[0-9]{2}$", "examples": ["82.35"]}
 _INSTANT: dict[str, Any] = {"format": "date-time", "examples": ["2025-03-14T12:00:00Z"]}
 _MAX_INT64 = 2**63 - 1
+_REQUEST_ID = "16-128 characters of [A-Za-z0-9._:-]"
 
 
 def _money(description: str, default: str = "") -> Any:
@@ -86,12 +94,26 @@ class UsageFactsIn(_In):
     reasoning_tokens: int = Field(default=0, ge=0, le=_MAX_INT64)
 
 
+class TierIn(_In):
+    """One step of a tiered budget: what a request past ``at_percent`` of the limit gets."""
+
+    at_percent: int = Field(ge=1, le=1000, description="Percent of the limit, 1-1000.")
+    action: ActionName
+
+
+_TIERS = (
+    "Ordered tiers instead of one action (at most 10, rising, never less strict as they rise); "
+    "each also alerts once per period."
+)
+
+
 class BudgetIn(_In):
-    """A budget to create. ``scope``, ``limit_usd``, ``period`` and ``on_exceed`` are required."""
+    """A budget to create. ``scope``, ``limit_usd``, ``period`` and ``on_exceed`` (or ``tiers``) are
+    required."""
 
     id: str = Field(default="", description="1-128 characters of [A-Za-z0-9._:-]; generated when empty.")
     name: str = Field(default="", description="Defaults to the id.")
-    scope: ScopeName | None = None
+    scope: SpendScopeName | None = None
     scope_id: str | None = Field(
         default=None, description="Absent or null: every entity of the scope, each apart."
     )
@@ -104,6 +126,7 @@ class BudgetIn(_In):
     alert_thresholds: list[int] | None = Field(
         default=None, description="Percentages 1-1000; absent: the defaults."
     )
+    tiers: list[TierIn] | None = Field(default=None, description=_TIERS)
     enabled: bool = True
 
 
@@ -114,12 +137,23 @@ class BudgetPatchIn(_In):
     limit_usd: str | None = Field(default=None, json_schema_extra=MONEY)
     on_exceed: ActionName | None = None
     alert_thresholds: list[int] | None = None
+    tiers: list[TierIn] | None = Field(
+        default=None, description="A replacement list of tiers; [] makes the budget single-action again."
+    )
     enabled: bool | None = None
+
+
+_REQUEST_BUDGET = (
+    "An open request budget to hold this to as well, with its ancestors (POST /v1/requests); the "
+    "SDK takes it from the OpenTelemetry baggage entry paymaster.request_budget."
+)
+_SERVICE = "The service (its OpenTelemetry service.name), for the request budget's spend by service."
 
 
 class CheckIn(_In):
     scopes: ScopesIn = ScopesIn()
     estimate_usd: str = _money("The estimate to test; empty means zero.")
+    request_budget_id: str = Field(default="", description=_REQUEST_BUDGET)
 
 
 class ReserveIn(_In):
@@ -133,6 +167,8 @@ class ReserveIn(_In):
     downgrade_estimate_usd: str = _money("The cheaper path's estimate, used on a downgrade.")
     downgrade_of: str = ""
     model: UsageFactsIn | None = None
+    request_budget_id: str = Field(default="", description=_REQUEST_BUDGET)
+    service: str = Field(default="", description=_SERVICE)
 
 
 class CommitIn(_In):
@@ -149,11 +185,41 @@ class RecordIn(_In):
     usage: UsageFactsIn = UsageFactsIn()
     occurred_at: str | None = Field(default=None, json_schema_extra=_INSTANT)
     reservation_id: str = ""
+    request_budget_id: str = Field(
+        default="", description="A request budget charged as well (ignored with a reservation_id)."
+    )
+    service: str = Field(default="", description=_SERVICE)
+
+
+class RequestBudgetIn(_In):
+    """A request budget to open: a limit on what one request may cost across every service it touches."""
+
+    id: str = Field(default="", description=f"{_REQUEST_ID}; generated when empty. Keep it unguessable.")
+    name: str = Field(default="", description="Shown in decisions; defaults to the id.")
+    parent_id: str = Field(default="", description="Open it inside this open request budget.")
+    limit_usd: str = _money("Required without a parent; with one, at most its remainder.")
+    fraction: str = Field(
+        default="",
+        description="With a parent: at most this share of what it has left, in (0, 1].",
+        json_schema_extra=MONEY,
+    )
+    tiers: list[TierIn] = Field(default_factory=list, description="Ordered tiers; empty: block at 100%.")
+    idle_ttl_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=2_592_000,
+        description="How long it stays open without activity; absent: the sidecar's default.",
+    )
 
 
 # -- responses ---------------------------------------------------------------------------------------
 def _m(description: str = "") -> Any:
     return Field(description=description, json_schema_extra=_MONEY_OUT)
+
+
+class TierOut(_Out):
+    at_percent: int
+    action: ActionName
 
 
 class BudgetOut(_Out):
@@ -169,7 +235,10 @@ class BudgetOut(_Out):
     enabled: bool
     declared_in_config: bool
     created_at: str = Field(json_schema_extra=_INSTANT)
-    updated_at: str = Field(json_schema_extra=_INSTANT)
+    updated_at: str | None = Field(
+        json_schema_extra=_INSTANT, description="Null for a request budget shown as a budget."
+    )
+    tiers: list[TierOut]
 
 
 class BudgetListOut(_Out):
@@ -191,6 +260,8 @@ class BudgetInfoOut(_Out):
     action: ActionName
     period_start: str = Field(json_schema_extra=_INSTANT)
     period_end: str = Field(json_schema_extra=_INSTANT)
+    tier: TierOut | None = Field(description="The highest tier reached; null when none.")
+    tiers: list[TierOut]
 
 
 Decision = Literal["allow", "deny", "downgrade"]
@@ -203,6 +274,7 @@ class CheckOut(_Out):
     reason: str
     warn: bool
     warnings: list[str]
+    deciding_tier: TierOut | None
 
 
 class ReserveOut(_Out):
@@ -217,6 +289,7 @@ class ReserveOut(_Out):
     warnings: list[str]
     awaiting_downgrade_estimate: bool
     replayed: bool
+    deciding_tier: TierOut | None
 
 
 class CommitOut(_Out):
@@ -238,6 +311,27 @@ class RecordOut(_Out):
     budget_info: list[BudgetInfoOut]
 
 
+class ServiceSpendOut(_Out):
+    service: str
+    used_usd: str = _m()
+
+
+class RequestBudgetOut(_Out):
+    id: str
+    name: str
+    ancestor_ids: list[str] = Field(description="Its ancestors, parent first.")
+    limit_usd: str = _m()
+    tiers: list[TierOut]
+    used_usd: str = _m()
+    reserved_usd: str = _m()
+    remaining_usd: str = _m()
+    opened_at: str = Field(json_schema_extra=_INSTANT)
+    expires_at: str = Field(json_schema_extra=_INSTANT)
+    idle_ttl: float = Field(description="Seconds.")
+    by_service: list[ServiceSpendOut]
+    clamped: bool = Field(description="On opening: the asked limit was cut to the parent's remainder.")
+
+
 class StatusOut(_Out):
     budget: BudgetOut
     scope_id: str
@@ -251,6 +345,7 @@ class StatusOut(_Out):
     burn_rate_usd_per_hour: str = _m()
     projected_usd: str = _m()
     alerts_fired: list[int]
+    request: RequestBudgetOut | None = Field(description="Set for a request budget.")
 
 
 class UsageTotalsOut(_Out):
@@ -288,6 +383,7 @@ class AlertOut(_Out):
     period_end: str = Field(json_schema_extra=_INSTANT)
     fired_at: str = Field(json_schema_extra=_INSTANT)
     message: str
+    tier: bool = Field(description="The threshold is one of the budget's tiers and action is that tier's.")
 
 
 class AlertsOut(_Out):

@@ -32,11 +32,13 @@ CREATED = {
     "axonflow_create_budget": 201,
     "delete_budget": 204,
     "axonflow_delete_budget": 204,
+    "open_request_budget": 201,
 }
 BY_NAME = {e.name: e for e in ENDPOINTS}
-OUTSIDE_HTTP = {"axonflow_budget_alerts": 404}
-"""Where the HTTP operation names a budget that its gRPC method does not: a budget outside the grants
-reads as if it did not exist, as GetBudget answers."""
+OUTSIDE_HTTP = {"axonflow_budget_alerts": 404, "open_request_budget": 200, "request_status": 200}
+"""Where the HTTP operation's outside differs from its gRPC method's: a budget outside the grants reads
+as if it did not exist, as GetBudget answers; a request budget names no scope (its id is the
+capability to use it), so there is no outside."""
 
 
 def expected(endpoint: Endpoint, who: str, side: str) -> int:
@@ -150,6 +152,11 @@ def request_for(name: str, sidecar: RunningSidecar, who: str, side: str) -> tupl
             }
         case "axonflow_pricing":
             return "/api/v1/pricing", {}
+        case "open_request_budget":
+            return "/v1/requests", {"json": {"limit_usd": "0.50", "name": f"q-{unique}"}}
+        case "request_status":
+            opened = root("OpenRequestBudget", pb.OpenRequestBudgetRequest(limit_usd="0.50"))
+            return f"/v1/requests/{opened.id}/status", {}
         case "openapi" | "health":
             return BY_NAME[name].path, {}
     raise AssertionError(name)
