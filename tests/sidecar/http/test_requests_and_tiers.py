@@ -52,7 +52,9 @@ def test_a_tiered_budget_is_created_patched_and_decides_by_its_tiers(http_sideca
         json={"tiers": [{"at_percent": 50, "action": "block"}, {"at_percent": 90, "action": "warn"}]},
     )  # fmt: skip
     assert worse.status_code == 400 and worse.json()["error"]["field"].startswith("tiers")
-    bad = root("POST", "/v1/budgets", json={**body, "id": "t2", "tiers": [{"at_percent": 0, "action": "warn"}]})
+    bad = root(
+        "POST", "/v1/budgets", json={**body, "id": "t2", "tiers": [{"at_percent": 0, "action": "warn"}]}
+    )
     assert bad.status_code == 400
     assert bad.json()["error"]["field"] == "tiers[0].at_percent"
 
@@ -67,7 +69,11 @@ def test_a_request_budget_is_opened_held_to_and_read_over_http(http_sidecar: Run
     assert opened.status_code == 201, opened.text
     request = opened.json()
     assert request["id"].startswith("rq_") and request["limit_usd"] == "0.500000"
-    assert (request["used_usd"], request["remaining_usd"], request["ancestor_ids"]) == ("0.000000", "0.500000", [])
+    assert (request["used_usd"], request["remaining_usd"], request["ancestor_ids"]) == (
+        "0.000000",
+        "0.500000",
+        [],
+    )
     rid = request["id"]
 
     # A child asking for more than the parent has is cut to the parent's remainder, and says so; one
@@ -81,13 +87,20 @@ def test_a_request_budget_is_opened_held_to_and_read_over_http(http_sidecar: Run
     )  # fmt: skip
     kid = child.json()["id"]
 
-    spend = {"scopes": {"team": "search"}, "estimate_usd": "0.20", "request_budget_id": kid, "service": "planner"}
+    spend = {
+        "scopes": {"team": "search"},
+        "estimate_usd": "0.20",
+        "request_budget_id": kid,
+        "service": "planner",
+    }
     held = spender("POST", "/v1/reservations", json=spend).json()
     assert held["decision"] == "allow"
     assert [(i["scope"], i["scope_id"]) for i in held["budget_info"]] == [
         ("team", "search"), ("request", kid), ("request", rid),
     ]  # fmt: skip
-    committed = spender("POST", f"/v1/reservations/{held['reservation_id']}/commit", json={"actual_usd": "0.20"})
+    committed = spender(
+        "POST", f"/v1/reservations/{held['reservation_id']}/commit", json={"actual_usd": "0.20"}
+    )
     assert committed.json()["charged_usd"] == "0.200000"
 
     # The child has 0.05 left: a 0.10 step is denied by it, naming it; the parent still has 0.30.
@@ -104,7 +117,11 @@ def test_a_request_budget_is_opened_held_to_and_read_over_http(http_sidecar: Run
     status = reader("GET", f"/v1/requests/{rid}/status")
     assert status.status_code == 200, status.text
     shown = status.json()
-    assert (shown["budget"]["scope"], shown["budget"]["period"], shown["used_usd"]) == ("request", "request", "0.250000")
+    assert (shown["budget"]["scope"], shown["budget"]["period"], shown["used_usd"]) == (
+        "request",
+        "request",
+        "0.250000",
+    )
     assert shown["request"]["by_service"] == [
         {"service": "planner", "used_usd": "0.200000"}, {"service": "summarizer", "used_usd": "0.050000"},
     ]  # fmt: skip
@@ -112,7 +129,9 @@ def test_a_request_budget_is_opened_held_to_and_read_over_http(http_sidecar: Run
 
     assert reader("GET", "/v1/requests/rq_0123456789abcdef0123/status").status_code == 404
     assert reader("POST", "/v1/requests", json={"limit_usd": "1"}).status_code == 403
-    not_open = spender("POST", "/v1/reservations", json={**spend, "request_budget_id": "rq_never_opened_here_00"})
+    not_open = spender(
+        "POST", "/v1/reservations", json={**spend, "request_budget_id": "rq_never_opened_here_00"}
+    )
     assert not_open.json()["decision"] == "deny" and "rq_never_opened_here_00" in not_open.json()["reason"]
     for body, field in (
         ({"limit_usd": "-1"}, "limit_usd"),
