@@ -224,7 +224,11 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
             limit_usd=args.limit,
             period=args.period,
             time_zone=args.time_zone or "",
-            on_exceed=vocabulary.enum_number(pb.OnExceed, args.on_exceed),
+            on_exceed=(
+                vocabulary.enum_number(pb.OnExceed, args.on_exceed)
+                if args.on_exceed
+                else pb.ON_EXCEED_UNSPECIFIED
+            ),
             alert_thresholds=_thresholds(args.thresholds) if args.thresholds else [],
             tiers=parse_tiers(pb, args.tiers or ""),
             enabled=not args.disabled,
