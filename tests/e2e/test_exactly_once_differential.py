@@ -163,7 +163,8 @@ def splits(node: Any) -> int:
 
 def concurrent_splits(node: Any) -> bool:
     """Two split parallels splitting one quota at once, in sibling branches of a shared parallel: the
-    SDK refuses that (``quota ... is already split``), so these pipelines are not drawn."""
+    SDK refuses to build that pipeline (``ConfigError``, tests/sdk/test_parallel.py), so these are not
+    drawn."""
     if isinstance(node, Call):
         return False
     if isinstance(node, Seq):
