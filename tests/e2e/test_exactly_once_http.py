@@ -7,6 +7,8 @@ either transport with the same ``usage_id``, and plain GenAI spans exported to t
 (exported twice). A unit reserved over HTTP may also have its span exported carrying the
 reservation id, as the SDK's spans do: the receiver leaves that span to its reservation. Afterwards
 the sidecar's total for the run's team is exactly the money spent, on SQLite and on a real Redis.
+Half of the examples run inside a request budget opened over HTTP (every reservation and record
+names it, every span carries ``paymaster.request_budget``): its spend is that same total too.
 """
 
 from __future__ import annotations
@@ -80,19 +82,24 @@ def http_of(live: LiveSidecar) -> httpx.Client:
     return httpx.Client(base_url=f"http://{api.address}", timeout=10)
 
 
-def charge(live: LiveSidecar, client: httpx.Client, tracer: object, unit: Unit, team: str) -> Decimal:
-    """Charge ``unit`` the way it says, retries included; what it really cost."""
+def charge(
+    live: LiveSidecar, client: httpx.Client, tracer: object, unit: Unit, team: str, request: str = ""
+) -> Decimal:
+    """Charge ``unit`` the way it says, retries included, inside the request budget ``request`` when
+    one is given; what it really cost."""
     cost = unit.micros * MICRO
     key = uuid.uuid4().hex
+    named = {"request_budget_id": request} if request else {}
+    on_span = {"paymaster.request_budget": request} if request else {}
     if unit.kind == "reserve":
-        body = {"scopes": {"team": team}, "estimate_usd": str(cost)}
+        body = {"scopes": {"team": team}, "estimate_usd": str(cost), **named}
         rid = ""
         for _ in range(2):  # a Reserve whose answer was lost, sent again with its key
             reply = client.post("/v1/reservations", json=body, headers={"Idempotency-Key": key}).json()
             assert rid in ("", reply["reservation_id"])
             rid = reply["reservation_id"]
         if unit.span:
-            span(tracer, unit.tokens, {"paymaster.reservation_id": rid})
+            span(tracer, unit.tokens, {"paymaster.reservation_id": rid, **on_span})
         for via in unit.sends:
             if via == "http":
                 assert (
@@ -105,17 +112,21 @@ def charge(live: LiveSidecar, client: httpx.Client, tracer: object, unit: Unit, 
     if unit.kind == "record":
         for via in unit.sends:
             if via == "http":
-                reply = client.post(
-                    "/v1/usage", json={"usage_id": key, "scopes": {"team": team}, "cost_usd": str(cost)}
-                )
+                record = {"usage_id": key, "scopes": {"team": team}, "cost_usd": str(cost), **named}
+                reply = client.post("/v1/usage", json=record)
                 assert reply.status_code == 200, reply.text
             else:
                 live.stub.RecordUsage(
-                    pb.RecordUsageRequest(usage_id=key, scopes=pb.ScopeIds(team=team), cost_usd=str(cost)),
+                    pb.RecordUsageRequest(
+                        usage_id=key,
+                        scopes=pb.ScopeIds(team=team),
+                        cost_usd=str(cost),
+                        request_budget_id=request,
+                    ),
                     timeout=10,
                 )
         return cost
-    span(tracer, unit.tokens, {})
+    span(tracer, unit.tokens, on_span)
     tokens_in, tokens_out = unit.tokens
     return (tokens_in * 2 + tokens_out * 8) * MICRO  # gpt-4o in live_sidecar.PRICES
 
@@ -134,8 +145,8 @@ def test_http_spend_is_charged_exactly_once_with_grpc_and_otlp(
     live = sidecars[store]
 
     @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(units, min_size=1, max_size=6))
-    def differential(drawn: list[Unit]) -> None:
+    @given(st.lists(units, min_size=1, max_size=6), st.booleans())
+    def differential(drawn: list[Unit], in_request: bool) -> None:
         team = f"t-{uuid.uuid4().hex[:12]}"
         provider = TracerProvider(
             resource=Resource.create({"service.name": "gateway", "paymaster.team": team})
@@ -145,8 +156,17 @@ def test_http_spend_is_charged_exactly_once_with_grpc_and_otlp(
         provider.add_span_processor(SimpleSpanProcessor(exporter))  # every span exported twice
         tracer = provider.get_tracer("http-client")
         with http_of(live) as client:
-            spent = sum((charge(live, client, tracer, u, team) for u in drawn), Decimal(0))
-        provider.shutdown()
-        assert live.charged(team) == spent
+            request = ""
+            if in_request:
+                opened = client.post("/v1/requests", json={"limit_usd": "1000"})
+                assert opened.status_code == 201, opened.text
+                request = opened.json()["id"]
+            spent = sum((charge(live, client, tracer, u, team, request) for u in drawn), Decimal(0))
+            provider.shutdown()
+            assert live.charged(team) == spent
+            if request:
+                status = client.get(f"/v1/requests/{request}/status").json()
+                assert Decimal(status["used_usd"]) == spent
+                assert Decimal(status["reserved_usd"]) == 0
 
     differential()
