@@ -96,6 +96,7 @@ from collector_processor.store.redis.codec import (
 )
 from collector_processor.store.redis.link import RedisLink
 from collector_processor.store.redis.requests import Chain, RequestBook, open_states, request_keys, states_of
+from collector_processor.store.redis.schema import SCHEMA_VERSION, ensure_schema
 from collector_processor.store.redis.scripts import SPEC_FIELDS
 from collector_processor.store.shared import (
     check_fingerprint,
@@ -113,7 +114,6 @@ __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
 
 log = logging.getLogger("paymaster.sidecar.store.redis")
 
-SCHEMA_VERSION = 2
 _ATTEMPTS = 8
 _REMEMBERED = 100_000
 _EXACT_LIMIT = 2**53 - 1
@@ -205,12 +205,8 @@ class RedisStore:
         # A version that starts from the clock never repeats one a replica may have cached before the
         # data was lost, so a stale cache is always noticed.
         self._client.hsetnx(meta, "version", time.time_ns() // 1000)
-        self._client.hsetnx(meta, "schema", SCHEMA_VERSION)
-        schema = self._client.hget(meta, "schema")
-        if str(schema) != str(SCHEMA_VERSION):
-            raise StoreUnavailableError(
-                f"namespace {quote(self.namespace)} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
-            )
+        # A new namespace starts at the current schema; one an older sidecar wrote is upgraded in place.
+        ensure_schema(self._link, self.namespace)
 
     def _after_reconnect(self) -> None:
         """Redis is back. If it came back empty (restarted without persistence), say so loudly and
