@@ -25,6 +25,11 @@ not to hold Redis up on a long alert log:
 Pending alerts stay pending and delivered ones delivered (``P:alerts:pending`` is untouched), a lease
 keeps its owner and expiry; schema 2 keeps no delivery time (``d``), so it is dropped. Every key is
 declared in KEYS and carries the namespace's hash tag, as every other script's.
+
+A sidecar of schema 1 that is still running (a rolling update) keeps firing alerts in its layout after
+the upgrade. The store reads alerts by sequence; one missing from the log is looked for in the old
+layout and moved (``adopt_alerts``, with a warning that an older sidecar is still running), so no alert
+is lost to the overlap.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +50,7 @@ from paymaster.exceptions import quote
 if TYPE_CHECKING:
     from collector_processor.store.redis.link import RedisLink
 
-__all__ = ["SCHEMA_VERSION", "Upgraded", "ensure_schema"]
+__all__ = ["SCHEMA_VERSION", "Upgraded", "adopt_alerts", "ensure_schema"]
 
 log = logging.getLogger("paymaster.sidecar.store.redis")
 
@@ -72,45 +78,81 @@ redis.call('HSET', KEYS[1], 'schema', '1>2', 'upgrade', ARGV[1] .. ' ' .. ARGV[3
 return {'OK', redis.call('HGET', KEYS[1], 'upgrade:seq') or '0'}
 """
 
+# Shared by the scripts that move alerts: KEYS[2] is P:alert, KEYS[3] P:alerts:lease. ``old`` reads an
+# alert of schema 1 (nil if its hash is gone; the hash and the first missing field if it lacks one);
+# ``move`` writes it as ``fire`` writes an alert of schema 2, with its lease unless it has one, and
+# deletes the old hash.
+_MOVE = """
+local FIELDS = {'id', 'b', 'e', 'th', 'u', 'l', 'ps', 'pe', 'f', 'm'}
+local function old(A)
+  local flat = redis.call('HGETALL', A)
+  if #flat == 0 then return nil end
+  local h = {}
+  for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
+  for _, f in ipairs(FIELDS) do
+    if h[f] == nil then return h, f end
+  end
+  return h, nil
+end
+local function move(A, seq, h)
+  local alert = {}
+  for _, f in ipairs(FIELDS) do alert[f] = h[f] end
+  redis.call('HSET', KEYS[2], seq, cjson.encode(alert))
+  redis.call('DEL', A)
+  if h.cb and h.cu then
+    return redis.call('HSETNX', KEYS[3], seq, h.cb .. ' ' .. h.cu)
+  end
+  return 0
+end
+"""
+
 # KEYS: meta, P:alert, P:alerts:lease, then P:alert:<seq> for each sequence. ARGV: owner, now, lease
 # until, then the sequences (ascending), KEYS[i] being the old hash of ARGV[i]. Every old hash is
 # read and checked before anything is written. Answers LOST (another sidecar took the lease over),
 # BAD <key> <field> (an alert without one of its fields), or OK <alerts moved> <leases moved>.
-_STEP = """
+_STEP = (
+    _MOVE
+    + """
 local lease = redis.call('HGET', KEYS[1], 'upgrade') or ''
 if redis.call('HGET', KEYS[1], 'schema') ~= '1>2' or string.match(lease, '^(.*) %d+$') ~= ARGV[1] then
   return {'LOST'}
 end
-local FIELDS = {'id', 'b', 'e', 'th', 'u', 'l', 'ps', 'pe', 'f', 'm'}
 local found = {}
 for i = 4, #ARGV do
-  local flat = redis.call('HGETALL', KEYS[i])
-  if #flat > 0 then
-    local h = {}
-    for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
-    for _, f in ipairs(FIELDS) do
-      if h[f] == nil then return {'BAD', KEYS[i], f} end
-    end
-    found[#found + 1] = {i, h}
-  end
+  local h, missing = old(KEYS[i])
+  if missing then return {'BAD', KEYS[i], missing} end
+  if h then found[#found + 1] = {i, h} end
 end
 local leases = 0
 for _, row in ipairs(found) do
-  local i, h = row[1], row[2]
-  local alert = {}
-  for _, f in ipairs(FIELDS) do alert[f] = h[f] end
-  redis.call('HSET', KEYS[2], ARGV[i], cjson.encode(alert))
-  if h.cb and h.cu then
-    redis.call('HSET', KEYS[3], ARGV[i], h.cb .. ' ' .. h.cu)
-    leases = leases + 1
-  end
-  redis.call('DEL', KEYS[i])
+  leases = leases + move(KEYS[row[1]], ARGV[row[1]], row[2])
 end
 redis.call('HSET', KEYS[1], 'upgrade', ARGV[1] .. ' ' .. ARGV[3], 'upgrade:seq', ARGV[#ARGV])
 redis.call('HINCRBY', KEYS[1], 'upgrade:alerts', #found)
 redis.call('HINCRBY', KEYS[1], 'upgrade:leases', leases)
 return {'OK', #found, leases}
 """
+)
+
+# After the upgrade, alerts a sidecar of schema 1 still running wrote in its layout. KEYS: meta,
+# P:alert, P:alerts:lease, then P:alert:<seq> for each sequence; ARGV: the sequences (KEYS[i + 3] is
+# the old hash of ARGV[i]). A whole alert not in the log yet is moved, keeping a lease taken on it
+# since. Answers how many moved.
+_ADOPT = (
+    _MOVE
+    + """
+local moved = 0
+for i = 1, #ARGV do
+  local A, seq = KEYS[i + 3], ARGV[i]
+  local h, missing = old(A)
+  if h and not missing and redis.call('HEXISTS', KEYS[2], seq) == 0 then
+    move(A, seq, h)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+)
 
 # KEYS: meta, P:alerts:pending. ARGV: owner. Answers LOST, or OK <alerts> <leases> <pending>.
 _FINISH = """
@@ -175,15 +217,33 @@ def ensure_schema(link: RedisLink, namespace: str) -> Upgraded | None:
         if done is not None:
             log.warning(
                 "upgraded the Redis ledger in namespace %r from schema 1 to %d: %d alerts moved to the "
-                "one-hash alert log (%d pending delivery, %d delivery leases kept) in %d steps",
+                "one-hash alert log (%d pending delivery, %d delivery leases kept) in %d step%s",
                 namespace,
                 SCHEMA_VERSION,
                 done.alerts,
                 done.pending,
                 done.leases,
                 done.steps,
+                "" if done.steps == 1 else "s",
             )
             return done
+
+
+def adopt_alerts(link: RedisLink, namespace: str, sequences: Sequence[int]) -> int:
+    """Move alerts of ``sequences`` found in the layout of schema 1 into the log (see ``_ADOPT``);
+    answers how many moved. They come from a sidecar of schema 1 still running on the namespace after
+    it was upgraded (during a rolling update), which is said, since it should be stopped."""
+    p = link.prefix
+    keys = [link.meta_key, f"{p}:alert", f"{p}:alerts:lease", *(f"{p}:alert:{seq}" for seq in sequences)]
+    moved = int(link.eval(_ADOPT, keys, [str(seq) for seq in sequences]))
+    if moved:
+        log.warning(
+            "moved %d alerts written in the layout of schema 1 into the alert log of namespace %r: a sidecar "
+            "older than this one is still running on it; finish the rollout (see docs/sidecar.md, Upgrading)",
+            moved,
+            namespace,
+        )
+    return moved
 
 
 def _upgrade(link: RedisLink, owner: str, *, after: int) -> Upgraded | None:

@@ -154,7 +154,7 @@ def test_a_namespace_of_schema_1_becomes_schema_2_with_only_the_alert_log_rewrit
     (line,) = [r.getMessage() for r in caplog.records if UPGRADED in r.getMessage()]
     assert line == (
         f"upgraded the Redis ledger in namespace '{namespace}' from schema 1 to 2: 6 alerts moved to the "
-        "one-hash alert log (4 pending delivery, 4 delivery leases kept) in 1 steps"
+        "one-hash alert log (4 pending delivery, 4 delivery leases kept) in 1 step"
     )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="paymaster.sidecar.store.redis"):
@@ -272,6 +272,45 @@ def test_watch_alerts_replays_the_upgraded_log_and_delivery_resumes(
         running.sidecar.stop(0)
 
 
+def test_alerts_an_older_sidecar_still_running_writes_after_the_upgrade_are_moved_into_the_log(
+    redis_server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During a rolling update a sidecar of schema 1 keeps firing alerts in its layout (one hash per
+    alert, the indexes as in schema 2). The upgraded store finds them when it reads the log or claims,
+    moves them, and says an older sidecar is still running; a lease taken on one meanwhile is kept."""
+    namespace = load(client)
+    store = open_store(redis_server, namespace)
+    p = f"{{{namespace}}}"
+    sixth = next(r["value"] for r in FIXTURE["keys"] if r["key"] == ":alert:6")
+    for seq in (7, 8):  # what the old code's `fire` writes
+        client.hset(f"{p}:alert:{seq}", mapping={**sixth, "id": f"{sixth['id']}-{seq}", "f": str(NOW_MS)})
+        client.incr(f"{p}:alerts:seq")
+        for index in (":alerts", ":alerts:pending", ":alerts:b:team"):
+            client.zadd(p + index, {str(seq): seq})
+        client.zadd(f"{p}:alerts:fired", {str(seq): NOW_MS})
+    try:
+        with caplog.at_level(logging.INFO, logger="paymaster.sidecar.store.redis"):
+            claimed = store.claim_alerts(owner="new", now_ms=NOW_MS, lease_ms=10_000, limit=10)
+        assert [a.sequence for a in claimed] == [4, 5, 6, 7, 8]
+        assert claimed[3].alert_id == f"{sixth['id']}-7" and claimed[3].fired_ms == NOW_MS
+        (warning,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("moved")]
+        assert warning.startswith(
+            f"moved 2 alerts written in the layout of schema 1 into the alert log of namespace '{namespace}'"
+        )
+        assert client.hget(f"{p}:alerts:lease", "7") == f"new {NOW_MS + 10_000}"
+        assert not client.exists(f"{p}:alert:7") and not client.exists(f"{p}:alert:8")
+        assert json.loads(client.hget(f"{p}:alert", "8")) == {
+            **{f: sixth[f] for f in ALERT_FIELDS},
+            "id": f"{sixth['id']}-8",
+            "f": str(NOW_MS),
+        }
+        client.hset(f"{p}:alert:9", mapping={**sixth, "id": "late"})  # and one a watcher reads first
+        client.zadd(f"{p}:alerts", {"9": 9})
+        assert [a.alert_id for a in store.alerts_after(8, limit=10)] == ["late"]
+    finally:
+        store.close()
+
+
 def test_sidecars_starting_at_once_on_a_namespace_of_schema_1_upgrade_it_exactly_once(
     redis_server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -341,7 +380,7 @@ def test_an_upgrade_that_stopped_midway_is_taken_over_and_finished(
         open_store(redis_server, namespace).close()
     (line,) = [r.getMessage() for r in caplog.records if UPGRADED in r.getMessage()]
     assert (
-        "606 alerts moved to the one-hash alert log (604 pending delivery, 4 delivery leases kept) in 1 steps"
+        "606 alerts moved to the one-hash alert log (604 pending delivery, 4 delivery leases kept) in 1 step"
         in line
     )
     assert client.hlen(f"{p}:alert") == 606
