@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import redis
 
-from collector_processor.domain.budgets import OnExceed, Scope
+from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet
 from collector_processor.domain.clock import ManualClock
-from collector_processor.domain.types import CommitCommand
+from collector_processor.domain.types import CommitCommand, ReserveCommand
 from collector_processor.errors import StoreUnavailableError
 from collector_processor.ledger import Ledger
 from collector_processor.store.redis import schema
@@ -197,6 +197,16 @@ def test_the_upgraded_ledger_answers_as_the_schema_1_sidecar_did_and_goes_on(
         assert late.sequence == 3 and late.alert_id == EXPECTED["alerts"][2]["alert_id"]
         store.ack_alerts([3], now_ms=leased_until)
         assert store.claim_alerts(owner="new", now_ms=leased_until + 60_000, lease_ms=10_000, limit=10) == []
+
+        # Its idempotency key replays it (stored without a fingerprint, by a caller without a principal).
+        again = ledger.reserve(
+            ReserveCommand(
+                scopes=ScopeSet(organization="acme", team="search", user="ada", agent="summarizer"),
+                estimate_usd=Decimal("0.5"),
+                idempotency_key="k-held",
+            )
+        )
+        assert again.replayed and again.reservation_id == EXPECTED["held_reservation"]
 
         # The money goes on too: the held reservation commits, a new threshold fires as alert 7.
         ledger.create_budget(
