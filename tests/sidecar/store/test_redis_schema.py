@@ -420,6 +420,27 @@ def test_a_sidecar_waits_while_another_holds_the_upgrade(
     assert client.hlen(f"{p}:alert") == 6
 
 
+def test_an_alert_missing_a_field_stops_the_upgrade_naming_it_before_its_step_writes(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    namespace = load(client)
+    p = f"{{{namespace}}}"
+    client.hdel(f"{p}:alert:5", "m")
+    with pytest.raises(StoreUnavailableError) as info:
+        open_store(redis_server, namespace)
+    assert str(info.value) == (
+        f"cannot upgrade the Redis ledger to schema 2: the alert '{p}:alert:5' has no field 'm'; restore it, "
+        f"or delete it and its sequence from {p}:alerts, and start again"
+    )
+    assert not client.exists(f"{p}:alert") and client.exists(f"{p}:alert:1")  # the step wrote nothing
+    client.delete(f"{p}:alert:5")
+    for index in (":alerts", ":alerts:pending", ":alerts:b:per-user", ":alerts:fired"):
+        client.zrem(p + index, "5")
+    client.hset(f"{p}:meta", "upgrade", "gone/1/x 1")  # the refused sidecar's lease has run out
+    open_store(redis_server, namespace).close()
+    assert sorted(client.hkeys(f"{p}:alert"), key=int) == ["1", "2", "3", "4", "6"]
+
+
 @pytest.mark.parametrize(
     ("found", "says"),
     [
