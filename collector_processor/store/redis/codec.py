@@ -10,7 +10,7 @@ ledgers (namespaces) spread over the cluster's slots. ``P`` below is ``{<namespa
 key                                type      holds
 =================================  ========  ======================================================
 ``P:meta``                         hash      ``version`` (bumped by every budget change, checked by
-                                             every script), ``schema``
+                                             every script), ``schema`` (see ``schema``)
 ``P:budgets``                      hash      budget id -> definition (JSON, with its generation)
 ``P:s:<id>@<gen>/<entity>``        hash      one budget's state for one entity: ``r`` (reserved),
                                              ``u:<bucket>`` (spend per calendar period or rolling

@@ -21,7 +21,7 @@ from collector_processor.domain.usage import UsageRecord
 from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
 from collector_processor.store.redis.codec import SEP
 
-__all__ = ["alerts_after", "load_alerts", "usage_records", "usage_rows"]
+__all__ = ["alert_sequences_after", "load_alerts", "usage_records", "usage_rows"]
 
 _SLOT_MS = 900_000
 _PAGE = 2000
@@ -145,9 +145,10 @@ def load_alerts(client: Any, prefix: str, sequences: Sequence[int]) -> list[Aler
     return sorted(out, key=lambda a: a.sequence)
 
 
-def alerts_after(
+def alert_sequences_after(
     client: Any, prefix: str, sequence: int, *, limit: int, budget_ids: Sequence[str]
-) -> list[Alert]:
+) -> list[int]:
+    """The first ``limit`` sequences of the log after ``sequence`` (of ``budget_ids``' alerts, if any)."""
     low = f"({sequence}"
     if not budget_ids:
         seqs = {int(s) for s in client.zrangebyscore(f"{prefix}:alerts", low, "+inf", start=0, num=limit)}
@@ -156,7 +157,7 @@ def alerts_after(
         for bid in budget_ids:
             found = client.zrangebyscore(f"{prefix}:alerts:b:{bid}", low, "+inf", start=0, num=limit)
             seqs.update(int(s) for s in found)
-    return load_alerts(client, prefix, sorted(seqs)[:limit])
+    return sorted(seqs)[:limit]
 
 
 def _alert(seq: int, h: dict[str, str]) -> Alert:

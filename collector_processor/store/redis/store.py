@@ -96,6 +96,7 @@ from collector_processor.store.redis.codec import (
 )
 from collector_processor.store.redis.link import RedisLink
 from collector_processor.store.redis.requests import Chain, RequestBook, open_states, request_keys, states_of
+from collector_processor.store.redis.schema import SCHEMA_VERSION, adopt_alerts, ensure_schema
 from collector_processor.store.redis.scripts import SPEC_FIELDS
 from collector_processor.store.shared import (
     check_fingerprint,
@@ -113,7 +114,6 @@ __all__ = ["SCHEMA_VERSION", "RedisStore", "check_namespace"]
 
 log = logging.getLogger("paymaster.sidecar.store.redis")
 
-SCHEMA_VERSION = 2
 _ATTEMPTS = 8
 _REMEMBERED = 100_000
 _EXACT_LIMIT = 2**53 - 1
@@ -205,12 +205,8 @@ class RedisStore:
         # A version that starts from the clock never repeats one a replica may have cached before the
         # data was lost, so a stale cache is always noticed.
         self._client.hsetnx(meta, "version", time.time_ns() // 1000)
-        self._client.hsetnx(meta, "schema", SCHEMA_VERSION)
-        schema = self._client.hget(meta, "schema")
-        if str(schema) != str(SCHEMA_VERSION):
-            raise StoreUnavailableError(
-                f"namespace {quote(self.namespace)} holds a ledger of schema {schema}; this sidecar reads {SCHEMA_VERSION}"
-            )
+        # A new namespace starts at the current schema; one an older sidecar wrote is upgraded in place.
+        ensure_schema(self._link, self.namespace)
 
     def _after_reconnect(self) -> None:
         """Redis is back. If it came back empty (restarted without persistence), say so loudly and
@@ -978,9 +974,12 @@ class RedisStore:
 
     # -- alerts ----------------------------------------------------------------------------------
     def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:
-        return self._link.call(
-            lambda: reports.alerts_after(self._client, self._p, sequence, limit=limit, budget_ids=budget_ids)
+        seqs = self._link.call(
+            lambda: reports.alert_sequences_after(
+                self._client, self._p, sequence, limit=limit, budget_ids=budget_ids
+            )
         )
+        return self._alerts(seqs)
 
     def last_alert_sequence(self) -> int:
         newest = self._link.call(lambda: self._client.zrevrange(f"{self._p}:alerts", 0, 0))
@@ -992,7 +991,18 @@ class RedisStore:
         seqs = self._link.script(
             "claim_alerts", [owner, str(now_ms), str(now_ms + lease_ms), str(limit), "5000"], self._k.alerts
         )
-        return self._link.call(lambda: reports.load_alerts(self._client, self._p, [int(s) for s in seqs]))
+        return self._alerts([int(s) for s in seqs])
+
+    def _alerts(self, seqs: list[int]) -> list[Alert]:
+        """The alerts of ``seqs``. One missing from the log (rare: pruned meanwhile) may have been written
+        in the layout of schema 1 by an older sidecar still running on the namespace after it was
+        upgraded: such alerts are moved into the log and read again."""
+        alerts = self._link.call(lambda: reports.load_alerts(self._client, self._p, seqs))
+        if len(alerts) < len(seqs):
+            found = {a.sequence for a in alerts}
+            if adopt_alerts(self._link, self.namespace, [s for s in seqs if s not in found]):
+                alerts = self._link.call(lambda: reports.load_alerts(self._client, self._p, seqs))
+        return alerts
 
     def ack_alerts(self, sequences: Sequence[int], *, now_ms: int) -> None:
         if sequences:
