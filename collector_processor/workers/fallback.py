@@ -26,7 +26,7 @@ __all__ = ["NotServing"]
 _MESSAGE = "no worker of this sidecar is serving (one is being restarted); retry"
 
 
-class _Unavailable(grpc.GenericRpcHandler):
+class _Unavailable(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Every method but health checking: UNAVAILABLE."""
 
     def service(self, handler_call_details: Any) -> Any:

@@ -37,9 +37,7 @@ class Worker:
         self._terminated = False
 
     def start(self) -> bool:
-        share = Share.worker(
-            on_alert=lambda: self.link.send("alerts"), on_tokens=lambda: self.link.send("tokens")
-        )
+        share = Share.worker(on_alert=self._alerts_fired, on_tokens=self._tokens_changed)
         try:
             self.sidecar = create_sidecar(self.config, share=share).start()
         except ConfigError as exc:
@@ -52,6 +50,12 @@ class Worker:
         described = [component.describe() for component in self.sidecar.components]
         self.link.send("ready", os.getpid(), described)
         return True
+
+    def _alerts_fired(self) -> None:
+        self.link.send("alerts")
+
+    def _tokens_changed(self) -> None:
+        self.link.send("tokens")
 
     def serve(self) -> None:
         """Answer the supervisor until told to stop or the channel closes."""
