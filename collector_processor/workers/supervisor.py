@@ -188,18 +188,29 @@ class Supervisor:
     def snapshot(self) -> MetricsSnapshot:
         """Every worker's counts (asked for now), those of workers that died, and the host's own, summed."""
         with self._lock:
-            self._requests += 1
-            request = self._requests
-            asked = [w for w in self._live.values() if w.ready and w.link.send("snapshot", request)]
-            deadline = time.monotonic() + _SNAPSHOT_TIMEOUT_S
-            while any(w.answered != request and self._live.get(w.slot) is w for w in asked):
-                left = deadline - time.monotonic()
-                if left <= 0:  # a busy or dying worker: its last counts stand in
-                    break
-                self._lock.wait(left)
+            self._ask()
             parts = [self._retired, *(w.counts for w in self._live.values() if w.counts is not None)]
         own = self.host.metrics.snapshot() if self.host is not None else merge(())
         return self._caps.apply(merge([own, *parts]))
+
+    def worker_counts(self) -> dict[int, MetricsSnapshot]:
+        """Each live worker's own counts, by slot, asked for now."""
+        with self._lock:
+            self._ask()
+            return {slot: w.counts for slot, w in self._live.items() if w.counts is not None}
+
+    def _ask(self) -> None:
+        """Ask every serving worker for its counts and wait for the answers (with the lock held); a
+        worker that does not answer in time (busy, or dying) is summed with its last counts."""
+        self._requests += 1
+        request = self._requests
+        asked = [w for w in self._live.values() if w.ready and w.link.send("snapshot", request)]
+        deadline = time.monotonic() + _SNAPSHOT_TIMEOUT_S
+        while any(w.answered != request and self._live.get(w.slot) is w for w in asked):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._lock.wait(left)
 
     # -- starting --------------------------------------------------------------------------------
     def _hold_ports(self) -> None:
