@@ -4,7 +4,7 @@ here; each worker is a child process serving the budget API and OTLP on the shar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,10 @@ class Workers:
     logs: InMemoryLogRecordExporter
     backing: StoreFactory
     channels: list[grpc.Channel] = field(default_factory=list)
+    connect: Callable[[str], grpc.Channel] | None = None
+    """Opens a channel of its own to an address (default: plaintext)."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    """Sent with the calls that find a connection's worker (a token, with ``[auth]`` on)."""
 
     @property
     def address(self) -> str:
@@ -44,7 +48,12 @@ class Workers:
 
     def stub(self, *, metadata_channel: grpc.Channel | None = None) -> budget_pb2_grpc.BudgetServiceStub:
         """A stub on a connection of its own (so on whichever worker the kernel picks for it)."""
-        channel = metadata_channel or grpc.insecure_channel(self.address, options=OWN_CONNECTION)
+        if metadata_channel is not None:
+            channel = metadata_channel
+        elif self.connect is not None:
+            channel = self.connect(self.address)
+        else:
+            channel = grpc.insecure_channel(self.address, options=OWN_CONNECTION)
         self.channels.append(channel)
         return budget_pb2_grpc.BudgetServiceStub(channel)
 
@@ -59,7 +68,9 @@ class Workers:
     def worker_of(self, stub: budget_pb2_grpc.BudgetServiceStub) -> int:
         """The slot of the worker that serves ``stub``'s connection."""
         before = self.served("CheckBudget")
-        stub.CheckBudget(pb.CheckBudgetRequest(scopes=pb.ScopeIds(team="probe")), timeout=10)
+        stub.CheckBudget(
+            pb.CheckBudgetRequest(scopes=pb.ScopeIds(team="probe")), metadata=self.metadata, timeout=10
+        )
         after = self.served("CheckBudget")
         (slot,) = [s for s in after if after[s] > before.get(s, 0)]
         return slot
