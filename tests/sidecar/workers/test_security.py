@@ -69,11 +69,13 @@ def test_every_worker_serves_over_tls_and_only_callers_with_credentials(secured:
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         stub.ListBudgets(pb.ListBudgetsRequest(), metadata=ROOT, timeout=5)
     for _ in range(8):  # plaintext reaches no worker
-        with grpc.insecure_channel(secured.address, options=OWN_CONNECTION) as plain:
-            with pytest.raises(grpc.RpcError):
-                budget_pb2_grpc.BudgetServiceStub(plain).ListBudgets(
-                    pb.ListBudgetsRequest(), metadata=ROOT, timeout=2
-                )
+        with (
+            grpc.insecure_channel(secured.address, options=OWN_CONNECTION) as plain,
+            pytest.raises(grpc.RpcError),
+        ):
+            budget_pb2_grpc.BudgetServiceStub(plain).ListBudgets(
+                pb.ListBudgetsRequest(), metadata=ROOT, timeout=2
+            )
 
 
 def test_a_token_issued_or_revoked_through_one_worker_counts_on_every_worker_at_once(
