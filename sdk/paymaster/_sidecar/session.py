@@ -68,7 +68,12 @@ class BudgetSession:
         self.tel = run.tel
         self.base = base
         self.calls = Calls(budget, run.tel)
-        self.leases = None if budget.lease is None else LeaseDesk(budget.lease, self.calls, run.tel)
+        self.shared = budget.shared_leases
+        self.leases = (
+            None
+            if budget.lease is None or self.shared is not None
+            else LeaseDesk(budget.lease, self.calls, run.tel)
+        )
         self._steps: dict[int, _StepFacts] = {}
         self._ttl_ms = None if budget.reservation_ttl_s is None else int(budget.reservation_ttl_s * 1000)
 
@@ -79,6 +84,17 @@ class BudgetSession:
         facts = self._steps.get(id(step))
         if facts is None:
             facts = self._learn(step)
+        shared = self.shared
+        if shared is not None:
+            drawn = shared.draw(facts.scopes, step, estimate, record, span, self.tel)
+            if drawn is not None:
+                return drawn
+            try:
+                drawn = await shared.acquire(facts.scopes, step, estimate, record, span, self.tel)
+            except Unreachable as exc:
+                return self._unreachable(step, estimate, facts.scopes, exc, record, span)
+            if drawn is not None:
+                return drawn
         pool = facts.pool
         if pool is not None:
             assert self.leases is not None
@@ -111,6 +127,8 @@ class BudgetSession:
                 f"its cost is unknown; the sidecar is charged its estimate ${wire.wire_usd(cost)}"
             )
         mode = admission.mode
+        if mode == "lease" and self.shared is not None:
+            return await self.shared.spent(admission, ticket.estimate.cost_usd, cost, usage)
         if mode == "lease":
             lease = admission.lease
             assert lease is not None and self.leases is not None
@@ -154,6 +172,8 @@ class BudgetSession:
         admission.abandoned = True
         if admission.mode == "reservation" and ticket.reservation_id:
             self.calls.spawn(self.calls.release(ticket.reservation_id))
+        elif admission.mode == "lease" and admission.lease is not None and self.shared is not None:
+            self.shared.give_back(admission)
         elif admission.mode == "lease" and admission.lease is not None and self.leases is not None:
             self.leases.give_back(admission)
 
@@ -192,6 +212,8 @@ class BudgetSession:
             return self._unreachable(step, estimate, scopes, exc, record, span)
         if self.leases is not None:
             self.leases.note_headroom(scopes, response.budget_info, wire.usd(response.reserved_usd))
+        elif self.shared is not None:
+            self.shared.note_headroom(scopes, response.budget_info, wire.usd(response.reserved_usd))
         return await self._decided(response, step, estimate, cheaper, path, scopes, record, span)
 
     async def _decided(
