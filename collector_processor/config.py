@@ -24,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from collector_processor.auth.config import AuthSection, TlsSection
-from collector_processor.domain.budgets import BudgetDraft, OnExceed, Scope, build_budget, check_thresholds
+from collector_processor.domain.budgets import (
+    BudgetDraft,
+    OnExceed,
+    Scope,
+    Tier,
+    build_budget,
+    check_thresholds,
+)
 from collector_processor.domain.money import MAX_USD
 from collector_processor.domain.periods import zone
 from collector_processor.errors import InvalidRequestError
@@ -36,6 +43,7 @@ from collector_processor.telemetry.config import DEFAULT_METRICS_LISTEN, Metrics
 from paymaster.exceptions import ConfigError
 
 __all__ = [
+    "DEFAULT_HTTP_LISTEN",
     "DEFAULT_LISTEN",
     "DEFAULT_METRICS_LISTEN",
     "DEFAULT_OTLP_GRPC_LISTEN",
@@ -56,9 +64,11 @@ __all__ = [
 DEFAULT_LISTEN = "127.0.0.1:7310"
 DEFAULT_OTLP_GRPC_LISTEN = "127.0.0.1:7317"
 DEFAULT_OTLP_HTTP_LISTEN = "127.0.0.1:7318"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:7311"
 
 # Thirty days: the longest a reservation may be held, and so its TTL.
 _MAX_TTL_S = 2_592_000
+_MAX_REQUEST_IDLE_S = 604_800
 MAX_LIMIT_USD = Decimal(10) ** 9
 """The largest budget limit, as for every amount on the wire (a billion dollars)."""
 
@@ -100,6 +110,23 @@ class ServerSection(_Section):
         return int(value)
 
 
+class HttpSection(_Section):
+    """The budget API over HTTP/JSON (``api/http``): the gRPC service's operations, AxonFlow's REST
+    paths and ``/openapi.json``, on a port of its own, with the same gate and TLS as every listener."""
+
+    enabled: bool = False
+    listen: str = DEFAULT_HTTP_LISTEN
+    tls: TlsSection = TlsSection()
+    allow_unauthenticated: bool = False
+    basic_auth: bool = True
+    """Accept ``Authorization: Basic`` (AxonFlow's client_id/client_secret) where the secret is a token
+    and the id is the token's name."""
+    max_concurrent_requests: int = Field(default=256, ge=1, le=100_000)
+    max_streams: int = Field(default=16, ge=0, le=1000)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=67_108_864)
+    keepalive_seconds: float = Field(default=5.0, ge=0.1, le=600)
+
+
 class StoreSection(_Section):
     kind: Literal["sqlite", "redis"] = "sqlite"
     # kind = "sqlite"
@@ -120,7 +147,7 @@ class StoreSection(_Section):
     wait_timeout_ms: int = Field(default=100, ge=1, le=60_000)
 
     def describe(self) -> str:
-        """What the start-up line names: the file, or the server without its password."""
+        """The store as messages name it: the file as written, or the server without its password."""
         if self.kind == "redis":
             from collector_processor.store.redis.link import describe_url
 
@@ -144,6 +171,10 @@ class LedgerSection(_Section):
     # The most one request may carry in a money field (other than a budget's limit) and in a token field.
     max_amount_usd: Decimal = Field(default=Decimal(1_000_000), ge=Decimal("0.000001"), le=MAX_USD)
     max_tokens: int = Field(default=10**12, ge=1, le=MAX_TOKENS_CEILING)
+    # Request budgets: how long one stays open without activity when it asks for nothing else, and the
+    # longest a caller may ask for (a week at most).
+    request_idle_ttl_seconds: float = Field(default=600, ge=1, le=_MAX_REQUEST_IDLE_S)
+    max_request_idle_ttl_seconds: float = Field(default=86_400, ge=1, le=_MAX_REQUEST_IDLE_S)
 
 
 class WebhookSection(_Section):
@@ -166,6 +197,13 @@ class ReceiversSection(_Section):
     otlp: OtlpReceiverSection = OtlpReceiverSection()
 
 
+class TierEntry(_Section):
+    """One tier of a budget: ``{at = 80, action = "downgrade"}``."""
+
+    at: int = Field(ge=1, le=1000)
+    action: Literal["warn", "block", "downgrade"]
+
+
 class BudgetEntry(_Section):
     id: str
     name: str = ""
@@ -175,8 +213,10 @@ class BudgetEntry(_Section):
     """Not negative either (refused by the budget rules, like a limit set through the API)."""
     period: str
     time_zone: str = ""
-    on_exceed: Literal["warn", "block", "downgrade"]
+    on_exceed: Literal["warn", "block", "downgrade"] | None = None
+    """Required unless ``tiers`` are given (refused by the budget rules, naming the key)."""
     alert_thresholds: list[int] | None = None
+    tiers: list[TierEntry] = Field(default_factory=list)
     enabled: bool = True
 
     def draft(self) -> BudgetDraft:
@@ -188,8 +228,9 @@ class BudgetEntry(_Section):
             limit_usd=self.limit_usd,
             period=self.period,
             time_zone=self.time_zone,
-            on_exceed=OnExceed(self.on_exceed),
+            on_exceed=None if self.on_exceed is None else OnExceed(self.on_exceed),
             alert_thresholds=None if self.alert_thresholds is None else tuple(self.alert_thresholds),
+            tiers=tuple(Tier(t.at, OnExceed(t.action)) for t in self.tiers),
             enabled=self.enabled,
             declared_in_config=True,
         )
@@ -200,6 +241,7 @@ class SidecarConfig(_Section):
 
     source: str = Field(default="<defaults>", exclude=True)
     server: ServerSection = ServerSection()
+    http: HttpSection = HttpSection()
     auth: AuthSection = AuthSection()
     store: StoreSection = StoreSection()
     ledger: LedgerSection = LedgerSection()
@@ -242,6 +284,8 @@ class SidecarConfig(_Section):
             default_alert_thresholds=tuple(sorted(lg.default_alert_thresholds)),
             max_amount_usd=lg.max_amount_usd,
             max_tokens=lg.max_tokens,
+            request_idle_ttl_ms=int(lg.request_idle_ttl_seconds * 1000),
+            max_request_idle_ttl_ms=int(lg.max_request_idle_ttl_seconds * 1000),
         )
 
     def _check_addresses(self) -> None:
@@ -251,9 +295,13 @@ class SidecarConfig(_Section):
             ("receivers.otlp.grpc_listen", self.receivers.otlp.grpc_listen),
             ("receivers.otlp.http_listen", self.receivers.otlp.http_listen),
             ("metrics.listen", self.metrics.listen),
+            ("http.listen", self.http.listen),
         ):
             if not address and key == "receivers.otlp.http_listen":
                 continue  # OTLP/HTTP turned off
+            if key == "http.listen" and not self.http.enabled:
+                parse_address(address, key)
+                continue
             port = parse_address(address, key)
             if port and port in ports:
                 raise InvalidRequestError(key, f"port {port} is already used by {ports[port]}")
@@ -261,9 +309,24 @@ class SidecarConfig(_Section):
 
     @property
     def base_dir(self) -> Path | None:
-        """The config file's folder, against which the auth and TLS files' relative paths are read."""
+        """The config file's folder, against which every relative path in it is read: ``store.path``,
+        the auth and TLS files, the OTLP receiver's price file."""
         source = Path(self.source)
         return source.parent if self.source not in ("<defaults>", "<string>") else None
+
+    def sqlite_path(self) -> Path:
+        """``store.path`` as the store opens it: a relative path is read from the config file's
+        folder, as every path in the file is (the working directory for the built-in defaults)."""
+        path = Path(self.store.path).expanduser()
+        base = self.base_dir
+        return path if path.is_absolute() or base is None else base / path
+
+    def store_description(self) -> str:
+        """The store for the start-up line: the SQLite file's full path, or the Redis server without
+        its password."""
+        if self.store.kind == "sqlite":
+            return f"sqlite {self.sqlite_path().resolve()}"
+        return self.store.describe()
 
     def listeners(self) -> list[Listener]:
         """Every listener that will open, with its TLS block and whether it authenticates callers."""
@@ -276,6 +339,9 @@ class SidecarConfig(_Section):
             if otlp.http_listen:
                 out.append(Listener("receivers.otlp", otlp.http_listen, otlp.tls, self.auth.enabled,
                                     otlp.allow_unauthenticated, listen_key="http_listen"))  # fmt: skip
+        if self.http.enabled:
+            out.append(Listener("http", self.http.listen, self.http.tls, self.auth.enabled,
+                                self.http.allow_unauthenticated))  # fmt: skip
         if metrics.enabled:
             out.append(Listener("metrics", metrics.listen, metrics.tls, self.auth.enabled and metrics.require_token,
                                 metrics.allow_unauthenticated))  # fmt: skip
@@ -288,6 +354,7 @@ class SidecarConfig(_Section):
         self.server.tls.check("server.tls", base)
         self.receivers.otlp.tls.check("receivers.otlp.tls", base)
         self.metrics.tls.check("metrics.tls", base)
+        self.http.tls.check("http.tls", base)
         if self.metrics.require_token and not self.auth.enabled:
             raise InvalidRequestError(
                 "metrics.require_token", "needs [auth] enabled = true (tokens come from it)"
@@ -296,7 +363,7 @@ class SidecarConfig(_Section):
             raise InvalidRequestError(
                 "auth.clients",
                 "maps client certificates, but no listener verifies them: set client_ca_file in the "
-                "tls block of server, receivers.otlp or metrics",
+                "tls block of server, http, receivers.otlp or metrics",
             )
         for listener in self.listeners():
             if listener.authenticated or listener.allow_unauthenticated or is_loopback(listener.address):
@@ -367,6 +434,12 @@ class SidecarConfig(_Section):
             raise InvalidRequestError("ledger.time_zone", str(exc)) from None
         _at_most(
             "ledger.default_ttl_seconds", lg.default_ttl_seconds, "ledger.max_ttl_seconds", lg.max_ttl_seconds
+        )
+        _at_most(
+            "ledger.request_idle_ttl_seconds",
+            lg.request_idle_ttl_seconds,
+            "ledger.max_request_idle_ttl_seconds",
+            lg.max_request_idle_ttl_seconds,
         )
         check_thresholds(lg.default_alert_thresholds, "ledger.default_alert_thresholds")
 

@@ -16,3 +16,12 @@ def loads_pricing_library(code: str) -> bool:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def loads_module(code: str, module: str) -> bool:
+    """Whether ``code``, run in a fresh interpreter, leaves ``module`` imported."""
+    probe = f"import sys\n{code}\nprint({module!r} in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    return out.stdout.strip().splitlines()[-1] == "True"

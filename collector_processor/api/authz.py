@@ -29,9 +29,9 @@ __all__ = [
 ]
 
 
-def require(action: Action) -> Principal:
-    """The caller, if its roles allow ``action``."""
-    principal = current_principal()
+def require(action: Action, principal: Principal | None = None) -> Principal:
+    """The caller (``principal``, or the gRPC call's), if its roles allow ``action``."""
+    principal = principal or current_principal()
     denial = authorize(principal, action)
     if denial is not None:
         raise PermissionDeniedError(denial.message, denial.reason)

@@ -13,7 +13,15 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from collector_processor.domain.budgets import Budget, BudgetDraft, BudgetPatch, OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import (
+    Budget,
+    BudgetDraft,
+    BudgetPatch,
+    OnExceed,
+    Scope,
+    ScopeSet,
+    Tier,
+)
 from collector_processor.domain.money import (
     format_micros,
     format_percentage,
@@ -21,6 +29,7 @@ from collector_processor.domain.money import (
     format_usd,
     parse_usd,
 )
+from collector_processor.domain.requests import OpenRequestCommand, RequestStatus
 from collector_processor.domain.types import (
     Alert,
     BudgetInfo,
@@ -47,6 +56,7 @@ SCOPE_TO_PB = {
     Scope.AGENT: pb.SCOPE_AGENT,
     Scope.WORKFLOW: pb.SCOPE_WORKFLOW,
     Scope.USER: pb.SCOPE_USER,
+    Scope.REQUEST: pb.SCOPE_REQUEST,
 }
 SCOPE_FROM_PB: dict[int, Scope] = {int(v): k for k, v in SCOPE_TO_PB.items()}
 ACTION_TO_PB = {
@@ -88,6 +98,17 @@ def action_from_pb(value: int, field: str) -> OnExceed:
         raise InvalidRequestError(
             field, f"unknown action {value}: expected warn, block or downgrade"
         ) from None
+
+
+def tiers_from_pb(items: Iterable[pb.Tier], field: str) -> tuple[Tier, ...]:
+    """Tiers as sent (``check_tiers`` orders and checks them); an unknown action names its tier."""
+    return tuple(
+        Tier(t.at_percent, action_from_pb(t.action, f"{field}[{i}].action")) for i, t in enumerate(items)
+    )
+
+
+def tier_to_pb(tier: Tier) -> pb.Tier:
+    return pb.Tier(at_percent=tier.at, action=ACTION_TO_PB[tier.action])
 
 
 def scopes_from_pb(msg: pb.ScopeIds) -> ScopeSet:
@@ -137,6 +158,8 @@ def ttl_ms(msg: duration_pb2.Duration, field: str) -> int:
 
 # -- budgets ---------------------------------------------------------------------------------------
 def draft_from_pb(msg: pb.Budget) -> BudgetDraft:
+    tiers = tiers_from_pb(msg.tiers, "budget.tiers")
+    unspecified = msg.on_exceed == pb.ON_EXCEED_UNSPECIFIED and tiers
     return BudgetDraft(
         id=msg.id,
         name=msg.name,
@@ -145,8 +168,9 @@ def draft_from_pb(msg: pb.Budget) -> BudgetDraft:
         limit_usd=parse_usd(msg.limit_usd, "budget.limit_usd"),
         period=msg.period,
         time_zone=msg.time_zone,
-        on_exceed=action_from_pb(msg.on_exceed, "budget.on_exceed"),
+        on_exceed=None if unspecified else action_from_pb(msg.on_exceed, "budget.on_exceed"),
         alert_thresholds=tuple(msg.alert_thresholds) or None,
+        tiers=tiers,
         enabled=msg.enabled if msg.HasField("enabled") else True,
     )
 
@@ -157,6 +181,7 @@ def patch_from_pb(msg: pb.UpdateBudgetRequest) -> BudgetPatch:
         limit_usd=parse_usd(msg.limit_usd, "limit_usd") if msg.HasField("limit_usd") else None,
         on_exceed=action_from_pb(msg.on_exceed, "on_exceed") if msg.HasField("on_exceed") else None,
         alert_thresholds=tuple(msg.alert_thresholds.percent) if msg.HasField("alert_thresholds") else None,
+        tiers=tiers_from_pb(msg.tiers.tiers, "tiers") if msg.HasField("tiers") else None,
         enabled=msg.enabled if msg.HasField("enabled") else None,
     )
 
@@ -166,7 +191,7 @@ def budget_to_pb(b: Budget) -> pb.Budget:
         id=b.id,
         name=b.name,
         scope=SCOPE_TO_PB[b.scope],
-        limit_usd=str(b.limit_usd),
+        limit_usd=format_usd(b.limit_usd),
         period=b.period.spec,
         time_zone=b.time_zone,
         on_exceed=ACTION_TO_PB[b.on_exceed],
@@ -175,6 +200,7 @@ def budget_to_pb(b: Budget) -> pb.Budget:
         declared_in_config=b.declared_in_config,
         created_at=ts(b.created_ms),
         updated_at=ts(b.updated_ms),
+        tiers=[tier_to_pb(t) for t in b.tiers],
     )
     if b.scope_id is not None:
         msg.scope_id = b.scope_id
@@ -200,6 +226,11 @@ def add_infos(target: Any, infos: Iterable[BudgetInfo]) -> None:
         )
         _set_ts(msg.period_start, i.period_start_ms)
         _set_ts(msg.period_end, i.period_end_ms)
+        if i.tier is not None:
+            msg.tier.at_percent = i.tier.at
+            msg.tier.action = ACTION_TO_PB[i.tier.action]
+        if i.tiers:
+            msg.tiers.extend(tier_to_pb(t) for t in i.tiers)
 
 
 def _set_ts(msg: timestamp_pb2.Timestamp, ms: int) -> None:
@@ -216,6 +247,8 @@ def check_to_pb(o: CheckOutcome) -> pb.CheckBudgetResponse:
         warn=bool(o.warnings),
         warnings=o.warnings,
     )
+    if o.deciding_tier is not None:
+        msg.deciding_tier.CopyFrom(tier_to_pb(o.deciding_tier))
     add_infos(msg.budget_info, o.budget_info)
     return msg
 
@@ -235,6 +268,8 @@ def reserve_from_pb(msg: pb.ReserveRequest, *, owner: str = "") -> ReserveComman
         ),
         downgrade_of=msg.downgrade_of,
         model=facts_from_pb(msg.model) if msg.HasField("model") else None,
+        request_budget=msg.request_budget_id,
+        service=msg.service,
     )
 
 
@@ -250,6 +285,8 @@ def reserve_to_pb(o: ReserveOutcome) -> pb.ReserveResponse:
         awaiting_downgrade_estimate=o.awaiting_downgrade_estimate,
         replayed=o.replayed,
     )
+    if o.deciding_tier is not None:
+        msg.deciding_tier.CopyFrom(tier_to_pb(o.deciding_tier))
     if o.expires_ms:
         _set_ts(msg.expires_at, o.expires_ms)
     add_infos(msg.budget_info, o.budget_info)
@@ -291,6 +328,8 @@ def record_from_pb(msg: pb.RecordUsageRequest, *, owner: str = "") -> RecordUsag
         usage=facts_from_pb(msg.usage),
         occurred_ms=ts_to_ms(msg.occurred_at, "occurred_at") if msg.HasField("occurred_at") else None,
         reservation_id=msg.reservation_id,
+        request_budget=msg.request_budget_id,
+        service=msg.service,
     )
 
 
@@ -316,6 +355,67 @@ def status_to_pb(s: BudgetStatus) -> pb.BudgetStatus:
         projected_usd=format_usd(s.projected_usd),
         alerts_fired=s.alerts_fired,
     )
+
+
+# -- request budgets -------------------------------------------------------------------------------
+def open_request_from_pb(msg: pb.OpenRequestBudgetRequest, *, owner: str = "") -> OpenRequestCommand:
+    fraction = None
+    if msg.fraction:
+        fraction = parse_usd(msg.fraction, "fraction")  # the same exact-decimal rule as money
+    return OpenRequestCommand(
+        request_id=msg.id,
+        name=msg.name,
+        parent_id=msg.parent_id,
+        limit_usd=parse_usd(msg.limit_usd, "limit_usd") if msg.limit_usd else None,
+        fraction=fraction,
+        tiers=tiers_from_pb(msg.tiers, "tiers"),
+        idle_ttl_ms=ttl_ms(msg.idle_ttl, "idle_ttl") if msg.HasField("idle_ttl") else None,
+        owner=owner,
+    )
+
+
+def request_to_pb(r: RequestStatus) -> pb.RequestBudget:
+    b = r.budget
+    msg = pb.RequestBudget(
+        id=b.id,
+        name=b.name,
+        ancestor_ids=b.chain,
+        limit_usd=format_micros(b.limit_micros),
+        tiers=[tier_to_pb(t) for t in b.tiers],
+        used_usd=format_micros(r.used_micros),
+        reserved_usd=format_micros(r.reserved_micros),
+        remaining_usd=format_micros(max(b.limit_micros - r.used_micros - r.reserved_micros, 0)),
+        opened_at=ts(b.created_ms),
+        expires_at=ts(r.expires_ms),
+        by_service=[
+            pb.ServiceSpend(service=name, used_usd=format_micros(used)) for name, used in r.by_service
+        ],
+        clamped=r.clamped,
+    )
+    msg.idle_ttl.FromMilliseconds(b.idle_ttl_ms)
+    return msg
+
+
+def request_status_to_pb(r: RequestStatus) -> pb.BudgetStatus:
+    """A request budget's standing as a ``BudgetStatus`` (scope ``request``, period ``request``)."""
+    state = r.state()
+    budget = state.budget
+    msg = pb.BudgetStatus(
+        budget=budget_to_pb(budget),
+        scope_id=budget.id,
+        used_usd=format_micros(r.used_micros),
+        reserved_usd=format_micros(r.reserved_micros),
+        remaining_usd=format_micros(max(state.limit - r.used_micros - r.reserved_micros, 0)),
+        percentage=format_percentage_of(r.used_micros, state.limit),
+        exceeded=r.used_micros >= state.limit,
+        period_start=ts(budget.created_ms),
+        period_end=ts(r.expires_ms),
+        burn_rate_usd_per_hour="0.000000",
+        projected_usd=format_micros(r.used_micros),
+        request=request_to_pb(r),
+    )
+    msg.budget.ClearField("updated_at")
+    return msg
 
 
 def usage_query_from_pb(msg: pb.GetUsageRequest) -> UsageQuery:
@@ -380,4 +480,5 @@ def alert_to_pb(a: Alert) -> pb.Alert:
         period_end=ts(a.period_end_ms),
         fired_at=ts(a.fired_ms),
         message=a.message,
+        tier=a.tier,
     )

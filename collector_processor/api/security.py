@@ -2,7 +2,7 @@
 
 Built once by the factory: the ``TokenBook`` (issued tokens read from the store, bootstrap tokens from
 the config's file and environment variable), the client certificates of ``[[auth.clients]]``, and for
-each listener (the budget API, the OTLP receivers, ``/metrics``) a ``Gate`` that requires
+each listener (the budget API over gRPC and over HTTP, the OTLP receivers, ``/metrics``) a ``Gate`` that requires
 authentication exactly when ``[auth]`` is on (``/metrics`` when it also says ``require_token``) and a
 ``ServerTls`` when its ``tls`` block names a certificate. Refused callers are counted in
 ``paymaster_auth_denied_total{listener, principal, reason}``; listeners that serve anyone on a
@@ -81,6 +81,7 @@ class Security:
         self.otlp = self._guard(
             "otlp", config.receivers.otlp.tls, "receivers.otlp.tls", required=auth.enabled
         )
+        self.http = self._guard("http", config.http.tls, "http.tls", required=auth.enabled)
         self.metrics = self._guard(
             "metrics",
             config.metrics.tls,

@@ -36,6 +36,7 @@ from collector_processor.alerts.sinks import OtelLogSink, WebhookSink
 from collector_processor.api.batching import Batcher
 from collector_processor.api.security import Security
 from collector_processor.api.servicer import BudgetServicer, add_to_server
+from collector_processor.api.startup import startup_lines
 from collector_processor.auth.desk import TokenDesk
 from collector_processor.auth.rpc import GatedServer
 from collector_processor.config import SidecarConfig, create_default_config, load_config, parse_address
@@ -350,7 +351,7 @@ def create_sidecar(
     on_close: list[Any] = []
     logger_provider = logger_provider or _otlp_logger_provider(config, on_close)
     dispatcher = _dispatcher(config, store, clock, logger_provider, on_close) if share.host else None
-    ledger.set_alert_listener(_listener(hub, dispatcher, share.on_alert))
+    ledger.set_alert_listener(_listener(hub, dispatcher, components, share.on_alert))
     lg = config.ledger
     sweeper = (
         Sweeper(
@@ -411,7 +412,7 @@ def _open_store(config: SidecarConfig) -> LedgerStore:
                 wait_replicas=s.wait_replicas,
                 wait_timeout_ms=s.wait_timeout_ms,
             )
-        return SqliteStore(s.path, synchronous=s.synchronous, busy_timeout_ms=s.busy_timeout_ms)
+        return SqliteStore(config.sqlite_path(), synchronous=s.synchronous, busy_timeout_ms=s.busy_timeout_ms)
     except StoreUnavailableError as exc:
         raise ConfigError(f"{config.source}: store.{'url' if s.kind == 'redis' else 'path'}: {exc}") from None
 
@@ -441,8 +442,15 @@ def _components(
     security: Security,
     reuse_port: bool = False,
 ) -> list[Component]:
+    components: list[Component] = []
+    if config.http.enabled:
+        try:
+            components.append(_http_api(config, ledger, metrics, exporters, pricing, security))
+        except ConfigError as exc:
+            store.close()
+            raise ConfigError(f"{config.source}: {exc}") from None
     if pricing is None:
-        return []
+        return components
     from collector_processor.otlp import create_otlp_receiver
 
     try:
@@ -461,16 +469,53 @@ def _components(
     except ConfigError as exc:
         store.close()
         raise ConfigError(f"{config.source}: {exc}") from None
-    return [receiver]
+    return [receiver, *components]
+
+
+def _http_api(
+    config: SidecarConfig,
+    ledger: Ledger,
+    metrics: SelfMetrics,
+    exporters: MetricsExporters,
+    pricing: CostCalculator | None,
+    security: Security,
+) -> Component:
+    """The HTTP/JSON API (``[http]``); its pricing endpoint reads the OTLP receiver's prices."""
+    from collector_processor.api.http import create_http_api
+
+    if pricing is None:
+        from collector_processor.otlp import load_pricing
+
+        config_dir = None if config.source.startswith("<") else Path(config.source).parent
+        pricing = load_pricing(config.receivers.otlp, config_dir=config_dir)
+    return create_http_api(
+        config,
+        ledger=ledger,
+        metrics=metrics,
+        service_metrics=exporters.service,
+        guard=security.http,
+        on_denied=security.count_denied,
+        calculator=pricing,
+    )
 
 
 def _listener(
-    hub: AlertHub, dispatcher: AlertDispatcher | None, also: Callable[[], None] | None = None
+    hub: AlertHub,
+    dispatcher: AlertDispatcher | None,
+    components: Sequence[Component] = (),
+    also: Callable[[], None] | None = None,
 ) -> Any:
+    """Told when this process fires alerts: wake the streams here (the budget API's, and those of
+    components with an event loop of their own, the HTTP API), dispatch, and ``also`` (under a
+    supervisor: the other workers and the host's dispatch)."""
+    wakers = [c.notify_alerts for c in components if hasattr(c, "notify_alerts")]
+
     def on_alert() -> None:
         hub.notify()
         if dispatcher is not None:
             dispatcher.wake()
+        for wake in wakers:
+            wake()
         if also is not None:
             also()
 
@@ -557,14 +602,10 @@ def _otlp_logger_provider(config: SidecarConfig, on_close: list[Any]) -> Any:
 
 
 def run(config: SidecarConfig) -> int:
-    """Run a sidecar until SIGTERM or SIGINT; print where it listens."""
+    """Run a sidecar until SIGTERM or SIGINT; print every port it listens on and its store."""
     sidecar = create_sidecar(config).start()
-    print(
-        f"paymaster sidecar listening on {sidecar.address} (store: {config.store.describe()})",
-        flush=True,
-    )
-    for component in sidecar.components:
-        print(f"paymaster sidecar: {component.describe()}", flush=True)
+    for line in startup_lines(sidecar):
+        print(line, flush=True)
 
     def shutdown(signum: int, frame: object) -> None:
         threading.Thread(target=sidecar.stop, name="paymaster-shutdown").start()

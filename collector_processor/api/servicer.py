@@ -239,7 +239,10 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
         scopes = convert.scopes_from_pb(request.scopes)
         authz.require_scopes(principal, scopes)
         estimate = parse_usd(request.estimate_usd, "estimate_usd", required=False)
-        outcome = await self._batcher.run(lambda: self._ledger.check(scopes, estimate))
+        request_budget = request.request_budget_id
+        outcome = await self._batcher.run(
+            lambda: self._ledger.check(scopes, estimate, request_budget=request_budget)
+        )
         self._metrics.checked(outcome)
         return convert.check_to_pb(outcome)
 
@@ -277,10 +280,29 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):  # type: ignore[mis
         self._metrics.recorded(command, outcome)
         return convert.record_to_pb(outcome)
 
+    @_guarded
+    async def OpenRequestBudget(self, request: pb.OpenRequestBudgetRequest, context: Ctx) -> pb.RequestBudget:
+        # A spender may open one: it names no scope, so no grant is involved, and it can only deny more
+        # (docs/security.md, "Request budgets").
+        principal = authz.require(Action.SPEND)
+        command = convert.open_request_from_pb(request, owner=principal.owner)
+        return convert.request_to_pb(
+            await self._batcher.run(lambda: self._ledger.open_request_budget(command))
+        )
+
     # -- reports and alerts ----------------------------------------------------------------------
     @_guarded
     async def GetBudgetStatus(self, request: pb.GetBudgetStatusRequest, context: Ctx) -> pb.BudgetStatus:
         principal = authz.require(Action.READ)
+        if request.request_budget_id:
+            if request.budget_id or request.scope_id:
+                raise InvalidRequestError(
+                    "request_budget_id", "give a budget_id (and scope_id) or a request_budget_id, not both"
+                )
+            request_id = request.request_budget_id
+            return convert.request_status_to_pb(
+                await self._batcher.run(lambda: self._ledger.request_status(request_id))
+            )
         budget_id, scope_id = request.budget_id, request.scope_id
         if not principal.grants.unrestricted:
             budget = authz.require_visible(principal, self._ledger.get_budget(budget_id))

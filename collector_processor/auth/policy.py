@@ -62,6 +62,7 @@ RPC_ACTIONS: dict[str, Action] = {
     "Commit": Action.SPEND,
     "Release": Action.SPEND,
     "RecordUsage": Action.SPEND,
+    "OpenRequestBudget": Action.SPEND,
     "CreateToken": Action.MANAGE_TOKENS,
     "ListTokens": Action.MANAGE_TOKENS,
     "RevokeToken": Action.MANAGE_TOKENS,

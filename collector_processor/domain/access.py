@@ -82,20 +82,19 @@ class AuditEvent:
 
 def budget_record(budget: Budget) -> str:
     """A budget as the audit log keeps it: its definition as JSON (amounts as exact strings)."""
-    return json.dumps(
-        {
-            "id": budget.id,
-            "name": budget.name,
-            "scope": budget.scope.value,
-            "scope_id": budget.scope_id,
-            "limit_usd": str(budget.limit_usd),
-            "period": budget.period.spec,
-            "time_zone": budget.time_zone,
-            "on_exceed": budget.on_exceed.value,
-            "alert_thresholds": list(budget.alert_thresholds),
-            "enabled": budget.enabled,
-            "declared_in_config": budget.declared_in_config,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    record: dict[str, object] = {
+        "id": budget.id,
+        "name": budget.name,
+        "scope": budget.scope.value,
+        "scope_id": budget.scope_id,
+        "limit_usd": str(budget.limit_usd),
+        "period": budget.period.spec,
+        "time_zone": budget.time_zone,
+        "on_exceed": budget.on_exceed.value,
+        "alert_thresholds": list(budget.alert_thresholds),
+        "enabled": budget.enabled,
+        "declared_in_config": budget.declared_in_config,
+    }
+    if budget.tiers:  # a single-action budget's record reads as it always has
+        record["tiers"] = [{"at": t.at, "action": t.action.value} for t in budget.tiers]
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))

@@ -8,6 +8,7 @@ config and the CLI all report the same precise message.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -20,17 +21,22 @@ from paymaster.exceptions import quote
 
 __all__ = [
     "SCOPE_ORDER",
+    "TIER_ORDER",
     "Budget",
     "BudgetDraft",
     "BudgetPatch",
     "OnExceed",
     "Scope",
     "ScopeSet",
+    "Tier",
     "apply_patch",
     "build_budget",
     "check_budget_id",
     "check_scope_id",
     "check_thresholds",
+    "check_tiers",
+    "decode_tiers",
+    "encode_tiers",
 ]
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -45,9 +51,13 @@ class Scope(StrEnum):
     AGENT = "agent"
     WORKFLOW = "workflow"
     USER = "user"
+    REQUEST = "request"
+    """One request across every service it touches: the scope of request budgets only, which are
+    opened per request and reached by their id (``domain.requests``); no spend names it as a scope id."""
 
 
-SCOPE_ORDER: tuple[Scope, ...] = tuple(Scope)
+SCOPE_ORDER: tuple[Scope, ...] = (Scope.ORGANIZATION, Scope.TEAM, Scope.AGENT, Scope.WORKFLOW, Scope.USER)
+"""The scopes a unit of spend names ids for, in the order requests list them."""
 _ORGANIZATION, _TEAM, _AGENT, _WORKFLOW, _USER = SCOPE_ORDER
 
 
@@ -57,6 +67,42 @@ class OnExceed(StrEnum):
     WARN = "warn"
     BLOCK = "block"
     DOWNGRADE = "downgrade"
+
+
+TIER_ORDER: dict[OnExceed, int] = {OnExceed.WARN: 0, OnExceed.DOWNGRADE: 1, OnExceed.BLOCK: 2}
+"""How strict each action is: a budget's tiers never get less strict as they rise."""
+MAX_TIERS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One step of a tiered budget: what a request that takes the budget past ``at`` percent of its
+    limit gets. A budget without tiers acts as if it had one, ``Tier(100, on_exceed)``."""
+
+    at: int
+    """Percent of the limit, 1-1000."""
+    action: OnExceed
+    """What a request past it gets."""
+
+    def __str__(self) -> str:
+        return f"{self.action.value} at {self.at}%"
+
+
+def encode_tiers(tiers: Iterable[Tier]) -> str:
+    """``50:warn,80:downgrade,100:block``: how the stores keep a budget's tiers."""
+    return ",".join(f"{t.at}:{t.action.value}" for t in tiers)
+
+
+def decode_tiers(text: str) -> tuple[Tier, ...]:
+    """The tiers ``encode_tiers`` wrote."""
+    out = []
+    for item in text.split(",") if text else ():
+        at, action = item.split(":")
+        out.append(Tier(int(at), OnExceed(action)))
+    return tuple(out)
+
+
+_SINGLE: dict[OnExceed, tuple[Tier, ...]] = {action: (Tier(100, action),) for action in OnExceed}
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -124,9 +170,12 @@ class Budget:
     time_zone: str
     """IANA zone that calendar periods are aligned in."""
     on_exceed: OnExceed
-    """What a request past the limit gets."""
+    """What a request past the limit gets; for a tiered budget, the action of its strictest tier."""
     alert_thresholds: tuple[int, ...]
     """Ascending percentages of the limit at which an alert fires once per period."""
+    tiers: tuple[Tier, ...] = ()
+    """Ordered tiers (ascending ``at``, never less strict as they rise); empty: one action,
+    ``on_exceed`` at 100%."""
     enabled: bool = True
     """Disabled budgets decide nothing and alert nothing, but keep counting spend."""
     declared_in_config: bool = False
@@ -142,8 +191,30 @@ class Budget:
     def is_wildcard(self) -> bool:
         return self.scope_id is None
 
+    @property
+    def effective_tiers(self) -> tuple[Tier, ...]:
+        """The tiers the decision rules apply: the budget's own, or ``on_exceed`` at 100%."""
+        return self.tiers or _SINGLE[self.on_exceed]
+
+    @property
+    def alert_points(self) -> tuple[int, ...]:
+        """The percentages at which an alert fires once per period: the thresholds and every tier."""
+        if not self.tiers:
+            return self.alert_thresholds
+        return tuple(sorted({*self.alert_thresholds, *(t.at for t in self.tiers)}))
+
+    def tier_at(self, percent: int) -> Tier | None:
+        """The tier at ``percent``, if the budget has tiers and one is there."""
+        for tier in self.tiers:
+            if tier.at == percent:
+                return tier
+        return None
+
     def label(self, entity: str) -> str:
-        """``'Search daily' (team=search)`` — how messages name the budget and the entity."""
+        """``'Search daily' (team=search)`` — how messages name the budget and the entity (a request
+        budget named by its id alone: ``'rq_5f0c…'``)."""
+        if self.scope is Scope.REQUEST and self.name == entity:
+            return f"'{self.name}' (request)"
         return f"'{self.name}' ({self.scope.value}={entity})"
 
 
@@ -166,9 +237,11 @@ class BudgetDraft:
     time_zone: str = ""
     """Empty: the sidecar's default."""
     on_exceed: OnExceed | None = None
-    """Required."""
+    """Required unless ``tiers`` are given (then it may only repeat the strictest tier's action)."""
     alert_thresholds: tuple[int, ...] | None = None
     """``None``: the sidecar's default thresholds."""
+    tiers: tuple[Tier, ...] = ()
+    """Ordered tiers instead of one action; empty: one action, ``on_exceed``."""
     enabled: bool = True
     """Whether it takes part in decisions."""
     declared_in_config: bool = False
@@ -187,13 +260,16 @@ class BudgetPatch:
     """New action."""
     alert_thresholds: tuple[int, ...] | None = None
     """New thresholds; an empty tuple turns threshold alerts off."""
+    tiers: tuple[Tier, ...] | None = None
+    """New tiers; an empty tuple makes the budget single-action again (``on_exceed``, or the action
+    of its strictest tier so far)."""
     enabled: bool | None = None
     """Enable or disable."""
 
     def is_empty(self) -> bool:
         return all(
             getattr(self, f) is None
-            for f in ("name", "limit_usd", "on_exceed", "alert_thresholds", "enabled")
+            for f in ("name", "limit_usd", "on_exceed", "alert_thresholds", "tiers", "enabled")
         )
 
 
@@ -225,6 +301,50 @@ def check_thresholds(values: Iterable[int], field_name: str = "alert_thresholds"
     return tuple(out)
 
 
+def check_tiers(values: Iterable[Tier], field_name: str = "tiers") -> tuple[Tier, ...]:
+    """Tiers in ascending order, each 1-1000 percent, no two at one percentage, and never less strict
+    than the tier below (warn, then downgrade, then block)."""
+    given = list(values)
+    if len(given) > MAX_TIERS:
+        raise InvalidRequestError(field_name, f"at most {MAX_TIERS} tiers, got {len(given)}")
+    for i, tier in enumerate(given):
+        at = tier.at
+        if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at <= 1000:
+            raise InvalidRequestError(
+                f"{field_name}[{i}].at", f"must be a whole percentage 1-1000, got {quote(at)}"
+            )
+        if not isinstance(tier.action, OnExceed):
+            raise InvalidRequestError(f"{field_name}[{i}].action", "must be one of warn, downgrade, block")
+    ordered = sorted(given, key=lambda t: t.at)
+    for below, above in itertools.pairwise(ordered):
+        if below.at == above.at:
+            raise InvalidRequestError(
+                field_name, f"two tiers at {above.at}%; each tier needs its own percentage"
+            )
+        if TIER_ORDER[above.action] < TIER_ORDER[below.action]:
+            raise InvalidRequestError(
+                field_name,
+                f"the {above.action.value} tier at {above.at}% is less strict than the {below.action.value} tier "
+                f"at {below.at}% below it; tiers go warn, then downgrade, then block as they rise",
+            )
+    return tuple(ordered)
+
+
+def _tiered_action(tiers: tuple[Tier, ...], on_exceed: OnExceed | None, field_prefix: str) -> OnExceed | None:
+    """The ``on_exceed`` of a budget with ``tiers``: its strictest tier's action (an ``on_exceed``
+    given as well must say the same)."""
+    if not tiers:
+        return on_exceed
+    top = tiers[-1].action
+    if on_exceed is not None and on_exceed is not top:
+        raise InvalidRequestError(
+            f"{field_prefix}on_exceed",
+            f"is {on_exceed.value}, but the strictest of the tiers is {top.value}; give tiers or on_exceed, "
+            "or make them agree",
+        )
+    return top
+
+
 def build_budget(
     draft: BudgetDraft,
     *,
@@ -238,7 +358,15 @@ def build_budget(
     p = field_prefix
     budget_id = check_budget_id(draft.id or generated_id, f"{p}id")
     if draft.scope is None:
-        raise InvalidRequestError(f"{p}scope", "is required: one of " + ", ".join(s.value for s in Scope))
+        raise InvalidRequestError(
+            f"{p}scope", "is required: one of " + ", ".join(s.value for s in SCOPE_ORDER)
+        )
+    if draft.scope is Scope.REQUEST:
+        raise InvalidRequestError(
+            f"{p}scope",
+            "request budgets are opened per request (OpenRequestBudget, or request_budget() in the SDK), "
+            "not created: choose one of " + ", ".join(s.value for s in SCOPE_ORDER),
+        )
     if draft.scope_id is not None:
         check_scope_id(draft.scope_id, f"{p}scope_id")
     if draft.limit_usd is None:
@@ -256,8 +384,12 @@ def build_budget(
         zone(tz_name)
     except ValueError as exc:
         raise InvalidRequestError(f"{p}time_zone", str(exc)) from None
-    if draft.on_exceed is None:
-        raise InvalidRequestError(f"{p}on_exceed", "is required: one of warn, block, downgrade")
+    tiers = check_tiers(draft.tiers, f"{p}tiers")
+    on_exceed = _tiered_action(tiers, draft.on_exceed, p)
+    if on_exceed is None:
+        raise InvalidRequestError(
+            f"{p}on_exceed", "is required: one of warn, block, downgrade (or give tiers)"
+        )
     thresholds = default_thresholds if draft.alert_thresholds is None else draft.alert_thresholds
     name = draft.name.strip() or budget_id
     if len(name) > 256 or not name.isprintable():
@@ -270,8 +402,9 @@ def build_budget(
         limit_usd=draft.limit_usd,
         period=period,
         time_zone=tz_name,
-        on_exceed=draft.on_exceed,
+        on_exceed=on_exceed,
         alert_thresholds=check_thresholds(thresholds, f"{p}alert_thresholds"),
+        tiers=tiers,
         enabled=draft.enabled,
         declared_in_config=draft.declared_in_config,
         created_ms=now_ms,
@@ -291,7 +424,20 @@ def apply_patch(budget: Budget, patch: BudgetPatch, *, now_ms: int) -> Budget:
         if patch.limit_usd < 0:
             raise InvalidRequestError("limit_usd", f"must not be negative, got '{patch.limit_usd}'")
         changes["limit_usd"] = patch.limit_usd
-    if patch.on_exceed is not None:
+    if patch.tiers is not None:
+        tiers = check_tiers(patch.tiers)
+        changes["tiers"] = tiers
+        if tiers:
+            changes["on_exceed"] = _tiered_action(tiers, patch.on_exceed, "")
+        elif patch.on_exceed is not None:
+            changes["on_exceed"] = patch.on_exceed
+    elif patch.on_exceed is not None:
+        if budget.tiers and patch.on_exceed is not budget.on_exceed:
+            raise InvalidRequestError(
+                "on_exceed",
+                f"budget {quote(budget.id)} has tiers ({', '.join(map(str, budget.tiers))}); change its tiers, "
+                "or send an empty tier list with on_exceed to make it single-action",
+            )
         changes["on_exceed"] = patch.on_exceed
     if patch.alert_thresholds is not None:
         changes["alert_thresholds"] = check_thresholds(patch.alert_thresholds)

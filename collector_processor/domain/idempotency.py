@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 
-from collector_processor.domain.budgets import ScopeSet
+from collector_processor.domain.budgets import ScopeSet, Tier
 from collector_processor.domain.money import usd_to_micros
+from collector_processor.domain.requests import OpenRequestCommand
 from collector_processor.domain.types import RecordUsageCommand, ReserveCommand, UsageFacts
 
-__all__ = ["owned_key", "record_fingerprint", "reserve_fingerprint"]
+__all__ = ["owned_key", "record_fingerprint", "request_fingerprint", "reserve_fingerprint"]
 
 
 def owned_key(owner: str, key: str) -> str:
@@ -46,6 +47,8 @@ def reserve_fingerprint(c: ReserveCommand) -> str:
     downgrade = "" if c.downgrade_estimate_usd is None else str(usd_to_micros(c.downgrade_estimate_usd))
     model = _facts(c.model) if c.model is not None else []
     parts = ["reserve", *_scopes(c.scopes), str(usd_to_micros(c.estimate_usd)), str(c.estimate_tokens)]
+    if c.request_budget:  # a Reserve without one digests as it always has
+        parts += ["request", c.request_budget]
     return _digest([*parts, downgrade, c.downgrade_of, *model])
 
 
@@ -53,4 +56,14 @@ def record_fingerprint(c: RecordUsageCommand) -> str:
     """What a RecordUsage asks: its scopes, cost, tokens, model, time and reservation."""
     occurred = "" if c.occurred_ms is None else str(c.occurred_ms)
     parts = ["record", *_scopes(c.scopes), str(usd_to_micros(c.cost_usd)), str(c.total_tokens)]
+    if c.request_budget:
+        parts += ["request", c.request_budget]
     return _digest([*parts, *_facts(c.usage), occurred, c.reservation_id])
+
+
+def request_fingerprint(c: OpenRequestCommand, tiers: tuple[Tier, ...], idle_ttl_ms: int) -> str:
+    """What an OpenRequestBudget asks: opening the same id again with the same is a retry."""
+    limit = "" if c.limit_usd is None else str(usd_to_micros(c.limit_usd))
+    fraction = "" if c.fraction is None else str(c.fraction.normalize())
+    parts = ["request", c.owner, c.name.strip(), c.parent_id, limit, fraction, str(idle_ttl_ms)]
+    return _digest([*parts, *(f"{t.at}:{t.action.value}" for t in tiers)])

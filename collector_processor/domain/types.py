@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import IntEnum, StrEnum
 from typing import TypeAlias
 
-from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet, Tier
 from collector_processor.domain.money import micros_to_usd, percentage
 
 __all__ = [
@@ -106,6 +106,11 @@ class BudgetInfo:
     """Start of the period (or window)."""
     period_end_ms: int
     """When the period resets; for a rolling window, the instant of measurement."""
+    tier: Tier | None = None
+    """The highest tier the request reaches (after a charge: that committed spend is past); for a
+    single-action budget, its one tier (``action`` at 100%) exactly when ``exceeded``."""
+    tiers: tuple[Tier, ...] = ()
+    """The budget's tiers; empty for a single-action budget."""
 
     @property
     def remaining_micros(self) -> int:
@@ -148,6 +153,8 @@ class CheckOutcome:
     """Why, for an operator: the budget, its figures, when it resets, what to change."""
     warnings: tuple[str, ...] = ()
     """One sentence per warn budget that would be exceeded."""
+    deciding_tier: Tier | None = None
+    """The tier of the deciding budget that decided."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -176,6 +183,10 @@ class ReserveCommand:
     fingerprint: str = ""
     """What the request asked (``domain.idempotency``), filled by the ledger: a retry with the same
     key must ask the same."""
+    request_budget: str = ""
+    """A request budget (``domain.requests``) held to as well, with every ancestor of it."""
+    service: str = ""
+    """The service reserving (``service.name``), for a request budget's spend by service."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -202,6 +213,8 @@ class ReserveOutcome:
     """Downgrade decided without a cheaper estimate: re-send one with ``downgrade_of``."""
     replayed: bool = False
     """This answer repeats an earlier one."""
+    deciding_tier: Tier | None = None
+    """The tier of the deciding budget that decided."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -274,6 +287,11 @@ class RecordUsageCommand:
     """The principal recording it: its usage ids are its own, and a reservation it names must be its own."""
     fingerprint: str = ""
     """What the request asked, filled by the ledger: a retry with the same usage id must ask the same."""
+    request_budget: str = ""
+    """A request budget charged as well (while it is open), with every ancestor of it; ignored when
+    ``reservation_id`` names a reservation, which charges its own."""
+    service: str = ""
+    """The service that spent it, for a request budget's spend by service."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -325,6 +343,10 @@ class UsageGroup:
     """The model."""
     occurred_ms: int
     """When it happened: the group is charged to the period (or window bucket) of this instant."""
+    request_budget: str = ""
+    """A request budget charged as well (while it is open), with its ancestors."""
+    service: str = ""
+    """The service that spent it (``service.name``), for the request budget's spend by service."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -422,3 +444,5 @@ class Alert:
     """When it fired."""
     message: str
     """One sentence for a human."""
+    tier: bool = False
+    """The threshold is one of the budget's tiers, and ``action`` is that tier's."""

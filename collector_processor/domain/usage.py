@@ -18,12 +18,14 @@ from zoneinfo import ZoneInfo
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.money import micros_to_usd
 from collector_processor.errors import InvalidRequestError
+from paymaster.vocabulary import NO_MODEL
 
 __all__ = [
     "SCOPE_COLUMNS",
     "USAGE_COLUMNS",
     "Dimension",
     "UsageQuery",
+    "UsageRecord",
     "UsageReport",
     "UsageReportRow",
     "UsageRow",
@@ -79,6 +81,8 @@ class Dimension(StrEnum):
 PERIOD_DIMENSIONS = frozenset(
     {Dimension.DAY, Dimension.WEEK, Dimension.MONTH, Dimension.QUARTER, Dimension.YEAR}
 )
+_FACT_DIMENSIONS = frozenset({Dimension.PROVIDER, Dimension.MODEL})
+"""Spend that named no provider or model is reported under ``NO_MODEL``, as the metrics count it."""
 
 
 @dataclass(kw_only=True, frozen=True, slots=True)
@@ -148,6 +152,33 @@ def check_group_by(group_by: Sequence[Dimension]) -> tuple[Dimension, ...]:
     return tuple(group_by)
 
 
+@dataclass(kw_only=True, frozen=True, slots=True)
+class UsageRecord:
+    """One recorded unit of spend (a commit, a recorded usage, an OTLP charge), as reports read it."""
+
+    id: str
+    """The store's key of the record: ``reservation:<id>`` for a commit, the usage id (in its
+    owner's namespace) for recorded usage."""
+    at_ms: int
+    """When the spend happened, epoch milliseconds UTC."""
+    scopes: ScopeSet
+    """Who it was charged to."""
+    provider: str
+    """``gen_ai.provider.name``, or empty."""
+    model: str
+    """The model, or empty."""
+    cost_micros: int
+    """What it cost, micro-dollars."""
+    input_tokens: int
+    """Input tokens."""
+    output_tokens: int
+    """Output tokens."""
+    total_tokens: int
+    """Total tokens."""
+    reservation_id: str
+    """The reservation it settled, or empty."""
+
+
 def columns_for(group_by: Sequence[Dimension]) -> tuple[str, ...]:
     """The store columns a breakdown needs (everything but the period)."""
     return tuple(d.value for d in group_by if d not in PERIOD_DIMENSIONS)
@@ -168,7 +199,9 @@ def build_report(
     for row in rows:
         values = dict(zip(columns, row.keys, strict=True))
         key = tuple(
-            _period_label(d, row.slot_ms, tz, labels) if d in PERIOD_DIMENSIONS else values[d.value] or ""
+            _period_label(d, row.slot_ms, tz, labels)
+            if d in PERIOD_DIMENSIONS
+            else values[d.value] or (NO_MODEL if d in _FACT_DIMENSIONS else "")
             for d in group_by
         )
         figures = (row.cost_micros, row.input_tokens, row.output_tokens, row.total_tokens, row.records)

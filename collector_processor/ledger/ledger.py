@@ -27,11 +27,25 @@ from collector_processor.domain.budgets import (
     check_budget_id,
     check_scope_id,
     check_thresholds,
+    check_tiers,
 )
 from collector_processor.domain.clock import Clock, SystemClock
-from collector_processor.domain.idempotency import owned_key, record_fingerprint, reserve_fingerprint
+from collector_processor.domain.idempotency import (
+    owned_key,
+    record_fingerprint,
+    request_fingerprint,
+    reserve_fingerprint,
+)
 from collector_processor.domain.money import MAX_USD, usd_to_micros
 from collector_processor.domain.periods import zone
+from collector_processor.domain.requests import (
+    OpenRequestCommand,
+    RequestDraft,
+    RequestStatus,
+    check_request_id,
+    check_service,
+    generate_request_id,
+)
 from collector_processor.domain.types import (
     BudgetStatus,
     CheckOutcome,
@@ -50,6 +64,7 @@ from collector_processor.domain.types import (
 from collector_processor.domain.usage import (
     SCOPE_COLUMNS,
     UsageQuery,
+    UsageRecord,
     UsageReport,
     build_report,
     check_group_by,
@@ -89,6 +104,10 @@ class LedgerSettings:
     estimate, an actual cost, recorded usage)."""
     max_tokens: int = 10**12
     """The largest token count one request may carry in any token field."""
+    request_idle_ttl_ms: int = 600_000
+    """Idle TTL of a request budget opened without one."""
+    max_request_idle_ttl_ms: int = 86_400_000
+    """Longest idle TTL a request budget may ask for."""
 
     def validate(self) -> LedgerSettings:
         zone(self.time_zone)
@@ -99,6 +118,8 @@ class LedgerSettings:
             raise ValueError(f"max_amount_usd must be above 0 and at most {MAX_USD:,}")
         if not 0 < self.max_tokens <= MAX_TOKENS_CEILING:
             raise ValueError(f"max_tokens must be above 0 and at most {MAX_TOKENS_CEILING:,}")
+        if not 0 < self.request_idle_ttl_ms <= self.max_request_idle_ttl_ms:
+            raise ValueError("request_idle_ttl must be positive and at most max_request_idle_ttl")
         return self
 
 
@@ -162,7 +183,8 @@ class Ledger:
     def update_budget(self, budget_id: str, patch: BudgetPatch, *, actor: Actor | None = None) -> Budget:
         if patch.is_empty():
             raise InvalidRequestError(
-                "update", "names no field to change (name, limit_usd, on_exceed, alert_thresholds, enabled)"
+                "update",
+                "names no field to change (name, limit_usd, on_exceed, alert_thresholds, tiers, enabled)",
             )
         now = self.clock.now_ms()
         budget = self.store.get_budget(check_budget_id(budget_id)) if actor is not None else None
@@ -236,10 +258,60 @@ class Ledger:
         )
 
     # -- decisions and spend ---------------------------------------------------------------------
-    def check(self, scopes: ScopeSet, estimate_usd: Decimal = Decimal(0)) -> CheckOutcome:
+    def check(
+        self, scopes: ScopeSet, estimate_usd: Decimal = Decimal(0), *, request_budget: str = ""
+    ) -> CheckOutcome:
         scopes.validate()
         self._amount(estimate_usd, "estimate_usd")
-        return self.store.check(scopes, usd_to_micros(estimate_usd), now_ms=self.clock.now_ms())
+        if request_budget:
+            check_request_id(request_budget)
+        return self.store.check(
+            scopes, usd_to_micros(estimate_usd), now_ms=self.clock.now_ms(), request_budget=request_budget
+        )
+
+    # -- request budgets -------------------------------------------------------------------------
+    def open_request_budget(self, command: OpenRequestCommand) -> RequestStatus:
+        """Open a request budget (``domain.requests``): validated here, opened atomically by the store."""
+        c = command
+        request_id = check_request_id(c.request_id, "id") if c.request_id else generate_request_id()
+        name = c.name.strip()
+        if len(name) > 256 or not name.isprintable():
+            raise InvalidRequestError("name", "must be at most 256 printable characters")
+        if c.parent_id:
+            check_request_id(c.parent_id, "parent_id")
+            if c.parent_id == request_id:
+                raise InvalidRequestError("parent_id", "must name another request budget than this one")
+        elif c.limit_usd is None:
+            raise InvalidRequestError("limit_usd", "is required for a request budget without a parent_id")
+        if c.limit_usd is not None:
+            self._amount(c.limit_usd, "limit_usd")
+        if c.fraction is not None:
+            if not c.parent_id:
+                raise InvalidRequestError("fraction", "applies to a request budget opened inside a parent_id")
+            if not c.fraction.is_finite() or not 0 < c.fraction <= 1:
+                raise InvalidRequestError(
+                    "fraction", f"must be above 0 and at most 1, got {quote(str(c.fraction))}"
+                )
+        ttl = self.settings.request_idle_ttl_ms if c.idle_ttl_ms is None else c.idle_ttl_ms
+        if not 0 < ttl <= self.settings.max_request_idle_ttl_ms:
+            raise InvalidRequestError(
+                "idle_ttl",
+                f"must be positive and at most {self.settings.max_request_idle_ttl_ms / 1000:g}s "
+                f"(ledger.max_request_idle_ttl_seconds), got {ttl / 1000:g}s",
+            )
+        tiers = check_tiers(c.tiers)
+        limit = None if c.limit_usd is None else usd_to_micros(c.limit_usd)
+        draft = RequestDraft(
+            id=request_id, name=name, parent_id=c.parent_id, limit_micros=limit, fraction=c.fraction,
+            tiers=tiers, owner=c.owner, idle_ttl_ms=ttl,
+            fingerprint=request_fingerprint(c, tiers, ttl),
+        )  # fmt: skip
+        return self.store.open_request_budget(draft, now_ms=self.clock.now_ms())
+
+    def request_status(self, request_id: str) -> RequestStatus:
+        """An open request budget's standing, and its spend by service."""
+        check_request_id(request_id)
+        return self.store.request_status(request_id, now_ms=self.clock.now_ms())
 
     def reserve(self, command: ReserveCommand) -> ReserveOutcome:
         ttl = self._validate_reserve(command)
@@ -266,6 +338,9 @@ class Ledger:
                 )
         _key(c.idempotency_key, "idempotency_key")
         _key(c.downgrade_of, "downgrade_of")
+        if c.request_budget:
+            check_request_id(c.request_budget)
+        check_service(c.service)
         if c.model is not None:
             self._facts(c.model, "model")
         ttl = self.settings.default_ttl_ms if c.ttl_ms is None else c.ttl_ms
@@ -292,6 +367,9 @@ class Ledger:
     def record_usage(self, command: RecordUsageCommand) -> RecordUsageOutcome:
         _required_key(command.usage_id, "usage_id")
         _key(command.reservation_id, "reservation_id")
+        if command.request_budget:
+            check_request_id(command.request_budget)
+        check_service(command.service)
         command.scopes.validate()
         self._amount(command.cost_usd, "cost_usd")
         self._tokens(command.total_tokens, "total_tokens")
@@ -326,6 +404,9 @@ class Ledger:
     def _batch_group(self, group: UsageGroup, i: int, now: int) -> UsageGroup:
         group.scopes.validate(f"groups[{i}].scopes")
         self._facts(UsageFacts(provider=group.provider, model=group.model), f"groups[{i}]")
+        if group.request_budget:
+            check_request_id(group.request_budget, f"groups[{i}].request_budget")
+        check_service(group.service, f"groups[{i}].service")
         if group.occurred_ms > now + _FUTURE_SKEW_MS:
             raise InvalidRequestError(f"groups[{i}].occurred_ms", "is in the future")
         if group.occurred_ms < 0:
@@ -392,20 +473,7 @@ class Ledger:
             tz = zone(query.time_zone or self.settings.time_zone)
         except ValueError as exc:
             raise InvalidRequestError("time_zone", str(exc)) from None
-        for field, at in (("start", query.start_ms), ("end", query.end_ms)):
-            if at is not None and not MIN_TIME_MS <= at <= MAX_TIME_MS:
-                raise InvalidRequestError(field, "must be between 0001-01-01 and 9999-12-31")
-        # Without an end, everything up to and including this millisecond.
-        end = self.clock.now_ms() + 1 if query.end_ms is None else query.end_ms
-        if query.start_ms is not None and query.start_ms >= end:
-            raise InvalidRequestError("start", "must be before end")
-        flt = UsageFilter(
-            start_ms=query.start_ms,
-            end_ms=end,
-            scopes=query.scopes,
-            provider=query.provider,
-            model=query.model,
-        )
+        flt = self._usage_filter(query)
         columns = columns_for(group_by)
         by_slot = len(columns) != len(group_by)
         if visible is None:
@@ -418,6 +486,61 @@ class Ledger:
             if visible(ScopeSet(**dict(zip(SCOPE_COLUMNS, row.keys, strict=False))))
         ]
         return build_report(rows, group_by, tz, columns=fetched)
+
+    def usage_records(
+        self,
+        query: UsageQuery,
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        visible: Callable[[ScopeSet], bool] | None = None,
+    ) -> tuple[list[UsageRecord], int]:
+        """One page of the recorded units of spend ``query`` covers, newest first, and how many there
+        are in all; with ``visible``, only those whose scopes it accepts."""
+        query.scopes.validate(required=False)
+        flt = self._usage_filter(query)
+        page: list[UsageRecord] = []
+        skipped, cursor = 0, None
+        while len(page) < limit:
+            batch = self.store.usage_records(flt, before=cursor, limit=max(limit, 100))
+            for record in batch:
+                if visible is not None and not visible(record.scopes):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                page.append(record)
+                if len(page) == limit:
+                    break
+            if len(batch) < max(limit, 100):
+                break
+            cursor = (batch[-1].at_ms, batch[-1].id)
+        if visible is None:
+            total = sum(row.records for row in self.store.usage_rows(flt, (), by_slot=False))
+        else:
+            rows = self.store.usage_rows(flt, SCOPE_COLUMNS, by_slot=False)
+            total = sum(
+                row.records
+                for row in rows
+                if visible(ScopeSet(**dict(zip(SCOPE_COLUMNS, row.keys, strict=True))))
+            )
+        return page, total
+
+    def _usage_filter(self, query: UsageQuery) -> UsageFilter:
+        for field, at in (("start", query.start_ms), ("end", query.end_ms)):
+            if at is not None and not MIN_TIME_MS <= at <= MAX_TIME_MS:
+                raise InvalidRequestError(field, "must be between 0001-01-01 and 9999-12-31")
+        # Without an end, everything up to and including this millisecond.
+        end = self.clock.now_ms() + 1 if query.end_ms is None else query.end_ms
+        if query.start_ms is not None and query.start_ms >= end:
+            raise InvalidRequestError("start", "must be before end")
+        return UsageFilter(
+            start_ms=query.start_ms,
+            end_ms=end,
+            scopes=query.scopes,
+            provider=query.provider,
+            model=query.model,
+        )
 
     def expire_due(self) -> int:
         """Release every reservation whose TTL has passed; the sweeper calls this between requests."""

@@ -1,6 +1,7 @@
 """The groups of a trace plan: the spans of an export charged together.
 
-One group per scope set, model and quarter hour. A span arrives here as its ``Target``: the price and
+One group per scope set, model and quarter hour (and, for spans that name a request budget, per
+request budget and service). A span arrives here as its ``Target``: the price and
 scopes its raw provider, model and scope attributes resolve to, one shared instance per distinct
 combination of those values (cached by the trace processor). Targets hash by identity, so a column of
 spans is assigned its groups by one dictionary probe each, in C; only each distinct target is looked at
@@ -13,6 +14,7 @@ minutes).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from itertools import repeat
 from operator import floordiv
 
@@ -46,7 +48,7 @@ class Groups:
     """Assigns spans to groups; ``finish`` lists them, with the unattributed flag of each."""
 
     def __init__(self) -> None:
-        self._index: dict[tuple[int, ModelPrice, int], int] = {}
+        self._index: dict[tuple[object, ...], int] = {}
         """(scope set, price, quarter hour) -> group. Scope sets are the attributor's shared instances,
         kept alive by the targets held here, so their ids name them."""
         self._slots: dict[int, dict[Target, int]] = {}
@@ -55,6 +57,8 @@ class Groups:
         """The first target of each group: its scopes and price."""
         self._end: list[int] = []
         self._slot: list[int] = []
+        self._requests: dict[int, tuple[str, str]] = {}
+        """Group -> (request budget, service), for the groups of spans that name one."""
 
     def ids(
         self, targets: list[Target], distinct: dict[Target, None], ends: list[int], first: int, last: int
@@ -82,6 +86,36 @@ class Groups:
                 end_of[g] = slot_end
         return ids
 
+    def ids_with_requests(
+        self, targets: list[Target], ends: list[int], requests: list[str], service: str
+    ) -> list[int]:
+        """``ids`` for a scope some of whose spans name a request budget (``requests``, '' for none): a
+        span span by span, its group also keyed by the request budget and, with one, the ``service``."""
+        latest = latest_per_slot(ends)
+        index, end_of = self._index, self._end
+        out = []
+        for target, end, request in zip(targets, ends, requests, strict=True):
+            slot = end // SLOT_MS
+            key: tuple[object, ...] = (id(target.scopes), target.price, slot)
+            if request:
+                key = (*key, request, service)
+            g = index.get(key)
+            if g is None:
+                g = index[key] = self._add(target, slot)
+                if request:
+                    self._requests[g] = (request, service)
+            if latest[slot] > end_of[g]:
+                end_of[g] = latest[slot]
+            out.append(g)
+        return out
+
+    def _add(self, target: Target, slot: int) -> int:
+        g = len(self._end)
+        self._targets.append(target)
+        self._end.append(0)
+        self._slot.append(slot)
+        return g
+
     def _table(self, slot: int, targets: Iterable[Target]) -> dict[Target, int]:
         """The targets -> groups of quarter hour ``slot``, with ``targets`` in it (new groups appended
         in the order of ``targets``)."""
@@ -95,10 +129,7 @@ class Groups:
             key = (id(target.scopes), target.price, slot)
             g = index.get(key)
             if g is None:
-                g = index[key] = len(self._end)
-                self._targets.append(target)
-                self._end.append(0)
-                self._slot.append(slot)
+                g = index[key] = self._add(target, slot)
             table[target] = g
         return table
 
@@ -108,6 +139,8 @@ class Groups:
             UsageGroup(scopes=t.scopes, provider=t.price.provider, model=t.price.model, occurred_ms=end)
             for t, end in zip(self._targets, self._end, strict=True)
         ]
+        for g, (request, service) in self._requests.items():
+            groups[g] = replace(groups[g], request_budget=request, service=service)
         return groups, [t.unattributed for t in self._targets]
 
 

@@ -64,6 +64,17 @@ class OtlpReceiver:
         onward = ", ".join(sorted({f.endpoint for f in self.forwarders.values()}))
         return f"OTLP/gRPC on {self.grpc.address}{http}" + (f", forwarding to {onward}" if onward else "")
 
+    def addresses(self) -> dict[str, str]:
+        """The bound address of each of its ports, by the key that configures it (the start-up line)."""
+        bound = {"receivers.otlp.grpc_listen": self.grpc.address}
+        if self.http is not None:
+            bound["receivers.otlp.http_listen"] = self.http.address
+        return bound
+
+    def onward(self) -> list[str]:
+        """Where it forwards what it receives."""
+        return sorted({f.endpoint for f in self.forwarders.values()})
+
     def start(self) -> OtlpReceiver:
         """Open both ports; ``ConfigError`` naming the key and address of one that cannot be bound."""
         for forwarder in self.forwarders.values():

@@ -16,6 +16,7 @@ __all__ = [
     "OUTPUT",
     "PROVIDER",
     "REASONING",
+    "REQUEST_BUDGET",
     "RESERVATION",
     "SDK_COST",
 ]
@@ -33,6 +34,11 @@ RESERVATION = "paymaster.reservation_id"
 """The SDK's claim on a span: the id under which the SDK charges its spend itself (a reservation, a
 lease, a replayed journal entry, or the SDK step span that records the call). A span carrying any
 non-empty value is never charged by the receiver, which does nothing else with the id."""
+REQUEST_BUDGET = "paymaster.request_budget"
+"""The request budget a span's spend belongs to as well (``OpenRequestBudget``): the SDK puts it on its
+spans from the OpenTelemetry baggage entry of the same name, and OpenTelemetry's ``BaggageSpanProcessor``
+copies it onto the spans of a service without the SDK. A span the receiver charges is charged to it too
+(while it is open); one that carries a claim (``RESERVATION``) is not charged here at all."""
 COST = "gen_ai.usage.cost"
 """Set by the receiver: USD, a double."""
 COST_SOURCE = "gen_ai.usage.cost.source"

@@ -9,7 +9,8 @@ Which spans are GenAI usage: those with input or output token counts (current or
 Spans that only carry a cost (the SDK's run, loop and parallel spans, which sum their children) are
 not usage and are never charged. A span with ``paymaster.cost_usd`` (the SDK's exact cost) keeps it.
 A span with ``paymaster.reservation_id`` is the SDK's to charge, never this receiver's (counted ``sdk``;
-docs/otlp.md, "Who charges a span").
+docs/otlp.md, "Who charges a span"). A span it charges that carries ``paymaster.request_budget`` is
+charged to that request budget as well (its group names it, with the resource's ``service.name``).
 
 This is the receiver's hot path. It works a column at a time (``_columns``): for each attribute, one
 pass over the spans of a scope in C over the raw attribute maps of ``_view``, so the cost per span is
@@ -32,7 +33,9 @@ from itertools import compress, repeat
 from operator import add, attrgetter, floordiv, mul
 from typing import Any
 
+from collector_processor.domain.requests import check_request_id
 from collector_processor.domain.types import UsageGroup, UsageItem
+from collector_processor.errors import InvalidRequestError
 from collector_processor.otlp._columns import Cache, Columns, Presence
 from collector_processor.otlp._groups import Groups, Target
 from collector_processor.otlp._view import INVALID, decode_int, decode_str
@@ -46,6 +49,7 @@ from collector_processor.otlp.semconv import (
     OUTPUT,
     PROVIDER,
     REASONING,
+    REQUEST_BUDGET,
     RESERVATION,
     SDK_COST,
 )
@@ -187,6 +191,7 @@ class TraceProcessor:
         self._prices = Cache(self._price_of, 4096)
         self._sdk_costs = Cache(self._sdk_cost_of, 65_536)
         self._claims = Cache(_is_claim, 65_536)
+        self._request_ids = Cache(_request_id, 65_536)
         self._target_tables = Cache(self._target_table, _MAX_TARGET_TABLES)
         """(resource, names of the span attributes that override it) -> its ``_target_table``."""
 
@@ -259,7 +264,12 @@ class TraceProcessor:
             if not batch.keep(charge):
                 return
             distinct = dict.fromkeys(batch.targets)
-        ids = groups.ids(batch.targets, distinct, batch.ends, batch.first_end, batch.last_end)
+        raw_requests = batch.columns.optional((REQUEST_BUDGET,), presence)
+        requests = None if raw_requests is None else [self._request_ids[r] if r else "" for r in raw_requests]
+        if requests is None or not any(requests):
+            ids = groups.ids(batch.targets, distinct, batch.ends, batch.first_end, batch.last_end)
+        else:
+            ids = groups.ids_with_requests(batch.targets, batch.ends, requests, context.service[1] or "")
         batch.add_items(ids, plan.items)
 
     def _usage(self, spans: Any, window: WindowPolicy, plan: TracePlan, presence: Presence) -> _Batch | None:
@@ -456,6 +466,18 @@ def _unusable(end_ms: int, id_bytes: int) -> str:
     if end_ms <= 0:
         return "end_time_unix_nano is not set"
     return "ends in the future (check the clock of the sending host)"
+
+
+def _request_id(raw: bytes) -> str:
+    """A raw ``paymaster.request_budget`` value as an id, or '' when it is not one (the span is then
+    charged to its scopes only, like a span that names none)."""
+    value = decode_str(raw)
+    if not isinstance(value, str):
+        return ""
+    try:
+        return check_request_id(value)
+    except InvalidRequestError:
+        return ""
 
 
 def _is_claim(raw: bytes) -> bool:

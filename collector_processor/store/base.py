@@ -21,6 +21,7 @@ from typing import Protocol
 
 from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.domain.requests import RequestDraft, RequestStatus
 from collector_processor.domain.types import (
     Alert,
     BudgetStatus,
@@ -35,7 +36,7 @@ from collector_processor.domain.types import (
     UsageBatch,
     UsageBatchOutcome,
 )
-from collector_processor.domain.usage import USAGE_COLUMNS, UsageRow
+from collector_processor.domain.usage import USAGE_COLUMNS, UsageRecord, UsageRow
 
 __all__ = ["USAGE_COLUMNS", "BudgetSpend", "EntitySpend", "LedgerStore", "UsageFilter", "UsageRow"]
 
@@ -123,8 +124,11 @@ class LedgerStore(Protocol):
         ...
 
     # -- money -----------------------------------------------------------------------------------
-    def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
-        """The decision a reservation would get, reserving nothing."""
+    def check(
+        self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int, request_budget: str = ""
+    ) -> CheckOutcome:
+        """The decision a reservation would get, reserving nothing (held to ``request_budget`` and its
+        ancestors too, when given)."""
         ...
 
     def reserve(
@@ -133,7 +137,14 @@ class LedgerStore(Protocol):
         """Decide and hold on every matching budget, or on none, atomically (including the downgrade re-send);
         a reservation made or renewed holds until ``expires_ms``. It keeps ``command.owner`` and
         ``command.fingerprint``: a repeated idempotency key with another fingerprint is
-        ``AlreadyExistsError``, and a re-send by another owner ``PermissionDeniedError``."""
+        ``AlreadyExistsError``, and a re-send by another owner ``PermissionDeniedError``.
+
+        With ``command.request_budget``, the request budget and every ancestor of it are decided on and
+        held on too, in the same step (after the matching budgets, innermost first); one that is not
+        open denies (``domain.requests.closed_plan``). The reservation remembers which incarnations it
+        held on: its commit charges them (with ``command.service``), its release or expiry gives the
+        hold back to them, and either skips one that has expired since. A hold keeps its request
+        budgets open until it runs out."""
         ...
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
@@ -150,6 +161,17 @@ class LedgerStore(Protocol):
         with another fingerprint is ``AlreadyExistsError``; a reservation it names must be the owner's."""
         ...
 
+    def open_request_budget(self, draft: RequestDraft, *, now_ms: int) -> RequestStatus:
+        """Open a request budget, atomically: inside ``draft.parent_id`` (which must be open, else
+        ``NotFoundError``) with the limit ``domain.requests.opened`` gives it. The same id opened again
+        while open with the same fingerprint returns it as it stands (a retry); another request for an
+        open id is ``AlreadyExistsError``. Opening a child is activity on its ancestors."""
+        ...
+
+    def request_status(self, request_id: str, *, now_ms: int) -> RequestStatus:
+        """An open request budget's standing and spend by service; ``NotFoundError`` when it is not open."""
+        ...
+
     def record_usage_batch(self, batch: UsageBatch, *, now_ms: int) -> UsageBatchOutcome:
         """Record many units of usage in one atomic operation (the OTLP receiver's bulk charge).
 
@@ -159,7 +181,8 @@ class LedgerStore(Protocol):
           larger totals.
         - The new amounts of each group are summed into one usage record (for reports) at the group's
           ``occurred_ms``, and a non-zero cost is charged to every budget matching its scopes at that
-          instant, firing thresholds exactly like ``record_usage``.
+          instant, firing thresholds exactly like ``record_usage``; and to the group's request budget
+          and its ancestors (with the group's service) while they are open.
 
         All of it or nothing. Item keys are remembered until ``prune`` forgets those whose instant is
         more than ``reservation_retention_ms`` old, and series ids until they have not grown for that
@@ -178,6 +201,13 @@ class LedgerStore(Protocol):
 
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         """Recorded spend grouped by ``columns`` (a subset of ``USAGE_COLUMNS``) and optionally 15-minute slot."""
+        ...
+
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        """At most ``limit`` recorded units of spend matching ``flt``, newest first (by time, then id,
+        both descending), after ``before`` (the ``(at_ms, id)`` of the last one of the previous page)."""
         ...
 
     def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
@@ -247,7 +277,8 @@ class LedgerStore(Protocol):
         self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
     ) -> None:
         """Forget settled reservations, aged usage records, delivered alerts, spend buckets no window reads,
-        and batch item keys and series older than ``reservation_retention_ms``."""
+        batch item keys and series older than ``reservation_retention_ms``, and request budgets that
+        have expired."""
         ...
 
     def close(self) -> None: ...

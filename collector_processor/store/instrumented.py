@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
+from collector_processor.domain.requests import RequestDraft, RequestStatus
 from collector_processor.domain.types import (
     Alert,
     BudgetStatus,
@@ -29,6 +30,7 @@ from collector_processor.domain.types import (
     ReserveCommand,
     ReserveOutcome,
 )
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.errors import BatchAbortedError, SidecarError, StoreUnavailableError
 from collector_processor.store.base import BudgetSpend, LedgerStore, UsageFilter, UsageRow
 
@@ -143,8 +145,21 @@ class InstrumentedStore:
         self._timed("sync_config_budgets", lambda: self.inner.sync_config_budgets(budgets, now_ms=now_ms))
 
     # -- money -----------------------------------------------------------------------------------
-    def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
-        return self._timed("check", lambda: self.inner.check(scopes, estimate_micros, now_ms=now_ms))
+    def check(
+        self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int, request_budget: str = ""
+    ) -> CheckOutcome:
+        return self._timed(
+            "check",
+            lambda: self.inner.check(scopes, estimate_micros, now_ms=now_ms, request_budget=request_budget),
+        )
+
+    def open_request_budget(self, draft: RequestDraft, *, now_ms: int) -> RequestStatus:
+        return self._timed(
+            "open_request_budget", lambda: self.inner.open_request_budget(draft, now_ms=now_ms)
+        )
+
+    def request_status(self, request_id: str, *, now_ms: int) -> RequestStatus:
+        return self._timed("request_status", lambda: self.inner.request_status(request_id, now_ms=now_ms))
 
     def reserve(
         self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
@@ -176,6 +191,11 @@ class InstrumentedStore:
 
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         return self._timed("usage_rows", lambda: self.inner.usage_rows(flt, columns, by_slot=by_slot))
+
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        return self._timed("usage_records", lambda: self.inner.usage_records(flt, before=before, limit=limit))
 
     def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
         return self._timed(

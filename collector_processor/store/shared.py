@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from collector_processor.domain.budgets import Budget
 from collector_processor.domain.decisions import BudgetState, Plan, budget_infos, evaluate, projection
 from collector_processor.domain.money import MAX_TOTAL_MICROS, micros_to_usd, percentage
+from collector_processor.domain.requests import closed_plan
 from collector_processor.domain.types import BudgetStatus, CheckOutcome, ReserveOutcome
 from collector_processor.errors import (
     AlreadyExistsError,
@@ -69,23 +70,28 @@ def reserve_outcome(
         reservation_id=reservation_id,
         reserved_usd=micros_to_usd(plan.hold),
         expires_ms=expires_ms,
-        budget_info=budget_infos(states, verdict.exceeded),
+        budget_info=budget_infos(states, verdict.exceeded, verdict.tiers),
         deciding_budget_id=deciding(plan),
         reason=verdict.reason,
         warnings=verdict.warnings,
         awaiting_downgrade_estimate=plan.awaiting_downgrade_estimate,
+        deciding_tier=verdict.tier,
     )
 
 
-def check_outcome(states: Sequence[BudgetState], estimate_micros: int) -> CheckOutcome:
-    """The answer to a CheckBudget: the decision a reservation of the estimate would get now."""
-    verdict = evaluate(states, estimate_micros)
+def check_outcome(states: Sequence[BudgetState], estimate_micros: int, *, closed: str = "") -> CheckOutcome:
+    """The answer to a CheckBudget: the decision a reservation of the estimate would get now
+    (``closed``: the id of a request budget named that is not open, which denies)."""
+    verdict = (
+        closed_plan(states, closed, estimate_micros).verdict if closed else evaluate(states, estimate_micros)
+    )
     return CheckOutcome(
         decision=verdict.decision,
-        budget_info=budget_infos(states, verdict.exceeded),
+        budget_info=budget_infos(states, verdict.exceeded, verdict.tiers),
         deciding_budget_id=verdict.deciding.budget.id if verdict.deciding else "",
         reason=verdict.reason,
         warnings=verdict.warnings,
+        deciding_tier=verdict.tier,
     )
 
 
@@ -177,7 +183,7 @@ def _meaning(b: Budget) -> tuple[object, ...]:
 
 
 def _definition(b: Budget) -> tuple[object, ...]:
-    return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.enabled)
+    return (b.name, b.limit_usd, b.on_exceed, b.alert_thresholds, b.tiers, b.enabled)
 
 
 def check_fingerprint(stored: str, asked: str, field: str, what: str) -> None:

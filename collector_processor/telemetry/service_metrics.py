@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from decimal import Decimal
 
-from collector_processor.domain.budgets import SCOPE_ORDER, OnExceed, ScopeSet
+from collector_processor.domain.budgets import SCOPE_ORDER, OnExceed, Scope, ScopeSet
 from collector_processor.domain.money import micros_to_usd
 from collector_processor.domain.types import (
     BudgetInfo,
@@ -39,8 +39,9 @@ from collector_processor.domain.types import (
 )
 from collector_processor.store.base import LedgerStore
 from collector_processor.telemetry.selfmetrics import Labels, SelfMetrics, label_key
+from paymaster.vocabulary import NO_MODEL
 
-__all__ = ["OTHER", "ServiceMetrics"]
+__all__ = ["OTHER", "REQUEST_LABEL", "ServiceMetrics"]
 
 OTHER = "__other__"
 """The label value that stands for every id past a cardinality cap."""
@@ -63,6 +64,10 @@ _HELP = {
     "paymaster_scope_spend_tokens_total": "Tokens charged to the ledger, by scope and scope id.",
     "paymaster_alerts_fired_total": "Budget threshold alerts fired by this sidecar, by budget and threshold.",
 }
+
+
+REQUEST_LABEL = "(request budget)"
+"""The ``budget`` label of decisions a request budget took."""
 
 
 class ServiceMetrics:
@@ -109,9 +114,11 @@ class ServiceMetrics:
     def _decision(self, rpc: str, decision: Decision, deciding: str, infos: Sequence[BudgetInfo]) -> None:
         label = decision.value
         if decision is Decision.ALLOW:
-            warned = next((i for i in infos if i.exceeded and i.action is OnExceed.WARN), None)
+            warned = next((i for i in infos if i.tier is not None and i.tier.action is OnExceed.WARN), None)
             if warned is not None:
                 label, deciding = "warn", warned.budget_id
+        if deciding and not any(i.budget_id == deciding and i.scope is not Scope.REQUEST for i in infos):
+            deciding = REQUEST_LABEL  # one per request: an id each would be a label without bound
         key = self._decision_keys.get((rpc, label, deciding))
         if key is None:
             key = label_key({"rpc": rpc, "decision": label, "budget": deciding})
@@ -172,7 +179,7 @@ class ServiceMetrics:
         tokens: int,
     ) -> None:
         """Append the increments of one charge of ``cost`` USD and ``tokens`` tokens to ``counts``."""
-        by_model, by_type = self._model_keys(facts.provider or "unknown", facts.model or "unknown")
+        by_model, by_type = self._model_keys(facts.provider or NO_MODEL, facts.model or NO_MODEL)
         counts.append(("paymaster_spend_usd_total", by_model, cost))
         other = max(tokens - facts.input_tokens - facts.output_tokens, 0)
         for key, count in zip(by_type, (facts.input_tokens, facts.output_tokens, other), strict=True):

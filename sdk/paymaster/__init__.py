@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         LeasePolicy,
         SidecarBudget,
     )
+    from paymaster.request_budget import RequestBudget, current_request_budget
     from paymaster.scopes import Scopes
 
 __version__ = "0.1.0.dev0"
@@ -53,6 +54,8 @@ _LAZY = {
     "LeasePolicy": "paymaster.budget",
     "SidecarBudget": "paymaster.budget",
     "Scopes": "paymaster.scopes",
+    "RequestBudget": "paymaster.request_budget",
+    "current_request_budget": "paymaster.request_budget",
 }
 
 
@@ -86,6 +89,7 @@ __all__ = [
     "PricingNotConfiguredError",
     "Quota",
     "QuotaDecision",
+    "RequestBudget",
     "RunContext",
     "Runner",
     "Scopes",
@@ -100,4 +104,5 @@ __all__ = [
     "UsageMeter",
     "UsageReportError",
     "__version__",
+    "current_request_budget",
 ]

@@ -16,11 +16,11 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from paymaster.cli import CliError, emit, table
+from paymaster.cli import CliError, _choose, emit, table
+from paymaster.vocabulary import ROLES, to_json
 
 __all__ = ["add_parsers", "cmd_audit", "cmd_tokens", "new_token", "parse_duration"]
 
-ROLES = ("admin", "spender", "ingester", "reader")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
 _TOKEN_HEADERS = ("ID", "NAME", "ROLES", "GRANTS", "CREATED", "EXPIRES", "REVOKED")
@@ -44,12 +44,6 @@ def new_token() -> str:
 
 
 # -- rendering -------------------------------------------------------------------------------------
-def _iso(ts: Any) -> str | None:
-    if not ts.seconds and not ts.nanos:
-        return None
-    return datetime.fromtimestamp(ts.seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _when(ts: Any, empty: str) -> str:
     if not ts.seconds and not ts.nanos:
         return empty
@@ -57,18 +51,8 @@ def _when(ts: Any, empty: str) -> str:
 
 
 def token_json(t: Any) -> dict[str, Any]:
-    """A token as ``--json`` prints it: always these keys (``null`` when unset), never a secret."""
-    return {
-        "id": t.id,
-        "name": t.name,
-        "roles": list(t.roles),
-        "grants": list(t.grants),
-        "trust_reported_cost": t.trust_reported_cost,
-        "created_at": _iso(t.created_at),
-        "created_by": t.created_by,
-        "expires_at": _iso(t.expires_at) if t.HasField("expires_at") else None,
-        "revoked_at": _iso(t.revoked_at) if t.HasField("revoked_at") else None,
-    }
+    """A token as ``--json`` prints it: every field of ``Token`` (``null`` when unset), never a secret."""
+    return to_json(t)
 
 
 def _token_row(t: Any) -> list[Any]:
@@ -97,16 +81,11 @@ def _state(text: str) -> Any:
 
 
 def _event_json(e: Any) -> dict[str, Any]:
-    return {
-        "sequence": e.sequence,
-        "at": _iso(e.at),
-        "principal": e.principal,
-        "address": e.address,
-        "action": e.action,
-        "target": e.target,
-        "before": _state(e.before_json),
-        "after": _state(e.after_json),
-    }
+    """An audit event: the fields of ``AuditEvent``, with the states before and after as JSON values
+    (``null`` for a creation's before and a deletion's after) rather than strings."""
+    shown = to_json(e)
+    del shown["before_json"], shown["after_json"]
+    return {**shown, "before": _state(e.before_json), "after": _state(e.after_json)}
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -219,7 +198,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """``tokens`` and ``audit`` under the top-level subparsers ``sub``; ``common`` holds the flags
     every command that talks to the sidecar also takes after its name."""
     tokens = sub.add_parser("tokens", help="issue, list and revoke bearer tokens (admin)")
-    verbs = tokens.add_subparsers(dest="tokens_command", required=True)
+    verbs = tokens.add_subparsers(dest="tokens_command")
+    _choose(tokens, verbs)
     create = verbs.add_parser(
         "create", parents=[common], help="issue a token; its secret is printed this once"
     )

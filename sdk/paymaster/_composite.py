@@ -104,7 +104,7 @@ async def run_parallel(
     parts: list[Quota] | None = None
     if step.strategy == "split":
         weights = [_branch_estimate(run, step.branches[k], data) for k in keys]
-        parts = quota.split(len(keys), weights=weights, labels=keys)
+        parts = quota.split(len(keys), weights=weights, labels=keys, owner=step.name)
     tasks = [
         asyncio.ensure_future(
             _run_branch(
@@ -122,9 +122,13 @@ async def run_parallel(
         if parts is not None:
             verdict = quota.merge(parts)
             if error is None and not verdict:
+                assert verdict.breach is not None
+                limit = verdict.breach
                 error = UsageLimitExceededError(
-                    verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit"
+                    limit.exceeded(f"the branches of parallel step {step.name!r}"),
+                    code=f"{limit.reason_code}_exceeded",
                 )
+                error.step_result = record
         total_children(record, started)
         record.attempts = 1
         if span is not None:

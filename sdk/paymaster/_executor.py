@@ -25,7 +25,8 @@ from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage, UsageMeter
 from paymaster.exceptions import ConfigError, PaymasterError, UsageLimitExceededError
 from paymaster.money import ZERO
-from paymaster.quota import Quota
+from paymaster.quota import COST_LIMIT, Quota
+from paymaster.request_budget import REQUEST_BUDGET_KEY
 from paymaster.result import StepResult
 from paymaster.step import LoopStep, ParallelStep, Pipeline, Step
 from paymaster.telemetry import (
@@ -64,8 +65,9 @@ class ExecutorCore:
     Precedence, as ``paymaster.estimation`` documents it: ``usage_estimator`` decides every step;
     else the first matching rule of ``estimator_factory``; else the default heuristic (the step's
     declared ``StepConfig`` figures, then what ``learned`` has seen of this step, then the
-    ``paymaster.toml`` hints, then a bound from the model's price, else zero). ``learned`` (a
-    ``LearningEstimator``) is fed every priced call's actual usage.
+    ``paymaster.toml`` hints, then a bound from the model's price, else zero). ``learned`` is fed
+    every priced call's actual usage: by default (``True``) the process's in-memory
+    ``default_learner()``, or the ``LearningEstimator`` given; ``None`` (or ``False``) learns nothing.
     """
 
     __slots__ = ("estimator_factory", "learned", "usage_estimator")
@@ -75,8 +77,14 @@ class ExecutorCore:
         *,
         usage_estimator: Any = None,
         estimator_factory: Any = None,
-        learned: Any = None,
+        learned: Any = True,
     ) -> None:
+        if learned is True:
+            from paymaster.estimation import default_learner
+
+            learned = default_learner()
+        elif learned is False:
+            learned = None
         for what, value, method in (
             ("usage_estimator", usage_estimator, "estimate"),
             ("estimator_factory", estimator_factory, "select"),
@@ -103,23 +111,26 @@ class ExecutorCore:
             learned=self.learned,
         )
 
-    def plan(self, step: Step) -> tuple[UsageEstimate, str] | None:
-        """The estimate of ``step`` for a whole run when it cannot change from call to call (see
-        ``HeuristicEstimator.static_estimate``), else ``None``: an injected estimator and a matching
-        registry rule are asked at every call."""
+    def plan(self, step: Step) -> tuple[tuple[UsageEstimate, str] | None, bool]:
+        """How to estimate ``step`` for a whole run: its estimate when it cannot change from call to
+        call but by learning (see ``HeuristicEstimator.static_estimate``), else ``None`` (an injected
+        estimator, a matching registry rule and a price bound are asked at every call); and whether
+        what ``learned`` knows of it comes first (it declares no figures of its own)."""
         if self.usage_estimator is not None:
-            return None
+            return None, False
         factory = self.estimator_factory
         if factory is not None:
             if factory.select(step) is not None:
-                return None
+                return None, False
             heuristic = factory.heuristic
         else:
             from paymaster.estimation import default_heuristic
 
             heuristic = default_heuristic()
-        fixed: tuple[UsageEstimate, str] | None = heuristic.static_estimate(step, learned=self.learned)
-        return fixed
+        fixed: tuple[UsageEstimate, str] | None = heuristic.static_estimate(step)
+        config = step.config
+        declared = config.expected_cost_usd is not None or config.expected_tokens is not None
+        return fixed, self.learned is not None and not declared and step.kind == "agent"
 
     def observe(self, step: Step, usage: MeasuredUsage) -> None:
         """Feed a finished call's actual usage to a learning estimator, if there is one."""
@@ -144,9 +155,9 @@ class _Run:
         self.ctx = ctx
         self.spans = spans
         self.warned_models: set[str] = set()
-        self.plans: dict[int, tuple[Step, tuple[UsageEstimate, str] | None]] = {}
+        self.plans: dict[int, tuple[Step, tuple[UsageEstimate, str] | None, bool]] = {}
         """Per step (by id; the run holds the step, so the id stays its own): its fixed estimate, or
-        ``None`` when it must be estimated at every call."""
+        ``None`` when it must be estimated at every call, and whether a learned estimate comes first."""
         self.gate: BudgetGate | None = None
         """The remote budget consulted around every agent step, when the runner has one."""
 
@@ -176,8 +187,12 @@ class _Run:
         """What to reserve for ``step`` now: its fixed estimate for this run, or a fresh one."""
         found = self.plans.get(id(step))
         if found is None or found[0] is not step:
-            found = self.plans[id(step)] = (step, self.core.plan(step))
-        fixed = found[1]
+            found = self.plans[id(step)] = (step, *self.core.plan(step))
+        _, fixed, learnable = found
+        if learnable:
+            known = self.core.learned.lookup(step)
+            if known is not None:
+                return known, "learned"
         return fixed if fixed is not None else self.core.estimate(step, data, self.ctx)
 
     async def run_adapter(self, step: Step, data: Any, record: StepResult) -> None:
@@ -208,10 +223,11 @@ class _Run:
         if self.spans:
             self._child_span("quota.reserve.attempt", sctx, _reserve_attrs(estimate, quota, decision.granted))
         if not decision:
-            code = decision.reason_code or "unknown"
-            message = decision.message or "usage limit exceeded"
-            self._denied(record, span, sctx, code, message, started)
-            raise UsageLimitExceededError(message, code=decision.reason_code or "limit")
+            assert decision.breach is not None
+            code = f"{decision.breach.reason_code}_denied"
+            message = decision.breach.denied(step.name)
+            self._denied(record, span, sctx, code, message, started, feedback=message)
+            raise _blame(UsageLimitExceededError(message, code=code), record)
         gate = self.gate
         ticket: Ticket | None = None
         run_step = step
@@ -261,13 +277,15 @@ class _Run:
             self._child_span("quota.reconcile", sctx, _reconcile_attrs(estimate, actual))
             span.set_attributes(usage_attributes(usage))
         if not verdict:
-            self._halted(record, span, verdict.message or "usage limit exceeded")
-            raise UsageLimitExceededError(
-                verdict.message or "usage limit exceeded", code=verdict.reason_code or "limit"
-            )
+            assert verdict.breach is not None
+            limit = verdict.breach
+            told = estimate.cost_usd if limit.reason_code == COST_LIMIT else estimate.tokens
+            message = limit.exceeded(f"step {step.name!r}", estimate=told)
+            self._halted(record, span, message)
+            raise _blame(UsageLimitExceededError(message, code=f"{limit.reason_code}_exceeded"), record)
         if remote_halt is not None:
             self._halted(record, span, str(remote_halt))
-            raise remote_halt
+            raise _blame(remote_halt, record)
         tel.record_outcome("ok")
         if span is not None:
             span.end()
@@ -285,16 +303,25 @@ class _Run:
         """The remote budget refused the step (a denial, like a local one) or could not decide it."""
         quota.release(estimate)
         if isinstance(exc, UsageLimitExceededError):
+            _blame(exc, record)
             self._denied(record, span, sctx, exc.code, str(exc), started)
         else:
             record.latency_s = perf_counter() - started
             self._agent_failed(record, exc, span)
 
     def _denied(
-        self, record: StepResult, span: Span | None, sctx: Any, code: str, message: str, started: float
+        self,
+        record: StepResult,
+        span: Span | None,
+        sctx: Any,
+        code: str,
+        message: str,
+        started: float,
+        *,
+        feedback: str | None = None,
     ) -> None:
         record.denied, record.denial_code = True, code
-        record.feedback = f"denied before it ran: {message}"
+        record.feedback = feedback or f"denied before it ran: {message}"
         record.latency_s = perf_counter() - started
         self.tel.record_denial(code)
         self.tel.record_outcome("denied")
@@ -368,16 +395,17 @@ class _Run:
     def _open_agent_span(
         self, step: Step, estimate: UsageEstimate, strategy: str, octx: Any
     ) -> tuple[Span, Any]:
+        attributes = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": step.name,
+            STEP_ATTRIBUTE: step.name,
+            "paymaster.step.kind": step.kind,
+        }
+        request_budget = baggage.get_baggage(REQUEST_BUDGET_KEY, octx)
+        if request_budget:  # the span the ingestion charges, when the SDK does not, names it too
+            attributes[REQUEST_BUDGET_KEY] = str(request_budget)
         span = self.tracer.start_span(
-            f"invoke_agent {step.name}",
-            context=octx,
-            kind=trace.SpanKind.INTERNAL,
-            attributes={
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": step.name,
-                STEP_ATTRIBUTE: step.name,
-                "paymaster.step.kind": step.kind,
-            },
+            f"invoke_agent {step.name}", context=octx, kind=trace.SpanKind.INTERNAL, attributes=attributes
         )
         sctx = trace.set_span_in_context(span, octx)
         self._child_span(
@@ -415,6 +443,13 @@ def _claim(sctx: Any, reservation_id: str | None, span: Span | None) -> Any:
     if baggage.get_baggage(RESERVATION_ATTRIBUTE, sctx) is not None:
         return baggage.remove_baggage(RESERVATION_ATTRIBUTE, sctx)
     return sctx
+
+
+def _blame(exc: UsageLimitExceededError, record: StepResult) -> UsageLimitExceededError:
+    """Name ``record`` as the step that halted the run (the innermost one, where the halt began)."""
+    if exc.step_result is None:
+        exc.step_result = record
+    return exc
 
 
 def _is_paymaster_error(exc: BaseException) -> bool:

@@ -14,7 +14,9 @@ on any failure or cancellation it releases. The sidecar's decision is applied be
 spends it locally step by step (see ``LeasePolicy`` for the trade-off). When the sidecar cannot be
 reached within the deadline, the fail policy decides: ``fail_closed`` denies, ``fail_open`` runs and
 replays the spend with ``RecordUsage`` once the sidecar is back, ``local_only_limits`` runs under the
-runner's own limits only. docs/sdk.md has the whole story.
+runner's own limits only. ``budget.request_budget(limit_usd=...)`` opens a request budget for a
+``with`` block: every governed step inside it, in every service the request reaches, is held to it as
+well (``paymaster.request_budget``). docs/sdk.md has the whole story.
 
 grpc is imported when a ``SidecarBudget`` is built, never by ``import paymaster``.
 """
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from paymaster._sidecar.session import BudgetSession
     from paymaster.config import PaymasterConfig
     from paymaster.limits import UsageLimits
+    from paymaster.request_budget import RequestBudget
     from paymaster.telemetry import Telemetry
 
 __all__ = [
@@ -159,6 +162,8 @@ class BudgetOutcome:
     are charged when the lease is)."""
     budget_info: list[dict[str, Any]] = field(default_factory=list)
     """The sidecar's figures for every matching budget at the decision (see ``BudgetExceededError``)."""
+    request_budget: str | None = None
+    """The request budget the step was held to as well (``paymaster.request_budget`` in the baggage)."""
 
     def attributes(self) -> dict[str, Any]:
         """The step span's attributes for this outcome."""
@@ -177,6 +182,7 @@ class BudgetOutcome:
             ("paymaster.budget.reason", self.reason),
             ("paymaster.downgraded_from", self.downgraded_from),
             ("paymaster.downgraded_to", self.downgraded_to),
+            ("paymaster.request_budget", self.request_budget),
         ):
             if value:
                 attrs[key] = value
@@ -369,7 +375,9 @@ class SidecarBudget:
             raise ConfigError(f"{self!r} is closed; build a new SidecarBudget for this runner")
         self._telemetry = telemetry
         self._adopt()
-        return BudgetSession(self, run, self.base_scopes(tracer_provider))
+        return BudgetSession(
+            self, run, self.base_scopes(tracer_provider), service=self.service_name(tracer_provider)
+        )
 
     def base_scopes(self, tracer_provider: Any) -> Scopes:
         """The resource's scopes with this budget's over them (read once per provider; without one,
@@ -383,6 +391,47 @@ class SidecarBudget:
             found = Scopes.from_resource(tracer_provider).merged(self.scopes)
             self._resource_scopes[tracer_provider] = found
         return found
+
+    def request_budget(
+        self,
+        limit_usd: Any = None,
+        *,
+        fraction: Any = None,
+        name: str = "",
+        request_id: str | None = None,
+        idle_ttl_s: float | None = None,
+        tiers: Sequence[tuple[int, str]] = (),
+        nested: bool = True,
+    ) -> RequestBudget:
+        """A request budget for the ``with`` (or ``async with``) block it opens: one limit for one request
+        across every service it touches (``paymaster.request_budget``). Inside another, it is opened as
+        its child (at most ``limit_usd`` or ``fraction`` of what the parent has left) unless
+        ``nested=False``. ``tiers`` are ``(percent, action)`` pairs, e.g. ``[(80, "downgrade"), (100,
+        "block")]``; ``idle_ttl_s`` defaults to the sidecar's. If the sidecar cannot be reached, the fail
+        policy decides: ``fail_closed`` raises ``SidecarUnavailableError``, the others run the block
+        without a request budget (and log a warning)."""
+        from paymaster.request_budget import RequestBudget
+
+        if self._closed:
+            raise ConfigError(f"{self!r} is closed; build a new SidecarBudget")
+        return RequestBudget(
+            self, limit_usd, fraction=fraction, name=name, request_id=request_id, idle_ttl_s=idle_ttl_s,
+            tiers=tiers, nested=nested,
+        )  # fmt: skip
+
+    def service_name(self, tracer_provider: Any) -> str:
+        """The OpenTelemetry ``service.name`` of ``tracer_provider`` (or the global one): what a request
+        budget's spend by service calls this process; '' when it has none."""
+        if tracer_provider is None:
+            from opentelemetry import trace
+
+            tracer_provider = trace.get_tracer_provider()
+        attributes = getattr(getattr(tracer_provider, "resource", None), "attributes", None)
+        if isinstance(attributes, Mapping):
+            name = str(attributes.get("service.name") or "")
+        else:
+            name = os.environ.get("OTEL_SERVICE_NAME", "")
+        return "" if name.startswith("unknown_service") else name[:128]
 
     @property
     def downgrades(self) -> Mapping[str, str]:

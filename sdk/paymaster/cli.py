@@ -17,16 +17,19 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from paymaster import vocabulary
 
 __all__ = ["CliError", "emit", "main", "table"]
 
 DEFAULT_TARGET = "127.0.0.1:7310"
-SCOPES = ("organization", "team", "agent", "workflow", "user")
-ACTIONS = ("warn", "block", "downgrade")
-DIMENSIONS = (*SCOPES, "provider", "model", "day", "week", "month", "quarter", "year")
+SCOPES = vocabulary.SPEND_SCOPES
+ACTIONS = vocabulary.ON_EXCEED
+DIMENSIONS = vocabulary.DIMENSIONS
+_TIERS_HELP = "ordered tiers instead of one action, e.g. 50:warn,80:downgrade,100:block"
 
 
 class CliError(Exception):
@@ -47,7 +50,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def emit(args: argparse.Namespace, payload: Any, render: Callable[[], str]) -> None:
-    """JSON with ``--json``, else what ``render`` returns."""
+    """JSON with ``--json`` (``payload``, in the shape of ``paymaster.vocabulary``), else what
+    ``render`` returns."""
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
@@ -89,8 +93,18 @@ class _Client:
         options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
         self._connection = self._credentials.connect(target, options)
 
+    @property
+    def target(self) -> str:
+        return self._target
+
     def call(self, method: str, request: Any) -> Any:
         return self._invoke(getattr(self._connection.stub(), method), request)
+
+    def stream(self, method: str, request: Any) -> _Stream:
+        """A server stream with the CLI's credentials and no deadline; ``cancel()`` it to stop. Its
+        errors are reported as ``call``'s are, when iterated."""
+        rpc = getattr(self._connection.stub(), method)
+        return _Stream(rpc(request, metadata=self._credentials.metadata()), self)
 
     def health(self, service: str) -> str:
         """The sidecar's gRPC health status of ``service`` (``SERVING``, ``NOT_SERVING`` ...)."""
@@ -101,20 +115,22 @@ class _Client:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     def _invoke(self, rpc: Any, request: Any) -> Any:
-        codes = self._grpc.StatusCode
         try:
             return rpc(request, timeout=self._timeout, metadata=self._credentials.metadata())
         except self._grpc.RpcError as exc:
-            code = exc.code()
-            if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED):
-                raise CliError(f"cannot reach the sidecar at {self._target}: {exc.details()}") from None
-            if code == codes.UNAUTHENTICATED:
-                raise CliError(
-                    f"the sidecar refused the credentials ({self._whose()}): {exc.details()}"
-                ) from None
-            if code == codes.PERMISSION_DENIED:
-                raise CliError(f"not permitted with these credentials: {exc.details()}") from None
-            raise CliError(f"{code.name}: {exc.details()}") from None
+            raise self.failure(exc) from None
+
+    def failure(self, exc: Any) -> CliError:
+        """The one-line error for a refused or failed call."""
+        codes = self._grpc.StatusCode
+        code = exc.code()
+        if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED):
+            return CliError(f"cannot reach the sidecar at {self._target}: {exc.details()}")
+        if code == codes.UNAUTHENTICATED:
+            return CliError(f"the sidecar refused the credentials ({self._whose()}): {exc.details()}")
+        if code == codes.PERMISSION_DENIED:
+            return CliError(f"not permitted with these credentials: {exc.details()}")
+        return CliError(f"{code.name}: {exc.details()}")
 
     def _whose(self) -> str:
         if not self._credentials.has_token:
@@ -125,20 +141,44 @@ class _Client:
         self._connection.close()
 
 
+class _Stream:
+    """A server stream whose failures read like the other commands' (``CliError``); a cancelled one
+    just ends."""
+
+    def __init__(self, call: Any, client: _Client) -> None:
+        self._call, self._client = call, client
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._call
+        except self._client._grpc.RpcError as exc:
+            if exc.code() != self._client._grpc.StatusCode.CANCELLED:
+                raise self._client.failure(exc) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 def _budget_row(b: Any) -> list[Any]:
     pb = sys.modules["paymaster.v1.budget_pb2"]
     return [
         b.id,
         b.name,
-        pb.Scope.Name(b.scope).removeprefix("SCOPE_").lower(),
+        vocabulary.enum_word(pb.Scope, b.scope),
         b.scope_id if b.HasField("scope_id") else "*",
         b.limit_usd,
         b.period,
-        pb.OnExceed.Name(b.on_exceed).removeprefix("ON_EXCEED_").lower(),
+        _tiers_or_action(pb, b),
         ",".join(str(t) for t in b.alert_thresholds) or "-",
         "yes" if b.enabled else "no",
         "config" if b.declared_in_config else "api",
     ]
+
+
+def _tiers_or_action(pb: Any, b: Any) -> str:
+    from paymaster._cli_budgets import tiers_text
+
+    return tiers_text(pb, b.tiers) or vocabulary.enum_word(pb.OnExceed, b.on_exceed) or "-"
 
 
 _BUDGET_HEADERS = (
@@ -156,9 +196,7 @@ _BUDGET_HEADERS = (
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
-
-    return dict(MessageToDict(message, preserving_proto_field_name=True))
+    return vocabulary.to_json(message)
 
 
 # -- budgets ---------------------------------------------------------------------------------------
@@ -175,15 +213,24 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
     pb = client.pb
     action = args.budgets_command
     if action == "create":
+        from paymaster._cli_budgets import parse_tiers
+
+        if not args.on_exceed and not args.tiers:
+            raise CliError("give --on-exceed or --tiers", 2)
         budget = pb.Budget(
             id=args.id or "",
             name=args.name or "",
-            scope=pb.Scope.Value(f"SCOPE_{args.scope.upper()}"),
+            scope=vocabulary.enum_number(pb.Scope, args.scope),
             limit_usd=args.limit,
             period=args.period,
             time_zone=args.time_zone or "",
-            on_exceed=pb.OnExceed.Value(f"ON_EXCEED_{args.on_exceed.upper()}"),
+            on_exceed=(
+                vocabulary.enum_number(pb.OnExceed, args.on_exceed)
+                if args.on_exceed
+                else pb.ON_EXCEED_UNSPECIFIED
+            ),
             alert_thresholds=_thresholds(args.thresholds) if args.thresholds else [],
+            tiers=parse_tiers(pb, args.tiers or ""),
             enabled=not args.disabled,
         )
         if args.scope_id:
@@ -206,7 +253,13 @@ def cmd_budgets(args: argparse.Namespace, client: _Client) -> None:
     elif action == "delete":
         client.call("DeleteBudget", pb.DeleteBudgetRequest(id=args.id))
         emit(args, {"deleted": args.id}, lambda: f"deleted budget {args.id}")
+    elif action == "status" and args.request:
+        from paymaster._cli_budgets import request_status
+
+        request_status(args, client)
     elif action == "status":
+        if not args.id:
+            raise CliError("give a budget id, or --request ID for a request budget", 2)
         status = client.call(
             "GetBudgetStatus", pb.GetBudgetStatusRequest(budget_id=args.id, scope_id=args.scope_id or "")
         )
@@ -217,7 +270,7 @@ def _list_budgets(args: argparse.Namespace, client: _Client) -> list[Any]:
     pb = client.pb
     request = pb.ListBudgetsRequest(page_size=args.page_size)
     if args.scope:
-        request.scope = pb.Scope.Value(f"SCOPE_{args.scope.upper()}")
+        request.scope = vocabulary.enum_number(pb.Scope, args.scope)
     if args.scope_id:
         request.scope_id = args.scope_id
     budgets: list[Any] = []
@@ -236,9 +289,13 @@ def _update_request(args: argparse.Namespace, pb: Any) -> Any:
     if args.limit is not None:
         request.limit_usd = args.limit
     if args.on_exceed is not None:
-        request.on_exceed = pb.OnExceed.Value(f"ON_EXCEED_{args.on_exceed.upper()}")
+        request.on_exceed = vocabulary.enum_number(pb.OnExceed, args.on_exceed)
     if args.thresholds is not None:
         request.alert_thresholds.CopyFrom(pb.AlertThresholds(percent=_thresholds(args.thresholds)))
+    if args.tiers is not None:
+        from paymaster._cli_budgets import parse_tiers
+
+        request.tiers.CopyFrom(pb.Tiers(tiers=parse_tiers(pb, args.tiers)))
     if args.enabled is not None:
         request.enabled = args.enabled
     return request
@@ -285,7 +342,7 @@ def cmd_usage(args: argparse.Namespace, client: _Client) -> None:
         scopes=pb.ScopeIds(**{s: getattr(args, s) or "" for s in SCOPES}),
         provider=args.provider or "",
         model=args.model or "",
-        group_by=[pb.Dimension.Value(f"DIMENSION_{d.upper()}") for d in dims],
+        group_by=[vocabulary.enum_number(pb.Dimension, d) for d in dims],
         time_zone=args.time_zone or "",
     )
     for flag, field in (("--since", "start"), ("--until", "end")):
@@ -300,7 +357,7 @@ def cmd_usage(args: argparse.Namespace, client: _Client) -> None:
 
     rows = [list(row.key) + figures(row.totals) for row in report.rows]
     rows.append(["TOTAL"] + [""] * (len(dims) - 1) + figures(report.total) if dims else figures(report.total))
-    emit(args, _as_dict(report), lambda: table(headers, rows))
+    emit(args, {"group_by": dims, **_as_dict(report)}, lambda: table(headers, rows))
 
 
 # -- sidecar and demo ------------------------------------------------------------------------------
@@ -361,7 +418,7 @@ def _client_flags(parser: argparse.ArgumentParser, *, after_command: bool) -> No
 
 
 def _parser() -> argparse.ArgumentParser:
-    from paymaster import _cli_tokens
+    from paymaster import _cli_tokens, _cli_top
 
     parser = argparse.ArgumentParser(
         prog="paymaster", description="Paymaster: budget governance for LLM pipelines."
@@ -369,7 +426,8 @@ def _parser() -> argparse.ArgumentParser:
     _client_flags(parser, after_command=False)
     common = argparse.ArgumentParser(add_help=False)
     _client_flags(common, after_command=True)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
+    _choose(parser, sub)
 
     sidecar = sub.add_parser("sidecar", help="run the budget sidecar")
     sidecar.add_argument("--config", help="sidecar.toml (default: built-in defaults)")
@@ -390,6 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--time-zone", help="IANA zone for day/week/month/quarter/year keys")
 
     _cli_tokens.add_parsers(sub, common)
+    _cli_top.add_parser(sub, common)
     health = sub.add_parser(
         "health", parents=[common], help="the sidecar's gRPC health status; exit 0 when SERVING"
     )
@@ -401,8 +460,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _choose(parser: argparse.ArgumentParser, sub: Any) -> None:
+    """What ``parser`` says when its command is left out: the choices, on the usage line and as an
+    error (argparse would name its internal ``dest``). ``main`` calls it when the command is None."""
+
+    def missing() -> None:
+        parser.error(f"choose a command: {', '.join(sub.choices)}")
+
+    parser.set_defaults(missing_command=missing)
+
+
 def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    sub = budgets.add_subparsers(dest="budgets_command", required=True)
+    sub = budgets.add_subparsers(dest="budgets_command")
+    _choose(budgets, sub)
     create = sub.add_parser("create", parents=[common], help="create a budget")
     create.add_argument("--id", help="budget id (generated when omitted)")
     create.add_argument("--name")
@@ -415,7 +485,10 @@ def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentP
         "--period", required=True, help="daily, weekly, monthly, quarterly, yearly, rolling_24h, ..."
     )
     create.add_argument("--time-zone", help="IANA zone for calendar periods (default: the sidecar's)")
-    create.add_argument("--on-exceed", required=True, choices=ACTIONS)
+    create.add_argument(
+        "--on-exceed", choices=ACTIONS, help="what a request past the limit gets (or --tiers)"
+    )
+    create.add_argument("--tiers", help=_TIERS_HELP)
     create.add_argument("--thresholds", help="alert percentages, e.g. 50,80,100 (default: the sidecar's)")
     create.add_argument("--disabled", action="store_true", help="create it disabled")
 
@@ -424,8 +497,9 @@ def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentP
     status = sub.add_parser(
         "status", parents=[common], help="used, reserved, remaining and projection for the current period"
     )
-    status.add_argument("id")
+    status.add_argument("id", nargs="?")
     status.add_argument("--scope-id", help="the entity (required for a wildcard budget)")
+    status.add_argument("--request", metavar="ID", help="a live request budget instead: its spend by service")
 
     listing = sub.add_parser("list", parents=[common], help="list budgets")
     listing.add_argument("--scope", choices=SCOPES)
@@ -440,6 +514,7 @@ def _budget_parsers(budgets: argparse.ArgumentParser, common: argparse.ArgumentP
     update.add_argument("--name")
     update.add_argument("--limit")
     update.add_argument("--on-exceed", choices=ACTIONS)
+    update.add_argument("--tiers", help=_TIERS_HELP + "; an empty string makes the budget single-action")
     update.add_argument(
         "--thresholds", help="new alert percentages, e.g. 50,80; an empty string turns them off"
     )
@@ -452,6 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo's own options (--limit ...) pass through untouched; argparse's REMAINDER would take
     # them for this parser's.
     args, extra = _parser().parse_known_args(argv)
+    if args.command is None or getattr(args, f"{args.command}_command", "") is None:
+        args.missing_command()  # exits 2 naming the choices
     if extra and args.command != "demo":
         _parser().error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
@@ -461,13 +538,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sidecar(args)
         if args.command == "demo":
             return cmd_demo(args)
-        from paymaster import _cli_tokens
+        from paymaster import _cli_tokens, _cli_top
 
         if args.command == "tokens" and args.tokens_command == "new":
             _cli_tokens.cmd_tokens_new(args)
             return 0
         commands = {"budgets": cmd_budgets, "usage": cmd_usage, "tokens": _cli_tokens.cmd_tokens,
-                    "audit": _cli_tokens.cmd_audit, "health": cmd_health}  # fmt: skip
+                    "audit": _cli_tokens.cmd_audit, "health": cmd_health, "top": _cli_top.cmd_top}  # fmt: skip
         client = _Client(args.target, args.timeout, args)
         try:
             commands[args.command](args, client)

@@ -5,7 +5,8 @@ Anthropic response, or an explicit cost report) with counts that follow from the
 run prints the same figures. The pipeline fans out to three research branches, then drafts and
 reviews in a loop until the reviewer approves. It runs twice: once with room to finish, once under
 a budget too small for it, which halts it — the second table and the history show what ran, what
-was denied before it ran, and what every step really cost, with the source of each price. Then it
+was denied before it ran and why, and what every step really cost, with the source of each price
+(a step that ran in the first run reserves what it cost there: ``learned``). Then it
 starts the budget sidecar in-process, on its embedded SQLite store in a temporary directory (no
 server to install), declares a team budget there, and runs the pipeline twice more against it: the
 first run fits, the second is denied by the team's budget before the call that would pass it, and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,29 +160,9 @@ def build_pipeline() -> Pipeline:
 
 
 # ----------------------------------------------------------------------------------- reporting
-def _agent_calls(steps: Sequence[StepResult], prefix: str = "") -> list[tuple[str, StepResult]]:
-    """Every agent call with a path that says where it ran (``refine[2].review``, ``research.web``)."""
-    calls: list[tuple[str, StepResult]] = []
-    for step in steps:
-        if step.kind == "agent":
-            calls.append((prefix + step.name, step))
-        elif step.kind == "iteration":
-            calls.extend(_agent_calls(step.step_history, f"{step.name}."))
-        elif step.kind == "branch":
-            only = [c.name for c in step.step_history] == [step.name]
-            calls.extend(_agent_calls(step.step_history, prefix if only else f"{prefix}{step.name}."))
-        else:
-            calls.extend(
-                _agent_calls(
-                    step.step_history, f"{prefix}{step.name}." if step.kind == "parallel" else prefix
-                )
-            )
-    return calls
-
-
 def _agent_rows(result: PipelineResult) -> list[list[str]]:
     rows = []
-    for path, step in _agent_calls(result.step_history):
+    for path, step in result.agent_calls():
         model = f"{step.provider}:{step.model}" if step.model else "-"
         if step.denied:
             outcome = f"denied ({step.denial_code})"
@@ -343,7 +325,12 @@ def run_demo(
     *, tight: UsageLimits = TIGHT, config: PaymasterConfig | None = None, sidecar: bool = True
 ) -> int:
     """Run the pipeline with room to finish, then under ``tight``; print both tables and the halt."""
-    config = config if config is not None else parse_config(DEMO_CONFIG, path="demo paymaster.toml")
+    if config is None:
+        # Built in: no file to name in messages, which point to the paymaster.toml that --config reads.
+        config = dataclasses.replace(parse_config(DEMO_CONFIG, path="paymaster.toml"), path=None)
+        print(
+            "Prices: built in (gpt-4o is left to the genai-prices library on purpose); --config FILE uses yours."
+        )
     tracer_provider, meter_provider, spans, reader = _telemetry()
     providers = (tracer_provider, meter_provider)
     topic = "How should platform teams cap LLM spend per tenant?"
@@ -362,7 +349,7 @@ def run_demo(
     except UsageLimitExceededError as exc:
         assert exc.result is not None
         print(cost_table(exc.result))
-        print(f"\nThe run halted: {exc}")
+        print(f"\nThe run halted at {exc.result.halted_at}: {exc}")
         print("History of the halted run:")
         print("\n".join("  " + line for line in history(exc.result.step_history)))
     print()

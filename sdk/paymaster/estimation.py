@@ -5,7 +5,9 @@ decides every step; otherwise the first rule of ``ExecutorCore(estimator_factory
 predicate matches the step; otherwise the default heuristic, which tries in turn
 
 1. the step's own ``StepConfig.expected_cost_usd`` / ``expected_tokens`` (``heuristic``),
-2. the ``LearningEstimator``, once it has seen enough runs of this step and model (``learned``),
+2. the ``LearningEstimator`` (by default the process's in-memory ``default_learner()``), once it has
+   seen enough runs of this step and model (``learned``): one for an agent that reports its own
+   cost, five for one priced from its tokens,
 3. ``[cost.estimators.<provider>."<model>"]`` hints from ``paymaster.toml`` (``config_hint``),
 4. a bound from the model's price and the request: input tokens approximated as characters / 4,
    plus the agent's ``max_tokens`` of output (``heuristic``),
@@ -18,6 +20,7 @@ on the hot path of every step: it reads no file, and model lookups are cached.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -49,6 +52,7 @@ __all__ = [
     "UsageEstimator",
     "UsageEstimatorFactory",
     "default_heuristic",
+    "default_learner",
     "resolve_estimate",
 ]
 
@@ -164,18 +168,17 @@ class HeuristicEstimator:
         if getattr(step, "kind", "agent") in _FREE_KINDS:
             return ZERO_ESTIMATE, "minimal"
         agent = getattr(step, "agent", None)
-        found = agent_model(agent)
-        ref = None if found is None else self.calculator.resolve(*found)
         config = getattr(step, "config", None)
-        declared = _declared(
-            getattr(config, "expected_cost_usd", None), getattr(config, "expected_tokens", None), ref, self
-        )
-        if declared is not None:
-            return declared, "heuristic"
-        if learned is not None:
-            known = learned.lookup(step)
+        cost, tokens = getattr(config, "expected_cost_usd", None), getattr(config, "expected_tokens", None)
+        if learned is not None and cost is None and tokens is None:
+            known = learned.lookup(step)  # before any model lookup: on the hot path of every call
             if known is not None:
                 return known, "learned"
+        found = agent_model(agent)
+        ref = None if found is None else self.calculator.resolve(*found)
+        declared = _declared(cost, tokens, ref, self)
+        if declared is not None:
+            return declared, "heuristic"
         if ref is None:
             return ZERO_ESTIMATE, "minimal"
         hint = self.calculator.cost.hint_for(ref)
@@ -199,7 +202,7 @@ class HeuristicEstimator:
             getattr(config, "expected_tokens", None) is not None
         )
         if not declared and learned is not None:
-            return None
+            return None  # what is learned changes from call to call (the executor asks it first)
         found = agent_model(getattr(step, "agent", None))
         hinted = (
             found is not None and self.calculator.cost.hint_for(self.calculator.resolve(*found)) is not None
@@ -322,6 +325,7 @@ def _checked(estimator: object, estimate: object) -> UsageEstimate:
 
 # ------------------------------------------------------------------------------ learning estimator
 _FORMAT = "paymaster-learned-estimates/1"
+_MAX_KEYS = 4096
 _N = TypeVar("_N", Decimal, int)
 
 
@@ -340,15 +344,46 @@ class LearnedStats:
 
 
 class _Series:
-    """The recent actual usage of one (step, model)."""
+    """The recent actual usage of one (step, model): the window in arrival order, and kept sorted
+    (so the quantile is an index, not a sort on every call)."""
 
-    __slots__ = ("costs", "observations", "stats", "tokens")
+    __slots__ = (
+        "costs",
+        "estimate",
+        "explicit",
+        "observations",
+        "sorted_costs",
+        "sorted_tokens",
+        "stats",
+        "tokens",
+        "total_cost",
+    )
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, *, explicit: bool = False) -> None:
         self.costs: deque[Decimal] = deque(maxlen=window)
         self.tokens: deque[int] = deque(maxlen=window)
+        self.sorted_costs: list[Decimal] = []
+        self.sorted_tokens: list[int] = []
+        self.total_cost = ZERO
         self.observations = 0
+        self.explicit = explicit
+        """Every observation was a cost the agent reported itself (nothing else could estimate it)."""
         self.stats: LearnedStats | None = None  # computed on demand, dropped on every observation
+        self.estimate: UsageEstimate | None = None  # the last estimate, kept while it is unchanged
+
+    def add(self, cost: Decimal, tokens: int) -> None:
+        if len(self.costs) == self.costs.maxlen:  # the oldest leaves the window
+            oldest_cost, oldest_tokens = self.costs[0], self.tokens[0]
+            del self.sorted_costs[bisect.bisect_left(self.sorted_costs, oldest_cost)]
+            del self.sorted_tokens[bisect.bisect_left(self.sorted_tokens, oldest_tokens)]
+            self.total_cost -= oldest_cost
+        self.costs.append(cost)
+        self.tokens.append(tokens)
+        bisect.insort(self.sorted_costs, cost)
+        bisect.insort(self.sorted_tokens, tokens)
+        self.total_cost += cost
+        self.observations += 1
+        self.stats = None
 
 
 class LearningEstimator:
@@ -358,9 +393,14 @@ class LearningEstimator:
     of the latest ``window`` calls; once ``min_samples`` are in, the estimate is the ``quantile``
     (nearest rank) of the window's costs and, separately, of its token counts: a high quantile
     reserves enough for nearly every call without reserving for the single worst one ever seen.
-    Calls whose cost is unknown teach nothing and are skipped. ``save()`` writes the windows to
-    ``path`` atomically (write a temporary file, then rename), and a new estimator on the same path
-    starts calibrated. Several processes may share a file; the last to save wins.
+    A step whose every call reported its own cost (``explicit``: a paid tool, an agent that prices
+    itself) has no price to bound it otherwise, so ``min_explicit_samples`` calls calibrate it.
+    Calls whose cost is unknown teach nothing and are skipped. At most ``max_series`` (step, model)
+    pairs are kept: past it, the one observed longest ago is forgotten. ``save()`` writes the windows
+    to ``path`` atomically (write a temporary file, then rename), and a new estimator on the same
+    path starts calibrated. Several processes may share a file; the last to save wins.
+
+    Every runner learns by default, in memory, through the process's ``default_learner()``.
     """
 
     def __init__(
@@ -368,23 +408,35 @@ class LearningEstimator:
         path: str | Path | None = None,
         *,
         min_samples: int = 5,
+        min_explicit_samples: int | None = None,
         quantile: float = 0.95,
         window: int = 100,
+        max_series: int | None = None,
         autosave_every: int | None = None,
         fallback: UsageEstimator | None = None,
     ) -> None:
-        if min_samples < 1 or window < min_samples or not 0 < quantile <= 1:
+        explicit = min_samples if min_explicit_samples is None else min_explicit_samples
+        if min_samples < 1 or explicit < 1 or window < max(min_samples, explicit) or not 0 < quantile <= 1:
             raise ConfigError(
-                f"LearningEstimator: need 1 <= min_samples <= window and 0 < quantile <= 1, got "
-                f"min_samples={min_samples}, window={window}, quantile={quantile}"
+                f"LearningEstimator: need 1 <= min_samples, min_explicit_samples <= window and "
+                f"0 < quantile <= 1, got min_samples={min_samples}, min_explicit_samples={explicit}, "
+                f"window={window}, quantile={quantile}"
             )
+        if max_series is not None and max_series < 1:
+            raise ConfigError(f"LearningEstimator: max_series must be positive, got {max_series}")
         if autosave_every is not None and (autosave_every < 1 or path is None):
             raise ConfigError("LearningEstimator: autosave_every needs a path and a positive count")
         self.path = None if path is None else Path(path)
         self.min_samples, self.quantile, self.window = min_samples, quantile, window
+        self.min_explicit_samples = explicit
+        self.max_series = max_series
         self.autosave_every = autosave_every
         self.fallback = fallback
+        # In insertion order of the last observation: the first is the one to forget.
         self._series: dict[tuple[str, str], _Series] = {}
+        # A step's key (its name and its agent's model) by the step's id, checked by identity: on the
+        # hot path of every call, where reading the model from the agent costs more than the rest.
+        self._keys: dict[int, tuple[Any, Any, tuple[str, str]]] = {}
         self._lock = threading.Lock()
         self._unsaved = 0
         if self.path is not None and self.path.exists():
@@ -395,15 +447,17 @@ class LearningEstimator:
         """Record one finished call's actual usage (skipped when its cost is unknown)."""
         if usage.cost_usd is None:
             return
-        key = _key(step)
+        key = self._key(step)
+        explicit = usage.cost_source == "explicit"
         with self._lock:
-            series = self._series.get(key)
+            series = self._series.pop(key, None)  # re-inserted last: the most recently observed
             if series is None:
-                series = self._series[key] = _Series(self.window)
-            series.costs.append(usage.cost_usd)
-            series.tokens.append(usage.total_tokens)
-            series.observations += 1
-            series.stats = None
+                series = _Series(self.window, explicit=explicit)
+                if self.max_series is not None and len(self._series) >= self.max_series:
+                    del self._series[next(iter(self._series))]
+            self._series[key] = series
+            series.explicit = series.explicit and explicit
+            series.add(usage.cost_usd, usage.total_tokens)
             self._unsaved += 1
             due = self.autosave_every is not None and self._unsaved >= self.autosave_every
         if due:
@@ -411,25 +465,41 @@ class LearningEstimator:
 
     def stats(self, step: Any) -> LearnedStats | None:
         """What is known of this step and its model, once ``min_samples`` calls were observed."""
-        series = self._series.get(_key(step))
-        if series is None or len(series.costs) < self.min_samples:
+        series = self._series.get(self._key(step))
+        if series is None:
             return None
+        needed = self.min_explicit_samples if series.explicit else self.min_samples
+        if len(series.costs) < needed:
+            return None
+        return self._stats(series)
+
+    def _stats(self, series: _Series) -> LearnedStats:
         found = series.stats
         if found is None:
             with self._lock:
-                costs, tokens = sorted(series.costs), sorted(series.tokens)
-            found = series.stats = LearnedStats(
-                observations=series.observations,
-                cost_usd=_rank(costs, self.quantile),
-                tokens=_rank(tokens, self.quantile),
-                mean_cost_usd=sum(costs, ZERO) / len(costs),
-            )
+                found = series.stats = LearnedStats(
+                    observations=series.observations,
+                    cost_usd=_rank(series.sorted_costs, self.quantile),
+                    tokens=_rank(series.sorted_tokens, self.quantile),
+                    mean_cost_usd=series.total_cost / len(series.costs),
+                )
         return found
 
     def lookup(self, step: Any) -> UsageEstimate | None:
         """The learned estimate, or ``None`` until enough calls were observed."""
-        found = self.stats(step)
-        return None if found is None else UsageEstimate(cost_usd=found.cost_usd, tokens=found.tokens)
+        series = self._series.get(self._key(step))
+        if series is None:
+            return None
+        with self._lock:  # runners in other threads may be adding to the window
+            count = len(series.costs)
+            if count < (self.min_explicit_samples if series.explicit else self.min_samples):
+                return None
+            at = max(math.ceil(self.quantile * count), 1) - 1  # the nearest rank, as _rank
+            cost, tokens = series.sorted_costs[at], series.sorted_tokens[at]
+        known = series.estimate
+        if known is None or known.cost_usd != cost or known.tokens != tokens:
+            known = series.estimate = UsageEstimate(cost_usd=cost, tokens=tokens)
+        return known
 
     def estimate(self, step: Any, data: Any, context: Any) -> UsageEstimate:
         """The learned estimate; before calibration, the fallback's (the default heuristic's)."""
@@ -438,6 +508,24 @@ class LearningEstimator:
             return known
         fallback = self.fallback if self.fallback is not None else default_heuristic()
         return fallback.estimate(step, data, context)
+
+    def _key(self, step: Any) -> tuple[str, str]:
+        agent = getattr(step, "agent", None)
+        known = self._keys.get(id(step))
+        if known is not None and known[0] is step and known[1] is agent:
+            return known[2]
+        key = _key(step)
+        if len(self._keys) >= _MAX_KEYS:
+            self._keys.clear()  # steps made per request: start over rather than grow
+        self._keys[id(step)] = (step, agent, key)
+        return key
+
+    def clear(self) -> None:
+        """Forget everything observed (a saved file is left as it is)."""
+        with self._lock:
+            self._series.clear()
+            self._keys.clear()
+            self._unsaved = 0
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path | None = None) -> Path:
@@ -484,9 +572,28 @@ class LearningEstimator:
                     f"{path}: series {entry.step!r}/{entry.model!r} has unequal cost and token lists"
                 )
             series = self._series[(entry.step, entry.model)] = _Series(self.window)
-            series.costs.extend(entry.cost_usd)
-            series.tokens.extend(entry.tokens)
+            for cost, tokens in zip(entry.cost_usd, entry.tokens, strict=True):
+                series.add(cost, tokens)
             series.observations = max(entry.observations, len(entry.cost_usd))
+
+
+_learner: LearningEstimator | None = None
+
+
+def default_learner() -> LearningEstimator:
+    """The process's in-memory ``LearningEstimator``, which every ``ExecutorCore`` learns with unless
+    given another (or ``learned=None``). Once a step has run with a model, its runs estimate what it
+    really cost before: a step whose agent reports its own cost after one call, a priced one after
+    five (until then its price bounds it). Its windows hold the latest 20 calls of at most 1,000
+    (step, model) pairs; ``clear()`` forgets them."""
+    global _learner
+    if _learner is None:
+        with _default_lock:
+            if _learner is None:
+                _learner = LearningEstimator(
+                    min_samples=5, min_explicit_samples=1, window=20, max_series=1000
+                )
+    return _learner
 
 
 def _key(step: Any) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from paymaster.result import PipelineResult
+    from paymaster.result import PipelineResult, StepResult
 
 __all__ = [
     "BudgetExceededError",
@@ -75,14 +75,26 @@ class UsageReportError(PaymasterError, ValueError):
 class UsageLimitExceededError(PaymasterError):
     """Spending would pass (or has passed) a usage limit; the run was halted.
 
+    ``code`` says which and when: ``cost_limit_denied`` / ``token_limit_denied`` when a step's
+    estimate did not fit and the step was not run; ``cost_limit_exceeded`` / ``token_limit_exceeded``
+    when a step's actual usage passed the limit after it ran (the spend is recorded); the sidecar's
+    codes (``budget_denied``, ``budget_exceeded``, ``no_downgrade_path``, ``sidecar_unavailable``)
+    for its budgets. The message names the step, the limit, what was spent and what was estimated.
     ``result`` (alias ``partial_result``) holds the history of everything that ran up to the halt,
-    and its totals are what was really spent.
+    its totals are what was really spent, and ``result.halted_step`` is ``step_result``.
     """
 
     def __init__(self, message: str, result: PipelineResult | None = None, *, code: str = "limit") -> None:
         super().__init__(message)
         self.result: PipelineResult | None = result
         self.code = code
+        self.step_result: StepResult | None = None
+        """The step whose denial or overrun halted the run (set by the executor)."""
+
+    @property
+    def step(self) -> str | None:
+        """The name of the step that halted the run."""
+        return None if self.step_result is None else self.step_result.name
 
     @property
     def partial_result(self) -> PipelineResult | None:

@@ -1,7 +1,7 @@
 """``UsageLimits``: the cost and token ceilings of a run or of one step.
 
 ``None`` means "no limit". Amounts are exact: floats are converted through ``str`` so the limit is
-the number the user wrote, and error messages quote it the same way (``Cost limit of $0.25 exceeded``).
+the number the user wrote, and refusals quote it that way (``over the run's cost limit of $0.25``).
 """
 
 from __future__ import annotations
@@ -39,11 +39,3 @@ class UsageLimits:
     def is_unlimited(self) -> bool:
         """True when neither a cost nor a token limit is set."""
         return self.total_cost_usd_limit is None and self.total_tokens_limit is None
-
-    def cost_message(self) -> str:
-        """The message raised when the cost limit is passed."""
-        return f"Cost limit of ${self.total_cost_usd_limit} exceeded"
-
-    def tokens_message(self) -> str:
-        """The message raised when the token limit is passed."""
-        return f"Token limit of {self.total_tokens_limit} exceeded"

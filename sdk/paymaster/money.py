@@ -105,8 +105,17 @@ def to_micros(value: Decimal) -> int:
     return int(value.scaleb(6, _EXACT).to_integral_value(ROUND_CEILING, _EXACT))
 
 
-def format_usd(value: Decimal | None, *, places: int = 4) -> str:
-    """``$0.3000`` style, or ``unknown`` when the cost could not be determined."""
+def format_usd(value: Decimal | None, *, places: int | None = 4) -> str:
+    """``$0.3000`` style, or ``unknown`` when the cost could not be determined.
+
+    With ``places=None`` the amount is shown as exactly as the ledgers count, with at least the
+    cents and at most micro-dollars: ``$0.10``, ``$0.024825``, ``$12.00``; what refusals quote, so a
+    spend of $0.0999 is not rounded to look like the limit $0.10."""
     if value is None:
         return "unknown"
+    if places is None:
+        exact = value.normalize()
+        exponent = exact.as_tuple().exponent
+        assert isinstance(exponent, int), "finite amounts only"
+        places = min(max(-exponent, 2), 6)
     return f"${value:.{places}f}"

@@ -11,7 +11,10 @@ agent runs; add this processor to your tracer provider and each of those spans g
     provider.add_span_processor(ReservationSpanProcessor())
 
 The SDK's own step spans are left alone: each states its own claim. A span that already carries the
-attribute keeps it. Baggage also crosses process boundaries when your propagators include W3C baggage
+attribute keeps it. The request budget a span runs under (the ``paymaster.request_budget`` baggage
+entry, ``SidecarBudget.request_budget``) is copied onto every span, the SDK's too, so that a trace view
+shows where a request's money went and the OTLP receiver charges a span it charges to that request
+budget as well. Baggage also crosses process boundaries when your propagators include W3C baggage
 (the default ``tracecontext,baggage``), so a downstream service with this processor stamps its spans
 too: install it there only when that service's spend is part of what the calling step reports (a model
 gateway whose usage the agent returns); docs/otlp.md, "Who charges a span", has the whole contract.
@@ -24,6 +27,7 @@ from opentelemetry import baggage
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from paymaster.request_budget import REQUEST_BUDGET_KEY
 from paymaster.telemetry import RESERVATION_ATTRIBUTE, STEP_ATTRIBUTE
 
 __all__ = ["ReservationSpanProcessor"]
@@ -31,14 +35,19 @@ __all__ = ["ReservationSpanProcessor"]
 
 class ReservationSpanProcessor(SpanProcessor):
     """Copies the ``paymaster.reservation_id`` baggage entry onto every span as it starts, except the
-    SDK's own step spans and spans that carry the attribute already."""
+    SDK's own step spans and spans that carry the attribute already; and the ``paymaster.request_budget``
+    entry onto every span that does not carry one."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        claim = baggage.get_baggage(RESERVATION_ATTRIBUTE, parent_context)
-        if not claim:
+        entries = baggage.get_all(parent_context)
+        if not entries:
             return
         attributes = span.attributes or {}
-        if RESERVATION_ATTRIBUTE not in attributes and STEP_ATTRIBUTE not in attributes:
+        request = entries.get(REQUEST_BUDGET_KEY)
+        if request and REQUEST_BUDGET_KEY not in attributes:
+            span.set_attribute(REQUEST_BUDGET_KEY, str(request))
+        claim = entries.get(RESERVATION_ATTRIBUTE)
+        if claim and RESERVATION_ATTRIBUTE not in attributes and STEP_ATTRIBUTE not in attributes:
             span.set_attribute(RESERVATION_ATTRIBUTE, str(claim))
 
     def on_end(self, span: ReadableSpan) -> None:

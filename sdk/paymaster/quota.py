@@ -16,32 +16,89 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import Final
 
 from paymaster._estimate import UsageEstimate
 from paymaster.limits import UsageLimits
-from paymaster.money import MICRO, ZERO
+from paymaster.money import MICRO, ZERO, format_usd
 
-__all__ = ["Quota", "QuotaDecision", "UsageEstimate"]
+__all__ = ["LimitBreach", "Quota", "QuotaDecision", "UsageEstimate"]
 
 COST_LIMIT: Final = "cost_limit"
 TOKEN_LIMIT: Final = "token_limit"
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LimitBreach:
+    """The limit a reservation would pass (or an actual did), with the figures at that moment.
+
+    Amounts are USD for ``cost_limit`` and tokens for ``token_limit``."""
+
+    reason_code: str
+    """``cost_limit`` or ``token_limit``."""
+    limit_name: str
+    """Which limit, in words: ``the run's cost limit of $0.10``, ``the token limit of 2,000 on step
+    'refine'``, ``the cost share of $0.03 of parallel branch 'web' of 'research'``."""
+    limit: Decimal | int
+    """The limit."""
+    spent: Decimal | int
+    """What had been spent against it before this amount."""
+    reserved: Decimal | int
+    """What other steps in flight held against it."""
+    amount: Decimal | int
+    """The estimate that was refused, or the actual that passed the limit."""
+
+    def denied(self, step: str) -> str:
+        """Why ``step`` was not run: ``step 'draft' was not run: its estimate $0.04 would take spend
+        from $0.09 to $0.13, over the run's cost limit of $0.10``."""
+        what = "its estimate " + self._show(self.amount)
+        return f"step {step!r} was not run: {what} would take {self._from_to()}, over {self.limit_name}"
+
+    def exceeded(self, subject: str, *, estimate: Decimal | int | None = None) -> str:
+        """Why the run halted after ``subject`` (``step 'draft'``) ran: ``step 'draft' spent $0.05
+        (estimated $0.00), taking spend from $0.06 to $0.11, over the run's cost limit of $0.10``."""
+        verb = "spent" if self.reason_code == COST_LIMIT else "used"
+        told = f" (estimated {self._show(estimate)})" if estimate is not None else ""
+        return (
+            f"{subject} {verb} {self._show(self.amount)}{told}, taking {self._from_to()}, "
+            f"over {self.limit_name}"
+        )
+
+    def _from_to(self) -> str:
+        noun = "spend" if self.reason_code == COST_LIMIT else "usage"
+        held = f" (+ {self._show(self.reserved)} held by steps in flight)" if self.reserved else ""
+        total = self.spent + self.reserved + self.amount  # type: ignore[operator]
+        return f"{noun} from {self._show(self.spent)}{held} to {self._show(total)}"
+
+    def _show(self, value: Decimal | int | None) -> str:
+        if self.reason_code == COST_LIMIT:
+            return format_usd(Decimal(value or 0), places=None)
+        return f"{int(value or 0):,} tokens"
+
+
 class QuotaDecision:
     """The answer to ``reserve`` or ``reconcile``: truthy when granted / within limits."""
 
-    __slots__ = ("granted", "message", "reason_code")
+    __slots__ = ("breach", "granted")
 
-    def __init__(self, granted: bool, reason_code: str | None = None, message: str | None = None) -> None:
+    def __init__(self, granted: bool, breach: LimitBreach | None = None) -> None:
         self.granted = granted
         """True when the reservation was taken (or the reconciled actual fits)."""
-        self.reason_code = reason_code
+        self.breach = breach
+        """The limit and the figures, when refused (or passed)."""
+
+    @property
+    def reason_code(self) -> str | None:
         """``cost_limit`` or ``token_limit`` when refused."""
-        self.message = message
-        """``Cost limit of $0.25 exceeded`` style, quoting the limit as the user wrote it."""
+        return None if self.breach is None else self.breach.reason_code
+
+    @property
+    def message(self) -> str | None:
+        """``over the run's cost limit of $0.25``: the limit, without the step."""
+        return None if self.breach is None else f"over {self.breach.limit_name}"
 
     def __bool__(self) -> bool:
         return self.granted
@@ -90,7 +147,7 @@ class Quota:
         self.reserved_tokens = 0
         self._allocated: UsageEstimate | None = None
         self.share_of: str | None = None
-        """For a part made by ``split``: the parent's label, so refusals say a share ran out."""
+        """For a part made by ``split``: the parallel step it belongs to, so refusals say a share ran out."""
         # One lock per tree: a reservation touches every ancestor and must be atomic across them.
         self._lock: threading.Lock = _lock or (parent._lock if parent is not None else threading.Lock())
 
@@ -144,12 +201,12 @@ class Quota:
                     node.cost_limit is not None
                     and node.spent_cost + node.reserved_cost + cost > node.cost_limit
                 ):
-                    return QuotaDecision(False, COST_LIMIT, node._message(COST_LIMIT))
+                    return QuotaDecision(False, node._breach(COST_LIMIT, cost))
                 if (
                     node.token_limit is not None
                     and node.spent_tokens + node.reserved_tokens + tokens > node.token_limit
                 ):
-                    return QuotaDecision(False, TOKEN_LIMIT, node._message(TOKEN_LIMIT))
+                    return QuotaDecision(False, node._breach(TOKEN_LIMIT, tokens))
                 node = node.parent
             node = self
             while node is not None:
@@ -172,12 +229,30 @@ class Quota:
         with self._lock:
             self._settle(estimate, ZERO, 0)
 
-    def _message(self, code: str) -> str:
-        if self.share_of is None:
-            return self.limits.cost_message() if code == COST_LIMIT else self.limits.tokens_message()
-        if code == COST_LIMIT:
-            return f"Cost share of ${self.cost_limit} for parallel branch {self.label!r} of {self.share_of!r} exceeded"
-        return f"Token share of {self.token_limit} for parallel branch {self.label!r} of {self.share_of!r} exceeded"
+    def _breach(self, code: str, amount: Decimal | int, *, settled: bool = False) -> LimitBreach:
+        """The facts of passing this level's ``code`` limit by ``amount``; ``settled``: the amount is
+        already counted in the spend (a reconciled actual)."""
+        cost = code == COST_LIMIT
+        limit = self.cost_limit if cost else self.token_limit
+        assert limit is not None
+        spent = self.spent_cost if cost else self.spent_tokens
+        shown = format_usd(Decimal(limit), places=None) if cost else f"{limit:,}"
+        what = "cost" if cost else "token"
+        if self.share_of is not None:
+            name = f"the {what} share of {shown} of branch {self.label!r} of parallel step {self.share_of!r}"
+        elif self.parent is None:
+            whose = "the run's" if self.label == "run" else f"quota {self.label!r}'s"
+            name = f"{whose} {what} limit of {shown}"
+        else:
+            name = f"the {what} limit of {shown} on step {self.label!r}"
+        return LimitBreach(
+            reason_code=code,
+            limit_name=name,
+            limit=limit,
+            spent=spent - amount if settled else spent,  # type: ignore[operator]
+            reserved=self.reserved_cost if cost else self.reserved_tokens,
+            amount=amount,
+        )
 
     def _settle(self, estimate: UsageEstimate, cost: Decimal, tokens: int) -> QuotaDecision:
         breach = GRANTED
@@ -193,24 +268,30 @@ class Quota:
             # still hold reservations: that is a breach too, so they are cancelled before they spend.
             if breach.granted and (cost or tokens):
                 if node.cost_limit is not None and node.spent_cost + node.reserved_cost > node.cost_limit:
-                    breach = QuotaDecision(False, COST_LIMIT, node._message(COST_LIMIT))
+                    breach = QuotaDecision(False, node._breach(COST_LIMIT, cost, settled=True))
                 elif (
                     node.token_limit is not None
                     and node.spent_tokens + node.reserved_tokens > node.token_limit
                 ):
-                    breach = QuotaDecision(False, TOKEN_LIMIT, node._message(TOKEN_LIMIT))
+                    breach = QuotaDecision(False, node._breach(TOKEN_LIMIT, tokens, settled=True))
             node = node.parent
         return breach
 
     def split(
-        self, n: int, *, weights: Sequence[UsageEstimate] | None = None, labels: Sequence[str] | None = None
+        self,
+        n: int,
+        *,
+        weights: Sequence[UsageEstimate] | None = None,
+        labels: Sequence[str] | None = None,
+        owner: str | None = None,
     ) -> list[Quota]:
         """Cut what remains into ``n`` detached quotas summing exactly to it; zero this one meanwhile.
 
         Parts are proportional to ``weights`` (the branches' estimates) per dimension when those
         are non-zero, else equal. Indivisible units (micro-dollars, tokens) go to the parts with the
         largest fractional shares, ties to the lowest index, so the same inputs always give the
-        same parts. Call ``merge`` with the parts when the branches are done.
+        same parts. Call ``merge`` with the parts when the branches are done. ``owner`` names the
+        parallel step whose branches the parts are, in refusals (default: this quota's label).
         """
         if n < 1:
             raise ValueError(f"split needs at least one part, got n={n}")
@@ -233,7 +314,7 @@ class Quota:
                 part = Quota(
                     UsageLimits(total_cost_usd_limit=c, total_tokens_limit=t), label=label, _lock=self._lock
                 )
-                part.share_of = self.label
+                part.share_of = owner or self.label
                 parts.append(part)
             return parts
 

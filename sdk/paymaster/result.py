@@ -85,7 +85,13 @@ class StepResult:
 
 @dataclass(kw_only=True, slots=True)
 class PipelineResult:
-    """The outcome of a run: the history and its totals."""
+    """The outcome of a run: the history and its totals.
+
+    The history is a tree: a loop holds its iterations (``refine[1]``, ``refine[2]`` ...), each
+    iteration the steps of the loop's body, a parallel step its branches. ``walk()`` visits every
+    result depth first, ``agent_calls()`` lists the agent calls with their paths
+    (``refine[2].review``, ``research.web``), and ``halted_step`` / ``halted_at`` name the step that
+    halted the run, however deep it sits."""
 
     step_history: list[StepResult] = field(default_factory=list)
     """One result per top-level step that ran (or was denied)."""
@@ -93,6 +99,20 @@ class PipelineResult:
     """True when every step finished."""
     output: Any = None
     """The last step's output."""
+    halted_step: StepResult | None = None
+    """The step whose denial (before it ran) or overrun (after) halted the run, wherever it sits in
+    the tree; ``None`` when no limit or budget halted it. Its ``denied``, ``denial_code`` and
+    ``feedback`` say which limit and by how much."""
+
+    @property
+    def halted_at(self) -> str | None:
+        """The path of ``halted_step`` (``refine[3].draft``), or ``None``."""
+        if self.halted_step is None:
+            return None
+        for path, step in self.walk_paths():
+            if step is self.halted_step:
+                return path
+        return self.halted_step.name
 
     @property
     def total_cost_usd(self) -> Decimal:
@@ -110,6 +130,28 @@ class PipelineResult:
         return sum(1 for s in self.walk() if s.kind == "agent" and s.cost_source == "unknown")
 
     def walk(self) -> Iterator[StepResult]:
-        """Every step result, nested ones included, depth first."""
+        """Every step result, nested ones included, depth first: loops, their iterations, parallel
+        steps and branches as well as the agent calls (``kind`` tells them apart)."""
         for s in self.step_history:
             yield from s.walk()
+
+    def walk_paths(self) -> Iterator[tuple[str, StepResult]]:
+        """``walk()`` with each result's path: ``research``, ``research.web``, ``refine[2]``,
+        ``refine[2].review``. A branch that holds one step of its own name shares its path."""
+        return _paths(self.step_history, "")
+
+    def agent_calls(self) -> list[tuple[str, StepResult]]:
+        """Every agent call (ran, denied or cancelled) with its path, in the order they were made."""
+        return [(path, s) for path, s in self.walk_paths() if s.kind == "agent"]
+
+
+def _paths(steps: list[StepResult], prefix: str) -> Iterator[tuple[str, StepResult]]:
+    for s in steps:
+        path = prefix + s.name
+        yield path, s
+        if s.kind == "loop":
+            yield from _paths(s.step_history, prefix)  # iterations carry the loop's name: refine[2]
+        elif s.kind == "branch" and [c.name for c in s.step_history] == [s.name]:
+            yield from _paths(s.step_history, prefix)
+        else:
+            yield from _paths(s.step_history, f"{path}.")

@@ -119,6 +119,7 @@ class Runner:
             )
         except UsageLimitExceededError as exc:
             exc.result = result
+            result.halted_step = exc.step_result
             span.set_attribute("paymaster.halted", True)
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
             raise

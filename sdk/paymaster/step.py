@@ -224,6 +224,33 @@ class ParallelStep(Step):
             raise ConfigError(f"Parallel step '{name}': quota must be 'shared' or 'split', got {strategy!r}")
         self.branches = {str(k): Pipeline.coerce(v) for k, v in branches.items()}
         self.strategy: QuotaStrategy = strategy
+        if strategy == "shared":
+            splitting = [(k, s) for k, b in self.branches.items() if (s := _splitter(b)) is not None]
+            if len(splitting) >= 2:
+                (k1, s1), (k2, s2) = splitting[:2]
+                raise ConfigError(
+                    f"Parallel step '{name}': branches '{k1}' and '{k2}' both run a split parallel "
+                    f"('{s1.name}', '{s2.name}') on the one quota this step shares, and a quota is split "
+                    f"by one parallel at a time; give '{name}' quota='split' so that each branch splits "
+                    "its own share, or give those steps their own usage_limits"
+                )
+
+
+def _splitter(pipeline: Pipeline) -> ParallelStep | None:
+    """The first split parallel that running ``pipeline`` would split the quota it is given with (not
+    one inside a step with its own ``usage_limits``, which splits that step's own quota)."""
+    for step in pipeline.steps:
+        if step.usage_limits is not None:
+            continue
+        if isinstance(step, ParallelStep):
+            if step.strategy == "split":
+                return step
+            for branch in step.branches.values():
+                if (found := _splitter(branch)) is not None:
+                    return found
+        elif isinstance(step, LoopStep) and (found := _splitter(step.body)) is not None:
+            return found
+    return None
 
 
 class Pipeline:

@@ -21,6 +21,7 @@ from opentelemetry import metrics, trace
 from paymaster._estimate import UsageEstimate
 from paymaster._metering import MeasuredUsage
 from paymaster.money import ZERO
+from paymaster.vocabulary import NO_MODEL
 
 __all__ = [
     "INSTRUMENTS",
@@ -230,11 +231,11 @@ _Key = tuple[str, tuple[tuple[str, str], ...]]
 
 def _usage_keys(step: str, model: str | None, provider: str | None, source: str) -> tuple[_Key, ...]:
     """The series one call's figures go to: cost, unpriced, input, output and total tokens."""
-    m = model or "unknown"
+    m = model or NO_MODEL
     return (
         (
             "paymaster.cost_usd",
-            (("cost_source", source), ("model", m), ("provider", provider or "unknown"), ("step", step)),
+            (("cost_source", source), ("model", m), ("provider", provider or NO_MODEL), ("step", step)),
         ),
         ("paymaster.unpriced_calls", (("model", m), ("step", step))),
         ("paymaster.tokens", (("model", m), ("step", step), ("type", "input"))),

@@ -51,6 +51,8 @@ class LiveSidecar:
     port: int = field(default_factory=free_port)
     otlp_port: int = field(default_factory=free_port)
     sidecar: Sidecar | None = None
+    extra: str = ""
+    """More of the sidecar's TOML (e.g. ``[http]``)."""
     _channel: grpc.Channel | None = None
 
     @property
@@ -91,6 +93,7 @@ class LiveSidecar:
             http_listen = "127.0.0.1:0"
             [receivers.otlp.pricing]
             config = "{self.prices}"
+            {self.extra}
             """,
             source=str(self.workdir / "sidecar.toml"),
         )

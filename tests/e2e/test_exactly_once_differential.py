@@ -11,7 +11,10 @@ mode — per-step reservations, leases, leases across runs (three runs at once, 
 drawing from the slices one ``SidecarBudget`` holds), downgrades, ``fail_open`` (a journal replayed
 later), ``fail_closed``, ``local_only_limits`` and no budget at all — with OTLP ingestion on (the SDK's spans
 exported by its real OTLP exporter as each step ends, with the reservation span processor installed)
-and off. Afterwards the sidecar's committed total for the run's team must equal:
+and off; and half of them inside a request budget (opened by the SDK, or — with no budget at all — by
+an upstream service that only puts its id in the baggage), some large, some small enough to deny; its
+steps never draw from a lease (not even the shared ones: the three runs share the request budget).
+Afterwards the sidecar's committed total for the run's team, and the request budget's, must each equal:
 
 * with ingestion on, the SDK's reported total (``result.total_cost_usd``, summed over the runs);
 * with ingestion off, the part the SDK charged itself (steps run under a reservation, a lease or
@@ -35,6 +38,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from opentelemetry import baggage, context
 from opentelemetry.sdk.trace import TracerProvider
 
 from paymaster import (
@@ -173,7 +177,8 @@ def splits(node: Any) -> int:
 
 def concurrent_splits(node: Any) -> bool:
     """Two split parallels splitting one quota at once, in sibling branches of a shared parallel: the
-    SDK refuses that (``quota ... is already split``), so these pipelines are not drawn."""
+    SDK refuses to build that pipeline (``ConfigError``, tests/sdk/test_parallel.py), so these are not
+    drawn."""
     if isinstance(node, Call):
         return False
     if isinstance(node, Seq):
@@ -205,6 +210,8 @@ class Scenario:
     """The agent call at which the sidecar goes down (modes with outages)."""
     down_for: int | None
     """Agent calls until it is back; ``None``: back only after the run."""
+    request_usd: str | None
+    """Run inside a request budget of this limit."""
 
 
 scenarios = st.builds(
@@ -221,6 +228,7 @@ scenarios = st.builds(
     run_limit_usd=st.sampled_from([None, None, "0.003", "0.02"]),
     down_at=st.integers(1, 4),
     down_for=st.none() | st.integers(1, 4),
+    request_usd=st.sampled_from([None, None, "0.004", "1"]),
 )
 
 
@@ -307,10 +315,10 @@ def build(node: Any, world: World, names: Iterator[int]) -> Step | Pipeline:
 # ---------------------------------------------------------------------------------------- the run
 def run_once(
     live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario, team: str
-) -> tuple[list[PipelineResult], World]:
+) -> tuple[list[PipelineResult], World, str | None]:
     """Run the scenario's pipeline in ``mode`` (``SHARED_RUNS`` times at once in ``shared_lease``),
-    then bring the sidecar back, replay the journal and export the spans still waiting: after this,
-    every path that will ever charge has charged."""
+    inside the scenario's request budget if it has one, then bring the sidecar back, replay the journal
+    and export the spans still waiting: after this, every path that will ever charge has charged."""
     pipe = SpanPipe(live) if ingestion else None
     provider = traced(team, pipe)
     outage = mode in OUTAGES
@@ -337,7 +345,8 @@ def run_once(
         )
     limit = scenario.run_limit_usd or ("1" if mode == "local_only" else None)
 
-    def run(world: World) -> PipelineResult:
+    def run(world: World, within: context.Context | None) -> PipelineResult:
+        """One run, in ``within`` (the request budget's baggage) when given."""
         runner = Runner(
             build(scenario.pipeline, world, itertools.count()),
             budget=budget,
@@ -345,19 +354,36 @@ def run_once(
             meter=PricingMeter(config=SDK_CONFIG),
             tracer_provider=provider,
         )
+        token = None if within is None else context.attach(within)
         try:
             return runner.run(0)
         except UsageLimitExceededError as exc:
             assert exc.result is not None
             return exc.result
+        finally:
+            if token is not None:
+                context.detach(token)
 
-    if mode == "shared_lease":
+    def runs(within: context.Context | None) -> list[PipelineResult]:
+        if mode != "shared_lease":
+            return [run(world, within)]
         worlds = [World(live, provider, None, None) for _ in range(SHARED_RUNS)]
-        with ThreadPoolExecutor(SHARED_RUNS) as pool:
-            results = list(pool.map(run, worlds))
+        with ThreadPoolExecutor(SHARED_RUNS) as pool:  # each thread starts from its own empty context
+            results = list(pool.map(run, worlds, [within] * SHARED_RUNS))
         world.calls = sum(w.calls for w in worlds)
-    else:
-        results = [run(world)]
+        return results
+
+    request_id = None
+    if scenario.request_usd is None:
+        results = runs(None)
+    elif budget is not None:
+        with budget.request_budget(limit_usd=scenario.request_usd) as request:
+            request_id = request.id
+            results = runs(context.get_current())
+    else:  # an upstream service opened it; this process only has its id in the baggage
+        opened = live.stub.OpenRequestBudget(pb.OpenRequestBudgetRequest(limit_usd=scenario.request_usd))
+        request_id = opened.id
+        results = runs(baggage.set_baggage("paymaster.request_budget", request_id))
     if not live.up:
         live.start()
     if budget is not None:
@@ -370,7 +396,7 @@ def run_once(
                 assert heir.flush(timeout_s=30) == 0, "the shared slices' commits were not replayed"
     provider.force_flush()
     provider.shutdown()
-    return results, world
+    return results, world, request_id
 
 
 def lease_for(mode: str, scenario: Scenario) -> LeasePolicy | None:
@@ -388,7 +414,7 @@ def lease_for(mode: str, scenario: Scenario) -> LeasePolicy | None:
 def check(live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario) -> None:
     team = f"t-{uuid.uuid4().hex[:12]}"
     note(f"team {team}")
-    results, world = run_once(live, mode, ingestion, scenario, team)
+    results, world, request_id = run_once(live, mode, ingestion, scenario, team)
     steps = [s for result in results for s in result.walk() if s.kind == "agent"]
     costs = [s.cost_usd or Decimal(0) for s in steps]
     modes = [s.budget.mode if s.budget else None for s in steps]
@@ -399,6 +425,13 @@ def check(live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario) -> 
     by_sdk = sum((c for c, m in zip(costs, modes, strict=True) if m in SDK_CHARGED), Decimal(0))
     expected = reported if ingestion else by_sdk
     assert live.charged(team) == expected, f"the SDK reported ${reported}, ${by_sdk} of it charged by itself"
+    if request_id is not None:
+        # Inside a request budget every step is reserved on its own, under any lease policy.
+        assert "lease" not in modes, "a step inside a request budget drew from a lease"
+        status = live.stub.GetBudgetStatus(pb.GetBudgetStatusRequest(request_budget_id=request_id), timeout=5)
+        assert Decimal(status.used_usd) == expected, f"request budget {request_id}"
+        if not world.went_down:
+            assert Decimal(status.reserved_usd) == 0
     if not world.went_down and scenario.block_usd is not None and mode != "no_budget":
         assert live.reserved(f"{team}-block") == 0  # nothing left held once the run is over
 

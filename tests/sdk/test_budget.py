@@ -177,6 +177,7 @@ def test_a_denied_step_raises_budget_exceeded_before_its_agent_runs(sidecar: InP
     assert len(denied) == 1 and denied[0].attempts == 0 and denied[0].cost_usd == 0
     assert denied[0].denial_code == "budget_denied"
     assert denied[0].budget is not None and denied[0].budget.decision == "deny"
+    assert err.result.halted_step is denied[0] and err.step == denied[0].name
     assert sidecar.admin.status("search-daily") == (Decimal("0.2"), Decimal(0))
     budget.close()
 
@@ -190,7 +191,11 @@ def test_local_limits_still_apply_and_are_checked_first(sidecar: InProcessSideca
             budget=budget,
             usage_limits=UsageLimits(total_cost_usd_limit="0.25"),
         ).run(0)
-    assert str(info.value) == "Cost limit of $0.25 exceeded"
+    assert str(info.value) == (
+        "step 'call' was not run: its estimate $0.10 would take spend from $0.20 to $0.30, "
+        "over the run's cost limit of $0.25"
+    )
+    assert info.value.code == "cost_limit_denied"
     assert not isinstance(info.value, BudgetExceededError)
     assert sidecar.admin.status("search-daily") == (Decimal("0.2"), Decimal(0))
     budget.close()

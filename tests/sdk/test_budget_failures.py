@@ -158,8 +158,12 @@ def test_local_only_limits_runs_under_the_runners_own_limits_and_keeps_nothing_f
     )
     with pytest.raises(UsageLimitExceededError) as info:
         runner.run(0)
-    assert str(info.value) == "Cost limit of $0.25 exceeded"
-    assert info.value.result is not None and info.value.result.total_cost_usd == Decimal("0.3")
+    # The third call is denied on what the first two cost (the process learned it).
+    assert str(info.value) == (
+        "step 'call' was not run: its estimate $0.10 would take spend from $0.20 to $0.30, "
+        "over the run's cost limit of $0.25"
+    )
+    assert info.value.result is not None and info.value.result.total_cost_usd == Decimal("0.2")
     steps = [s for s in info.value.result.walk() if s.kind == "agent"]
     assert {s.budget.decision for s in steps if s.budget} == {"local_only"}
     assert "ran under the runner's own limits only" in steps[0].warnings[0]

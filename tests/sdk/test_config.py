@@ -240,3 +240,17 @@ def test_the_readme_configuration_example_loads_and_prices_as_it_says() -> None:
     ref = parse_model_ref("openai:dall-e-3")
     found = config.cost.pricing_for(ref)
     assert found is not None and found[1].image_prices["price_per_image_hd_1792x1024"] == Decimal("0.120")
+
+
+def test_an_unquoted_dotted_name_is_joined_back_unless_a_shorter_name_is_priced_too() -> None:
+    """What the README and docs/pricing.md say of unquoted model names, both ways."""
+    prices = "prompt_tokens_per_1k = 0.002\ncompletion_tokens_per_1k = 0.008\n"
+    joined = parse_config(f"[cost.providers.openai.gpt-4.1]\n{prices}", path="p.toml")
+    assert set(joined.cost.providers["openai"]) == {"gpt-4.1"}
+    both = f"[cost.providers.openai.gpt-4]\n{prices}[cost.providers.openai.gpt-4.1]\n{prices}"
+    with pytest.raises(
+        ConfigError, match=r"""^p.toml:1: \[cost.providers.openai."gpt-4"\]: unknown key '1'"""
+    ):
+        parse_config(both, path="p.toml")
+    quoted = f'[cost.providers.openai."gpt-4"]\n{prices}[cost.providers.openai."gpt-4.1"]\n{prices}'
+    assert set(parse_config(quoted, path="p.toml").cost.providers["openai"]) == {"gpt-4", "gpt-4.1"}

@@ -1,4 +1,9 @@
-"""The usage governor cookbook's three scenarios, with their exact figures."""
+"""The usage governor cookbook's three scenarios, with their exact figures.
+
+The cookbook's figures are those of a runner that reserves nothing for a step that declares no
+estimate, which is Paymaster's behaviour without learning (``ExecutorCore(learned=None)``); by
+default a step's second call reserves what its first cost, and the runaway loop is denied before
+the call that would pass the limit instead of after it."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 
-from paymaster import Pipeline, Runner, Step, StepConfig, UsageLimitExceededError, UsageLimits
+from paymaster import ExecutorCore, Pipeline, Runner, Step, StepConfig, UsageLimitExceededError, UsageLimits
 
 from .agents import CostlyAgent, FixedMetricAgent
 
@@ -27,18 +32,41 @@ def governed_loop(config: StepConfig | None = None) -> Step:
 
 def test_runaway_loop_halts_after_three_iterations_at_thirty_cents() -> None:
     runner = Runner(
-        governed_loop(), usage_limits=UsageLimits(total_cost_usd_limit=0.25, total_tokens_limit=None)
+        governed_loop(),
+        usage_limits=UsageLimits(total_cost_usd_limit=0.25, total_tokens_limit=None),
+        executor=ExecutorCore(learned=None),
     )
     with pytest.raises(UsageLimitExceededError) as info:
         runner.run(0)
     err = info.value
-    assert str(err) == "Cost limit of $0.25 exceeded"
+    assert str(err) == (
+        "step 'metric_step' spent $0.10 (estimated $0.00), taking spend from $0.20 to $0.30, "
+        "over the run's cost limit of $0.25"
+    )
+    assert err.code == "cost_limit_exceeded" and err.step == "metric_step"
     assert err.result is err.partial_result
     loop = err.result.step_history[0]
     assert loop.attempts == 3
     assert loop.output is None  # halted mid-iteration
     assert err.result.total_cost_usd == Decimal("0.30")
     assert [it.cost_usd for it in loop.step_history] == [Decimal("0.1")] * 3
+    assert err.result.halted_step is loop.step_history[2].step_history[0]
+    assert err.result.halted_at == "governed_loop[3].metric_step"
+
+
+def test_by_default_the_runaway_loop_is_denied_before_the_call_that_would_pass_the_limit() -> None:
+    runner = Runner(governed_loop(), usage_limits=UsageLimits(total_cost_usd_limit=0.25))
+    with pytest.raises(UsageLimitExceededError) as info:
+        runner.run(0)
+    err = info.value
+    assert err.code == "cost_limit_denied"
+    assert str(err) == (
+        "step 'metric_step' was not run: its estimate $0.10 would take spend from $0.20 to $0.30, "
+        "over the run's cost limit of $0.25"
+    )
+    assert err.result.total_cost_usd == Decimal("0.20")
+    assert err.result.halted_at == "governed_loop[3].metric_step"
+    assert err.result.halted_step.denied and err.result.halted_step.estimate_strategy == "learned"
 
 
 def test_declared_estimate_denies_the_third_iteration_before_it_runs() -> None:
@@ -51,8 +79,11 @@ def test_declared_estimate_denies_the_third_iteration_before_it_runs() -> None:
     denied = [s for s in result.walk() if s.denied]
     assert len(denied) == 1
     assert denied[0].attempts == 0 and denied[0].cost_usd == 0
-    assert denied[0].feedback == "denied before it ran: Cost limit of $0.25 exceeded"
-    assert denied[0].denial_code == "cost_limit"
+    assert denied[0].feedback == (
+        "step 'metric_step' was not run: its estimate $0.10 would take spend from $0.20 to $0.30, "
+        "over the run's cost limit of $0.25"
+    )
+    assert denied[0].denial_code == "cost_limit_denied"
 
 
 def test_parallel_breach_cancels_the_slow_branch_at_once() -> None:
@@ -70,7 +101,10 @@ def test_parallel_breach_cancels_the_slow_branch_at_once() -> None:
     with pytest.raises(UsageLimitExceededError) as info:
         runner.run("input")
     elapsed = time.monotonic() - started
-    assert str(info.value) == "Cost limit of $0.1 exceeded"
+    assert str(info.value) == (
+        "step 'fast_expensive' spent $0.15 (estimated $0.00), taking spend from $0.00 to $0.15, "
+        "over the run's cost limit of $0.10"
+    )
     assert elapsed < 0.5, "the slow branch must be cancelled, not awaited"
     result = info.value.result
     assert result.total_cost_usd == Decimal("0.15")
@@ -96,17 +130,25 @@ def test_loop_around_parallel_halts_with_the_spend_it_really_made() -> None:
         iteration_input_mapper=lambda _out, _ctx, _i: 0,
         max_loops=10,
     )
+    limits = UsageLimits(total_cost_usd_limit=0.5)
     with pytest.raises(UsageLimitExceededError) as info:
-        Runner(outer, usage_limits=UsageLimits(total_cost_usd_limit=0.5)).run(0)
+        Runner(outer, usage_limits=limits, executor=ExecutorCore(learned=None)).run(0)
     result = info.value.result
-    assert str(info.value) == "Cost limit of $0.5 exceeded"
+    assert str(info.value) == (
+        "step 'b' spent $0.10 (estimated $0.00), taking spend from $0.50 to $0.60, "
+        "over the run's cost limit of $0.50"
+    )
     assert result.step_history[0].attempts == 3
     spent = sum((s.cost_usd for s in result.walk() if s.kind == "agent" and s.cost_usd), Decimal(0))
     assert result.total_cost_usd == spent == Decimal("0.6")
 
 
 def test_async_run_gives_the_same_result() -> None:
-    runner = Runner(governed_loop(), usage_limits=UsageLimits(total_cost_usd_limit=0.25))
+    runner = Runner(
+        governed_loop(),
+        usage_limits=UsageLimits(total_cost_usd_limit=0.25),
+        executor=ExecutorCore(learned=None),
+    )
 
     async def main() -> Decimal:
         try:

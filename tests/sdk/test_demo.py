@@ -18,7 +18,7 @@ import genai_prices
 import pytest
 from genai_prices import data_snapshot
 
-from paymaster import demo
+from paymaster import demo, pricing
 
 GPT_4O = genai_prices.types.ModelPrice(
     input_mtok=Decimal("2.5"), output_mtok=Decimal("10"), cache_read_mtok=Decimal("1.25")
@@ -63,10 +63,16 @@ def test_the_demo_prices_every_call_shows_its_source_and_halts_the_tight_run(
     for source in ("explicit", "library", "configured", "unknown", "config_hint"):
         assert source in first
     assert "total: $0.042060, 9,725 tokens, 1 call(s) of unknown cost not included" in first
-    assert "refine[2].review" in second and "denied (cost_limit)" in second
-    assert "The run halted: Cost limit of $0.03 exceeded" in second
-    assert "review [agent] denied, $0.000000 — denied before it ran: Cost limit of $0.03 exceeded" in second
+    assert "refine[2].review" in second and "denied (cost_limit_denied)" in second
+    why = (
+        "step 'review' was not run: its estimate $0.012 would take spend from $0.024825 to $0.036825, "
+        "over the run's cost limit of $0.03"
+    )
+    assert f"The run halted at refine[2].review: {why}" in second
+    assert f"review [agent] denied, $0.000000 — {why}" in second
     assert "total: $0.024825" in second
+    # The search tool ran in the first run: the second reserves what it cost there.
+    assert "research.web.web_search  -                            explicit     $0.005000 learned" in second
     assert "quota.reserve.denied x1" in second
 
 
@@ -107,4 +113,15 @@ def test_the_console_script_runs_the_demo() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "The run halted: Cost limit of $0.03 exceeded" in done.stdout
+    assert "The run halted at refine[2].review: step 'review' was not run" in done.stdout
+
+
+def test_the_demo_names_no_file_that_does_not_exist(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its prices are built in: the library's warning points to the paymaster.toml --config reads."""
+    monkeypatch.setattr(pricing, "_warned", set())  # warned once per process: as in a fresh one
+    assert demo.main(["--no-sidecar"]) == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "paymaster.pricing"]
+    assert 'configure [cost.providers.openai."gpt-4o"] in paymaster.toml to pin them' in warning
+    assert "demo paymaster.toml" not in caplog.text

@@ -32,6 +32,7 @@ from paymaster.exceptions import ConfigError
 from paymaster.pricing import CostCalculator
 
 from .agents import FixedMetricAgent
+from .test_telemetry import Providers
 
 DATA = Path(__file__).parent / "data"
 
@@ -377,7 +378,10 @@ def test_a_hinted_estimate_that_does_not_fit_denies_the_step_before_its_agent_ru
         usage_limits=UsageLimits(total_cost_usd_limit=Decimal("0.10")),
         executor=ExecutorCore(estimator_factory=factory),
     )
-    with pytest.raises(UsageLimitExceededError, match=r"^Cost limit of \$0.10 exceeded$") as info:
+    with pytest.raises(
+        UsageLimitExceededError,
+        match=r"^step 'hinted' was not run: its estimate \$0.12 would take spend from \$0.00 to \$0.12, over the run's cost limit of \$0.10$",
+    ) as info:
         runner.run(0)
     assert agent.calls == 0
     assert info.value.result is not None
@@ -403,3 +407,88 @@ def test_the_runner_learns_from_finished_calls_and_then_estimates_from_them(
 def test_an_executor_refuses_an_estimator_without_an_estimate_method() -> None:
     with pytest.raises(ConfigError, match=r"usage_estimator must have a method estimate\(\), got str"):
         ExecutorCore(usage_estimator="0.1")
+
+
+# ------------------------------------------------------------------------------ learning by default
+def three_step_loop() -> Step:
+    """draft, review, edit: agents that report their own cost ($0.045 an iteration) and name no model."""
+    body = (
+        Step("draft", FixedMetricAgent(cost="0.02"))
+        >> Step("review", FixedMetricAgent(cost="0.01"))
+        >> Step("edit", FixedMetricAgent(cost="0.015"))
+    )
+    return Step.loop_until(
+        name="refine", loop_body_pipeline=body, exit_condition_callable=lambda _o, _c: False, max_loops=10
+    )
+
+
+def test_without_learning_the_three_step_loop_overshoots_a_ten_cent_limit() -> None:
+    """What a runner that reserves nothing for undeclared steps does (the peers' documented overshoot)."""
+    runner = Runner(
+        three_step_loop(),
+        usage_limits=UsageLimits(total_cost_usd_limit=0.10),
+        executor=ExecutorCore(learned=None),
+    )
+    with pytest.raises(UsageLimitExceededError) as info:
+        runner.run(0)
+    assert info.value.code == "cost_limit_exceeded"
+    assert info.value.result is not None and info.value.result.total_cost_usd == Decimal("0.110")
+
+
+@pytest.mark.parametrize("limit", ["0.06", "0.07", "0.08", "0.09", "0.10", "0.11", "0.12", "0.13"])
+def test_by_default_the_loop_is_denied_before_the_call_that_would_cross_its_limit(limit: str) -> None:
+    """From the second iteration on every step reserves what it cost in the first, so the call that
+    would pass the limit is denied before it runs: spend never crosses the limit."""
+    with pytest.raises(UsageLimitExceededError) as info:
+        Runner(three_step_loop(), usage_limits=UsageLimits(total_cost_usd_limit=limit)).run(0)
+    err = info.value
+    assert err.result is not None
+    assert err.code == "cost_limit_denied", str(err)
+    assert err.result.total_cost_usd <= Decimal(limit)
+    halted = err.result.halted_step
+    assert halted is not None and halted.denied and halted.attempts == 0
+    assert halted.estimate_strategy == "learned"
+    assert halted.estimate == UsageEstimate(
+        cost_usd=Decimal(dict(draft="0.02", review="0.01", edit="0.015")[halted.name]), tokens=100
+    )
+    assert err.result.total_cost_usd + halted.estimate.cost_usd > Decimal(limit)
+    assert err.result.halted_at == f"refine[{err.result.step_history[0].attempts}].{halted.name}"
+
+
+def test_the_ten_cent_loop_stops_at_nine_cents_and_says_why() -> None:
+    otel = Providers()
+    with pytest.raises(UsageLimitExceededError) as info:
+        otel.runner(three_step_loop(), usage_limits=UsageLimits(total_cost_usd_limit=0.10)).run(0)
+    err = info.value
+    assert str(err) == (
+        "step 'draft' was not run: its estimate $0.02 would take spend from $0.09 to $0.11, "
+        "over the run's cost limit of $0.10"
+    )
+    assert err.step == "draft" and err.result is not None
+    assert err.result.total_cost_usd == Decimal("0.090")
+    assert err.result.halted_at == "refine[3].draft"
+    strategies = [s.attributes["strategy"] for s in otel.finished("cost.estimator.selected")]
+    assert strategies == ["minimal"] * 3 + ["learned"] * 4  # the estimate strategy is on the span
+
+
+def test_a_learner_forgets_the_series_observed_longest_ago_past_max_series() -> None:
+    learner = LearningEstimator(min_samples=1, max_series=2)
+    steps = [Step(name, FixedMetricAgent()) for name in ("a", "b", "c")]
+    for step in steps:
+        learner.observe(step, MeasuredUsage(cost_usd=Decimal("0.1"), total_tokens=1, cost_source="explicit"))
+    learner.observe(steps[1], MeasuredUsage(cost_usd=Decimal("0.1"), total_tokens=1))
+    assert [learner.lookup(s) is not None for s in steps] == [False, True, True]
+
+
+def test_a_priced_step_needs_min_samples_while_one_explicit_cost_calibrates() -> None:
+    learner = LearningEstimator(min_samples=3, min_explicit_samples=1)
+    explicit, priced = Step("tool", FixedMetricAgent()), Step("chat", FixedMetricAgent())
+    learner.observe(explicit, MeasuredUsage(cost_usd=Decimal("0.2"), total_tokens=5, cost_source="explicit"))
+    for _ in range(2):
+        learner.observe(
+            priced, MeasuredUsage(cost_usd=Decimal("0.1"), total_tokens=5, cost_source="configured")
+        )
+    assert learner.lookup(explicit) == UsageEstimate(cost_usd=Decimal("0.2"), tokens=5)
+    assert learner.lookup(priced) is None
+    learner.observe(priced, MeasuredUsage(cost_usd=Decimal("0.1"), total_tokens=5, cost_source="configured"))
+    assert learner.lookup(priced) == UsageEstimate(cost_usd=Decimal("0.1"), tokens=5)

@@ -31,7 +31,10 @@ def test_split_quota_without_estimates_halts_the_branch_that_passes_its_equal_sh
     par = Step.parallel("p", branches(0.06, 0.01), quota="split")
     with pytest.raises(UsageLimitExceededError) as info:
         Runner(par, usage_limits=UsageLimits(total_cost_usd_limit=0.10)).run(0)
-    assert str(info.value) == "Cost share of $0.05 for parallel branch 'a' of 'run' exceeded"
+    assert str(info.value) == (
+        "step 'a' spent $0.06 (estimated $0.00), taking spend from $0.00 to $0.06, "
+        "over the cost share of $0.05 of branch 'a' of parallel step 'p'"
+    )
     assert info.value.result.total_cost_usd == Decimal("0.06")
 
 
@@ -91,3 +94,39 @@ def test_a_failed_branch_fails_the_parallel_step_without_cancelling_siblings() -
     assert not result.success
     assert slow.finished == 1
     assert result.step_history[0].feedback == "branch(es) ['boom'] failed"
+
+
+def split_pair(name: str, cost: float, **kwargs: object) -> Step:
+    return Step.parallel(name, branches(cost, cost), quota="split", **kwargs)  # type: ignore[arg-type]
+
+
+def test_two_split_parallels_on_one_shared_quota_are_refused_when_built() -> None:
+    """A quota is split by one parallel at a time: sibling branches of a shared parallel that would
+    each split it at once are a configuration error, said when the pipeline is built (not a crash
+    midway through a run), naming the steps and the way out."""
+    left, right = split_pair("left", 0.01), Pipeline.from_step(Step("pre", CostlyAgent(cost=0))) >> Step.loop_until(
+        name="again", loop_body_pipeline=Pipeline.from_step(split_pair("right", 0.01)),
+        exit_condition_callable=lambda out, ctx: True, max_loops=2,
+    )  # fmt: skip
+    with pytest.raises(Exception, match=r"Parallel step 'outer': branches 'l' and 'r' both run a split parallel \('left', 'right'\)") as info:  # fmt: skip
+        Step.parallel("outer", {"l": left, "r": right})
+    assert type(info.value).__name__ == "ConfigError"
+    assert "give 'outer' quota='split'" in str(info.value)
+
+
+@pytest.mark.parametrize("way_out", ["outer split", "own limits"])
+def test_nested_split_parallels_run_and_charge_once(way_out: str) -> None:
+    own = {"usage_limits": UsageLimits(total_cost_usd_limit=0.04)} if way_out == "own limits" else {}
+    left = split_pair("left", 0.01, **own)
+    right = split_pair("right", 0.01, **own)
+    outer = Step.parallel(
+        "outer", {"l": left, "r": right}, quota="split" if way_out == "outer split" else "shared"
+    )
+    result = Runner(outer, usage_limits=UsageLimits(total_cost_usd_limit=0.10)).run(0)
+    assert result.success and result.total_cost_usd == Decimal("0.04")
+    assert sorted(path for path, _ in result.agent_calls()) == [
+        "outer.l.left.a",
+        "outer.l.left.b",
+        "outer.r.right.a",
+        "outer.r.right.b",
+    ]

@@ -28,7 +28,12 @@ def test_reservation_that_does_not_fit_is_denied_and_takes_nothing() -> None:
     decision = q.reserve(est("0.1"))
     assert not decision
     assert decision.reason_code == "cost_limit"
-    assert decision.message == "Cost limit of $0.25 exceeded"
+    assert decision.message == "over the run's cost limit of $0.25"
+    assert decision.breach is not None
+    assert decision.breach.denied("draft") == (
+        "step 'draft' was not run: its estimate $0.10 would take spend from $0.00 (+ $0.20 held by steps "
+        "in flight) to $0.30, over the run's cost limit of $0.25"
+    )
     assert q.reserved_cost == Decimal("0.2")
 
 
@@ -36,7 +41,12 @@ def test_token_limit_denial_names_the_token_limit() -> None:
     q = Quota(UsageLimits(total_tokens_limit=1000))
     decision = q.reserve(est(0, 1001))
     assert decision.reason_code == "token_limit"
-    assert decision.message == "Token limit of 1000 exceeded"
+    assert decision.message == "over the run's token limit of 1,000"
+    assert decision.breach is not None
+    assert decision.breach.denied("draft") == (
+        "step 'draft' was not run: its estimate 1,001 tokens would take usage from 0 tokens to "
+        "1,001 tokens, over the run's token limit of 1,000"
+    )
 
 
 def test_reconcile_replaces_the_reservation_with_the_actual() -> None:
@@ -51,7 +61,12 @@ def test_overrunning_actual_is_recorded_and_reported_as_a_breach() -> None:
     q.reserve(est(0))
     verdict = q.reconcile(est(0), est("0.3"))
     assert not verdict
-    assert verdict.message == "Cost limit of $0.25 exceeded"
+    assert verdict.message == "over the run's cost limit of $0.25"
+    assert verdict.breach is not None
+    assert verdict.breach.exceeded("step 'draft'", estimate=Decimal(0)) == (
+        "step 'draft' spent $0.30 (estimated $0.00), taking spend from $0.00 to $0.30, "
+        "over the run's cost limit of $0.25"
+    )
     assert q.spent_cost == Decimal("0.3")  # what was really spent, not clipped to the limit
 
 
@@ -67,7 +82,8 @@ def test_exact_money_one_tenth_plus_two_tenths_is_three_tenths() -> None:
 def test_child_quota_reserves_from_its_parent_too() -> None:
     run = Quota(UsageLimits(total_cost_usd_limit=1))
     step = run.child(UsageLimits(total_cost_usd_limit="0.1"), label="draft")
-    assert not step.reserve(est("0.2"))
+    refused = step.reserve(est("0.2"))
+    assert not refused and refused.message == "over the cost limit of $0.10 on step 'draft'"
     assert run.reserved_cost == 0
     assert step.reserve(est("0.05"))
     assert run.reserved_cost == Decimal("0.05")
@@ -79,7 +95,7 @@ def test_child_reservation_is_denied_by_a_tighter_parent() -> None:
     run = Quota(UsageLimits(total_cost_usd_limit="0.1"))
     step = run.child(UsageLimits(total_cost_usd_limit=5), label="draft")
     decision = step.reserve(est("0.2"))
-    assert decision.message == "Cost limit of $0.1 exceeded"
+    assert decision.message == "over the run's cost limit of $0.10"
 
 
 def test_actual_above_estimate_breaches_when_siblings_hold_the_rest() -> None:
@@ -142,9 +158,9 @@ def test_merge_charges_what_parts_spent_and_returns_the_rest() -> None:
 
 def test_a_split_part_refuses_past_its_share_with_a_message_naming_the_branch() -> None:
     q = Quota(UsageLimits(total_cost_usd_limit="0.10"))
-    parts = q.split(2, labels=["a", "b"])
+    parts = q.split(2, labels=["a", "b"], owner="research")
     decision = parts[0].reserve(est("0.06"))
-    assert decision.message == "Cost share of $0.05 for parallel branch 'a' of 'run' exceeded"
+    assert decision.message == "over the cost share of $0.05 of branch 'a' of parallel step 'research'"
 
 
 def test_splitting_an_unlimited_quota_gives_unlimited_parts() -> None:

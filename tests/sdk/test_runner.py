@@ -77,7 +77,11 @@ def test_token_limit_halts_with_its_message() -> None:
     pipe = Step("a", FixedMetricAgent(tokens=600)) >> Step("b", FixedMetricAgent(tokens=600))
     with pytest.raises(UsageLimitExceededError) as info:
         Runner(pipe, usage_limits=UsageLimits(total_tokens_limit=1000)).run(0)
-    assert str(info.value) == "Token limit of 1000 exceeded"
+    assert str(info.value) == (
+        "step 'b' used 600 tokens (estimated 0 tokens), taking usage from 600 tokens to 1,200 tokens, "
+        "over the run's token limit of 1,000"
+    )
+    assert info.value.code == "token_limit_exceeded"
     assert info.value.result.total_tokens == 1200
 
 
@@ -88,7 +92,10 @@ def test_step_level_limits_are_enforced_as_a_child_quota() -> None:
     pipe = Step("cheap", FixedMetricAgent(cost=0.01)) >> expensive
     with pytest.raises(UsageLimitExceededError) as info:
         Runner(pipe, usage_limits=UsageLimits(total_cost_usd_limit=1)).run(0)
-    assert str(info.value) == "Cost limit of $0.1 exceeded"
+    assert str(info.value) == (
+        "step 'expensive' spent $0.20 (estimated $0.00), taking spend from $0.00 to $0.20, "
+        "over the cost limit of $0.10 on step 'expensive'"
+    )
     assert info.value.result.total_cost_usd == Decimal("0.21")
 
 
@@ -236,3 +243,46 @@ def test_run_inside_an_event_loop_points_to_run_async() -> None:
 
     with pytest.raises(RuntimeError, match=r"use 'await runner\.run_async"):
         asyncio.run(main())
+
+
+def test_the_result_walks_every_step_with_its_path_and_names_the_one_that_halted() -> None:
+    research = Step.parallel(
+        "research",
+        {
+            "web": Step("web", FixedMetricAgent(cost="0.01")),
+            "wiki": Step("lookup", FixedMetricAgent(cost="0.01")),
+        },
+    )
+    body = Step("draft", FixedMetricAgent(cost="0.05")) >> Step("review", FixedMetricAgent(cost="0.05"))
+    refine = Step.loop_until(
+        name="refine", loop_body_pipeline=body, exit_condition_callable=lambda _o, _c: False, max_loops=5
+    )
+    with pytest.raises(UsageLimitExceededError) as info:
+        pipeline = Pipeline.from_step(research) >> Step.adapter("merge", lambda _found: 0) >> refine
+        Runner(pipeline, usage_limits=UsageLimits(total_cost_usd_limit="0.2")).run(0)
+    result = info.value.result
+    assert result is not None
+    assert [path for path, _ in result.walk_paths()] == [
+        "research", "research.web", "research.web", "research.wiki", "research.wiki.lookup", "merge",
+        "refine", "refine[1]", "refine[1].draft", "refine[1].review", "refine[2]", "refine[2].draft",
+        "refine[2].review",
+    ]  # fmt: skip
+    assert [path for path, _ in result.agent_calls()] == [
+        "research.web",
+        "research.wiki.lookup",
+        "refine[1].draft",
+        "refine[1].review",
+        "refine[2].draft",
+        "refine[2].review",
+    ]
+    assert result.halted_at == "refine[2].review"
+    assert result.halted_step is result.agent_calls()[-1][1] and result.halted_step.denied
+    assert [s.kind for s in result.walk()] == [
+        "parallel", "branch", "agent", "branch", "agent", "adapter", "loop", "iteration", "agent", "agent",
+        "iteration", "agent", "agent",
+    ]  # fmt: skip
+
+
+def test_a_finished_run_names_no_halted_step() -> None:
+    result = Runner(Step("a", FixedMetricAgent())).run(0)
+    assert result.halted_step is None and result.halted_at is None

@@ -100,10 +100,14 @@ def test_denial_is_a_span_and_a_counter(otel: Providers) -> None:
     with pytest.raises(UsageLimitExceededError):
         otel.runner(step, usage_limits=UsageLimits(total_cost_usd_limit=1)).run(0)
     (denied,) = otel.finished("quota.reserve.denied")
-    assert denied.attributes == {"reason_code": "cost_limit", "message": "Cost limit of $1 exceeded"}
+    assert denied.attributes == {
+        "reason_code": "cost_limit_denied",
+        "message": "step 'big' was not run: its estimate $2.00 would take spend from $0.00 to $2.00, "
+        "over the run's cost limit of $1.00",
+    }
     (agent,) = otel.finished("invoke_agent big")
     assert agent.status.status_code == trace.StatusCode.ERROR
-    assert otel.points("quota.denials.total") == {(("code", "cost_limit"),): 1}
+    assert otel.points("quota.denials.total") == {(("code", "cost_limit_denied"),): 1}
 
 
 def test_counters_track_strategy_spend_and_variance(otel: Providers) -> None:

@@ -99,7 +99,7 @@ def draft(
     limit: str = "10",
     *,
     period: str = "daily",
-    on_exceed: OnExceed = OnExceed.BLOCK,
+    on_exceed: OnExceed | None = OnExceed.BLOCK,
     thresholds: tuple[int, ...] | None = (),
     **kwargs: Any,
 ) -> BudgetDraft:

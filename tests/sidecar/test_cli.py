@@ -71,7 +71,7 @@ def test_budgets_create_list_update_status_delete(
         "daily",
         "team",
         "search",
-        "12.50",
+        "12.500000",
         "daily",
         "block",
         "50,100",
@@ -140,6 +140,86 @@ def test_usage_by_dimensions_with_a_total_row(
     assert lines[4].split()[:2] == ["TOTAL", "0.330000"]
     code, out, _ = run(server, capsys, "usage", "--team", "search", "--model", "gpt-4o")
     assert out.splitlines()[2].split()[0] == "0.300000"
+
+
+def test_the_global_flags_work_after_the_command_as_before_it(
+    server: RunningSidecar, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.stub.CreateBudget(
+        pb.CreateBudgetRequest(
+            budget=pb.Budget(
+                id="b",
+                scope=pb.SCOPE_TEAM,
+                scope_id="t",
+                limit_usd="1",
+                period="daily",
+                on_exceed=pb.ON_EXCEED_WARN,
+            )
+        )
+    )
+    for argv in (
+        ["budgets", "list", "--json", "--target", server.address],
+        ["--json", "budgets", "list", "--target", server.address],
+        ["--target", server.address, "--json", "budgets", "list"],
+    ):
+        assert main(argv) == 0, argv
+        assert [b["id"] for b in json.loads(capsys.readouterr().out)] == ["b"]
+    assert main(["budgets", "list", "--target", server.address, "--timeout", "3"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[0] == "b"
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "choices"),
+    [
+        (["budgets"], "paymaster budgets", "create, get, delete, status, list, update"),
+        (["tokens"], "paymaster tokens", "create, list, revoke, new"),
+        ([], "paymaster", "sidecar, budgets, usage, tokens, audit, top, health, demo"),
+    ],
+)
+def test_a_command_left_out_lists_the_choices(
+    argv: list[str], usage: str, choices: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.splitlines()[-1] == f"{usage}: error: choose a command: {choices}"
+    assert "_command" not in err
+
+
+def test_json_speaks_the_tables_words_with_every_field_and_numbers_for_counts(
+    server: RunningSidecar, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One vocabulary: ``organization`` and ``warn``, never SCOPE_ORGANIZATION or ON_EXCEED_WARN; every
+    field present (null when unset), so jq paths never vanish; token counts as numbers."""
+    _, out, _ = run(server, capsys, "--json", "budgets", "create", "--id", "org", "--scope", "organization",
+                    "--limit", "5", "--period", "monthly", "--on-exceed", "warn")  # fmt: skip
+    created = json.loads(out)
+    assert (created["scope"], created["on_exceed"], created["scope_id"]) == ("organization", "warn", None)
+    assert set(created) == {f.name for f in pb.Budget.DESCRIPTOR.fields}
+    assert created["enabled"] is True and created["declared_in_config"] is False
+    assert created["created_at"].endswith("Z") and created["alert_thresholds"] == [80, 100]
+    _, out, _ = run(server, capsys, "--json", "budgets", "status", "org", "--scope-id", "acme")
+    status = json.loads(out)
+    assert status["budget"]["on_exceed"] == "warn" and status["alerts_fired"] == []
+    assert status["used_usd"] == "0.000000" and status["period_start"].endswith("T00:00:00Z")
+    server.stub.RecordUsage(
+        pb.RecordUsageRequest(
+            usage_id="u1",
+            scopes=pb.ScopeIds(organization="acme"),
+            cost_usd="0.5",
+            usage=pb.UsageFacts(provider="openai", model="gpt-4o", input_tokens=7),
+        )
+    )
+    _, out, _ = run(server, capsys, "--json", "usage", "--by", "organization,model")
+    report = json.loads(out)
+    assert report["group_by"] == ["organization", "model"]
+    assert report["rows"] == [
+        {"key": ["acme", "gpt-4o"], "totals": {"cost_usd": "0.500000", "input_tokens": 7, "output_tokens": 0,
+                                               "total_tokens": 7, "records": 1}},
+    ]  # fmt: skip
+    assert report["total"]["records"] == 1
+    assert "SCOPE_" not in out and "ON_EXCEED_" not in out
 
 
 def test_errors_are_reported_on_one_line_with_a_non_zero_exit(

@@ -161,7 +161,11 @@ def test_decimal_numbers_in_the_file_are_read_exactly() -> None:
         ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "1"\nperiod = "daily"\n',
-            "cfg.toml: budgets[0].on_exceed: Field required",
+            "cfg.toml: budgets[0].on_exceed: is required: one of warn, block, downgrade (or give tiers)",
+        ),
+        (
+            "[ledger]\nrequest_idle_ttl_seconds = 7200\nmax_request_idle_ttl_seconds = 3600\n",
+            "cfg.toml: ledger.request_idle_ttl_seconds: 7200 is above ledger.max_request_idle_ttl_seconds (3600)",
         ),
         (
             '[[budgets]]\nid = "a"\nscope = "team"\nlimit_usd = "x"\nperiod = "daily"\non_exceed = "warn"\n',

@@ -46,6 +46,9 @@ def _toml(key: str, value: str, db: Path) -> str:
     literal = f"[{value}]" if name.endswith("alert_thresholds") else value
     if table == "budgets[]":
         budget[name] = literal
+    elif table == "budgets[].tiers[]":
+        budget["tiers"] = f'[{{ {name} = {value}, action = "warn" }}]'
+        del budget["on_exceed"]
     else:
         tables.setdefault(table, {})[name] = literal
         if table == "alerts.webhook":

@@ -13,8 +13,10 @@ from typing import Any
 
 from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, Plan, plan_reservation
+from collector_processor.domain.requests import request_state
 from collector_processor.store.index import BudgetIndex
 from collector_processor.store.redis.codec import parse_hold_key
+from collector_processor.store.redis.requests import RequestBook, parse_request_key
 
 __all__ = ["agree", "snapshot_plan", "unpack_scopes"]
 
@@ -34,15 +36,25 @@ def unpack_scopes(packed: str) -> ScopeSet:
     return ScopeSet(organization=o, team=t, agent=a, workflow=w, user=u)
 
 
-def snapshot_plan(index: BudgetIndex, row: dict[str, str]) -> Plan:
+def snapshot_plan(index: BudgetIndex, row: dict[str, str], requests: RequestBook) -> Plan:
     """The plan a reservation was decided with, from the standing stored with it: when, the estimate,
-    the cheaper path's, whether it was a downgrade re-send, and each budget's used, reserved, limit."""
+    the cheaper path's, whether it was a downgrade re-send, and each budget's used, reserved, limit
+    (request budgets' too, while this replica can still read their definitions)."""
     keys = [k for k in row.get("holds", "").split("\n") if k]
     at, estimate, cheaper, resend, numbers = row["snap"].split("\x1e")
     figures = numbers.split()
     at_ms = int(at)
     states = []
     for i, key in enumerate(keys):
+        if len(figures) < 3 * i + 3:
+            break
+        request = parse_request_key(key)
+        if request is not None:
+            found = requests.get(request[0])
+            if found is not None and found.created_ms == request[1]:
+                used, reserved, _ = (int(v) for v in figures[3 * i : 3 * i + 3])
+                states.append(request_state(found, used, reserved, at_ms))
+            continue
         bid, generation, entity = parse_hold_key(key)
         live = index.get(bid)
         if live is None or live.budget.generation != generation or len(figures) < 3 * i + 3:

@@ -36,11 +36,20 @@ key                                type      holds
 ``P:alerts:pending``               zset      undelivered alerts; ``P:alerts:fired`` by fire time;
                                              ``P:alerts:b:<id>`` one budget's alerts
 ``P:alerts:seq``                   string    the last alert sequence issued
+``P:rq``, ``P:rqc``                hash,     request budget id -> its definition (JSON); -> the
+                                   hash      ``created`` of its live incarnation
+``P:s:~rq@<created>/<id>``         hash      one request budget's state: ``u:0`` (spend), ``r``,
+                                             ``e`` (expires unless renewed), ``v:<service>`` and
+                                             ``vn`` (spend per service, how many services)
+``P:qdue``                         zset      ``<id>@<created>`` of request budgets by expiry (ms)
 =================================  ========  ======================================================
 
 Budget ids cannot contain ``@`` or ``/`` and entities are printable (no newline), so the state-key
 suffix ``<id>@<gen>/<entity>`` is unambiguous and a reservation's holds are its suffixes joined by
 newlines. The generation keeps a re-created budget apart from the spend and holds of a deleted one.
+A request budget's suffix is ``~rq@<created>/<id>`` (``~`` is in no budget id): it reads as a budget
+``~rq`` of generation ``<created>`` for the entity ``<id>``, so holds, releases and expiry treat it
+like any other, and an id reopened after it expired is a new incarnation its old holds never touch.
 
 Every function is handed the keys it touches (see ``scripts``): ``FixedKeys`` are the ones whose names
 never change, ``state_keys`` those of one budget and entity, ``hold_keys`` those of a reservation's holds.
@@ -54,8 +63,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet, decode_tiers, encode_tiers
 from collector_processor.domain.periods import parse_period
+from collector_processor.domain.requests import RequestBudget
 from collector_processor.domain.types import UsageFacts
 from collector_processor.store.index import LiveBudget
 from paymaster.exceptions import quote
@@ -63,15 +73,21 @@ from paymaster.exceptions import quote
 __all__ = [
     "ACTION_LETTER",
     "FixedKeys",
+    "action_code",
     "budget_body",
     "budget_from_json",
     "budget_json",
     "check_namespace",
     "facts_args",
+    "gone_spec",
     "hold_key",
     "hold_keys",
     "parse_hold_key",
     "parse_sentinel_url",
+    "request_from_json",
+    "request_hold_key",
+    "request_json",
+    "request_spec",
     "scope_args",
     "spec",
     "state_keys",
@@ -126,6 +142,7 @@ def budget_body(b: Budget) -> dict[str, Any]:
         "time_zone": b.time_zone,
         "on_exceed": b.on_exceed.value,
         "alert_thresholds": list(b.alert_thresholds),
+        "tiers": encode_tiers(b.tiers),
         "enabled": b.enabled,
         "declared_in_config": b.declared_in_config,
         "created_ms": b.created_ms,
@@ -154,12 +171,75 @@ def budget_from_json(text: str) -> Budget:
         time_zone=d["time_zone"],
         on_exceed=OnExceed(d["on_exceed"]),
         alert_thresholds=tuple(int(t) for t in d["alert_thresholds"]),
+        tiers=decode_tiers(d.get("tiers", "")),
         enabled=bool(d["enabled"]),
         declared_in_config=bool(d["declared_in_config"]),
         generation=int(d["generation"]),
         created_ms=int(d["created_ms"]),
         updated_ms=int(d["updated_ms"]),
     )
+
+
+def action_code(b: Budget) -> str:
+    """How a function reads a budget's action: one letter (``b``, ``w``, ``d``) for a single-action
+    budget, its tiers ascending (``50w,80d,100b``) for a tiered one."""
+    if not b.tiers:
+        return ACTION_LETTER[b.on_exceed]
+    return ",".join(f"{t.at}{ACTION_LETTER[t.action]}" for t in b.tiers)
+
+
+REQUEST_PREFIX = "~rq@"
+
+
+def request_hold_key(r: RequestBudget) -> str:
+    """The state-key suffix of one incarnation of a request budget."""
+    return f"{REQUEST_PREFIX}{r.created_ms}/{r.id}"
+
+
+def request_spec(r: RequestBudget, *, service: str = "") -> list[str]:
+    """A request budget as a function's spec: one bucket (``u:0``), never rolling nor alerting;
+    ``pk`` carries its idle TTL, ``ws`` when it was opened, ``meta`` the service being charged."""
+    return [
+        request_hold_key(r), r.id, r.id, str(r.limit_micros), action_code(r.as_budget()), "1", "q", "0", "0",
+        "", str(r.idle_ttl_ms), str(r.created_ms), "0", service,
+    ]  # fmt: skip
+
+
+def gone_spec(request_id: str) -> list[str]:
+    """The spec of a request budget this replica cannot find: its (empty) key reads as not open."""
+    return [
+        f"{REQUEST_PREFIX}0/{request_id}",
+        request_id,
+        request_id,
+        "0",
+        "b",
+        "1",
+        "q",
+        "0",
+        "0",
+        "",
+        "0",
+        "0",
+        "0",
+        "",
+    ]
+
+
+def request_json(r: RequestBudget, fingerprint: str) -> str:
+    """The stored definition of a request budget (``P:rq``)."""
+    body = {
+        "c": r.created_ms, "n": r.name, "ch": list(r.chain), "l": r.limit_micros, "ti": encode_tiers(r.tiers),
+        "o": r.owner, "x": r.idle_ttl_ms, "fp": fingerprint,
+    }  # fmt: skip
+    return json.dumps(body, separators=(",", ":"))
+
+
+def request_from_json(request_id: str, text: str) -> RequestBudget:
+    d = json.loads(text)
+    return RequestBudget(
+        id=request_id, name=d["n"], chain=tuple(d["ch"]), limit_micros=int(d["l"]), tiers=decode_tiers(d["ti"]),
+        owner=d["o"], created_ms=int(d["c"]), idle_ttl_ms=int(d["x"]),
+    )  # fmt: skip
 
 
 def hold_key(b: Budget, entity: str) -> str:
@@ -179,14 +259,17 @@ def spec(live: LiveBudget, entity: str, *, now_ms: int, at_ms: int) -> list[str]
     b = live.budget
     period = b.period
     rolling = period.is_rolling
-    if b.alert_thresholds and b.enabled:
+    points = b.alert_points
+    if points and b.enabled:
         window = period.window(now_ms if rolling else at_ms, live.tz)
         alerting = [
-            ",".join(str(t) for t in b.alert_thresholds),
+            ",".join(str(t) for t in points),
             "0" if rolling else str(window.start_ms),
             str(window.start_ms),
             str(window.end_ms),
-            SEP.join((b.name, b.scope.value, b.on_exceed.value, period.spec, b.time_zone)),
+            SEP.join(
+                (b.name, b.scope.value, b.on_exceed.value, period.spec, b.time_zone, encode_tiers(b.tiers))
+            ),
         ]
     else:
         alerting = ["", "0", "0", "0", ""]
@@ -195,7 +278,7 @@ def spec(live: LiveBudget, entity: str, *, now_ms: int, at_ms: int) -> list[str]
         b.id,
         entity,
         str(live.limit),
-        ACTION_LETTER[b.on_exceed],
+        action_code(b),
         "1" if b.enabled else "0",
         "1" if rolling else "0",
         str(period.lowest_bucket(now_ms, live.tz)),
@@ -243,7 +326,7 @@ def state_keys(p: str, live: LiveBudget, entity: str) -> list[str]:
     b = live.budget
     key = hold_key(b, entity)
     keys = [f"{p}:s:{key}", f"{p}:z:{key}", f"{p}:ents:{b.id}@{b.generation}"]
-    if b.alert_thresholds:
+    if b.alert_points:
         keys.append(f"{p}:alerts:b:{b.id}")
     return keys
 

@@ -1,7 +1,7 @@
 """Housekeeping of the Redis store, in small steps that never hold Redis up for long.
 
-Settled reservations, usage records, alerts, and batch item keys and series past their retention are
-forgotten a chunk at a time;
+Settled reservations, usage records, alerts, and batch item keys and series past their retention, and
+request budgets that have expired, are forgotten a chunk at a time;
 each live budget's entities lose the spend buckets and alert marks of periods no window reads any
 more; the state of deleted budgets is collected. Any number of replicas may run it at once.
 """
@@ -34,6 +34,7 @@ def prune(
         ("usage", usage_retention_ms),
         ("alerts", alert_retention_ms),
         ("batches", reservation_retention_ms),
+        ("requests", 0),
     ):
         while _prune_chunk(link, what, now_ms - keep) >= _CHUNK:
             pass
@@ -59,6 +60,13 @@ def _prune_chunk(link: RedisLink, what: str, cut: int) -> int:
         return int(link.script("prune", args, [link.key("u"), link.key("ut")]))
     if what == "batches":
         return int(link.script("prune", args, [link.key("bk"), link.key("ser"), link.key("sert")]))
+    if what == "requests":
+        due = link.call(lambda: link.client.zrangebyscore(link.key("qdue"), "-inf", cut, start=0, num=_CHUNK))
+        keys = [link.key("qdue"), link.key("rq"), link.key("rqc")]
+        for member in due:
+            request_id, created = member.rsplit("@", 1)
+            keys.append(link.key("s", f"~rq@{created}/{request_id}"))
+        return int(link.script("prune", [*args, *due], keys)) if due else 0
     if what == "reservations":
         ids = link.call(
             lambda: link.client.zrangebyscore(link.key("settled"), "-inf", f"({cut}", start=0, num=_CHUNK)

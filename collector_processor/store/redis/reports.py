@@ -12,20 +12,21 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from collector_processor.domain.budgets import Budget, OnExceed, Scope
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, ScopeSet, decode_tiers
 from collector_processor.domain.decisions import alert_message
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.periods import Window, parse_period
 from collector_processor.domain.types import Alert
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.store.base import USAGE_COLUMNS, UsageFilter, UsageRow
 from collector_processor.store.redis.codec import SEP
 
-__all__ = ["alerts_after", "load_alerts", "usage_rows"]
+__all__ = ["alerts_after", "load_alerts", "usage_records", "usage_rows"]
 
 _SLOT_MS = 900_000
 _PAGE = 2000
 # Positions in a usage record (see the ``insert_usage`` script helper).
-_TS, _COST, _INPUT, _OUTPUT, _TOTAL = 0, 8, 9, 10, 14
+_TS, _COST, _INPUT, _OUTPUT, _TOTAL, _RESERVATION = 0, 8, 9, 10, 14, 15
 _COLUMN_AT = {name: i + 1 for i, name in enumerate(USAGE_COLUMNS)}
 
 
@@ -72,6 +73,53 @@ def usage_rows(
     ]
 
 
+def usage_records(
+    client: Any, prefix: str, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+) -> list[UsageRecord]:
+    """Recorded units of spend, newest first (see ``LedgerStore.usage_records``): the time index is
+    read backwards a page at a time and each page filtered here, until ``limit`` records are found."""
+    wanted = [(_COLUMN_AT[scope.value], value) for scope, value in flt.scopes.pairs()]
+    wanted += [(_COLUMN_AT[c], v) for c, v in (("provider", flt.provider), ("model", flt.model)) if v]
+    low = "-inf" if flt.start_ms is None else str(flt.start_ms)
+    high = f"({flt.end_ms}" if before is None or before[0] >= flt.end_ms else str(before[0])
+    out: list[UsageRecord] = []
+    skip = 0
+    while len(out) < limit:
+        page = client.zrevrangebyscore(f"{prefix}:ut", high, low, start=skip, num=_PAGE, withscores=True)
+        if not page:
+            break
+        skip += len(page)
+        ids = [m for m, score in page if before is None or int(score) < before[0] or m < before[1]]
+        records = client.hmget(f"{prefix}:u", ids) if ids else []
+        for usage_id, record in zip(ids, records, strict=True):
+            if record is None:
+                continue  # pruned meanwhile
+            f = record.split(SEP)
+            if any(f[i] != v for i, v in wanted):
+                continue
+            out.append(_record(usage_id, f))
+            if len(out) == limit:
+                break
+        if len(page) < _PAGE:
+            break
+    return out
+
+
+def _record(usage_id: str, f: list[str]) -> UsageRecord:
+    return UsageRecord(
+        id=usage_id,
+        at_ms=int(f[_TS]),
+        scopes=ScopeSet(organization=f[1], team=f[2], agent=f[3], workflow=f[4], user=f[5]),
+        provider=f[6],
+        model=f[7],
+        cost_micros=int(f[_COST]),
+        input_tokens=int(f[_INPUT]),
+        output_tokens=int(f[_OUTPUT]),
+        total_tokens=int(f[_TOTAL]),
+        reservation_id=f[_RESERVATION],
+    )
+
+
 def _by_score(client: Any, key: str, low: str, high: str) -> Iterator[list[str]]:
     """Members of a sorted set with scores in [low, high), a page at a time; members sharing the score
     a page ended on are skipped by offset, so no page is read twice however many share it."""
@@ -112,7 +160,8 @@ def alerts_after(
 
 
 def _alert(seq: int, h: dict[str, str]) -> Alert:
-    name, scope, action, spec, zone_name = h["m"].split(SEP)
+    name, scope, action, spec, zone_name, *rest = h["m"].split(SEP)
+    tiers = decode_tiers(rest[0]) if rest else ()  # alerts fired before tiers existed carry none
     used, limit, threshold = int(h["u"]), int(h["l"]), int(h["th"])
     budget = Budget(
         id=h["b"],
@@ -124,7 +173,9 @@ def _alert(seq: int, h: dict[str, str]) -> Alert:
         time_zone=zone_name,
         on_exceed=OnExceed(action),
         alert_thresholds=(),
+        tiers=tiers,
     )
+    tier = budget.tier_at(threshold)
     window = Window(int(h["ps"]), int(h["pe"]))
     return Alert(
         sequence=seq,
@@ -137,9 +188,10 @@ def _alert(seq: int, h: dict[str, str]) -> Alert:
         used_usd=micros_to_usd(used),
         limit_usd=micros_to_usd(limit),
         percentage=percentage(used, limit),
-        action=OnExceed(action),
+        action=OnExceed(action) if tier is None else tier.action,
         period_start_ms=window.start_ms,
         period_end_ms=window.end_ms,
         fired_ms=int(h["f"]),
         message=alert_message(budget, h["e"], threshold, used, limit, window),
+        tier=tier is not None,
     )

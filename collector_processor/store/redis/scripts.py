@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import hashlib
 
+from collector_processor.domain.requests import MAX_SERVICES, OTHER_SERVICES
+
 __all__ = ["FUNCTIONS", "LIBRARY", "LIBRARY_NAME", "SPEC_FIELDS"]
 
 SPEC_FIELDS = 14
@@ -136,6 +138,7 @@ local function specs(from)
       key = ARGV[j], bid = ARGV[j + 1], entity = ARGV[j + 2], limit = ARGV[j + 3], action = ARGV[j + 4],
       enabled = ARGV[j + 5] == '1', rolling = ARGV[j + 6] == '1', rb = ARGV[j + 7], cb = ARGV[j + 8],
       th = ARGV[j + 9], pk = ARGV[j + 10], ws = ARGV[j + 11], we = ARGV[j + 12], meta = ARGV[j + 13],
+      request = ARGV[j + 6] == 'q',
     }
   end
   return out
@@ -143,6 +146,50 @@ end
 
 local function skey(s) return P .. ':s:' .. s.key end
 local function ents(s) return P .. ':ents:' .. string.match(s.key, '^([^/]*)/') end
+
+-- Request budgets (codec.request_spec). A request budget's spec has the key ~rq@<created>/<id> (one
+-- incarnation of the id), one bucket (u:0), pk = its idle TTL, ws = when it was opened, meta = the
+-- service being charged. Its state hash also holds e (when it expires unless renewed) and v:<service>
+-- (spend per service, vn of them). It is open while e is in the future; a missing key was forgotten.
+local QMAX, QOTHER = @QMAX@, '@QOTHER@'
+local function q_open(s, now)
+  local e = R('HGET', skey(s), 'e')
+  return e and tonumber(e) > tonumber(now)
+end
+
+-- The id of a request spec whose incarnation is not the id's current one (reopened since the replica
+-- read it): the replica reads it again. Checked before anything is read or written.
+local function q_stale(sp)
+  for _, s in ipairs(sp) do
+    if s.request then
+      local c = R('HGET', P .. ':rqc', s.bid)
+      if c and c ~= s.ws then return s.bid end
+    end
+  end
+  return nil
+end
+
+-- domain.requests.renewed_expiry: activity keeps a request budget open for its idle TTL from now,
+-- and a hold keeps it open until the hold runs out.
+local function q_touch(s, now, hold_until)
+  local S = skey(s)
+  local want = tonumber(now) + tonumber(s.pk)
+  if hold_until and tonumber(hold_until) > want then want = tonumber(hold_until) end
+  if want > tonumber(R('HGET', S, 'e') or '0') then
+    local v = string.format('%d', want)
+    R('HSET', S, 'e', v)
+    R('ZADD', P .. ':qdue', v, s.bid .. '@' .. s.ws)
+  end
+end
+
+local function q_service(S, svc, amt)
+  local f = 'v:' .. svc
+  if R('HEXISTS', S, f) == 0 then
+    if tonumber(R('HGET', S, 'vn') or '0') >= QMAX then f = 'v:' .. QOTHER
+    else R('HINCRBY', S, 'vn', 1) end
+  end
+  R('HINCRBY', S, f, amt)
+end
 
 -- Committed spend in the period (calendar: one bucket) or window (rolling: buckets at or after rb,
 -- whose running total is kept in 't'; buckets that left the window are retired here first).
@@ -175,21 +222,50 @@ local function exceeds(st, est, ezero)
   return c > 0 or (ezero and c >= 0)
 end
 
+-- decisions.reached_tier, for one tier: (used + reserved + estimate) * 100 > at * limit, or >= for a
+-- zero estimate (at is at most 1000).
+local function past(st, est, ezero, at)
+  local c
+  if #st.u <= 13 and #st.r <= 13 and #st.l <= 12 and #est <= 13 then
+    local lhs, rhs = (tonumber(st.u) + tonumber(st.r) + tonumber(est)) * 100, at * tonumber(st.l)
+    if lhs > rhs then c = 1 elseif lhs == rhs then c = 0 else c = -1 end
+  else
+    c = cmp(mul(add(add(pair(st.u), pair(st.r)), pair(est)), 100), mul(pair(st.l), at))
+  end
+  return c > 0 or (ezero and c >= 0)
+end
+
+-- The action letter of the highest tier the estimate reaches, or nil. A budget's tiers come as
+-- '50w,80d,100b' (ascending); a single letter is one tier at 100%, which is exactly ``exceeds``.
+local function tier_action(st, est, ezero)
+  local a = st.action
+  if #a == 1 then
+    if exceeds(st, est, ezero) then return a end
+    return nil
+  end
+  local found = nil
+  for at, letter in string.gmatch(a, '(%d+)(%a)') do
+    if not past(st, est, ezero, tonumber(at)) then break end
+    found = letter
+  end
+  return found
+end
+
 -- decisions.crossed_thresholds: used * 100 >= threshold * limit (thresholds are at most 1000).
 local function reached(used, limit, t)
   if #used <= 13 and #limit <= 12 then return tonumber(used) * 100 >= t * tonumber(limit) end
   return cmp(mul(pair(used), 100), mul(pair(limit), t)) >= 0
 end
 
--- decisions.evaluate: any block budget exceeded denies, else any downgrade budget downgrades.
+-- decisions.evaluate: any budget whose reached tier blocks denies, else any whose tier downgrades
+-- downgrades.
 local function verdict(states, est)
   local ezero = est == '0'
   local blocker, downgrader = nil, nil
   for i, st in ipairs(states) do
-    if exceeds(st, est, ezero) then
-      if st.action == 'b' then blocker = blocker or i
-      elseif st.action == 'd' then downgrader = downgrader or i end
-    end
+    local act = tier_action(st, est, ezero)
+    if act == 'b' then blocker = blocker or i
+    elseif act == 'd' then downgrader = downgrader or i end
   end
   if blocker then return 'deny' end
   if downgrader then return 'downgrade' end
@@ -235,20 +311,30 @@ local function holds_declared(Rk)
   return nil
 end
 
-local function read_states(sp, out)
-  local states = {}
-  for i, s in ipairs(sp) do
-    local u, r = used_of(s), reserved_of(s)
-    states[i] = {u = u, r = r, l = s.limit, action = s.action}
-    out[#out + 1] = u
-    out[#out + 1] = r
+-- The standing of every spec (a request budget that is not open: '-', '-', and gone is set).
+local function read_states(sp, out, now)
+  local states, gone = {}, false
+  for _, s in ipairs(sp) do
+    if s.request and not q_open(s, now) then
+      gone = true
+      out[#out + 1] = '-'
+      out[#out + 1] = '-'
+    else
+      local u, r = used_of(s), reserved_of(s)
+      states[#states + 1] = {u = u, r = r, l = s.limit, action = s.action}
+      out[#out + 1] = u
+      out[#out + 1] = r
+    end
   end
-  return states
+  return states, gone
 end
 
-local function standing(sp, out)
+local function standing(sp, out, now)
   for _, s in ipairs(sp) do
-    if s.enabled then
+    if s.request and not q_open(s, now) then
+      out[#out + 1] = '-'
+      out[#out + 1] = '-'
+    elseif s.enabled then
       out[#out + 1] = used_of(s)
       out[#out + 1] = reserved_of(s)
     end
@@ -303,6 +389,19 @@ local function charge(sp, amt, now, out)
   local fired = {}
   for _, s in ipairs(sp) do
     local S = skey(s)
+    if s.request then
+      -- Charged while open (a request budget that expired is over: its spend counts elsewhere only).
+      if q_open(s, now) then
+        R('HINCRBY', S, 'u:0', amt)
+        q_service(S, s.meta, amt)
+        q_touch(s, now)
+        out[#out + 1] = R('HGET', S, 'u:0')
+        out[#out + 1] = reserved_of(s)
+      else
+        out[#out + 1] = '-'
+        out[#out + 1] = '-'
+      end
+    else
     R('SADD', ents(s), s.entity)
     local used
     if s.rolling then
@@ -320,6 +419,7 @@ local function charge(sp, amt, now, out)
       out[#out + 1] = used
       out[#out + 1] = reserved_of(s)
       if s.th ~= '' then fire(s, S, used, now, fired) end
+    end
     end
   end
   for _, q in ipairs(fired) do out[#out + 1] = q end
@@ -339,11 +439,16 @@ local function keys_of(sp)
   return table.concat(parts, '\n')
 end
 
-local function add_holds(sp, hold, rid)
-  if hold == '0' then return end
+-- Hold on every spec; a request budget is also kept open at least until the hold runs out.
+local function add_holds(sp, hold, now, hold_until)
   for _, s in ipairs(sp) do
-    R('HINCRBY', skey(s), 'r', hold)
-    R('SADD', ents(s), s.entity)
+    if s.request then
+      if hold ~= '0' then R('HINCRBY', skey(s), 'r', hold) end
+      q_touch(s, now, hold_until)
+    elseif hold ~= '0' then
+      R('HINCRBY', skey(s), 'r', hold)
+      R('SADD', ents(s), s.entity)
+    end
   end
 end
 
@@ -357,7 +462,8 @@ end
 """
 
 # ARGV: version, now, rid, expires, estimate, downgrade estimate ('' for none), idempotency key,
-# organization, team, agent, workflow, user, provider, model, estimate tokens, owner, fingerprint, specs...
+# organization, team, agent, workflow, user, provider, model, estimate tokens, owner, fingerprint,
+# service, specs (the matching budgets', then the request budgets', innermost first)...
 _RESERVE = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, idem = ARGV[2], ARGV[3], ARGV[7]
@@ -366,9 +472,15 @@ if idem ~= '' then
   local earlier = R('HGET', P .. ':idem', idem)
   if earlier then return {'REPLAY', earlier} end
 end
-local sp = specs(18)
+local sp = specs(19)
+local moved = q_stale(sp)
+if moved then return {'REQUEST', moved} end
 local out = {'OK', '', '', '0'}
-local states = read_states(sp, out)
+local states, gone = read_states(sp, out, now)
+if gone then
+  out[2], out[3] = 'deny', '0'
+  return out
+end
 local est, dest = ARGV[5], ARGV[6]
 local decision, hold, awaiting = 'deny', '0', '0'
 local first = verdict(states, est)
@@ -384,10 +496,10 @@ if full then return {'OVERFLOW', full, 'holds'} end
 R('HSET', P .. ':r:' .. rid, 'st', '1', 'sc', table.concat(ARGV, '\30', 8, 12), 'held', hold,
   'holds', keys_of(sp), 'dec', decision, 'aw', awaiting, 'exp', ARGV[4],
   'x', table.concat({ARGV[13], ARGV[14], ARGV[15], idem}, '\30'), 'ow', ARGV[16], 'fp', ARGV[17],
-  'snap', table.concat({now, est, dest, '0', snapshot(out, sp, 4)}, '\30'))
+  'svc', ARGV[18], 'snap', table.concat({now, est, dest, '0', snapshot(out, sp, 4)}, '\30'))
 R('ZADD', P .. ':due', ARGV[4], rid)
 if idem ~= '' then R('HSET', P .. ':idem', idem, rid) end
-add_holds(sp, hold, rid)
+add_holds(sp, hold, now, ARGV[4])
 return out
 """
 
@@ -413,15 +525,21 @@ local own = {}
 for h in string.gmatch(R('HGET', Rk, 'holds') or '', '[^\n]+') do own[h] = true end
 local sp = specs(8)
 local out = {'OK', '', '', '0'}
-local states = {}
-for i, s in ipairs(sp) do
-  local u, r = used_of(s), reserved_of(s)
-  if own[s.key] then r = str(add(pair(r), pair(neg(held)))) end
-  states[i] = {u = u, r = r, l = s.limit, action = s.action}
-  out[#out + 1] = u
-  out[#out + 1] = r
+local states, gone = {}, false
+for _, s in ipairs(sp) do
+  if s.request and not q_open(s, now) then
+    gone = true
+    out[#out + 1] = '-'
+    out[#out + 1] = '-'
+  else
+    local u, r = used_of(s), reserved_of(s)
+    if own[s.key] then r = str(add(pair(r), pair(neg(held)))) end
+    states[#states + 1] = {u = u, r = r, l = s.limit, action = s.action}
+    out[#out + 1] = u
+    out[#out + 1] = r
+  end
 end
-if verdict(states, est) == 'deny' then
+if gone or verdict(states, est) == 'deny' then
   settle(rid, '3', now)
   out[2], out[3] = 'deny', '0'
   return out
@@ -432,26 +550,33 @@ drop_holds(Rk, held)
 R('HSET', Rk, 'held', est, 'holds', keys_of(sp), 'dec', 'downgrade', 'aw', '0', 'exp', ARGV[4],
   'snap', table.concat({now, est, '', '1', snapshot(out, sp, 4)}, '\30'))
 R('ZADD', P .. ':due', ARGV[4], rid)
-add_holds(sp, est, rid)
+add_holds(sp, est, now, ARGV[4])
 out[2], out[3] = 'downgrade', est
 return out
 """
 
 # ARGV: version, now, rid, actual, total tokens, provider, model, input, output, cache read,
-# cache creation, reasoning, organization, team, agent, workflow, user, owner, specs...
+# cache creation, reasoning, organization, team, agent, workflow, user, owner, request holds (the
+# reservation's ~rq@... keys, as the caller believes them), specs (the matching budgets', then the
+# reservation's request budgets')...
 _COMMIT = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, rid, actual = ARGV[2], ARGV[3], ARGV[4]
 if overdue(now) then return {'RECLAIM'} end
 local Rk = P .. ':r:' .. rid
-local row = R('HMGET', Rk, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late', 'ow')
+local row = R('HMGET', Rk, 'st', 'sc', 'held', 'x', 'charged', 'rel', 'late', 'ow', 'holds')
 if not row[1] then return {'NOTFOUND'} end
 if (row[8] or '') ~= ARGV[18] then return {'OWNER'} end
 if row[2] ~= table.concat(ARGV, '\30', 13, 17) then return {'SCOPES'} end
-local sp = specs(19)
+local rq = {}
+for h in string.gmatch(row[9] or '', '[^\n]+') do
+  if string.sub(h, 1, 4) == '~rq@' then rq[#rq + 1] = h end
+end
+if table.concat(rq, '\n') ~= ARGV[19] then return {'SCOPES'} end
+local sp = specs(20)
 if row[1] == '2' then
   local out = {'DUP', row[5], row[6], row[7]}
-  standing(sp, out)
+  standing(sp, out, now)
   return out
 end
 local full = charge_fits(sp, actual)
@@ -481,15 +606,17 @@ return out
 
 # ARGV: version, now, usage id, occurred, cost, total tokens, provider, model, input, output,
 # cache read, cache creation, reasoning, organization, team, agent, workflow, user, reservation id,
-# fingerprint, specs...
+# fingerprint, specs (the matching budgets', then the request budgets')...
 _RECORD = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 local now, id, cost = ARGV[2], ARGV[3], ARGV[5]
 if overdue(now) then return {'RECLAIM'} end
 local sp = specs(21)
+local moved = q_stale(sp)
+if moved then return {'REQUEST', moved} end
 if R('HEXISTS', P .. ':u', id) == 1 then
   local out = {'DUP'}
-  standing(sp, out)
+  standing(sp, out, now)
   return out
 end
 local full = charge_fits(sp, cost)
@@ -516,6 +643,8 @@ for g = 1, tonumber(ARGV[4]) do
     model = ARGV[j + 6], at = ARGV[j + 7], sp = specs(j + 8), n = 0, sums = {0, 0, 0, 0, 0, 0, 0}}
   groups[g] = grp
   j = j + 9 + tonumber(ARGV[j + 8]) * F
+  local moved = q_stale(grp.sp)
+  if moved then return {'REQUEST', moved} end
 end
 local function add(grp, values)
   for i = 1, 7 do
@@ -601,7 +730,7 @@ for g, grp in ipairs(groups) do
       local out = {}
       charge(grp.sp, int(sm[1]), now, out)
       local standings = 0
-      for _, s in ipairs(grp.sp) do if s.enabled then standings = standings + 2 end end
+      for _, s in ipairs(grp.sp) do if s.enabled or s.request then standings = standings + 2 end end
       for k = standings + 1, #out do fired[#fired + 1] = out[k] end
     end
   end
@@ -618,8 +747,10 @@ _STANDING = r"""
 if stale(ARGV[1]) then return {'STALE'} end
 if overdue(ARGV[2]) then return {'RECLAIM'} end
 local sp = specs(4)
+local moved = q_stale(sp)
+if moved then return {'REQUEST', moved} end
 local out = {'OK'}
-read_states(sp, out)
+read_states(sp, out, ARGV[2])
 if ARGV[3] ~= '' and #sp > 0 then
   local prefix = 'a:' .. ARGV[3] .. ':'
   for _, f in ipairs(R('HKEYS', skey(sp[1]))) do
@@ -659,6 +790,59 @@ for i = 2, #ARGV do
   end
 end
 return n
+"""
+
+# -- request budgets ---------------------------------------------------------------------------------
+# Open one (domain.requests): the caller read the id's current incarnation (P:rqc) and, for a child,
+# the parent's standing, from which it computed the limit. ARGV: now, id, definition (JSON),
+# fingerprint, the incarnation the caller saw ('' for none), expires, then the ancestors as
+# <id>@<created>@<idle ttl>, parent first. KEYS: P:rq, P:rqc, P:qdue, the new state key, the seen
+# incarnation's state key, the ancestors' state keys.
+_REQUEST_OPEN = r"""
+local now, id, def, fp, seen, exp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local c = R('HGET', P .. ':rqc', id)
+if (c or '') ~= seen then return {'RETRY'} end
+if c then
+  local S = P .. ':s:~rq@' .. c .. '/' .. id
+  local e = R('HGET', S, 'e')
+  if e and tonumber(e) > tonumber(now) then
+    if cjson.decode(R('HGET', P .. ':rq', id)).fp == fp then return {'SAME', c} end
+    return {'EXISTS'}
+  end
+  R('DEL', S)
+  R('ZREM', P .. ':qdue', id .. '@' .. c)
+end
+for i = 7, #ARGV do
+  local aid, ac, attl = string.match(ARGV[i], '^(.*)@(%d+)@(%d+)$')
+  local spec = {key = '~rq@' .. ac .. '/' .. aid, bid = aid, ws = ac, pk = attl}
+  if R('HGET', P .. ':rqc', aid) ~= ac or not q_open(spec, now) then return {'PARENT', aid} end
+end
+for i = 7, #ARGV do  -- opening a child is activity on every ancestor
+  local aid, ac, attl = string.match(ARGV[i], '^(.*)@(%d+)@(%d+)$')
+  q_touch({key = '~rq@' .. ac .. '/' .. aid, bid = aid, ws = ac, pk = attl}, now)
+end
+R('HSET', P .. ':rq', id, def)
+R('HSET', P .. ':rqc', id, now)
+R('HSET', P .. ':s:~rq@' .. now .. '/' .. id, 'e', exp, 'u:0', '0', 'r', '0')
+R('ZADD', P .. ':qdue', exp, id .. '@' .. now)
+return {'OK', now}
+"""
+
+# A request budget's standing and spend by service, if it is open. ARGV: version, now, id, created.
+_REQUEST_READ = r"""
+if overdue(ARGV[2]) then return {'RECLAIM'} end
+local S = P .. ':s:~rq@' .. ARGV[4] .. '/' .. ARGV[3]
+if R('HGET', P .. ':rqc', ARGV[3]) ~= ARGV[4] then return {'GONE'} end
+local e = R('HGET', S, 'e')
+if not e or tonumber(e) <= tonumber(ARGV[2]) then return {'GONE'} end
+local out = {'OK', R('HGET', S, 'u:0') or '0', R('HGET', S, 'r') or '0', e}
+for _, f in ipairs(R('HKEYS', S)) do
+  if string.sub(f, 1, 2) == 'v:' then
+    out[#out + 1] = string.sub(f, 3)
+    out[#out + 1] = R('HGET', S, f)
+  end
+end
+return out
 """
 
 # -- budgets -----------------------------------------------------------------------------------------
@@ -778,6 +962,26 @@ elseif what == 'batches' then
     R('ZREM', P .. ':sert', id)
     n = n + 1
   end
+elseif what == 'requests' then
+  -- Request budgets whose expiry passed (the caller read P:qdue and declared their state keys).
+  for i = 4, #ARGV do
+    local member = ARGV[i]
+    local at = R('ZSCORE', P .. ':qdue', member)
+    if at and tonumber(at) <= tonumber(cut) then
+      local id, c = string.match(member, '^(.*)@(%d+)$')
+      local S = P .. ':s:~rq@' .. c .. '/' .. id
+      local e = R('HGET', S, 'e')
+      if not e or tonumber(e) <= tonumber(cut) then
+        R('DEL', S)
+        if R('HGET', P .. ':rqc', id) == c then
+          R('HDEL', P .. ':rqc', id)
+          R('HDEL', P .. ':rq', id)
+        end
+        R('ZREM', P .. ':qdue', member)
+      end
+    end
+    n = n + 1
+  end
 elseif what == 'alerts' then
   for i = 4, #ARGV do
     local seq = ARGV[i]
@@ -847,6 +1051,8 @@ _BODIES = {
     "standing": _STANDING,
     "release": _RELEASE,
     "expire": _EXPIRE,
+    "request_open": _REQUEST_OPEN,
+    "request_read": _REQUEST_READ,
     "load_budgets": _LOAD_BUDGETS,
     "budget_ops": _BUDGET_OPS,
     "claim_alerts": _CLAIM_ALERTS,
@@ -855,9 +1061,11 @@ _BODIES = {
     "prune_state": _PRUNE_STATE,
     "collect_dead": _COLLECT_DEAD,
 }
+# The constants of request budgets are domain.requests', written into the text.
+_COMMON_TEXT = _COMMON.replace("@QMAX@", str(MAX_SERVICES)).replace("@QOTHER@", OTHER_SERVICES)
 # The library is named after its own text, so sidecars of different versions sharing one Redis (a
 # rolling upgrade) each call the functions they were built with.
-_VERSION = hashlib.sha1("".join([_COMMON, *_BODIES.values()]).encode()).hexdigest()[:12]
+_VERSION = hashlib.sha1("".join([_COMMON_TEXT, *_BODIES.values()]).encode()).hexdigest()[:12]
 LIBRARY_NAME = f"paymaster_{_VERSION}"
 FUNCTIONS: dict[str, str] = {name: f"pm_{_VERSION}_{name}" for name in _BODIES}
 """The name Redis knows each operation's function by."""
@@ -876,7 +1084,7 @@ end)
 
 LIBRARY = (
     f"#!lua name={LIBRARY_NAME}\n"
-    + _COMMON
+    + _COMMON_TEXT
     + "".join(_REGISTER.format(name=FUNCTIONS[name], body=body) for name, body in _BODIES.items())
 )
 """The function library: the shared helpers, defined once when Redis loads it, then every operation."""

@@ -38,8 +38,17 @@ from redis.exceptions import ResponseError
 
 from collector_processor.domain.access import AuditEvent, TokenRecord
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet
-from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
+from collector_processor.domain.decisions import BudgetState, charged_infos, estimate_infos, plan_reservation
 from collector_processor.domain.money import micros_to_usd, usd_to_micros
+from collector_processor.domain.requests import (
+    RequestBudget,
+    RequestDraft,
+    RequestStatus,
+    by_service,
+    closed_plan,
+    not_open,
+    opened,
+)
 from collector_processor.domain.types import (
     Alert,
     BudgetInfo,
@@ -58,7 +67,9 @@ from collector_processor.domain.types import (
     UsageBatchOutcome,
     UsageFacts,
 )
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidRequestError,
     NotFoundError,
@@ -70,17 +81,22 @@ from collector_processor.store.redis import answers, housekeeping, reports
 from collector_processor.store.redis.access import AccessRows
 from collector_processor.store.redis.budgets import BudgetRows
 from collector_processor.store.redis.codec import (
+    REQUEST_PREFIX,
     SEP,
     FixedKeys,
     check_namespace,
     facts_args,
     hold_key,
     hold_keys,
+    request_hold_key,
+    request_json,
     scope_args,
     spec,
     state_keys,
 )
 from collector_processor.store.redis.link import RedisLink
+from collector_processor.store.redis.requests import Chain, RequestBook, open_states, request_keys, states_of
+from collector_processor.store.redis.scripts import SPEC_FIELDS
 from collector_processor.store.shared import (
     check_fingerprint,
     check_outcome,
@@ -158,7 +174,10 @@ class RedisStore:
         self._index = BudgetIndex((), version=-1)
         self._spec_cache: dict[tuple[int, str, int, int, int], tuple[LiveBudget, list[str], list[str]]] = {}
         self._remembered: dict[str, ScopeSet] = {}
+        self._held_requests: dict[str, tuple[tuple[str, ...], str]] = {}
+        """Reservations this replica made with request budgets: their hold keys and service."""
         self._remember_lock = threading.Lock()
+        self._requests = RequestBook(self._link)
         self._config: list[Budget] | None = None
         try:
             self._link.call(self._init_meta)
@@ -247,24 +266,28 @@ class RedisStore:
                     pass
             elif kind == "KEYS":
                 extra = hold_keys(self._p, reply[1])
+            elif kind == "REQUEST":  # an id reopened since this replica read it
+                self._requests.forget(reply[1])
             elif kind == "OVERFLOW":
                 raise total_out_of_range(reply[1], reply[2])
             else:
                 return index, reply
         raise StoreUnavailableError("the ledger kept changing while this request was tried; retry")
 
-    def _specs(self, matched: Matched, now_ms: int, at_ms: int, keys: list[str]) -> list[str]:
+    def _specs(
+        self, matched: Matched, now_ms: int, at_ms: int, keys: list[str], requests: Sequence[str] = ()
+    ) -> list[str]:
         """What the functions need of each matched budget; the keys of its state are added to ``keys``.
         A spec changes only with the budget, the entity and the buckets read and charged, so most
-        requests find theirs made already."""
-        out = [str(len(matched))]
+        requests find theirs made already. ``requests``: request budgets' specs, appended."""
+        out = [str(len(matched) + len(requests) // SPEC_FIELDS)]
         cache = self._spec_cache
         if len(cache) > 20_000:
             cache.clear()
         for live, entity in matched:
             period, tz = live.budget.period, live.tz
             # A rolling window's alerts name the window ending now, so their specs are good for one ms.
-            moment = now_ms if period.is_rolling and live.budget.alert_thresholds else 0
+            moment = now_ms if period.is_rolling and live.budget.alert_points else 0
             key = (id(live), entity, period.lowest_bucket(now_ms, tz), period.bucket_of(at_ms, tz), moment)
             found = cache.get(key)
             if found is None or found[0] is not live:  # an id is only unique while its object lives
@@ -272,6 +295,7 @@ class RedisStore:
                 found = cache[key] = (live, made, state_keys(self._p, live, entity))
             out += found[1]
             keys += found[2]
+        out += requests
         return out
 
     @staticmethod
@@ -312,6 +336,26 @@ class RedisStore:
         scopes = answers.unpack_scopes(packed)
         self._remember(reservation_id, scopes)
         return scopes
+
+    def _requests_of(self, reservation_id: str, *, fresh: bool = False) -> tuple[tuple[str, ...], str]:
+        """The request budgets a reservation holds on (hold keys) and the service it was made for."""
+        if not fresh:
+            with self._remember_lock:
+                known = self._held_requests.get(reservation_id)
+            if known is not None:
+                return known
+            if self._scopes_of_known(reservation_id) is not None:
+                return (), ""  # made here without request budgets
+        holds, service = self._link.call(
+            lambda: self._client.hmget(f"{self._p}:r:{reservation_id}", "holds", "svc")
+        )
+        return tuple(request_keys(holds or "")), service or ""
+
+    def _remember_requests(self, reservation_id: str, held: tuple[str, ...], service: str) -> None:
+        with self._remember_lock:
+            if len(self._held_requests) >= _REMEMBERED:
+                del self._held_requests[next(iter(self._held_requests))]
+            self._held_requests[reservation_id] = (held, service)
 
     def _scopes_of_known(self, reservation_id: str) -> ScopeSet | None:
         """The scopes of a reservation this replica remembers, without asking Redis."""
@@ -359,17 +403,27 @@ class RedisStore:
         self._forget_index()
 
     # -- money -----------------------------------------------------------------------------------
-    def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
+    def check(
+        self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int, request_budget: str = ""
+    ) -> CheckOutcome:
+        chain: Chain = []
+
         def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            chain[:] = self._requests.chain(request_budget) if request_budget else []
+            specs = self._requests.specs(chain, "", keys) if chain else []
             return [
                 str(now_ms),
                 "",
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys, specs),
             ]
 
         index, reply = self._money("standing", build, now_ms, self._k.due)
         matched = index.match(scopes, enabled_only=True)
-        return check_outcome(self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms), estimate_micros)
+        states = self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms)
+        found = states_of(chain, reply, 1 + 2 * len(matched), now_ms)
+        if isinstance(found, str):
+            return check_outcome(states, estimate_micros, closed=found)
+        return check_outcome(states + found, estimate_micros)
 
     def reserve(
         self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
@@ -380,13 +434,16 @@ class RedisStore:
         cheaper = command.downgrade_estimate_usd
         downgrade = None if cheaper is None else usd_to_micros(cheaper)
         scopes, model = command.scopes, command.model or UsageFacts()
+        chain: Chain = []
 
         def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            chain[:] = self._requests.chain(command.request_budget) if command.request_budget else []
+            requests = self._requests.specs(chain, command.service, keys) if chain else []
             return [
                 str(now_ms), reservation_id, str(expires_ms), str(estimate), "" if downgrade is None else str(downgrade),
                 command.idempotency_key, *scope_args(scopes), model.provider, model.model, str(command.estimate_tokens),
-                command.owner, command.fingerprint,
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+                command.owner, command.fingerprint, command.service,
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys, requests),
             ]  # fmt: skip
 
         index, reply = self._money(
@@ -394,12 +451,21 @@ class RedisStore:
         )
         if reply[0] == "REPLAY":
             return self._replay(reply[1], now_ms, fingerprint=command.fingerprint)
-        states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
+        matched = index.match(scopes, enabled_only=True)
+        states = self._states(matched, reply, 4, now_ms=now_ms, at_ms=now_ms)
+        found = states_of(chain, reply, 4 + 2 * len(matched), now_ms)
+        if isinstance(found, str):
+            plan = closed_plan(states, found, estimate)
+            answers.agree(plan, reply)
+            return reserve_outcome(plan, states, "", 0)
+        states += found
         plan = plan_reservation(states, estimate, downgrade_estimate=downgrade, resend=False)
         answers.agree(plan, reply)
         if plan.decision is Decision.DENY:
             return reserve_outcome(plan, states, "", 0)
         self._remember(reservation_id, scopes)
+        held = tuple(request_hold_key(b) for b in chain if not isinstance(b, str))
+        self._remember_requests(reservation_id, held, command.service)
         return reserve_outcome(plan, states, reservation_id, expires_ms)
 
     def _resend(self, command: ReserveCommand, expires_ms: int, now_ms: int) -> ReserveOutcome:
@@ -410,11 +476,14 @@ class RedisStore:
             raise NotFoundError(f"reservation {quote(rid)} (downgrade_of) is unknown")
         differs = bool(command.scopes.pairs()) and command.scopes != scopes
         estimate = usd_to_micros(command.estimate_usd)
+        held, service = self._requests_of(rid)
+        chain = self._requests.held(held)
 
         def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            requests = self._requests.held_specs(chain, service, keys) if chain else []
             return [
                 str(now_ms), rid, str(expires_ms), str(estimate), "1" if differs else "0", command.owner,
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys, requests),
             ]  # fmt: skip
 
         index, reply = self._money("resend", build, now_ms, (*self._k.settle, self._link.key("r", rid)))
@@ -436,8 +505,14 @@ class RedisStore:
             raise FailedPreconditionError(f"reservation {quote(rid)} is not awaiting a downgrade estimate")
         if kind == "REPLAY":
             return self._replay(rid, now_ms)
-        states = self._states(index.match(scopes, enabled_only=True), reply, 4, now_ms=now_ms, at_ms=now_ms)
-        plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
+        matched = index.match(scopes, enabled_only=True)
+        states = self._states(matched, reply, 4, now_ms=now_ms, at_ms=now_ms)
+        found = states_of(chain, reply, 4 + 2 * len(matched), now_ms)
+        if isinstance(found, str):
+            plan = closed_plan(states, found, estimate)
+        else:
+            states += found
+            plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
         answers.agree(plan, reply)
         if plan.decision is Decision.DENY:
             return reserve_outcome(plan, states, "", 0)
@@ -452,52 +527,65 @@ class RedisStore:
             raise NotFoundError(f"reservation {quote(reservation_id)} is unknown")
         check_fingerprint(row.get("fp", ""), fingerprint, "idempotency_key", "Reserve")
         scopes = answers.unpack_scopes(row["sc"])
+        chain = self._requests.held(request_keys(row.get("holds", "")))
 
         def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            requests = self._requests.held_specs(chain, "", keys) if chain else []
             return [
                 str(now_ms),
                 "",
-                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys),
+                *self._specs(index.match(scopes, enabled_only=True), now_ms, now_ms, keys, requests),
             ]
 
         index, reply = self._money("standing", build, now_ms, self._k.due)
-        states = self._states(index.match(scopes, enabled_only=True), reply, 1, now_ms=now_ms, at_ms=now_ms)
+        matched = index.match(scopes, enabled_only=True)
+        states = self._states(matched, reply, 1, now_ms=now_ms, at_ms=now_ms)
+        states += open_states(chain, reply, 1 + 2 * len(matched), now_ms)
         held = int(row["held"])
         if row["st"] == str(int(ReservationState.HELD)):
             own = set(row["holds"].split("\n"))
             for s in states:
-                if hold_key(s.budget, s.entity) in own:
+                if _hold_key_of(s) in own:
                     s.reserved -= held
-        original = answers.snapshot_plan(index, row)
+        original = answers.snapshot_plan(index, row, self._requests)
         return ReserveOutcome(
             decision=Decision(row["dec"]),
             reservation_id=reservation_id,
             reserved_usd=micros_to_usd(held),
             expires_ms=int(row["exp"]),
-            budget_info=budget_infos(states, [exceeds(s, held) for s in states]),
+            budget_info=estimate_infos(states, held),
             deciding_budget_id=deciding(original),
             reason=original.verdict.reason,
             warnings=original.verdict.warnings,
             awaiting_downgrade_estimate=row["aw"] == "1",
             replayed=True,
+            deciding_tier=original.verdict.tier,
         )
 
     def _commit_script(
         self, reservation_id: str, amount: int, total_tokens: int, facts: UsageFacts, now_ms: int, owner: str
-    ) -> tuple[BudgetIndex, ScopeSet, list[Any]] | None:
+    ) -> tuple[BudgetIndex, ScopeSet, Chain, list[Any]] | None:
         """Settle a reservation as committed with ``amount`` and charge its budgets; ``None`` if unknown,
         ``PermissionDeniedError`` (nothing written) if ``owner`` did not make it."""
         total = total_tokens or facts.input_tokens + facts.output_tokens
         scopes = self._scopes_of(reservation_id)
+        fresh = False
         for _ in range(2):
             if scopes is None:
                 return None
             known = scopes
+            held, service = self._requests_of(reservation_id, fresh=fresh)
+            chain = self._requests.held(held)
 
-            def build(index: BudgetIndex, keys: list[str], known: ScopeSet = known) -> list[str]:
+            def build(
+                index: BudgetIndex, keys: list[str], known: ScopeSet = known, chain: Chain = chain,
+                held: tuple[str, ...] = held, service: str = service,
+            ) -> list[str]:  # fmt: skip
+                requests = self._requests.held_specs(chain, service, keys) if chain else []
                 return [
                     str(now_ms), reservation_id, str(amount), str(total), *facts_args(facts), *scope_args(known),
-                    owner, *self._specs(index.match(known, enabled_only=False), now_ms, now_ms, keys),
+                    owner, "\n".join(held),
+                    *self._specs(index.match(known, enabled_only=False), now_ms, now_ms, keys, requests),
                 ]  # fmt: skip
 
             index, reply = self._money(
@@ -511,8 +599,9 @@ class RedisStore:
             if reply[0] == "OWNER":
                 raise not_owner(reservation_id)
             if reply[0] != "SCOPES":
-                return index, known, reply
+                return index, known, chain, reply
             scopes = self._scopes_of(reservation_id, fresh=True)
+            fresh = True
         raise RuntimeError(f"the scopes of reservation {quote(reservation_id)} do not match what Redis holds")
 
     def commit(self, command: CommitCommand, *, now_ms: int) -> CommitOutcome:
@@ -524,16 +613,16 @@ class RedisStore:
             raise NotFoundError(
                 f"reservation {quote(command.reservation_id)} is unknown (never made, or settled longer ago than the retention period)"
             )
-        index, scopes, reply = done
+        index, scopes, chain, reply = done
         if reply[0] == "DUP":
             return CommitOutcome(
                 charged_usd=micros_to_usd(int(reply[1] or 0)),
                 released_usd=micros_to_usd(int(reply[2] or 0)),
                 duplicate=True,
                 late=reply[3] == "1",
-                budget_info=self._standing_infos(index, scopes, reply, 4, now_ms),
+                budget_info=self._standing_infos(index, scopes, reply, 4, now_ms, chain),
             )
-        infos, fired = self._charged(index, scopes, reply, 5, now_ms=now_ms, at_ms=now_ms)
+        infos, fired = self._charged(index, scopes, reply, 5, now_ms=now_ms, at_ms=now_ms, chain=chain)
         return CommitOutcome(
             charged_usd=micros_to_usd(amount),
             released_usd=micros_to_usd(int(reply[1])),
@@ -546,12 +635,18 @@ class RedisStore:
         )
 
     def _standing_infos(
-        self, index: BudgetIndex, scopes: ScopeSet, reply: Sequence[Any], offset: int, now_ms: int
+        self,
+        index: BudgetIndex,
+        scopes: ScopeSet,
+        reply: Sequence[Any],
+        offset: int,
+        now_ms: int,
+        chain: Chain,
     ) -> tuple[BudgetInfo, ...]:
-        states = self._states(
-            index.match(scopes, enabled_only=True), reply, offset, now_ms=now_ms, at_ms=now_ms
-        )
-        return budget_infos(states, [s.used > s.limit for s in states])
+        enabled = index.match(scopes, enabled_only=True)
+        states = self._states(enabled, reply, offset, now_ms=now_ms, at_ms=now_ms)
+        states += open_states(chain, reply, offset + 2 * len(enabled), now_ms)
+        return charged_infos(states)
 
     def _charged(
         self,
@@ -562,11 +657,15 @@ class RedisStore:
         *,
         now_ms: int,
         at_ms: int,
+        chain: Chain | None = None,
     ) -> tuple[tuple[BudgetInfo, ...], tuple[int, ...]]:
         enabled = index.match(scopes, enabled_only=True)
         states = self._states(enabled, reply, offset, now_ms=now_ms, at_ms=at_ms)
-        fired = tuple(int(seq) for seq in reply[offset + 2 * len(enabled) :])
-        return budget_infos(states, [s.used > s.limit for s in states]), fired
+        after = offset + 2 * len(enabled)
+        chain = chain or []
+        states += open_states(chain, reply, after, now_ms)
+        fired = tuple(int(seq) for seq in reply[after + 2 * len(chain) :])
+        return charged_infos(states), fired
 
     def release(self, reservation_id: str, *, now_ms: int, owner: str = "") -> ReleaseOutcome:
         keys = [*self._k.settle, self._link.key("r", reservation_id)]
@@ -602,19 +701,24 @@ class RedisStore:
                 command.reservation_id, cost, command.total_tokens, command.usage, now_ms, command.owner
             )
             if done is not None:
-                index, scopes, reply = done
+                index, scopes, held, reply = done
                 usage = _recorded(command.usage, reply) if reply[0] != "DUP" else command.usage
-                return self._recorded(index, scopes, reply, (4, 5), cost, usage, now_ms=now_ms, at_ms=now_ms)
+                return self._recorded(
+                    index, scopes, reply, (4, 5), cost, usage, now_ms=now_ms, at_ms=now_ms, chain=held
+                )
         occurred = now_ms if command.occurred_ms is None else command.occurred_ms
         f = command.usage
         total = command.total_tokens or f.input_tokens + f.output_tokens
         scopes = command.scopes
+        chain: Chain = []
 
         def build(index: BudgetIndex, keys: list[str]) -> list[str]:
+            chain[:] = self._requests.chain(command.request_budget) if command.request_budget else []
+            requests = self._requests.specs(chain, command.service, keys) if chain else []
             return [
                 str(now_ms), command.usage_id, str(occurred), str(cost), str(total), *facts_args(f),
                 *scope_args(scopes), command.reservation_id, command.fingerprint,
-                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred, keys),
+                *self._specs(index.match(scopes, enabled_only=False), now_ms, occurred, keys, requests),
             ]  # fmt: skip
 
         index, reply = self._money("record", build, now_ms, (*self._k.due, *self._k.charge))
@@ -624,7 +728,9 @@ class RedisStore:
             check_fingerprint(
                 fields[16] if len(fields) > 16 else "", command.fingerprint, "usage_id", "RecordUsage"
             )
-        return self._recorded(index, scopes, reply, (1, 1), cost, f, now_ms=now_ms, at_ms=occurred)
+        return self._recorded(
+            index, scopes, reply, (1, 1), cost, f, now_ms=now_ms, at_ms=occurred, chain=chain
+        )
 
     def _recorded(
         self,
@@ -637,13 +743,16 @@ class RedisStore:
         *,
         now_ms: int,
         at_ms: int,
+        chain: Chain,
     ) -> RecordUsageOutcome:
         """The answer to recorded usage from a function's ``reply``, whose budget standing starts at
         ``standing_at[0]`` for a duplicate and at ``standing_at[1]`` for a charge."""
         if reply[0] == "DUP":
-            infos = self._standing_infos(index, scopes, reply, standing_at[0], now_ms)
+            infos = self._standing_infos(index, scopes, reply, standing_at[0], now_ms, chain)
             return RecordUsageOutcome(charged_usd=micros_to_usd(0), duplicate=True, budget_info=infos)
-        infos, fired = self._charged(index, scopes, reply, standing_at[1], now_ms=now_ms, at_ms=at_ms)
+        infos, fired = self._charged(
+            index, scopes, reply, standing_at[1], now_ms=now_ms, at_ms=at_ms, chain=chain
+        )
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(cost),
             duplicate=False,
@@ -668,7 +777,14 @@ class RedisStore:
             head = [str(now_ms), prefix, str(len(batch.groups))]
             for g in batch.groups:
                 head += (*scope_args(g.scopes), g.provider, g.model, str(g.occurred_ms))
-                head += self._specs(index.match(g.scopes, enabled_only=False), now_ms, g.occurred_ms, keys)
+                requests = (
+                    self._requests.specs(self._requests.chain(g.request_budget), g.service, keys)
+                    if g.request_budget
+                    else []
+                )
+                head += self._specs(
+                    index.match(g.scopes, enabled_only=False), now_ms, g.occurred_ms, keys, requests
+                )
             return head + tail
 
         _, reply = self._money("batch", build, now_ms, (*self._k.due, *self._k.charge, *self._k.batch))
@@ -706,6 +822,83 @@ class RedisStore:
         for found in holds:
             keys += hold_keys(self._p, found or "")
         return int(self._link.script("expire", [str(now_ms), *ids], keys))
+
+    # -- request budgets -------------------------------------------------------------------------
+    def open_request_budget(self, draft: RequestDraft, *, now_ms: int) -> RequestStatus:
+        parent = self._request_parent(draft, now_ms)
+        budget, clamped = opened(draft, parent, now_ms)
+        expires = now_ms + budget.idle_ttl_ms
+        rq, rqc, qdue = self._link.key("rq"), self._link.key("rqc"), self._link.key("qdue")
+        for _ in range(_ATTEMPTS):
+            seen = self._link.call(lambda: self._client.hget(rqc, draft.id))
+            ancestors = self._ancestors(budget)
+            keys = [rq, rqc, qdue, self._requests.state_key(budget)]
+            if seen is not None:
+                keys.append(f"{self._p}:s:{REQUEST_PREFIX}{seen}/{draft.id}")
+            keys += (self._requests.state_key(a) for a in ancestors)
+            args = [
+                str(now_ms), draft.id, request_json(budget, draft.fingerprint), draft.fingerprint, seen or "",
+                str(expires), *(f"{a.id}@{a.created_ms}@{a.idle_ttl_ms}" for a in ancestors),
+            ]  # fmt: skip
+            reply = self._link.script("request_open", args, keys)
+            if reply[0] == "RETRY":
+                continue
+            if reply[0] == "SAME":
+                return self.request_status(draft.id, now_ms=now_ms)
+            if reply[0] == "EXISTS":
+                raise AlreadyExistsError(
+                    f"request_budget_id: request budget {quote(draft.id)} is open already, for another request"
+                )
+            if reply[0] == "PARENT":
+                self._requests.forget(reply[1])
+                raise NotFoundError(not_open(reply[1], "parent_id"))
+            self._requests.remember(budget)
+            return RequestStatus(
+                budget=budget, used_micros=0, reserved_micros=0, expires_ms=expires, clamped=clamped
+            )
+        raise StoreUnavailableError(
+            f"request budget {quote(draft.id)} kept changing while it was opened; retry"
+        )
+
+    def _request_parent(self, draft: RequestDraft, now_ms: int) -> RequestStatus | None:
+        if not draft.parent_id:
+            return None
+        try:
+            return self.request_status(draft.parent_id, now_ms=now_ms)
+        except NotFoundError:
+            raise NotFoundError(not_open(draft.parent_id, "parent_id")) from None
+
+    def _ancestors(self, budget: RequestBudget) -> list[RequestBudget]:
+        out = []
+        for ancestor in budget.chain:
+            found = self._requests.get(ancestor)
+            if found is None:
+                raise NotFoundError(not_open(ancestor, "parent_id"))
+            out.append(found)
+        return out
+
+    def request_status(self, request_id: str, *, now_ms: int) -> RequestStatus:
+        for _ in range(2):
+            budget = self._requests.get(request_id)
+            if budget is None:
+                break
+
+            def build(index: BudgetIndex, keys: list[str], budget: RequestBudget = budget) -> list[str]:
+                keys += (self._link.key("rqc"), self._requests.state_key(budget))
+                return [str(now_ms), request_id, str(budget.created_ms)]
+
+            _, reply = self._money("request_read", build, now_ms, self._k.due)
+            if reply[0] == "OK":
+                services = [(str(reply[i]), int(reply[i + 1])) for i in range(4, len(reply), 2)]
+                return RequestStatus(
+                    budget=budget,
+                    used_micros=int(reply[1]),
+                    reserved_micros=int(reply[2]),
+                    expires_ms=int(reply[3]),
+                    by_service=by_service(services),
+                )
+            self._requests.forget(request_id)  # gone, or reopened since this replica read it
+        raise NotFoundError(not_open(request_id))
 
     # -- reading ---------------------------------------------------------------------------------
     def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
@@ -776,6 +969,13 @@ class RedisStore:
             lambda: reports.usage_rows(self._client, self._p, flt, columns, by_slot=by_slot)
         )
 
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        return self._link.call(
+            lambda: reports.usage_records(self._client, self._p, flt, before=before, limit=limit)
+        )
+
     # -- alerts ----------------------------------------------------------------------------------
     def alerts_after(self, sequence: int, *, limit: int, budget_ids: Sequence[str] = ()) -> list[Alert]:
         return self._link.call(
@@ -832,6 +1032,14 @@ class RedisStore:
 
     def close(self) -> None:
         self._link.close()
+
+
+def _hold_key_of(state: BudgetState) -> str:
+    """The hold key of a state: a budget's for its entity, or a request budget's incarnation."""
+    budget = state.budget
+    if budget.scope is Scope.REQUEST:
+        return f"{REQUEST_PREFIX}{budget.created_ms}/{budget.id}"
+    return hold_key(budget, state.entity)
 
 
 def _recorded(facts: UsageFacts, reply: Sequence[Any]) -> UsageFacts:

@@ -23,6 +23,7 @@ from collector_processor.domain.budgets import ScopeSet
 from collector_processor.domain.decisions import BudgetState, crossed_thresholds
 from collector_processor.domain.types import SeriesItem, UsageBatch, UsageBatchOutcome, UsageItem
 from collector_processor.store.index import BudgetIndex, LiveBudget
+from collector_processor.store.sqlite import requests as req_sql
 from collector_processor.store.sqlite.spend import (
     USAGE_INSERT_HEAD,
     fire_alerts,
@@ -69,12 +70,22 @@ def record_batch(
         [(g.scopes, charged[i], g.occurred_ms) for i, g in enumerate(batch.groups) if charged[i]],
         now_ms,
     )
+    for i, group in enumerate(batch.groups):
+        if charged[i] and group.request_budget:
+            _charge_request(conn, group.request_budget, charged[i], group.service, now_ms)
     return UsageBatchOutcome(
         charged_items=tuple(counts),
         charged_micros=tuple(charged),
         duplicates=duplicates,
         alerts_fired=tuple(fired),
     )
+
+
+def _charge_request(
+    conn: sqlite3.Connection, request_id: str, amount: int, service: str, now_ms: int
+) -> None:
+    """A group's spend on the request budget its spans name and its ancestors, each while it is open."""
+    req_sql.charge(conn, req_sql.members(conn, request_id), amount, service, now_ms)
 
 
 def charge_many(
@@ -135,13 +146,13 @@ def _charge_totals(conn: sqlite3.Connection, totals: list[list[Any]], now_ms: in
             states.append(
                 (live, _state(live, entity, used, held, live.budget.period.window(now_ms, live.tz)))
             )
-    alerting = [(live, state) for live, state in states if live.budget.alert_thresholds]
+    alerting = [(live, state) for live, state in states if live.budget.alert_points]
     rearm = [m for live, st in alerting if live.budget.period.is_rolling for m in rearm_marks(st)]
     for marks in _chunks(rearm):
         conn.execute(_rearm_sql(len(marks)), list(chain.from_iterable(marks)))
     fired: list[int] = []
     for live, state in alerting:
-        if crossed_thresholds(live.budget.alert_thresholds, state.used, state.limit):
+        if crossed_thresholds(live.budget.alert_points, state.used, state.limit):
             fired.extend(fire_alerts(conn, live, state, now_ms, rearm=False))
     return fired
 

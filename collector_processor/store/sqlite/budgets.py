@@ -44,7 +44,7 @@ def load_budget(conn: sqlite3.Connection, budget_id: str) -> Budget:
 def insert_budget(conn: sqlite3.Connection, budget: Budget) -> Budget:
     created = replace(budget, generation=bump_budgets_version(conn))
     conn.execute(
-        f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(created)
+        f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 15)})", budget_to_row(created)
     )
     return created
 
@@ -52,7 +52,7 @@ def insert_budget(conn: sqlite3.Connection, budget: Budget) -> Budget:
 def replace_budget(conn: sqlite3.Connection, budget: Budget) -> None:
     conn.execute("DELETE FROM budgets WHERE id = ?", (budget.id,))
     conn.execute(
-        f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 14)})", budget_to_row(budget)
+        f"INSERT INTO budgets ({BUDGET_COLUMNS}) VALUES ({', '.join('?' * 15)})", budget_to_row(budget)
     )
     bump_budgets_version(conn)
 

@@ -15,9 +15,10 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from collector_processor.domain.budgets import OnExceed, Scope
+from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet
 from collector_processor.domain.money import micros_to_usd, percentage
 from collector_processor.domain.types import Alert, BudgetStatus
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.store.base import USAGE_COLUMNS, BudgetSpend, EntitySpend, UsageFilter, UsageRow
 from collector_processor.store.index import LiveBudget
 from collector_processor.store.shared import status_from_state
@@ -28,7 +29,7 @@ from collector_processor.store.sqlite.schema import BUDGET_COLUMNS, budget_from_
 _SLOT_MS = 900_000
 _ALERT_COLS = (
     "seq, alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros, action,"
-    " period_start_ms, period_end_ms, fired_ms, message"
+    " period_start_ms, period_end_ms, fired_ms, message, tier"
 )
 
 
@@ -97,12 +98,8 @@ def _joined(high: int, low: int) -> int:
     return (int(high) << 32) + int(low)
 
 
-def usage_rows(
-    conn: sqlite3.Connection, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool
-) -> list[UsageRow]:
-    for column in columns:
-        if column not in USAGE_COLUMNS:
-            raise ValueError(f"unknown usage column {column!r}")
+def _usage_where(flt: UsageFilter) -> tuple[list[str], list[Any]]:
+    """The conditions (and their arguments) that select the usage records ``flt`` covers."""
     where = ["ts_ms < ?"]
     args: list[Any] = [flt.end_ms]
     if flt.start_ms is not None:
@@ -115,6 +112,16 @@ def usage_rows(
         if value:
             where.append(f"{column} = ?")
             args.append(value)
+    return where, args
+
+
+def usage_rows(
+    conn: sqlite3.Connection, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool
+) -> list[UsageRow]:
+    for column in columns:
+        if column not in USAGE_COLUMNS:
+            raise ValueError(f"unknown usage column {column!r}")
+    where, args = _usage_where(flt)
     groups = [*columns, *([f"ts_ms - ts_ms % {_SLOT_MS}"] if by_slot else [])]
     sums = [*map(_exact_sum, ("cost_micros", "input_tokens", "output_tokens", "total_tokens")), "COUNT(*)"]
     select = ", ".join([*groups, *sums])
@@ -159,6 +166,7 @@ def _alert(r: tuple[Any, ...]) -> Alert:
         period_end_ms=r[11],
         fired_ms=r[12],
         message=r[13],
+        tier=bool(r[14]),
     )
 
 
@@ -211,3 +219,40 @@ def prune(
             conn.execute(
                 "DELETE FROM alert_marks WHERE budget_id = ? AND period_key < ?", (budget.id, lowest)
             )
+
+
+_RECORD_COLS = (
+    "usage_id, ts_ms, organization, team, agent, workflow, user, provider, model, cost_micros,"
+    " input_tokens, output_tokens, total_tokens, reservation_id"
+)
+
+
+def usage_records(
+    conn: sqlite3.Connection, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+) -> list[UsageRecord]:
+    """Recorded units of spend, newest first (see ``LedgerStore.usage_records``)."""
+    where, args = _usage_where(flt)
+    if before is not None:
+        where.append("(ts_ms < ? OR (ts_ms = ? AND usage_id < ?))")
+        args += [before[0], before[0], before[1]]
+    rows = conn.execute(
+        f"SELECT {_RECORD_COLS} FROM usage_events WHERE {' AND '.join(where)}"
+        " ORDER BY ts_ms DESC, usage_id DESC LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
+def _record(r: tuple[Any, ...]) -> UsageRecord:
+    return UsageRecord(
+        id=r[0],
+        at_ms=r[1],
+        scopes=ScopeSet(organization=r[2], team=r[3], agent=r[4], workflow=r[5], user=r[6]),
+        provider=r[7],
+        model=r[8],
+        cost_micros=r[9],
+        input_tokens=r[10],
+        output_tokens=r[11],
+        total_tokens=r[12],
+        reservation_id=r[13],
+    )

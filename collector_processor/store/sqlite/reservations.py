@@ -12,9 +12,16 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from collector_processor.domain.budgets import ScopeSet
-from collector_processor.domain.decisions import BudgetState, budget_infos, exceeds, plan_reservation
+from collector_processor.domain.budgets import ScopeSet, decode_tiers, encode_tiers
+from collector_processor.domain.decisions import (
+    BudgetState,
+    Plan,
+    charged_infos,
+    estimate_infos,
+    plan_reservation,
+)
 from collector_processor.domain.money import micros_to_usd, usd_to_micros
+from collector_processor.domain.requests import closed_plan
 from collector_processor.domain.types import (
     BudgetInfo,
     Decision,
@@ -36,6 +43,7 @@ from collector_processor.store.shared import (
     not_owner,
     reserve_outcome,
 )
+from collector_processor.store.sqlite import requests as req_sql
 from collector_processor.store.sqlite.schema import decode_holds, encode_holds
 from paymaster.exceptions import quote
 
@@ -59,13 +67,13 @@ __all__ = [
 RES_COLS = (
     "id, state, organization, team, agent, workflow, user, held_micros, holds, decision, awaiting, "
     "deciding_budget_id, reason, warnings, expires_ms, charged_micros, released_micros, late, provider, model,"
-    " owner, fingerprint"
+    " owner, fingerprint, tier, request_holds, service"
 )
 _INSERT_RESERVATION_SQL = (
     "INSERT INTO reservations (id, idempotency_key, state, organization, team, agent, workflow, user,"
     " held_micros, holds, decision, awaiting, deciding_budget_id, reason, warnings, estimate_tokens,"
-    " provider, model, created_ms, expires_ms, owner, fingerprint)"
-    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " provider, model, created_ms, expires_ms, owner, fingerprint, tier, request_holds, service)"
+    " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -90,6 +98,12 @@ class ReservationRow(NamedTuple):
     model: str
     owner: str
     fingerprint: str
+    tier: str
+    """The deciding tier, ``encode_tiers`` of it ('' when none decided)."""
+    request_holds: str
+    """The request budgets it holds on, ``id@created`` joined by commas (``requests``)."""
+    service: str
+    """The service that reserved, for the request budgets' spend by service."""
 
 
 def reservation_from_row(r: tuple[object, ...]) -> ReservationRow:
@@ -146,7 +160,7 @@ def standing(
     conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, now_ms: int
 ) -> tuple[BudgetInfo, ...]:
     states = read_states(conn, index.match(scopes, enabled_only=True), now_ms)
-    return budget_infos(states, [s.used > s.limit for s in states])
+    return charged_infos(states)
 
 
 def _hold_keys(states: Sequence[BudgetState]) -> list[tuple[str, int, str]]:
@@ -195,11 +209,19 @@ def reserve(
     expires_ms: int,
     now_ms: int,
 ) -> ReserveOutcome:
-    states = read_states(conn, index.match(command.scopes, enabled_only=True), now_ms)
+    own = read_states(conn, index.match(command.scopes, enabled_only=True), now_ms)
     downgrade = command.downgrade_estimate_usd
+    estimate = usd_to_micros(command.estimate_usd)
+    chain: req_sql.Chain = []
+    if command.request_budget:
+        found = req_sql.chain_of(conn, command.request_budget, now_ms)
+        if isinstance(found, str):
+            return reserve_outcome(closed_plan(own, found, estimate), own, "", 0)
+        chain = found
+    states = own + req_sql.states(chain, now_ms) if chain else own
     plan = plan_reservation(
         states,
-        usd_to_micros(command.estimate_usd),
+        estimate,
         downgrade_estimate=None if downgrade is None else usd_to_micros(downgrade),
         resend=False,
     )
@@ -207,7 +229,7 @@ def reserve(
         return reserve_outcome(plan, states, "", 0)
     holds_fit(states, plan.hold)
     expires = expires_ms
-    holds = _hold_keys(states)
+    holds = _hold_keys(own)
     s, model = command.scopes, command.model or UsageFacts()
     conn.execute(
         _INSERT_RESERVATION_SQL,
@@ -215,10 +237,13 @@ def reserve(
             reservation_id, command.idempotency_key or None, s.organization, s.team, s.agent, s.workflow, s.user,
             plan.hold, encode_holds(holds), plan.decision.value, int(plan.awaiting_downgrade_estimate),
             deciding(plan), plan.verdict.reason, "\n".join(plan.verdict.warnings), command.estimate_tokens,
-            model.provider, model.model, now_ms, expires, command.owner, command.fingerprint,
+            model.provider, model.model, now_ms, expires, command.owner, command.fingerprint, _tier_code(plan),
+            req_sql.encode_request_holds(chain), command.service,
         ),
     )  # fmt: skip
     add_holds(conn, holds, plan.hold)
+    if chain:
+        req_sql.hold(conn, chain, plan.hold, hold_until_ms=expires, now_ms=now_ms)
     return reserve_outcome(plan, states, reservation_id, expires)
 
 
@@ -249,25 +274,56 @@ def _replay(conn: sqlite3.Connection, index: BudgetIndex, row: ReservationRow, n
         reservation_id=row.id,
         reserved_usd=micros_to_usd(row.held),
         expires_ms=row.expires_ms,
-        budget_info=budget_infos(states, [exceeds(s, row.held) for s in states]),
+        budget_info=estimate_infos(states, row.held),
         deciding_budget_id=row.deciding,
         reason=row.reason,
         warnings=tuple(w for w in row.warnings.split("\n") if w),
         awaiting_downgrade_estimate=bool(row.awaiting),
         replayed=True,
+        deciding_tier=decode_tiers(row.tier)[0] if row.tier else None,
     )
+
+
+def _tier_code(plan: Plan) -> str:
+    tier = plan.verdict.tier
+    return "" if tier is None else encode_tiers((tier,))
 
 
 def _states_without_own_hold(
     conn: sqlite3.Connection, index: BudgetIndex, row: ReservationRow, now_ms: int
 ) -> list[BudgetState]:
+    """The standing of the reservation's budgets (and of its request budgets that are still open, the
+    same incarnations), without what it holds itself."""
     states = read_states(conn, index.match(row.scopes, enabled_only=True), now_ms)
-    if row.state == ReservationState.HELD:
+    held = row.held if row.state == ReservationState.HELD else 0
+    if held:
         own = set(decode_holds(row.holds))
         for s in states:
             if (s.budget.id, s.budget.generation, s.entity) in own:
-                s.reserved -= row.held
-    return states
+                s.reserved -= held
+    return states + _request_states(conn, row, now_ms, held)
+
+
+def _request_states(
+    conn: sqlite3.Connection, row: ReservationRow, now_ms: int, held: int
+) -> list[BudgetState]:
+    chain = request_chain(conn, row, now_ms)
+    return req_sql.states(chain, now_ms, own_hold=held) if isinstance(chain, list) else []
+
+
+def request_chain(conn: sqlite3.Connection, row: ReservationRow, now_ms: int) -> req_sql.Chain | str:
+    """The request budgets a reservation holds on, if every one is still the open incarnation it held
+    on; else the id of the first that is not."""
+    held = req_sql.decode_request_holds(row.request_holds)
+    if not held:
+        return []
+    chain = req_sql.chain_of(conn, held[0][0], now_ms)
+    if isinstance(chain, str):
+        return chain
+    for (budget, *_), (rid, created) in zip(chain, held, strict=False):
+        if budget.created_ms != created:
+            return rid
+    return chain
 
 
 def resend_downgrade(
@@ -293,30 +349,38 @@ def resend_downgrade(
             return _replay(conn, index, row, now_ms)
         raise FailedPreconditionError(f"reservation {quote(row.id)} is not awaiting a downgrade estimate")
     states = _states_without_own_hold(conn, index, row, now_ms)
-    plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
+    chain = request_chain(conn, row, now_ms)
+    if isinstance(chain, str):
+        plan = closed_plan(states, chain, estimate)
+    else:
+        plan = plan_reservation(states, estimate, downgrade_estimate=None, resend=True)
     if plan.decision is not Decision.DENY:
         holds_fit(states, plan.hold)
     drop_holds(conn, row.holds, row.held)
+    req_sql.drop(conn, row.request_holds, row.held)
     if plan.decision is Decision.DENY:
         conn.execute(
             "UPDATE reservations SET state = 3, settled_ms = ?, released_micros = held_micros WHERE id = ?",
             (now_ms, row.id),
         )
         return reserve_outcome(plan, states, "", 0)
-    holds = _hold_keys(states)
+    holds = _hold_keys(states[: len(states) - len(chain)] if isinstance(chain, list) else states)
     add_holds(conn, holds, plan.hold)
     expires = expires_ms
+    if isinstance(chain, list) and chain:
+        req_sql.hold(conn, chain, plan.hold, hold_until_ms=expires, now_ms=now_ms)
     conn.execute(
         "UPDATE reservations SET held_micros = ?, holds = ?, decision = ?, awaiting = 0, deciding_budget_id = ?,"
-        " reason = ?, warnings = ?, expires_ms = ? WHERE id = ?",
+        " reason = ?, warnings = ?, expires_ms = ?, tier = ? WHERE id = ?",
         (plan.hold, encode_holds(holds), plan.decision.value, deciding(plan), plan.verdict.reason,
-         "\n".join(plan.verdict.warnings), expires, row.id),
+         "\n".join(plan.verdict.warnings), expires, _tier_code(plan), row.id),
     )  # fmt: skip
     return reserve_outcome(plan, states, row.id, expires)
 
 
 def settle_hold(conn: sqlite3.Connection, row: ReservationRow, state: ReservationState, now_ms: int) -> None:
     drop_holds(conn, row.holds, row.held)
+    req_sql.drop(conn, row.request_holds, row.held)
     conn.execute(
         "UPDATE reservations SET state = ?, settled_ms = ?, released_micros = held_micros WHERE id = ?",
         (int(state), now_ms, row.id),
@@ -325,12 +389,13 @@ def settle_hold(conn: sqlite3.Connection, row: ReservationRow, state: Reservatio
 
 def expire_due(conn: sqlite3.Connection, now_ms: int, *, limit: int) -> int:
     rows = conn.execute(
-        "SELECT id, held_micros, holds FROM reservations WHERE state = 1 AND expires_ms <= ? LIMIT ?",
+        "SELECT id, held_micros, holds, request_holds FROM reservations WHERE state = 1 AND expires_ms <= ? LIMIT ?",
         (now_ms, limit),
     ).fetchall()
     if rows:
-        for _, held, holds in rows:
+        for _, held, holds, request_holds in rows:
             drop_holds(conn, holds, held)
+            req_sql.drop(conn, request_holds, held)
         conn.executemany(
             "UPDATE reservations SET state = 4, settled_ms = ?, released_micros = held_micros WHERE id = ?",
             [(now_ms, r[0]) for r in rows],

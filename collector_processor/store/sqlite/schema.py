@@ -14,9 +14,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from collector_processor.domain.budgets import Budget, OnExceed, Scope
+from collector_processor.domain.budgets import Budget, OnExceed, Scope, decode_tiers, encode_tiers
 from collector_processor.domain.periods import parse_period
 from collector_processor.store.sqlite.access import ACCESS_SCHEMA
+from collector_processor.store.sqlite.requests import REQUEST_SCHEMA
 
 __all__ = [
     "BUDGET_COLUMNS",
@@ -201,7 +202,7 @@ TOTAL_OUT_OF_RANGE = "paymaster: total out of range"
 
 BUDGET_COLUMNS = (
     "id, generation, name, scope, scope_id, limit_usd, period, time_zone, on_exceed, thresholds, enabled, "
-    "declared_in_config, created_ms, updated_ms"
+    "declared_in_config, created_ms, updated_ms, tiers"
 )
 
 
@@ -231,6 +232,7 @@ def connect(path: Path | str, *, synchronous: str, busy_timeout_ms: int, create:
         conn.executescript(_SCHEMA)
         _add_columns(conn)
         conn.executescript(ACCESS_SCHEMA)
+        conn.executescript(REQUEST_SCHEMA)
         version = conn.execute("SELECT value FROM counters WHERE name = 'schema'").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
@@ -245,6 +247,11 @@ _ADDED_COLUMNS = (
     ("reservations", "owner", "TEXT NOT NULL DEFAULT ''"),
     ("reservations", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
     ("usage_events", "fingerprint", "TEXT NOT NULL DEFAULT ''"),
+    ("budgets", "tiers", "TEXT NOT NULL DEFAULT ''"),
+    ("alerts", "tier", "INTEGER NOT NULL DEFAULT 0"),
+    ("reservations", "tier", "TEXT NOT NULL DEFAULT ''"),
+    ("reservations", "request_holds", "TEXT NOT NULL DEFAULT ''"),
+    ("reservations", "service", "TEXT NOT NULL DEFAULT ''"),
 )
 
 
@@ -263,7 +270,7 @@ def _add_columns(conn: sqlite3.Connection) -> None:
 
 def budget_from_row(row: tuple[Any, ...]) -> Budget:
     (bid, generation, name, scope, scope_id, limit_usd, period, tz, on_exceed, thresholds, enabled,
-     declared, created_ms, updated_ms) = row  # fmt: skip
+     declared, created_ms, updated_ms, tiers) = row  # fmt: skip
     return Budget(
         id=bid,
         name=name,
@@ -274,6 +281,7 @@ def budget_from_row(row: tuple[Any, ...]) -> Budget:
         time_zone=tz,
         on_exceed=OnExceed(on_exceed),
         alert_thresholds=tuple(int(t) for t in thresholds.split(",") if t),
+        tiers=decode_tiers(tiers),
         enabled=bool(enabled),
         declared_in_config=bool(declared),
         generation=generation,
@@ -298,6 +306,7 @@ def budget_to_row(b: Budget) -> tuple[Any, ...]:
         int(b.declared_in_config),
         b.created_ms,
         b.updated_ms,
+        encode_tiers(b.tiers),
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from collector_processor.domain.budgets import ScopeSet
-from collector_processor.domain.decisions import BudgetState, alert_message, budget_infos, crossed_thresholds
+from collector_processor.domain.decisions import BudgetState, alert_message, charged_infos, crossed_thresholds
 from collector_processor.domain.money import MAX_TOTAL_MICROS, micros_to_usd, usd_to_micros
 from collector_processor.domain.types import (
     BudgetInfo,
@@ -31,6 +31,7 @@ from collector_processor.domain.types import (
 from collector_processor.errors import NotFoundError
 from collector_processor.store.index import BudgetIndex, LiveBudget
 from collector_processor.store.shared import check_fingerprint, total_out_of_range
+from collector_processor.store.sqlite import requests as req_sql
 from collector_processor.store.sqlite.group_commit import RefusedAfterWrite
 from collector_processor.store.sqlite.reservations import (
     RES_COLS,
@@ -84,8 +85,8 @@ their own keys)."""
 INSERT_USAGE_SQL = f"{USAGE_INSERT_HEAD}, fingerprint) VALUES ({', '.join('?' * 18)})"
 _INSERT_ALERT_SQL = (
     "INSERT INTO alerts (alert_id, budget_id, budget_name, scope, entity, threshold, used_micros, limit_micros,"
-    " action, period_start_ms, period_end_ms, fired_ms, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " RETURNING seq"
+    " action, period_start_ms, period_end_ms, fired_ms, message, tier)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
 )
 
 
@@ -116,8 +117,17 @@ def _already_committed(
         released_usd=micros_to_usd(row.released or 0),
         duplicate=True,
         late=bool(row.late),
-        budget_info=standing(conn, index, row.scopes, now_ms),
+        budget_info=_standing(
+            conn, index, row.scopes, now_ms, req_sql.decode_request_holds(row.request_holds)
+        ),
     )
+
+
+def _standing(
+    conn: sqlite3.Connection, index: BudgetIndex, scopes: ScopeSet, now_ms: int, held: list[tuple[str, int]]
+) -> tuple[BudgetInfo, ...]:
+    """The standing of a duplicate's budgets and of its request budgets that are open."""
+    return standing(conn, index, scopes, now_ms) + charged_infos(req_sql.standing_of(conn, held, now_ms))
 
 
 def _charge_reservation(
@@ -132,10 +142,16 @@ def _charge_reservation(
     """The rest of a commit, once ``row`` has been settled as committed (``row.released`` is what it held)."""
     released = row.released or 0
     drop_holds(conn, row.holds, released)
+    req_sql.drop(conn, row.request_holds, released)
     if (row.provider and not facts.provider) or (row.model and not facts.model):
         facts = replace(facts, provider=facts.provider or row.provider, model=facts.model or row.model)
     insert_usage(conn, f"reservation:{row.id}", now_ms, row.scopes, actual, total_tokens, facts, row.id)
     infos, fired = charge(conn, index, row.scopes, actual, at_ms=now_ms, now_ms=now_ms)
+    requests = req_sql.charge(
+        conn, req_sql.decode_request_holds(row.request_holds), actual, row.service, now_ms
+    )
+    if requests:
+        infos += charged_infos(requests)
     return CommitOutcome(
         charged_usd=micros_to_usd(actual),
         released_usd=micros_to_usd(released),
@@ -162,12 +178,16 @@ def record_usage(
             "SELECT fingerprint FROM usage_events WHERE usage_id = ?", (command.usage_id,)
         ).fetchone()
         check_fingerprint(stored[0] if stored else "", command.fingerprint, "usage_id", "RecordUsage")
+        held = req_sql.members(conn, command.request_budget) if command.request_budget else []
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(0),
             duplicate=True,
-            budget_info=standing(conn, index, command.scopes, now_ms),
+            budget_info=_standing(conn, index, command.scopes, now_ms, held),
         )
     infos, fired = charge(conn, index, command.scopes, cost, at_ms=occurred, now_ms=now_ms)
+    if command.request_budget:  # each of its request budgets that is still open counts it
+        held = req_sql.members(conn, command.request_budget)
+        infos += charged_infos(req_sql.charge(conn, held, cost, command.service, now_ms))
     return RecordUsageOutcome(
         charged_usd=micros_to_usd(cost),
         duplicate=False,
@@ -189,10 +209,11 @@ def record_against_reservation(
         if row is None:
             return None
         check_owner(row, command.owner)
+        held = req_sql.decode_request_holds(row.request_holds)
         return RecordUsageOutcome(
             charged_usd=micros_to_usd(0),
             duplicate=True,
-            budget_info=standing(conn, index, row.scopes, now_ms),
+            budget_info=_standing(conn, index, row.scopes, now_ms, held),
         )
     out = _charge_reservation(
         conn, index, reservation_from_row(found), cost, command.total_tokens, command.usage, now_ms
@@ -298,9 +319,9 @@ def _charge(
             budget=budget, entity=entity, limit=live.limit, used=used, reserved=held or 0, window=window
         )
         states.append(state)
-        if budget.alert_thresholds:
+        if budget.alert_points:
             fired.extend(fire_alerts(conn, live, state, now_ms))
-    return budget_infos(states, [s.used > s.limit for s in states]), fired
+    return charged_infos(states), fired
 
 
 def _charge_calendar(
@@ -333,7 +354,7 @@ def _charge_calendar_sql(count: int) -> str:
 def rearm_marks(s: BudgetState) -> list[tuple[str, str, int]]:
     """The alert marks of a rolling window to delete: its spend has fallen back below those thresholds."""
     budget = s.budget
-    return [(budget.id, s.entity, t) for t in budget.alert_thresholds if s.used * 100 < t * s.limit]
+    return [(budget.id, s.entity, t) for t in budget.alert_points if s.used * 100 < t * s.limit]
 
 
 REARM_SQL = "DELETE FROM alert_marks WHERE budget_id = ? AND entity = ? AND period_key = 0 AND threshold = ?"
@@ -345,7 +366,7 @@ def fire_alerts(
     """Each threshold fires once per period: the mark row is the de-duplication record, written in the
     same transaction as the spend, so neither a restart nor another sidecar can fire it again.
     ``rearm=False``: the caller has re-armed rolling thresholds itself (``rearm_marks``)."""
-    budget, thresholds = live.budget, live.budget.alert_thresholds
+    budget, thresholds = live.budget, live.budget.alert_points
     rolling = budget.period.is_rolling
     period_key = 0 if rolling else s.window.start_ms
     if rolling and rearm:
@@ -360,11 +381,13 @@ def fire_alerts(
         if cur.rowcount != 1:
             continue
         occurrence = f"rolling@{now_ms}" if rolling else str(period_key)
+        tier = budget.tier_at(threshold)
+        action = budget.on_exceed if tier is None else tier.action
         seq = conn.execute(
             _INSERT_ALERT_SQL,
             (f"{budget.id}/{s.entity}/{occurrence}/{threshold}", budget.id, budget.name, budget.scope.value, s.entity,
-             threshold, s.used, s.limit, budget.on_exceed.value, s.window.start_ms, s.window.end_ms,
-             now_ms, alert_message(budget, s.entity, threshold, s.used, s.limit, s.window)),
+             threshold, s.used, s.limit, action.value, s.window.start_ms, s.window.end_ms,
+             now_ms, alert_message(budget, s.entity, threshold, s.used, s.limit, s.window), int(tier is not None)),
         ).fetchone()[0]  # fmt: skip
         fired.append(seq)
     return fired

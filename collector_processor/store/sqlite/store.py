@@ -22,6 +22,7 @@ from collector_processor.domain.access import AuditEvent, TokenRecord, budget_re
 from collector_processor.domain.budgets import Budget, BudgetPatch, Scope, ScopeSet, apply_patch
 from collector_processor.domain.decisions import BudgetState
 from collector_processor.domain.money import micros_to_usd
+from collector_processor.domain.requests import RequestDraft, RequestStatus
 from collector_processor.domain.types import (
     Alert,
     BudgetStatus,
@@ -37,6 +38,7 @@ from collector_processor.domain.types import (
     UsageBatch,
     UsageBatchOutcome,
 )
+from collector_processor.domain.usage import UsageRecord
 from collector_processor.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -50,6 +52,7 @@ from collector_processor.store.sqlite import access as access_sql
 from collector_processor.store.sqlite import batch as batch_sql
 from collector_processor.store.sqlite import budgets as budgets_sql
 from collector_processor.store.sqlite import reports
+from collector_processor.store.sqlite import requests as req_sql
 from collector_processor.store.sqlite import reservations as holds_sql
 from collector_processor.store.sqlite import spend as spend_sql
 from collector_processor.store.sqlite.group_commit import GroupCommitter
@@ -225,12 +228,21 @@ class SqliteStore:
         self._write(op)
 
     # -- money -----------------------------------------------------------------------------------
-    def check(self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int) -> CheckOutcome:
-        def op(conn: sqlite3.Connection) -> list[BudgetState]:
+    def check(
+        self, scopes: ScopeSet, estimate_micros: int, *, now_ms: int, request_budget: str = ""
+    ) -> CheckOutcome:
+        def op(conn: sqlite3.Connection) -> tuple[list[BudgetState], str]:
             index = self._begin_op(conn, now_ms)
-            return holds_sql.read_states(conn, index.match(scopes, enabled_only=True), now_ms)
+            states = holds_sql.read_states(conn, index.match(scopes, enabled_only=True), now_ms)
+            if not request_budget:
+                return states, ""
+            chain = req_sql.chain_of(conn, request_budget, now_ms)
+            if isinstance(chain, str):
+                return states, chain
+            return states + req_sql.states(chain, now_ms), ""
 
-        return check_outcome(self._write(op), estimate_micros)
+        states, closed = self._write(op)
+        return check_outcome(states, estimate_micros, closed=closed)
 
     def reserve(
         self, command: ReserveCommand, *, reservation_id: str, expires_ms: int, now_ms: int
@@ -294,6 +306,21 @@ class SqliteStore:
     def expire_due(self, *, now_ms: int, limit: int = 500) -> int:
         return self._write(lambda conn: holds_sql.expire_due(conn, now_ms, limit=limit))
 
+    # -- request budgets -------------------------------------------------------------------------
+    def open_request_budget(self, draft: RequestDraft, *, now_ms: int) -> RequestStatus:
+        def op(conn: sqlite3.Connection) -> RequestStatus:
+            self._begin_op(conn, now_ms)
+            return req_sql.open_request(conn, draft, now_ms)
+
+        return self._write(op)
+
+    def request_status(self, request_id: str, *, now_ms: int) -> RequestStatus:
+        def op(conn: sqlite3.Connection) -> RequestStatus:
+            self._begin_op(conn, now_ms)  # a due reservation's hold must not count
+            return req_sql.status(conn, request_id, now_ms)
+
+        return self._write(op)
+
     # -- reading ---------------------------------------------------------------------------------
     def budget_status(self, budget_id: str, entity: str, *, now_ms: int) -> BudgetStatus:
         def op(conn: sqlite3.Connection) -> BudgetStatus:
@@ -307,6 +334,12 @@ class SqliteStore:
     def usage_rows(self, flt: UsageFilter, columns: Sequence[str], *, by_slot: bool) -> list[UsageRow]:
         with self._read() as conn:
             return reports.usage_rows(conn, flt, columns, by_slot=by_slot)
+
+    def usage_records(
+        self, flt: UsageFilter, *, before: tuple[int, str] | None, limit: int
+    ) -> list[UsageRecord]:
+        with self._read() as conn:
+            return reports.usage_records(conn, flt, before=before, limit=limit)
 
     def budget_spend(self, *, now_ms: int, max_entities: int) -> list[BudgetSpend]:
         with self._read() as conn:
@@ -363,6 +396,7 @@ class SqliteStore:
         self, *, now_ms: int, reservation_retention_ms: int, usage_retention_ms: int, alert_retention_ms: int
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
+            req_sql.prune(conn, now_ms)
             reports.prune(
                 conn,
                 list(self._begin_op(conn, now_ms)),

@@ -233,6 +233,9 @@ class Calls:
         facts: dict[str, Any],
         reservation_id: str = "",
         reason: str = "fail_open",
+        *,
+        request_budget: str = "",
+        service: str = "",
     ) -> None:
         """Keep spend for the replayer, durably when the journal has a directory: the write and its fsync
         run on a worker thread and this returns once they are done, so the spend is on disk before the
@@ -247,6 +250,8 @@ class Calls:
             occurred_ms=int(time.time() * 1000),
             reservation_id=reservation_id,
             reason=reason,
+            request_budget=request_budget,
+            service=service,
         )
         journal = self.budget.journal
         try:

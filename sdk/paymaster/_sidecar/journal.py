@@ -69,6 +69,10 @@ class PendingUsage:
     """The reservation it settles, when it had one (a failed commit)."""
     reason: str = "fail_open"
     """``fail_open``, ``commit_failed`` or ``lease_commit_failed``."""
+    request_budget: str = ""
+    """The request budget the spend belongs to as well (a step run under fail_open inside one)."""
+    service: str = ""
+    """The service that spent it, for the request budget's spend by service."""
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)

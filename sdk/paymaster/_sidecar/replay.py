@@ -204,6 +204,8 @@ def _record_request(entry: PendingUsage, *, with_time: bool) -> Any:
         total_tokens=entry.total_tokens,
         usage=pb.UsageFacts(**entry.usage),
         reservation_id=entry.reservation_id,
+        request_budget_id=entry.request_budget,
+        service=entry.service,
     )
     if with_time and entry.occurred_ms:
         request.occurred_at.seconds = entry.occurred_ms // 1000

@@ -5,7 +5,9 @@ estimate from the current lease of its scopes (``LeaseDesk``); without one, or n
 step has its own reservation, decided with the downgrade exchange in one round trip when the step
 has a cheaper path. After the step the actual usage is committed (or added to the lease); spend that
 takes a block budget past its limit halts the run after it is recorded, as local limits do. When the
-sidecar cannot be reached, the budget's fail policy decides the step.
+sidecar cannot be reached, the budget's fail policy decides the step. A step run inside a request
+budget (its id in the OpenTelemetry baggage, ``paymaster.request_budget``) names it on its Reserve and
+is held to it as well; such steps take per-step reservations, never a lease.
 
 Calls go through ``Calls``, which tracks them so that a cancelled step never leaves a hold behind;
 ``close`` commits the leases and waits for every call, so the sidecar's reserved totals return to
@@ -17,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
+
+from opentelemetry import baggage
 
 from paymaster._estimate import UsageEstimate
 from paymaster._gate import Ticket
@@ -34,6 +38,7 @@ from paymaster.exceptions import (
     SidecarUnavailableError,
     UsageLimitExceededError,
 )
+from paymaster.request_budget import REQUEST_BUDGET_KEY
 from paymaster.scopes import Scopes
 from paymaster.usage import parse_model_ref
 from paymaster.v1 import budget_pb2 as pb
@@ -63,8 +68,10 @@ class _StepFacts:
 class BudgetSession:
     """See the module docstring."""
 
-    def __init__(self, budget: SidecarBudget, run: Any, base: Scopes) -> None:
+    def __init__(self, budget: SidecarBudget, run: Any, base: Scopes, *, service: str = "") -> None:
         self.budget = budget
+        self.service = service
+        """This process's ``service.name``, for a request budget's spend by service."""
         self.tel = run.tel
         self.base = base
         self.calls = Calls(budget, run.tel)
@@ -84,6 +91,11 @@ class BudgetSession:
         facts = self._steps.get(id(step))
         if facts is None:
             facts = self._learn(step)
+        request_budget = baggage.get_baggage(REQUEST_BUDGET_KEY)
+        if request_budget:
+            # A request budget never draws from a lease, the run's or the budget's shared ones: each
+            # step is reserved against it (and its scopes' budgets) on its own estimate.
+            return await self._reserve(run, step, data, estimate, facts, record, span, str(request_budget))
         shared = self.shared
         if shared is not None:
             drawn = shared.draw(facts.scopes, step, estimate, record, span, self.tel)
@@ -160,6 +172,8 @@ class BudgetSession:
                         cost,
                         usage.total_tokens,
                         usage_facts(usage),
+                        request_budget=admission.outcome.request_budget or "",
+                        service=self.service,
                     )
                 )
             )
@@ -192,6 +206,7 @@ class BudgetSession:
         facts: _StepFacts,
         record: StepResult,
         span: Span | None,
+        request_budget: str = "",
     ) -> Ticket:
         scopes, path = facts.scopes, facts.path
         request = pb.ReserveRequest(
@@ -201,6 +216,9 @@ class BudgetSession:
             idempotency_key=uuid.uuid4().hex,
             model=facts.model,
         )
+        if request_budget:
+            request.request_budget_id = request_budget
+            request.service = self.service
         cheaper = self._cheaper_estimate(run, path, data, estimate)
         if cheaper is not None:
             request.downgrade_estimate_usd = wire.wire_usd(cheaper.cost_usd)
@@ -209,12 +227,14 @@ class BudgetSession:
         try:
             response = await self.calls.reserve(request)
         except Unreachable as exc:
-            return self._unreachable(step, estimate, scopes, exc, record, span)
-        if self.leases is not None:
+            return self._unreachable(step, estimate, scopes, exc, record, span, request_budget)
+        if self.leases is not None and not request_budget:
             self.leases.note_headroom(scopes, response.budget_info, wire.usd(response.reserved_usd))
-        elif self.shared is not None:
+        elif self.shared is not None and not request_budget:
             self.shared.note_headroom(scopes, response.budget_info, wire.usd(response.reserved_usd))
-        return await self._decided(response, step, estimate, cheaper, path, scopes, record, span)
+        return await self._decided(
+            response, step, estimate, cheaper, path, scopes, record, span, request_budget or None
+        )
 
     async def _decided(
         self,
@@ -226,6 +246,7 @@ class BudgetSession:
         scopes: Scopes,
         record: StepResult,
         span: Span | None,
+        request_budget: str | None = None,
     ) -> Ticket:
         decision = response.decision
         outcome = BudgetOutcome(
@@ -237,6 +258,7 @@ class BudgetSession:
             deciding_budget_id=response.deciding_budget_id or None,
             warnings=tuple(response.warnings),
             budget_info=wire.budget_infos(response.budget_info),
+            request_budget=request_budget,
         )
         if decision == pb.DECISION_DENY:
             outcome.decision, outcome.mode, outcome.reason = "deny", "none", response.reason
@@ -273,14 +295,18 @@ class BudgetSession:
         exc: Unreachable,
         record: StepResult,
         span: Span | None,
+        request_budget: str = "",
     ) -> Ticket:
         """The fail policy, for a step the sidecar could not decide."""
         policy = self.budget.fail_policy
+        request = request_budget or None
         why = f"the budget sidecar at {self.budget.target} {exc.situation}"
         if span is not None:
             span.set_attribute("paymaster.sidecar.outcome", exc.kind)
         if policy == FAIL_CLOSED:
-            outcome = BudgetOutcome(decision="fail_closed", mode="none", scopes=scopes, reason=why)
+            outcome = BudgetOutcome(
+                decision="fail_closed", mode="none", scopes=scopes, reason=why, request_budget=request
+            )
             self._record(outcome, record, span)
             raise SidecarUnavailableError(
                 f"{why[0].upper()}{why[1:]}; fail_policy='fail_closed' denies step {step.name!r} before it "
@@ -290,14 +316,17 @@ class BudgetSession:
         if policy == FAIL_OPEN:
             usage_id = f"fail-open:{uuid.uuid4().hex}"
             outcome = BudgetOutcome(
-                decision="fail_open", mode="fail_open", scopes=scopes, usage_id=usage_id, reason=why
-            )
+                decision="fail_open", mode="fail_open", scopes=scopes, usage_id=usage_id, reason=why,
+                request_budget=request,
+            )  # fmt: skip
             self._record(outcome, record, span)
             record.warnings.append(f"{why}; ran under fail_open and will replay its spend")
             # The replay id stands in for a reservation id on the spans, so trace ingestion does not
             # charge this spend again once the replay has.
             return Admission(step, estimate, usage_id, "fail_open", outcome, scopes)
-        outcome = BudgetOutcome(decision="local_only", mode="local_only", scopes=scopes, reason=why)
+        outcome = BudgetOutcome(
+            decision="local_only", mode="local_only", scopes=scopes, reason=why, request_budget=request
+        )
         self._record(outcome, record, span)
         record.warnings.append(f"{why}; ran under the runner's own limits only (local_only_limits)")
         return Admission(step, estimate, None, "local_only", outcome, scopes)

@@ -22,6 +22,7 @@ __all__ = [
     "facts",
     "halting_budgets",
     "headroom",
+    "request_budget_request",
     "scope_ids",
     "usd",
     "wire_usd",
@@ -37,13 +38,39 @@ ACTION_NAMES: Final = {
     pb.ON_EXCEED_BLOCK: "block",
     pb.ON_EXCEED_DOWNGRADE: "downgrade",
 }
+_ACTION_VALUES: Final = {name: value for value, name in ACTION_NAMES.items()}
 SCOPE_NAMES: Final = {
     pb.SCOPE_ORGANIZATION: "organization",
     pb.SCOPE_TEAM: "team",
     pb.SCOPE_AGENT: "agent",
     pb.SCOPE_WORKFLOW: "workflow",
     pb.SCOPE_USER: "user",
+    pb.SCOPE_REQUEST: "request",
 }
+
+
+def request_budget_request(
+    *,
+    request_id: str,
+    name: str,
+    parent_id: str,
+    limit_usd: Decimal | None,
+    fraction: Decimal | None,
+    tiers: Sequence[tuple[int, str]],
+    idle_ttl_s: float | None,
+) -> Any:
+    """An ``OpenRequestBudgetRequest``."""
+    request = pb.OpenRequestBudgetRequest(
+        id=request_id,
+        name=name,
+        parent_id=parent_id,
+        limit_usd="" if limit_usd is None else wire_usd(limit_usd),
+        fraction="" if fraction is None else wire_usd(fraction),
+        tiers=[pb.Tier(at_percent=at, action=_ACTION_VALUES[action]) for at, action in tiers],
+    )
+    if idle_ttl_s is not None:
+        request.idle_ttl.FromMilliseconds(int(idle_ttl_s * 1000))
+    return request
 
 
 def wire_usd(value: Decimal) -> str:
@@ -106,9 +133,26 @@ def budget_infos(lines: Iterable[Any]) -> list[dict[str, Any]]:
             "action": ACTION_NAMES.get(i.action, "unspecified"),
             "period_start": _when(i.period_start),
             "period_end": _when(i.period_end),
+            "tier": _tier(i.tier) if i.HasField("tier") else None,
+            "tiers": [_tier(t) for t in i.tiers],
         }
         for i in lines
     ]
+
+
+def _tier(t: Any) -> dict[str, Any]:
+    return {"at": t.at_percent, "action": ACTION_NAMES.get(t.action, "unspecified")}
+
+
+def block_level(line: Any) -> int | None:
+    """The percentage of its limit past which a budget blocks: its first block tier, or 100 for a
+    single-action block budget; ``None`` when it never blocks."""
+    for tier in line.tiers:
+        if tier.action == pb.ON_EXCEED_BLOCK:
+            return int(tier.at_percent)
+    if not line.tiers and line.action == pb.ON_EXCEED_BLOCK:
+        return 100
+    return None
 
 
 def headroom(lines: Sequence[Any], held: Decimal = Decimal(0)) -> Decimal | None:
@@ -122,18 +166,25 @@ def headroom(lines: Sequence[Any], held: Decimal = Decimal(0)) -> Decimal | None
 def halting_budgets(lines: Iterable[Any], pending: Decimal = Decimal(0)) -> list[Any]:
     """Block budgets a charge has taken past their limit (from a Commit or RecordUsage response);
     ``pending`` is spend of this run the sidecar holds as reserved but has not been charged yet."""
-    return [
-        i
-        for i in lines
-        if i.action == pb.ON_EXCEED_BLOCK and (i.exceeded or usd(i.used_usd) + pending > usd(i.limit_usd))
-    ]
+    out = []
+    for i in lines:
+        level = block_level(i)
+        if level is None:
+            continue
+        if (level == 100 and i.exceeded) or (usd(i.used_usd) + pending) * 100 > usd(i.limit_usd) * level:
+            out.append(i)
+    return out
 
 
 def describe_halt(line: Any, pending: Decimal = Decimal(0)) -> str:
     """``Block budget 'Team search' (team=search) exceeded: $0.30 used of its $0.25 limit``."""
     scope = SCOPE_NAMES.get(line.scope, "?")
+    level = block_level(line)
+    what = "Block budget" if not line.tiers else f"The block tier at {level}% of budget"
+    if line.scope == pb.SCOPE_REQUEST:
+        what = "Request budget" if not line.tiers else f"The block tier at {level}% of request budget"
     return (
-        f"Block budget {line.budget_name or line.budget_id!r} ({scope}={line.scope_id}) exceeded: "
+        f"{what} {line.budget_name or line.budget_id!r} ({scope}={line.scope_id}) exceeded: "
         f"{_money(usd(line.used_usd) + pending)} used of its {_money(usd(line.limit_usd))} limit"
     )
 

@@ -20,6 +20,7 @@ class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCOPE_AGENT: _ClassVar[Scope]
     SCOPE_WORKFLOW: _ClassVar[Scope]
     SCOPE_USER: _ClassVar[Scope]
+    SCOPE_REQUEST: _ClassVar[Scope]
 
 class OnExceed(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +70,7 @@ SCOPE_TEAM: Scope
 SCOPE_AGENT: Scope
 SCOPE_WORKFLOW: Scope
 SCOPE_USER: Scope
+SCOPE_REQUEST: Scope
 ON_EXCEED_UNSPECIFIED: OnExceed
 ON_EXCEED_WARN: OnExceed
 ON_EXCEED_BLOCK: OnExceed
@@ -98,6 +100,20 @@ DIMENSION_YEAR: Dimension
 ALERT_KIND_UNSPECIFIED: AlertKind
 ALERT_KIND_THRESHOLD: AlertKind
 
+class Tier(_message.Message):
+    __slots__ = ("at_percent", "action")
+    AT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    at_percent: int
+    action: OnExceed
+    def __init__(self, at_percent: _Optional[int] = ..., action: _Optional[_Union[OnExceed, str]] = ...) -> None: ...
+
+class Tiers(_message.Message):
+    __slots__ = ("tiers",)
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    def __init__(self, tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ...) -> None: ...
+
 class ScopeIds(_message.Message):
     __slots__ = ("organization", "team", "agent", "workflow", "user")
     ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
@@ -113,7 +129,7 @@ class ScopeIds(_message.Message):
     def __init__(self, organization: _Optional[str] = ..., team: _Optional[str] = ..., agent: _Optional[str] = ..., workflow: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("id", "name", "scope", "scope_id", "limit_usd", "period", "time_zone", "on_exceed", "alert_thresholds", "enabled", "declared_in_config", "created_at", "updated_at")
+    __slots__ = ("id", "name", "scope", "scope_id", "limit_usd", "period", "time_zone", "on_exceed", "alert_thresholds", "enabled", "declared_in_config", "created_at", "updated_at", "tiers")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +143,7 @@ class Budget(_message.Message):
     DECLARED_IN_CONFIG_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     scope: Scope
@@ -140,10 +157,11 @@ class Budget(_message.Message):
     declared_in_config: bool
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., scope_id: _Optional[str] = ..., limit_usd: _Optional[str] = ..., period: _Optional[str] = ..., time_zone: _Optional[str] = ..., on_exceed: _Optional[_Union[OnExceed, str]] = ..., alert_thresholds: _Optional[_Iterable[int]] = ..., enabled: _Optional[bool] = ..., declared_in_config: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., scope_id: _Optional[str] = ..., limit_usd: _Optional[str] = ..., period: _Optional[str] = ..., time_zone: _Optional[str] = ..., on_exceed: _Optional[_Union[OnExceed, str]] = ..., alert_thresholds: _Optional[_Iterable[int]] = ..., enabled: _Optional[bool] = ..., declared_in_config: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ...) -> None: ...
 
 class BudgetInfo(_message.Message):
-    __slots__ = ("budget_id", "budget_name", "scope", "scope_id", "used_usd", "reserved_usd", "limit_usd", "remaining_usd", "percentage", "exceeded", "action", "period_start", "period_end")
+    __slots__ = ("budget_id", "budget_name", "scope", "scope_id", "used_usd", "reserved_usd", "limit_usd", "remaining_usd", "percentage", "exceeded", "action", "period_start", "period_end", "tier", "tiers")
     BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     BUDGET_NAME_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +175,8 @@ class BudgetInfo(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
     budget_id: str
     budget_name: str
     scope: Scope
@@ -170,7 +190,9 @@ class BudgetInfo(_message.Message):
     action: OnExceed
     period_start: _timestamp_pb2.Timestamp
     period_end: _timestamp_pb2.Timestamp
-    def __init__(self, budget_id: _Optional[str] = ..., budget_name: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., scope_id: _Optional[str] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., limit_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., exceeded: _Optional[bool] = ..., action: _Optional[_Union[OnExceed, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tier: Tier
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    def __init__(self, budget_id: _Optional[str] = ..., budget_name: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., scope_id: _Optional[str] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., limit_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., exceeded: _Optional[bool] = ..., action: _Optional[_Union[OnExceed, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tier: _Optional[_Union[Tier, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ...) -> None: ...
 
 class UsageFacts(_message.Message):
     __slots__ = ("provider", "model", "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "reasoning_tokens")
@@ -229,20 +251,22 @@ class AlertThresholds(_message.Message):
     def __init__(self, percent: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UpdateBudgetRequest(_message.Message):
-    __slots__ = ("id", "name", "limit_usd", "on_exceed", "alert_thresholds", "enabled")
+    __slots__ = ("id", "name", "limit_usd", "on_exceed", "alert_thresholds", "enabled", "tiers")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
     ON_EXCEED_FIELD_NUMBER: _ClassVar[int]
     ALERT_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     limit_usd: str
     on_exceed: OnExceed
     alert_thresholds: AlertThresholds
     enabled: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., limit_usd: _Optional[str] = ..., on_exceed: _Optional[_Union[OnExceed, str]] = ..., alert_thresholds: _Optional[_Union[AlertThresholds, _Mapping]] = ..., enabled: _Optional[bool] = ...) -> None: ...
+    tiers: Tiers
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., limit_usd: _Optional[str] = ..., on_exceed: _Optional[_Union[OnExceed, str]] = ..., alert_thresholds: _Optional[_Union[AlertThresholds, _Mapping]] = ..., enabled: _Optional[bool] = ..., tiers: _Optional[_Union[Tiers, _Mapping]] = ...) -> None: ...
 
 class DeleteBudgetRequest(_message.Message):
     __slots__ = ("id",)
@@ -255,31 +279,35 @@ class DeleteBudgetResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CheckBudgetRequest(_message.Message):
-    __slots__ = ("scopes", "estimate_usd")
+    __slots__ = ("scopes", "estimate_usd", "request_budget_id")
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_USD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     scopes: ScopeIds
     estimate_usd: str
-    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ...) -> None: ...
+    request_budget_id: str
+    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ..., request_budget_id: _Optional[str] = ...) -> None: ...
 
 class CheckBudgetResponse(_message.Message):
-    __slots__ = ("decision", "budget_info", "deciding_budget_id", "reason", "warn", "warnings")
+    __slots__ = ("decision", "budget_info", "deciding_budget_id", "reason", "warn", "warnings", "deciding_tier")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     BUDGET_INFO_FIELD_NUMBER: _ClassVar[int]
     DECIDING_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     WARN_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    DECIDING_TIER_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     budget_info: _containers.RepeatedCompositeFieldContainer[BudgetInfo]
     deciding_budget_id: str
     reason: str
     warn: bool
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., budget_info: _Optional[_Iterable[_Union[BudgetInfo, _Mapping]]] = ..., deciding_budget_id: _Optional[str] = ..., reason: _Optional[str] = ..., warn: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    deciding_tier: Tier
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., budget_info: _Optional[_Iterable[_Union[BudgetInfo, _Mapping]]] = ..., deciding_budget_id: _Optional[str] = ..., reason: _Optional[str] = ..., warn: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., deciding_tier: _Optional[_Union[Tier, _Mapping]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("scopes", "estimate_usd", "estimate_tokens", "ttl", "idempotency_key", "downgrade_estimate_usd", "downgrade_of", "model")
+    __slots__ = ("scopes", "estimate_usd", "estimate_tokens", "ttl", "idempotency_key", "downgrade_estimate_usd", "downgrade_of", "model", "request_budget_id", "service")
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_USD_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +316,8 @@ class ReserveRequest(_message.Message):
     DOWNGRADE_ESTIMATE_USD_FIELD_NUMBER: _ClassVar[int]
     DOWNGRADE_OF_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     scopes: ScopeIds
     estimate_usd: str
     estimate_tokens: int
@@ -296,10 +326,12 @@ class ReserveRequest(_message.Message):
     downgrade_estimate_usd: str
     downgrade_of: str
     model: UsageFacts
-    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ..., estimate_tokens: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., downgrade_estimate_usd: _Optional[str] = ..., downgrade_of: _Optional[str] = ..., model: _Optional[_Union[UsageFacts, _Mapping]] = ...) -> None: ...
+    request_budget_id: str
+    service: str
+    def __init__(self, scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., estimate_usd: _Optional[str] = ..., estimate_tokens: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., downgrade_estimate_usd: _Optional[str] = ..., downgrade_of: _Optional[str] = ..., model: _Optional[_Union[UsageFacts, _Mapping]] = ..., request_budget_id: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("decision", "reservation_id", "reserved_usd", "expires_at", "budget_info", "deciding_budget_id", "reason", "warn", "warnings", "awaiting_downgrade_estimate", "replayed")
+    __slots__ = ("decision", "reservation_id", "reserved_usd", "expires_at", "budget_info", "deciding_budget_id", "reason", "warn", "warnings", "awaiting_downgrade_estimate", "replayed", "deciding_tier")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVED_USD_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +343,7 @@ class ReserveResponse(_message.Message):
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     AWAITING_DOWNGRADE_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    DECIDING_TIER_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     reservation_id: str
     reserved_usd: str
@@ -322,7 +355,8 @@ class ReserveResponse(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     awaiting_downgrade_estimate: bool
     replayed: bool
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reservation_id: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budget_info: _Optional[_Iterable[_Union[BudgetInfo, _Mapping]]] = ..., deciding_budget_id: _Optional[str] = ..., reason: _Optional[str] = ..., warn: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., awaiting_downgrade_estimate: _Optional[bool] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    deciding_tier: Tier
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reservation_id: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budget_info: _Optional[_Iterable[_Union[BudgetInfo, _Mapping]]] = ..., deciding_budget_id: _Optional[str] = ..., reason: _Optional[str] = ..., warn: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., awaiting_downgrade_estimate: _Optional[bool] = ..., replayed: _Optional[bool] = ..., deciding_tier: _Optional[_Union[Tier, _Mapping]] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("reservation_id", "actual_usd", "actual_tokens", "usage")
@@ -365,7 +399,7 @@ class ReleaseResponse(_message.Message):
     def __init__(self, released_usd: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
-    __slots__ = ("usage_id", "scopes", "cost_usd", "total_tokens", "usage", "occurred_at", "reservation_id")
+    __slots__ = ("usage_id", "scopes", "cost_usd", "total_tokens", "usage", "occurred_at", "reservation_id", "request_budget_id", "service")
     USAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +407,8 @@ class RecordUsageRequest(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     usage_id: str
     scopes: ScopeIds
     cost_usd: str
@@ -380,7 +416,9 @@ class RecordUsageRequest(_message.Message):
     usage: UsageFacts
     occurred_at: _timestamp_pb2.Timestamp
     reservation_id: str
-    def __init__(self, usage_id: _Optional[str] = ..., scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., cost_usd: _Optional[str] = ..., total_tokens: _Optional[int] = ..., usage: _Optional[_Union[UsageFacts, _Mapping]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    request_budget_id: str
+    service: str
+    def __init__(self, usage_id: _Optional[str] = ..., scopes: _Optional[_Union[ScopeIds, _Mapping]] = ..., cost_usd: _Optional[str] = ..., total_tokens: _Optional[int] = ..., usage: _Optional[_Union[UsageFacts, _Mapping]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reservation_id: _Optional[str] = ..., request_budget_id: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
 
 class RecordUsageResponse(_message.Message):
     __slots__ = ("charged_usd", "duplicate", "budget_info")
@@ -393,15 +431,17 @@ class RecordUsageResponse(_message.Message):
     def __init__(self, charged_usd: _Optional[str] = ..., duplicate: _Optional[bool] = ..., budget_info: _Optional[_Iterable[_Union[BudgetInfo, _Mapping]]] = ...) -> None: ...
 
 class GetBudgetStatusRequest(_message.Message):
-    __slots__ = ("budget_id", "scope_id")
+    __slots__ = ("budget_id", "scope_id", "request_budget_id")
     BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BUDGET_ID_FIELD_NUMBER: _ClassVar[int]
     budget_id: str
     scope_id: str
-    def __init__(self, budget_id: _Optional[str] = ..., scope_id: _Optional[str] = ...) -> None: ...
+    request_budget_id: str
+    def __init__(self, budget_id: _Optional[str] = ..., scope_id: _Optional[str] = ..., request_budget_id: _Optional[str] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
-    __slots__ = ("budget", "scope_id", "used_usd", "reserved_usd", "remaining_usd", "percentage", "exceeded", "period_start", "period_end", "burn_rate_usd_per_hour", "projected_usd", "alerts_fired")
+    __slots__ = ("budget", "scope_id", "used_usd", "reserved_usd", "remaining_usd", "percentage", "exceeded", "period_start", "period_end", "burn_rate_usd_per_hour", "projected_usd", "alerts_fired", "request")
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
     USED_USD_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +454,7 @@ class BudgetStatus(_message.Message):
     BURN_RATE_USD_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     PROJECTED_USD_FIELD_NUMBER: _ClassVar[int]
     ALERTS_FIRED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     budget: Budget
     scope_id: str
     used_usd: str
@@ -426,7 +467,64 @@ class BudgetStatus(_message.Message):
     burn_rate_usd_per_hour: str
     projected_usd: str
     alerts_fired: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ..., scope_id: _Optional[str] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., exceeded: _Optional[bool] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., burn_rate_usd_per_hour: _Optional[str] = ..., projected_usd: _Optional[str] = ..., alerts_fired: _Optional[_Iterable[int]] = ...) -> None: ...
+    request: RequestBudget
+    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ..., scope_id: _Optional[str] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., exceeded: _Optional[bool] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., burn_rate_usd_per_hour: _Optional[str] = ..., projected_usd: _Optional[str] = ..., alerts_fired: _Optional[_Iterable[int]] = ..., request: _Optional[_Union[RequestBudget, _Mapping]] = ...) -> None: ...
+
+class OpenRequestBudgetRequest(_message.Message):
+    __slots__ = ("id", "name", "parent_id", "limit_usd", "fraction", "tiers", "idle_ttl")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TTL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    parent_id: str
+    limit_usd: str
+    fraction: str
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    idle_ttl: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., parent_id: _Optional[str] = ..., limit_usd: _Optional[str] = ..., fraction: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., idle_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ServiceSpend(_message.Message):
+    __slots__ = ("service", "used_usd")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    USED_USD_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    used_usd: str
+    def __init__(self, service: _Optional[str] = ..., used_usd: _Optional[str] = ...) -> None: ...
+
+class RequestBudget(_message.Message):
+    __slots__ = ("id", "name", "ancestor_ids", "limit_usd", "tiers", "used_usd", "reserved_usd", "remaining_usd", "opened_at", "expires_at", "idle_ttl", "by_service", "clamped")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ANCESTOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    USED_USD_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_USD_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_USD_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TTL_FIELD_NUMBER: _ClassVar[int]
+    BY_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CLAMPED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    ancestor_ids: _containers.RepeatedScalarFieldContainer[str]
+    limit_usd: str
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    used_usd: str
+    reserved_usd: str
+    remaining_usd: str
+    opened_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    idle_ttl: _duration_pb2.Duration
+    by_service: _containers.RepeatedCompositeFieldContainer[ServiceSpend]
+    clamped: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., ancestor_ids: _Optional[_Iterable[str]] = ..., limit_usd: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., used_usd: _Optional[str] = ..., reserved_usd: _Optional[str] = ..., remaining_usd: _Optional[str] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idle_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., by_service: _Optional[_Iterable[_Union[ServiceSpend, _Mapping]]] = ..., clamped: _Optional[bool] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("start", "end", "scopes", "provider", "model", "group_by", "time_zone")
@@ -477,7 +575,7 @@ class GetUsageResponse(_message.Message):
     def __init__(self, total: _Optional[_Union[UsageTotals, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("sequence", "alert_id", "kind", "budget_id", "budget_name", "scope", "scope_id", "threshold_percent", "used_usd", "limit_usd", "percentage", "action", "period_start", "period_end", "fired_at", "message")
+    __slots__ = ("sequence", "alert_id", "kind", "budget_id", "budget_name", "scope", "scope_id", "threshold_percent", "used_usd", "limit_usd", "percentage", "action", "period_start", "period_end", "fired_at", "message", "tier")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ALERT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -494,6 +592,7 @@ class Alert(_message.Message):
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
     FIRED_AT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     alert_id: str
     kind: AlertKind
@@ -510,7 +609,8 @@ class Alert(_message.Message):
     period_end: _timestamp_pb2.Timestamp
     fired_at: _timestamp_pb2.Timestamp
     message: str
-    def __init__(self, sequence: _Optional[int] = ..., alert_id: _Optional[str] = ..., kind: _Optional[_Union[AlertKind, str]] = ..., budget_id: _Optional[str] = ..., budget_name: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., scope_id: _Optional[str] = ..., threshold_percent: _Optional[int] = ..., used_usd: _Optional[str] = ..., limit_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., action: _Optional[_Union[OnExceed, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+    tier: bool
+    def __init__(self, sequence: _Optional[int] = ..., alert_id: _Optional[str] = ..., kind: _Optional[_Union[AlertKind, str]] = ..., budget_id: _Optional[str] = ..., budget_name: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., scope_id: _Optional[str] = ..., threshold_percent: _Optional[int] = ..., used_usd: _Optional[str] = ..., limit_usd: _Optional[str] = ..., percentage: _Optional[str] = ..., action: _Optional[_Union[OnExceed, str]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ..., tier: _Optional[bool] = ...) -> None: ...
 
 class WatchAlertsRequest(_message.Message):
     __slots__ = ("after_sequence", "budget_ids")

@@ -92,6 +92,11 @@ class BudgetServiceStub:
                 request_serializer=paymaster_dot_v1_dot_budget__pb2.GetBudgetStatusRequest.SerializeToString,
                 response_deserializer=paymaster_dot_v1_dot_budget__pb2.BudgetStatus.FromString,
                 _registered_method=True)
+        self.OpenRequestBudget = channel.unary_unary(
+                '/paymaster.v1.BudgetService/OpenRequestBudget',
+                request_serializer=paymaster_dot_v1_dot_budget__pb2.OpenRequestBudgetRequest.SerializeToString,
+                response_deserializer=paymaster_dot_v1_dot_budget__pb2.RequestBudget.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/paymaster.v1.BudgetService/GetUsage',
                 request_serializer=paymaster_dot_v1_dot_budget__pb2.GetUsageRequest.SerializeToString,
@@ -200,6 +205,13 @@ class BudgetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenRequestBudget(self, request, context):
+        """Open a request budget (spender); see OpenRequestBudgetRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -297,6 +309,11 @@ def add_BudgetServiceServicer_to_server(servicer, server):
                     servicer.GetBudgetStatus,
                     request_deserializer=paymaster_dot_v1_dot_budget__pb2.GetBudgetStatusRequest.FromString,
                     response_serializer=paymaster_dot_v1_dot_budget__pb2.BudgetStatus.SerializeToString,
+            ),
+            'OpenRequestBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenRequestBudget,
+                    request_deserializer=paymaster_dot_v1_dot_budget__pb2.OpenRequestBudgetRequest.FromString,
+                    response_serializer=paymaster_dot_v1_dot_budget__pb2.RequestBudget.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -628,6 +645,33 @@ class BudgetService:
             '/paymaster.v1.BudgetService/GetBudgetStatus',
             paymaster_dot_v1_dot_budget__pb2.GetBudgetStatusRequest.SerializeToString,
             paymaster_dot_v1_dot_budget__pb2.BudgetStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenRequestBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paymaster.v1.BudgetService/OpenRequestBudget',
+            paymaster_dot_v1_dot_budget__pb2.OpenRequestBudgetRequest.SerializeToString,
+            paymaster_dot_v1_dot_budget__pb2.RequestBudget.FromString,
             options,
             channel_credentials,
             insecure,

@@ -341,7 +341,7 @@ def test_budget_crud_and_pagination(server: RunningSidecar) -> None:
         )
     )
     assert (updated.limit_usd, updated.on_exceed, list(updated.alert_thresholds), updated.enabled) == (
-        "20.50",
+        "20.500000",
         pb.ON_EXCEED_WARN,
         [50, 90],
         False,

@@ -39,6 +39,9 @@ OUTSIDE = {
     "DeleteBudget": UNKNOWN, "CheckBudget": DENIED, "Reserve": DENIED, "Commit": DENIED, "Release": DENIED,
     "RecordUsage": DENIED, "GetBudgetStatus": UNKNOWN, "GetUsage": DENIED, "WatchAlerts": OK,
     "CreateToken": DENIED, "ListTokens": OK, "RevokeToken": UNKNOWN, "ListAuditEvents": OK,
+    # A request budget names no scope: "outside" is a child of one another principal opened, which its
+    # id (the capability) lets any spender open (docs/security.md, "Request budgets").
+    "OpenRequestBudget": OK,
 }  # fmt: skip
 TEAM = {"inside": "search", "outside": "billing"}
 
@@ -121,6 +124,11 @@ def request_for(rpc: str, sidecar: RunningSidecar, who: str, side: str) -> Any:
             return pb.RevokeTokenRequest(id=made.token.id)
         case "ListAuditEvents":
             return pb.ListAuditEventsRequest()
+        case "OpenRequestBudget":
+            if side == "inside":
+                return pb.OpenRequestBudgetRequest(limit_usd="1")
+            parent = Caller(sidecar, "root")("OpenRequestBudget", pb.OpenRequestBudgetRequest(limit_usd="1"))
+            return pb.OpenRequestBudgetRequest(parent_id=parent.id, fraction="0.5")
     raise AssertionError(rpc)
 
 

@@ -1,6 +1,9 @@
-"""Both stores answer alike: random budgets and random sequences of reservations, downgrades, commits,
-releases, recorded usage and the passing of time, run against SQLite and Redis side by side, get the
-same decisions, holds, reasons, warnings, budget standings and alerts, to the micro-dollar and word."""
+"""Both stores answer alike: random budgets (single-action and tiered), a request budget with a child,
+and random sequences of reservations (some held to the request budget), downgrades, commits, releases,
+recorded usage and the passing of time, run against SQLite and Redis side by side, get the same
+decisions, tiers, holds, reasons, warnings, budget and request-budget standings and alerts, to the
+micro-dollar and word. (Redis restates the tier rule in Lua; this is where the two statements are held
+to each other.)"""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet
+from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet, Tier
 from collector_processor.domain.clock import ManualClock
+from collector_processor.domain.requests import OpenRequestCommand
 from collector_processor.domain.types import CommitCommand, RecordUsageCommand, ReserveCommand
 from collector_processor.errors import SidecarError
 from collector_processor.ledger import Ledger, LedgerSettings
@@ -24,7 +28,9 @@ from tests.sidecar.conftest import START, draft
 from tests.sidecar.redisserver import RedisServer
 
 D = Decimal
-ORGS = ("acme", "beta")
+ORGS = ("acme", "beta", "gamma")
+REQUEST = {"beta": "rq_equivalence_000001", "gamma": "rq_equivalence_child1"}
+"""Requests of these organizations are held to a request budget (gamma's is beta's child)."""
 
 _BUDGET = st.tuples(
     st.sampled_from(
@@ -34,6 +40,16 @@ _BUDGET = st.tuples(
     st.one_of(st.integers(0, 3_000_000), st.just(2**53 + 3)),  # micro-dollars, past 2^53 too
     st.sampled_from(["daily", "monthly", "rolling_1h"]),
     st.sampled_from([(), (50,), (80, 100)]),
+    st.sampled_from(
+        [
+            (),
+            (),
+            (Tier(50, OnExceed.WARN), Tier(80, OnExceed.DOWNGRADE), Tier(100, OnExceed.BLOCK)),
+            (Tier(100, OnExceed.WARN), Tier(150, OnExceed.BLOCK)),
+            (Tier(30, OnExceed.DOWNGRADE),),
+            (Tier(1, OnExceed.WARN), Tier(999, OnExceed.DOWNGRADE), Tier(1000, OnExceed.BLOCK)),
+        ]
+    ),
 )
 _OP = st.one_of(
     st.tuples(
@@ -64,6 +80,7 @@ def _answer(outcome: Any) -> Any:
 def _run(ledger: Ledger, op: tuple[Any, ...], held: list[str], counter: list[int]) -> Any:
     kind, a, b, org = op
     scopes = ScopeSet(organization=org or "acme", team="search", user="ada")
+    request = REQUEST.get(org or "", "")
     try:
         if kind == "reserve":
             cheaper = None if b is None else D(b).scaleb(-6)
@@ -73,6 +90,8 @@ def _run(ledger: Ledger, op: tuple[Any, ...], held: list[str], counter: list[int
                     estimate_usd=D(a).scaleb(-6),
                     downgrade_estimate_usd=cheaper,
                     ttl_ms=600_000,
+                    request_budget=request,
+                    service=org or "",
                 )
             )
             if r.reservation_id:
@@ -95,11 +114,13 @@ def _run(ledger: Ledger, op: tuple[Any, ...], held: list[str], counter: list[int
             usage_id = f"u{counter[0] - b % 2}"  # every other one repeats the previous id
             return _answer(
                 ledger.record_usage(
-                    RecordUsageCommand(usage_id=usage_id, scopes=scopes, cost_usd=D(a).scaleb(-6))
+                    RecordUsageCommand(
+                        usage_id=usage_id, scopes=scopes, cost_usd=D(a).scaleb(-6), request_budget=request
+                    )
                 )
             )
         if kind == "check":
-            return _answer(ledger.check(scopes, D(a).scaleb(-6)))
+            return _answer(ledger.check(scopes, D(a).scaleb(-6), request_budget=request))
         if kind == "prune":  # forgetting settled reservations makes their late commits unknown alike
             ms = a * 1000
             now = ledger.clock.now_ms()
@@ -129,13 +150,28 @@ def _statuses(ledger: Ledger, budgets: list[str]) -> list[Any]:
         status = asdict(ledger.budget_status(budget_id, entity))
         status["budget"].pop("generation")  # each store numbers its own
         out.append(status)
+    for request_id in REQUEST.values():
+        try:
+            out.append(asdict(ledger.request_status(request_id)))
+        except SidecarError as exc:
+            out.append(str(exc))
     return out
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(budgets=st.lists(_BUDGET, min_size=1, max_size=4), ops=st.lists(_OP, max_size=30))
+@given(
+    budgets=st.lists(_BUDGET, min_size=1, max_size=4),
+    ops=st.lists(_OP, max_size=30),
+    request=st.tuples(
+        st.integers(0, 3_000_000), st.sampled_from([None, D("0.5"), D(1)]), st.sampled_from([60, 600])
+    ),
+)
 def test_sqlite_and_redis_give_the_same_answers(
-    redis_server: RedisServer, tmp_path: Path, budgets: list[Any], ops: list[tuple[Any, ...]]
+    redis_server: RedisServer,
+    tmp_path: Path,
+    budgets: list[Any],
+    ops: list[tuple[Any, ...]],
+    request: tuple[int, Decimal | None, int],
 ) -> None:
     sqlite = SqliteStore(tmp_path / f"{uuid.uuid4().hex}.db")
     redis = RedisStore(redis_server.url, namespace=f"eq-{uuid.uuid4().hex[:12]}")
@@ -145,7 +181,7 @@ def test_sqlite_and_redis_give_the_same_answers(
             for store in (sqlite, redis)
         ]
         ids = []
-        for i, (target, action, limit, period, thresholds) in enumerate(budgets):
+        for i, (target, action, limit, period, thresholds, tiers) in enumerate(budgets):
             scope, scope_id = target
             budget_id = f"b{i}-{scope.value}"
             for ledger in ledgers:
@@ -156,11 +192,22 @@ def test_sqlite_and_redis_give_the_same_answers(
                         scope_id,
                         str(D(limit).scaleb(-6)),
                         period=period,
-                        on_exceed=action,
+                        on_exceed=None if tiers else action,
                         thresholds=thresholds,
+                        tiers=tiers,
                     )
                 )
             ids.append(budget_id)
+        limit, share, idle_s = request
+        for ledger in ledgers:
+            ledger.open_request_budget(
+                OpenRequestCommand(
+                    request_id=REQUEST["beta"], limit_usd=D(limit).scaleb(-6), idle_ttl_ms=idle_s * 1000
+                )
+            )
+            ledger.open_request_budget(
+                OpenRequestCommand(request_id=REQUEST["gamma"], parent_id=REQUEST["beta"], fraction=share)
+            )
         held: list[list[str]] = [[], []]
         counters = [[0], [0]]
         for step, op in enumerate(ops):
@@ -168,7 +215,10 @@ def test_sqlite_and_redis_give_the_same_answers(
             assert answers[0] == answers[1], f"step {step}: {op}"
             assert _statuses(ledgers[0], ids) == _statuses(ledgers[1], ids), f"after step {step}: {op}"
         alerts = [
-            [(a.budget_id, a.scope_id, a.threshold_percent, a.message) for a in s.alerts_after(0, limit=1000)]
+            [
+                (a.budget_id, a.scope_id, a.threshold_percent, a.tier, a.action, a.message)
+                for a in s.alerts_after(0, limit=1000)
+            ]
             for s in (sqlite, redis)
         ]
         assert alerts[0] == alerts[1]

@@ -2,9 +2,11 @@
 
 A real ``redis-server`` is watched with ``MONITOR`` while a ledger runs every kind of operation
 (reservations and their downgrade exchange, commits, releases, expiry, recorded and batched usage,
-alerts, budget changes, housekeeping), including those whose keys depend on stored data: the holds of
-a reservation on a budget deleted since, overdue reservations released before an operation goes on,
-settled reservations and alerts forgotten by housekeeping. Each command a function ran must name a key
+alerts, budget changes, request budgets opened, nested, held on, charged, read and forgotten,
+housekeeping), including those whose keys depend on stored data: the holds of a reservation on a
+budget deleted since and on request budgets another replica opened, overdue reservations released
+before an operation goes on, settled reservations, alerts and expired request budgets forgotten by
+housekeeping. Each command a function ran must name a key
 its FCALL declared. The library also refuses an undeclared key by itself.
 """
 
@@ -22,6 +24,7 @@ import redis
 
 from collector_processor.domain.budgets import BudgetPatch, OnExceed, Scope, ScopeSet
 from collector_processor.domain.clock import ManualClock
+from collector_processor.domain.requests import OpenRequestCommand
 from collector_processor.domain.types import (
     CommitCommand,
     RecordUsageCommand,
@@ -29,6 +32,7 @@ from collector_processor.domain.types import (
     UsageBatch,
     UsageGroup,
 )
+from collector_processor.errors import NotFoundError
 from collector_processor.ledger import Ledger
 from collector_processor.store.redis.store import RedisStore
 from tests.sidecar.conftest import START, draft
@@ -162,6 +166,46 @@ def test_every_key_a_function_touches_is_declared_in_its_keys(
     series = [(b"series-1", 0, False, 2_000, 20, 10, 0, 0, 0, 30)]
     ledger.record_usage_batch(UsageBatch(groups=(group,), items=items, series=series))  # type: ignore[arg-type]
 
+    # Request budgets: opened, nested, reserved against, charged by another replica, read, and held on
+    # by an overdue reservation.
+    ledger.open_request_budget(OpenRequestCommand(request_id="rq_keys_root_000001", limit_usd=D(5)))
+    ledger.open_request_budget(
+        OpenRequestCommand(
+            request_id="rq_keys_child_00001", parent_id="rq_keys_root_000001", fraction=D("0.5")
+        )
+    )
+    on_request = reserve(ledger, "0.01", request_budget="rq_keys_child_00001", service="svc")
+    awaiting_request = reserve(ledger, "0.5", request_budget="rq_keys_child_00001")
+    reserve(ledger, "0.05", downgrade_of=awaiting_request.reservation_id, scopes=ScopeSet())  # type: ignore[attr-defined]
+    ledger.check(SCOPES, D("0.1"), request_budget="rq_keys_child_00001")
+    other = RedisStore(redis_server.url, namespace=store.namespace)
+    try:
+        Ledger(other, clock=clock).commit(
+            CommitCommand(reservation_id=on_request.reservation_id, actual_usd=D("0.01"))  # type: ignore[attr-defined]
+        )
+        Ledger(other, clock=clock).release(awaiting_request.reservation_id)  # type: ignore[attr-defined]
+    finally:
+        other.close()
+    ledger.record_usage(
+        RecordUsageCommand(
+            usage_id="u3", scopes=SCOPES, cost_usd=D("0.02"), request_budget="rq_keys_child_00001"
+        )
+    )
+    request_group = UsageGroup(
+        scopes=SCOPES,
+        model="gpt-4o",
+        occurred_ms=clock.now_ms(),
+        request_budget="rq_keys_root_000001",
+        service="x",
+    )
+    ledger.record_usage_batch(
+        UsageBatch(groups=(request_group,), items=[(clock.now_ms(), b"span-2", 0, 1_000, 10, 5, 0, 0, 0, 0)])
+    )
+    assert ledger.request_status("rq_keys_child_00001").used_micros == 30_000
+    reserve(ledger, "0.02", ttl_ms=1_000, request_budget="rq_keys_root_000001")
+    clock.advance(seconds=2)
+    assert ledger.expire_due() >= 1
+
     # Alerts are claimed and acknowledged; then everything ages out.
     claimed = store.claim_alerts(owner="me", now_ms=clock.now_ms(), lease_ms=1_000, limit=10)
     assert claimed
@@ -174,8 +218,18 @@ def test_every_key_a_function_touches_is_declared_in_its_keys(
     assert bad == []
     assert called == {
         "reserve", "resend", "commit", "record", "batch", "standing", "release", "expire", "load_budgets",
-        "budget_ops", "claim_alerts", "ack_alerts", "prune", "prune_state", "collect_dead",
+        "budget_ops", "claim_alerts", "ack_alerts", "prune", "prune_state", "collect_dead", "request_open",
+        "request_read",
     }  # fmt: skip
+    with pytest.raises(NotFoundError):
+        ledger.request_status("rq_keys_root_000001")
+    client = redis.Redis.from_url(redis_server.url)
+    try:  # housekeeping forgot the expired request budgets and their state
+        prefix = f"{{{store.namespace}}}"
+        assert client.hlen(f"{prefix}:rq") == 0 and client.zcard(f"{prefix}:qdue") == 0
+        assert not client.keys(f"{prefix}:s:~rq@*")
+    finally:
+        client.close()
 
 
 def test_a_function_refuses_a_key_its_caller_did_not_declare(watched: tuple[RedisStore, Monitor]) -> None:

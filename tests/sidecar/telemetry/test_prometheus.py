@@ -191,7 +191,7 @@ def test_a_duplicate_commit_is_counted_as_a_commit_but_not_as_spend(metered) -> 
         running.stub.Commit(pb.CommitRequest(reservation_id=reserved.reservation_id, actual_usd="1"))
     s = scrape(running)
     assert value(s, "paymaster_commits_total", outcome="duplicate") == 1
-    assert value(s, "paymaster_spend_usd_total", provider="unknown", model="unknown") == 1
+    assert value(s, "paymaster_spend_usd_total", provider="__none__", model="__none__") == 1
 
 
 def test_alerts_fired_are_counted_by_budget_and_threshold(metered) -> None:
@@ -296,3 +296,31 @@ def test_a_metrics_port_in_use_fails_start_naming_the_key(tmp_path, clock) -> No
         )
         with pytest.raises(ConfigError, match=f"cfg.toml: metrics.listen: cannot serve on 127.0.0.1:{port}"):
             create_sidecar(config, clock=clock).start()
+
+
+def test_spend_that_names_no_model_has_one_label_in_usage_reports_and_in_metrics(metered) -> None:
+    """An explicit cost with no model (a paid tool): ``__none__`` in ``usage --by provider,model``
+    and on ``paymaster_spend_usd_total``, never a blank in one and ``unknown`` in the other."""
+    running = metered()
+    running.stub.RecordUsage(
+        pb.RecordUsageRequest(usage_id="tool", scopes=pb.ScopeIds(team="search"), cost_usd="0.25")
+    )
+    running.stub.RecordUsage(
+        pb.RecordUsageRequest(
+            usage_id="chat", scopes=pb.ScopeIds(team="search"), cost_usd="0.5",
+            usage=pb.UsageFacts(provider="openai", model="gpt-4o", input_tokens=10),
+        )
+    )  # fmt: skip
+    report = running.stub.GetUsage(
+        pb.GetUsageRequest(group_by=[pb.DIMENSION_PROVIDER, pb.DIMENSION_MODEL, pb.DIMENSION_TEAM])
+    )
+    assert [(tuple(r.key), r.totals.cost_usd) for r in report.rows] == [
+        (("__none__", "__none__", "search"), "0.250000"),
+        (("openai", "gpt-4o", "search"), "0.500000"),
+    ]
+    s = scrape(running)
+    assert value(s, "paymaster_spend_usd_total", provider="__none__", model="__none__") == 0.25
+    assert {labels for labels in series(s, "paymaster_spend_usd_total")} == {
+        (("model", "__none__"), ("provider", "__none__")),
+        (("model", "gpt-4o"), ("provider", "openai")),
+    }
