@@ -7,7 +7,7 @@ configuration fails here, before the port opens, as a ``ConfigError`` naming the
 
 One process runs the whole sidecar (``Share.WHOLE``). With ``server.workers`` > 1 the supervisor
 (``collector_processor.workers``) splits it: each worker process runs ``Share.worker(...)`` (the
-listeners, on ports shared with ``SO_REUSEPORT``) and the supervisor's own process ``Share.host(...)``
+listeners — the budget API over gRPC and HTTP, the OTLP receivers — on ports shared with ``SO_REUSEPORT``) and the supervisor's own process ``Share.host(...)``
 (what must happen once per host: the config's budgets, the sweeper, alert dispatch, ``/metrics`` and
 metric pushes).
 """
@@ -69,7 +69,7 @@ class Share:
     several worker processes, a worker's (``worker``) or the supervisor's (``host``)."""
 
     listeners: bool = True
-    """Serve the budget API (with health and reflection) and the OTLP receivers."""
+    """Serve the budget API (with health and reflection), the OTLP receivers and the HTTP API."""
     host: bool = True
     """Do what is done once per host: load the config's budgets, sweep, dispatch alerts, serve
     ``/metrics`` and push metrics."""
@@ -220,6 +220,15 @@ class Sidecar:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+    def notify_alerts(self) -> None:
+        """Alerts were fired elsewhere (another worker): wake this process's alert streams now, the
+        budget API's and those of components with streams of their own (the HTTP API)."""
+        self.hub.notify()
+        for component in self.components:
+            notify = getattr(component, "notify_alerts", None)
+            if notify is not None:
+                notify()
 
     def _close_resources(self) -> None:
         self.exporters.stop()  # a last OTLP push reads the store
@@ -445,7 +454,7 @@ def _components(
     components: list[Component] = []
     if config.http.enabled:
         try:
-            components.append(_http_api(config, ledger, metrics, exporters, pricing, security))
+            components.append(_http_api(config, ledger, metrics, exporters, pricing, security, reuse_port))
         except ConfigError as exc:
             store.close()
             raise ConfigError(f"{config.source}: {exc}") from None
@@ -479,6 +488,7 @@ def _http_api(
     exporters: MetricsExporters,
     pricing: CostCalculator | None,
     security: Security,
+    reuse_port: bool = False,
 ) -> Component:
     """The HTTP/JSON API (``[http]``); its pricing endpoint reads the OTLP receiver's prices."""
     from collector_processor.api.http import create_http_api
@@ -496,6 +506,7 @@ def _http_api(
         guard=security.http,
         on_denied=security.count_denied,
         calculator=pricing,
+        reuse_port=reuse_port,
     )
 
 

@@ -39,15 +39,8 @@ def run(config: SidecarConfig) -> int:
     if workers == 1:
         return server.run(config)
     supervisor = Supervisor(config, workers=workers).start()
-    print(
-        f"paymaster sidecar listening on {supervisor.address} (store: {config.store.describe()}; "
-        f"{workers} worker processes)",
-        flush=True,
-    )
-    for line in supervisor.describe():
-        print(f"paymaster sidecar: {line}", flush=True)
-    if supervisor.metrics_port:
-        print(f"paymaster sidecar: /metrics on port {supervisor.metrics_port}", flush=True)
+    for line in supervisor.startup_lines():
+        print(line, flush=True)
 
     def shutdown(signum: int, frame: object) -> None:
         threading.Thread(target=supervisor.stop, name="paymaster-shutdown").start()

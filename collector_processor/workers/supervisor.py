@@ -2,8 +2,9 @@
 
 ``Supervisor(config, workers=N).start()``:
 
-1. holds every port the workers will share (``PortHold``: the budget API, OTLP/gRPC, OTLP/HTTP), so
-   that a port in use stops the sidecar before anything starts, naming its key;
+1. holds every port the workers will share (``PortHold``: the budget API over gRPC and over HTTP,
+   OTLP/gRPC, OTLP/HTTP), so that a port in use stops the sidecar before anything starts, naming its
+   key;
 2. runs the host's share of the sidecar in its own process (``Share.for_host``): it opens the store
    first (creating the SQLite file and schema), loads the config's budgets, and from then on sweeps,
    dispatches alerts, serves the one ``/metrics`` and pushes metrics — each once for the host;
@@ -35,6 +36,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from collector_processor.api.server import Share, Sidecar, create_sidecar
+from collector_processor.api.startup import lines
 from collector_processor.config import SidecarConfig
 from collector_processor.domain.clock import Clock
 from collector_processor.telemetry.aggregate import Caps, merge
@@ -68,7 +70,8 @@ class _Worker:
         self.started = time.monotonic()
         self.counts: MetricsSnapshot | None = None
         self.answered: int | None = None
-        self.described: list[str] = []
+        self.onward: list[str] = []
+        """Where its OTLP receivers forward what they receive."""
 
     @property
     def pid(self) -> int:
@@ -133,13 +136,15 @@ class Supervisor:
         """The port of the one ``/metrics`` (0 when disabled)."""
         return self.host.exporters.port if self.host is not None else 0
 
-    def describe(self) -> list[str]:
-        """What the workers serve besides the budget API (the OTLP receivers), for the start-up lines."""
+    def startup_lines(self) -> list[str]:
+        """The sidecar's start-up line (``api.startup``): the ports every worker serves, ``/metrics``,
+        the store and how many workers; and where OTLP is forwarded, when it is."""
+        bound = {hold.key: hold.address for hold in self._holds}
+        if self.metrics_port:
+            bound["metrics.listen"] = f"{self.config.metrics.listen.rsplit(':', 1)[0]}:{self.metrics_port}"
         with self._lock:
-            for worker in self._live.values():
-                if worker.described:
-                    return list(worker.described)
-        return []
+            onward = next((list(w.onward) for w in self._live.values() if w.ready), [])
+        return lines(self.config, bound, onward, workers=self.workers)
 
     def pids(self) -> dict[int, int]:
         """The process id of the worker in each slot (those alive)."""
@@ -222,6 +227,8 @@ class Supervisor:
                 self._holds.append(PortHold("receivers.otlp.grpc_listen", otlp.grpc_listen))
                 if otlp.http_listen:
                     self._holds.append(PortHold("receivers.otlp.http_listen", otlp.http_listen))
+            if config.http.enabled:
+                self._holds.append(PortHold("http.listen", config.http.listen))
         except ConfigError as exc:
             self._release_ports()
             raise ConfigError(f"{config.source}: {exc}") from None
@@ -236,7 +243,10 @@ class Supervisor:
             }
         )
         receivers = config.receivers.model_copy(update={"otlp": receiver})
-        self.config = config.model_copy(update={"server": server, "receivers": receivers})
+        update: dict[str, object] = {"server": server, "receivers": receivers}
+        if "http.listen" in held:
+            update["http"] = config.http.model_copy(update={"listen": held["http.listen"]})
+        self.config = config.model_copy(update=update)
 
     def _launch(self, slot: int) -> None:
         """Start a worker in ``slot`` (with the lock held)."""
@@ -310,7 +320,7 @@ class Supervisor:
         elif kind == "ready":
             with self._lock:
                 worker.ready = True
-                worker.described = list(message[2])
+                worker.onward = list(message[2])
                 self._lock.notify_all()
             log.info("worker %d (pid %d) is serving", worker.slot, worker.pid)
             self._count_serving()

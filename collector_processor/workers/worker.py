@@ -1,10 +1,11 @@
 """One worker process: ``python -m collector_processor.workers.worker FD``, started by the supervisor.
 
 It reads its configuration from the channel (``link``), builds the worker's share of the sidecar
-(``Share.worker``: the budget API with health and reflection, and the OTLP receivers, on ports shared
-with the other workers, with the same ``[auth]``, TLS and gates), says it is ready, and then answers
-the supervisor until it is told to stop, its supervisor is gone, or it receives SIGTERM; then it
-drains (``server.grace_seconds``) and exits. SIGINT is the supervisor's to act on (a terminal sends
+(``Share.worker``: the budget API over gRPC with health and reflection, the OTLP receivers and the
+HTTP API, on ports shared with the other workers, with the same ``[auth]``, TLS and gates), says it
+is ready (with where its OTLP receivers forward, for the start-up line), and then answers the
+supervisor until it is told to stop, its supervisor is gone, or it receives SIGTERM; then it drains
+(``server.grace_seconds``) and exits. SIGINT is the supervisor's to act on (a terminal sends
 it to the whole process group), so a worker ignores it.
 """
 
@@ -47,8 +48,9 @@ class Worker:
             log.exception("worker %d could not start", self.index)
             self.link.send("failed", f"worker {self.index} could not start: {exc}")
             return False
-        described = [component.describe() for component in self.sidecar.components]
-        self.link.send("ready", os.getpid(), described)
+        components = self.sidecar.components
+        onward = [o for component in components for o in getattr(component, "onward", list)()]
+        self.link.send("ready", os.getpid(), onward)
         return True
 
     def _alerts_fired(self) -> None:
@@ -80,7 +82,7 @@ class Worker:
         if kind == "snapshot":
             self.link.send("snapshot", args[0], self.counts())
         elif kind == "alerts":
-            sidecar.hub.notify()
+            sidecar.notify_alerts()
         elif kind == "tokens":
             sidecar.security.refresh()
 

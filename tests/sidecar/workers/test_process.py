@@ -64,7 +64,7 @@ def test_sigterm_drains_every_worker_and_exits_0_with_no_worker_left(tmp_path: P
         f'[store]\npath = "{db}"\nbusy_timeout_ms = 30000\n[alerts]\notel_logs = false\n'
     )
     proc, address, lines = start(config)
-    assert "(store: sqlite " in lines[0] and "2 worker processes)" in lines[0]
+    assert "; store: sqlite " in lines[0] and lines[0].rstrip().endswith("; 2 worker processes")
     workers = children(proc.pid)
     assert len(workers) == 2
     channels = [grpc.insecure_channel(address, options=OWN_CONNECTION) for _ in range(8)]
