@@ -23,6 +23,7 @@ from paymaster import (
     StepConfig,
 )
 from paymaster.exceptions import ConfigError
+from paymaster.v1 import budget_pb2 as pb
 
 from .agents import CostlyAgent, FixedMetricAgent
 from .conftest import InProcessSidecar
@@ -189,3 +190,26 @@ def test_without_a_sidecar_the_fail_policy_decides_and_a_shared_lease_needs_a_bo
     budget.close()
     with pytest.raises(ConfigError, match="shared must be True or False"):
         LeasePolicy(shared="yes")  # type: ignore[arg-type]
+
+
+def test_a_step_inside_a_request_budget_is_reserved_on_its_own_not_drawn_from_the_shared_slice(
+    sidecar: InProcessSidecar,
+) -> None:
+    sidecar.admin.budget("search-daily", "100")
+    budget = shared(sidecar, "1")
+    runner = Runner(one_step("0.01"), budget=budget)
+    warm = runner.run(0)  # the slice is taken and warm
+    assert warm.step_history[0].budget.mode == "lease"  # type: ignore[union-attr]
+    with budget.request_budget(limit_usd="0.05") as request:
+        inside = [runner.run(0) for _ in range(3)]
+    for result in inside:  # each step reserved against the request budget and committed at once
+        outcome = result.step_history[0].budget
+        assert outcome is not None and outcome.mode == "reservation", outcome
+        assert outcome.reservation_id != warm.step_history[0].budget.reservation_id  # type: ignore[union-attr]
+    status = sidecar.admin.stub.GetBudgetStatus(
+        pb.GetBudgetStatusRequest(request_budget_id=request.id), timeout=5
+    )
+    assert Decimal(status.used_usd) == Decimal("0.03") and Decimal(status.reserved_usd) == 0
+    assert runner.run(0).step_history[0].budget.mode == "lease"  # type: ignore[union-attr]  # outside again
+    budget.close()
+    assert sidecar.admin.status("search-daily") == (Decimal("0.05"), Decimal(0))
