@@ -7,9 +7,9 @@ configuration fails here, before the port opens, as a ``ConfigError`` naming the
 
 One process runs the whole sidecar (``Share.WHOLE``). With ``server.workers`` > 1 the supervisor
 (``collector_processor.workers``) splits it: each worker process runs ``Share.worker(...)`` (the
-listeners — the budget API over gRPC and HTTP, the OTLP receivers — on ports shared with ``SO_REUSEPORT``) and the supervisor's own process ``Share.host(...)``
-(what must happen once per host: the config's budgets, the sweeper, alert dispatch, ``/metrics`` and
-metric pushes).
+listeners — the budget API over gRPC and HTTP, the OTLP receivers — on ports shared with
+``SO_REUSEPORT``) and the supervisor's own process ``Share.host(...)`` (what must happen once per host:
+the config's budgets, the sweeper, alert dispatch, ``/metrics`` and metric pushes).
 """
 
 from __future__ import annotations

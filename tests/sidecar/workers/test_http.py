@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -189,3 +190,27 @@ def test_the_start_up_line_is_printed_once_by_the_supervisor_with_every_port_the
     assert proc.returncode == 0, errors
     printed = [first, *rest.splitlines()]
     assert sum("listening on" in line for line in printed) == 1, printed
+
+
+def test_an_http_port_in_use_stops_the_sidecar_naming_its_key_before_any_worker_starts(
+    tmp_path: Path,
+) -> None:
+    from collector_processor.config import parse_config
+    from collector_processor.workers import Supervisor
+    from paymaster.exceptions import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = parse_config(
+            f'[server]\nlisten = "127.0.0.1:0"\nworkers = 2\n[store]\npath = "{tmp_path / "ledger.db"}"\n'
+            f'[http]\nenabled = true\nlisten = "127.0.0.1:{busy}"\n',
+            source="sidecar.toml",
+        )
+        supervisor = Supervisor(config, workers=2)
+        with pytest.raises(ConfigError) as refused:
+            supervisor.start()
+    assert str(refused.value).startswith(f"sidecar.toml: http.listen: cannot serve on 127.0.0.1:{busy}: ")
+    assert supervisor.pids() == {}
+    assert not (tmp_path / "ledger.db").exists()
