@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from collector_processor.api.server import main
+from collector_processor.workers import main
 
 raise SystemExit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from collector_processor.auth.config import AuthSection, TlsSection
 from collector_processor.domain.budgets import (
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_OTLP_GRPC_LISTEN",
     "DEFAULT_OTLP_HTTP_LISTEN",
     "MAX_LIMIT_USD",
+    "MAX_WORKERS",
     "NumericKey",
     "SidecarConfig",
     "create_default_config",
@@ -70,6 +72,9 @@ _MAX_REQUEST_IDLE_S = 604_800
 MAX_LIMIT_USD = Decimal(10) ** 9
 """The largest budget limit, as for every amount on the wire (a billion dollars)."""
 
+MAX_WORKERS = 256
+"""The most worker processes one sidecar runs (``server.workers``)."""
+
 _ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
 
 
@@ -85,6 +90,24 @@ class ServerSection(_Section):
     max_concurrent_rpcs: int = Field(default=0, ge=0, le=1_000_000)
     max_watchers: int = Field(default=16, ge=0, le=1000)
     grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    workers: int | Literal["auto"] = 1
+    """Worker processes serving the listeners on the same ports; ``"auto"``: one per core this
+    process may use. Its range is checked by ``_workers`` (``_DOMAIN_RANGES`` documents it)."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        whole = (
+            isinstance(value, int | Decimal)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value == int(value)
+        )
+        if not whole or not 1 <= int(value) <= MAX_WORKERS:
+            raise PydanticCustomError("workers", f'must be "auto" or a whole number from 1 to {MAX_WORKERS}')
+        return int(value)
 
 
 class HttpSection(_Section):
@@ -576,6 +599,7 @@ class NumericKey:
 
 # Numbers whose range a domain rule checks (the same rule the budget API applies), not a Field bound.
 _DOMAIN_RANGES = {
+    "server.workers": (Decimal(1), Decimal(MAX_WORKERS)),
     "budgets[].limit_usd": (Decimal(0), MAX_LIMIT_USD),
     "budgets[].alert_thresholds": (Decimal(1), Decimal(1000)),
     "ledger.default_alert_thresholds": (Decimal(1), Decimal(1000)),

@@ -4,6 +4,12 @@
 alert hub and dispatcher with their sinks, the housekeeping sweeper, and a gRPC server carrying the
 budget service, standard health checking and server reflection. Everything that can be wrong with the
 configuration fails here, before the port opens, as a ``ConfigError`` naming the file and key.
+
+One process runs the whole sidecar (``Share.WHOLE``). With ``server.workers`` > 1 the supervisor
+(``collector_processor.workers``) splits it: each worker process runs ``Share.worker(...)`` (the
+listeners — the budget API over gRPC and HTTP, the OTLP receivers — on ports shared with
+``SO_REUSEPORT``) and the supervisor's own process ``Share.host(...)`` (what must happen once per host:
+the config's budgets, the sweeper, alert dispatch, ``/metrics`` and metric pushes).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,19 +47,54 @@ from collector_processor.ledger.sweeper import Sweeper
 from collector_processor.store import LedgerStore, SqliteStore
 from collector_processor.store.instrumented import InstrumentedStore
 from collector_processor.telemetry.audit_log import OtelAuditLog
+from collector_processor.telemetry.config import MetricsOtlpSection
 from collector_processor.telemetry.exporters import MetricsExporters, create_exporters
-from collector_processor.telemetry.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import MetricsSnapshot, SelfMetrics
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2
 
 if TYPE_CHECKING:
     from paymaster.pricing import CostCalculator
 
-__all__ = ["SERVICE_NAME", "Sidecar", "create_sidecar", "main"]
+__all__ = ["SERVICE_NAME", "Share", "Sidecar", "create_sidecar", "main"]
 
 SERVICE_NAME = budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name
 log = logging.getLogger("paymaster.sidecar")
 _STORE_HEALTH_POLL_S = 0.1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Share:
+    """Which share of a sidecar one process runs: all of it (``WHOLE``), or, under a supervisor of
+    several worker processes, a worker's (``worker``) or the supervisor's (``host``)."""
+
+    listeners: bool = True
+    """Serve the budget API (with health and reflection), the OTLP receivers and the HTTP API."""
+    host: bool = True
+    """Do what is done once per host: load the config's budgets, sweep, dispatch alerts, serve
+    ``/metrics`` and push metrics."""
+    reuse_port: bool = False
+    """Bind the listeners with ``SO_REUSEPORT``, so that every worker serves the same ports."""
+    on_alert: Callable[[], None] | None = None
+    """Told whenever this process fires alerts (so the supervisor can wake dispatch and the other
+    workers' WatchAlerts streams)."""
+    on_tokens: Callable[[], None] | None = None
+    """Told whenever a token is issued or revoked through this process (so the other workers see it
+    at once, not at their next refresh)."""
+    snapshot: Callable[[], MetricsSnapshot] | None = None
+    """What ``/metrics`` and metric pushes read instead of this process's own counts: every worker's
+    counts summed (the host's)."""
+
+    @staticmethod
+    def worker(*, on_alert: Callable[[], None], on_tokens: Callable[[], None]) -> Share:
+        return Share(host=False, reuse_port=True, on_alert=on_alert, on_tokens=on_tokens)
+
+    @staticmethod
+    def for_host(*, snapshot: Callable[[], MetricsSnapshot]) -> Share:
+        return Share(listeners=False, snapshot=snapshot)
+
+
+WHOLE = Share()
 
 
 class Component(Protocol):
@@ -81,15 +123,18 @@ class Sidecar:
         ledger: Ledger,
         hub: AlertHub,
         dispatcher: AlertDispatcher | None,
-        sweeper: Sweeper,
+        sweeper: Sweeper | None,
         on_close: list[Any],
         metrics: SelfMetrics | None = None,
         exporters: MetricsExporters | None = None,
         components: Sequence[Component] = (),
         security: Security | None = None,
         audit_log: OtelAuditLog | None = None,
+        share: Share = WHOLE,
     ) -> None:
         self.config = config
+        self.share = share
+        """Which share of the sidecar this process runs."""
         self.metrics = metrics if metrics is not None else SelfMetrics()
         """This sidecar's own counters and histograms, read by its metrics exporters."""
         self.security = security or Security(config, store, self.metrics, now_ms=ledger.clock.now_ms)
@@ -98,7 +143,7 @@ class Sidecar:
         """Emits every change to budgets and tokens as an OpenTelemetry log record."""
         ledger.set_audit_listener(self.audit_log)
         self.exporters = exporters or _exporters(
-            config, store=store, clock=ledger.clock, metrics=self.metrics, security=self.security
+            config, store=store, clock=ledger.clock, metrics=self.metrics, security=self.security, share=share
         )
         """Its metrics registry, ``/metrics`` endpoint and OTLP push."""
         self.components = tuple(components)
@@ -125,6 +170,20 @@ class Sidecar:
         return f"{host}:{self.port}"
 
     def start(self) -> Sidecar:
+        if self.share.listeners:
+            self._start_listeners()
+        try:
+            self.exporters.start()
+        except ConfigError:
+            self.stop()
+            raise
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        if self._sweeper is not None:
+            self._sweeper.start()
+        return self
+
+    def _start_listeners(self) -> None:
         self._thread = threading.Thread(target=self._serve_thread, name="paymaster-grpc", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -145,15 +204,6 @@ class Sidecar:
                 raise ConfigError(
                     f"{self.config.source}: {component.describe()}: cannot start: {exc}"
                 ) from None
-        try:
-            self.exporters.start()
-        except ConfigError:
-            self.stop()
-            raise
-        if self.dispatcher is not None:
-            self.dispatcher.start()
-        self._sweeper.start()
-        return self
 
     def stop(self, grace_s: float | None = None) -> None:
         if self._stopped.is_set():
@@ -171,9 +221,19 @@ class Sidecar:
     def wait(self) -> None:
         self._stopped.wait()
 
+    def notify_alerts(self) -> None:
+        """Alerts were fired elsewhere (another worker): wake this process's alert streams now, the
+        budget API's and those of components with streams of their own (the HTTP API)."""
+        self.hub.notify()
+        for component in self.components:
+            notify = getattr(component, "notify_alerts", None)
+            if notify is not None:
+                notify()
+
     def _close_resources(self) -> None:
         self.exporters.stop()  # a last OTLP push reads the store
-        self._sweeper.stop()
+        if self._sweeper is not None:
+            self._sweeper.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         self.store.close()
@@ -230,8 +290,9 @@ class Sidecar:
         limit = self.config.server.max_concurrent_rpcs
         guard = self.security.api
         server = grpc.aio.server(
-            # Without this, a second sidecar could bind the same port and silently split the traffic.
-            options=[("grpc.so_reuseport", 0)],
+            # Without this, a second sidecar could bind the same port and silently split the traffic;
+            # the workers of one sidecar share it (the supervisor made sure the port was free).
+            options=[("grpc.so_reuseport", 1 if self.share.reuse_port else 0)],
             maximum_concurrent_rpcs=limit or None,
         )
         # Every method but health checking (reflection too) passes the gate when auth is on.
@@ -247,7 +308,7 @@ class Sidecar:
                 desk=TokenDesk(
                     self.store,
                     now_ms=self.ledger.clock.now_ms,
-                    on_change=self.security.refresh,
+                    on_change=self._tokens_changed,
                     on_audit=self.audit_log,
                 ),
                 on_denied=self.security.count_denied,
@@ -263,6 +324,11 @@ class Sidecar:
         )
         return server, health_servicer
 
+    def _tokens_changed(self) -> None:
+        self.security.refresh()
+        if self.share.on_tokens is not None:
+            self.share.on_tokens()
+
 
 def create_sidecar(
     config: SidecarConfig,
@@ -270,8 +336,10 @@ def create_sidecar(
     clock: Clock | None = None,
     store: LedgerStore | None = None,
     logger_provider: Any = None,
+    share: Share = WHOLE,
 ) -> Sidecar:
-    """Wire ``config`` into a sidecar (not yet started). ``clock``, ``store`` and ``logger_provider`` are for tests."""
+    """Wire ``config`` into a sidecar (not yet started). ``clock``, ``store`` and ``logger_provider`` are
+    for tests; ``share`` is for the supervisor of several workers (``collector_processor.workers``)."""
     clock = clock or SystemClock()
     pricing = _otlp_pricing(config)  # a bad price file stops the sidecar before the store is created
     if store is None:
@@ -279,29 +347,31 @@ def create_sidecar(
     metrics = SelfMetrics()
     store = InstrumentedStore(store, metrics)
     ledger = Ledger(store, clock=clock, settings=config.ledger_settings())
-    try:
-        ledger.load_config_budgets([entry.draft() for entry in config.budgets])
-    except (InvalidRequestError, FailedPreconditionError) as exc:
-        store.close()
-        raise ConfigError(f"{config.source}: budgets: {exc}") from None
-    except StoreUnavailableError as exc:
-        store.close()
-        raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
+    if share.host:
+        _load_budgets(config, ledger, store)
     hub = AlertHub(store, poll_interval_s=config.alerts.poll_interval_seconds)
     security = Security(config, store, metrics, now_ms=clock.now_ms)
-    exporters = _exporters(config, store=store, clock=clock, metrics=metrics, security=security)
-    components = _components(config, ledger, metrics, clock, store, exporters, pricing, security)
+    exporters = _exporters(config, store=store, clock=clock, metrics=metrics, security=security, share=share)
+    components = (
+        _components(config, ledger, metrics, clock, store, exporters, pricing, security, share.reuse_port)
+        if share.listeners
+        else []
+    )
     on_close: list[Any] = []
     logger_provider = logger_provider or _otlp_logger_provider(config, on_close)
-    dispatcher = _dispatcher(config, store, clock, logger_provider, on_close)
-    ledger.set_alert_listener(_listener(hub, dispatcher, components))
+    dispatcher = _dispatcher(config, store, clock, logger_provider, on_close) if share.host else None
+    ledger.set_alert_listener(_listener(hub, dispatcher, components, share.on_alert))
     lg = config.ledger
-    sweeper = Sweeper(
-        ledger,
-        interval_s=lg.sweep_interval_seconds,
-        reservation_retention_ms=int(lg.reservation_retention_hours * 3_600_000),
-        usage_retention_ms=int(lg.usage_retention_days * 86_400_000),
-        alert_retention_ms=int(lg.alert_retention_days * 86_400_000),
+    sweeper = (
+        Sweeper(
+            ledger,
+            interval_s=lg.sweep_interval_seconds,
+            reservation_retention_ms=int(lg.reservation_retention_hours * 3_600_000),
+            usage_retention_ms=int(lg.usage_retention_days * 86_400_000),
+            alert_retention_ms=int(lg.alert_retention_days * 86_400_000),
+        )
+        if share.host
+        else None
     )
     return Sidecar(
         config=config,
@@ -316,7 +386,20 @@ def create_sidecar(
         components=components,
         security=security,
         audit_log=OtelAuditLog(logger_provider),
+        share=share,
     )
+
+
+def _load_budgets(config: SidecarConfig, ledger: Ledger, store: LedgerStore) -> None:
+    """Make the store's config budgets exactly the file's (once per host: the supervisor's share)."""
+    try:
+        ledger.load_config_budgets([entry.draft() for entry in config.budgets])
+    except (InvalidRequestError, FailedPreconditionError) as exc:
+        store.close()
+        raise ConfigError(f"{config.source}: budgets: {exc}") from None
+    except StoreUnavailableError as exc:
+        store.close()
+        raise ConfigError(f"{config.source}: store: cannot load the config budgets: {exc}") from None
 
 
 def _open_store(config: SidecarConfig) -> LedgerStore:
@@ -366,11 +449,12 @@ def _components(
     exporters: MetricsExporters,
     pricing: CostCalculator | None,
     security: Security,
+    reuse_port: bool = False,
 ) -> list[Component]:
     components: list[Component] = []
     if config.http.enabled:
         try:
-            components.append(_http_api(config, ledger, metrics, exporters, pricing, security))
+            components.append(_http_api(config, ledger, metrics, exporters, pricing, security, reuse_port))
         except ConfigError as exc:
             store.close()
             raise ConfigError(f"{config.source}: {exc}") from None
@@ -389,6 +473,7 @@ def _components(
             on_spend=exporters.service.batch_recorded,
             gate=security.otlp.gate,
             tls=security.otlp.tls,
+            reuse_port=reuse_port,
         )
     except ConfigError as exc:
         store.close()
@@ -403,6 +488,7 @@ def _http_api(
     exporters: MetricsExporters,
     pricing: CostCalculator | None,
     security: Security,
+    reuse_port: bool = False,
 ) -> Component:
     """The HTTP/JSON API (``[http]``); its pricing endpoint reads the OTLP receiver's prices."""
     from collector_processor.api.http import create_http_api
@@ -420,11 +506,19 @@ def _http_api(
         guard=security.http,
         on_denied=security.count_denied,
         calculator=pricing,
+        reuse_port=reuse_port,
     )
 
 
-def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None, components: Sequence[Component] = ()) -> Any:
-    # Components that stream alerts on their own event loop (the HTTP API) are woken too.
+def _listener(
+    hub: AlertHub,
+    dispatcher: AlertDispatcher | None,
+    components: Sequence[Component] = (),
+    also: Callable[[], None] | None = None,
+) -> Any:
+    """Told when this process fires alerts: wake the streams here (the budget API's, and those of
+    components with an event loop of their own, the HTTP API), dispatch, and ``also`` (under a
+    supervisor: the other workers and the host's dispatch)."""
     wakers = [c.notify_alerts for c in components if hasattr(c, "notify_alerts")]
 
     def on_alert() -> None:
@@ -433,6 +527,8 @@ def _listener(hub: AlertHub, dispatcher: AlertDispatcher | None, components: Seq
             dispatcher.wake()
         for wake in wakers:
             wake()
+        if also is not None:
+            also()
 
     return on_alert
 
@@ -444,10 +540,14 @@ def _exporters(
     clock: Clock,
     metrics: SelfMetrics,
     security: Security | None = None,
+    share: Share = WHOLE,
 ) -> MetricsExporters:
     security = security or Security(config, store, metrics, now_ms=clock.now_ms)
+    section = config.metrics
+    if not share.host:  # a worker's counts are read by the supervisor, which serves and pushes them
+        section = section.model_copy(update={"enabled": False, "otlp": MetricsOtlpSection()})
     return create_exporters(
-        config.metrics,
+        section,
         service_name=config.telemetry.service_name,
         source=config.source,
         store=store,
@@ -455,6 +555,7 @@ def _exporters(
         metrics=metrics,
         gate=security.metrics.gate,
         tls=security.metrics.tls,
+        snapshot=share.snapshot,
     )
 
 
@@ -553,13 +654,15 @@ def with_listen(config: SidecarConfig, listen: str) -> SidecarConfig:
     return config.model_copy(update={"server": server}).validate_all()
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace, *, serve: Callable[[SidecarConfig], int] = run) -> int:
+    """Load the config ``args`` name and ``serve`` it (``collector_processor.workers.run`` runs it
+    with ``server.workers`` processes)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config) if args.config else create_default_config()
         if args.listen:
             config = with_listen(config, args.listen)
-        return run(config)
+        return serve(config)
     except ConfigError as exc:
         print(f"paymaster sidecar: {exc}", file=sys.stderr)
         return 2

@@ -7,20 +7,22 @@ One line, so a log search for ``listening on`` finds all of it::
     on 127.0.0.1:7317 (TLS, auth); OTLP/HTTP on 127.0.0.1:7318 (TLS, auth); metrics on
     https://127.0.0.1:7319/metrics (mutual TLS, no auth); store: sqlite /var/lib/paymaster/ledger.db
 
-The addresses are the bound ones (a configured port 0 shows the port it got). A second line names
-where OTLP is forwarded, when it is.
+The addresses are the bound ones (a configured port 0 shows the port it got). With ``server.workers``
+above 1 the supervisor prints it once, ending with how many worker processes serve the ports (the
+workers print nothing). A second line names where OTLP is forwarded, when it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from collector_processor.config import Listener
+from collector_processor.config import Listener, SidecarConfig
 
 if TYPE_CHECKING:
     from collector_processor.api.server import Sidecar
 
-__all__ = ["startup_lines"]
+__all__ = ["lines", "startup_lines"]
 
 _NAMES = {
     "server.listen": "budget API, gRPC",
@@ -33,9 +35,18 @@ _NAMES = {
 
 def startup_lines(sidecar: Sidecar) -> list[str]:
     """What ``paymaster sidecar`` prints once every port is open."""
-    bound = _bound(sidecar)
+    onward = [o for c in sidecar.components for o in getattr(c, "onward", list)()]
+    return lines(sidecar.config, _bound(sidecar), onward)
+
+
+def lines(
+    config: SidecarConfig, bound: Mapping[str, str], onward: Sequence[str], *, workers: int = 1
+) -> list[str]:
+    """The start-up line of ``config`` with the addresses ``bound`` (by key; the configured ones for
+    keys it lacks), the forwarding line if OTLP goes ``onward``, and, under a supervisor, how many
+    worker processes serve every listener but ``/metrics``."""
     parts = []
-    for listener in sidecar.config.listeners():
+    for listener in config.listeners():
         address = bound.get(listener.key, listener.address)
         security = _security(listener)
         if listener.key == "server.listen":
@@ -45,11 +56,13 @@ def startup_lines(sidecar: Sidecar) -> list[str]:
             parts.append(f"metrics on {scheme}://{address}/metrics ({security})")
         else:
             parts.append(f"{_NAMES.get(listener.key, listener.key)} on {address} ({security})")
-    lines = [f"paymaster sidecar {'; '.join(parts)}; store: {sidecar.config.store_description()}"]
-    onward = sorted({o for c in sidecar.components for o in getattr(c, "onward", list)()})
+    parts.append(f"store: {config.store_description()}")
+    if workers > 1:
+        parts.append(f"{workers} worker processes")
+    out = [f"paymaster sidecar {'; '.join(parts)}"]
     if onward:
-        lines.append(f"paymaster sidecar: forwarding OTLP to {', '.join(onward)}")
-    return lines
+        out.append(f"paymaster sidecar: forwarding OTLP to {', '.join(sorted(set(onward)))}")
+    return out
 
 
 def _bound(sidecar: Sidecar) -> dict[str, str]:

@@ -455,8 +455,10 @@ class Ledger:
                 )
 
     def _alerted(self, fired: Sequence[int]) -> None:
+        # Told once the alerts are committed: inside a shared transaction, the listener's streams
+        # (and, relayed, other workers') would look before they could see them.
         if fired and self._on_alert is not None:
-            self._on_alert()
+            self.store.after_commit(self._on_alert)
 
     # -- reading and housekeeping ----------------------------------------------------------------
     def budget_status(self, budget_id: str, scope_id: str = "") -> BudgetStatus:

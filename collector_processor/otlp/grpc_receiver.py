@@ -58,8 +58,10 @@ class GrpcReceiver:
         max_concurrent: int,
         gate: Gate | None = None,
         tls: ServerTls | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._pipeline = pipeline
+        self._reuse_port = reuse_port
         self._gate = gate
         self._tls = tls
         self.listen = listen
@@ -103,7 +105,7 @@ class GrpcReceiver:
         try:
             server = grpc.aio.server(
                 options=[
-                    ("grpc.so_reuseport", 0),
+                    ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                     ("grpc.max_receive_message_length", _transport_limit(self._pipeline.max_message_bytes)),
                 ]
             )

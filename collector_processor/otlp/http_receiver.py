@@ -95,8 +95,11 @@ class HttpReceiver:
         idle_timeout_s: float = 60.0,
         gate: Gate | None = None,
         tls: ServerTls | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._pipeline = pipeline
+        self.reuse_port = reuse_port
+        """Bind with ``SO_REUSEPORT``: the worker processes of one sidecar share the port."""
         self._gate = gate
         self.tls = tls
         """Wraps each accepted connection (the handshake runs in the connection's own thread)."""
@@ -389,6 +392,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: Any, *, receiver: HttpReceiver) -> None:
         self.receiver = receiver
+        self.allow_reuse_port = receiver.reuse_port
         self._connections = threading.BoundedSemaphore(receiver.max_connections)
         self._open: set[Any] = set()
         self._open_changed = threading.Condition()

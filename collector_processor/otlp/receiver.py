@@ -130,6 +130,7 @@ def create_otlp_receiver(
     on_spend: Callable[[Sequence[UsageGroup], UsageBatchOutcome], None] | None = None,
     gate: Gate | None = None,
     tls: ServerTls | None = None,
+    reuse_port: bool = False,
 ) -> OtlpReceiver:
     """Wire ``section``; ``ConfigError`` (naming ``receivers.otlp.pricing.config``) for a bad price file.
 
@@ -138,6 +139,7 @@ def create_otlp_receiver(
     that is never charged, since its keys may have been forgotten. ``on_spend`` is told of every
     charged batch once it is durable (the sidecar's spend metrics). ``gate`` and ``tls`` are the
     listeners' authentication and TLS (``receivers.otlp.tls``), the same for both transports.
+    ``reuse_port`` binds both with ``SO_REUSEPORT``, for the worker processes of one sidecar.
     """
     if calculator is None:
         calculator = load_pricing(section, config_dir=config_dir)
@@ -174,7 +176,14 @@ def create_otlp_receiver(
     limit = charging.max_concurrent_exports
     return OtlpReceiver(
         pipeline=pipeline,
-        grpc=GrpcReceiver(pipeline, listen=section.grpc_listen, max_concurrent=limit, gate=gate, tls=tls),
+        grpc=GrpcReceiver(
+            pipeline,
+            listen=section.grpc_listen,
+            max_concurrent=limit,
+            gate=gate,
+            tls=tls,
+            reuse_port=reuse_port,
+        ),
         http=HttpReceiver(
             pipeline,
             listen=section.http_listen,
@@ -184,6 +193,7 @@ def create_otlp_receiver(
             idle_timeout_s=section.http_idle_timeout_seconds,
             gate=gate,
             tls=tls,
+            reuse_port=reuse_port,
         )
         if section.http_listen
         else None,

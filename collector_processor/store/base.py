@@ -14,7 +14,7 @@ operation leaves nothing behind, even when it shares a transaction with others (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -270,6 +270,13 @@ class LedgerStore(Protocol):
         each stays atomic on its own. Results must not be released before the block exits cleanly.
         ``BatchAbortedError`` on exit means an operation failed part-way and nothing was kept: run each
         operation again alone. A store without batching may return a context that does nothing."""
+        ...
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once what the calling thread wrote is durable and visible to every reader: now,
+        or inside ``batch()`` when the block commits (never when it is rolled back, since the
+        operations are run again and say so again). How the ledger announces fired alerts, so that a
+        stream woken by the news (in this process or, relayed, in another) finds them."""
         ...
 
     # -- housekeeping ----------------------------------------------------------------------------

@@ -227,6 +227,9 @@ class InstrumentedStore:
         """The inner store's batch, timed as one ``batch`` operation from its start to its commit."""
         return self._batch()
 
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self.inner.after_commit(fn)
+
     @contextmanager
     def _batch(self) -> Iterator[None]:
         start = perf_counter()

@@ -11,6 +11,7 @@ store is closed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -22,7 +23,7 @@ from collector_processor.telemetry.budget_gauges import BudgetGauges
 from collector_processor.telemetry.config import MetricsSection
 from collector_processor.telemetry.otlp_push import OtlpMetricsPusher
 from collector_processor.telemetry.prometheus import MetricsEndpoint, SidecarCollector, build_registry
-from collector_processor.telemetry.selfmetrics import SelfMetrics
+from collector_processor.telemetry.selfmetrics import MetricsSnapshot, SelfMetrics
 from collector_processor.telemetry.service_metrics import ServiceMetrics
 from paymaster.exceptions import ConfigError
 
@@ -82,8 +83,11 @@ def create_exporters(
     metrics: SelfMetrics,
     gate: Gate | None = None,
     tls: ServerTls | None = None,
+    snapshot: Callable[[], MetricsSnapshot] | None = None,
 ) -> MetricsExporters:
-    """Wire ``[metrics]`` to this sidecar's registry; ``source`` names the config file in messages."""
+    """Wire ``[metrics]`` to this sidecar's registry; ``source`` names the config file in messages.
+    ``snapshot`` replaces ``metrics.snapshot`` as what is served and pushed (a supervisor's sum of
+    its workers' counts and its own)."""
     from paymaster import __version__
 
     m = section
@@ -91,7 +95,9 @@ def create_exporters(
         metrics, max_entities_per_scope=m.max_entities_per_scope, max_models=m.max_models
     )
     gauges = BudgetGauges(store, clock, max_entities=m.max_entities_per_budget, refresh_s=m.refresh_seconds)
-    collector = SidecarCollector(metrics, gauges=gauges, service=service, store=store, version=__version__)
+    collector = SidecarCollector(
+        metrics, gauges=gauges, service=service, store=store, version=__version__, snapshot=snapshot
+    )
     registry = build_registry(collector)
     pusher = None
     if m.otlp.endpoint:

@@ -17,7 +17,7 @@ import math
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -83,8 +83,10 @@ class SidecarCollector(Collector):
         service: ServiceMetrics | None = None,
         store: LedgerStore | None = None,
         version: str = "",
+        snapshot: Callable[[], MetricsSnapshot] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._snapshot = snapshot or metrics.snapshot
         self._gauges = gauges
         self._service = service
         self._store = store
@@ -96,7 +98,7 @@ class SidecarCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         reading = self._read()
-        yield from _snapshot_families(self._metrics.snapshot())
+        yield from _snapshot_families(self._snapshot())
         if reading is not None:
             yield from _budget_families(reading)
         info = GaugeMetricFamily("paymaster_build_info", "The sidecar's version.", labels=["version"])

@@ -88,6 +88,12 @@ class LeasePolicy:
     slice is charged at once. Near a limit (a slice no longer fits, or any budget would warn or
     downgrade) steps fall back to exact per-step reservations, so warnings, downgrades and denials
     are decided on each step's own estimate.
+
+    With ``shared=True`` the leases belong to the ``SidecarBudget`` rather than to each run: every run
+    it governs draws from one slice per scope set, so a service that runs one short pipeline per
+    request pays no round trip per run on a warm slice. A slice is then committed when it is
+    exhausted, when it is older than ``max_age_s`` (also while no run draws from it), and when the
+    budget is closed — not when a run ends.
     """
 
     slice_usd: Decimal = Decimal("1")
@@ -97,6 +103,8 @@ class LeasePolicy:
     max_age_s: float | None = None
     """Commit a lease and take a fresh one once it is this old; default ``ttl_s / 2``, so a lease
     never expires under a live runner between two steps."""
+    shared: bool = False
+    """Hold the leases in the ``SidecarBudget`` for all its runs, not in each run (see above)."""
 
     def __post_init__(self) -> None:
         try:
@@ -111,6 +119,8 @@ class LeasePolicy:
             )
         if self.max_age_s is not None and not 0 < self.max_age_s <= self.ttl_s:
             raise ConfigError(f"LeasePolicy: max_age_s must be in (0, ttl_s], got {self.max_age_s}")
+        if not isinstance(self.shared, bool):
+            raise ConfigError(f"LeasePolicy: shared must be True or False, got {self.shared!r}")
 
     @property
     def age_limit_s(self) -> float:
@@ -207,7 +217,8 @@ class SidecarBudget:
     message that says so; the token never appears in ``repr()``, errors or logs.
 
     One ``SidecarBudget`` may serve many runners, in many threads: they share its connection,
-    circuit breaker and journal. ``close()`` (or ``with``) ends its background work.
+    circuit breaker and journal (and, with ``LeasePolicy(shared=True)``, its leases). ``close()`` (or
+    ``with``) commits its shared leases and ends its background work.
     """
 
     def __init__(
@@ -262,6 +273,7 @@ class SidecarBudget:
             from paymaster._sidecar.credentials import Credentials
             from paymaster._sidecar.journal import Journal
             from paymaster._sidecar.replay import Replayer
+            from paymaster._sidecar.shared_leases import SharedLeases
         except ImportError as exc:
             raise ConfigError(
                 f"SidecarBudget needs grpc and protobuf ({exc.name} is missing): pip install 'paymaster[sidecar]'"
@@ -294,6 +306,8 @@ class SidecarBudget:
             count_replay=self.count_replay,
             timeout_s=deadline_s,
         )
+        self.shared_leases = SharedLeases(self, lease) if lease is not None and lease.shared else None
+        """The leases every run draws from, with ``LeasePolicy(shared=True)``."""
         self._resource_scopes: dict[Any, Scopes] = {}
         self._adopted = False
         self._closed = False
@@ -320,6 +334,8 @@ class SidecarBudget:
         if self._closed:
             return
         self._closed = True
+        if self.shared_leases is not None:
+            self.shared_leases.close()  # commits go through the journal if the sidecar is away
         self.replayer.stop()
         left = len(self.journal)
         if left and self.journal.directory is None:
@@ -427,6 +443,11 @@ class SidecarBudget:
         return self._config.downgrade
 
     # ------------------------------------------------------------------ counters
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """The telemetry of the runs this budget governs (the last one to open a session)."""
+        return self._telemetry
+
     def count_call(self, rpc: str, outcome: str) -> None:
         self._add("paymaster.sidecar.calls", {"rpc": rpc, "outcome": outcome})
 

@@ -363,7 +363,7 @@ def cmd_usage(args: argparse.Namespace, client: _Client) -> None:
 # -- sidecar and demo ------------------------------------------------------------------------------
 def cmd_sidecar(args: argparse.Namespace) -> int:
     try:
-        from collector_processor.api.server import run_from_args
+        from collector_processor.workers import run_from_args
     except ImportError as exc:
         raise CliError(
             f"the sidecar needs the 'sidecar' extra: pip install 'paymaster[sidecar]' ({exc})", 2

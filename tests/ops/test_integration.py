@@ -1,6 +1,8 @@
 """Every dashboard query and alert rule against a real Prometheus scraping a real sidecar and a real SDK app.
 
-A sidecar (SQLite store, system clock, /metrics on a free port) is driven by a short workload over
+All of it twice: with a sidecar of one process, and with one of two worker processes whose one
+``/metrics`` sums both (the dashboards and rules must read it the same way). A sidecar (SQLite store,
+system clock, /metrics on a free port) is driven by a short workload over
 gRPC: several budgets, scopes and models, denials, downgrades, threshold crossings, a refused request
 and a store that stays locked past its busy timeout. Its OTLP receiver takes a GenAI span (charged and
 forwarded to a downstream collector stand-in) and token metrics (too many for the forward queue, so
@@ -40,6 +42,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from collector_processor.api.server import Sidecar, create_sidecar
 from collector_processor.config import parse_config
+from collector_processor.workers import Supervisor
 from paymaster import Runner, Step, StepConfig, UsageLimitExceededError, UsageLimits
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
@@ -79,11 +82,12 @@ def early_zone() -> str:
     return "UTC" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
 
 
-def sidecar_config(tmp: Path, metrics_port: int, otlp_port: int, forward_to: str) -> str:
+def sidecar_config(tmp: Path, metrics_port: int, otlp_port: int, forward_to: str, workers: int = 1) -> str:
     return f"""
 [server]
 listen = "127.0.0.1:0"
 grace_seconds = 0
+workers = {workers}
 [store]
 path = "{tmp / "ledger.db"}"
 busy_timeout_ms = 100
@@ -140,21 +144,27 @@ on_exceed = "warn"
 """
 
 
-def drive(sidecar: Sidecar, db: Path) -> None:
-    """A short workload: spend on several scopes and models, denials, downgrades, threshold crossings."""
+def drive(sidecar: Sidecar | Supervisor, db: Path) -> None:
+    """A short workload: spend on several scopes and models, denials, downgrades, threshold crossings.
+    Each spend opens a connection of its own, so that several workers share the workload."""
     with grpc.insecure_channel(sidecar.address) as channel:
         stub = budget_pb2_grpc.BudgetServiceStub(channel)
 
         def spend(usd: str, model: str, provider: str, **scopes: str) -> pb.ReserveResponse:
-            reply = stub.Reserve(
-                pb.ReserveRequest(scopes=pb.ScopeIds(organization="acme", **scopes), estimate_usd=usd)
-            )
-            if reply.reservation_id:
-                facts = pb.UsageFacts(provider=provider, model=model, input_tokens=2000, output_tokens=400)
-                stub.Commit(
-                    pb.CommitRequest(reservation_id=reply.reservation_id, actual_usd=usd, usage=facts)
+            own = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(sidecar.address, options=own) as connection:
+                spender = budget_pb2_grpc.BudgetServiceStub(connection)
+                reply = spender.Reserve(
+                    pb.ReserveRequest(scopes=pb.ScopeIds(organization="acme", **scopes), estimate_usd=usd)
                 )
-            return reply
+                if reply.reservation_id:
+                    facts = pb.UsageFacts(
+                        provider=provider, model=model, input_tokens=2000, output_tokens=400
+                    )
+                    spender.Commit(
+                        pb.CommitRequest(reservation_id=reply.reservation_id, actual_usd=usd, usage=facts)
+                    )
+            return reply  # type: ignore[no-any-return]
 
         spend("3", "gpt-4o", "openai", team="search", agent="researcher", workflow="triage", user="ada")
         spend(
@@ -167,7 +177,7 @@ def drive(sidecar: Sidecar, db: Path) -> None:
         stub.Reserve(pb.ReserveRequest(scopes=pb.ScopeIds(team="search"), estimate_usd="0.5"))  # left held
 
 
-def provoke_errors(sidecar: Sidecar, db: Path) -> None:
+def provoke_errors(sidecar: Sidecar | Supervisor, db: Path) -> None:
     """A refused request and a store locked past its busy timeout, once Prometheus has seen the counters
     without them (a rate needs two samples that differ)."""
     with grpc.insecure_channel(sidecar.address) as channel:
@@ -246,17 +256,19 @@ class Prometheus:
         return result
 
 
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def prometheus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
     binary = require_tool("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     metrics_port, app_port, web_port, otlp_port = free_port(), free_port(), free_port(), free_port()
     downstream = start_downstream()
-    sidecar = create_sidecar(
-        parse_config(
-            sidecar_config(tmp, metrics_port, otlp_port, downstream.endpoint), source="integration.toml"
-        )
-    ).start()
+    workers: int = request.param
+    config = parse_config(
+        sidecar_config(tmp, metrics_port, otlp_port, downstream.endpoint, workers), source="integration.toml"
+    )
+    sidecar = create_sidecar(config).start() if workers == 1 else Supervisor(config, workers=workers).start()
     registry = CollectorRegistry()
     meter_provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
     app_server, _ = start_http_server(app_port, addr="127.0.0.1", registry=registry)

@@ -1,6 +1,6 @@
 """The sidecar keeps its shape: every folder imports only from folders below it, never upward.
 
-The house, from the top: the budget API receiver and the factory that wires a sidecar (``api``), the
+The house, from the top: the supervisor of worker processes and the process entry point (``workers``), the budget API receiver and the factory that wires a sidecar (``api``), the
 config that composes every section (``config``), the OTLP receiver (``otlp``), the sidecar's own
 telemetry (``telemetry``), authentication and authorization (``auth``), the ledger (``ledger``), alert delivery (``alerts``), the stores
 (``store``), the vocabulary and rules (``domain``) and the errors (``errors``). The imports of every
@@ -19,6 +19,7 @@ PACKAGE = Path(collector_processor.__file__).resolve().parent
 ROOT = "collector_processor"
 
 LAYERS: tuple[str, ...] = (
+    "workers",
     "api",
     "config",
     "otlp",

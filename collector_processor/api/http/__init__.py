@@ -61,8 +61,10 @@ def create_http_api(
     guard: Guarded,
     on_denied: Any,
     calculator: Any,
+    reuse_port: bool = False,
 ) -> HttpApi:
-    """The HTTP listener ``config.http`` describes (not yet started)."""
+    """The HTTP listener ``config.http`` describes (not yet started); ``reuse_port`` binds it with
+    ``SO_REUSEPORT``, for the worker processes of one sidecar."""
     section = config.http
     listener = Listener(
         gate=guard.gate,
@@ -86,4 +88,5 @@ def create_http_api(
         keepalive_s=section.keepalive_seconds,
         grace_s=config.server.grace_seconds,
         poll_s=config.alerts.poll_interval_seconds,
+        reuse_port=reuse_port,
     )

@@ -69,8 +69,11 @@ class HttpApi:
         keepalive_s: float,
         grace_s: float,
         poll_s: float,
+        reuse_port: bool = False,
     ) -> None:
         self._endpoints = tuple(endpoints)
+        self._reuse_port = reuse_port
+        """Bind with ``SO_REUSEPORT``: the worker processes of one sidecar share the port."""
         self.listener = listener
         self._ledger = ledger
         self._service_metrics = service_metrics
@@ -113,6 +116,8 @@ class HttpApi:
             # checks the protocol); SO_REUSEADDR lets a restart rebind over connections in TIME_WAIT.
             sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, int(port)))
         except OSError as exc:
             raise ConfigError(f"http.listen: cannot serve on {self.listen}: {exc}") from None

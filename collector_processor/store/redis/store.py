@@ -229,6 +229,9 @@ class RedisStore:
         """Each operation is its own atomic script; there is nothing to share."""
         return contextlib.nullcontext()
 
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        fn()  # each script is durable when it returns
+
     def _forget_index(self) -> None:
         self._index = BudgetIndex((), version=-1)
 

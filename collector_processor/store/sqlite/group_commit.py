@@ -82,6 +82,7 @@ class GroupCommitter:
             self._begin()
             self._local.open = True
             self._local.aborted = False
+            self._local.after = []
             try:
                 yield
             except BaseException:
@@ -89,10 +90,20 @@ class GroupCommitter:
                 raise
             finally:
                 self._local.open = False
+                after, self._local.after = self._local.after, []
             if self._local.aborted:
                 self._rollback()
                 raise BatchAbortedError("an operation failed part-way through a shared transaction")
             self._commit()
+        for fn in after:
+            fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` now, or, inside this thread's ``batch()``, once it has committed."""
+        if getattr(self._local, "open", False):
+            self._local.after.append(fn)
+        else:
+            fn()
 
     # -- implicit batches (threads) ---------------------------------------------------------------
     def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:

@@ -122,6 +122,9 @@ class SqliteStore:
         """Operations this thread runs inside the block share one transaction (see ``GroupCommitter.batch``)."""
         return self._committer.batch()
 
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._committer.after_commit(fn)
+
     def _forget_index(self) -> None:
         self._index = BudgetIndex((), version=-1)
         self._checked = None

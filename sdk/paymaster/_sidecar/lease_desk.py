@@ -113,7 +113,7 @@ class LeaseDesk:
                     await asyncio.shield(settling)
                 if not pool.roomy(size, 1):
                     return None
-                lease = await self._take(pool, size, self.calls.reserve)
+                lease = await self.take_slice(pool, size, self.calls.reserve)
                 if lease is None:
                     return None
                 pool.current = lease
@@ -139,7 +139,7 @@ class LeaseDesk:
     def _size(self, estimate: UsageEstimate) -> Decimal:
         return max(self.policy.slice_usd, estimate.cost_usd)
 
-    async def _take(self, pool: Pool, size: Decimal, reserve: Any) -> Lease | None:
+    async def take_slice(self, pool: Pool, size: Decimal, reserve: Any) -> Lease | None:
         """Reserve one slice; ``None`` (and the hold given back) unless the sidecar allows it cleanly."""
         request = pb.ReserveRequest(
             scopes=wire.scope_ids(pool.scopes),
@@ -175,7 +175,7 @@ class LeaseDesk:
     async def _prefetch(self, pool: Pool, size: Decimal) -> None:
         """Take the next slice ahead of need; any failure leaves it to the step that needs it."""
         try:
-            pool.next = await self._take(pool, size, self.calls.reserve_unshielded)
+            pool.next = await self.take_slice(pool, size, self.calls.reserve_unshielded)
         except (Unreachable, Refused):
             pool.next = None
         finally:

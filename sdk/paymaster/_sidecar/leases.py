@@ -193,9 +193,9 @@ class Lease:
 
 
 class Pool:
-    """The leases of one set of scopes within a run."""
+    """The leases of one set of scopes within a run (or, shared, of a budget)."""
 
-    __slots__ = ("current", "headroom", "lock", "next", "prefetch", "scopes")
+    __slots__ = ("current", "headroom", "lock", "next", "prefetch", "refilling", "scopes")
 
     def __init__(self, scopes: Scopes) -> None:
         self.scopes = scopes
@@ -208,6 +208,8 @@ class Pool:
         self.headroom: Decimal | None = None
         """Room the matching budgets had left after the last response (``None``: unknown or unlimited)."""
         self.lock: Any = None
+        self.refilling: Any = None
+        """A budget's shared pool: the future of the call making a fresh slice current, while it runs."""
 
     def roomy(self, size: Decimal, slices: int) -> bool:
         """Do the budgets have room for ``slices`` more slices of ``size``, as far as we know?"""

@@ -75,7 +75,12 @@ class BudgetSession:
         self.tel = run.tel
         self.base = base
         self.calls = Calls(budget, run.tel)
-        self.leases = None if budget.lease is None else LeaseDesk(budget.lease, self.calls, run.tel)
+        self.shared = budget.shared_leases
+        self.leases = (
+            None
+            if budget.lease is None or self.shared is not None
+            else LeaseDesk(budget.lease, self.calls, run.tel)
+        )
         self._steps: dict[int, _StepFacts] = {}
         self._ttl_ms = None if budget.reservation_ttl_s is None else int(budget.reservation_ttl_s * 1000)
 
@@ -86,10 +91,23 @@ class BudgetSession:
         facts = self._steps.get(id(step))
         if facts is None:
             facts = self._learn(step)
-        pool = facts.pool
         request_budget = baggage.get_baggage(REQUEST_BUDGET_KEY)
         if request_budget:
+            # A request budget never draws from a lease, the run's or the budget's shared ones: each
+            # step is reserved against it (and its scopes' budgets) on its own estimate.
             return await self._reserve(run, step, data, estimate, facts, record, span, str(request_budget))
+        shared = self.shared
+        if shared is not None:
+            drawn = shared.draw(facts.scopes, step, estimate, record, span, self.tel)
+            if drawn is not None:
+                return drawn
+            try:
+                drawn = await shared.acquire(facts.scopes, step, estimate, record, span, self.tel)
+            except Unreachable as exc:
+                return self._unreachable(step, estimate, facts.scopes, exc, record, span)
+            if drawn is not None:
+                return drawn
+        pool = facts.pool
         if pool is not None:
             assert self.leases is not None
             lease = pool.current
@@ -121,6 +139,8 @@ class BudgetSession:
                 f"its cost is unknown; the sidecar is charged its estimate ${wire.wire_usd(cost)}"
             )
         mode = admission.mode
+        if mode == "lease" and self.shared is not None:
+            return await self.shared.spent(admission, ticket.estimate.cost_usd, cost, usage)
         if mode == "lease":
             lease = admission.lease
             assert lease is not None and self.leases is not None
@@ -166,6 +186,8 @@ class BudgetSession:
         admission.abandoned = True
         if admission.mode == "reservation" and ticket.reservation_id:
             self.calls.spawn(self.calls.release(ticket.reservation_id))
+        elif admission.mode == "lease" and admission.lease is not None and self.shared is not None:
+            self.shared.give_back(admission)
         elif admission.mode == "lease" and admission.lease is not None and self.leases is not None:
             self.leases.give_back(admission)
 
@@ -208,6 +230,8 @@ class BudgetSession:
             return self._unreachable(step, estimate, scopes, exc, record, span, request_budget)
         if self.leases is not None and not request_budget:
             self.leases.note_headroom(scopes, response.budget_info, wire.usd(response.reserved_usd))
+        elif self.shared is not None and not request_budget:
+            self.shared.note_headroom(scopes, response.budget_info, wire.usd(response.reserved_usd))
         return await self._decided(
             response, step, estimate, cheaper, path, scopes, record, span, request_budget or None
         )

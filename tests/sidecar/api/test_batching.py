@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from collector_processor.api.batching import Batcher
-from collector_processor.domain.budgets import Scope, ScopeSet
+from collector_processor.domain.budgets import OnExceed, Scope, ScopeSet
 from collector_processor.domain.types import CommitCommand, ReserveCommand
 from collector_processor.errors import NotFoundError
 from collector_processor.ledger import Ledger
@@ -177,3 +177,33 @@ def test_threads_share_transactions_and_a_failure_part_way_fails_only_its_own_ca
     assert all(r.charged_usd == Decimal(1) for r in results.values())  # type: ignore[attr-defined]
     assert ledger.budget_status("team", "boom").reserved_usd == Decimal(1)  # still held, nothing charged
     assert sum(ledger.budget_status("team", t).used_usd for t in results) == Decimal(15)
+
+
+def test_alerts_fired_in_a_shared_transaction_are_announced_once_it_has_committed(
+    ledger: Ledger, store_factory: StoreFactory
+) -> None:
+    """The listener (which wakes alert streams here and, under a supervisor, in the other workers) is
+    told only when another connection can read the alerts; told earlier, a stream woken by it finds
+    nothing and waits for its next poll."""
+    ledger.create_budget(draft("team", limit="10", on_exceed=OnExceed.WARN, thresholds=(50, 90)))
+    other = store_factory.open()  # another process's view of the same store
+    seen: list[int] = []
+    ledger.set_alert_listener(lambda: seen.append(len(other.alerts_after(0, limit=10))))
+    batcher = Batcher(ledger.store)
+
+    async def turn() -> None:
+        async def spend(usd: str) -> None:
+            held = await batcher.run(
+                lambda: ledger.reserve(ReserveCommand(scopes=SCOPES, estimate_usd=Decimal(usd)))
+            )
+            await batcher.run(
+                lambda: ledger.commit(
+                    CommitCommand(reservation_id=held.reservation_id, actual_usd=Decimal(usd))
+                )
+            )
+
+        await asyncio.gather(spend("3"), spend("3"), spend("3.5"))
+
+    asyncio.run(turn())
+    assert batcher.largest > 1  # the commits shared a transaction
+    assert seen and seen[-1] == 2 and all(seen), f"alerts visible when announced: {seen}"
