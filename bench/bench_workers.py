@@ -266,7 +266,8 @@ async def _schedule(once: Callable[[], Awaitable[Any]], rate: float, seconds: fl
         try:
             await once()
         except Exception as exc:
-            failures.append(repr(exc))
+            code = getattr(exc, "code", None)
+            failures.append(f"{type(exc).__name__} {code().name}" if callable(code) else repr(exc))
             return
         if i >= skip:
             latencies.append(time.perf_counter() - at)
@@ -404,6 +405,17 @@ class MissExports:
 
 
 # -- the sub-commands ---------------------------------------------------------------------------------------
+def measured(pool: LoadPool, servers: list[int], job: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+    """``pool.run(job, ...)``: the answers, the load processes' CPU share, the CPU share of ``servers``
+    (process ids, with their children) and the share of the machine's CPU busy meanwhile."""
+    served, (busy, every) = cpu_seconds(servers), machine_busy()
+    started = time.perf_counter()
+    answers, cpu = pool.run(job, *args, **kwargs)
+    server_cpu = (cpu_seconds(servers) - served) / ((time.perf_counter() - started) * CORES)
+    busy_now, every_now = machine_busy()
+    return answers, cpu, server_cpu, (busy_now - busy) / max(every_now - every, 1e-9)
+
+
 def pairs(args: argparse.Namespace, pool: LoadPool, work: Path) -> None:
     clients, per = args.clients, args.clients // args.processes
     connections = max(4, 16 // args.processes)
@@ -423,12 +435,9 @@ def pairs(args: argparse.Namespace, pool: LoadPool, work: Path) -> None:
             ))  # fmt: skip
         for _ in range(args.rounds):
             for name, (kind, address) in setups.items():
-                served, (busy, every) = cpu_seconds(SERVER_PIDS[address]), machine_busy()
-                started = time.perf_counter()
-                answers, cpu = pool.run("closed", kind, address, per, connections, args.seconds, 0.5)
-                took = (time.perf_counter() - started) * CORES
-                server_cpu = (cpu_seconds(SERVER_PIDS[address]) - served) / took
-                busy_share = (machine_busy()[0] - busy) / max(machine_busy()[1] - every, 1e-9)
+                answers, cpu, server_cpu, busy_share = measured(
+                    pool, SERVER_PIDS[address], "closed", kind, address, per, connections, args.seconds, 0.5
+                )
                 rate, p99 = sum(a[0] for a in answers), max(a[1] for a in answers)
                 if rate > results.get(name, (0.0,))[0]:
                     results[name] = (rate, p99, cpu, server_cpu, busy_share)
@@ -438,7 +447,7 @@ def pairs(args: argparse.Namespace, pool: LoadPool, work: Path) -> None:
     )
     print(
         f"{'setup':<10}  {'per s':>7}  {'p99 ms':>7}  {'x / 1 proc':>10}  {'/ echo':>6}  {'load CPU':>8}  "
-        f"{'server CPU':>10}  {'machine busy':>12}"
+        f"{'server CPU':>10}  {'per core':>8}  {'machine busy':>12}"
     )
     for name, (rate, p99, cpu, server_cpu, busy) in results.items():
         kind, workers = name.split()
@@ -446,13 +455,15 @@ def pairs(args: argparse.Namespace, pool: LoadPool, work: Path) -> None:
         echo = results[f"echo x{workers[1]}"][0]
         print(
             f"{name:<10}  {rate:>7.0f}  {p99:>7.2f}  {rate / one:>10.2f}  "
-            f"{'' if kind == 'echo' else f'{rate / echo:.2f}':>6}  {cpu:>8.0%}  {server_cpu:>10.0%}  {busy:>12.0%}"
+            f"{'' if kind == 'echo' else f'{rate / echo:.2f}':>6}  {cpu:>8.0%}  {server_cpu:>10.0%}  "
+            f"{rate / max(server_cpu * CORES, 1e-9):>8.0f}  {busy:>12.0%}"
         )
     print(
         "per s: pairs/s (echo: calls/s); p99 of the worst load process; x / 1 proc: against the same store "
         "with 1 worker (echo: 1 process); / echo: pairs/s over echo calls/s with as many processes; "
         f"load CPU, server CPU: the CPU time of the load processes, of the server's processes, over wall "
-        f"time, as a share of {CORES} cores; machine busy: of all processes on the machine"
+        f"time, as a share of {CORES} cores; per core: per s over the server's CPU in cores; machine busy: "
+        "of all processes on the machine"
     )
     sqlite = results["sqlite w2"][0] / results["sqlite w1"][0]
     redis = results["redis w2"][0] / results["redis w1"][0]
@@ -485,7 +496,7 @@ def latency(args: argparse.Namespace, pool: LoadPool, work: Path) -> None:
                 )
                 latencies = sorted(itertools.chain.from_iterable(a[0] for a in answers))
                 failed = sum(a[3] for a in answers)
-                failures.extend(f"{name} at {rate}/s: {a[2][0]}" for a in answers if a[2])
+                failures.extend({f"{name} at {rate}/s: {a[2][0]}" for a in answers if a[2]})
                 rows.append((rate, name, latencies, sum(a[1] for a in answers), failed, cpu))
     print(
         f"Open loop on {args.store}: operations sent on a fixed schedule from {args.processes} load processes, "
@@ -507,40 +518,39 @@ def latency(args: argparse.Namespace, pool: LoadPool, work: Path) -> None:
     )
     print(target)
     for failure in failures:
-        print(f"first failure, {failure}")
+        print(f"failed, {failure}")
 
 
 def otlp(args: argparse.Namespace, pool: LoadPool, work: Path) -> bool:
     clients = max(1, args.otlp_clients // args.processes)
     connections = max(2, 8 // args.processes)
     shapes = ("semconv", "openllmetry", "miss")
-    best: dict[tuple[str, int], tuple[float, float]] = {}
+    best: dict[tuple[str, int], tuple[float, float, float]] = {}
     checks: list[tuple[int, int, int]] = []
     with contextlib.ExitStack() as stack:
-        ports = {}
+        ports, budgets = {}, {}
         for workers in (1, 2):
             ports[workers] = free_port()
             folder = work / f"otlp{workers}"
-            budget = stack.enter_context(
+            budgets[workers] = stack.enter_context(
                 sidecar(folder, sqlite_store(folder), workers, SIDECAR_TOML, otlp_port=ports[workers])
             )
-            ports[-workers] = int(budget.rsplit(":", 1)[1])
         sent = {1: [0, 0], 2: [0, 0]}
         salt = itertools.count(1)
         for _ in range(args.rounds):
             for shape in shapes:
                 for workers in (1, 2):
-                    answers, cpu = pool.run(
-                        "otlp", f"127.0.0.1:{ports[workers]}", shape,
+                    answers, cpu, server_cpu, _ = measured(
+                        pool, SERVER_PIDS[budgets[workers]], "otlp", f"127.0.0.1:{ports[workers]}", shape,
                         split=lambda i: (next(salt), clients, connections, args.seconds, 0.5),
                     )  # fmt: skip
                     rate = sum(a[0] for a in answers)
                     sent[workers][0] += sum(a[1] for a in answers)
                     sent[workers][1] += sum(a[2] for a in answers)
-                    if rate > best.get((shape, workers), (0.0, 0.0))[0]:
-                        best[(shape, workers)] = (rate, cpu)
+                    if rate > best.get((shape, workers), (0.0,))[0]:
+                        best[(shape, workers)] = (rate, cpu, server_cpu)
         for workers in (1, 2):
-            charged = ledger_input_tokens(f"127.0.0.1:{ports[-workers]}")
+            charged = ledger_input_tokens(budgets[workers])
             checks.append((workers, charged, sent[workers][1]))
     print(
         f"OTLP spans/s acknowledged (ingested, priced, charged on SQLite), {SPANS} spans per export, "
@@ -548,11 +558,19 @@ def otlp(args: argparse.Namespace, pool: LoadPool, work: Path) -> bool:
         f"(best of {args.rounds} alternating round(s) of {args.seconds:g} s, same run)"
     )
     print(
-        f"{'payload':<12}  {'1 worker':>9}  {'load CPU':>8}  {'2 workers':>9}  {'load CPU':>8}  {'2w / 1w':>7}"
+        f"{'payload':<12}  {'1 worker':>9}  {'load CPU':>8}  {'per core':>8}  {'2 workers':>9}  {'load CPU':>8}  "
+        f"{'per core':>8}  {'2w / 1w':>7}"
     )
     for shape in shapes:
-        (one, cpu1), (two, cpu2) = best[(shape, 1)], best[(shape, 2)]
-        print(f"{shape:<12}  {one:>9,.0f}  {cpu1:>8.0%}  {two:>9,.0f}  {cpu2:>8.0%}  {two / one:>7.2f}")
+        cells = []
+        for workers in (1, 2):
+            rate, cpu, server_cpu = best[(shape, workers)]
+            cells.append(f"{rate:>9,.0f}  {cpu:>8.0%}  {rate / max(server_cpu * CORES, 1e-9):>8,.0f}")
+        print(f"{shape:<12}  {'  '.join(cells)}  {best[(shape, 2)][0] / best[(shape, 1)][0]:>7.2f}")
+    print(
+        "spans/s; load CPU: the load processes' CPU time over wall time, as a share of "
+        f"{CORES} cores; per core: spans/s over the sidecar's CPU (all its processes) in cores"
+    )
     print("miss: every export with a service, 8 models, 16 end users and token counts of its own")
     failed = False
     for workers, charged, expected in checks:
