@@ -9,12 +9,16 @@ event loop (``Runner.run_async`` of a 1-step pipeline whose trivial agent report
     sidecar and the transport cost, with no SDK;
   * **ungoverned run**: the run without a budget — what the SDK costs without a sidecar;
   * **per-step run**: ``SidecarBudget(...)`` without a lease — a Reserve and a Commit per step;
+  * **shared channel**: the same, with the budget's calls kept on the one synchronous channel the
+    budget shares between event loops (each call completed on a gRPC thread and handed back to the
+    loop), as every call was before a loop that keeps calling got a ``grpc.aio`` channel of its own;
   * **per-run lease**: ``LeasePolicy()`` — the run takes a slice and commits it when it ends;
   * **shared lease**: ``LeasePolicy(shared=True)`` — every run draws from one slice of the budget's.
 
 Modes alternate in rounds; every operation's time is kept. Printed: mean, p50 and p99 of each, the
-latency each governed mode adds to the ungoverned run, and the SDK's own share of a per-step run:
-per-step run - ungoverned run - bare pair (what the SDK spends around its two calls).
+latency each governed mode adds to the ungoverned run, the client's CPU time per operation, and the
+SDK's own share of a per-step run: per-step run - ungoverned run - bare pair (what the SDK spends
+around its two calls), also on the shared channel.
 
 Usage: python bench/bench_sdk_runs.py [--quick] [--rounds N] [--runs N]
 """
@@ -37,9 +41,10 @@ from bench_sidecar import BUDGETS_TOML
 
 from paymaster import LeasePolicy, Runner, Scopes, SidecarBudget, Step, StepConfig
 
-MODES = ("bare pair", "ungoverned run", "per-step run", "per-run lease", "shared lease")
+MODES = ("bare pair", "ungoverned run", "per-step run", "shared channel", "per-run lease", "shared lease")
 POLICIES: dict[str, LeasePolicy | None] = {
     "per-step run": None,
+    "shared channel": None,
     "per-run lease": LeasePolicy(),
     "shared lease": LeasePolicy(shared=True),
 }
@@ -55,8 +60,11 @@ async def measure(address: str, rounds: int, runs: int) -> dict[str, list[float]
         name: SidecarBudget(address, scopes=scopes, journal_dir=None, deadline_s=10, lease=policy)
         for name, policy in POLICIES.items()
     }
+    client = budgets["shared channel"].client
+    client._stub_for = lambda loop: (client.stub, False)  # type: ignore[method-assign]
     runners = {"ungoverned run": runner(None)} | {name: runner(b) for name, b in budgets.items()}
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu: dict[str, float] = dict.fromkeys(MODES, 0.0)
     try:
         async with pair_calls([address]) as pair:
             ops: dict[str, Callable[[], Awaitable[Any]]] = {"bare pair": pair}
@@ -68,14 +76,16 @@ async def measure(address: str, rounds: int, runs: int) -> dict[str, list[float]
             for _ in range(rounds):
                 for mode in MODES:
                     op, out = ops[mode], times[mode]
+                    used = time.process_time()
                     for _ in range(runs):
                         started = time.perf_counter()
                         await op()
                         out.append(time.perf_counter() - started)
+                    cpu[mode] += time.process_time() - used
     finally:
         for budget in budgets.values():
             await asyncio.get_running_loop().run_in_executor(None, budget.close)
-    return times
+    return times, cpu
 
 
 def main() -> int:
@@ -94,7 +104,7 @@ def main() -> int:
             f"[alerts]\notel_logs = false\n{BUDGETS_TOML}",
         )
         try:
-            times = asyncio.run(measure(address, rounds, runs))
+            times, cpu = asyncio.run(measure(address, rounds, runs))
         finally:
             proc.terminate()
             proc.wait(30)
@@ -102,30 +112,34 @@ def main() -> int:
     stats = {}
     for mode, samples in times.items():
         q = statistics.quantiles(samples, n=100)
-        stats[mode] = (statistics.fmean(samples) * us, q[49] * us, q[98] * us)
+        stats[mode] = (statistics.fmean(samples) * us, q[49] * us, q[98] * us, cpu[mode] / len(samples) * us)
     print(
         f"1-step runs against a sidecar process (one worker, SQLite) at one client: {rounds} alternating "
         f"rounds of {runs} operations per mode, same run"
     )
     print(
         f"{'mode':<15}  {'mean us':>8}  {'p50 us':>8}  {'p99 us':>8}  {'added p50 us':>12}  {'added p99 us':>12}"
+        f"  {'CPU us':>7}"
     )
     base = stats["ungoverned run"]
-    for mode, (mean, p50, p99) in stats.items():
-        added = (
-            ""
-            if mode in ("bare pair", "ungoverned run")
-            else f"{p50 - base[1]:>12.0f}  {p99 - base[2]:>12.0f}"
+    for mode, (mean, p50, p99, used) in stats.items():
+        added = "" if mode in ("bare pair", "ungoverned run") else f"{p50 - base[1]:.0f}"
+        added_p99 = "" if mode in ("bare pair", "ungoverned run") else f"{p99 - base[2]:.0f}"
+        print(
+            f"{mode:<15}  {mean:>8.0f}  {p50:>8.0f}  {p99:>8.0f}  {added:>12}  {added_p99:>12}  {used:>7.0f}"
         )
-        print(f"{mode:<15}  {mean:>8.0f}  {p50:>8.0f}  {p99:>8.0f}  {added}")
-    print("added: over the ungoverned run (p50 - p50, p99 - p99)")
-    pair, step = stats["bare pair"], stats["per-step run"]
-    share = step[0] - base[0] - pair[0]
-    share_p50 = step[1] - base[1] - pair[1]
     print(
-        f"the SDK's own share of a per-step run (per-step run - ungoverned run - bare pair): "
-        f"mean {share:.0f} us, p50 {share_p50:.0f} us; per-step run / bare pair {step[0] / pair[0]:.2f} (mean)"
+        "added: over the ungoverned run (p50 - p50, p99 - p99); CPU: this client process's CPU time per "
+        "operation (all its threads)"
     )
+    pair = stats["bare pair"]
+    for mode in ("per-step run", "shared channel"):
+        step = stats[mode]
+        print(
+            f"the SDK's own share of a {mode} (it - ungoverned run - bare pair): mean "
+            f"{step[0] - base[0] - pair[0]:.0f} us, p50 {step[1] - base[1] - pair[1]:.0f} us, CPU "
+            f"{step[3] - base[3] - pair[3]:.0f} us; {mode} / bare pair {step[0] / pair[0]:.2f} (mean)"
+        )
     return 0
 
 

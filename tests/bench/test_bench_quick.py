@@ -49,6 +49,14 @@ def test_bench_workers_quick_prints_every_ratio_and_an_exact_ledger() -> None:
 
 def test_bench_sdk_runs_quick_prints_each_mode_and_the_sdk_share() -> None:
     out = run_quick("bench_sdk_runs.py")
-    for mode in ("bare pair", "ungoverned run", "per-step run", "per-run lease", "shared lease"):
+    for mode in (
+        "bare pair",
+        "ungoverned run",
+        "per-step run",
+        "shared channel",
+        "per-run lease",
+        "shared lease",
+    ):
         assert f"\n{mode} " in out, out
     assert "the SDK's own share of a per-step run" in out
+    assert "the SDK's own share of a shared channel" in out
