@@ -7,12 +7,13 @@ an instrumented model client whose own ``chat`` span records the same call, some
 succeed, some with a cheaper path), budgets that deny, halt or downgrade, run limits that halt, and
 where the sidecar goes down and comes back mid-run. Each runs against a real sidecar (in this process,
 restarted on the same ports and store for an outage; SQLite and a real redis-server) in every SDK
-mode — per-step reservations, leases, downgrades, ``fail_open`` (a journal replayed later),
-``fail_closed``, ``local_only_limits`` and no budget at all — with OTLP ingestion on (the SDK's spans
+mode — per-step reservations, leases, leases across runs (three runs at once, in three threads,
+drawing from the slices one ``SidecarBudget`` holds), downgrades, ``fail_open`` (a journal replayed
+later), ``fail_closed``, ``local_only_limits`` and no budget at all — with OTLP ingestion on (the SDK's spans
 exported by its real OTLP exporter as each step ends, with the reservation span processor installed)
 and off. Afterwards the sidecar's committed total for the run's team must equal:
 
-* with ingestion on, the SDK's reported total (``result.total_cost_usd``);
+* with ingestion on, the SDK's reported total (``result.total_cost_usd``, summed over the runs);
 * with ingestion off, the part the SDK charged itself (steps run under a reservation, a lease or
   ``fail_open``): spend the SDK charges nobody for, with nobody ingesting its spans, is charged nowhere.
 
@@ -26,6 +27,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -59,7 +61,18 @@ from tests.sidecar.redisserver import RedisServer
 
 pytestmark = pytest.mark.slow
 
-MODES = ("reserve", "lease", "downgrade", "fail_open", "fail_closed", "local_only", "no_budget")
+MODES = (
+    "reserve",
+    "lease",
+    "shared_lease",
+    "downgrade",
+    "fail_open",
+    "fail_closed",
+    "local_only",
+    "no_budget",
+)
+SHARED_RUNS = 3
+"""Runs at once in ``shared_lease`` mode, each in its own thread and event loop."""
 OUTAGES = {"fail_open", "fail_closed", "local_only"}
 SDK_CHARGED = {"reservation", "lease", "fail_open"}
 """Step modes (``StepResult.budget.mode``) whose spend the SDK charges itself."""
@@ -197,7 +210,12 @@ class Scenario:
 scenarios = st.builds(
     Scenario,
     pipeline=pipelines,
-    lease=st.none() | st.sampled_from(["0.0005", "0.002", "0.02"]).map(lambda s: LeasePolicy(slice_usd=s)),
+    lease=st.none()
+    | st.builds(
+        lambda s, shared: LeasePolicy(slice_usd=s, shared=shared),
+        st.sampled_from(["0.0005", "0.002", "0.02"]),
+        st.booleans(),
+    ),
     block_usd=st.sampled_from([None, "0.002", "0.01", "1"]),
     downgrade_usd=st.sampled_from(["0", "0.001", "0.004"]),
     run_limit_usd=st.sampled_from([None, None, "0.003", "0.02"]),
@@ -289,14 +307,14 @@ def build(node: Any, world: World, names: Iterator[int]) -> Step | Pipeline:
 # ---------------------------------------------------------------------------------------- the run
 def run_once(
     live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario, team: str
-) -> tuple[PipelineResult, World]:
-    """Run the scenario's pipeline in ``mode``, then bring the sidecar back, replay the journal and
-    export the spans still waiting: after this, every path that will ever charge has charged."""
+) -> tuple[list[PipelineResult], World]:
+    """Run the scenario's pipeline in ``mode`` (``SHARED_RUNS`` times at once in ``shared_lease``),
+    then bring the sidecar back, replay the journal and export the spans still waiting: after this,
+    every path that will ever charge has charged."""
     pipe = SpanPipe(live) if ingestion else None
     provider = traced(team, pipe)
     outage = mode in OUTAGES
     world = World(live, provider, scenario.down_at if outage else None, scenario.down_for)
-    pipeline = build(scenario.pipeline, world, itertools.count())
     budget = None
     if mode != "no_budget":
         if scenario.block_usd is not None:
@@ -318,47 +336,65 @@ def run_once(
             config=SDK_CONFIG,
         )
     limit = scenario.run_limit_usd or ("1" if mode == "local_only" else None)
-    runner = Runner(
-        pipeline,
-        budget=budget,
-        usage_limits=UsageLimits(total_cost_usd_limit=limit),
-        meter=PricingMeter(config=SDK_CONFIG),
-        tracer_provider=provider,
-    )
-    try:
-        result = runner.run(0)
-    except UsageLimitExceededError as exc:
-        assert exc.result is not None
-        result = exc.result
+
+    def run(world: World) -> PipelineResult:
+        runner = Runner(
+            build(scenario.pipeline, world, itertools.count()),
+            budget=budget,
+            usage_limits=UsageLimits(total_cost_usd_limit=limit),
+            meter=PricingMeter(config=SDK_CONFIG),
+            tracer_provider=provider,
+        )
+        try:
+            return runner.run(0)
+        except UsageLimitExceededError as exc:
+            assert exc.result is not None
+            return exc.result
+
+    if mode == "shared_lease":
+        worlds = [World(live, provider, None, None) for _ in range(SHARED_RUNS)]
+        with ThreadPoolExecutor(SHARED_RUNS) as pool:
+            results = list(pool.map(run, worlds))
+        world.calls = sum(w.calls for w in worlds)
+    else:
+        results = [run(world)]
     if not live.up:
         live.start()
     if budget is not None:
         assert budget.flush(timeout_s=30) == 0, "the journal was not replayed"
         budget.close()
+        if budget.shared_leases is not None:
+            # close() commits the shared slices; one it could not commit then (the sidecar just back,
+            # the breaker still open) stays in the journal directory for the next process: be it.
+            with SidecarBudget(live.address, journal_dir=live.workdir / "journals" / team) as heir:
+                assert heir.flush(timeout_s=30) == 0, "the shared slices' commits were not replayed"
     provider.force_flush()
     provider.shutdown()
-    return result, world
+    return results, world
 
 
 def lease_for(mode: str, scenario: Scenario) -> LeasePolicy | None:
-    """Per-step reservations only in ``reserve``, always leases in ``lease``, either in the others."""
+    """Per-step reservations only in ``reserve``, always leases in ``lease`` (shared ones in
+    ``shared_lease``), any of them in the others."""
     if mode == "reserve":
         return None
     if mode == "lease":
         return scenario.lease or LeasePolicy(slice_usd="0.002")
-    return scenario.lease  # the other modes, with or without
+    if mode == "shared_lease":
+        return LeasePolicy(slice_usd=scenario.lease.slice_usd if scenario.lease else "0.002", shared=True)
+    return scenario.lease  # the other modes, with or without (shared or not)
 
 
 def check(live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario) -> None:
     team = f"t-{uuid.uuid4().hex[:12]}"
     note(f"team {team}")
-    result, world = run_once(live, mode, ingestion, scenario, team)
-    steps = [s for s in result.walk() if s.kind == "agent"]
+    results, world = run_once(live, mode, ingestion, scenario, team)
+    steps = [s for result in results for s in result.walk() if s.kind == "agent"]
     costs = [s.cost_usd or Decimal(0) for s in steps]
     modes = [s.budget.mode if s.budget else None for s in steps]
     note(f"steps: {list(zip([s.name for s in steps], costs, modes, strict=True))}")
     note(f"sidecar went down: {world.went_down}; agent calls: {world.calls}")
-    reported = result.total_cost_usd
+    reported = sum((result.total_cost_usd for result in results), Decimal(0))
     assert reported == sum(costs, Decimal(0))
     by_sdk = sum((c for c, m in zip(costs, modes, strict=True) if m in SDK_CHARGED), Decimal(0))
     expected = reported if ingestion else by_sdk

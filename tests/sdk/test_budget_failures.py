@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +31,7 @@ from paymaster import (
     UsageLimitExceededError,
     UsageLimits,
 )
+from paymaster._sidecar.journal import Journal
 
 from .agents import FixedMetricAgent, MetricOutput
 from .sidecar_support import Admin, free_port, loop_of, wait_until
@@ -223,6 +225,34 @@ def test_pending_spend_survives_the_process_and_the_next_one_replays_it(tmp_path
     assert admin.status("search-daily") == (Decimal("0.21"), Decimal(0))
     second.close()
     assert list(journal.glob("pending-*.jsonl")) == []
+    admin.close()
+    sidecar.stop(0)
+
+
+def test_flush_waits_until_a_dead_process_journal_is_adopted_and_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flush`` right after a budget is built covers what it adopts: it does not return while the
+    adoption is still reading the dead process's file (the entries are not in the journal yet)."""
+    port = free_port()
+    journal = tmp_path / "journal"
+    first = budget_at(f"127.0.0.1:{port}", FAIL_OPEN, journal_dir=journal)
+    Runner(loop_of(FixedMetricAgent(cost="0.05"), times=2), budget=first).run(0)
+    first.close()
+    sidecar = start_on(port, tmp_path / "sidecar.db")
+    admin = Admin(sidecar.address)
+    admin.budget("search-daily", "10")
+    real_adopt = Journal.adopt_orphans
+
+    def slow_adopt(self: Journal) -> int:
+        time.sleep(0.3)  # a large or slow directory: flush must wait, however long it takes
+        return real_adopt(self)
+
+    monkeypatch.setattr(Journal, "adopt_orphans", slow_adopt)
+    second = budget_at(f"127.0.0.1:{port}", FAIL_OPEN, journal_dir=journal)
+    assert second.flush(timeout_s=10) == 0
+    assert admin.status("search-daily") == (Decimal("0.10"), Decimal(0))
+    second.close()
     admin.close()
     sidecar.stop(0)
 

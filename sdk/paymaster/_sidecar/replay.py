@@ -51,6 +51,8 @@ class Replayer:
         self._max_backoff_s = max_backoff_s
         self._releases: deque[str] = deque()
         self._adopt: Callable[[], None] | None = None
+        self._adopting = False
+        """An adoption is running: what it adopts is not in the journal yet, so ``flush`` waits."""
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,15 +111,20 @@ class Replayer:
 
     # ------------------------------------------------------------------ the thread
     def _busy(self) -> bool:
-        return bool(self._adopt is not None or len(self.journal) or self._releases)
+        return bool(self._adopt is not None or self._adopting or len(self.journal) or self._releases)
 
     def _run(self) -> None:
         backoff = 0.05
         while True:
             with self._cond:
                 adopt, self._adopt = self._adopt, None
+                self._adopting = adopt is not None
             if adopt is not None:
-                adopt()
+                try:
+                    adopt()
+                finally:
+                    with self._cond:
+                        self._adopting = False
             with self._cond:
                 if self._stopped or not self._busy():
                     self._thread = None
