@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,50 +69,71 @@ def redis_server(directory: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-async def _echo_spread(
-    addresses: list[str], clients: int, seconds: float, warmup: float
-) -> tuple[float, float]:
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+"""Every channel on a connection of its own: gRPC would otherwise share one between channels to the
+same address, and so send them all to one of the processes behind a ``SO_REUSEPORT`` port."""
+
+
+@contextlib.asynccontextmanager
+async def echo_calls(addresses: list[str]) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """One echo call per ``await once()``, over one connection per entry of ``addresses`` in turn."""
     from paymaster.v1 import budget_pb2 as pb
 
     payload = _reserve_request(pb).SerializeToString()
-    channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    channels = [grpc.aio.insecure_channel(a, options=OWN_CONNECTION) for a in addresses]
     calls = itertools.cycle([c.unary_unary(ECHO_METHOD) for c in channels])
     try:
 
         async def once() -> None:
-            await next(calls)(payload)
+            await next(calls)(payload, timeout=60)
 
-        return await _drive(once, clients, seconds, warmup)
+        yield once
     finally:
         for channel in channels:
             await channel.close()
 
 
-async def _pairs_spread(
-    addresses: list[str], clients: int, seconds: float, warmup: float
-) -> tuple[float, float]:
+@contextlib.asynccontextmanager
+async def pair_calls(addresses: list[str]) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """One Reserve and its Commit per ``await once()``, over one connection per entry of ``addresses``
+    in turn (a pair may span two of them, as behind a Service)."""
     from paymaster.v1 import budget_pb2 as pb
     from paymaster.v1 import budget_pb2_grpc
 
     request = _reserve_request(pb)
     usage = pb.UsageFacts(provider="openai", model="gpt-4o-mini", input_tokens=1000, output_tokens=400)
-    channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    channels = [grpc.aio.insecure_channel(a, options=OWN_CONNECTION) for a in addresses]
     stubs = itertools.cycle([budget_pb2_grpc.BudgetServiceStub(c) for c in channels])
     try:
 
         async def once() -> None:
-            reserve, commit = next(stubs), next(stubs)  # a pair may span replicas, as behind a Service
-            reply = await reserve.Reserve(request)
+            reserve, commit = next(stubs), next(stubs)
+            reply = await reserve.Reserve(request, timeout=60)
             if reply.decision != pb.DECISION_ALLOW:
                 raise SystemExit(f"bench: unexpected decision {reply.decision}: {reply.reason}")
             await commit.Commit(
-                pb.CommitRequest(reservation_id=reply.reservation_id, actual_usd="0.0113", usage=usage)
+                pb.CommitRequest(reservation_id=reply.reservation_id, actual_usd="0.0113", usage=usage),
+                timeout=60,
             )
 
-        return await _drive(once, clients, seconds, warmup)
+        yield once
     finally:
         for channel in channels:
             await channel.close()
+
+
+async def _echo_spread(
+    addresses: list[str], clients: int, seconds: float, warmup: float
+) -> tuple[float, float]:
+    async with echo_calls(addresses) as once:
+        return await _drive(once, clients, seconds, warmup)
+
+
+async def _pairs_spread(
+    addresses: list[str], clients: int, seconds: float, warmup: float
+) -> tuple[float, float]:
+    async with pair_calls(addresses) as once:
+        return await _drive(once, clients, seconds, warmup)
 
 
 def main() -> int:

@@ -44,23 +44,46 @@ SPANS = 512
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 MODELS = (("openai", "gpt-4o", "gpt-4o-2024-08-06"), ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"))
 USERS = 16
+SIDECAR_TOML = """
+[alerts]
+otel_logs = false
+[[budgets]]
+id = "support-daily"
+scope = "team"
+scope_id = "support"
+limit_usd = "1000000000"
+period = "daily"
+on_exceed = "block"
+[[budgets]]
+id = "per-user"
+scope = "user"
+limit_usd = "1000000"
+period = "rolling_24h"
+on_exceed = "warn"
+alert_thresholds = [80, 100]
+"""
+"""The benchmark's sidecar besides its listeners and store: a team block budget every export matches
+and a wildcard per-user warn budget with thresholds; alerts are not logged."""
 
 
 # -- the payload --------------------------------------------------------------------------------------
+def kv(key: str, value: Any) -> Any:
+    """An OTLP attribute."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    out = common_pb2.KeyValue(key=key)
+    if isinstance(value, int):
+        out.value.int_value = value
+    elif isinstance(value, float):
+        out.value.double_value = value
+    else:
+        out.value.string_value = value
+    return out
+
+
 def build_payload(shape: str) -> tuple[bytes, list[int], int]:
     """One export, the offsets of its spans' trace ids (rewritten per export), and its input tokens."""
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-    from opentelemetry.proto.common.v1 import common_pb2
-
-    def kv(key: str, value: Any) -> Any:
-        out = common_pb2.KeyValue(key=key)
-        if isinstance(value, int):
-            out.value.int_value = value
-        elif isinstance(value, float):
-            out.value.double_value = value
-        else:
-            out.value.string_value = value
-        return out
 
     request = trace_service_pb2.ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
@@ -254,27 +277,12 @@ def _serve_sidecar(ready: Any, stop: Any, directory: str, *, forget: bool = Fals
         listen = "127.0.0.1:0"
         [store]
         path = "{Path(directory) / "bench.db"}"
-        [alerts]
-        otel_logs = false
         [receivers.otlp]
         enabled = true
         grpc_listen = "127.0.0.1:0"
         http_listen = ""
-        [[budgets]]
-        id = "support-daily"
-        scope = "team"
-        scope_id = "support"
-        limit_usd = "1000000000"
-        period = "daily"
-        on_exceed = "block"
-        [[budgets]]
-        id = "per-user"
-        scope = "user"
-        limit_usd = "1000000"
-        period = "rolling_24h"
-        on_exceed = "warn"
-        alert_thresholds = [80, 100]
-        """,
+        """
+        + SIDECAR_TOML,
         source="bench",
     )
     store = None

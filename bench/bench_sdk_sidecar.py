@@ -74,11 +74,15 @@ def bare(iterations: int) -> None:
     asyncio.run(main())
 
 
-def start_sidecar(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m collector_processor`` on a free loopback port; returns the process and its address."""
+def start_sidecar(workdir: Path, toml: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m collector_processor`` on a free loopback port; returns the process and its address.
+
+    ``toml`` is the whole configuration (default: a SQLite store in ``workdir``, alerts not logged);
+    the sidecar writes its config and log in ``workdir``."""
     config = workdir / "sidecar.toml"
     config.write_text(
-        f'[server]\nlisten = "127.0.0.1:0"\ngrace_seconds = 0\n[store]\npath = "{workdir / "sidecar.db"}"\n'
+        toml
+        or f'[server]\nlisten = "127.0.0.1:0"\ngrace_seconds = 0\n[store]\npath = "{workdir / "sidecar.db"}"\n'
         "[alerts]\notel_logs = false\n"
     )
     log = workdir / "sidecar.log"
@@ -86,7 +90,7 @@ def start_sidecar(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "collector_processor", "--config", str(config)], stdout=out, stderr=out
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
             if "listening on " in line:
@@ -94,6 +98,7 @@ def start_sidecar(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         if proc.poll() is not None:
             break
         time.sleep(0.02)
+    proc.kill()
     raise SystemExit(f"the sidecar did not start:\n{log.read_text()}")
 
 

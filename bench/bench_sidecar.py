@@ -55,29 +55,32 @@ alert_thresholds = [50, 80, 100]
 """Two budgets every request matches: an organization block budget and a team warn budget with alerts."""
 
 
-def _serve_aio(ready: Any, stop: Any, install: Any) -> None:
-    """A ``grpc.aio`` server on one event loop with what ``install(server)`` adds, until ``stop`` is set."""
+def _serve_aio(ready: Any, stop: Any, install: Any, port: int | None = None) -> None:
+    """A ``grpc.aio`` server on one event loop with what ``install(server)`` adds, until ``stop`` is set.
+    With ``port``, it joins that port with ``SO_REUSEPORT`` (0: a free port others may join)."""
 
     async def main() -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0 if port is None else 1)])
         install(server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        port_bound = server.add_insecure_port(f"127.0.0.1:{port or 0}")
         await server.start()
-        ready.put(f"127.0.0.1:{port}")
+        ready.put(f"127.0.0.1:{port_bound}")
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         await server.stop(0)
 
     asyncio.run(main())
 
 
-def _serve_echo(ready: Any, stop: Any) -> None:
+def _serve_echo(ready: Any, stop: Any, port: int | None = None) -> None:
+    """The echo server; with ``port``, one of several processes on that port (see ``_serve_aio``)."""
+
     async def echo(request: bytes, context: Any) -> bytes:
         return request
 
     handler = grpc.method_handlers_generic_handler(
         "paymaster.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
     )
-    _serve_aio(ready, stop, lambda server: server.add_generic_rpc_handlers((handler,)))
+    _serve_aio(ready, stop, lambda server: server.add_generic_rpc_handlers((handler,)), port)
 
 
 def _serve_api(ready: Any, stop: Any) -> None:

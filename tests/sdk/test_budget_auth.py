@@ -5,7 +5,9 @@ policy with a message that says what happened, and the token appears in no repr,
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -343,6 +345,38 @@ def test_a_rotated_client_certificate_is_used_for_the_calls_that_follow(sides: A
     assert run_one(budget).decision == "fail_open"
     side.client_cert("runner", uri=SPIFFE)  # the same files, now a mapped certificate
     assert wait_until(lambda: run_one(budget).decision == "allow")
+    assert budget.flush(10) == 0
+    budget.close()
+
+
+def test_runs_from_one_event_loop_use_mtls_and_follow_a_rotated_client_certificate(sides: Any) -> None:
+    """A loop that keeps calling gets a channel of its own (see the client): it presents the same
+    certificate as the shared channel and is opened again when the files change."""
+    side = sides(tls=True, mutual=True)
+    cert, key = side.client_cert("runner", common_name="somebody")  # not mapped: refused
+    budget = budget_on(side, FAIL_OPEN, ca_file=side.folder / "ca.crt", cert_file=cert, key_file=key)
+    runner = Runner(Step("call", FixedMetricAgent(cost="0.25")), budget=budget)
+
+    async def decision() -> str:
+        outcome = (await runner.run_async(0)).step_history[0].budget
+        assert outcome is not None
+        return str(outcome.decision)
+
+    async def main() -> tuple[list[str], str]:
+        refused = [await decision() for _ in range(12)]  # past the calls on the shared channel
+        side.client_cert("runner", uri=SPIFFE)  # the same files, now a mapped certificate
+        deadline = time.monotonic() + 10  # a bound, never a measurement
+        last = await decision()
+        for _ in range(1000):
+            if last == "allow" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+            last = await decision()
+        return refused, last
+
+    refused, last = asyncio.run(main())
+    assert set(refused) == {"fail_open"}
+    assert last == "allow"
     assert budget.flush(10) == 0
     budget.close()
 

@@ -3,9 +3,17 @@ exponential backoff, and the circuit breaker.
 
 Every budget RPC the SDK makes is safe to repeat (Reserve carries an idempotency key, Commit and
 Release are idempotent, RecordUsage is idempotent by its usage id), so every one is retried on
-transport failures until its deadline. The channel is a synchronous ``grpc.Channel`` (thread-safe,
-bound to no event loop, so one connection serves every run of every runner in the process); async
-callers await its futures through the running loop.
+transport failures until its deadline.
+
+Channels. One synchronous ``grpc.Channel`` is thread-safe and bound to no event loop, so one connection
+serves every run of every runner in the process; async callers await its futures through the running
+loop. That costs a thread handoff per call, and more: gRPC completes such a call on a thread it starts
+whenever no other call is in flight on the channel, so a run that makes one call at a time pays for a
+new thread per call. An event loop that keeps calling (a service's loop, ``run_async`` runs, the
+shared leases' own loop) therefore gets a ``grpc.aio`` channel of its own after its first
+``_OWN_CHANNEL_AFTER`` calls, which completes its calls inside the loop. The loop of ``Runner.run`` is
+new for each run and usually ends before then, so short runs do not open a connection each. A loop's
+channel is closed when the client is, and dropped once the loop has closed.
 
 Outcomes: a response; ``Unreachable`` (no answer within the deadline, or the breaker is open — the
 fail policy decides what happens next); ``Unauthenticated``, a kind of ``Unreachable`` (the sidecar
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -27,7 +36,7 @@ from typing import Any, Final
 import grpc
 
 from paymaster._sidecar.breaker import CircuitBreaker
-from paymaster._sidecar.credentials import Credentials
+from paymaster._sidecar.credentials import Connection, Credentials
 
 __all__ = ["Refused", "SidecarClient", "Unauthenticated", "Unreachable"]
 
@@ -49,6 +58,9 @@ _CHANNEL_OPTIONS: Final = (
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
 )
+
+_OWN_CHANNEL_AFTER: Final = 8
+"""Calls an event loop makes through the shared synchronous channel before it gets a channel of its own."""
 
 Count = Callable[[str, str], None]
 
@@ -116,8 +128,12 @@ class SidecarClient:
         self.backoff_s = backoff_s
         self.breaker = breaker
         self.credentials = credentials or Credentials.none()
-        self._connection = self.credentials.connect(target, [*_CHANNEL_OPTIONS, *channel_options])
+        self._options = [*_CHANNEL_OPTIONS, *channel_options]
+        self._connection = self.credentials.connect(target, self._options)
         self._closed = False
+        self._lock = threading.Lock()
+        self._loops: dict[asyncio.AbstractEventLoop, int | Connection] = {}
+        """Per event loop: the calls it made through the shared channel, or its own connection."""
 
     @property
     def stub(self) -> Any:
@@ -134,17 +150,21 @@ class SidecarClient:
             raise Unreachable(
                 "breaker_open", f"the circuit breaker is open after repeated failures to reach {self.target}"
             )
-        rpc = getattr(self.stub, method)
         metadata = self.credentials.metadata()
         loop = asyncio.get_running_loop()
+        stub, own = self._stub_for(loop)
+        rpc = getattr(stub, method)
         deadline = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
             try:
-                response = await _bridge(
-                    loop, rpc.future(request, timeout=max(remaining, 0.001), metadata=metadata)
-                )
+                if own:
+                    response = await rpc(request, timeout=max(remaining, 0.001), metadata=metadata)
+                else:
+                    response = await _bridge(
+                        loop, rpc.future(request, timeout=max(remaining, 0.001), metadata=metadata)
+                    )
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     raise self._unauthenticated(method, exc, count) from None
@@ -165,6 +185,30 @@ class SidecarClient:
             self.breaker.success()
             _count(count, method, "ok")
             return response
+
+    def _stub_for(self, loop: asyncio.AbstractEventLoop) -> tuple[Any, bool]:
+        """The stub for a call from ``loop``, and whether it is a ``grpc.aio`` stub of the loop's own
+        channel (see the module docstring)."""
+        entry = self._loops.get(loop)
+        if isinstance(entry, Connection):
+            return entry.stub(), True
+        with self._lock:
+            entry = self._loops.get(loop)
+            if isinstance(entry, Connection):
+                return entry.stub(), True
+            if entry is None:
+                self._forget_closed_loops()
+            if self._closed or (entry or 0) < _OWN_CHANNEL_AFTER:
+                self._loops[loop] = (entry or 0) + 1
+                return self.stub, False
+            connection = self._loops[loop] = self.credentials.connect(self.target, self._options, aio=True)
+        return connection.stub(), True
+
+    def _forget_closed_loops(self) -> None:
+        for loop in [loop for loop in self._loops if loop.is_closed()]:
+            entry = self._loops.pop(loop)
+            if isinstance(entry, Connection):
+                entry.close()
 
     def _pause(self, attempt: int, deadline: float) -> float | None:
         """The backoff before the next attempt, or ``None`` when no attempt is left in the deadline."""
@@ -207,9 +251,15 @@ class SidecarClient:
         return Unauthenticated(f"{self.credentials.describe_token()}: {exc.details() or 'UNAUTHENTICATED'}")
 
     def close(self) -> None:
-        if not self._closed:
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            self._connection.close()
+            own = [entry for entry in self._loops.values() if isinstance(entry, Connection)]
+            self._loops.clear()
+        self._connection.close()
+        for connection in own:
+            connection.close()
 
 
 def _count(count: Count | None, method: str, outcome: str) -> None:

@@ -16,6 +16,8 @@ in ``repr()``, an error or a log line: they say where the token came from, never
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -257,21 +259,27 @@ class Credentials:
         return f"the token given by {getattr(self._token, 'origin', 'a callable')}"
 
     # ------------------------------------------------------------------ channel
-    def connect(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> Connection:
-        """A channel to ``target`` that follows changes of the TLS files."""
-        return Connection(target, self, options)
+    def connect(
+        self, target: str, options: Sequence[tuple[str, Any]] = (), *, aio: bool = False
+    ) -> Connection:
+        """A channel to ``target`` that follows changes of the TLS files (``aio``: a ``grpc.aio``
+        channel of the running event loop)."""
+        return Connection(target, self, options, aio=aio)
 
-    def channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> Any:
-        """A ``grpc.Channel``: TLS when a CA or a client certificate is given, plaintext otherwise."""
+    def channel(self, target: str, options: Sequence[tuple[str, Any]] = (), *, aio: bool = False) -> Any:
+        """A ``grpc.Channel`` (``aio``: a ``grpc.aio.Channel`` of the running event loop): TLS when a CA
+        or a client certificate is given, plaintext otherwise."""
         import grpc
+        import grpc.aio
 
+        kind: Any = grpc.aio if aio else grpc
         if not self.files.tls:
-            return grpc.insecure_channel(target, options=list(options))
+            return kind.insecure_channel(target, options=list(options))
         ca, key, cert = self.files.read(self._labels)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
-        return grpc.secure_channel(target, credentials, options=list(options))
+        return kind.secure_channel(target, credentials, options=list(options))
 
     def __repr__(self) -> str:
         parts = [f"token={self._token!r}" if self._token is not None else "token=None"]
@@ -332,19 +340,25 @@ class Connection:
     """A channel and its stub, opened again (for the calls that follow) when the TLS files change.
 
     A channel that is replaced stays open for the calls already on it and is closed with the
-    connection."""
+    connection. With ``aio`` the channels are ``grpc.aio`` channels of the event loop running when the
+    connection is made, and only calls from that loop may use them."""
 
-    def __init__(self, target: str, credentials: Credentials, options: Sequence[tuple[str, Any]]) -> None:
+    def __init__(
+        self, target: str, credentials: Credentials, options: Sequence[tuple[str, Any]], *, aio: bool = False
+    ) -> None:
         from paymaster.v1 import budget_pb2_grpc
 
         self._new_stub = budget_pb2_grpc.BudgetServiceStub
         self.target = target
         self.credentials = credentials
         self._options = tuple(options)
+        self._aio = aio
+        self.loop = asyncio.get_running_loop() if aio else None
+        """The event loop whose calls use this connection (``aio``), else ``None``."""
         self._lock = threading.Lock()
         self._stamp = credentials.files.stamp()
         self._checked = time.monotonic()
-        self._channel = credentials.channel(target, self._options)
+        self._channel = credentials.channel(target, self._options, aio=aio)
         self._stub = self._new_stub(self._channel)
         self._retired: list[Any] = []
 
@@ -366,7 +380,7 @@ class Connection:
             if stamp == self._stamp:
                 return
             try:
-                channel = self.credentials.channel(self.target, self._options)
+                channel = self.credentials.channel(self.target, self._options, aio=self._aio)
             except ConfigError as exc:
                 # Caught half-way through a rotation: keep the channel until the files change again.
                 self._stamp = stamp
@@ -380,6 +394,33 @@ class Connection:
 
     def close(self) -> None:
         with self._lock:
-            for channel in (*self._retired, self._channel):
-                channel.close()
+            channels = [*self._retired, self._channel]
             self._retired.clear()
+        for channel in channels:
+            if self.loop is None:
+                channel.close()
+            else:
+                _close_aio(channel, self.loop)
+
+
+_CLOSING: set[Any] = set()
+"""Tasks closing ``grpc.aio`` channels, kept until they are done."""
+
+
+def _close_aio(channel: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Close a ``grpc.aio`` channel from any thread: in its loop when that loop still runs (a
+    ``grpc.aio`` channel is closed by awaiting it, in its own loop); a channel whose loop has ended is
+    closed by gRPC when it is collected."""
+    if loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        task = loop.create_task(channel.close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+    elif loop.is_running():
+        with contextlib.suppress(RuntimeError):  # it closed meanwhile
+            asyncio.run_coroutine_threadsafe(channel.close(), loop)

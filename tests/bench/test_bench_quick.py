@@ -1,0 +1,62 @@
+"""The benchmarks of worker processes and of the SDK's runs still run: each script's ``--quick`` mode
+end to end, against real sidecars (and a real redis-server), checking what it prints, never its times."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sidecar.redisserver import require_redis_server
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+pytestmark = pytest.mark.slow
+
+
+def run_quick(script: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_bench_workers_quick_prints_every_ratio_and_an_exact_ledger() -> None:
+    """Saturation of 1 and 2 workers on both stores beside echo processes, the open-loop latencies,
+    and OTLP spans/s on every payload, whose ledger holds exactly the tokens sent."""
+    require_redis_server()
+    out = run_quick("bench_workers.py")
+    for row in ("echo x1", "echo x2", "sqlite w1", "sqlite w2", "redis w1", "redis w2"):
+        assert f"\n{row} " in out, out
+    assert "2 workers / 1 worker: SQLite " in out
+    assert "pair p99 at 1,000 pairs/s with 2 workers: " in out
+    for subject in ("pair, 1 worker", "pair, 2 workers", "leased run, 2 workers", "ungoverned run"):
+        assert out.count(f"  {subject} ") == 2, out  # at 100 and 1,000 per second
+    for payload in ("semconv", "openllmetry", "miss"):
+        assert f"\n{payload} " in out, out
+    assert out.count(": exact") == 2, out
+
+
+def test_bench_sdk_runs_quick_prints_each_mode_and_the_sdk_share() -> None:
+    out = run_quick("bench_sdk_runs.py")
+    for mode in (
+        "bare pair",
+        "ungoverned run",
+        "per-step run",
+        "shared channel",
+        "per-run lease",
+        "shared lease",
+    ):
+        assert f"\n{mode} " in out, out
+    assert "the SDK's own share of a per-step run" in out
+    assert "the SDK's own share of a shared channel" in out
