@@ -40,7 +40,14 @@ def test_bench_workers_quick_prints_every_ratio_and_an_exact_ledger() -> None:
         assert f"\n{row} " in out, out
     assert "2 workers / 1 worker: SQLite " in out
     assert "pair p99 at 1,000 pairs/s with 2 workers: " in out
-    for subject in ("pair, 1 worker", "pair, 2 workers", "leased run, 2 workers", "ungoverned run"):
+    assert "; an echo pair at the same rate: " in out
+    for subject in (
+        "echo pair, 2 processes",
+        "pair, 1 worker",
+        "pair, 2 workers",
+        "leased run, 2 workers",
+        "ungoverned run",
+    ):
         assert out.count(f"  {subject} ") == 2, out  # at 100 and 1,000 per second
     for payload in ("semconv", "openllmetry", "miss"):
         assert f"\n{payload} " in out, out
@@ -60,3 +67,10 @@ def test_bench_sdk_runs_quick_prints_each_mode_and_the_sdk_share() -> None:
         assert f"\n{mode} " in out, out
     assert "the SDK's own share of a per-step run" in out
     assert "the SDK's own share of a shared channel" in out
+
+
+def test_bench_sqlite_writers_quick_prints_one_and_two_processes() -> None:
+    out = run_quick("bench_sqlite_writers.py")
+    rows = [line.split() for line in out.splitlines() if line[:9].strip() in ("1", "2")]
+    assert [row[0] for row in rows] == ["1", "2"], out
+    assert rows[0][2] == "1.00" and len(rows[1][3].split("/")) == 2, out

@@ -590,12 +590,15 @@ def _start_sidecar_process(cwd: Path, *args: str) -> tuple[subprocess.Popen[str]
 
 
 def _stop(process: subprocess.Popen[str]) -> int:
+    """SIGTERM, and the exit status; a process still running 30 s later fails the test with its output."""
     process.send_signal(signal.SIGTERM)
     try:
-        return process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        _, err = process.communicate(timeout=30)  # reads the pipes, so a chatty process never blocks on them
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate(timeout=30)
+        pytest.fail(f"the sidecar was still running 30 s after SIGTERM; it wrote:\n{err}")
+    return process.returncode
 
 
 @pytest.mark.parametrize("with_config", [False, True], ids=["defaults", "config"])
