@@ -14,6 +14,7 @@ from collector_processor.domain.clock import ManualClock, SystemClock
 from tests.sidecar.conftest import RunningSidecar, start_sidecar
 
 from .sidecar_support import Admin
+from .test_telemetry import Providers
 
 
 @dataclass
@@ -29,6 +30,15 @@ class InProcessSidecar:
 def _start(db: Path, clock: SystemClock | ManualClock) -> InProcessSidecar:
     running = start_sidecar(db, clock)
     return InProcessSidecar(running=running, admin=Admin(running.address))
+
+
+@pytest.fixture
+def otel() -> Iterator[Providers]:
+    """In-memory tracer and meter providers for a test's runner, shut down after it."""
+    p = Providers()
+    yield p
+    p.tracer_provider.shutdown()
+    p.meter_provider.shutdown()
 
 
 @pytest.fixture

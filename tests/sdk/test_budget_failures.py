@@ -8,7 +8,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,6 @@ from paymaster._sidecar.journal import Journal
 from .agents import FixedMetricAgent, MetricOutput
 from .sidecar_support import Admin, free_port, loop_of, wait_until
 from .test_telemetry import Providers
-
-
-@pytest.fixture
-def otel() -> Iterator[Providers]:
-    p = Providers()
-    yield p
-    p.tracer_provider.shutdown()
-    p.meter_provider.shutdown()
 
 
 class BlackHole:

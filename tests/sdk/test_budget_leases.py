@@ -25,14 +25,6 @@ from .sidecar_support import loop_of
 from .test_telemetry import Providers
 
 
-@pytest.fixture
-def otel() -> Any:
-    p = Providers()
-    yield p
-    p.tracer_provider.shutdown()
-    p.meter_provider.shutdown()
-
-
 def leased(side: InProcessSidecar, slice_usd: str = "0.05", **kwargs: Any) -> SidecarBudget:
     return SidecarBudget(
         side.address,

@@ -30,14 +30,6 @@ from .conftest import InProcessSidecar
 from .test_telemetry import Providers
 
 
-@pytest.fixture
-def otel() -> Any:
-    p = Providers()
-    yield p
-    p.tracer_provider.shutdown()
-    p.meter_provider.shutdown()
-
-
 def shared(side: InProcessSidecar, slice_usd: str = "1", **kwargs: Any) -> SidecarBudget:
     return SidecarBudget(
         side.address,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -46,14 +45,6 @@ class Providers:
                         for p in m.data.data_points:
                             out[tuple(sorted(p.attributes.items()))] = p.value
         return out
-
-
-@pytest.fixture
-def otel() -> Iterator[Providers]:
-    p = Providers()
-    yield p
-    p.tracer_provider.shutdown()
-    p.meter_provider.shutdown()
 
 
 def test_a_run_is_a_span_with_one_child_span_per_step(otel: Providers) -> None:
