@@ -17,10 +17,33 @@ from collector_processor.config import parse_config
 from collector_processor.workers import Supervisor
 from paymaster.v1 import budget_pb2 as pb
 from paymaster.v1 import budget_pb2_grpc
+from tests.sidecar.auth.test_tls import Pki
 from tests.sidecar.conftest import StoreFactory
 
 # A channel of its own: gRPC would otherwise share one connection (so one worker) between channels.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def refused_on_a_busy_port(toml: Callable[[int], str]) -> tuple[str, int, Supervisor]:
+    """Start a supervisor of 2 workers on ``toml(port)``, where ``port`` is held by another socket: the
+    message of the ``ConfigError`` it stops with, the port, and the supervisor (to check nothing runs)."""
+    import socket
+
+    from paymaster.exceptions import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        supervisor = Supervisor(parse_config(toml(busy), source="sidecar.toml"), workers=2)
+        with pytest.raises(ConfigError) as refused:
+            supervisor.start()
+    return str(refused.value), busy, supervisor
 
 
 def store_toml(backing: StoreFactory) -> str:

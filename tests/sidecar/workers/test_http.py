@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,17 +20,12 @@ import pytest
 from tests.sidecar.auth.conftest import TOKENS, tokens_toml
 from tests.sidecar.auth.test_tls import Pki
 from tests.sidecar.conftest import StoreFactory
-from tests.sidecar.workers.conftest import Workers, start_workers
+from tests.sidecar.workers.conftest import Workers, refused_on_a_busy_port, start_workers
 
 pytestmark = pytest.mark.slow
 
 ROOT = {"Authorization": f"Bearer {TOKENS['root']}"}
 REQUESTS = "paymaster_http_requests_total"
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path)
 
 
 @pytest.fixture
@@ -195,22 +189,12 @@ def test_the_start_up_line_is_printed_once_by_the_supervisor_with_every_port_the
 def test_an_http_port_in_use_stops_the_sidecar_naming_its_key_before_any_worker_starts(
     tmp_path: Path,
 ) -> None:
-    from collector_processor.config import parse_config
-    from collector_processor.workers import Supervisor
-    from paymaster.exceptions import ConfigError
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        config = parse_config(
+    message, busy, supervisor = refused_on_a_busy_port(
+        lambda busy: (
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = 2\n[store]\npath = "{tmp_path / "ledger.db"}"\n'
-            f'[http]\nenabled = true\nlisten = "127.0.0.1:{busy}"\n',
-            source="sidecar.toml",
+            f'[http]\nenabled = true\nlisten = "127.0.0.1:{busy}"\n'
         )
-        supervisor = Supervisor(config, workers=2)
-        with pytest.raises(ConfigError) as refused:
-            supervisor.start()
-    assert str(refused.value).startswith(f"sidecar.toml: http.listen: cannot serve on 127.0.0.1:{busy}: ")
+    )
+    assert message.startswith(f"sidecar.toml: http.listen: cannot serve on 127.0.0.1:{busy}: ")
     assert supervisor.pids() == {}
     assert not (tmp_path / "ledger.db").exists()

@@ -39,11 +39,6 @@ def tls_channel(ca: bytes) -> object:
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path)
-
-
-@pytest.fixture
 def secured(tmp_path: Path, pki: Pki) -> Iterator[Workers]:
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(tokens_toml())

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +20,7 @@ from collector_processor.workers import RESTARTS, SERVING, Supervisor
 from paymaster.exceptions import ConfigError
 from paymaster.v1 import budget_pb2 as pb
 from tests.sidecar.conftest import StoreFactory, pb_budget
-from tests.sidecar.workers.conftest import OWN_CONNECTION, Workers, start_workers
+from tests.sidecar.workers.conftest import OWN_CONNECTION, Workers, refused_on_a_busy_port, start_workers
 
 pytestmark = pytest.mark.slow
 
@@ -165,27 +164,18 @@ def test_a_port_in_use_stops_the_sidecar_naming_its_key_before_any_worker_starts
 def test_an_otlp_port_in_use_stops_the_sidecar_naming_its_key_and_leaves_nothing_running(
     tmp_path: Path,
 ) -> None:
-    from collector_processor.config import parse_config
 
     prices = tmp_path / "paymaster.toml"
     prices.write_text(
         "[cost.providers.openai.'gpt-4o']\nprompt_tokens_per_1k = 0.002\ncompletion_tokens_per_1k = 0.008\n"
     )
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        config = parse_config(
+    message, busy, supervisor = refused_on_a_busy_port(
+        lambda busy: (
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = 2\n[store]\npath = "{tmp_path / "ledger.db"}"\n'
             f'[receivers.otlp]\nenabled = true\ngrpc_listen = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:{busy}"\n'
-            f'[receivers.otlp.pricing]\nconfig = "{prices}"\n',
-            source="sidecar.toml",
+            f'[receivers.otlp.pricing]\nconfig = "{prices}"\n'
         )
-        supervisor = Supervisor(config, workers=2)
-        with pytest.raises(ConfigError) as refused:
-            supervisor.start()
-    assert str(refused.value).startswith(
-        f"sidecar.toml: receivers.otlp.http_listen: cannot serve on 127.0.0.1:{busy}: "
     )
+    assert message.startswith(f"sidecar.toml: receivers.otlp.http_listen: cannot serve on 127.0.0.1:{busy}: ")
     assert supervisor.pids() == {}
     assert not (tmp_path / "ledger.db").exists()
