@@ -1,5 +1,5 @@
-"""A real sidecar with its OTLP receiver on, in this process, on fixed free loopback ports and a store
-that outlives it (a SQLite file, or a namespace on a real redis-server): ``stop()`` and ``start()``
+"""A real sidecar with its OTLP receiver on, in this process (or a supervisor here and worker processes
+serving both ports), on fixed free loopback ports and a store that outlives it (a SQLite file, or a namespace on a real redis-server): ``stop()`` and ``start()``
 again are an outage and a restart on the same addresses and data. With it, the SDK's real OTLP
 exporter and a span processor that exports each governed step's spans the moment the step ends, while
 the sidecar is up (spans that end during an outage are sent when it is back, as an exporter's retry
@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from collector_processor.api.server import Sidecar, create_sidecar
 from collector_processor.config import parse_config
+from collector_processor.workers import Supervisor
 from paymaster.processor import ReservationSpanProcessor
 from paymaster.telemetry import STEP_ATTRIBUTE
 from paymaster.v1 import budget_pb2 as pb
@@ -50,9 +51,16 @@ class LiveSidecar:
     store: str
     port: int = field(default_factory=free_port)
     otlp_port: int = field(default_factory=free_port)
-    sidecar: Sidecar | None = None
+    sidecar: Sidecar | Supervisor | None = None
     extra: str = ""
     """More of the sidecar's TOML (e.g. ``[http]``)."""
+    workers: int = 1
+    """``server.workers``: above 1, a supervisor of worker processes serving both ports."""
+    spread: dict[str, set[int]] = field(
+        default_factory=lambda: {"Reserve": set(), "Commit": set(), "spans": set()}
+    )
+    """With workers: the slots of the workers that answered a Reserve, a Commit, or received spans
+    (see ``tally``)."""
     _channel: grpc.Channel | None = None
 
     @property
@@ -81,6 +89,7 @@ class LiveSidecar:
             [server]
             listen = "{self.address}"
             grace_seconds = 0
+            workers = {self.workers}
             [store]
             {self.store}
             [ledger]
@@ -97,14 +106,31 @@ class LiveSidecar:
             """,
             source=str(self.workdir / "sidecar.toml"),
         )
-        self.sidecar = create_sidecar(config).start()
+        self.sidecar = (
+            Supervisor(config, workers=self.workers).start()
+            if self.workers > 1
+            else create_sidecar(config).start()
+        )
         return self
 
     def stop(self) -> None:
         """Down: both ports closed, nothing in flight kept (the store keeps what was committed)."""
         if self.sidecar is not None:
+            self.tally()
             sidecar, self.sidecar = self.sidecar, None
             sidecar.stop(0)
+
+    def tally(self) -> None:
+        """Add the workers that served since they started to ``spread`` (kept across restarts)."""
+        if not isinstance(self.sidecar, Supervisor):
+            return
+        for slot, counts in self.sidecar.worker_counts().items():
+            calls = counts.counters.get("paymaster_rpc_requests_total", {})
+            for method in ("Reserve", "Commit"):
+                if any(n > 0 and ("method", method) in key for key, n in calls.items()):
+                    self.spread[method].add(slot)
+            if any(n > 0 for n in counts.counters.get("paymaster_otlp_spans_received_total", {}).values()):
+                self.spread["spans"].add(slot)
 
     def close(self) -> None:
         self.stop()

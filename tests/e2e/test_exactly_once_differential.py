@@ -20,6 +20,10 @@ Afterwards the sidecar's committed total for the run's team, and the request bud
 * with ingestion off, the part the SDK charged itself (steps run under a reservation, a lease or
   ``fail_open``): spend the SDK charges nobody for, with nobody ingesting its spans, is charged nowhere.
 
+The same runs, with OTLP ingestion on, against a sidecar of two worker processes (``server.workers = 2``,
+on both stores): a step's Reserve, its Commit and its spans may each reach another worker, and the
+module checks at its end that every worker answered some of each.
+
 Every amount is a whole number of micro-dollars (prices too), so "equal" is exact. Pipelines where two
 split parallels would split one quota at once are not drawn: the SDK refuses them before any spend.
 """
@@ -95,6 +99,28 @@ def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Liv
         "redis": LiveSidecar(
             tmp_path_factory.mktemp("redis-sidecar"),
             store=f'kind = "redis"\nurl = "{redis.url}"\nnamespace = "diff-{uuid.uuid4().hex[:8]}"',
+        ),
+    }
+    for side in live.values():
+        side.start()
+    yield live
+    for side in live.values():
+        side.close()
+    redis.stop()
+
+
+@pytest.fixture(scope="module")
+def worker_sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveSidecar]]:
+    """The same per store, served by two worker processes (``server.workers = 2``): the SDK's calls and
+    its OTLP exports land on either worker, an outage stops and restarts the whole supervisor."""
+    redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    lite = tmp_path_factory.mktemp("sqlite-workers")
+    live = {
+        "sqlite": LiveSidecar(lite, store=f'path = "{lite / "sidecar.db"}"', workers=2),
+        "redis": LiveSidecar(
+            tmp_path_factory.mktemp("redis-workers"),
+            store=f'kind = "redis"\nurl = "{redis.url}"\nnamespace = "diffw-{uuid.uuid4().hex[:8]}"',
+            workers=2,
         ),
     }
     for side in live.values():
@@ -456,3 +482,37 @@ def test_the_sidecar_holds_exactly_what_the_sdk_reports(
         check(live, mode, ingestion, scenario)
 
     differential()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("mode", MODES)
+def test_two_workers_hold_exactly_what_the_sdk_reports(
+    worker_sidecars: dict[str, LiveSidecar], mode: str, store: str
+) -> None:
+    """The same differential against a sidecar of two worker processes, OTLP ingestion on: a step's
+    Reserve, its Commit and its spans may each reach another worker, and each is still charged once."""
+    live = worker_sidecars[store]
+
+    @settings(
+        max_examples=4,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(scenarios)
+    def differential(scenario: Scenario) -> None:
+        if not live.up:
+            live.start()
+        check(live, mode, True, scenario)
+
+    differential()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_two_workers_both_served_the_differential(
+    worker_sidecars: dict[str, LiveSidecar], store: str
+) -> None:
+    """After the examples above (run this module whole): every worker answered Reserves and Commits and
+    received spans, so the totals above were kept across workers, not by one of them alone."""
+    live = worker_sidecars[store]
+    live.tally()
+    assert live.spread == {"Reserve": {0, 1}, "Commit": {0, 1}, "spans": {0, 1}}, live.spread
