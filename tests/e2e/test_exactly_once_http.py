@@ -6,13 +6,16 @@ over HTTP or gRPC (the commit sent again, over either), usage recorded over HTTP
 either transport with the same ``usage_id``, and plain GenAI spans exported to the OTLP receiver
 (exported twice). A unit reserved over HTTP may also have its span exported carrying the
 reservation id, as the SDK's spans do: the receiver leaves that span to its reservation. Afterwards
-the sidecar's total for the run's team is exactly the money spent, on SQLite and on a real Redis.
+the sidecar's total for the run's team is exactly the money spent, on SQLite and on a real Redis,
+served by one process and by two worker processes (each unit on a connection of its own, so on either
+worker; the test checks both answered).
 Half of the examples run inside a request budget opened over HTTP (every reservation and record
 names it, every span carries ``paymaster.request_budget``): its spend is that same total too.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from collector_processor.workers import Supervisor
 from paymaster.v1 import budget_pb2 as pb
 from tests.e2e.live_sidecar import LiveSidecar
 from tests.sdk.sidecar_support import free_port
@@ -67,9 +71,12 @@ def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Liv
         ("sqlite", 'path = "{dir}/sidecar.db"'),
         ("redis", f'kind = "redis"\nurl = "{redis.url}"\nnamespace = "http-{uuid.uuid4().hex[:8]}"'),
     ):
-        workdir = tmp_path_factory.mktemp(name)
-        http = f'[http]\nenabled = true\nlisten = "127.0.0.1:{free_port()}"\n'
-        live[name] = LiveSidecar(workdir, store=store.format(dir=workdir), extra=http).start()
+        for workers in (1, 2):
+            workdir = tmp_path_factory.mktemp(name)
+            http = f'[http]\nenabled = true\nlisten = "127.0.0.1:{free_port()}"\n'
+            ledger = store.format(dir=workdir).replace("http-", f"http{workers}-")
+            key = name if workers == 1 else f"{name}-2-workers"
+            live[key] = LiveSidecar(workdir, store=ledger, extra=http, workers=workers).start()
     yield live
     for side in live.values():
         side.close()
@@ -77,9 +84,10 @@ def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Liv
 
 
 def http_of(live: LiveSidecar) -> httpx.Client:
-    assert live.sidecar is not None
-    api = next(c for c in live.sidecar.components if hasattr(c, "listener"))
-    return httpx.Client(base_url=f"http://{api.address}", timeout=10)
+    """A client of the HTTP/JSON API: one connection, so one worker when there are several."""
+    listen = re.search(r'listen = "([^"]+)"', live.extra)
+    assert listen is not None
+    return httpx.Client(base_url=f"http://{listen.group(1)}", timeout=10)
 
 
 def charge(
@@ -138,7 +146,7 @@ def span(tracer: object, tokens: tuple[int, int], extra: dict[str, str]) -> None
         pass
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("store", ["sqlite", "redis", "sqlite-2-workers", "redis-2-workers"])
 def test_http_spend_is_charged_exactly_once_with_grpc_and_otlp(
     sidecars: dict[str, LiveSidecar], store: str
 ) -> None:
@@ -155,18 +163,34 @@ def test_http_spend_is_charged_exactly_once_with_grpc_and_otlp(
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         provider.add_span_processor(SimpleSpanProcessor(exporter))  # every span exported twice
         tracer = provider.get_tracer("http-client")
-        with http_of(live) as client:
-            request = ""
-            if in_request:
+        request = ""
+        if in_request:
+            with http_of(live) as client:
                 opened = client.post("/v1/requests", json={"limit_usd": "1000"})
-                assert opened.status_code == 201, opened.text
-                request = opened.json()["id"]
-            spent = sum((charge(live, client, tracer, u, team, request) for u in drawn), Decimal(0))
-            provider.shutdown()
-            assert live.charged(team) == spent
-            if request:
+            assert opened.status_code == 201, opened.text
+            request = opened.json()["id"]
+        spent = Decimal(0)
+        for unit in drawn:  # a connection each: with workers, on whichever worker the kernel picks
+            with http_of(live) as client:
+                spent += charge(live, client, tracer, unit, team, request)
+        provider.shutdown()
+        assert live.charged(team) == spent
+        if request:
+            with http_of(live) as client:
                 status = client.get(f"/v1/requests/{request}/status").json()
-                assert Decimal(status["used_usd"]) == spent
-                assert Decimal(status["reserved_usd"]) == 0
+            assert Decimal(status["used_usd"]) == spent
+            assert Decimal(status["reserved_usd"]) == 0
 
     differential()
+    if live.workers > 1:
+        assert served_http(live) == {0, 1}, "the HTTP requests did not reach every worker"
+
+
+def served_http(live: LiveSidecar) -> set[int]:
+    """The slots of the workers that answered HTTP/JSON requests."""
+    assert isinstance(live.sidecar, Supervisor)
+    return {
+        slot
+        for slot, counts in live.sidecar.worker_counts().items()
+        if any(n > 0 for n in counts.counters.get("paymaster_http_requests_total", {}).values())
+    }
