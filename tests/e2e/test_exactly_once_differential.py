@@ -89,16 +89,16 @@ SDK_CONFIG: PaymasterConfig = parse_config(PRICES + '\n[downgrade]\n"openai:gpt-
 
 
 # ---------------------------------------------------------------------------------------- sidecars
-@pytest.fixture(scope="module")
-def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveSidecar]]:
-    """One sidecar per store for the module (each example has a team of its own), OTLP on."""
+def one_per_store(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Iterator[dict[str, LiveSidecar]]:
+    """A running sidecar of ``workers`` processes on SQLite and one on a real redis-server of its own."""
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    lite = tmp_path_factory.mktemp("sqlite")
+    lite = tmp_path_factory.mktemp(f"sqlite-{workers}")
     live = {
-        "sqlite": LiveSidecar(lite, store=f'path = "{lite / "sidecar.db"}"'),
+        "sqlite": LiveSidecar(lite, store=f'path = "{lite / "sidecar.db"}"', workers=workers),
         "redis": LiveSidecar(
-            tmp_path_factory.mktemp("redis-sidecar"),
-            store=f'kind = "redis"\nurl = "{redis.url}"\nnamespace = "diff-{uuid.uuid4().hex[:8]}"',
+            tmp_path_factory.mktemp(f"redis-{workers}"),
+            store=f'kind = "redis"\nurl = "{redis.url}"\nnamespace = "diff{workers}-{uuid.uuid4().hex[:8]}"',
+            workers=workers,
         ),
     }
     for side in live.values():
@@ -107,28 +107,19 @@ def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Liv
     for side in live.values():
         side.close()
     redis.stop()
+
+
+@pytest.fixture(scope="module")
+def sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveSidecar]]:
+    """One sidecar per store for the module (each example has a team of its own), OTLP on."""
+    yield from one_per_store(tmp_path_factory, 1)
 
 
 @pytest.fixture(scope="module")
 def worker_sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveSidecar]]:
     """The same per store, served by two worker processes (``server.workers = 2``): the SDK's calls and
     its OTLP exports land on either worker, an outage stops and restarts the whole supervisor."""
-    redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    lite = tmp_path_factory.mktemp("sqlite-workers")
-    live = {
-        "sqlite": LiveSidecar(lite, store=f'path = "{lite / "sidecar.db"}"', workers=2),
-        "redis": LiveSidecar(
-            tmp_path_factory.mktemp("redis-workers"),
-            store=f'kind = "redis"\nurl = "{redis.url}"\nnamespace = "diffw-{uuid.uuid4().hex[:8]}"',
-            workers=2,
-        ),
-    }
-    for side in live.values():
-        side.start()
-    yield live
-    for side in live.values():
-        side.close()
-    redis.stop()
+    yield from one_per_store(tmp_path_factory, 2)
 
 
 # ---------------------------------------------------------------------------------------- pipelines
@@ -462,26 +453,31 @@ def check(live: LiveSidecar, mode: str, ingestion: bool, scenario: Scenario) -> 
         assert live.reserved(f"{team}-block") == 0  # nothing left held once the run is over
 
 
+def differential(live: LiveSidecar, mode: str, ingestion: bool, *, examples: int) -> None:
+    """``examples`` scenarios drawn by Hypothesis, each checked against ``live`` (restarted if an outage
+    left it down)."""
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(scenarios)
+    def one(scenario: Scenario) -> None:
+        if not live.up:
+            live.start()
+        check(live, mode, ingestion, scenario)
+
+    one()
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 @pytest.mark.parametrize("ingestion", [True, False], ids=["otlp", "no-otlp"])
 @pytest.mark.parametrize("mode", MODES)
 def test_the_sidecar_holds_exactly_what_the_sdk_reports(
     sidecars: dict[str, LiveSidecar], mode: str, ingestion: bool, store: str
 ) -> None:
-    live = sidecars[store]
-
-    @settings(
-        max_examples=8 if mode in OUTAGES else 5,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(scenarios)
-    def differential(scenario: Scenario) -> None:
-        if not live.up:
-            live.start()
-        check(live, mode, ingestion, scenario)
-
-    differential()
+    differential(sidecars[store], mode, ingestion, examples=8 if mode in OUTAGES else 5)
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
@@ -491,20 +487,7 @@ def test_two_workers_hold_exactly_what_the_sdk_reports(
 ) -> None:
     """The same differential against a sidecar of two worker processes, OTLP ingestion on: a step's
     Reserve, its Commit and its spans may each reach another worker, and each is still charged once."""
-    live = worker_sidecars[store]
-
-    @settings(
-        max_examples=4,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(scenarios)
-    def differential(scenario: Scenario) -> None:
-        if not live.up:
-            live.start()
-        check(live, mode, True, scenario)
-
-    differential()
+    differential(worker_sidecars[store], mode, True, examples=4)
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
