@@ -31,7 +31,7 @@ from collector_processor.store.redis import schema
 from collector_processor.store.redis.store import RedisStore
 from paymaster.v1 import budget_pb2 as pb
 from tests.sidecar.alerts.test_alerts import alert_records, eventually
-from tests.sidecar.conftest import StoreFactory, draft, start_sidecar
+from tests.sidecar.conftest import StoreFactory, draft, pb_budget, start_sidecar
 from tests.sidecar.redisserver import RedisServer
 from tests.sidecar.store.data.make_redis_schema1 import plain
 from tests.sidecar.store.test_redis_keys import Monitor
@@ -260,17 +260,7 @@ def test_watch_alerts_replays_the_upgraded_log_and_delivery_resumes(
         assert delivered() == sorted(ids[s] for s in (3, 4, 5, 6))
 
         running.stub.CreateBudget(
-            pb.CreateBudgetRequest(
-                budget=pb.Budget(
-                    id="fresh",
-                    scope=pb.SCOPE_TEAM,
-                    scope_id="search",
-                    limit_usd="1",
-                    period="daily",
-                    on_exceed=pb.ON_EXCEED_WARN,
-                    alert_thresholds=[50],
-                )
-            )
+            pb_budget("fresh", limit="1", on_exceed=pb.ON_EXCEED_WARN, thresholds=(50,))
         )
         r = running.stub.Reserve(pb.ReserveRequest(scopes=pb.ScopeIds(team="search"), estimate_usd="1"))
         running.stub.Commit(pb.CommitRequest(reservation_id=r.reservation_id, actual_usd="1"))
