@@ -57,10 +57,10 @@ class LiveSidecar:
     workers: int = 1
     """``server.workers``: above 1, a supervisor of worker processes serving both ports."""
     spread: dict[str, set[int]] = field(
-        default_factory=lambda: {"Reserve": set(), "Commit": set(), "spans": set()}
+        default_factory=lambda: {"Reserve": set(), "Commit": set(), "spans": set(), "http": set()}
     )
-    """With workers: the slots of the workers that answered a Reserve, a Commit, or received spans
-    (see ``tally``)."""
+    """With workers: the slots of the workers that answered a Reserve, a Commit, an HTTP/JSON request,
+    or received spans (see ``tally``)."""
     _channel: grpc.Channel | None = None
 
     @property
@@ -129,8 +129,12 @@ class LiveSidecar:
             for method in ("Reserve", "Commit"):
                 if any(n > 0 and ("method", method) in key for key, n in calls.items()):
                     self.spread[method].add(slot)
-            if any(n > 0 for n in counts.counters.get("paymaster_otlp_spans_received_total", {}).values()):
-                self.spread["spans"].add(slot)
+            for kind, counter in (
+                ("spans", "paymaster_otlp_spans_received_total"),
+                ("http", "paymaster_http_requests_total"),
+            ):
+                if any(n > 0 for n in counts.counters.get(counter, {}).values()):
+                    self.spread[kind].add(slot)
 
     def close(self) -> None:
         self.stop()

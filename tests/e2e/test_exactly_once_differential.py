@@ -498,4 +498,8 @@ def test_two_workers_both_served_the_differential(
     received spans, so the totals above were kept across workers, not by one of them alone."""
     live = worker_sidecars[store]
     live.tally()
-    assert live.spread == {"Reserve": {0, 1}, "Commit": {0, 1}, "spans": {0, 1}}, live.spread
+    assert {kind: live.spread[kind] for kind in ("Reserve", "Commit", "spans")} == {
+        "Reserve": {0, 1},
+        "Commit": {0, 1},
+        "spans": {0, 1},
+    }, live.spread

@@ -30,7 +30,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from collector_processor.workers import Supervisor
 from paymaster.v1 import budget_pb2 as pb
 from tests.e2e.live_sidecar import LiveSidecar
 from tests.sdk.sidecar_support import free_port
@@ -183,14 +182,5 @@ def test_http_spend_is_charged_exactly_once_with_grpc_and_otlp(
 
     differential()
     if live.workers > 1:
-        assert served_http(live) == {0, 1}, "the HTTP requests did not reach every worker"
-
-
-def served_http(live: LiveSidecar) -> set[int]:
-    """The slots of the workers that answered HTTP/JSON requests."""
-    assert isinstance(live.sidecar, Supervisor)
-    return {
-        slot
-        for slot, counts in live.sidecar.worker_counts().items()
-        if any(n > 0 for n in counts.counters.get("paymaster_http_requests_total", {}).values())
-    }
+        live.tally()
+        assert live.spread["http"] == {0, 1}, "the HTTP requests did not reach every worker"
