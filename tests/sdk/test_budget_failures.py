@@ -204,6 +204,32 @@ def test_fail_open_runs_keeps_every_cent_and_replays_it_once_when_the_sidecar_is
     sidecar.stop(0)
 
 
+def test_flush_returns_only_once_every_replayed_entry_is_counted(tmp_path: Path, otel: Providers) -> None:
+    """flush() waits for the journal to empty; the outcome of each entry is counted before the journal
+    lets it go, so a caller reading the counters after flush() finds all of them (a slow counter
+    here stands for a thread descheduled between the two)."""
+    port = free_port()
+    budget = budget_at(f"127.0.0.1:{port}", FAIL_OPEN, breaker_reset_s=0.05)
+    otel.runner(loop_of(FixedMetricAgent(cost="0.0125"), times=4), budget=budget).run(0)
+    assert len(budget.pending_usage()) == 4
+    counted: list[str] = []
+    count = budget.replayer._count_replay
+
+    def slow_count(outcome: str) -> None:
+        time.sleep(0.2)
+        counted.append(outcome)
+        count(outcome)
+
+    budget.replayer._count_replay = slow_count
+    sidecar = start_on(port, tmp_path / "sidecar.db")
+    try:
+        assert budget.flush(timeout_s=30) == 0
+        assert counted == ["replayed"] * 4
+    finally:
+        budget.close()
+        sidecar.stop(0)
+
+
 def test_pending_spend_survives_the_process_and_the_next_one_replays_it(tmp_path: Path) -> None:
     port = free_port()
     journal = tmp_path / "journal"

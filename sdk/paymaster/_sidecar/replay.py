@@ -179,11 +179,13 @@ class Replayer:
                 wire.wire_usd(entry.cost_usd),
                 exc,
             )
-            self.journal.rejected(entry.usage_id, str(exc))
+            # Counted before the journal lets it go: flush() returns once the journal is empty, and
+            # what it returns to must find every outcome counted.
             self._count_replay("rejected")
+            self.journal.rejected(entry.usage_id, str(exc))
             return
-        self.journal.done(entry.usage_id)
         self._count_replay("duplicate" if response.duplicate else "replayed")
+        self.journal.done(entry.usage_id)
 
     def _release(self, reservation_id: str) -> None:
         # Refused: already committed, expired or unknown, so nothing is held any more.
